@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# contrib/install.sh - install handoff and what it needs on a Debian (or Ubuntu) host, as root.
+#
+#   bash contrib/install.sh          QEMU + handoff in /opt/handoff, `handoff` in /usr/local/bin
+#   bash contrib/install.sh --dev    also the test tools and testbed packages; handoff is
+#                                    installed editable into ./.venv of this checkout
+#
+# Idempotent: packages already present are not fetched again.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+dev=0
+prefix=/opt/handoff
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dev) dev=1 ;;
+    --prefix) prefix=$2; shift ;;
+    *) echo "install.sh: unknown option $1 (use --dev or --prefix DIR)" >&2; exit 2 ;;
+  esac
+  shift
+done
+log() { echo "[install] $*" >&2; }
+[ "$(id -u)" = 0 ] || { log "run me as root (apt-get and /opt need it)"; exit 2; }
+
+# Runtime: QEMU (x86 system emulator + firmware), kmod for modprobe, pciutils for lspci.
+apt_pkgs=(qemu-system-x86 qemu-utils ovmf kmod pciutils udev python3 python3-venv)
+# Tests: the testbed guest (busybox initramfs, the Debian kernel unpacked with dpkg,
+# systemd-udevd inside the guest from the host's udev package).
+[ "$dev" = 1 ] && apt_pkgs+=(busybox-static cpio)
+missing=()
+for p in "${apt_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "apt-get install ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# A python3 >= 3.11 with venv: the first on PATH (pyenv, distribution), else Debian's.
+py=python3
+if ! "$py" -c 'import sys, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  py=/usr/bin/python3
+fi
+
+if [ "$dev" = 1 ]; then
+  venv=$here/.venv
+  [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$here[dev]"
+  log "handoff (editable, with test tools) in $venv"
+else
+  [ -x "$prefix/bin/python" ] || "$py" -m venv "$prefix"
+  "$prefix/bin/python" -m pip install -q --disable-pip-version-check "$here"
+  ln -sf "$prefix/bin/handoff" /usr/local/bin/handoff
+  log "handoff installed in $prefix, command /usr/local/bin/handoff"
+fi

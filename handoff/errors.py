@@ -1,0 +1,138 @@
+"""The exception hierarchy of handoff.
+
+Every error a person can cause or fix is a :class:`HandoffError`. The CLI
+prints it without a traceback: the message says what is wrong and where,
+``fix`` says what to do about it. Anything that is not a HandoffError is a
+bug in handoff and keeps its traceback.
+
+Exceptions are named after the state they report (the trio and qemu.qmp
+habit), and grouped by the part of the host they concern, so callers can
+catch exactly the family they can handle.
+"""
+
+from __future__ import annotations
+
+
+class HandoffError(Exception):
+    """Root of every error handoff reports to a person.
+
+    ``message`` is the complete sentence shown to the user; ``fix`` is an
+    optional, concrete next step (a command, a file to edit, a setting).
+    """
+
+    def __init__(self, message: str, *, fix: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fix = fix
+
+    def __str__(self) -> str:
+        if self.fix:
+            return f"{self.message}\n  fix: {self.fix}"
+        return self.message
+
+
+# --------------------------------------------------------------------------- profiles
+
+
+class ProfileError(HandoffError):
+    """A profile cannot be used as written.
+
+    Carries the file, the dotted key path (``vm.memory``), the value found and
+    what was expected, so the message can point at the exact line to edit.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str,
+        key: str | None = None,
+        fix: str | None = None,
+    ) -> None:
+        where = f"{path}: {key}" if key else path
+        super().__init__(f"{where}: {message}", fix=fix)
+        self.path = path
+        self.key = key
+
+
+# --------------------------------------------------------------------------- QEMU
+
+
+class QemuError(HandoffError):
+    """Something about QEMU itself: the binary, its options, its process."""
+
+
+class QemuNotFoundError(QemuError):
+    """The qemu-system binary is not installed or not executable."""
+
+
+class QemuUnsupportedError(QemuError):
+    """The installed QEMU lacks a device or option the profile needs."""
+
+
+class QemuLaunchError(QemuError):
+    """QEMU exited before its monitor answered (bad option, missing file, ...)."""
+
+
+class QmpError(QemuError):
+    """The QMP conversation failed: connection lost, command refused."""
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+class SessionError(HandoffError):
+    """The supervisor cannot start or reach a session."""
+
+
+class SessionBusyError(SessionError):
+    """Another supervisor holds this profile's run directory lock."""
+
+
+class SessionNotRunningError(SessionError):
+    """No supervisor answers on the profile's control socket."""
+
+
+# --------------------------------------------------------------------------- PCI / GPU
+
+
+class PciError(HandoffError):
+    """Reading or changing PCI devices on the host failed."""
+
+
+class PciAddressError(PciError):
+    """A string is not a PCI address in a form handoff accepts."""
+
+
+class PreflightRefusedError(PciError):
+    """A read-only check refused the hand-off before anything was changed."""
+
+
+class SysfsWriteError(PciError):
+    """The kernel rejected a sysfs write (EBUSY, EACCES, ENODEV, ...)."""
+
+
+class SysfsTimeoutError(SysfsWriteError):
+    """A sysfs write did not return within its deadline: the kernel is stuck."""
+
+
+class BindError(PciError):
+    """A device did not end up on the driver it was moved to."""
+
+
+class JournalError(PciError):
+    """The hand-off journal on disk cannot be read or written."""
+
+
+# --------------------------------------------------------------------------- input
+
+
+class InputError(HandoffError):
+    """Finding, grabbing or forwarding keyboards and mice failed."""
+
+
+# --------------------------------------------------------------------------- host checks
+
+
+class HostError(HandoffError):
+    """The host lacks something handoff needs (permissions, limits, modules)."""
