@@ -1,0 +1,232 @@
+"""The QEMU process under trio: spawn, wait, terminate, kill.
+
+QEMU starts in its own session (``start_new_session``) so the Ctrl-C a
+person types reaches the supervisor only; the supervisor then decides how
+QEMU ends (the shutdown ladder in handoff.session). QEMU's stdout and stderr
+go to a log file in the 0700 run directory: its own messages ("terminating
+on signal 15", a vfio error) stay readable after it exits, and their tail is
+shown when it fails to start or dies.
+
+QEMU may run as an unprivileged user (``profile.vm.user``): subprocess
+switches uid, gid and supplementary groups in the child itself, without a
+Python ``preexec_fn`` (which is unsafe with the QMP bridge's thread).
+RLIMIT_MEMLOCK for the child (VFIO pins all guest RAM) is raised in the
+supervisor just around the fork, so the child inherits it before it execs;
+libvirt does the same in its pre-exec hook.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import resource
+import shlex
+import signal
+import subprocess
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from handoff.errors import HostError, QemuLaunchError, QemuNotFoundError
+
+__all__ = [
+    "LOG_TAIL_LINES",
+    "QemuProcess",
+    "describe_exit",
+    "raised_memlock",
+    "read_log_tail",
+]
+
+#: How many lines of QEMU's log a failure report shows.
+LOG_TAIL_LINES = 20
+
+
+def describe_exit(returncode: int) -> str:
+    """'exited with status 1' / 'was killed by SIGKILL' (Popen's negative codes)."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"was killed by {name}"
+    return f"exited with status {returncode}"
+
+
+def read_log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last ``lines`` lines of a log file ('' when missing or empty)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 64 * 1024))
+            data = f.read()
+    except OSError:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@contextlib.contextmanager
+def raised_memlock(limit_bytes: int | None) -> Iterator[None]:
+    """Raise this process's RLIMIT_MEMLOCK to ``limit_bytes`` while forking a child.
+
+    The child inherits the raised limit; ours is restored afterwards. ``None``
+    changes nothing. Raising the hard limit needs CAP_SYS_RESOURCE.
+    """
+    if limit_bytes is None:
+        yield
+        return
+    old = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    soft, hard = old
+    if soft == resource.RLIM_INFINITY or soft >= limit_bytes:
+        yield
+        return
+    new_hard = hard if hard == resource.RLIM_INFINITY or hard >= limit_bytes else limit_bytes
+    try:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (limit_bytes, new_hard))
+    except (ValueError, OSError) as exc:
+        raise HostError(
+            f"cannot raise RLIMIT_MEMLOCK to {limit_bytes // (1024 * 1024)} MiB for QEMU "
+            f"(hard limit {_limit_text(hard)}): {exc}",
+            fix="run handoff as root, or raise the memlock limit in /etc/security/limits.d/",
+        ) from exc
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, old)
+
+
+def _limit_text(value: int) -> str:
+    if value == resource.RLIM_INFINITY:
+        return "unlimited"
+    return f"{value // (1024 * 1024)} MiB"
+
+
+@dataclass(frozen=True)
+class _Identity:
+    """uid, gid and supplementary groups the child switches to before exec."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+
+def _identity(user: str | None) -> _Identity | None:
+    """The identity QEMU runs as for ``vm.user`` (None: the supervisor's own)."""
+    if user is None:
+        return None
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise HostError(
+            f"vm.user: the user {user!r} does not exist on this host",
+            fix=f"create it (useradd --system {user}) or remove vm.user from the profile",
+        ) from None
+    if os.geteuid() != 0 and entry.pw_uid != os.geteuid():
+        raise HostError(
+            f"vm.user: running QEMU as {user!r} needs root",
+            fix="run handoff as root, or remove vm.user from the profile",
+        )
+    return _Identity(entry.pw_uid, entry.pw_gid, tuple(os.getgrouplist(user, entry.pw_gid)))
+
+
+@dataclass
+class QemuProcess:
+    """A running (or finished) QEMU, spawned by :meth:`start`."""
+
+    argv: tuple[str, ...]
+    log_path: Path
+    _process: trio.Process
+
+    @classmethod
+    async def start(
+        cls,
+        argv: Sequence[str],
+        *,
+        log_path: Path,
+        pass_fds: Sequence[int] = (),
+        user: str | None = None,
+        memlock_bytes: int | None = None,
+    ) -> QemuProcess:
+        """Spawn QEMU in its own session with its output appended to ``log_path``.
+
+        ``pass_fds`` are inherited under the same numbers (the QMP socketpair
+        end). Raises QemuNotFoundError when the binary is missing.
+        """
+        argv = tuple(argv)
+        identity = _identity(user)
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            if identity is not None:
+                # QEMU running as the user must still be able to write its log.
+                os.fchown(log_fd, identity.uid, -1)
+            with raised_memlock(memlock_bytes):
+                process = await trio.lowlevel.open_process(
+                    list(argv),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_fd,
+                    stderr=subprocess.STDOUT,
+                    pass_fds=tuple(pass_fds),
+                    start_new_session=True,
+                    user=None if identity is None else identity.uid,
+                    group=None if identity is None else identity.gid,
+                    extra_groups=None if identity is None else identity.groups,
+                )
+        except FileNotFoundError as exc:
+            raise QemuNotFoundError(
+                f"QEMU is not installed: {argv[0]} not found",
+                fix="apt-get install qemu-system-x86 (or set the binary in the profile)",
+            ) from exc
+        except PermissionError as exc:
+            raise QemuNotFoundError(
+                f"cannot execute {argv[0]}: {exc.strerror}",
+                fix=f"check the permissions of {argv[0]}",
+            ) from exc
+        finally:
+            os.close(log_fd)
+        return cls(argv=argv, log_path=log_path, _process=process)
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """None while QEMU runs; its exit status (negative: killed by that signal) after."""
+        return self._process.poll()
+
+    @property
+    def command(self) -> str:
+        """The command line as a person can paste it into a shell."""
+        return shlex.join(self.argv)
+
+    async def wait(self) -> int:
+        """Wait for QEMU to exit; safe to call from several tasks at once."""
+        return await self._process.wait()
+
+    def terminate(self) -> None:
+        """SIGTERM: QEMU shuts the VM down as if the power were cut, then exits."""
+        self._process.terminate()
+
+    def kill(self) -> None:
+        """SIGKILL: the last rung of the ladder."""
+        self._process.kill()
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        return read_log_tail(self.log_path, lines)
+
+    def launch_error(self, returncode: int, detail: str = "") -> QemuLaunchError:
+        """The error for QEMU exiting before its monitor answered: code, command, log."""
+        tail = self.log_tail()
+        log_text = "\n".join(f"    {line}" for line in tail.splitlines()) or "    (empty)"
+        why = f" ({detail})" if detail else ""
+        return QemuLaunchError(
+            f"QEMU {describe_exit(returncode)} before its monitor answered{why}\n"
+            f"  command: {self.command}\n"
+            f"  QEMU's log ({self.log_path}, last lines):\n{log_text}",
+            fix="the log above names the option or file QEMU rejected; fix the profile "
+            "(`handoff argv PROFILE` prints the command)",
+        )
