@@ -1,0 +1,407 @@
+"""Profile → QEMU argv: pure, modern QEMU syntax only.
+
+Nothing here touches the host: the same profile and :class:`LaunchSpec`
+always give the same argv, so ``handoff argv`` prints exactly what ``handoff
+run`` starts, and golden tests pin every feature. The host-facing choices
+(KVM or TCG, which fd carries QMP, where the VNC socket lives, the arguments
+host resources add) arrive in the LaunchSpec.
+
+The seed guide's options are translated to their current forms:
+``-enable-kvm`` → ``-machine q35,accel=kvm``; ``-drive if=virtio,cache=none``
+→ ``-blockdev`` nodes + ``-device virtio-blk-pci``; ``-soundhw hda`` (removed in
+QEMU 7.1) → ``-audiodev`` + ``-device intel-hda`` + ``-device hda-duplex``;
+``-usbdevice tablet`` (removed in QEMU 7.1 except as a USB-device shorthand) → ``-device
+qemu-xhci`` + ``-device usb-tablet``; ``-vga std`` → ``-vga none -device VGA``;
+``-device virtio-net`` → ``-device virtio-net-pci``.
+
+Option values are escaped the QEMU way (a literal comma is written ``,,``),
+so a path with a comma cannot smuggle in an option.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from handoff.errors import ProfileError
+from handoff.pci.address import PciAddress
+from handoff.profile import (
+    AudioBackend,
+    Disk,
+    DiskAio,
+    DiskCache,
+    DiskInterface,
+    DiskMedia,
+    DisplayFrontend,
+    FirmwareType,
+    NetworkType,
+    NicModel,
+    Passthrough,
+    Profile,
+    SoundModel,
+    Vga,
+)
+
+#: Under hide_hypervisor, the Hyper-V vendor id the guest sees instead of
+#: "Microsoft Hv"/"KVMKVMKVM" (at most 12 characters). NVIDIA's pre-465
+#: drivers refused to start (code 43) when they recognised a hypervisor.
+HIDDEN_HV_VENDOR_ID = "handoffvm"
+
+#: The QEMU trace events that record every input event QEMU's input layer
+#: receives (key, button, motion): tests and bench/ observe forwarding there.
+INPUT_TRACE_EVENTS = "input_event_*"
+
+#: q35's built-in AHCI controller (ICH9, 00:1f.2) exposes these buses.
+_AHCI_BUS = "ide.{port}"
+
+_NIC_DEVICE = {
+    NicModel.VIRTIO: "virtio-net-pci",
+    NicModel.E1000E: "e1000e",
+    NicModel.RTL8139: "rtl8139",
+}
+
+_VGA_DEVICE = {
+    Vga.STD: "VGA",
+    Vga.VIRTIO: "virtio-vga",
+    Vga.QXL: "qxl-vga",
+}
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """What the session decided about this launch, beyond the profile.
+
+    ``monitor_fd`` (QMP over an inherited socketpair end, as QEMU's own
+    python/qemu/machine does) leaves no socket path on disk; ``monitor_path``
+    is for a person's own tools and lives in the 0700 run directory. VNC is
+    only ever a unix socket: nothing listens on a network port.
+    """
+
+    binary: str = "qemu-system-x86_64"
+    accel: Literal["kvm", "tcg"] = "tcg"
+    monitor_fd: int | None = None
+    monitor_path: Path | None = None
+    vnc_socket: Path | None = None
+    trace_file: Path | None = None
+    extra_args: tuple[str, ...] = ()
+    start_paused: bool = False
+
+
+def escape(value: str) -> str:
+    """QEMU's option escaping: a comma inside a value is written as two."""
+    return value.replace(",", ",,")
+
+
+def _opts(head: str, **options: str | int | None) -> str:
+    """``head,key=value,...`` with values escaped; None values are left out.
+
+    Python names cannot hold ``-`` or ``.``: ``__`` becomes ``.`` and ``_``
+    becomes ``-`` (``cache__direct`` → ``cache.direct``, ``read_only`` →
+    ``read-only``)."""
+    parts = [head]
+    for key, value in options.items():
+        if value is None:
+            continue
+        name = key.replace("__", ".").replace("_", "-")
+        parts.append(f"{name}={escape(str(value))}")
+    return ",".join(parts)
+
+
+def process_name(profile: Profile) -> str:
+    """The name QEMU gives its process (``-name ...,process=``).
+
+    The kernel keeps 15 bytes of it (comm), so ``ps``/``top`` show
+    ``handoff-<name>`` truncated; nothing in handoff identifies QEMU by this
+    name (the journal records the pid), it is for people reading ``top``.
+    """
+    return f"handoff-{profile.vm.name}"
+
+
+def cpu_model(profile: Profile, accel: str) -> str:
+    """``host`` under KVM, ``max`` under TCG, unless the profile names one."""
+    if profile.vm.cpu_model is not None:
+        return profile.vm.cpu_model
+    return "host" if accel == "kvm" else "max"
+
+
+def build_argv(profile: Profile, launch: LaunchSpec) -> list[str]:
+    """The complete QEMU command line for ``profile`` under ``launch``.
+
+    Raises :class:`ProfileError` for a profile that cannot run under the
+    chosen accelerator (``cpu_model = "host"`` without KVM), and ValueError
+    for a LaunchSpec the session built wrongly (a bug, not a user error).
+    """
+    if launch.monitor_fd is not None and launch.monitor_path is not None:
+        raise ValueError("LaunchSpec: give monitor_fd or monitor_path, not both")
+    vm = profile.vm
+    argv: list[str] = [launch.binary, "-nodefaults", "-no-user-config"]
+    argv += [
+        "-name",
+        _opts(f"guest={escape(vm.name)}", process=process_name(profile), debug_threads="on"),
+    ]
+    argv += ["-msg", "timestamp=on"]
+    argv += ["-machine", _opts(vm.machine, accel=launch.accel)]
+    argv += ["-cpu", _cpu(profile, launch.accel)]
+    argv += ["-smp", _smp(profile)]
+    argv += ["-m", f"{vm.memory_mib}M"]
+    argv += _firmware(profile)
+    argv += _monitor(launch)
+    argv += _display(profile, launch)
+    argv += _disks(profile.disks)
+    argv += _networks(profile)
+    argv += _sound(profile)
+    if profile.display.tablet:
+        argv += ["-device", "qemu-xhci,id=xhci", "-device", "usb-tablet,bus=xhci.0"]
+    argv += passthrough_args(profile.passthrough)
+    if launch.trace_file is not None:
+        argv += ["-trace", INPUT_TRACE_EVENTS, "-D", str(launch.trace_file)]
+    if launch.start_paused:
+        argv.append("-S")
+    argv += launch.extra_args
+    argv += vm.extra_args
+    return argv
+
+
+def format_argv(argv: Sequence[str]) -> str:
+    """The argv as one shell-pasteable line (virtme-ng's --show-command)."""
+    return shlex.join(argv)
+
+
+def _cpu(profile: Profile, accel: str) -> str:
+    model = cpu_model(profile, accel)
+    if model == "host" and accel != "kvm":
+        raise ProfileError(
+            'found the string "host"; expected a CPU model QEMU can emulate without KVM '
+            '("host" passes the real CPU through and needs KVM)',
+            path=str(profile.source),
+            key="vm.cpu_model",
+            fix="remove cpu_model (handoff picks host under KVM, max under TCG), or run on a "
+            "host where /dev/kvm works (`handoff doctor`)",
+        )
+    parts = [model]
+    if profile.vm.hide_hypervisor:
+        parts += ["kvm=off", f"hv-vendor-id={HIDDEN_HV_VENDOR_ID}"]
+    parts += [flag for flag in profile.vm.cpu_flags if flag not in parts]
+    return ",".join(parts)
+
+
+def _smp(profile: Profile) -> str:
+    vm = profile.vm
+    if vm.sockets is None and vm.cores is None and vm.threads is None:
+        return str(vm.cpus)
+    return (
+        f"{vm.cpus},sockets={vm.sockets or 1},cores={vm.cores or 1},threads={vm.threads or 1}"
+    )
+
+
+def _firmware(profile: Profile) -> list[str]:
+    fw = profile.firmware
+    if fw.type is FirmwareType.SEABIOS:
+        return []  # SeaBIOS is q35's built-in default
+    assert fw.code is not None, "parse_profile guarantees OVMF code"
+    assert fw.vars is not None, "parse_profile guarantees OVMF vars"
+    return [
+        "-drive",
+        _opts("if=pflash", format="raw", unit=0, readonly="on", file=str(fw.code)),
+        "-drive",
+        _opts("if=pflash", format="raw", unit=1, file=str(fw.vars)),
+    ]
+
+
+def _monitor(launch: LaunchSpec) -> list[str]:
+    if launch.monitor_fd is not None:
+        chardev = _opts("socket", id="qmp", fd=launch.monitor_fd)
+    elif launch.monitor_path is not None:
+        chardev = _opts("socket", id="qmp", path=str(launch.monitor_path), server="on", wait="off")
+    else:
+        return []
+    return ["-chardev", chardev, "-mon", "chardev=qmp,mode=control"]
+
+
+def _display(profile: Profile, launch: LaunchSpec) -> list[str]:
+    display = profile.display
+    frontend = display.frontend
+    if frontend is DisplayFrontend.VNC:
+        if launch.vnc_socket is None:
+            raise ValueError("LaunchSpec: display.frontend = vnc needs vnc_socket")
+        shown = f"vnc=unix:{escape(str(launch.vnc_socket))}"
+    else:
+        shown = frontend.value
+    args = ["-display", shown, "-vga", "none"]
+    if display.vga is not Vga.NONE:
+        args += ["-device", _opts(_VGA_DEVICE[display.vga], id="video0")]
+    return args
+
+
+def _cache_options(disk: Disk) -> dict[str, str | None]:
+    """QEMU's cache modes as the two -blockdev flags they stand for.
+
+    none: O_DIRECT; writethrough/directsync: the guest sees no volatile write
+    cache (write-cache=off on the device); unsafe: flushes are ignored.
+    """
+    direct = disk.cache in (DiskCache.NONE, DiskCache.DIRECTSYNC)
+    no_flush = disk.cache is DiskCache.UNSAFE
+    return {
+        "cache__direct": "on" if direct else None,
+        "cache__no_flush": "on" if no_flush else None,
+    }
+
+
+def _protocol_driver(disk: Disk) -> str:
+    """file for images; host_device/host_cdrom for block devices under /dev.
+
+    Decided from the path alone so the function stays pure; block devices
+    live under /dev (the seed's LVM volume /dev/vg-win7/win7-root)."""
+    if disk.path.parts[:2] == ("/", "dev"):
+        return "host_cdrom" if disk.media is DiskMedia.CDROM else "host_device"
+    return "file"
+
+
+def _disks(disks: Sequence[Disk]) -> list[str]:
+    args: list[str] = []
+    sata_port = 0
+    scsi_added = False
+    for index, disk in enumerate(disks):
+        node = f"disk{index}"
+        cache = _cache_options(disk)
+        read_only = "on" if disk.readonly else None
+        aio = disk.aio.value if disk.aio is not DiskAio.THREADS else None
+        args += [
+            "-blockdev",
+            _opts(
+                f"driver={_protocol_driver(disk)}",
+                node_name=f"{node}-file",
+                filename=str(disk.path),
+                aio=aio,
+                read_only=read_only,
+                **cache,
+            ),
+            "-blockdev",
+            _opts(
+                f"driver={disk.format.value}",
+                node_name=node,
+                file=f"{node}-file",
+                read_only=read_only,
+                **cache,
+            ),
+        ]
+        write_cache = (
+            "off" if disk.cache in (DiskCache.WRITETHROUGH, DiskCache.DIRECTSYNC) else None
+        )
+        cdrom = disk.media is DiskMedia.CDROM
+        bootindex = index + 1  # boot in the order the profile lists the disks
+        if disk.interface is DiskInterface.VIRTIO:
+            device = _opts(
+                "virtio-blk-pci", drive=node, id=f"{node}-dev", bootindex=bootindex,
+                write_cache=write_cache,
+            )
+        elif disk.interface is DiskInterface.SATA:
+            device = _opts(
+                "ide-cd" if cdrom else "ide-hd",
+                drive=node,
+                id=f"{node}-dev",
+                bus=_AHCI_BUS.format(port=sata_port),
+                bootindex=bootindex,
+                write_cache=None if cdrom else write_cache,
+            )
+            sata_port += 1
+        else:
+            if not scsi_added:
+                args += ["-device", "virtio-scsi-pci,id=scsi0"]
+                scsi_added = True
+            device = _opts(
+                "scsi-cd" if cdrom else "scsi-hd",
+                drive=node,
+                id=f"{node}-dev",
+                bus="scsi0.0",
+                bootindex=bootindex,
+                write_cache=None if cdrom else write_cache,
+            )
+        args += ["-device", device]
+    return args
+
+
+def _networks(profile: Profile) -> list[str]:
+    args: list[str] = []
+    for index, net in enumerate(profile.networks):
+        netdev = f"net{index}"
+        if net.type is NetworkType.USER:
+            backend = _opts("user", id=netdev)
+        elif net.type is NetworkType.TAP:
+            backend = _opts("tap", id=netdev, ifname=net.ifname, script="no", downscript="no")
+        else:
+            backend = _opts("bridge", id=netdev, br=net.bridge)
+        args += ["-netdev", backend]
+        args += ["-device", _opts(_NIC_DEVICE[net.model], netdev=netdev, mac=net.mac)]
+    return args
+
+
+def _sound(profile: Profile) -> list[str]:
+    if profile.sound.model is SoundModel.NONE:
+        return []
+    backend = profile.sound.backend
+    return [
+        "-audiodev",
+        _opts(backend.value if backend is not AudioBackend.NONE else "none", id="snd0"),
+        "-device",
+        "intel-hda,id=sound0",
+        "-device",
+        "hda-duplex,bus=sound0.0,audiodev=snd0",
+    ]
+
+
+def passthrough_args(devices: Sequence[Passthrough]) -> list[str]:
+    """vfio-pci devices, each physical card behind its own PCIe root port.
+
+    Functions of one host slot (a GPU at 01:00.0 and its HDMI audio at
+    01:00.1) stay together in one guest slot with their function numbers,
+    so the guest driver sees the same multifunction card; function 0 gets
+    multifunction=on when it has siblings. A root port per card is what
+    Windows' AMD/NVIDIA drivers expect on q35 (a PCIe link to negotiate)
+    and what a later live hand-off hot-plugs into.
+    """
+    slots: dict[str, list[Passthrough]] = {}
+    for dev in devices:
+        slots.setdefault(dev.address.slot_address, []).append(dev)
+    args: list[str] = []
+    for port, members in enumerate(slots.values()):
+        bus = f"rp{port}"
+        args += ["-device", _opts("pcie-root-port", id=bus, chassis=port + 1, slot=port + 1)]
+        members = sorted(members, key=lambda d: d.address.function)
+        keep_functions = members[0].address.function == 0
+        for position, dev in enumerate(members):
+            function = dev.address.function if keep_functions else position
+            multifunction = function == 0 and (len(members) > 1 or dev.multifunction)
+            args += [
+                "-device",
+                _opts(
+                    "vfio-pci",
+                    host=str(dev.address),
+                    id=vfio_device_id(dev.address),
+                    bus=bus,
+                    addr=f"00.{function}",
+                    multifunction="on" if multifunction else None,
+                    x_vga="on" if dev.x_vga else None,
+                    romfile=str(dev.romfile) if dev.romfile is not None else None,
+                ),
+            ]
+    return args
+
+
+def vfio_device_id(address: PciAddress) -> str:
+    """The QEMU device id of a passed-through function (``hostdev-0000-01-00-0``):
+    what QMP device_del and query-pci name it by."""
+    return "hostdev-" + str(address).replace(":", "-").replace(".", "-")
+
+
+def argv_devices(argv: Sequence[str]) -> tuple[str, ...]:
+    """The device driver names an argv instantiates (each ``-device NAME,...``)."""
+    names: list[str] = []
+    for flag, value in itertools.pairwise(argv):
+        if flag == "-device":
+            names.append(value.split(",", 1)[0])
+    return tuple(names)
