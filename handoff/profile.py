@@ -445,10 +445,11 @@ class _Reader:
         value = table[name]
         key = f"{prefix}.{name}"
         if isinstance(value, bool) or not isinstance(value, int):
+            example = value.strip() if isinstance(value, str) and value.strip().isdigit() else low
             raise self.error(
                 key,
                 f"found {_show(value)}; expected a whole number from {low} to {high}",
-                f"write {name} = {low} (a number without quotes)",
+                f"write {name} = {example} (a number without quotes)",
             )
         if not low <= value <= high:
             raise self.error(
@@ -735,6 +736,7 @@ def _parse_firmware(r: _Reader, data: Mapping[str, Any], vm_name: str) -> Firmwa
 
 def _parse_disks(r: _Reader, data: Mapping[str, Any]) -> tuple[Disk, ...]:
     disks: list[Disk] = []
+    used: dict[Path, int] = {}
     sata = 0
     for index, t in enumerate(r.array_of_tables(data, "disk")):
         prefix = f"disk[{index}]"
@@ -782,6 +784,16 @@ def _parse_disks(r: _Reader, data: Mapping[str, Any]) -> tuple[Disk, ...]:
                 "found the boolean false for a cdrom; expected true (a CD-ROM is read-only)",
                 "remove readonly, or make it a disk with media = \"disk\"",
             )
+        if path in used:
+            other = disks[used[path]]
+            if not (readonly and other.readonly):
+                raise r.error(
+                    f"{prefix}.path",
+                    f"found {_show(t['path'])}, already used by disk[{used[path]}]; expected "
+                    "each writable image once (QEMU locks it; two writers corrupt it)",
+                    "remove the duplicate [[disk]], or set readonly = true on both",
+                )
+        used.setdefault(path, index)
         disks.append(
             Disk(
                 path=path,
@@ -806,7 +818,8 @@ def _parse_networks(r: _Reader, data: Mapping[str, Any]) -> tuple[Network, ...]:
         mac = r.string(
             t, prefix, "mac", pattern=_MAC,
             expected='a MAC address of six hex pairs such as "52:54:00:12:34:56"',
-            fix='write mac = "52:54:00:12:34:56" (colons, six pairs), or remove it for QEMU\'s',
+            fix='write mac = "52:54:00:12:34:56" (colons, six pairs), or remove it to let QEMU '
+            "choose one",
         )
         if mac is not None:
             mac = mac.lower()
@@ -1040,9 +1053,13 @@ def parse_profile(text: str, source: Path) -> Profile:
     except tomllib.TOMLDecodeError as exc:
         line = re.search(r"line (\d+)", str(exc))
         where = f" at line {line[1]}" if line else ""
+        lines = text.splitlines()
+        shown = ""
+        if line and 0 < int(line[1]) <= len(lines):
+            shown = f"\n    {line[1]} | {lines[int(line[1]) - 1]}"
         raise reader.error(
             None,
-            f"is not valid TOML{where}: {exc}",
+            f"is not valid TOML{where}: {exc}{shown}",
             f"fix the syntax{where}: strings need quotes (name = \"win10\"), tables are "
             "[name], arrays of tables [[name]]",
         ) from None

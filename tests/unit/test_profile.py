@@ -1,0 +1,465 @@
+"""Profiles: what a person writes is either understood exactly or refused with a fix.
+
+The corpus in bad_profiles/ holds one malformed profile per mistake. Each file
+starts with comments saying what the error must contain::
+
+    # key: vm.memory          the exact key path (``-`` for a file-level error)
+    # expect: "8 gigs"        fragments of the message (value found, expectation)
+    # fix: memory = "8G"      a fragment of the fix
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from handoff.errors import ProfileError
+from handoff.pci.address import PciAddress
+from handoff.profile import (
+    Accel,
+    AudioBackend,
+    DiskAio,
+    DiskCache,
+    DiskFormat,
+    DiskInterface,
+    DiskMedia,
+    DisplayFrontend,
+    FirmwareType,
+    InputBackend,
+    InputMode,
+    NetworkType,
+    NicModel,
+    Profile,
+    SoundModel,
+    Vga,
+    check_profile_on_host,
+    ensure_firmware_vars,
+    load_profile,
+    parse_memory,
+    parse_profile,
+    profile_to_toml,
+)
+
+HERE = Path(__file__).parent
+BAD = sorted((HERE / "bad_profiles").glob("*.toml"))
+REPO = HERE.parent.parent
+SHIPPED = sorted((REPO / "profiles").glob("*.toml"))
+SOURCE = Path("/etc/handoff/test.toml")
+
+
+def parse(text: str, source: Path = SOURCE) -> Profile:
+    return parse_profile(text, source)
+
+
+def expectations(path: Path) -> tuple[str | None, list[str], list[str]]:
+    key: str | None = None
+    expects: list[str] = []
+    fixes: list[str] = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        tag, _, value = line[1:].strip().partition(": ")
+        if tag == "key":
+            key = None if value == "-" else value
+        elif tag == "expect":
+            expects.append(value)
+        elif tag == "fix":
+            fixes.append(value)
+    return key, expects, fixes
+
+
+def test_the_corpus_has_at_least_25_malformed_profiles() -> None:
+    assert len(BAD) >= 25
+
+
+@pytest.mark.parametrize("path", BAD, ids=lambda p: p.stem)
+def test_each_malformed_profile_is_refused_naming_file_key_value_and_fix(path: Path) -> None:
+    key, expects, fixes = expectations(path)
+    assert expects, f"{path.name} lacks '# expect:' lines"
+    assert fixes, f"{path.name} lacks '# fix:' lines"
+    with pytest.raises(ProfileError) as caught:
+        load_profile(path)
+    error = caught.value
+    text = str(error)
+    assert error.path == str(path)
+    assert text.startswith(f"{path}: ")
+    assert error.key == key
+    if key is not None:
+        assert text.startswith(f"{path}: {key}: ")
+    for fragment in expects:
+        assert fragment in error.message, f"{fragment!r} not in {error.message!r}"
+    assert error.fix is not None
+    for fragment in fixes:
+        assert fragment in error.fix, f"{fragment!r} not in fix {error.fix!r}"
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_profile_loads(path: Path) -> None:
+    profile = load_profile(path)
+    assert profile.source == path
+    assert profile.name
+
+
+def test_the_demo_profile_needs_nothing_from_the_host() -> None:
+    demo = load_profile(REPO / "profiles" / "demo.toml")
+    assert demo.disks == ()
+    assert demo.passthrough == ()
+    assert demo.networks == ()
+    assert demo.input.backend is InputBackend.NONE
+    assert demo.display.frontend is DisplayFrontend.NONE
+    assert demo.vm.accel is Accel.AUTO
+    assert demo.vm.memory_mib <= 512
+    assert demo.vm.shutdown_timeout <= 10
+    check_profile_on_host(demo)  # nothing to find: passes on any machine
+
+
+def test_the_seed_profile_is_the_seed_guides_vm() -> None:
+    seed = load_profile(REPO / "profiles" / "seed-two-gpu.toml")
+    vm = seed.vm
+    assert (vm.memory_mib, vm.cpus, vm.sockets, vm.cores) == (8192, 8, 1, 8)
+    assert vm.cpu_model == "host"
+    assert vm.hide_hypervisor
+    assert vm.accel is Accel.KVM
+    (disk,) = seed.disks
+    assert disk.path == Path("/dev/vg-win7/win7-root")
+    assert (disk.format, disk.interface, disk.cache) == (
+        DiskFormat.RAW,
+        DiskInterface.VIRTIO,
+        DiskCache.NONE,
+    )
+    (net,) = seed.networks
+    assert (net.type, net.ifname, net.model, net.mac) == (
+        NetworkType.TAP,
+        "tap0",
+        NicModel.VIRTIO,
+        "72:d4:35:18:07:01",
+    )
+    assert seed.sound.model is SoundModel.HDA
+    assert seed.display.vga is Vga.NONE
+    assert seed.display.tablet
+    gpu, audio = seed.passthrough
+    assert gpu.address == PciAddress.parse("01:00.0")
+    assert gpu.x_vga
+    assert audio.address == PciAddress.parse("01:00.1")
+    assert not audio.x_vga
+    assert seed.input.backend is InputBackend.QMP
+
+
+# --------------------------------------------------------------------------- good profiles
+
+MINIMAL = '[vm]\nname = "w"\nmemory = "1G"\n'
+
+EVERYTHING = """
+[vm]
+name = "every-thing_1.0"
+memory = "8GiB"
+cpus = 8
+sockets = 1
+cores = 4
+threads = 2
+cpu_model = "host"
+cpu_flags = ["+invtsc", "-hypervisor"]
+hide_hypervisor = true
+accel = "kvm"
+machine = "pc-q35-7.2"
+user = "nobody"
+shutdown_timeout = 90.5
+extra_args = ["-device", "virtio-rng-pci"]
+
+[firmware]
+type = "ovmf"
+code = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+vars = "vars/every.fd"
+vars_template = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+
+[[disk]]
+path = "/dev/vg-win7/win7-root"
+cache = "none"
+aio = "native"
+
+[[disk]]
+path = "images/data.qcow2"
+format = "qcow2"
+interface = "scsi"
+cache = "writethrough"
+aio = "io_uring"
+
+[[disk]]
+path = "/srv/iso/win7.iso"
+media = "cdrom"
+
+[[network]]
+type = "tap"
+ifname = "tap0"
+mac = "72:D4:35:18:07:01"
+
+[[network]]
+type = "bridge"
+bridge = "br0"
+model = "e1000e"
+
+[[network]]
+model = "rtl8139"
+
+[sound]
+model = "hda"
+backend = "pipewire"
+
+[display]
+vga = "none"
+frontend = "vnc"
+tablet = true
+
+[[passthrough]]
+address = "01:00.0"
+x_vga = true
+romfile = "roms/gpu.rom"
+multifunction = true
+allow_in_group = ["00:01.0"]
+
+[[passthrough]]
+address = "0000:01:00.1"
+
+[input]
+backend = "virtio"
+hotkey = ["KEY_SCROLLLOCK"]
+start_in = "guest"
+devices = ["by-id:usb-Logitech_USB_Receiver-event-kbd", "usb:046d:c52b", "path:pci-0000:00:14.0-usb-0:2:1.0"]
+exclude = ["name:Power Button"]
+"""
+
+
+def test_a_minimal_profile_gets_the_documented_defaults() -> None:
+    profile = parse(MINIMAL)
+    assert profile.vm.memory_mib == 1024
+    assert profile.vm.cpus == 2
+    assert profile.vm.accel is Accel.AUTO
+    assert profile.vm.machine == "q35"
+    assert profile.vm.shutdown_timeout == 120.0
+    assert profile.firmware.type is FirmwareType.SEABIOS
+    assert profile.input.hotkey == ("KEY_LEFTCTRL", "KEY_RIGHTCTRL")
+    assert profile.input.start_in is InputMode.HOST
+
+
+def test_every_feature_is_read_into_its_typed_field() -> None:
+    p = parse(EVERYTHING)
+    assert p.vm.memory_mib == 8192
+    assert (p.vm.cpus, p.vm.sockets, p.vm.cores, p.vm.threads) == (8, 1, 4, 2)
+    assert p.vm.cpu_flags == ("+invtsc", "-hypervisor")
+    assert p.vm.user == "nobody"
+    assert p.vm.shutdown_timeout == 90.5
+    assert p.vm.extra_args == ("-device", "virtio-rng-pci")
+    assert p.firmware.type is FirmwareType.OVMF
+    assert p.firmware.vars == Path("/etc/handoff/vars/every.fd")
+    assert [d.interface for d in p.disks] == [
+        DiskInterface.VIRTIO,
+        DiskInterface.SCSI,
+        DiskInterface.SATA,
+    ]
+    assert p.disks[0].aio is DiskAio.NATIVE
+    assert p.disks[1].path == Path("/etc/handoff/images/data.qcow2")
+    assert p.disks[2].media is DiskMedia.CDROM
+    assert p.disks[2].readonly
+    assert p.networks[0].mac == "72:d4:35:18:07:01"  # normalised to lower case
+    assert p.networks[1].bridge == "br0"
+    assert p.sound.backend is AudioBackend.PIPEWIRE
+    assert p.display.frontend is DisplayFrontend.VNC
+    assert p.passthrough[0].romfile == Path("/etc/handoff/roms/gpu.rom")
+    assert p.passthrough[0].allow_in_group == (PciAddress.parse("00:01.0"),)
+    assert str(p.passthrough[1].address) == "0000:01:00.1"
+    assert p.input.backend is InputBackend.VIRTIO
+    assert p.input.start_in is InputMode.GUEST
+    assert len(p.input.devices) == 3
+
+
+@pytest.mark.parametrize("text", [MINIMAL, EVERYTHING], ids=["minimal", "everything"])
+def test_a_profile_written_back_as_toml_reads_back_equal(text: str) -> None:
+    profile = parse(text)
+    assert parse(profile_to_toml(profile)) == profile
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_profiles_round_trip(path: Path) -> None:
+    profile = load_profile(path)
+    assert parse_profile(profile_to_toml(profile), path) == profile
+
+
+@pytest.mark.parametrize(
+    ("value", "mib"),
+    [
+        (8192, 8192),
+        ('"8192"', 8192),
+        ('"8192M"', 8192),
+        ('"8192MiB"', 8192),
+        ('"8G"', 8192),
+        ('"8g"', 8192),
+        ('"8GiB"', 8192),
+        ('"8 GiB"', 8192),
+        ('"1T"', 1024 * 1024),
+        ('"256M"', 256),
+    ],
+)
+def test_memory_accepts_mib_numbers_and_binary_units(value: object, mib: int) -> None:
+    profile = parse(f'[vm]\nname = "w"\nmemory = {value}\n')
+    assert profile.vm.memory_mib == mib
+
+
+@pytest.mark.parametrize("text", ["8GB", "8 gigs", "8.5G", "G", "", "-8G", "8K"])
+def test_memory_refuses_ambiguous_or_decimal_sizes(text: str) -> None:
+    assert parse_memory(text) is None
+
+
+@given(st.integers(min_value=16, max_value=4 * 1024 * 1024))
+def test_memory_in_mib_survives_any_unit_it_divides(mib: int) -> None:
+    assert parse_memory(f"{mib}M") == mib
+    if mib % 1024 == 0:
+        assert parse_memory(f"{mib // 1024}GiB") == mib
+
+
+def test_topology_may_leave_out_the_counts_that_are_one() -> None:
+    profile = parse('[vm]\nname = "w"\nmemory = "1G"\ncpus = 8\nsockets = 1\ncores = 8\n')
+    assert (profile.vm.sockets, profile.vm.cores, profile.vm.threads) == (1, 8, None)
+
+
+def test_cpus_follows_from_the_topology_when_left_out() -> None:
+    profile = parse('[vm]\nname = "w"\nmemory = "1G"\nsockets = 2\ncores = 4\n')
+    assert profile.vm.cpus == 8
+
+
+def test_relative_paths_are_relative_to_the_profile_not_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "vms").mkdir()
+    profile_file = tmp_path / "vms" / "w.toml"
+    profile_file.write_text(MINIMAL + '[[disk]]\npath = "../images/w.qcow2"\nformat = "qcow2"\n')
+    monkeypatch.chdir("/")
+    profile = load_profile(profile_file)
+    assert profile.disks[0].path == tmp_path / "images" / "w.qcow2"
+
+
+def test_a_relative_profile_path_is_made_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "w.toml").write_text(MINIMAL + '[[disk]]\npath = "w.raw"\n')
+    monkeypatch.chdir(tmp_path)
+    profile = load_profile(Path("w.toml"))
+    assert profile.source == tmp_path / "w.toml"
+    assert profile.disks[0].path == tmp_path / "w.raw"
+
+
+def test_ovmf_with_only_a_template_gets_a_vars_file_next_to_the_profile() -> None:
+    profile = parse(
+        MINIMAL + '[firmware]\ntype = "ovmf"\ncode = "/fw/CODE.fd"\nvars_template = "/fw/VARS.fd"\n'
+    )
+    assert profile.firmware.vars == Path("/etc/handoff/w.OVMF_VARS.fd")
+
+
+def test_the_vars_file_is_copied_from_its_template_once(tmp_path: Path) -> None:
+    template = tmp_path / "VARS.fd"
+    template.write_bytes(b"\x00template")
+    profile_file = tmp_path / "w.toml"
+    profile_file.write_text(
+        MINIMAL + f'[firmware]\ntype = "ovmf"\ncode = "/fw/CODE.fd"\nvars_template = "{template}"\n'
+    )
+    profile = load_profile(profile_file)
+    vars_file = ensure_firmware_vars(profile)
+    assert vars_file == tmp_path / "w.OVMF_VARS.fd"
+    assert vars_file.read_bytes() == b"\x00template"
+    vars_file.write_bytes(b"guest wrote boot entries")
+    assert ensure_firmware_vars(profile) == vars_file
+    assert vars_file.read_bytes() == b"guest wrote boot entries"  # never overwritten
+
+
+def test_a_cdrom_defaults_to_sata_and_read_only() -> None:
+    profile = parse(MINIMAL + '[[disk]]\npath = "/iso/win.iso"\nmedia = "cdrom"\n')
+    assert profile.disks[0].interface is DiskInterface.SATA
+    assert profile.disks[0].readonly
+
+
+def test_one_image_may_be_attached_twice_when_both_are_read_only() -> None:
+    text = MINIMAL + '[[disk]]\npath = "/iso/a.iso"\nmedia = "cdrom"\n' * 2
+    assert len(parse(text).disks) == 2
+
+
+# --------------------------------------------------------------------------- file-level errors
+
+
+def test_a_missing_profile_file_is_refused_with_where_to_look(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(ProfileError) as caught:
+        load_profile(missing)
+    assert str(missing) in str(caught.value)
+    assert "no such profile file" in caught.value.message
+    assert caught.value.fix is not None
+    assert "profiles/demo.toml" in caught.value.fix
+
+
+def test_a_directory_is_not_a_profile(tmp_path: Path) -> None:
+    with pytest.raises(ProfileError, match="is a directory"):
+        load_profile(tmp_path)
+
+
+def test_a_binary_file_is_refused_as_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "w.toml"
+    path.write_bytes(b"\xff\xfe[vm]")
+    with pytest.raises(ProfileError, match="not UTF-8"):
+        load_profile(path)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
+def test_an_unreadable_profile_names_the_permission_problem(tmp_path: Path) -> None:
+    path = tmp_path / "w.toml"
+    path.write_text(MINIMAL)
+    path.chmod(0)
+    with pytest.raises(ProfileError, match="cannot be read"):
+        load_profile(path)
+
+
+# --------------------------------------------------------------------------- host checks
+
+
+def test_host_check_refuses_a_user_that_does_not_exist() -> None:
+    profile = parse('[vm]\nname = "w"\nmemory = "1G"\nuser = "no-such-user-hf"\n')
+    with pytest.raises(ProfileError) as caught:
+        check_profile_on_host(profile)
+    assert caught.value.key == "vm.user"
+    assert '"no-such-user-hf"' in caught.value.message
+    assert caught.value.fix is not None
+    assert "useradd" in caught.value.fix
+
+
+def test_host_check_accepts_an_existing_user() -> None:
+    name = pwd.getpwuid(os.getuid()).pw_name
+    check_profile_on_host(parse(f'[vm]\nname = "w"\nmemory = "1G"\nuser = "{name}"\n'))
+
+
+def test_host_check_names_the_disk_that_does_not_exist(tmp_path: Path) -> None:
+    (tmp_path / "a.raw").write_bytes(b"")
+    profile_file = tmp_path / "w.toml"
+    profile_file.write_text(MINIMAL + '[[disk]]\npath = "a.raw"\n[[disk]]\npath = "b.raw"\n')
+    with pytest.raises(ProfileError) as caught:
+        check_profile_on_host(load_profile(profile_file))
+    assert caught.value.key == "disk[1].path"
+    assert str(tmp_path / "b.raw") in caught.value.message
+
+
+def test_host_check_names_missing_firmware(tmp_path: Path) -> None:
+    profile = parse(
+        MINIMAL + f'[firmware]\ntype = "ovmf"\ncode = "{tmp_path}/CODE.fd"\nvars = "v.fd"\n'
+    )
+    with pytest.raises(ProfileError) as caught:
+        check_profile_on_host(profile)
+    assert caught.value.key == "firmware.code"
+    assert caught.value.fix is not None
+    assert "ovmf" in caught.value.fix
+
+
+def test_parsing_is_pure_and_never_looks_up_the_host() -> None:
+    # Neither the user nor the files exist here: parsing still succeeds.
+    profile = parse(EVERYTHING.replace('"nobody"', '"no-such-user-hf"'))
+    assert profile.vm.user == "no-such-user-hf"
