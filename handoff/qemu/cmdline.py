@@ -11,7 +11,8 @@ The seed guide's options are translated to their current forms:
 → ``-blockdev`` nodes + ``-device virtio-blk-pci``; ``-soundhw hda`` (removed in
 QEMU 7.1) → ``-audiodev`` + ``-device intel-hda`` + ``-device hda-duplex``;
 ``-usbdevice tablet`` (a legacy shorthand that needs a default USB controller,
-which -nodefaults removes) → ``-device qemu-xhci`` + ``-device usb-tablet``; ``-vga std`` → ``-vga none -device VGA``;
+which -nodefaults removes) → ``-device qemu-xhci`` + ``-device usb-tablet``;
+``-vga std`` → ``-vga none -device VGA``;
 ``-device virtio-net`` → ``-device virtio-net-pci``.
 
 Option values are escaped the QEMU way (a literal comma is written ``,,``),

@@ -229,7 +229,11 @@ address = "0000:01:00.1"
 backend = "virtio"
 hotkey = ["KEY_SCROLLLOCK"]
 start_in = "guest"
-devices = ["by-id:usb-Logitech_USB_Receiver-event-kbd", "usb:046d:c52b", "path:pci-0000:00:14.0-usb-0:2:1.0"]
+devices = [
+    "by-id:usb-Logitech_USB_Receiver-event-kbd",
+    "usb:046d:c52b",
+    "path:pci-0000:00:14.0-usb-0:2:1.0",
+]
 exclude = ["name:Power Button"]
 """
 
