@@ -1,0 +1,85 @@
+"""KVM or TCG: use KVM only where it really works, and say why.
+
+``/dev/kvm`` existing is not enough: a person may lack the rights to open it
+(not in group ``kvm``), and on a PVM host (KVM itself running inside a
+paravirtualised guest, /sys/module/kvm_pvm) KVM guests start but crawl, so
+TCG is the faster choice there. The reason is printed in the session's
+status output, because "why is my VM slow" starts with which accelerator
+it got.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+from handoff.errors import HostError
+from handoff.host import HostPaths
+from handoff.profile import Accel
+
+
+@dataclass(frozen=True)
+class AccelChoice:
+    """The accelerator QEMU gets, and one sentence saying why."""
+
+    accel: Literal["kvm", "tcg"]
+    reason: str
+
+
+def kvm_problem(paths: HostPaths) -> str | None:
+    """Why KVM cannot be used on this host, or None when /dev/kvm works."""
+    if (paths.sys / "module" / "kvm_pvm").exists():
+        return (
+            "this is a PVM host (/sys/module/kvm_pvm exists): KVM guests run inside a "
+            "paravirtualised guest and crawl"
+        )
+    kvm = paths.dev / "kvm"
+    try:
+        fd = os.open(kvm, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return (
+            f"{kvm} does not exist (no hardware virtualisation, disabled in the firmware, "
+            "or the kvm_intel/kvm_amd module is not loaded)"
+        )
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return f"{kvm} cannot be opened read-write: permission denied"
+        return f"{kvm} cannot be opened read-write: {exc.strerror}"
+    os.close(fd)
+    return None
+
+
+def choose_accel(requested: Accel, paths: HostPaths) -> AccelChoice:
+    """KVM for ``auto`` when it works, TCG otherwise; ``kvm`` refuses without it.
+
+    Raises :class:`HostError` when the profile insists on KVM (vm.accel =
+    "kvm") and this host cannot give it: silently emulating a gaming VM
+    would only look like a hang.
+    """
+    if requested is Accel.TCG:
+        return AccelChoice("tcg", 'the profile asks for TCG (vm.accel = "tcg")')
+    problem = kvm_problem(paths)
+    if problem is None:
+        return AccelChoice("kvm", f"{paths.dev / 'kvm'} opens read-write")
+    if requested is Accel.KVM:
+        raise HostError(
+            f'the profile asks for KVM (vm.accel = "kvm") but {problem}',
+            fix=_fix_for(problem)
+            + '; or set vm.accel = "auto" to fall back to TCG emulation (slow)',
+        )
+    return AccelChoice("tcg", f"TCG emulation because {problem}")
+
+
+def _fix_for(problem: str) -> str:
+    if "PVM" in problem:
+        return "run the VM on a host with hardware virtualisation (not inside a PVM guest)"
+    if "permission denied" in problem:
+        return "add the user to the kvm group (usermod -aG kvm USER) or run handoff as root"
+    if "does not exist" in problem:
+        return (
+            "enable VT-x/AMD-V in the firmware setup and load the module "
+            "(modprobe kvm_intel or modprobe kvm_amd); `handoff doctor` checks both"
+        )
+    return "check `handoff doctor` for the KVM checks"

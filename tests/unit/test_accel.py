@@ -1,0 +1,85 @@
+"""The accelerator: KVM only where /dev/kvm opens read-write and the host is not PVM."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from handoff.errors import HostError
+from handoff.host import HostPaths
+from handoff.profile import Accel
+from handoff.qemu.accel import choose_accel, kvm_problem
+
+
+def host(tmp_path: Path, *, kvm: bool = True, pvm: bool = False, mode: int = 0o660) -> HostPaths:
+    """A fake host: /dev/kvm as a file (opening it is all choose_accel does)."""
+    paths = HostPaths(sys=tmp_path / "sys", proc=tmp_path / "proc", dev=tmp_path / "dev")
+    (paths.sys / "module" / "kvm").mkdir(parents=True)
+    paths.dev.mkdir()
+    if kvm:
+        (paths.dev / "kvm").touch(mode=mode)
+        (paths.dev / "kvm").chmod(mode)
+    if pvm:
+        (paths.sys / "module" / "kvm_pvm").mkdir()
+    return paths
+
+
+def test_auto_picks_kvm_when_dev_kvm_opens(tmp_path: Path) -> None:
+    choice = choose_accel(Accel.AUTO, host(tmp_path))
+    assert choice.accel == "kvm"
+    assert "opens read-write" in choice.reason
+
+
+def test_auto_falls_back_to_tcg_without_dev_kvm_and_says_why(tmp_path: Path) -> None:
+    choice = choose_accel(Accel.AUTO, host(tmp_path, kvm=False))
+    assert choice.accel == "tcg"
+    assert "does not exist" in choice.reason
+
+
+def test_a_pvm_host_gets_tcg_even_though_dev_kvm_opens(tmp_path: Path) -> None:
+    choice = choose_accel(Accel.AUTO, host(tmp_path, pvm=True))
+    assert choice.accel == "tcg"
+    assert "PVM" in choice.reason
+    assert "kvm_pvm" in choice.reason
+
+
+def test_tcg_is_always_allowed(tmp_path: Path) -> None:
+    choice = choose_accel(Accel.TCG, host(tmp_path, kvm=False, pvm=True))
+    assert choice.accel == "tcg"
+    assert "asks for TCG" in choice.reason
+
+
+def test_kvm_requested_on_a_pvm_host_is_refused_with_a_fix(tmp_path: Path) -> None:
+    with pytest.raises(HostError) as caught:
+        choose_accel(Accel.KVM, host(tmp_path, pvm=True))
+    assert 'vm.accel = "kvm"' in caught.value.message
+    assert caught.value.fix is not None
+    assert 'vm.accel = "auto"' in caught.value.fix
+
+
+def test_kvm_requested_without_dev_kvm_says_how_to_enable_it(tmp_path: Path) -> None:
+    with pytest.raises(HostError) as caught:
+        choose_accel(Accel.KVM, host(tmp_path, kvm=False))
+    assert caught.value.fix is not None
+    assert "modprobe kvm_intel" in caught.value.fix
+
+
+def test_kvm_requested_where_it_works_is_granted(tmp_path: Path) -> None:
+    assert choose_accel(Accel.KVM, host(tmp_path)).accel == "kvm"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root opens any file read-write")
+def test_a_dev_kvm_without_write_permission_is_not_kvm(tmp_path: Path) -> None:
+    problem = kvm_problem(host(tmp_path, mode=0o444))
+    assert problem is not None
+    assert "permission denied" in problem
+
+
+def test_the_real_host_answer_is_consistent_with_its_dev_kvm() -> None:
+    real = HostPaths()
+    choice = choose_accel(Accel.AUTO, real)
+    if Path("/sys/module/kvm_pvm").exists() or not Path("/dev/kvm").exists():
+        assert choice.accel == "tcg"
+    assert choice.reason
