@@ -1,0 +1,328 @@
+"""Reading evdev devices under trio, and the ``qmp`` backend that feeds QEMU.
+
+Reading: each device's fd is waited on with :func:`trio.lowlevel.wait_readable`
+and drained with ``read()`` (one syscall returns every queued event); ENODEV
+means the device was unplugged and ends the reader quietly.
+
+The ``qmp`` backend turns each forwarded frame into one ``input-send-event``
+batch (:mod:`handoff.input.translate`) and sends the batches in order. QEMU
+processes one monitor request at a time and queues at most 8, so a mouse at
+1-8 kHz outruns it as soon as a round trip costs more than the report
+interval. Therefore:
+
+* at most :data:`MAX_IN_FLIGHT` requests are outstanding;
+* while they are, batches wait in a :class:`BatchQueue`, where a batch that
+  is only relative motion is merged into the waiting tail batch (its x/y
+  added): total motion in = total motion out, only its granularity changes;
+* keys and buttons are never merged, dropped or reordered.
+
+Transports: :class:`QmpSocketTransport` speaks raw QMP on a monitor of its
+own (``-chardev socket,...,path=<run dir>/input.qmp -mon ...,mode=control``,
+added by the input resource), writing pre-encoded requests and counting
+replies; that is what makes pipelining possible with a strict order.
+:class:`ExecuteTransport` uses any ``execute(command, arguments)`` (the
+session's :class:`handoff.qemu.qmp.QmpConnection`) one request at a time:
+correct and ordered, coalescing more under load.
+
+Nothing here logs event contents: error replies are logged by class only
+(QEMU's description can quote a key name).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import trio
+
+from handoff.errors import InputError
+from handoff.input.keymap import LINUX_TO_QCODE
+from handoff.input.translate import Event, FrameTranslator, QmpEvent, is_motion_only
+
+log = logging.getLogger(__name__)
+
+MAX_IN_FLIGHT = 8  # QEMU's per-monitor request queue (QMP_REQ_QUEUE_LEN_MAX)
+CONNECT_TIMEOUT = 10.0
+
+
+class BatchQueue:
+    """Batches waiting for a free request slot; coalesces motion-only batches.
+
+    ``put`` never blocks (the evdev reader must keep draining the kernel
+    buffer, or the kernel drops events with SYN_DROPPED); ``get`` waits.
+    """
+
+    def __init__(self) -> None:
+        self._batches: deque[list[QmpEvent]] = deque()
+        self._tail_motion: dict[str, QmpEvent] | None = None
+        self._ready = trio.Event()
+        self._empty = trio.Event()
+        self.merged = 0  #: batches folded into a waiting one (for benchmarks)
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def put(self, batch: list[QmpEvent]) -> None:
+        """Queue one batch (fresh objects: the queue may change its motion values)."""
+        if not batch:
+            return
+        if self._batches and self._tail_motion is not None and is_motion_only(batch):
+            for event in batch:
+                axis = event["data"]["axis"]
+                existing = self._tail_motion.get(axis)
+                if existing is None:
+                    self._batches[-1].append(event)
+                    self._tail_motion[axis] = event
+                else:
+                    existing["data"]["value"] += event["data"]["value"]
+            self.merged += 1
+            return
+        self._batches.append(batch)
+        self._tail_motion = {e["data"]["axis"]: e for e in batch if e["type"] == "rel"}
+        self._ready.set()
+
+    def get_nowait(self) -> list[QmpEvent] | None:
+        if not self._batches:
+            return None
+        batch = self._batches.popleft()
+        if not self._batches:
+            self._tail_motion = None
+            self._ready = trio.Event()
+            self._empty.set()
+        return batch
+
+    async def wait_empty(self) -> None:
+        while self._batches:
+            self._empty = trio.Event()
+            await self._empty.wait()
+
+    async def get(self) -> list[QmpEvent]:
+        while True:
+            batch = self.get_nowait()
+            if batch is not None:
+                return batch
+            await self._ready.wait()
+
+
+class _Idle:
+    """Counts batches taken from the queue and not yet answered; ``wait`` for zero."""
+
+    def __init__(self) -> None:
+        self.outstanding = 0
+        self._zero = trio.Event()
+        self._zero.set()
+
+    def take(self) -> None:
+        self.outstanding += 1
+        if self._zero.is_set():
+            self._zero = trio.Event()
+
+    def done(self) -> None:
+        self.outstanding -= 1
+        if self.outstanding == 0:
+            self._zero.set()
+
+    async def wait(self) -> None:
+        await self._zero.wait()
+
+
+class Executor(Protocol):
+    async def execute(
+        self, command: str, arguments: Mapping[str, object] | None = None
+    ) -> object: ...
+
+
+class ExecuteTransport:
+    """Sends batches through ``execute`` one at a time (strict order, 1 in flight)."""
+
+    def __init__(self, executor: Executor) -> None:
+        self._executor = executor
+        self.sent = 0
+        self.idle = _Idle()
+
+    async def run(self, queue: BatchQueue) -> None:
+        while True:
+            batch = await queue.get()
+            self.idle.take()
+            try:
+                await self._executor.execute("input-send-event", {"events": batch})
+            except InputError:
+                raise
+            except Exception as exc:  # a refused batch must not stop forwarding
+                log.warning("QEMU refused an input batch (%s)", type(exc).__name__)
+            finally:
+                self.idle.done()
+            self.sent += 1
+
+
+class QmpSocketTransport:
+    """Raw, pipelined QMP on a monitor reserved for input.
+
+    Requests carry no ``id``: QEMU answers a monitor's requests in order, so
+    the n-th reply belongs to the n-th request, and a slot is freed per reply.
+    """
+
+    def __init__(self, stream: trio.SocketStream, max_in_flight: int = MAX_IN_FLIGHT) -> None:
+        self._stream = stream
+        self._slots = trio.Semaphore(max_in_flight)
+        self._buffer = bytearray()
+        self.sent = 0
+        self.replies = 0
+        self.errors = 0
+        self.idle = _Idle()
+
+    @classmethod
+    async def connect(cls, path: Path, deadline: float = CONNECT_TIMEOUT) -> QmpSocketTransport:
+        """Connect to ``path``, read the greeting, negotiate capabilities.
+
+        QEMU creates the socket while it starts, so the connection is retried
+        for ``deadline`` seconds.
+        """
+        stream: trio.SocketStream | None = None
+        with trio.move_on_after(deadline):
+            while stream is None:
+                try:
+                    stream = await trio.open_unix_socket(str(path))
+                except (FileNotFoundError, ConnectionRefusedError):
+                    await trio.sleep(0.02)
+            transport = cls(stream)
+            greeting = await transport._read_message()
+            if "QMP" not in greeting:
+                raise InputError(f"{path} is not a QMP monitor (no greeting)")
+            await stream.send_all(b'{"execute":"qmp_capabilities"}\n')
+            if "return" not in await transport._read_reply():
+                raise InputError(f"QEMU refused qmp_capabilities on {path}")
+            return transport
+        if stream is not None:
+            await stream.aclose()
+        raise InputError(
+            f"QEMU's input monitor {path} did not answer within {deadline:g} s",
+            fix="look at QEMU's log in the run directory",
+        )
+
+    async def _read_message(self) -> dict[str, Any]:
+        while True:
+            end = self._buffer.find(b"\n")
+            if end >= 0:
+                line = bytes(self._buffer[: end + 1])
+                del self._buffer[: end + 1]
+                if line.strip():
+                    message: dict[str, Any] = json.loads(line)
+                    return message
+                continue
+            chunk = await self._stream.receive_some(65536)
+            if not chunk:
+                raise EOFError("QEMU closed the input monitor")
+            self._buffer += chunk
+
+    async def _read_reply(self) -> dict[str, Any]:
+        while True:
+            message = await self._read_message()
+            if "event" not in message:
+                return message
+
+    async def run(self, queue: BatchQueue) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._receive_replies)
+            while True:
+                batch = await queue.get()
+                self.idle.take()
+                await self._slots.acquire()
+                # Motion that arrived while waiting for the slot is in the queue,
+                # merged; it follows in the next request.
+                payload = json.dumps(
+                    {"execute": "input-send-event", "arguments": {"events": batch}},
+                    separators=(",", ":"),
+                ).encode()
+                await self._stream.send_all(payload + b"\n")
+                self.sent += 1
+
+    async def _receive_replies(self) -> None:
+        while True:
+            try:
+                reply = await self._read_reply()
+            except EOFError:
+                return
+            self.replies += 1
+            if "error" in reply:
+                self.errors += 1
+                log.warning(
+                    "QEMU refused an input batch (%s)", reply["error"].get("class", "error")
+                )
+            self._slots.release()
+            self.idle.done()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+class Transport(Protocol):
+    @property
+    def idle(self) -> _Idle: ...
+
+    async def run(self, queue: BatchQueue) -> None: ...
+
+
+class QmpBackend:
+    """The ``qmp`` backend: a guest sink that queues translated frames for a transport."""
+
+    def __init__(self, keymap: Mapping[int, str] = LINUX_TO_QCODE) -> None:
+        self.translator = FrameTranslator(keymap)
+        self.queue = BatchQueue()
+        self.frames = 0
+
+    def submit(self, device: str, events: Sequence[Event]) -> None:
+        self.frames += 1
+        self.queue.put(self.translator.translate(device, events))
+
+    def forget(self, device: str) -> None:
+        self.translator.forget(device)
+
+    async def run(self, transport: Transport) -> None:
+        await transport.run(self.queue)
+
+    async def wait_idle(self, transport: Transport) -> None:
+        """Return once every submitted frame has been answered by QEMU."""
+        while len(self.queue) or transport.idle.outstanding:
+            if len(self.queue):
+                await self.queue.wait_empty()
+            else:
+                await transport.idle.wait()
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class EvdevDevice(Protocol):
+    """What the reader needs of :class:`evdev.InputDevice`."""
+
+    @property
+    def fd(self) -> int: ...
+
+    def read(self) -> Any: ...
+
+
+async def read_events(
+    device: EvdevDevice, deliver: Callable[[list[tuple[int, int, int, float]]], None]
+) -> None:
+    """Drain ``device`` forever, handing each read's events to ``deliver``.
+
+    Each event is ``(type, code, value, timestamp)``. Returns when the device
+    is unplugged (ENODEV); other OS errors propagate.
+    """
+    while True:
+        await trio.lowlevel.wait_readable(device.fd)
+        try:
+            events = [(e.type, e.code, e.value, e.sec + e.usec / 1e6) for e in device.read()]
+        except BlockingIOError:
+            continue
+        except OSError as exc:
+            if exc.errno == errno.ENODEV:
+                return
+            raise
+        deliver(events)
