@@ -59,13 +59,13 @@ INPUT_TRACE_EVENTS = "input_event_*"
 #: q35's built-in AHCI controller (ICH9, 00:1f.2) exposes these buses.
 _AHCI_BUS = "ide.{port}"
 
-_NIC_DEVICE = {
+NIC_DEVICE = {
     NicModel.VIRTIO: "virtio-net-pci",
     NicModel.E1000E: "e1000e",
     NicModel.RTL8139: "rtl8139",
 }
 
-_VGA_DEVICE = {
+VGA_DEVICE = {
     Vga.STD: "VGA",
     Vga.VIRTIO: "virtio-vga",
     Vga.QXL: "qxl-vga",
@@ -234,7 +234,7 @@ def _display(profile: Profile, launch: LaunchSpec) -> list[str]:
         shown = frontend.value
     args = ["-display", shown, "-vga", "none"]
     if display.vga is not Vga.NONE:
-        args += ["-device", _opts(_VGA_DEVICE[display.vga], id="video0")]
+        args += ["-device", _opts(VGA_DEVICE[display.vga], id="video0")]
     return args
 
 
@@ -337,7 +337,7 @@ def _networks(profile: Profile) -> list[str]:
         else:
             backend = _opts("bridge", id=netdev, br=net.bridge)
         args += ["-netdev", backend]
-        args += ["-device", _opts(_NIC_DEVICE[net.model], netdev=netdev, mac=net.mac)]
+        args += ["-device", _opts(NIC_DEVICE[net.model], netdev=netdev, mac=net.mac)]
     return args
 
 
