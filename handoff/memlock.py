@@ -1,0 +1,107 @@
+"""RLIMIT_MEMLOCK for a QEMU with passthrough devices.
+
+vfio pins every page of guest RAM for device DMA, and the kernel charges the
+pinned pages to QEMU's RLIMIT_MEMLOCK (unless QEMU keeps CAP_IPC_LOCK, i.e.
+runs as root). Too low a limit fails late and obscurely ("vfio_pin_pages
+failed", "VFIO_MAP_DMA: -12" in QEMU's log) after the GPU has already left
+the host; so preflight checks that the limit can cover guest RAM plus
+1 GiB of headroom (ROMs, BARs mapped for peer-to-peer, QEMU's own pinned
+buffers) and the spawner raises it for the QEMU child
+(:func:`handoff.qemu.process.raised_memlock`), or refuses with the
+limits.d line that fixes it. The seed guide's limits.conf lines
+(``<username> soft/hard memlock 80000000``) are the same fix by hand.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from handoff.errors import HostError
+from handoff.profile import Profile
+
+MEMLOCK_HEADROOM = 1 << 30  # bytes beyond guest RAM: ROMs, MMIO mappings, QEMU's own
+_MIB = 1 << 20
+UNLIMITED = resource.RLIM_INFINITY
+
+
+def required_memlock(profile: Profile) -> int | None:
+    """Bytes QEMU must be able to lock: guest RAM + 1 GiB, None without passthrough."""
+    if not profile.passthrough:
+        return None
+    return profile.vm.memory_mib * _MIB + MEMLOCK_HEADROOM
+
+
+@dataclass(frozen=True)
+class MemlockVerdict:
+    """What the current limits allow for ``required`` bytes.
+
+    ``raise_to`` is the limit to set for the child (None: already enough).
+    """
+
+    required: int
+    soft: int
+    hard: int
+    raise_to: int | None
+
+
+def _covers(limit: int, required: int) -> bool:
+    return limit == UNLIMITED or limit >= required
+
+
+def judge_memlock(
+    required: int, soft: int, hard: int, *, can_raise_hard: bool, user: str | None = None
+) -> MemlockVerdict:
+    """Pure: is (soft, hard) enough, raisable, or a refusal with the fix."""
+    if _covers(soft, required):
+        return MemlockVerdict(required, soft, hard, None)
+    if _covers(hard, required) or can_raise_hard:
+        return MemlockVerdict(required, soft, hard, required)
+    kib = -(-required // 1024)
+    who = user or os.environ.get("SUDO_USER") or "the user running handoff"
+    raise HostError(
+        f"RLIMIT_MEMLOCK is too low for passthrough: QEMU must lock "
+        f"{required // _MIB} MiB (guest RAM + 1 GiB) but the limit is "
+        f"{_text(soft)} (hard {_text(hard)}) and this process cannot raise the hard limit",
+        fix=f"add `{who} hard memlock {kib}` and `{who} soft memlock {kib}` to "
+        "/etc/security/limits.d/handoff.conf (KiB; or `unlimited`) and log in again, "
+        "or run handoff as root",
+    )
+
+
+def _text(value: int) -> str:
+    return "unlimited" if value == UNLIMITED else f"{value // _MIB} MiB"
+
+
+def _can_raise_hard() -> bool:
+    """CAP_SYS_RESOURCE (root, in practice): read from /proc/self/status's CapEff."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) & (1 << 24))
+    except (OSError, ValueError):
+        pass
+    return os.geteuid() == 0
+
+
+def check_memlock(
+    profile: Profile,
+    *,
+    getrlimit: Callable[[int], tuple[int, int]] = resource.getrlimit,
+    can_raise_hard: Callable[[], bool] = _can_raise_hard,
+) -> int | None:
+    """Preflight: the memlock value to hand the QEMU spawner, or HostError with the fix.
+
+    Returns None when no passthrough device is configured (nothing to raise).
+    Changes nothing: the spawner raises the limit around the fork
+    (``QemuProcess.start(memlock_bytes=...)``), so only QEMU gets it.
+    """
+    required = required_memlock(profile)
+    if required is None:
+        return None
+    soft, hard = getrlimit(resource.RLIMIT_MEMLOCK)
+    judge_memlock(required, soft, hard, can_raise_hard=can_raise_hard(), user=profile.vm.user)
+    return required

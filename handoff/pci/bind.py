@@ -1,0 +1,478 @@
+"""Moving devices to vfio-pci and back: the driver_override sequence, verified.
+
+The sequence is the one libvirt's virpci.c uses (virPCIDeviceBindToStub /
+virPCIDeviceUnbindFromStub), per device:
+
+detach
+    write ``vfio-pci`` to ``driver_override`` → write the address to the
+    current driver's ``unbind`` → write it to ``/sys/bus/pci/drivers_probe``
+    → verify the ``driver`` link is vfio-pci (else ``drivers/vfio-pci/bind``,
+    else roll back and fail) → /dev/vfio/N exists.
+return
+    unbind from vfio-pci → restore the original ``driver_override`` (a
+    newline clears it) → ``drivers_probe`` → verify the original driver is
+    back (else ``drivers/<orig>/bind``).
+
+Never ``new_id``/``remove_id`` (they match every device with those ids, the
+host's twin GPU too) and never ``modprobe -r``.
+
+Every write goes through a :class:`SysfsWriter` (the real kernel, or the
+unit tests' emulated driver core) in a worker thread under a deadline: a
+write to ``unbind`` can block in the kernel for ever (a driver waiting for
+its users), and the supervisor must report that instead of hanging. The
+kernel's bind/unbind/drivers_probe are synchronous, so the driver link is
+verified immediately after the write, without sleeping.
+
+Return is idempotent from every intermediate state, so the same code undoes
+a partial detach (rollback), a finished session, and a journal left by a
+supervisor that was killed.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import trio
+
+from handoff.errors import BindError, HandoffError, HostError, SysfsTimeoutError, SysfsWriteError
+from handoff.host import HostPaths
+from handoff.pci import journal as jr
+from handoff.pci.address import PciAddress
+from handoff.pci.holders import node_holders
+from handoff.pci.plan import HandoffPlan
+from handoff.pci.sysfs import (
+    VFIO_DRIVER,
+    VFIO_MODULE,
+    PciDevice,
+    device_dir,
+    driver_loaded,
+    drivers_dir,
+    drivers_probe_path,
+    read_boot_id,
+    read_device,
+    vfio_group_node,
+)
+
+log = logging.getLogger("handoff.pci")
+
+WRITE_TIMEOUT = 10.0  # seconds one sysfs write may take before it is reported stuck
+VFIO_NODE_TIMEOUT = 2.0  # seconds for /dev/vfio/N to appear after the bind (devtmpfs)
+MODPROBE_TIMEOUT = 60.0
+
+
+class SysfsWriter(Protocol):
+    """The only way handoff changes the kernel's driver bindings.
+
+    Production writes the file and runs modprobe; the unit tests install an
+    emulated driver core that applies the kernel's semantics to a fake tree.
+    ``write`` raises OSError with the kernel's errno, exactly as write(2) does.
+    """
+
+    def write(self, path: Path, value: str) -> None: ...
+
+    def module_loadable(self, module: str) -> bool: ...
+
+    def load_module(self, module: str) -> None: ...
+
+
+class KernelWriter:
+    """The real kernel: write(2) on sysfs attributes, modprobe(8) for modules."""
+
+    def write(self, path: Path, value: str) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, value.encode())
+        finally:
+            os.close(fd)
+
+    def module_loadable(self, module: str) -> bool:
+        try:
+            result = subprocess.run(
+                ["modprobe", "--dry-run", "--quiet", module],
+                capture_output=True,
+                timeout=MODPROBE_TIMEOUT,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return result.returncode == 0
+
+    def load_module(self, module: str) -> None:
+        try:
+            result = subprocess.run(
+                ["modprobe", module], capture_output=True, timeout=MODPROBE_TIMEOUT, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise HostError(
+                f"cannot run `modprobe {module}`: {exc}", fix="install kmod (modprobe)"
+            ) from exc
+        if result.returncode != 0:
+            raise HostError(
+                f"`modprobe {module}` failed: {result.stderr.decode(errors='replace').strip()}",
+                fix=f"check that the module {module} exists for this kernel and is not "
+                "blacklisted in /etc/modprobe.d",
+            )
+
+
+_ERRNO_FIXES = {
+    errno.EBUSY: "the device or driver is busy: close the programs using it (`handoff groups` "
+    "names them) and look at `dmesg` for the driver's reason",
+    errno.EACCES: "writing sysfs needs root: run handoff as root (or with CAP_SYS_ADMIN)",
+    errno.EPERM: "writing sysfs needs root: run handoff as root (or with CAP_SYS_ADMIN)",
+    errno.ENODEV: "the device is not bound to that driver, or it vanished from the bus: "
+    "check `handoff groups` and `dmesg`",
+    errno.ENOENT: "the attribute does not exist: the device was removed or the driver is not "
+    "loaded; check `handoff groups` and `dmesg`",
+    errno.EINVAL: "the driver refused the device: `dmesg` says why",
+}
+
+
+@dataclass
+class Engine:
+    """Applies plans and journals to the host through one :class:`SysfsWriter`."""
+
+    paths: HostPaths
+    writer: SysfsWriter
+    write_timeout: float = WRITE_TIMEOUT
+    notes: list[str] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ primitives
+
+    async def write(self, path: Path, value: str) -> None:
+        """One sysfs write in a worker thread under the deadline, errors named."""
+        writer = self.writer
+        shown = value.strip() or "\\n"
+        try:
+            with trio.fail_after(self.write_timeout):
+                await trio.to_thread.run_sync(writer.write, path, value, abandon_on_cancel=True)
+        except trio.TooSlowError as exc:
+            raise SysfsTimeoutError(
+                f"writing {shown!r} to {path} did not return within {self.write_timeout:g} s: "
+                "the kernel is stuck in this write (the thread is left behind)",
+                fix="look at `dmesg` for a hung task or a driver waiting for its users; "
+                "close every program using the device; a reboot may be needed to free it",
+            ) from exc
+        except OSError as exc:
+            code = exc.errno or 0
+            name = errno.errorcode.get(code, str(code))
+            raise SysfsWriteError(
+                f"writing {shown!r} to {path} failed: {name} ({os.strerror(code)})",
+                fix=_ERRNO_FIXES.get(code, "look at `dmesg` for the kernel's reason"),
+            ) from exc
+
+    def read(self, address: PciAddress) -> PciDevice:
+        return read_device(self.paths, address)
+
+    async def ensure_module(self, driver: str, module: str | None) -> None:
+        """Load ``module`` when ``driver`` is not registered (never unloads anything)."""
+        if driver_loaded(self.paths, driver) or module is None:
+            return
+        await trio.to_thread.run_sync(self.writer.load_module, module)
+        if not driver_loaded(self.paths, driver):
+            raise HostError(
+                f"`modprobe {module}` succeeded but {drivers_dir(self.paths) / driver} "
+                "does not exist",
+                fix=f"check `dmesg` and that {module} provides the PCI driver {driver}",
+            )
+
+    # ------------------------------------------------------------------ detach
+
+    async def detach(
+        self,
+        plan: HandoffPlan,
+        journal: jr.Journal,
+        *,
+        vfio_owner: tuple[int, int] | None = None,
+    ) -> None:
+        """Move every device of ``plan`` to vfio-pci, journaled; all or nothing.
+
+        On any failure (or cancellation) every device is returned, reverse
+        order, before the error propagates: a partial detach never stays.
+        """
+        for device in plan.detach_order:
+            if any(r.address == str(device.address) for r in journal.devices):
+                continue
+            journal.devices.append(
+                jr.DeviceRecord(
+                    address=str(device.address),
+                    ids=device.ids,
+                    group=device.iommu_group if device.iommu_group is not None else -1,
+                    original_driver=device.driver,
+                    original_module=device.driver_module,
+                    original_override=device.driver_override,
+                )
+            )
+        journal.save()
+        try:
+            await self.ensure_module(VFIO_DRIVER, VFIO_MODULE)
+            for device in plan.detach_order:
+                await self._detach_one(device.address, journal)
+            for group in plan.group_ids:
+                await self._wait_vfio_node(group)
+            if vfio_owner is not None:
+                for group in plan.group_ids:
+                    self._chown_node(vfio_group_node(self.paths, group), vfio_owner, journal)
+        except (Exception, trio.Cancelled, KeyboardInterrupt) as failure:
+            with trio.CancelScope(shield=True):
+                try:
+                    await self.give_back(journal)
+                except HandoffError as rollback:
+                    raise BindError(
+                        f"{failure}\nand returning the devices failed too: {rollback}",
+                        fix="run `handoff recover` once the cause is fixed; "
+                        f"the journal {journal.path} keeps what is left to return",
+                    ) from failure
+            raise
+
+    async def _detach_one(self, address: PciAddress, journal: jr.Journal) -> None:
+        name = str(address)
+        dev = device_dir(self.paths, address)
+        current = self.read(address)
+        if current.driver == VFIO_DRIVER and current.driver_override == VFIO_DRIVER:
+            journal.set_step(name, jr.STEP_ON_VFIO)
+            return
+        journal.set_step(name, jr.STEP_OVERRIDE)
+        await self.write(dev / "driver_override", VFIO_DRIVER)
+        if current.driver is not None and current.driver != VFIO_DRIVER:
+            journal.set_step(name, jr.STEP_UNBIND)
+            await self.write(drivers_dir(self.paths) / current.driver / "unbind", name)
+        if current.driver != VFIO_DRIVER:
+            journal.set_step(name, jr.STEP_PROBE)
+            await self.write(drivers_probe_path(self.paths), name)
+        now = self.read(address)
+        if now.driver != VFIO_DRIVER:
+            journal.set_step(name, jr.STEP_BIND)
+            try:
+                await self.write(drivers_dir(self.paths) / VFIO_DRIVER / "bind", name)
+            except SysfsWriteError as exc:
+                raise BindError(
+                    f"{address.short} did not bind to vfio-pci (it is on "
+                    f"{now.driver or 'no driver'}): {exc.message}",
+                    fix=exc.fix,
+                ) from exc
+            now = self.read(address)
+            if now.driver != VFIO_DRIVER:
+                raise BindError(
+                    f"{address.short} is on {now.driver or 'no driver'} after binding it to "
+                    "vfio-pci",
+                    fix="look at `dmesg` for vfio-pci's reason",
+                )
+        journal.set_step(name, jr.STEP_ON_VFIO)
+
+    async def _wait_vfio_node(self, group: int) -> None:
+        """/dev/vfio/N appears when the group's first device binds (devtmpfs: at once)."""
+        node = vfio_group_node(self.paths, group)
+        with trio.move_on_after(VFIO_NODE_TIMEOUT):
+            # Bounded poll: a file appearing has no event to wait on (devtmpfs is
+            # synchronous; this only runs where udev creates the node).
+            while not node.exists():  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        if not node.exists():
+            raise BindError(
+                f"{node} did not appear within {VFIO_NODE_TIMEOUT:g} s although IOMMU group "
+                f"{group} is on vfio-pci",
+                fix="mount devtmpfs on /dev (or let udev create the node) and check `dmesg`",
+            )
+
+    def _chown_node(self, node: Path, owner: tuple[int, int], journal: jr.Journal) -> None:
+        st = node.stat()
+        if not any(n.path == str(node) for n in journal.nodes):
+            journal.nodes.append(
+                jr.NodeRecord(
+                    path=str(node), uid=st.st_uid, gid=st.st_gid, mode=st.st_mode & 0o7777
+                )
+            )
+            journal.save()
+        os.chown(node, owner[0], owner[1])
+
+    # ------------------------------------------------------------------ return
+
+    async def give_back(self, journal: jr.Journal) -> list[str]:
+        """Return every device the journal records, VGA first; remove the journal.
+
+        Devices that cannot be returned stay in the journal (so `handoff
+        recover` can try again) and a BindError lists them after every
+        other device was handled.
+        """
+        notes: list[str] = []
+        failures: list[HandoffError] = _restore_nodes(journal)
+        for record in reversed(list(journal.devices)):
+            try:
+                note = await self._return_one(record, journal)
+            except HandoffError as exc:
+                failures.append(exc)
+                continue
+            notes.append(note)
+            journal.drop_device(record.address)
+        if failures:
+            raise BindError(
+                "could not return every device:\n" + "\n".join(f"  - {f}" for f in failures),
+                fix=f"fix the cause, then `handoff recover` (the journal {journal.path} "
+                "keeps what is left)",
+            )
+        journal.remove()
+        return notes
+
+    async def _return_one(self, record: jr.DeviceRecord, journal: jr.Journal) -> str:
+        address = PciAddress.parse(record.address)
+        dev = device_dir(self.paths, address)
+        if not (dev / "config").exists():
+            return f"{address.short} is gone from the bus; nothing to return"
+        original = record.original_driver
+        current = self.read(address)
+        if current.driver == original and current.driver_override == record.original_override:
+            return f"{address.short} is on {original or 'no driver'}, as before"
+        if current.driver not in (None, VFIO_DRIVER, original):
+            raise BindError(
+                f"{address.short} is on {current.driver}, neither vfio-pci nor its original "
+                f"{original or 'no driver'}: something else rebound it; handoff leaves it",
+                fix=f"check who bound it; to return it by hand: echo {record.address} > "
+                f"/sys/bus/pci/drivers/{current.driver}/unbind, then `handoff attach "
+                f"{address.short}`",
+            )
+        journal.set_step(record.address, jr.STEP_RETURNING)
+        if current.driver == VFIO_DRIVER and original != VFIO_DRIVER:
+            holders = node_holders(self.paths, vfio_group_node(self.paths, record.group))
+            if holders:
+                raise BindError(
+                    f"{address.short} cannot leave vfio-pci: /dev/vfio/{record.group} is still "
+                    "open (" + ", ".join(h.describe() for h in holders) + ")",
+                    fix="stop that process (the VM using the group), then `handoff recover`",
+                )
+            await self.write(drivers_dir(self.paths) / VFIO_DRIVER / "unbind", record.address)
+        await self.write(dev / "driver_override", record.original_override or "\n")
+        if original is None or original == VFIO_DRIVER:
+            now = self.read(address)
+            if now.driver != original and original == VFIO_DRIVER:
+                await self.write(drivers_probe_path(self.paths), record.address)
+            return f"{address.short} is back on {original or 'no driver'}"
+        now = self.read(address)
+        if now.driver is None:
+            await self.ensure_module(original, record.original_module)
+            await self.write(drivers_probe_path(self.paths), record.address)
+            now = self.read(address)
+        if now.driver != original:
+            if now.driver is None:
+                try:
+                    await self.write(drivers_dir(self.paths) / original / "bind", record.address)
+                except SysfsWriteError as exc:
+                    raise BindError(
+                        f"{address.short} did not return to {original}: {exc.message}",
+                        fix=exc.fix,
+                    ) from exc
+                now = self.read(address)
+            if now.driver != original:
+                raise BindError(
+                    f"{address.short} is on {now.driver or 'no driver'} instead of {original}",
+                    fix=f"echo {record.address} > /sys/bus/pci/drivers/{original}/bind, and "
+                    "look at `dmesg`",
+                )
+        return f"{address.short} is back on {original}"
+
+
+def _restore_nodes(journal: jr.Journal) -> list[HandoffError]:
+    """Give /dev/vfio/N back its recorded owner and mode (a vanished node needs nothing)."""
+    failures: list[HandoffError] = []
+    for node in list(journal.nodes):
+        path = Path(node.path)
+        try:
+            os.chown(path, node.uid, node.gid)
+            os.chmod(path, node.mode)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            failures.append(
+                HostError(
+                    f"cannot restore the owner of {path}: {exc}",
+                    fix=f"chown {node.uid}:{node.gid} {path}",
+                )
+            )
+            continue
+        journal.nodes.remove(node)
+        journal.save()
+    return failures
+
+
+# --------------------------------------------------------------------------- recovery
+
+
+@dataclass
+class RecoveryReport:
+    """What `handoff recover` did: devices returned, journals it had to leave alone."""
+
+    returned: list[str] = field(default_factory=list)
+    discarded: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.refused and not self.failed
+
+    def lines(self) -> list[str]:
+        out = [f"returned: {note}" for note in self.returned]
+        out += [f"discarded: {note}" for note in self.discarded]
+        out += [f"left alone: {note}" for note in self.refused]
+        out += [f"FAILED: {note}" for note in self.failed]
+        return out or ["nothing to recover: no hand-off journal"]
+
+
+async def recover(
+    engine: Engine,
+    *,
+    kinds: tuple[str, ...] = (jr.KIND_SESSION, jr.KIND_MANUAL),
+    groups: set[int] | None = None,
+) -> RecoveryReport:
+    """Finish every journal left by a supervisor that died; return its devices.
+
+    A journal whose groups are still locked belongs to a live handoff and is
+    left alone; one whose recorded QEMU is still running is left alone too
+    (its devices are in use: stop that QEMU first). A journal from an earlier
+    boot is discarded: the reboot already reset every binding.
+    """
+    report = RecoveryReport()
+    paths = engine.paths
+    boot_id = read_boot_id(paths)
+    for path in jr.list_journals(paths):
+        try:
+            journal = jr.Journal.load(path)
+        except HandoffError as exc:
+            report.failed.append(str(exc))
+            continue
+        if journal.boot_id != boot_id:
+            journal.remove()
+            report.discarded.append(
+                f"{path} is from an earlier boot ({journal.boot_id}): the reboot already "
+                "returned every device to the kernel's default driver"
+            )
+            continue
+        if journal.kind not in kinds:
+            continue
+        if groups is not None and not groups.intersection(journal.groups):
+            continue
+        try:
+            locks = jr.lock_groups(paths, journal.groups, "handoff recover")
+        except HandoffError as exc:
+            report.refused.append(f"{path}: {exc.message}")
+            continue
+        try:
+            pid = journal.qemu_pid
+            if pid is not None and jr.process_alive(paths, pid, journal.qemu_start_time):
+                report.refused.append(
+                    f"{path}: its QEMU (pid {pid}) is still running and uses the devices; "
+                    f"stop it (`kill {pid}`), then run `handoff recover` again"
+                )
+                continue
+            try:
+                report.returned += await engine.give_back(journal)
+            except HandoffError as exc:
+                report.failed.append(f"{path}: {exc}")
+        finally:
+            locks.release()
+    return report

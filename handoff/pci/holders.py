@@ -1,0 +1,159 @@
+"""Who holds a device node open: a scan of /proc/*/fd, as fuser(1) does.
+
+A GPU whose /dev/dri/card0 is open in a compositor, or whose HDMI audio is
+open in PipeWire, must not be unbound: the unbind blocks until every fd is
+closed (or the driver crashes). Preflight names those processes so the user
+can close them. The same scan finds another QEMU holding /dev/vfio/N.
+
+A node matches by path (what ``readlink /proc/PID/fd/N`` prints) or, for
+character devices, by device number, so a process inside a chroot (the
+testbed's) or one that opened a by-path alias is found too.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from handoff.host import HostPaths
+from handoff.pci.sysfs import PciDevice, device_dir
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A process with an open fd on a watched node."""
+
+    pid: int
+    command: str
+    node: str
+
+    def describe(self) -> str:
+        return f"pid {self.pid} ({self.command}) has {self.node} open"
+
+
+@dataclass(frozen=True)
+class WatchedNode:
+    """A /dev node and, when sysfs knows it, its ``major:minor``."""
+
+    path: str
+    rdev: int | None
+
+
+def _sys_dev_number(sysdir: Path) -> int | None:
+    """``major:minor`` from a sysfs class device's ``dev`` file, as an rdev."""
+    try:
+        text = (sysdir / "dev").read_text(encoding="ascii").strip()
+        major, minor = text.split(":")
+        return os.makedev(int(major), int(minor))
+    except (OSError, ValueError):
+        return None
+
+
+def nodes_of(paths: HostPaths, device: PciDevice) -> tuple[WatchedNode, ...]:
+    """The /dev nodes through which the host uses ``device``: DRM, fbdev, ALSA."""
+    sysdev = device_dir(paths, device.address)
+    nodes: list[WatchedNode] = []
+    for name in device.drm_nodes:
+        nodes.append(
+            WatchedNode(str(paths.dev / "dri" / name), _sys_dev_number(sysdev / "drm" / name))
+        )
+    for name in device.fb_nodes:
+        nodes.append(
+            WatchedNode(str(paths.dev / name), _sys_dev_number(sysdev / "graphics" / name))
+        )
+    for card in device.sound_cards:
+        card_dir = sysdev / "sound" / f"card{card}"
+        try:
+            entries = sorted(os.listdir(card_dir))
+        except OSError:
+            entries = []
+        # controlC0, pcmC0D0p, hwC0D0, midiC0D0 ...: every node of that card.
+        for entry in entries:
+            if f"C{card}" in entry and not entry.startswith("card"):
+                nodes.append(
+                    WatchedNode(str(paths.dev / "snd" / entry), _sys_dev_number(card_dir / entry))
+                )
+        nodes.append(WatchedNode(str(paths.dev / "snd" / f"controlC{card}"), None))
+    # Deduplicate (controlC<n> may have been listed already).
+    seen: dict[str, WatchedNode] = {}
+    for node in nodes:
+        if node.path not in seen or seen[node.path].rdev is None:
+            seen[node.path] = node
+    return tuple(seen.values())
+
+
+def _command(proc: Path, pid: str) -> str:
+    try:
+        return (proc / pid / "comm").read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return "?"
+
+
+def find_holders(paths: HostPaths, nodes: Iterable[WatchedNode]) -> dict[str, tuple[Holder, ...]]:
+    """For each node path, the processes holding it open (every fd of every pid).
+
+    Processes that exit or deny access during the scan are skipped: the scan
+    is advisory for user-visible holders; the kernel's own refusal (EBUSY)
+    and the write deadline cover the rest.
+    """
+    watched = list(nodes)
+    by_path = {node.path: node for node in watched}
+    by_rdev: Mapping[int, WatchedNode] = {
+        node.rdev: node for node in watched if node.rdev is not None
+    }
+    found: dict[str, list[Holder]] = {node.path: [] for node in watched}
+    if not watched:
+        return {}
+    try:
+        pids = [name for name in os.listdir(paths.proc) if name.isdigit()]
+    except OSError:
+        pids = []
+    me = str(os.getpid())
+    for pid in pids:
+        if pid == me:
+            continue
+        fd_dir = paths.proc / pid / "fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        matched: set[str] = set()
+        for fd in fds:
+            link = fd_dir / fd
+            try:
+                target = os.readlink(link)
+            except OSError:
+                continue
+            node = by_path.get(target)
+            if node is None and by_rdev:
+                try:
+                    st = os.stat(link)
+                except OSError:
+                    st = None
+                if st is not None and stat.S_ISCHR(st.st_mode):
+                    node = by_rdev.get(st.st_rdev)
+            if node is not None and node.path not in matched:
+                matched.add(node.path)
+                found[node.path].append(Holder(int(pid), _command(paths.proc, pid), node.path))
+    return {path: tuple(holders) for path, holders in found.items() if holders}
+
+
+def device_holders(paths: HostPaths, device: PciDevice) -> tuple[Holder, ...]:
+    """Every process holding one of ``device``'s host nodes open."""
+    result = find_holders(paths, nodes_of(paths, device))
+    return tuple(holder for holders in result.values() for holder in holders)
+
+
+def node_holders(paths: HostPaths, node: Path) -> tuple[Holder, ...]:
+    """Every process holding ``node`` (e.g. /dev/vfio/N) open."""
+    rdev: int | None
+    try:
+        st = os.stat(node)
+        rdev = st.st_rdev if stat.S_ISCHR(st.st_mode) else None
+    except OSError:
+        rdev = None
+    result = find_holders(paths, [WatchedNode(str(node), rdev)])
+    return result.get(str(node), ())

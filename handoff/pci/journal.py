@@ -1,0 +1,352 @@
+"""The write-ahead journal of every host change, and the per-group locks.
+
+Before handoff changes a device's binding it records, on disk, what the
+device looked like (address, ids, original driver and module, original
+driver_override) and which step it is about to take. A supervisor killed
+with SIGKILL, or a power cut, leaves the journal behind; ``handoff recover``
+(and the next ``handoff run``) reads it and returns every device. The file
+is replaced atomically (temp file, fsync, rename, fsync of the directory) so
+a crash leaves either the old or the new record, never half of one.
+
+The journal records per-device state, not a session phase: detach and
+return are operations on devices, usable before boot and after exit today
+and during a live hand-off later.
+
+It lives in ``<run>/journal/`` on tmpfs: it survives the death of the
+supervisor but not a reboot, exactly like the bindings it describes. The
+boot id is recorded as well, so a journal that somehow outlived a reboot
+(a run directory on a persistent disk) is recognised as stale.
+
+Locks: one ``flock`` per IOMMU group in ``<run>/locks/``. The kernel drops
+a flock when its holder dies, so a lock that cannot be taken always means a
+live process owns the group; recovery never touches a group whose lock it
+cannot take.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import signal
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from handoff.errors import JournalError, PreflightRefusedError
+from handoff.host import HostPaths
+
+JOURNAL_VERSION = 1
+
+# Fault injection for the crash-recovery tests (realkernel): the process
+# SIGKILLs itself right after the N-th journal write (1-based). Never set it
+# outside tests.
+CRASH_AFTER_ENV = "HANDOFF_TEST_CRASH_AFTER_JOURNAL_WRITE"
+
+# Device steps. A device's record is written (with the step it is about to
+# take) before each sysfs write. Return is idempotent from any of them.
+STEP_HOST = "host"  # recorded, not touched yet
+STEP_OVERRIDE = "detach:driver_override"
+STEP_UNBIND = "detach:unbind"
+STEP_PROBE = "detach:drivers_probe"
+STEP_BIND = "detach:bind"
+STEP_ON_VFIO = "on-vfio"
+STEP_RETURNING = "return"
+
+KIND_SESSION = "session"
+KIND_MANUAL = "manual"
+
+
+def journal_dir(paths: HostPaths) -> Path:
+    return paths.run / "journal"
+
+
+def locks_dir(paths: HostPaths) -> Path:
+    return paths.run / "locks"
+
+
+@dataclass
+class DeviceRecord:
+    """What a device looked like before handoff touched it, and where it is now."""
+
+    address: str
+    ids: str
+    group: int
+    original_driver: str | None
+    original_module: str | None
+    original_override: str | None
+    step: str = STEP_HOST
+
+
+@dataclass
+class NodeRecord:
+    """/dev/vfio/N's ownership before handoff chowned it for the QEMU user."""
+
+    path: str
+    uid: int
+    gid: int
+    mode: int
+
+
+@dataclass
+class Journal:
+    """One journal file: the devices and nodes a session (or a manual detach) changed."""
+
+    path: Path
+    kind: str
+    owner: str
+    boot_id: str
+    supervisor_pid: int
+    devices: list[DeviceRecord] = field(default_factory=list)
+    nodes: list[NodeRecord] = field(default_factory=list)
+    qemu_pid: int | None = None
+    qemu_start_time: int | None = None
+    writes: int = 0
+
+    # ------------------------------------------------------------------ persistence
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": JOURNAL_VERSION,
+            "kind": self.kind,
+            "owner": self.owner,
+            "boot_id": self.boot_id,
+            "supervisor_pid": self.supervisor_pid,
+            "qemu_pid": self.qemu_pid,
+            "qemu_start_time": self.qemu_start_time,
+            "devices": [asdict(d) for d in self.devices],
+            "nodes": [asdict(n) for n in self.nodes],
+        }
+
+    @classmethod
+    def load(cls, path: Path) -> Journal:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            _check_version(data)
+            return cls(
+                path=path,
+                kind=str(data["kind"]),
+                owner=str(data["owner"]),
+                boot_id=str(data["boot_id"]),
+                supervisor_pid=int(data["supervisor_pid"]),
+                qemu_pid=data.get("qemu_pid"),
+                qemu_start_time=data.get("qemu_start_time"),
+                devices=[DeviceRecord(**d) for d in data["devices"]],
+                nodes=[NodeRecord(**n) for n in data["nodes"]],
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise JournalError(
+                f"cannot read the hand-off journal {path}: {exc}",
+                fix="check the devices by hand (`handoff groups`), return them with "
+                f"`handoff attach ADDRESS...`, then delete {path}",
+            ) from exc
+
+    def save(self) -> None:
+        """Atomically replace the file: temp + fsync + rename + fsync(dir)."""
+        directory = self.path.parent
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            tmp = directory / f".{self.path.name}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, json.dumps(self.to_json(), indent=1).encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+            _fsync_dir(directory)
+        except OSError as exc:
+            raise JournalError(
+                f"cannot write the hand-off journal {self.path}: {exc}",
+                fix=f"make {directory} writable (it is on tmpfs under the run directory) "
+                "and free some space",
+            ) from exc
+        self.writes += 1
+        _maybe_crash()
+
+    def remove(self) -> None:
+        """Delete the journal: every change it recorded has been undone."""
+        try:
+            self.path.unlink()
+            _fsync_dir(self.path.parent)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise JournalError(
+                f"cannot delete the hand-off journal {self.path}: {exc}",
+                fix=f"delete it by hand once `handoff groups` shows every device back: rm "
+                f"{self.path}",
+            ) from exc
+
+    # ------------------------------------------------------------------ records
+
+    def record(self, address: str) -> DeviceRecord:
+        for rec in self.devices:
+            if rec.address == address:
+                return rec
+        raise KeyError(address)
+
+    def set_step(self, address: str, step: str) -> None:
+        """Write-ahead: persist the step a device is about to take."""
+        self.record(address).step = step
+        self.save()
+
+    def drop_device(self, address: str) -> None:
+        self.devices = [d for d in self.devices if d.address != address]
+        self.save()
+
+    def note_qemu(self, pid: int, start_time: int | None) -> None:
+        self.qemu_pid = pid
+        self.qemu_start_time = start_time
+        self.save()
+
+    @property
+    def groups(self) -> tuple[int, ...]:
+        return tuple(sorted({d.group for d in self.devices}))
+
+    @property
+    def empty(self) -> bool:
+        return not self.devices and not self.nodes
+
+
+def _check_version(data: dict[str, Any]) -> None:
+    if data.get("version") != JOURNAL_VERSION:
+        raise ValueError(f"unknown journal version {data.get('version')!r}")
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _maybe_crash() -> None:
+    """Test-only fault injection: SIGKILL after the N-th journal write of this process."""
+    limit = os.environ.get(CRASH_AFTER_ENV)
+    if not limit:
+        return
+    _maybe_crash.count = getattr(_maybe_crash, "count", 0) + 1  # type: ignore[attr-defined]
+    if _maybe_crash.count >= int(limit):  # type: ignore[attr-defined]
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def journal_path(paths: HostPaths, name: str) -> Path:
+    """``<run>/journal/<name>.json``; ``name`` is a profile name or ``manual-<groups>``."""
+    return journal_dir(paths) / f"{name}.json"
+
+
+def list_journals(paths: HostPaths) -> list[Path]:
+    directory = journal_dir(paths)
+    try:
+        return sorted(p for p in directory.iterdir() if p.suffix == ".json")
+    except FileNotFoundError:
+        return []
+
+
+def find_journal_for(paths: HostPaths, address: str) -> Journal | None:
+    """The journal recording ``address``, if any."""
+    for path in list_journals(paths):
+        journal = Journal.load(path)
+        if any(d.address == address for d in journal.devices):
+            return journal
+    return None
+
+
+def process_start_time(paths: HostPaths, pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks), None if the pid is gone.
+
+    With the start time a recycled pid is not mistaken for the recorded QEMU.
+    """
+    try:
+        text = (paths.proc / str(pid) / "stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    try:
+        fields = text[text.rindex(")") + 2 :].split()
+        return int(fields[19])
+    except (ValueError, IndexError):
+        return None
+
+
+def process_alive(paths: HostPaths, pid: int, start_time: int | None) -> bool:
+    if not (paths.proc / str(pid)).exists():
+        return False
+    if start_time is None:
+        return True
+    now = process_start_time(paths, pid)
+    return now is None or now == start_time
+
+
+# --------------------------------------------------------------------------- locks
+
+
+class GroupLocks:
+    """flock()s on ``<run>/locks/iommu-group-N.lock``, one per group, held together."""
+
+    def __init__(self, fds: dict[int, int]) -> None:
+        self._fds = fds
+
+    @property
+    def groups(self) -> tuple[int, ...]:
+        return tuple(sorted(self._fds))
+
+    def release(self) -> None:
+        for fd in self._fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds = {}
+
+
+def _lock_path(paths: HostPaths, group: int) -> Path:
+    return locks_dir(paths) / f"iommu-group-{group}.lock"
+
+
+def lock_groups(paths: HostPaths, groups: Iterable[int], owner: str) -> GroupLocks:
+    """Take every group's lock without waiting, or refuse naming the holder."""
+    directory = locks_dir(paths)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    taken: dict[int, int] = {}
+    try:
+        for group in sorted(set(groups)):
+            path = _lock_path(paths, group)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                holder = _read_holder(fd)
+                os.close(fd)
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise
+                raise PreflightRefusedError(
+                    f"refusing the hand-off: another handoff ({holder}) holds IOMMU group "
+                    f"{group} (lock {path})",
+                    fix="stop that session first (`handoff status`), or wait for it to end",
+                ) from exc
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} ({owner})\n".encode(), 0)
+            taken[group] = fd
+    except BaseException:
+        GroupLocks(taken).release()
+        raise
+    return GroupLocks(taken)
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        return os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown pid"
+    except OSError:
+        return "unknown pid"
+
+
+@contextlib.contextmanager
+def held_groups(paths: HostPaths, groups: Iterable[int], owner: str) -> Iterator[GroupLocks]:
+    locks = lock_groups(paths, groups, owner)
+    try:
+        yield locks
+    finally:
+        locks.release()

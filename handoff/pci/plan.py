@@ -1,0 +1,384 @@
+"""From the addresses a profile passes through to a checked plan (pure).
+
+The kernel hands devices to a guest per IOMMU group: every endpoint of the
+group must be on vfio-pci (or driverless) before QEMU can open it. So the
+plan grows each requested address to its whole group; PCI bridges (header
+type 1) stay where they are, as the kernel already treats them as viable.
+
+Everything here decides from a :class:`HostSnapshot` taken beforehand and
+changes nothing; a refusal is a :class:`PreflightRefusedError` naming the
+group, its members, the reason and the fix, raised before any host change.
+The rules are DESIGN.md's "GPU handoff rules" (from libvirt's virpci.c,
+driverctl and users' reports of what went wrong with hook scripts).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from handoff.errors import PreflightRefusedError
+from handoff.pci.address import PciAddress
+from handoff.pci.holders import Holder
+from handoff.pci.sysfs import VFIO_DRIVER, IommuState, PciDevice
+
+# Endpoints the host needs to keep running: giving them away takes the disk,
+# the chipset or the network from under the host. (class prefix → why)
+_HOST_NEEDED_PREFIXES: Mapping[int, str] = {
+    0x0600: "the host bridge (the CPU's path to memory and every device)",
+    0x0601: "the ISA/LPC bridge (keyboard controller, RTC, firmware flash, fans)",
+    0x0C05: "the SMBus controller (sensors, memory SPD)",
+}
+_HOST_NEEDED_BASES: Mapping[int, str] = {
+    0x01: "a storage controller (the host's disks)",
+    0x02: "a network controller (the host's network)",
+}
+
+
+def host_need(device: PciDevice) -> str | None:
+    """Why the host needs this endpoint, or None when it can be given away."""
+    return _HOST_NEEDED_PREFIXES.get(device.class_prefix) or _HOST_NEEDED_BASES.get(
+        device.base_class
+    )
+
+
+@dataclass(frozen=True)
+class HostSnapshot:
+    """Everything preflight needs, read once from the host (see gather.py's callers).
+
+    ``holders`` maps a device to the processes holding its DRM/fb/sound nodes;
+    ``vfio_holders`` maps a group to the processes holding /dev/vfio/N.
+    """
+
+    devices: Mapping[PciAddress, PciDevice]
+    iommu: IommuState
+    vfio_available: bool
+    fbcon_bound: bool = False
+    holders: Mapping[PciAddress, tuple[Holder, ...]] = field(default_factory=dict)
+    vfio_holders: Mapping[int, tuple[Holder, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """One reason a group cannot be handed off, with the fix."""
+
+    group: int | None
+    reason: str
+    fix: str
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """One IOMMU group: the endpoints that move to vfio-pci and the bridges that stay."""
+
+    group: int
+    members: tuple[PciDevice, ...]
+    moved: tuple[PciDevice, ...]
+    staying: tuple[PciDevice, ...]
+    requested: tuple[PciAddress, ...]
+
+    @property
+    def co_members(self) -> tuple[PciDevice, ...]:
+        """Endpoints that move only because they share the group with a requested one."""
+        return tuple(d for d in self.moved if d.address not in self.requested)
+
+
+@dataclass(frozen=True)
+class HandoffPlan:
+    """The checked plan: which devices move, in which order."""
+
+    groups: tuple[GroupPlan, ...]
+    detach_order: tuple[PciDevice, ...]
+
+    @property
+    def return_order(self) -> tuple[PciDevice, ...]:
+        """The reverse of the detach order (VGA function first back)."""
+        return tuple(reversed(self.detach_order))
+
+    @property
+    def group_ids(self) -> tuple[int, ...]:
+        return tuple(g.group for g in self.groups)
+
+    def render(self) -> str:
+        """The plan as the person reads it before anything changes."""
+        lines: list[str] = []
+        position = {d.address: i + 1 for i, d in enumerate(self.detach_order)}
+        for group in self.groups:
+            lines.append(f"IOMMU group {group.group}:")
+            for member in group.members:
+                if member in group.staying:
+                    action = "stays with the host (PCI bridge)"
+                elif member.driver == VFIO_DRIVER:
+                    action = f"already on vfio-pci (step {position[member.address]})"
+                else:
+                    was = member.driver or "no driver"
+                    note = "" if member.address in group.requested else ", co-member of the group"
+                    action = f"{was} -> vfio-pci (step {position[member.address]}{note})"
+                lines.append(f"  {member.describe()}: {action}")
+        lines.append(
+            "Afterwards every device returns to the driver listed here, VGA function first."
+        )
+        return "\n".join(lines)
+
+
+def _members(device_list: Iterable[PciDevice]) -> str:
+    return "; ".join(d.describe() for d in device_list)
+
+
+def _detach_key(device: PciDevice) -> tuple[int, PciAddress]:
+    """Non-VGA functions first, the VGA function last (its driver may hold the others)."""
+    return (1 if device.is_display else 0, device.address)
+
+
+def _refuse(refusals: Sequence[Refusal]) -> PreflightRefusedError:
+    if len(refusals) == 1:
+        only = refusals[0]
+        return PreflightRefusedError(f"refusing the hand-off: {only.reason}", fix=only.fix)
+    reasons = "\n".join(f"  - {r.reason}" for r in refusals)
+    fixes = "\n       ".join(f"- {r.fix}" for r in refusals)
+    return PreflightRefusedError(
+        f"refusing the hand-off, nothing was changed:\n{reasons}", fix=fixes
+    )
+
+
+def _group_refusals(
+    group: int,
+    members: Sequence[PciDevice],
+    moved: Sequence[PciDevice],
+    requested: frozenset[PciAddress],
+    allowed: frozenset[PciAddress],
+    snapshot: HostSnapshot,
+) -> list[Refusal]:
+    """Every reason ``group`` cannot move ``moved`` to vfio-pci right now."""
+    refusals: list[Refusal] = []
+    label = f"IOMMU group {group} ({_members(members)})"
+    for device in moved:
+        need = host_need(device)
+        if need and device.address not in requested and device.address not in allowed:
+            refusals.append(
+                Refusal(
+                    group,
+                    f"{label} holds {device.address.short} {device.class_name}, "
+                    f"{need}; passing the group would take it from the host",
+                    f'only if the host can live without it: add allow_in_group = ["'
+                    f'{device.address.short}"] to that [[passthrough]] entry; otherwise the '
+                    "card needs another slot (its own IOMMU group), or an ACS-capable port",
+                )
+            )
+    for device in moved:
+        if device.is_dead:
+            header = "unreadable" if device.header_type is None else f"{device.header_type:#04x}"
+            refusals.append(
+                Refusal(
+                    group,
+                    f"{device.address.short} reads back header type {header} in config space: "
+                    "it fell off the bus or sits in D3cold (libvirt: \"Unknown PCI header type "
+                    "'127'\"); rebinding it would hang or fail",
+                    "wake it (`echo on > /sys/bus/pci/devices/"
+                    f"{device.address}/power/control`), or reboot the host if it stays dead",
+                )
+            )
+    for device in moved:
+        if not device.driver_override_supported:
+            refusals.append(
+                Refusal(
+                    group,
+                    f"{device.address.short} has no driver_override attribute (kernel before "
+                    "3.16): handoff will not use new_id, which would grab every device with "
+                    f"the ids {device.ids}, the host's twin card too",
+                    "upgrade the kernel (driver_override exists since Linux 3.16)",
+                )
+            )
+    for device in moved:
+        holders = snapshot.holders.get(device.address, ())
+        if holders:
+            who = ", ".join(h.describe() for h in holders)
+            pids = " ".join(str(h.pid) for h in holders)
+            refusals.append(
+                Refusal(
+                    group,
+                    f"{device.address.short} {device.class_name} is in use on the host: {who}",
+                    f"close those programs (or stop them: `kill {pids}`), e.g. log out of the "
+                    "desktop running on this GPU, then try again",
+                )
+            )
+        if device.boot_vga and snapshot.fbcon_bound and device.driver != VFIO_DRIVER:
+            refusals.append(
+                Refusal(
+                    group,
+                    f"{device.address.short} is the boot GPU (boot_vga=1) and the host's text "
+                    "console runs on a framebuffer (a bound vtconsole): unbinding it takes "
+                    "the console with it, the classic single-GPU hang",
+                    "unbind the console first (`echo 0 > /sys/class/vtconsole/vtcon1/bind`), "
+                    "or boot with video=efifb:off / fbcon=map:<other fb>, or make the other "
+                    "GPU the primary one in the firmware setup",
+                )
+            )
+    vfio_users = snapshot.vfio_holders.get(group, ())
+    if vfio_users:
+        who = ", ".join(h.describe() for h in vfio_users)
+        refusals.append(
+            Refusal(
+                group,
+                f"IOMMU group {group} is already in use through /dev/vfio/{group}: {who}",
+                "stop the VM that uses this group first (another QEMU or handoff session)",
+            )
+        )
+    return refusals
+
+
+def plan_handoff(
+    requested: Sequence[PciAddress],
+    snapshot: HostSnapshot,
+    *,
+    allow_in_group: Iterable[PciAddress] = (),
+) -> HandoffPlan:
+    """Grow ``requested`` to whole groups and check every rule; refuse or return the plan."""
+    wanted = frozenset(requested)
+    allowed = frozenset(allow_in_group)
+    refusals: list[Refusal] = []
+    if not snapshot.iommu.enabled:
+        raise _refuse(
+            [
+                Refusal(
+                    None,
+                    "the IOMMU is off: /sys/kernel/iommu_groups is empty, so no device can be "
+                    "isolated for a guest",
+                    "enable VT-d / AMD-Vi in the firmware setup and boot with intel_iommu=on "
+                    "(Intel) or amd_iommu=on (AMD) on the kernel command line, then check "
+                    "`handoff groups`",
+                )
+            ]
+        )
+    group_ids: list[int] = []
+    for address in sorted(wanted):
+        device = snapshot.devices.get(address)
+        if device is None:
+            refusals.append(
+                Refusal(
+                    None,
+                    f"PCI device {address} does not exist on this host",
+                    "list the devices with `handoff groups` and fix the [[passthrough]] address",
+                )
+            )
+            continue
+        if device.is_bridge:
+            refusals.append(
+                Refusal(
+                    device.iommu_group,
+                    f"{device.describe()} is a PCI bridge: bridges stay with the host "
+                    "(vfio-pci does not take them)",
+                    "pass the device behind the bridge instead (`handoff groups` lists it)",
+                )
+            )
+            continue
+        if device.iommu_group is None:
+            refusals.append(
+                Refusal(
+                    None,
+                    f"{device.describe()} has no iommu_group link: the IOMMU does not cover it",
+                    "boot with intel_iommu=on / amd_iommu=on and check the firmware's VT-d "
+                    "setting",
+                )
+            )
+            continue
+        if device.iommu_group not in group_ids:
+            group_ids.append(device.iommu_group)
+    groups: list[GroupPlan] = []
+    for group in sorted(group_ids):
+        members = tuple(
+            snapshot.devices[a]
+            for a in snapshot.iommu.groups.get(group, ())
+            if a in snapshot.devices
+        )
+        staying = tuple(d for d in members if d.is_bridge)
+        moved = tuple(d for d in members if not d.is_bridge)
+        refusals.extend(_group_refusals(group, members, moved, wanted, allowed, snapshot))
+        groups.append(
+            GroupPlan(
+                group=group,
+                members=members,
+                moved=moved,
+                staying=staying,
+                requested=tuple(sorted(a for a in wanted if a in {d.address for d in members})),
+            )
+        )
+    if groups and not snapshot.vfio_available:
+        refusals.append(
+            Refusal(
+                None,
+                "the vfio-pci driver is neither loaded nor loadable (modprobe vfio-pci fails)",
+                "install a kernel with CONFIG_VFIO_PCI (module vfio-pci), check that it is not "
+                "blacklisted in /etc/modprobe.d, then `modprobe vfio-pci`",
+            )
+        )
+    if refusals:
+        raise _refuse(refusals)
+    order = tuple(sorted((d for g in groups for d in g.moved), key=_detach_key))
+    return HandoffPlan(groups=tuple(groups), detach_order=order)
+
+
+# --------------------------------------------------------------------------- handoff groups
+
+
+class Verdict(enum.Enum):
+    PASSABLE = "passable"
+    PASSABLE_WITH_CO_MEMBERS = "passable-with-co-members"
+    REFUSED = "refused"
+    BRIDGES_ONLY = "bridges-only"
+
+
+@dataclass(frozen=True)
+class GroupVerdict:
+    """What `handoff groups` says about passing one group through."""
+
+    group: int
+    members: tuple[PciDevice, ...]
+    verdict: Verdict
+    reason: str
+    fix: str | None = None
+    co_members: tuple[PciAddress, ...] = ()
+
+
+def group_verdict(group: int, snapshot: HostSnapshot) -> GroupVerdict:
+    """Judge a group as if its non-host-needed endpoints were requested."""
+    members = tuple(
+        snapshot.devices[a] for a in snapshot.iommu.groups.get(group, ()) if a in snapshot.devices
+    )
+    endpoints = [d for d in members if not d.is_bridge]
+    if not endpoints:
+        return GroupVerdict(
+            group, members, Verdict.BRIDGES_ONLY, "only PCI bridges, which stay with the host"
+        )
+    candidates = [d for d in endpoints if host_need(d) is None]
+    if not candidates:
+        needs = "; ".join(f"{d.address.short} is {host_need(d)}" for d in endpoints)
+        return GroupVerdict(
+            group,
+            members,
+            Verdict.REFUSED,
+            f"every device in it is one the host needs: {needs}",
+            "list such a device in [[passthrough]] only if the host can really do without it",
+        )
+    try:
+        plan_handoff([d.address for d in candidates], snapshot)
+    except PreflightRefusedError as refused:
+        return GroupVerdict(group, members, Verdict.REFUSED, refused.message, refused.fix)
+    if len(endpoints) == 1:
+        return GroupVerdict(group, members, Verdict.PASSABLE, "passable on its own")
+    first = sorted(endpoints, key=lambda d: (0 if d.is_display else 1, d.address))[0]
+    others = tuple(d.address for d in endpoints if d is not first)
+    return GroupVerdict(
+        group,
+        members,
+        Verdict.PASSABLE_WITH_CO_MEMBERS,
+        "passable together with "
+        + ", ".join(f"{a.short}" for a in others)
+        + " (the whole group moves to vfio-pci)",
+        co_members=others,
+    )
+
+
+def group_verdicts(snapshot: HostSnapshot) -> tuple[GroupVerdict, ...]:
+    return tuple(group_verdict(g, snapshot) for g in sorted(snapshot.iommu.groups))

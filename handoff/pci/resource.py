@@ -1,0 +1,242 @@
+"""The GPU hand-off as a session resource (see :mod:`handoff.resources`).
+
+acquire
+    memlock check, recovery of journals left by dead supervisors, read-only
+    preflight (all or nothing: a refusal changes nothing), the group locks,
+    the plan printed, then the journaled detach (rolled back on failure).
+qemu_args
+    nothing: :mod:`handoff.qemu.cmdline` already emits ``-device vfio-pci``
+    for every [[passthrough]] entry. Co-members the plan adds (the rest of
+    the group) only need to be on vfio-pci for the group to be viable;
+    QEMU does not have to open them.
+note_qemu_pid
+    into the journal, with the process start time, so recovery can tell
+    whether that QEMU still holds the devices.
+release
+    after QEMU has exited: every device back on its original driver,
+    verified; the journal removed; the locks dropped. Idempotent.
+
+:func:`prepare` and :func:`open_engine` are shared with the manual
+``handoff detach``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import trio
+
+from handoff.errors import HandoffError, PreflightRefusedError, ProfileError
+from handoff.host import HostPaths
+from handoff.memlock import check_memlock
+from handoff.pci import journal as jr
+from handoff.pci.address import PciAddress
+from handoff.pci.bind import WRITE_TIMEOUT, Engine, KernelWriter, SysfsWriter, recover
+from handoff.pci.plan import HandoffPlan, plan_handoff
+from handoff.pci.snapshot import take_snapshot
+from handoff.pci.sysfs import read_boot_id, read_device
+from handoff.profile import Profile
+from handoff.resources import ControlRegistry, JsonObject, VmHandle
+
+log = logging.getLogger("handoff.pci")
+
+Report = Callable[[str], None]
+
+
+def _log_report(line: str) -> None:
+    log.info("%s", line)
+
+
+@dataclass
+class Prepared:
+    """A checked plan whose groups this process has locked."""
+
+    plan: HandoffPlan
+    locks: jr.GroupLocks
+
+
+def prepare(
+    paths: HostPaths,
+    writer: SysfsWriter,
+    addresses: Sequence[PciAddress],
+    *,
+    allow_in_group: Iterable[PciAddress] = (),
+    owner: str,
+) -> Prepared:
+    """Preflight (read-only), then lock the groups and check again under the lock.
+
+    Raises PreflightRefusedError before any device is touched. Also refuses a
+    group another journal still records (a manual `handoff detach` not yet
+    attached, or a session whose recovery was refused).
+    """
+    allowed = tuple(allow_in_group)
+    plan = plan_handoff(addresses, take_snapshot(paths, writer), allow_in_group=allowed)
+    locks = jr.lock_groups(paths, plan.group_ids, owner)
+    try:
+        snapshot = take_snapshot(paths, writer, groups=plan.group_ids)
+        plan = plan_handoff(addresses, snapshot, allow_in_group=allowed)
+        _refuse_recorded_groups(paths, plan.group_ids)
+    except BaseException:
+        locks.release()
+        raise
+    return Prepared(plan, locks)
+
+
+def _refuse_recorded_groups(paths: HostPaths, groups: Sequence[int]) -> None:
+    for path in jr.list_journals(paths):
+        other = jr.Journal.load(path)
+        shared = set(other.groups) & set(groups)
+        if shared:
+            attach = " ".join(PciAddress.parse(d.address).short for d in other.devices)
+            raise PreflightRefusedError(
+                f"refusing the hand-off: IOMMU group {min(shared)} is still recorded as "
+                f"handed off in {path} ({other.kind}, {other.owner})",
+                fix=f"return it first: `handoff attach {attach}` (or `handoff recover`)",
+            )
+
+
+def qemu_owner(user: str | None) -> tuple[int, int] | None:
+    """uid/gid for /dev/vfio/N when QEMU runs as ``user`` (None: QEMU runs as root)."""
+    if user is None:
+        return None
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError as exc:
+        raise ProfileError(
+            f"user {user!r} does not exist",
+            path="profile",
+            key="vm.user",
+            fix="create the user or remove vm.user to run QEMU as root",
+        ) from exc
+    return entry.pw_uid, entry.pw_gid
+
+
+class GpuHandoff:
+    """Session resource: the profile's passthrough groups on vfio-pci while QEMU runs."""
+
+    def __init__(
+        self,
+        profile: Profile,
+        paths: HostPaths,
+        *,
+        writer: SysfsWriter | None = None,
+        write_timeout: float = WRITE_TIMEOUT,
+        report: Report = _log_report,
+    ) -> None:
+        self.profile = profile
+        self.paths = paths
+        self.engine = Engine(paths, writer or KernelWriter(), write_timeout=write_timeout)
+        self.report = report
+        self.memlock_bytes: int | None = None
+        self.plan: HandoffPlan | None = None
+        self._locks: jr.GroupLocks | None = None
+        self._journal: jr.Journal | None = None
+        self._returned: list[str] = []
+
+    @property
+    def name(self) -> str:
+        return "gpu"
+
+    async def acquire(self) -> None:
+        if not self.profile.passthrough:
+            return
+        self.memlock_bytes = check_memlock(self.profile)
+        addresses = [p.address for p in self.profile.passthrough]
+        allowed = [a for p in self.profile.passthrough for a in p.allow_in_group]
+        owner = qemu_owner(self.profile.vm.user)
+        groups = {
+            g
+            for a in addresses
+            if (g := _group_of(self.paths, a)) is not None
+        }
+        recovered = await recover(self.engine, kinds=(jr.KIND_SESSION,), groups=groups)
+        for line in recovered.returned + recovered.discarded:
+            self.report(f"recovered from an earlier session: {line}")
+        prepared = prepare(
+            self.paths,
+            self.engine.writer,
+            addresses,
+            allow_in_group=allowed,
+            owner=f"handoff run {self.profile.name}",
+        )
+        self._locks = prepared.locks
+        self.plan = prepared.plan
+        self.report("GPU hand-off plan:\n" + prepared.plan.render())
+        journal = jr.Journal(
+            path=jr.journal_path(self.paths, self.profile.name),
+            kind=jr.KIND_SESSION,
+            owner=self.profile.name,
+            boot_id=read_boot_id(self.paths),
+            supervisor_pid=os.getpid(),
+        )
+        try:
+            await self.engine.detach(prepared.plan, journal, vfio_owner=owner)
+        except BaseException:
+            prepared.locks.release()
+            self._locks = None
+            raise
+        self._journal = journal
+        moved = ", ".join(d.address.short for d in prepared.plan.detach_order)
+        self.report(f"on vfio-pci: {moved}")
+
+    def qemu_args(self) -> Sequence[str]:
+        return ()
+
+    def note_qemu_pid(self, pid: int) -> None:
+        if self._journal is not None:
+            self._journal.note_qemu(pid, jr.process_start_time(self.paths, pid))
+
+    async def vm_started(
+        self, vm: VmHandle, nursery: trio.Nursery, control: ControlRegistry
+    ) -> None:
+        return
+
+    async def release(self) -> None:
+        journal = self._journal
+        if journal is None:
+            return
+        try:
+            self._returned = await self.engine.give_back(journal)
+        finally:
+            if journal.empty or not journal.path.exists():
+                self._journal = None
+            if self._locks is not None:
+                self._locks.release()
+                self._locks = None
+        for line in self._returned:
+            self.report(line)
+
+    def status(self) -> JsonObject:
+        devices: list[JsonObject] = []
+        if self.plan is not None:
+            for device in self.plan.detach_order:
+                try:
+                    now = read_device(self.paths, device.address)
+                    driver: str | None = now.driver
+                except HandoffError:
+                    driver = None
+                devices.append(
+                    {
+                        "address": str(device.address),
+                        "ids": device.ids,
+                        "original_driver": device.driver,
+                        "driver": driver,
+                    }
+                )
+        return {
+            "groups": list(self.plan.group_ids) if self.plan else [],
+            "devices": devices,
+            "journal": str(self._journal.path) if self._journal else None,
+            "memlock_bytes": self.memlock_bytes,
+        }
+
+
+def _group_of(paths: HostPaths, address: PciAddress) -> int | None:
+    try:
+        return read_device(paths, address).iommu_group
+    except HandoffError:
+        return None

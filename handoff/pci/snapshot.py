@@ -1,0 +1,71 @@
+"""Taking the read-only snapshot of the host that preflight decides from.
+
+The one place that gathers everything :func:`handoff.pci.plan.plan_handoff`
+needs (devices, groups, holders of the devices' nodes and of /dev/vfio/N,
+the framebuffer console, vfio-pci availability), so the planner itself
+stays pure and tests can build the same snapshot from a fake tree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from handoff.host import HostPaths
+from handoff.pci.address import PciAddress
+from handoff.pci.bind import SysfsWriter
+from handoff.pci.holders import Holder, WatchedNode, find_holders, nodes_of
+from handoff.pci.plan import HostSnapshot
+from handoff.pci.sysfs import (
+    VFIO_DRIVER,
+    VFIO_MODULE,
+    driver_loaded,
+    framebuffer_console_bound,
+    read_devices,
+    read_iommu,
+    vfio_group_node,
+)
+
+
+def take_snapshot(
+    paths: HostPaths,
+    writer: SysfsWriter,
+    *,
+    groups: Iterable[int] | None = None,
+    scan_holders: bool = True,
+) -> HostSnapshot:
+    """Read the host once. Holders are looked up for ``groups`` (all when None)."""
+    devices = read_devices(paths)
+    iommu = read_iommu(paths)
+    wanted = set(iommu.groups) if groups is None else set(groups)
+    holders: dict[PciAddress, tuple[Holder, ...]] = {}
+    vfio_holders: dict[int, tuple[Holder, ...]] = {}
+    if scan_holders and wanted:
+        watched: dict[str, tuple[str, PciAddress | int]] = {}
+        nodes: list[WatchedNode] = []
+        for group in sorted(wanted):
+            for address in iommu.groups.get(group, ()):
+                device = devices.get(address)
+                if device is None:
+                    continue
+                for node in nodes_of(paths, device):
+                    nodes.append(node)
+                    watched[node.path] = ("device", address)
+            vfio = vfio_group_node(paths, group)
+            if vfio.exists():
+                nodes.append(WatchedNode(str(vfio), None))
+                watched[str(vfio)] = ("vfio", group)
+        for path, found in find_holders(paths, nodes).items():
+            kind, key = watched[path]
+            if kind == "device" and isinstance(key, PciAddress):
+                holders[key] = holders.get(key, ()) + found
+            elif isinstance(key, int):
+                vfio_holders[key] = vfio_holders.get(key, ()) + found
+    vfio_available = driver_loaded(paths, VFIO_DRIVER) or writer.module_loadable(VFIO_MODULE)
+    return HostSnapshot(
+        devices=devices,
+        iommu=iommu,
+        vfio_available=vfio_available,
+        fbcon_bound=framebuffer_console_bound(paths),
+        holders=holders,
+        vfio_holders=vfio_holders,
+    )

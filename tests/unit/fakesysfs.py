@@ -1,0 +1,534 @@
+"""A fake host whose sysfs mirrors the kernel's, with an emulated PCI driver core.
+
+The tree is a real directory tree laid out as the kernel lays out sysfs:
+``sys/bus/pci/devices/X`` are symlinks into ``sys/devices/pci0000:00/...``
+(devices behind a bridge nested under it), ``driver`` and ``iommu_group``
+are symlinks, ``sys/kernel/iommu_groups/N/devices/X`` link back, drivers
+live in ``sys/bus/pci/drivers/D`` with write-only ``bind``/``unbind``
+(mode 0200) and a ``module`` link, and config space is a 256-byte file
+whose byte 0x0e is the header type. Drivers create what real drivers
+create when they bind (DRM card/render nodes and an fbdev, ALSA cards, a
+netdev, /dev/vfio/N) and remove it when they unbind.
+
+:class:`FakeHost` is also the :class:`handoff.pci.bind.SysfsWriter` the
+tests install: a write is applied with the kernel's semantics
+(drivers/base/bus.c, dd.c and pci-driver.c), honestly including its
+refusals: unbinding a device from a driver it is not bound to is ENODEV,
+binding an already bound device is EBUSY, binding a device the driver does
+not match is ENODEV, a write to an attribute without a store method is
+EACCES, ``driver_override`` short-circuits matching, vfio-pci refuses
+non-endpoint headers. Faults can be injected per attribute: an errno, a
+write that blocks until the test ends, a device that vanishes (hot
+removal) when a given attribute is written.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from handoff.errors import PciAddressError
+from handoff.host import HostPaths
+from handoff.pci.address import PciAddress
+
+DRM_MAJOR, FB_MAJOR, SND_MAJOR = 226, 29, 116
+
+
+@dataclass
+class FakeDriver:
+    name: str
+    module: str
+    ids: set[tuple[int, int]] = field(default_factory=set)
+    classes: set[int] = field(default_factory=set)  # 24-bit class codes matched
+    kind: str = "plain"  # plain | drm | sound | net | vfio
+
+
+@dataclass
+class FakeDevice:
+    address: PciAddress
+    vendor: int
+    device: int
+    class_code: int
+    group: int | None
+    parent: PciAddress | None
+    header: int
+    boot_vga: bool
+    driver: str | None = None
+    override: str | None = None
+    made: list[Path] = field(default_factory=list)  # nodes the bound driver created
+
+
+@dataclass
+class _Fault:
+    errno: int | None = None
+    block: bool = False
+    vanish: PciAddress | None = None
+    ignore: bool = False
+    once: bool = True
+
+
+FakeEntry = tuple[str, str | bytes, int]
+
+
+class FakeHost:
+    """A fake /sys, /proc, /dev and run root plus the driver core that acts on them."""
+
+    BOOT_ID = "6c1f5a3e-0d3b-4c43-9a63-2b1c1e7f0a11"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.paths = HostPaths(
+            sys=root / "sys", proc=root / "proc", dev=root / "dev", run=root / "run"
+        )
+        self.drivers: dict[str, FakeDriver] = {}
+        self.available: dict[str, list[FakeDriver]] = {}  # module → drivers it registers
+        self.devices: dict[PciAddress, FakeDevice] = {}
+        self.writes: list[tuple[str, str]] = []
+        self.modprobes: list[str] = []
+        self._faults: dict[Path, _Fault] = {}
+        self._release = threading.Event()
+        self._refused_probes: set[tuple[str, PciAddress]] = set()
+        self._lock = threading.RLock()
+        for sub in ("sys/bus/pci/devices", "sys/bus/pci/drivers", "sys/devices/pci0000:00",
+                    "sys/kernel/iommu_groups", "sys/module", "sys/class/vtconsole",
+                    "proc/sys/kernel/random", "dev", "run"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        self._attr(self.paths.sys / "bus/pci/drivers_probe")
+        (self.paths.sys / "bus/pci/drivers_autoprobe").write_text("1\n")
+        (self.paths.proc / "sys/kernel/random/boot_id").write_text(self.BOOT_ID + "\n")
+        (self.paths.proc / "self").mkdir()
+
+    # ------------------------------------------------------------------ building
+
+    @staticmethod
+    def _attr(path: Path, mode: int = 0o200, content: str = "") -> None:
+        path.write_text(content)
+        path.chmod(mode)
+
+    def add_driver(
+        self,
+        name: str,
+        module: str | None = None,
+        *,
+        ids: Iterable[tuple[int, int]] = (),
+        classes: Iterable[int] = (),
+        kind: str = "plain",
+        loaded: bool = True,
+    ) -> FakeDriver:
+        driver = FakeDriver(name, module or name.replace("-", "_"), set(ids), set(classes), kind)
+        if loaded:
+            self._register(driver)
+        else:
+            self.available.setdefault(driver.module, []).append(driver)
+        return driver
+
+    def _register(self, driver: FakeDriver) -> None:
+        ddir = self.paths.sys / "bus/pci/drivers" / driver.name
+        ddir.mkdir()
+        for attr in ("bind", "unbind", "new_id", "remove_id"):
+            self._attr(ddir / attr)
+        mdir = self.paths.sys / "module" / driver.module
+        mdir.mkdir(exist_ok=True)
+        os.symlink(os.path.relpath(mdir, ddir), ddir / "module")
+        self.drivers[driver.name] = driver
+        if driver.kind == "vfio" and not (self.paths.dev / "vfio").exists():
+            (self.paths.dev / "vfio").mkdir()
+            (self.paths.dev / "vfio" / "vfio").write_text("")
+        # driver_register → driver_attach: take every unbound device it matches.
+        for dev in sorted(self.devices.values(), key=lambda d: d.address):
+            if dev.driver is None and self._matches(driver, dev) and self._probe_ok(driver, dev):
+                self._bind(dev, driver)
+
+    def device_dir(self, address: PciAddress) -> Path:
+        dev = self.devices[address]
+        if dev.parent is None:
+            return self.paths.sys / "devices/pci0000:00" / str(address)
+        return self.device_dir(dev.parent) / str(address)
+
+    def add_device(
+        self,
+        address: str,
+        vendor: int,
+        device: int,
+        class_code: int,
+        *,
+        group: int | None,
+        parent: str | None = None,
+        driver: str | None = None,
+        header: int = 0x00,
+        boot_vga: bool = False,
+        override_supported: bool = True,
+    ) -> FakeDevice:
+        addr = PciAddress.parse(address)
+        dev = FakeDevice(
+            addr, vendor, device, class_code, group,
+            PciAddress.parse(parent) if parent else None, header, boot_vga,
+        )
+        self.devices[addr] = dev
+        ddir = self.device_dir(addr)
+        ddir.mkdir(parents=True)
+        (ddir / "vendor").write_text(f"0x{vendor:04x}\n")
+        (ddir / "device").write_text(f"0x{device:04x}\n")
+        (ddir / "subsystem_vendor").write_text(f"0x{vendor:04x}\n")
+        (ddir / "subsystem_device").write_text("0x0001\n")
+        (ddir / "class").write_text(f"0x{class_code:06x}\n")
+        config = bytearray(256)
+        config[0:2] = vendor.to_bytes(2, "little")
+        config[2:4] = device.to_bytes(2, "little")
+        config[0x09:0x0C] = class_code.to_bytes(3, "little")
+        config[0x0E] = header
+        if header & 0x7F == 0x7F:
+            config = bytearray(b"\xff" * 256)
+        (ddir / "config").write_bytes(bytes(config))
+        if override_supported:
+            self._attr(ddir / "driver_override", 0o644, "(null)\n")
+        if (class_code >> 8) == 0x0300:
+            (ddir / "boot_vga").write_text("1\n" if boot_vga else "0\n")
+        self._attr(ddir / "remove")
+        bus_link = self.paths.sys / "bus/pci/devices" / str(addr)
+        os.symlink(os.path.relpath(ddir, bus_link.parent), bus_link)
+        if group is not None:
+            gdir = self.paths.sys / "kernel/iommu_groups" / str(group) / "devices"
+            gdir.mkdir(parents=True, exist_ok=True)
+            (gdir.parent / "type").write_text("DMA\n")
+            os.symlink(os.path.relpath(ddir, gdir), gdir / str(addr))
+            os.symlink(os.path.relpath(gdir.parent, ddir), ddir / "iommu_group")
+        if driver is not None:
+            self._bind(dev, self.drivers[driver])
+        return dev
+
+    def add_process(self, pid: int, comm: str, files: Iterable[Path]) -> None:
+        pdir = self.paths.proc / str(pid)
+        (pdir / "fd").mkdir(parents=True)
+        (pdir / "comm").write_text(comm + "\n")
+        (pdir / "stat").write_text(f"{pid} ({comm}) S 1 {pid} {pid} 0 -1 0 " + "0 " * 13 + "4242\n")
+        for fd, path in enumerate([Path("/dev/null"), *files]):
+            os.symlink(str(path), pdir / "fd" / str(fd))
+
+    def end_process(self, pid: int) -> None:
+        shutil.rmtree(self.paths.proc / str(pid))
+
+    def add_vtconsole(self, bound: bool) -> None:
+        vdir = self.paths.sys / "class/vtconsole/vtcon1"
+        vdir.mkdir(parents=True)
+        (vdir / "name").write_text("(M) frame buffer device\n")
+        (vdir / "bind").write_text("1\n" if bound else "0\n")
+
+    # ------------------------------------------------------------------ faults
+
+    def fail(self, path: Path, code: int, *, once: bool = True) -> None:
+        """The next write to ``path`` fails with ``code`` (every write unless once)."""
+        self._faults[Path(os.path.realpath(path))] = _Fault(errno=code, once=once)
+
+    def block(self, path: Path) -> None:
+        """The next write to ``path`` blocks until :meth:`release_blocked` (test teardown)."""
+        self._faults[Path(os.path.realpath(path))] = _Fault(block=True)
+
+    def vanish_on(self, path: Path, address: str) -> None:
+        """Hot-remove ``address`` when ``path`` is written (the write then sees it gone)."""
+        self._faults[Path(os.path.realpath(path))] = _Fault(vanish=PciAddress.parse(address))
+
+    def ignore_next(self, path: Path) -> None:
+        """The next write to ``path`` returns success and does nothing (a lost probe)."""
+        self._faults[Path(os.path.realpath(path))] = _Fault(ignore=True)
+
+    def refuse_probe(self, driver: str, address: str) -> None:
+        """``driver``'s probe() fails for ``address`` (dmesg would say why)."""
+        self._refused_probes.add((driver, PciAddress.parse(address)))
+
+    def release_blocked(self) -> None:
+        self._release.set()
+
+    # ------------------------------------------------------------------ SysfsWriter
+
+    def module_loadable(self, module: str) -> bool:
+        return module in self.available or any(d.module == module for d in self.drivers.values())
+
+    def load_module(self, module: str) -> None:
+        self.modprobes.append(module)
+        for driver in self.available.pop(module, []):
+            self._register(driver)
+
+    def write(self, path: Path, value: str) -> None:
+        real = Path(os.path.realpath(path))
+        fault = self._faults.get(real)
+        if fault is not None and fault.once:
+            del self._faults[real]
+        if fault is not None and fault.block:
+            self._release.wait()
+            raise OSError(errno.EINTR, os.strerror(errno.EINTR), str(path))
+        with self._lock:
+            if fault is not None and fault.vanish is not None:
+                self._remove_device(fault.vanish)
+            if not real.exists():
+                if real.parent.exists() or fault is not None:
+                    code = errno.ENODEV if fault is not None else errno.ENOENT
+                    raise OSError(code, os.strerror(code), str(path))
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+            if fault is not None and fault.errno is not None:
+                raise OSError(fault.errno, os.strerror(fault.errno), str(path))
+            if fault is not None and fault.ignore:
+                return
+            self.writes.append((str(real.relative_to(self.root)), value))
+            self._store(real, value, str(path))
+
+    def _store(self, real: Path, value: str, shown: str) -> None:
+        name = real.name
+        sys = self.paths.sys
+        if real == sys / "bus/pci/drivers_probe":
+            self._drivers_probe(self._lookup(value, shown))
+            return
+        if real.parent.parent == sys / "bus/pci/drivers":
+            driver = self.drivers[real.parent.name]
+            if name in ("new_id", "remove_id"):
+                raise AssertionError(f"handoff wrote {name} ({value!r}): it never may")
+            dev = self._lookup(value, shown)
+            if name == "unbind":
+                if dev.driver != driver.name:
+                    raise OSError(errno.ENODEV, os.strerror(errno.ENODEV), shown)
+                self._unbind(dev)
+                return
+            if name == "bind":
+                if not self._matches(driver, dev):
+                    raise OSError(errno.ENODEV, os.strerror(errno.ENODEV), shown)
+                if dev.driver is not None:
+                    raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), shown)
+                if not self._probe_ok(driver, dev):
+                    raise OSError(errno.EINVAL, os.strerror(errno.EINVAL), shown)
+                self._bind(dev, driver)
+                return
+        if name == "driver_override":
+            dev = self._owner(real)
+            if len(value) >= 4095:
+                raise OSError(errno.EINVAL, os.strerror(errno.EINVAL), shown)
+            text = value[:-1] if value.endswith("\n") else value
+            dev.override = text or None
+            real.write_text((dev.override or "(null)") + "\n")
+            return
+        if name == "remove":
+            self._remove_device(self._owner(real).address)
+            return
+        # An attribute without a store method: kernfs refuses the open.
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), shown)
+
+    # ------------------------------------------------------------------ driver core
+
+    def _lookup(self, value: str, shown: str) -> FakeDevice:
+        """bus_find_device_by_name: sysfs_streq ignores one trailing newline."""
+        text = value[:-1] if value.endswith("\n") else value
+        try:
+            dev = self.devices.get(PciAddress.parse(text)) if len(text) == 12 else None
+        except PciAddressError:
+            dev = None
+        if dev is None:
+            raise OSError(errno.ENODEV, os.strerror(errno.ENODEV), shown)
+        return dev
+
+    def _owner(self, attribute: Path) -> FakeDevice:
+        return self.devices[PciAddress.parse(attribute.parent.name)]
+
+    @staticmethod
+    def _matches(driver: FakeDriver, dev: FakeDevice) -> bool:
+        """pci_match_device: driver_override decides alone when set."""
+        if dev.override is not None:
+            return dev.override == driver.name
+        return (dev.vendor, dev.device) in driver.ids or dev.class_code in driver.classes
+
+    def _probe_ok(self, driver: FakeDriver, dev: FakeDevice) -> bool:
+        if (driver.name, dev.address) in self._refused_probes:
+            return False
+        if dev.header & 0x7F == 0x7F:
+            return False
+        # vfio_pci_probe: "if (pdev->hdr_type != PCI_HEADER_TYPE_NORMAL) return -EINVAL"
+        return not (driver.kind == "vfio" and dev.header & 0x7F != 0)
+
+    def _drivers_probe(self, dev: FakeDevice) -> None:
+        """bus_rescan_devices_helper: attach an unbound device; a failed probe is no error."""
+        if dev.driver is not None:
+            return
+        for driver in self.drivers.values():
+            if self._matches(driver, dev) and self._probe_ok(driver, dev):
+                self._bind(dev, driver)
+                return
+
+    def _free_index(self, directory: Path, prefix: str, start: int = 0) -> int:
+        index = start
+        while (directory / f"{prefix}{index}").exists():
+            index += 1
+        return index
+
+    def _node(self, dev: FakeDevice, sysdir: Path, node: Path, major: int, minor: int) -> None:
+        sysdir.mkdir(parents=True)
+        (sysdir / "dev").write_text(f"{major}:{minor}\n")
+        node.parent.mkdir(parents=True, exist_ok=True)
+        node.write_text("")
+        dev.made += [node, sysdir]
+
+    def _bind(self, dev: FakeDevice, driver: FakeDriver) -> None:
+        ddir = self.device_dir(dev.address)
+        drvdir = self.paths.sys / "bus/pci/drivers" / driver.name
+        os.symlink(os.path.relpath(drvdir, ddir), ddir / "driver")
+        os.symlink(os.path.relpath(ddir, drvdir), drvdir / str(dev.address))
+        dev.driver = driver.name
+        devroot = self.paths.dev
+        if driver.kind == "drm":
+            card = self._free_index(devroot / "dri", "card")
+            self._node(dev, ddir / "drm" / f"card{card}", devroot / "dri" / f"card{card}",
+                       DRM_MAJOR, card)
+            self._node(dev, ddir / "drm" / f"renderD{128 + card}",
+                       devroot / "dri" / f"renderD{128 + card}", DRM_MAJOR, 128 + card)
+            fb = self._free_index(devroot, "fb")
+            self._node(dev, ddir / "graphics" / f"fb{fb}", devroot / f"fb{fb}", FB_MAJOR, fb)
+        elif driver.kind == "sound":
+            card = self._free_index(devroot / "snd", "controlC")
+            cdir = ddir / "sound" / f"card{card}"
+            self._node(dev, cdir / f"controlC{card}", devroot / "snd" / f"controlC{card}",
+                       SND_MAJOR, card * 32)
+            self._node(dev, cdir / f"pcmC{card}D0p", devroot / "snd" / f"pcmC{card}D0p",
+                       SND_MAJOR, card * 32 + 16)
+            dev.made.append(cdir)
+        elif driver.kind == "net":
+            used = {p.name for d in self.devices.values() for p in d.made if p.parent.name == "net"}
+            index = next(i for i in range(64) if f"eth{i}" not in used)
+            net = ddir / "net" / f"eth{index}"
+            net.mkdir(parents=True)
+            dev.made.append(net)
+        elif driver.kind == "vfio" and dev.group is not None:
+            node = devroot / "vfio" / str(dev.group)
+            if not node.exists():
+                node.write_text("")
+                node.chmod(0o600)
+
+    def _unbind(self, dev: FakeDevice) -> None:
+        assert dev.driver is not None
+        driver = self.drivers[dev.driver]
+        ddir = self.device_dir(dev.address)
+        (ddir / "driver").unlink()
+        (self.paths.sys / "bus/pci/drivers" / driver.name / str(dev.address)).unlink()
+        for made in reversed(dev.made):
+            if made.is_dir():
+                shutil.rmtree(made)
+            else:
+                made.unlink(missing_ok=True)
+        for sub in ("drm", "graphics", "sound", "net"):
+            if (ddir / sub).is_dir() and not any((ddir / sub).iterdir()):
+                (ddir / sub).rmdir()
+        dev.made = []
+        dev.driver = None
+        if driver.kind == "vfio" and dev.group is not None and not any(
+            d.group == dev.group and d.driver == "vfio-pci" for d in self.devices.values()
+        ):
+            (self.paths.dev / "vfio" / str(dev.group)).unlink(missing_ok=True)
+
+    def _remove_device(self, address: PciAddress) -> None:
+        """Surprise removal: the driver lets go, the sysfs directory disappears."""
+        dev = self.devices.get(address)
+        if dev is None:
+            return
+        if dev.driver is not None:
+            self._unbind(dev)
+        ddir = self.device_dir(address)
+        (self.paths.sys / "bus/pci/devices" / str(address)).unlink()
+        if dev.group is not None:
+            (self.paths.sys / "kernel/iommu_groups" / str(dev.group) / "devices"
+             / str(address)).unlink()
+        shutil.rmtree(ddir)
+        del self.devices[address]
+
+    # ------------------------------------------------------------------ inspection
+
+    def state(self) -> dict[str, tuple[str | None, str | None]]:
+        """address → (driver link name, driver_override as read back)."""
+        result: dict[str, tuple[str | None, str | None]] = {}
+        for address in sorted(self.devices):
+            ddir = self.paths.sys / "bus/pci/devices" / str(address)
+            link = ddir / "driver"
+            driver = os.path.basename(os.readlink(link)) if link.is_symlink() else None
+            override_file = ddir / "driver_override"
+            override = override_file.read_text().strip() if override_file.exists() else None
+            result[address.short] = (driver, override)
+        return result
+
+    def snapshot(self) -> dict[str, FakeEntry]:
+        """Every entry of the tree: links with targets, files with bytes and mode."""
+        entries: dict[str, FakeEntry] = {}
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            base = Path(dirpath)
+            for name in dirnames + filenames:
+                path = base / name
+                rel = str(path.relative_to(self.root))
+                st = path.lstat()
+                if path.is_symlink():
+                    entries[rel] = ("link", os.readlink(path), 0)
+                elif path.is_dir():
+                    entries[rel] = ("dir", "", st.st_mode)
+                else:
+                    entries[rel] = ("file", path.read_bytes(), st.st_mode)
+        return entries
+
+
+# --------------------------------------------------------------------------- layouts
+
+
+def standard_drivers(host: FakeHost, *, vfio_loaded: bool = False) -> None:
+    """The drivers of the seed's machine and of the testbed's lookalikes."""
+    host.add_driver("pcieport", "pcieportdrv", classes={0x060400})
+    host.add_driver("amdgpu", ids={(0x1002, 0x67B0)}, kind="drm")
+    host.add_driver("i915", ids={(0x8086, 0x0412)}, kind="drm")
+    host.add_driver("bochs-drm", "bochs", ids={(0x1234, 0x1111)}, kind="drm")
+    host.add_driver(
+        "snd_hda_intel",
+        ids={(0x1002, 0xAAC8), (0x8086, 0x8C20), (0x8086, 0x293E)},
+        kind="sound",
+    )
+    host.add_driver("lpc_ich", ids={(0x8086, 0x8C44)})
+    host.add_driver("ahci", ids={(0x8086, 0x8C02)})
+    host.add_driver("i801_smbus", ids={(0x8086, 0x8C22)})
+    host.add_driver("r8169", ids={(0x10EC, 0x8168)}, kind="net")
+    host.add_driver("e1000e", ids={(0x8086, 0x10D3)}, kind="net")
+    host.add_driver("vfio-pci", "vfio_pci", kind="vfio", loaded=vfio_loaded)
+
+
+def seed_machine(root: Path, *, vfio_loaded: bool = False) -> FakeHost:
+    """The seed guide's Z87 machine (its `lspci` groups 0, 1, 2, 7, 9, 13, 14)."""
+    host = FakeHost(root)
+    standard_drivers(host, vfio_loaded=vfio_loaded)
+    host.add_device("00:00.0", 0x8086, 0x0C00, 0x060000, group=0)
+    host.add_device("00:01.0", 0x8086, 0x0C01, 0x060400, group=1, header=0x01,
+                    driver="pcieport")
+    host.add_device("01:00.0", 0x1002, 0x67B0, 0x030000, group=1, parent="00:01.0",
+                    driver="amdgpu", header=0x80)
+    host.add_device("01:00.1", 0x1002, 0xAAC8, 0x040300, group=1, parent="00:01.0",
+                    driver="snd_hda_intel")
+    host.add_device("00:02.0", 0x8086, 0x0412, 0x030000, group=2, driver="i915", boot_vga=True)
+    host.add_device("00:1b.0", 0x8086, 0x8C20, 0x040300, group=7, driver="snd_hda_intel")
+    host.add_device("00:1c.2", 0x8086, 0x8C14, 0x060400, group=9, header=0x01,
+                    driver="pcieport")
+    host.add_device("00:1f.0", 0x8086, 0x8C44, 0x060100, group=13, driver="lpc_ich",
+                    header=0x80)
+    host.add_device("00:1f.2", 0x8086, 0x8C02, 0x010601, group=13, driver="ahci")
+    host.add_device("00:1f.3", 0x8086, 0x8C22, 0x0C0500, group=13, driver="i801_smbus")
+    host.add_device("03:00.0", 0x10EC, 0x8168, 0x020000, group=14, parent="00:1c.2",
+                    driver="r8169")
+    return host
+
+
+def lookalike_host(root: Path, *, vfio_loaded: bool = True) -> FakeHost:
+    """The testbed's q35 guest: the GPU lookalike pair, an e1000e, the ICH9 group."""
+    host = FakeHost(root)
+    standard_drivers(host, vfio_loaded=vfio_loaded)
+    host.add_device("00:00.0", 0x8086, 0x29C0, 0x060000, group=0)
+    host.add_device("00:02.0", 0x8086, 0x10D3, 0x020000, group=1, driver="e1000e")
+    host.add_device("00:06.0", 0x1234, 0x1111, 0x038000, group=5, driver="bochs-drm",
+                    header=0x80)
+    host.add_device("00:06.1", 0x8086, 0x293E, 0x040300, group=5, driver="snd_hda_intel")
+    host.add_device("00:1f.0", 0x8086, 0x8C44, 0x060100, group=6, driver="lpc_ich",
+                    header=0x80)
+    host.add_device("00:1f.2", 0x8086, 0x8C02, 0x010601, group=6, driver="ahci")
+    host.add_device("00:1f.3", 0x8086, 0x8C22, 0x0C0500, group=6, driver="i801_smbus")
+    return host
