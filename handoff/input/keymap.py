@@ -270,3 +270,30 @@ def qkeycodes_from_schema(schema: Sequence[Mapping[str, Any]]) -> frozenset[str]
     key_value = unwrap(member_type(key_event, "key"))
     qcode = unwrap(variant_type(key_value, "qcode"))
     return frozenset(_enum_values(qcode))
+
+
+def hotkey_codes(names: Iterable[str]) -> frozenset[int]:
+    """The profile's hotkey chord (``KEY_LEFTCTRL``, ``BTN_SIDE`` …) as Linux codes.
+
+    Raises :class:`handoff.errors.InputError` naming the unknown key.
+    """
+    from evdev import ecodes
+
+    from handoff.errors import InputError
+
+    codes: set[int] = set()
+    for name in names:
+        code = ecodes.ecodes.get(name)
+        if not isinstance(code, int) or not (name.startswith(("KEY_", "BTN_"))):
+            raise InputError(
+                f"input.hotkey: {name!r} is not a Linux key name",
+                fix="use names from linux/input-event-codes.h, e.g. "
+                '["KEY_LEFTCTRL", "KEY_RIGHTCTRL"] or ["KEY_SCROLLLOCK"]',
+            )
+        codes.add(code)
+    if not codes:
+        raise InputError(
+            "input.hotkey is empty: nothing could switch input back to the host",
+            fix='set input.hotkey, e.g. ["KEY_LEFTCTRL", "KEY_RIGHTCTRL"]',
+        )
+    return frozenset(codes)

@@ -46,11 +46,19 @@ Rules (QEMU's input-linux is the model; see shared/DESIGN.md):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
+import trio
+
+from handoff.input.forward import read_events
 from handoff.input.translate import EV_KEY, EV_REL, EV_SYN, SYN_DROPPED, SYN_REPORT, Event
 from handoff.profile import InputMode
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -292,3 +300,151 @@ class FrameAssembler:
         if not self._dropping:
             self._events.append(event)
         return None
+
+
+# --------------------------------------------------------------------------- trio edge
+
+
+class GuestSink(Protocol):
+    """Where forwarded frames go: the qmp backend's queue or the virtio proxies."""
+
+    def submit(self, device: str, events: Sequence[Event]) -> None:
+        """Take one frame; must not block (the readers must keep draining)."""
+        ...
+
+    def forget(self, device: str) -> None:
+        """The device is gone; drop per-device state (scroll remainders)."""
+        ...
+
+
+class DeviceHandle(Protocol):
+    """What the edge needs of an open :class:`evdev.InputDevice`."""
+
+    @property
+    def fd(self) -> int: ...
+
+    @property
+    def name(self) -> str: ...
+
+    def read(self) -> Any: ...
+
+    def grab(self) -> None: ...
+
+    def ungrab(self) -> None: ...
+
+    def active_keys(self) -> list[int]: ...
+
+    def close(self) -> None: ...
+
+
+class InputRouter:
+    """Runs a :class:`RouterCore` against real devices and a guest sink.
+
+    One reader task per device (:meth:`run_device`), all on the trio thread, so
+    the core sees one totally ordered stream and needs no locks. Actions are
+    applied synchronously: a frame is in the sink before the next read.
+    Grabs are released by :meth:`close` (and by the kernel when a device's
+    fd closes, which every reader does on the way out).
+    """
+
+    def __init__(
+        self,
+        core: RouterCore,
+        sink: GuestSink,
+        on_mode: Callable[[InputMode], None] | None = None,
+    ) -> None:
+        self.core = core
+        self.sink = sink
+        self._on_mode = on_mode
+        self.devices: dict[str, DeviceHandle] = {}
+        self._scopes: dict[str, trio.CancelScope] = {}
+
+    async def run_device(self, identity: str, handle: DeviceHandle) -> None:
+        """Route ``handle``'s events until it is unplugged or cancelled; then let go of it."""
+        old = self._scopes.get(identity)
+        if old is not None:  # re-plugged before the old node reported ENODEV
+            old.cancel()
+            self._forget(identity)
+        scope = trio.CancelScope()
+        self._scopes[identity] = scope
+        self.devices[identity] = handle
+        try:
+            with scope:
+                self._apply(self.core.add_device(identity, handle.active_keys()))
+                assembler = FrameAssembler()
+
+                def deliver(events: list[tuple[int, int, int, float]]) -> None:
+                    for etype, code, value, _ in events:
+                        result = assembler.feed((etype, code, value))
+                        if result is None:
+                            continue
+                        if isinstance(result, Resync):
+                            actions = self.core.resync(identity, handle.active_keys())
+                        else:
+                            actions = self.core.frame(identity, result)
+                        if actions:
+                            self._apply(actions)
+
+                await read_events(handle, deliver)
+                log.info("input device %s is gone", handle.name)
+        finally:
+            if self._scopes.get(identity) is scope:
+                self._forget(identity)
+            with contextlib.suppress(OSError):
+                handle.close()
+
+    def _forget(self, identity: str) -> None:
+        self._scopes.pop(identity, None)
+        self.devices.pop(identity, None)
+        self._apply(self.core.remove_device(identity))
+        self.sink.forget(identity)
+
+    def request(self, target: str) -> None:
+        self._apply(self.core.request(target))
+
+    def close(self) -> None:
+        """Release everything: the guest lets go of its keys, every grab is dropped."""
+        self._apply(self.core.shutdown())
+        for handle in self.devices.values():
+            with contextlib.suppress(OSError):
+                handle.ungrab()
+
+    def _apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, ToGuest):
+                self.sink.submit(action.device, action.events)
+            elif isinstance(action, Grab):
+                self._grab(action.device)
+            elif isinstance(action, Ungrab):
+                handle = self.devices.get(action.device)
+                if handle is not None:
+                    with contextlib.suppress(OSError):
+                        handle.ungrab()
+            else:
+                log.info("input now goes to the %s", action.mode.value)
+                if self._on_mode is not None:
+                    self._on_mode(action.mode)
+
+    def _grab(self, identity: str) -> None:
+        handle = self.devices.get(identity)
+        if handle is None:
+            return
+        try:
+            handle.grab()
+        except OSError as exc:
+            log.warning(
+                "cannot grab input device %s (%s): another program holds it; "
+                "it stays with the host",
+                handle.name,
+                exc.strerror,
+            )
+            scope = self._scopes.get(identity)
+            if scope is not None:
+                scope.cancel()
+            self._forget(identity)
+            return
+        held = handle.active_keys()
+        if held:  # a key went down between our last read and the grab
+            with contextlib.suppress(OSError):
+                handle.ungrab()
+            self._apply(self.core.grab_refused(identity, held))

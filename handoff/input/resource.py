@@ -1,0 +1,250 @@
+"""The input hand-off as a session resource (see handoff/resources.py).
+
+``InputHandoff(profile, paths)`` owns, for one session: the virtio proxies
+(backend ``virtio``) or a QMP monitor reserved for input (backend ``qmp``),
+the device watcher, the router and its forwarding, and the control command
+``switch``. Lifecycle:
+
+* ``acquire``: create the virtio proxies (nothing else changes the host).
+* ``qemu_args``: the proxies as virtio-input-host-pci devices, or the input
+  monitor ``-chardev socket,id=handoff-input,path=<run dir>/input.qmp,
+  server=on,wait=off -mon chardev=handoff-input,mode=control``. A monitor of
+  its own lets input pipeline up to 8 requests in strict order without
+  sharing the session's QMP queue.
+* ``vm_started``: narrow the key table to the running QEMU's QKeyCode enum,
+  connect the transport, start discovery (hotplug included) and routing in
+  the session's nursery, register ``switch``.
+* ``release``: the guest lets go of its keys, every grab is released, the
+  proxies are destroyed. Idempotent; runs on every exit path.
+
+Control command ``switch``: request ``{"command": "switch", "mode":
+"host"|"guest"|"toggle"}``, result ``{"mode": "host"|"guest", "pending":
+"host"|"guest"|null}`` (a switch to the guest waits until no key is held).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from handoff.errors import HandoffError, InputError
+from handoff.host import HostPaths
+from handoff.input.devices import DeviceInfo, DeviceWatcher, Selection, classify_by_capabilities
+from handoff.input.forward import (
+    ExecuteTransport,
+    QmpBackend,
+    QmpSocketTransport,
+    Transport,
+)
+from handoff.input.keymap import (
+    LINUX_TO_QCODE,
+    hotkey_codes,
+    qkeycodes_from_schema,
+    restrict_to,
+    unsupported,
+)
+from handoff.input.router import GuestSink, InputRouter, RouterCore
+from handoff.input.virtio import VirtioProxies
+from handoff.profile import InputBackend, Profile
+from handoff.resources import ControlRegistry, JsonObject, VmHandle
+
+log = logging.getLogger(__name__)
+
+INPUT_MONITOR = "input.qmp"
+SWITCH_TARGETS = ("host", "guest", "toggle")
+
+
+class InputHandoff:
+    """HostResource for keyboards and mice (backends ``qmp`` and ``virtio``)."""
+
+    name = "input"
+
+    def __init__(self, profile: Profile, paths: HostPaths) -> None:
+        self._profile = profile
+        self._input = profile.input
+        self._paths = paths
+        # Validate now, so a bad hotkey or selector fails before anything changes.
+        self._hotkey = hotkey_codes(self._input.hotkey)
+        Selection.from_profile(self._input.devices, self._input.exclude)
+        self._proxies: VirtioProxies | None = None
+        self._router: InputRouter | None = None
+        self._transport: QmpSocketTransport | None = None
+        self._identities: dict[str, str] = {}  # identity → node
+        self._released = False
+
+    @property
+    def backend(self) -> InputBackend:
+        return self._input.backend
+
+    @property
+    def monitor_path(self) -> Path:
+        return self._paths.session_dir(self._profile.name) / INPUT_MONITOR
+
+    async def acquire(self) -> None:
+        if self.backend is InputBackend.VIRTIO:
+            self._proxies = VirtioProxies(self._profile.name)
+            self._proxies.create()
+
+    def qemu_args(self) -> Sequence[str]:
+        if self.backend is InputBackend.VIRTIO:
+            assert self._proxies is not None, "qemu_args() before acquire()"
+            return self._proxies.qemu_args()
+        if self.backend is InputBackend.QMP:
+            return [
+                "-chardev",
+                f"socket,id=handoff-input,path={self.monitor_path},server=on,wait=off",
+                "-mon",
+                "chardev=handoff-input,mode=control",
+            ]
+        return []
+
+    def note_qemu_pid(self, pid: int) -> None:
+        """Input keeps no per-pid state."""
+
+    async def vm_started(
+        self, vm: VmHandle, nursery: trio.Nursery, control: ControlRegistry
+    ) -> None:
+        if self.backend is InputBackend.NONE:
+            return
+        sink: GuestSink
+        if self.backend is InputBackend.VIRTIO:
+            assert self._proxies is not None
+            sink = self._proxies
+            proxy_nodes: tuple[str, ...] = self._proxies.nodes
+        else:
+            backend = QmpBackend(await self._keymap(vm))
+            transport: Transport
+            try:
+                self._transport = await QmpSocketTransport.connect(self.monitor_path)
+                transport = self._transport
+            except (InputError, OSError) as exc:
+                log.warning("input monitor unavailable (%s); using the session's QMP", exc)
+                transport = ExecuteTransport(vm)
+            nursery.start_soon(backend.run, transport)
+            sink = backend
+            proxy_nodes = ()
+        core = RouterCore(self._hotkey, self._input.start_in)
+        self._router = InputRouter(core, sink)
+        selection = Selection.from_profile(self._input.devices, self._input.exclude, proxy_nodes)
+        watcher = DeviceWatcher(selection, self._on_device, classify=_classify)
+        nursery.start_soon(self._watch, watcher)
+        control.register("switch", self._switch)
+
+    async def _keymap(self, vm: VmHandle) -> Mapping[int, str]:
+        try:
+            schema = await vm.execute("query-qmp-schema")
+        except HandoffError as exc:
+            log.warning("could not read QEMU's QKeyCode enum (%s); using the full table", exc)
+            return LINUX_TO_QCODE
+        if not isinstance(schema, list):
+            return LINUX_TO_QCODE
+        qcodes = qkeycodes_from_schema(schema)
+        missing = unsupported(LINUX_TO_QCODE, qcodes)
+        if missing:
+            log.info(
+                "this QEMU has no qcode for %d Linux keys (%s)", len(missing), ", ".join(missing)
+            )
+        return restrict_to(LINUX_TO_QCODE, qcodes)
+
+    async def _watch(self, watcher: DeviceWatcher) -> None:
+        try:
+            await watcher.run()
+        finally:
+            if self._router is not None:
+                self._router.close()
+
+    async def _on_device(self, info: DeviceInfo) -> None:
+        from evdev import InputDevice
+
+        assert self._router is not None
+        identity = info.identity
+        other = self._identities.get(identity)
+        if other is not None and other != info.node and _node_exists(other):
+            identity = f"{identity}#{info.node.rsplit('event', 1)[-1]}"  # an identical twin
+        try:
+            handle = InputDevice(info.node)
+        except OSError as exc:
+            log.warning("cannot open input device %s (%s): %s", info.name, info.node, exc.strerror)
+            return
+        self._identities[identity] = info.node
+        log.info("input device %s (%s) found", info.name, identity)
+        try:
+            await self._router.run_device(identity, handle)
+        finally:
+            if self._identities.get(identity) == info.node:
+                del self._identities[identity]
+
+    async def _switch(self, message: Mapping[str, Any]) -> JsonObject:
+        target = message.get("mode", "toggle")
+        if target not in SWITCH_TARGETS:
+            raise InputError(
+                f"switch: mode {target!r} is not one of host, guest, toggle",
+                fix="handoff switch [host|guest|toggle]",
+            )
+        if self._router is None:
+            raise InputError(
+                "switch: input hand-off is not running (the profile's input.backend is "
+                f"{self.backend.value!r} or the VM has not started)",
+                fix='set input.backend = "qmp" or "virtio" in the profile',
+            )
+        self._router.request(str(target))
+        return self._mode()
+
+    def _mode(self) -> JsonObject:
+        if self._router is None:
+            return {"mode": "host", "pending": None}
+        core = self._router.core
+        return {"mode": core.mode.value, "pending": core.pending.value if core.pending else None}
+
+    async def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        with trio.CancelScope(shield=True):
+            if self._router is not None:
+                self._router.close()
+                for handle in list(self._router.devices.values()):
+                    with contextlib.suppress(OSError):
+                        handle.close()
+            if self._transport is not None:
+                with contextlib.suppress(OSError, trio.ClosedResourceError):
+                    await self._transport.aclose()
+            if self._proxies is not None:
+                self._proxies.destroy()
+
+    def status(self) -> JsonObject:
+        devices: list[JsonObject] = []
+        if self._router is not None:
+            grabbed = self._router.core.grabbed
+            devices = [
+                {"identity": ident, "name": handle.name, "grabbed": ident in grabbed}
+                for ident, handle in sorted(self._router.devices.items())
+            ]
+        return {"backend": self.backend.value, **self._mode(), "devices": devices}
+
+
+def _node_exists(node: str) -> bool:
+    """A device node still there means a twin, not a re-plug (nodes vanish on unplug)."""
+    return os.path.exists(node)
+
+
+def _classify(info: DeviceInfo) -> DeviceInfo:
+    """Without udevd: keyboard/mouse from the device's own capability bits."""
+    from evdev import InputDevice
+
+    try:
+        device = InputDevice(info.node)
+    except OSError:
+        return dataclasses.replace(info, keyboard=False, mouse=False)
+    try:
+        keyboard, mouse = classify_by_capabilities(device.capabilities())
+    finally:
+        device.close()
+    return dataclasses.replace(info, keyboard=keyboard, mouse=mouse)

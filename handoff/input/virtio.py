@@ -1,0 +1,113 @@
+"""The ``virtio`` backend: handoff's own uinput keyboard and mouse, held by QEMU.
+
+At acquire time the supervisor creates two uinput devices with every
+capability a keyboard or mouse can have (all keys; the mouse buttons; REL
+X/Y, both wheels and both hi-res wheels; keyboard LEDs so the guest's
+Caps Lock light has somewhere to go) and gives them to QEMU as
+``virtio-input-host-pci,evdev=/dev/input/eventN``. QEMU reads them in its
+main loop, as input-linux reads a real device, so no QMP is involved per
+event. In guest mode the router's frames are written into them unchanged:
+extra buttons, hi-res and horizontal wheels reach the guest exactly.
+
+Because the proxies exist for the whole session and never change, a real
+keyboard being unplugged and plugged again never touches QEMU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from handoff.errors import InputError
+from handoff.input.devices import PROXY_NAME_PREFIX
+from handoff.input.keymap import is_button
+from handoff.input.translate import EV_KEY, EV_REL, Event
+
+log = logging.getLogger(__name__)
+
+EV_LED = 0x11
+KEY_MAX = 0x2FF
+MOUSE_BUTTONS = tuple(range(0x110, 0x118))  # BTN_LEFT … BTN_TASK
+KEYBOARD_KEYS = tuple(c for c in range(1, KEY_MAX + 1) if not is_button(c))
+MOUSE_AXES = (0x00, 0x01, 0x06, 0x08, 0x0B, 0x0C)  # X Y HWHEEL WHEEL WHEEL_HI_RES HWHEEL_HI_RES
+LEDS = (0, 1, 2)  # NUML CAPSL SCROLLL
+
+
+class VirtioProxies:
+    """The two uinput proxies and the guest sink that writes into them."""
+
+    def __init__(self, session: str) -> None:
+        self._session = session
+        self.keyboard: Any = None
+        self.mouse: Any = None
+
+    @property
+    def keyboard_name(self) -> str:
+        return f"{PROXY_NAME_PREFIX}keyboard ({self._session})"
+
+    @property
+    def mouse_name(self) -> str:
+        return f"{PROXY_NAME_PREFIX}mouse ({self._session})"
+
+    def create(self) -> None:
+        """Create both devices (needs /dev/uinput, i.e. root or the uinput group)."""
+        from evdev import UInput
+
+        try:
+            self.keyboard = UInput(
+                {EV_KEY: list(KEYBOARD_KEYS), EV_LED: list(LEDS)},
+                name=self.keyboard_name,
+            )
+            self.mouse = UInput(
+                {EV_KEY: list(MOUSE_BUTTONS), EV_REL: list(MOUSE_AXES)},
+                name=self.mouse_name,
+            )
+        except Exception as exc:
+            self.destroy()
+            raise InputError(
+                f"cannot create the virtio input proxies through /dev/uinput: {exc}",
+                fix="modprobe uinput, and run handoff as root (or give it the uinput group)",
+            ) from exc
+
+    @property
+    def nodes(self) -> tuple[str, str]:
+        """The proxies' /dev/input/eventN nodes (for QEMU and for never grabbing them)."""
+        if self.keyboard is None or self.mouse is None:
+            raise InputError("the virtio input proxies have not been created")
+        return (self.keyboard.device.path, self.mouse.device.path)
+
+    def qemu_args(self) -> list[str]:
+        keyboard, mouse = self.nodes
+        return [
+            "-device",
+            f"virtio-input-host-pci,id=handoff-keyboard,evdev={keyboard}",
+            "-device",
+            f"virtio-input-host-pci,id=handoff-mouse,evdev={mouse}",
+        ]
+
+    def submit(self, device: str, events: Sequence[Event]) -> None:
+        """Copy one frame into the proxies (keys → keyboard; buttons, motion → mouse)."""
+        touched_keyboard = touched_mouse = False
+        for etype, code, value in events:
+            if etype == EV_KEY and not is_button(code):
+                self.keyboard.write(etype, code, value)
+                touched_keyboard = True
+            elif etype in (EV_KEY, EV_REL):
+                self.mouse.write(etype, code, value)
+                touched_mouse = True
+        if touched_keyboard:
+            self.keyboard.syn()
+        if touched_mouse:
+            self.mouse.syn()
+
+    def forget(self, device: str) -> None:
+        """Nothing per device: the proxies outlive every real device."""
+
+    def destroy(self) -> None:
+        for proxy in (self.keyboard, self.mouse):
+            if proxy is not None:
+                with contextlib.suppress(OSError):
+                    proxy.close()
+        self.keyboard = self.mouse = None
