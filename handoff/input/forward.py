@@ -138,7 +138,13 @@ class Executor(Protocol):
 
 
 class ExecuteTransport:
-    """Sends batches through ``execute`` one at a time (strict order, 1 in flight)."""
+    """Sends batches through ``execute`` one at a time (strict order, 1 in flight).
+
+    qemu.qmp logs every message it sends at DEBUG, input-send-event included,
+    which would put typed keys in a debug log. So while this transport is in
+    use the ``qemu.qmp`` loggers are held at INFO or above. The supervisor
+    uses :class:`QmpSocketTransport`; this one serves tests and benchmarks.
+    """
 
     def __init__(self, executor: Executor) -> None:
         self._executor = executor
@@ -146,6 +152,9 @@ class ExecuteTransport:
         self.idle = _Idle()
 
     async def run(self, queue: BatchQueue) -> None:
+        qmp_log = logging.getLogger("qemu.qmp")
+        if qmp_log.getEffectiveLevel() < logging.INFO:
+            qmp_log.setLevel(logging.INFO)
         while True:
             batch = await queue.get()
             self.idle.take()

@@ -37,12 +37,7 @@ import trio
 from handoff.errors import HandoffError, InputError
 from handoff.host import HostPaths
 from handoff.input.devices import DeviceInfo, DeviceWatcher, Selection, classify_by_capabilities
-from handoff.input.forward import (
-    ExecuteTransport,
-    QmpBackend,
-    QmpSocketTransport,
-    Transport,
-)
+from handoff.input.forward import QmpBackend, QmpSocketTransport
 from handoff.input.keymap import (
     LINUX_TO_QCODE,
     hotkey_codes,
@@ -120,14 +115,14 @@ class InputHandoff:
             proxy_nodes: tuple[str, ...] = self._proxies.nodes
         else:
             backend = QmpBackend(await self._keymap(vm))
-            transport: Transport
             try:
                 self._transport = await QmpSocketTransport.connect(self.monitor_path)
-                transport = self._transport
-            except (InputError, OSError) as exc:
-                log.warning("input monitor unavailable (%s); using the session's QMP", exc)
-                transport = ExecuteTransport(vm)
-            nursery.start_soon(backend.run, transport)
+            except OSError as exc:
+                raise InputError(
+                    f"cannot connect to QEMU's input monitor {self.monitor_path}: {exc}",
+                    fix="QEMU must be able to create sockets in the run directory",
+                ) from exc
+            nursery.start_soon(backend.run, self._transport)
             sink = backend
             proxy_nodes = ()
         core = RouterCore(self._hotkey, self._input.start_in)

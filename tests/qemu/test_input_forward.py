@@ -7,14 +7,21 @@ every event its input layer receives; the VM must run (input-send-event says
 
 from __future__ import annotations
 
+import errno
+import logging
+import os
 import re
 import socket
-from collections.abc import AsyncIterator
+import struct
+import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import trio
+import trio.testing
 
 from handoff.input.forward import ExecuteTransport, QmpBackend, QmpSocketTransport
 from handoff.input.keymap import (
@@ -24,6 +31,7 @@ from handoff.input.keymap import (
     restrict_to,
     unsupported,
 )
+from handoff.input.router import InputRouter, RouterCore
 from handoff.input.translate import (
     EV_KEY,
     EV_REL,
@@ -33,6 +41,7 @@ from handoff.input.translate import (
     REL_X,
     REL_Y,
 )
+from handoff.profile import InputMode
 from handoff.qemu.process import QemuProcess
 from handoff.qemu.qmp import QmpConnection, open_qmp
 
@@ -237,3 +246,213 @@ async def test_the_execute_transport_over_the_session_bridge_keeps_order(
         trace = await traced.quit(qmp)
     assert sum(int(t[2]) for t in trace if t[0] == "rel") == 200
     assert [t[2] for t in trace if t[0] == "btn"] == ["1", "0"] * 10
+
+
+# --------------------------------------------------------------------------- the router edge
+
+
+class PipeDevice:
+    """An evdev-shaped device on a pipe: struct input_event records, EVIOCGKEY state, grab flag.
+
+    This host has no /dev/input and no uinput; everything around the device
+    (router edge, reader, qmp backend, QEMU) is real here, and the testbed
+    runs the same flows with real uinput devices (tests/testbed/test_input_*).
+    ``host_seen`` is what the host's own input stack would have received.
+    """
+
+    RECORD = struct.Struct("llHHi")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.fd, self._writer = os.pipe()
+        os.set_blocking(self.fd, False)
+        self.kernel: set[int] = set()
+        self.grabbed = False
+        self.host_seen: list[tuple[int, int, int]] = []
+        self.closed = False
+
+    def emit(self, etype: int, code: int, value: int) -> None:
+        if etype == EV_KEY:
+            (self.kernel.add if value else self.kernel.discard)(code)
+        if not self.grabbed:
+            self.host_seen.append((etype, code, value))
+        now = time.time()
+        os.write(self._writer, self.RECORD.pack(int(now), int(now % 1 * 1e6), etype, code, value))
+
+    def frame(self, *events: tuple[int, int, int]) -> None:
+        for event in events:
+            self.emit(*event)
+        self.emit(0, 0, 0)
+
+    def tap(self, *codes: int) -> None:
+        for code in codes:
+            self.frame((EV_KEY, code, 1))
+        for code in reversed(codes):
+            self.frame((EV_KEY, code, 0))
+
+    def unplug(self) -> None:
+        os.close(self._writer)
+
+    # what the router edge uses
+    def read(self) -> Iterator[SimpleNamespace]:
+        data = os.read(self.fd, self.RECORD.size * 256)
+        if not data:
+            raise OSError(errno.ENODEV, "No such device")
+        for sec, usec, etype, code, value in self.RECORD.iter_unpack(data):
+            yield SimpleNamespace(sec=sec, usec=usec, type=etype, code=code, value=value)
+
+    def is_grabbed(self) -> bool:
+        return self.grabbed
+
+    def grab(self) -> None:
+        self.grabbed = True
+
+    def ungrab(self) -> None:
+        self.grabbed = False
+
+    def active_keys(self) -> list[int]:
+        return sorted(self.kernel)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.grabbed = False
+            os.close(self.fd)
+
+
+KEY_LEFTCTRL, KEY_RIGHTCTRL, KEY_H, KEY_I, KEY_X, KEY_Y = 29, 97, 35, 23, 45, 21
+
+
+async def settle(backend: QmpBackend, transport: QmpSocketTransport) -> None:
+    """Wait until the readers drained their pipes and QEMU answered every batch."""
+    await trio.testing.wait_all_tasks_blocked(0.02)
+    with trio.fail_after(20):
+        await backend.wait_idle(transport)
+
+
+async def test_typing_through_the_router_reaches_qemu_and_the_hotkey_hands_back(
+    traced: TracedQemu,
+) -> None:
+    keyboard = PipeDevice("test keyboard")
+    async with open_qmp(traced.monitor) as qmp:
+        backend = QmpBackend()
+        transport = await QmpSocketTransport.connect(traced.input_socket)
+        router = InputRouter(RouterCore({KEY_LEFTCTRL, KEY_RIGHTCTRL}, InputMode.GUEST), backend)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(backend.run, transport)
+            nursery.start_soon(router.run_device, "kbd", keyboard)
+            await settle(backend, transport)
+            assert keyboard.is_grabbed()
+            keyboard.tap(KEY_H)
+            keyboard.tap(KEY_I)
+            keyboard.tap(KEY_LEFTCTRL, KEY_RIGHTCTRL)  # the hotkey: back to the host
+            await settle(backend, transport)
+            assert not keyboard.is_grabbed()
+            keyboard.tap(KEY_X)  # the host's
+            await settle(backend, transport)
+            router.request("guest")
+            assert keyboard.is_grabbed()
+            keyboard.tap(KEY_Y)
+            await settle(backend, transport)
+            router.close()
+            nursery.cancel_scope.cancel()
+        await transport.aclose()
+        trace = await traced.quit(qmp)
+    keys = [(t[1], t[2]) for t in trace if t[0] == "key"]
+    assert keys == [
+        ("h", "1"),
+        ("h", "0"),
+        ("i", "1"),
+        ("i", "0"),
+        ("ctrl", "1"),
+        ("ctrl", "0"),  # released in the guest as the chord completed; ctrl_r never sent
+        ("y", "1"),
+        ("y", "0"),
+    ]
+    assert (EV_KEY, KEY_X, 1) in keyboard.host_seen
+    assert (EV_KEY, KEY_H, 1) not in keyboard.host_seen
+    assert keyboard.closed
+
+
+async def test_an_unplugged_keyboard_lets_go_in_the_guest_and_is_taken_again_when_back(
+    traced: TracedQemu,
+) -> None:
+    first = PipeDevice("test keyboard")
+    async with open_qmp(traced.monitor) as qmp:
+        backend = QmpBackend()
+        transport = await QmpSocketTransport.connect(traced.input_socket)
+        router = InputRouter(RouterCore({KEY_LEFTCTRL, KEY_RIGHTCTRL}, InputMode.GUEST), backend)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(backend.run, transport)
+            nursery.start_soon(router.run_device, "kbd", first)
+            await settle(backend, transport)
+            first.frame((EV_KEY, KEY_H, 1))  # held while the cable is pulled
+            await settle(backend, transport)
+            first.unplug()
+            await settle(backend, transport)
+            assert first.closed
+            again = PipeDevice("test keyboard")
+            nursery.start_soon(router.run_device, "kbd", again)
+            await settle(backend, transport)
+            assert again.is_grabbed()
+            again.tap(KEY_I)
+            await settle(backend, transport)
+            router.close()
+            nursery.cancel_scope.cancel()
+        await transport.aclose()
+        trace = await traced.quit(qmp)
+    keys = [(t[1], t[2]) for t in trace if t[0] == "key"]
+    assert keys == [("h", "1"), ("h", "0"), ("i", "1"), ("i", "0")]
+
+
+SECRET = "Hunter2!"
+SECRET_KEYS = {  # Linux codes typed for SECRET (with shift)
+    "H": (42, 35),
+    "u": (22,),
+    "n": (49,),
+    "t": (20,),
+    "e": (18,),
+    "r": (19,),
+    "2": (3,),
+    "!": (42, 2),
+}
+
+
+async def test_typed_text_never_reaches_any_log_record(
+    traced: TracedQemu, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    keyboard = PipeDevice("test keyboard")
+    async with open_qmp(traced.monitor) as qmp:
+        backend = QmpBackend()
+        transport = await QmpSocketTransport.connect(traced.input_socket)
+        router = InputRouter(RouterCore({KEY_LEFTCTRL, KEY_RIGHTCTRL}, InputMode.GUEST), backend)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(backend.run, transport)
+            nursery.start_soon(router.run_device, "kbd", keyboard)
+            await settle(backend, transport)
+            for char in SECRET:
+                keyboard.tap(*SECRET_KEYS[char])
+            keyboard.frame((EV_KEY, 183, 1))  # F13: unknown to QEMU 7.2, refused
+            keyboard.frame((EV_KEY, 183, 0))
+            keyboard.tap(KEY_LEFTCTRL, KEY_RIGHTCTRL)
+            await settle(backend, transport)
+            keyboard.unplug()
+            await settle(backend, transport)
+            nursery.cancel_scope.cancel()
+        await transport.aclose()
+        trace = await traced.quit(qmp)
+    assert len([t for t in trace if t[0] == "key"]) >= 2 * len(SECRET)  # it was typed
+    assert caplog.records, "logging was not captured at all"
+    codes = {c for keys in SECRET_KEYS.values() for c in keys}
+    names = {n for n, c in ((n, c) for n, c, _ in KEY_TABLE) if c in codes}
+    qcodes = {LINUX_TO_QCODE[c] for c in codes}
+    for record in caplog.records:
+        text = record.getMessage()
+        assert SECRET not in text
+        assert SECRET.lower() not in text
+        assert not any(name in text for name in names), text
+        assert "qcode" not in text, text
+        assert not any(f"'{q}'" in text or f'"{q}"' in text for q in qcodes), text
+        args = record.args if isinstance(record.args, tuple) else ()
+        assert not any(isinstance(a, int) and a in codes for a in args), text
