@@ -10,6 +10,7 @@ starts with comments saying what the error must contain::
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 from pathlib import Path
@@ -467,3 +468,73 @@ def test_parsing_is_pure_and_never_looks_up_the_host() -> None:
     # Neither the user nor the files exist here: parsing still succeeds.
     profile = parse(EVERYTHING.replace('"nobody"', '"no-such-user-hf"'))
     assert profile.vm.user == "no-such-user-hf"
+
+
+# --------------------------------------------------------------------------- any input
+
+PLAUSIBLE = st.sampled_from(
+    [
+        "w", "8G", "256M", 1, 2, 8, 4096, True, False, "host", "max", "kvm", "tcg", "auto",
+        "ovmf", "seabios", "/fw/CODE.fd", "v.fd", "raw", "qcow2", "virtio", "sata", "scsi",
+        "none", "native", "cdrom", "tap", "bridge", "user", "tap0", "br0", "e1000e",
+        "52:54:00:00:00:01", "hda", "pa", "std", "vnc", "01:00.0", "01:00.1", "qmp",
+        "guest", ["KEY_SCROLLLOCK"], ["usb:046d:c52b"], ["kvm=off"], [],
+    ]
+)  # fmt: skip
+ANY_VALUE = st.one_of(
+    PLAUSIBLE,
+    st.integers(min_value=-(2**40), max_value=2**40),
+    st.text(max_size=8),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.lists(st.text(max_size=4), max_size=2),
+)
+TABLE_KEYS = {
+    "vm": ["name", "memory", "cpus", "sockets", "cores", "cpu_model", "cpu_flags",
+           "hide_hypervisor", "accel", "shutdown_timeout", "memroy"],
+    "firmware": ["type", "code", "vars", "vars_template"],
+    "disk": ["path", "format", "interface", "cache", "aio", "media", "readonly"],
+    "network": ["type", "model", "mac", "ifname", "bridge"],
+    "sound": ["model", "backend"],
+    "display": ["vga", "frontend", "tablet"],
+    "passthrough": ["address", "x_vga", "multifunction", "allow_in_group"],
+    "input": ["backend", "hotkey", "start_in", "devices", "exclude"],
+}  # fmt: skip
+
+
+def render(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(render(v) for v in value) + "]"
+    return repr(value)
+
+
+@st.composite
+def profile_texts(draw: st.DrawFn) -> str:
+    lines = ["[vm]", 'name = "w"', 'memory = "1G"'] if draw(st.booleans()) else []
+    for table in draw(st.lists(st.sampled_from(sorted(TABLE_KEYS)), unique=True, max_size=3)):
+        keys = TABLE_KEYS[table]
+        array = table in ("disk", "network", "passthrough")
+        for _ in range(draw(st.integers(1, 2)) if array else 1):
+            lines.append(f"[[{table}]]" if array else f"[{table}]")
+            chosen = draw(st.lists(st.sampled_from(keys), unique=True, max_size=3))
+            lines += [f"{key} = {render(draw(ANY_VALUE))}" for key in chosen]
+    return "\n".join(lines) + "\n"
+
+
+@given(profile_texts())
+def test_any_profile_text_is_either_a_profile_that_round_trips_or_a_profile_error(
+    text: str,
+) -> None:
+    outcome: Profile | ProfileError
+    try:
+        outcome = parse(text)
+    except ProfileError as error:
+        outcome = error
+    if isinstance(outcome, ProfileError):
+        assert outcome.path == str(SOURCE)
+        assert outcome.fix
+    else:
+        assert parse(profile_to_toml(outcome)) == outcome
