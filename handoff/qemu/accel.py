@@ -51,18 +51,24 @@ def kvm_problem(paths: HostPaths) -> str | None:
     return None
 
 
-def choose_accel(requested: Accel, paths: HostPaths) -> AccelChoice:
+def choose_accel(requested: Accel, paths: HostPaths, *, strict: bool = True) -> AccelChoice:
     """KVM for ``auto`` when it works, TCG otherwise; ``kvm`` refuses without it.
 
     Raises :class:`HostError` when the profile insists on KVM (vm.accel =
     "kvm") and this host cannot give it: silently emulating a gaming VM
-    would only look like a hang.
+    would only look like a hang. With ``strict=False`` (``handoff argv``,
+    ``run --dry-run``: showing the command, not running it) the KVM request
+    is kept and the reason says that a real run would refuse.
     """
     if requested is Accel.TCG:
         return AccelChoice("tcg", 'the profile asks for TCG (vm.accel = "tcg")')
     problem = kvm_problem(paths)
     if problem is None:
         return AccelChoice("kvm", f"{paths.dev / 'kvm'} opens read-write")
+    if requested is Accel.KVM and not strict:
+        return AccelChoice(
+            "kvm", f'the profile asks for KVM; `handoff run` would refuse here: {problem}'
+        )
     if requested is Accel.KVM:
         raise HostError(
             f'the profile asks for KVM (vm.accel = "kvm") but {problem}',
