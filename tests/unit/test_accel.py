@@ -69,10 +69,11 @@ def test_kvm_requested_without_dev_kvm_says_how_to_enable_it(tmp_path: Path) -> 
 def test_showing_the_command_keeps_a_kvm_request_and_says_run_would_refuse(
     tmp_path: Path,
 ) -> None:
-    choice = choose_accel(Accel.KVM, host(tmp_path, pvm=True), strict=False)
+    pvm_host = host(tmp_path, pvm=True)
+    choice = choose_accel(Accel.KVM, pvm_host, strict=False)
     assert choice.accel == "kvm"
     assert "would refuse" in choice.reason
-    assert choose_accel(Accel.AUTO, host(tmp_path, pvm=True), strict=False).accel == "tcg"
+    assert choose_accel(Accel.AUTO, pvm_host, strict=False).accel == "tcg"
 
 
 def test_kvm_requested_where_it_works_is_granted(tmp_path: Path) -> None:
