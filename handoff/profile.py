@@ -28,6 +28,7 @@ import json
 import os
 import pwd
 import re
+import stat
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -1146,12 +1147,49 @@ def check_profile_on_host(profile: Profile) -> None:
         elif fw.vars is not None:
             _must_exist(src, "firmware.vars", fw.vars, "set vars_template to copy it from")
     for index, disk in enumerate(profile.disks):
-        _must_exist(src, f"disk[{index}].path", disk.path, "create the image (qemu-img create "
+        key = f"disk[{index}].path"
+        _must_exist(src, key, disk.path, "create the image (qemu-img create "
                     f"-f {disk.format.value} {disk.path} 64G) or correct the path")
+        _check_disk_kind(src, key, disk.path)
     for index, dev in enumerate(profile.passthrough):
         if dev.romfile is not None:
             _must_exist(src, f"passthrough[{index}].romfile", dev.romfile,
                         "dump the card's ROM or correct the path")
+
+
+def _check_disk_kind(source: str, key: str, path: Path) -> None:
+    """A disk is a regular file, or a block device named under /dev.
+
+    The QEMU argv picks the block driver from the path alone (host_device
+    under /dev, file elsewhere) so it stays pure; this is where the host
+    confirms it. QEMU's file driver refuses a block device, and a
+    directory (the seed guide's warning: a Btrfs subvolume is a file
+    system, not a block device) is no disk at all.
+    """
+    mode = path.stat().st_mode
+    shown = json.dumps(str(path))
+    under_dev = path.parts[:2] == ("/", "dev")
+    if stat.S_ISDIR(mode):
+        raise ProfileError(
+            f"found {shown}, a directory; expected a disk image file or a block device "
+            "(a Btrfs subvolume is a file system, not a block device)",
+            path=source, key=key,
+            fix="point path at an image file inside it (qemu-img create -f raw DIR/disk.img "
+            "64G) or at a block device such as an LVM volume (/dev/VG/LV)",
+        )
+    if stat.S_ISBLK(mode) and not under_dev:
+        raise ProfileError(
+            f"found {shown}, a block device outside /dev; expected block devices by their "
+            "/dev name (handoff gives them to QEMU's host_device driver)",
+            path=source, key=key,
+            fix=f"write the /dev path, e.g. path = \"{os.path.realpath(path)}\"",
+        )
+    if under_dev and not (stat.S_ISBLK(mode) or stat.S_ISREG(mode)):
+        raise ProfileError(
+            f"found {shown}, which is neither a block device nor a regular file",
+            path=source, key=key,
+            fix="point path at the disk's block device (ls -l /dev/VG/ or lsblk)",
+        )
 
 
 def _must_exist(source: str, key: str, path: Path, fix: str) -> None:

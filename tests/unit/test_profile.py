@@ -538,3 +538,29 @@ def test_any_profile_text_is_either_a_profile_that_round_trips_or_a_profile_erro
         assert outcome.fix
     else:
         assert parse(profile_to_toml(outcome)) == outcome
+
+
+def test_host_check_refuses_a_directory_as_a_disk(tmp_path: Path) -> None:
+    (tmp_path / "subvol").mkdir()
+    profile_file = tmp_path / "w.toml"
+    profile_file.write_text(MINIMAL + '[[disk]]\npath = "subvol"\n')
+    with pytest.raises(ProfileError) as caught:
+        check_profile_on_host(load_profile(profile_file))
+    assert caught.value.key == "disk[0].path"
+    assert "Btrfs subvolume" in caught.value.message
+
+
+def test_host_check_wants_block_devices_by_their_dev_name(tmp_path: Path) -> None:
+    block = next((p for p in sorted(Path("/dev").iterdir()) if p.is_block_device()), None)
+    if block is None:
+        pytest.skip("this host has no block device to point at")
+    (tmp_path / "disk").symlink_to(block)
+    profile_file = tmp_path / "w.toml"
+    profile_file.write_text(MINIMAL + '[[disk]]\npath = "disk"\n')
+    with pytest.raises(ProfileError) as caught:
+        check_profile_on_host(load_profile(profile_file))
+    assert "outside /dev" in caught.value.message
+    assert caught.value.fix is not None
+    assert str(block) in caught.value.fix
+    profile_file.write_text(MINIMAL + f'[[disk]]\npath = "{block}"\n')
+    check_profile_on_host(load_profile(profile_file))
