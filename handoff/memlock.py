@@ -15,6 +15,7 @@ limits.d line that fixes it. The seed guide's limits.conf lines
 from __future__ import annotations
 
 import os
+import pwd
 import resource
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,20 +53,23 @@ def _covers(limit: int, required: int) -> bool:
 
 
 def judge_memlock(
-    required: int, soft: int, hard: int, *, can_raise_hard: bool, user: str | None = None
+    required: int, soft: int, hard: int, *, can_raise_hard: bool, user: str
 ) -> MemlockVerdict:
-    """Pure: is (soft, hard) enough, raisable, or a refusal with the fix."""
+    """Pure: is (soft, hard) enough, raisable, or a refusal with the fix.
+
+    ``user`` is who runs handoff: QEMU inherits the supervisor's limit (even
+    after dropping to vm.user), so that is whose limits.d line matters.
+    """
     if _covers(soft, required):
         return MemlockVerdict(required, soft, hard, None)
     if _covers(hard, required) or can_raise_hard:
         return MemlockVerdict(required, soft, hard, required)
     kib = -(-required // 1024)
-    who = user or os.environ.get("SUDO_USER") or "the user running handoff"
     raise HostError(
         f"RLIMIT_MEMLOCK is too low for passthrough: QEMU must lock "
         f"{required // _MIB} MiB (guest RAM + 1 GiB) but the limit is "
         f"{_text(soft)} (hard {_text(hard)}) and this process cannot raise the hard limit",
-        fix=f"add `{who} hard memlock {kib}` and `{who} soft memlock {kib}` to "
+        fix=f"add `{user} hard memlock {kib}` and `{user} soft memlock {kib}` to "
         "/etc/security/limits.d/handoff.conf (KiB; or `unlimited`) and log in again, "
         "or run handoff as root",
     )
@@ -73,6 +77,13 @@ def judge_memlock(
 
 def _text(value: int) -> str:
     return "unlimited" if value == UNLIMITED else f"{value // _MIB} MiB"
+
+
+def _who() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
 
 
 def _can_raise_hard() -> bool:
@@ -103,5 +114,5 @@ def check_memlock(
     if required is None:
         return None
     soft, hard = getrlimit(resource.RLIMIT_MEMLOCK)
-    judge_memlock(required, soft, hard, can_raise_hard=can_raise_hard(), user=profile.vm.user)
+    judge_memlock(required, soft, hard, can_raise_hard=can_raise_hard(), user=_who())
     return required

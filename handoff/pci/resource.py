@@ -126,11 +126,13 @@ class GpuHandoff:
         writer: SysfsWriter | None = None,
         write_timeout: float = WRITE_TIMEOUT,
         report: Report = _log_report,
+        memlock_check: Callable[[Profile], int | None] = check_memlock,
     ) -> None:
         self.profile = profile
         self.paths = paths
         self.engine = Engine(paths, writer or KernelWriter(), write_timeout=write_timeout)
         self.report = report
+        self._memlock_check = memlock_check
         self.memlock_bytes: int | None = None
         self.plan: HandoffPlan | None = None
         self._locks: jr.GroupLocks | None = None
@@ -144,7 +146,7 @@ class GpuHandoff:
     async def acquire(self) -> None:
         if not self.profile.passthrough:
             return
-        self.memlock_bytes = check_memlock(self.profile)
+        self.memlock_bytes = self._memlock_check(self.profile)
         addresses = [p.address for p in self.profile.passthrough]
         allowed = [a for p in self.profile.passthrough for a in p.allow_in_group]
         owner = qemu_owner(self.profile.vm.user)

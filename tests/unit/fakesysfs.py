@@ -206,7 +206,7 @@ class FakeHost:
         pdir = self.paths.proc / str(pid)
         (pdir / "fd").mkdir(parents=True)
         (pdir / "comm").write_text(comm + "\n")
-        (pdir / "stat").write_text(f"{pid} ({comm}) S 1 {pid} {pid} 0 -1 0 " + "0 " * 13 + "4242\n")
+        (pdir / "stat").write_text(f"{pid} ({comm}) S 1 {pid} {pid} 0 -1 0 " + "0 " * 12 + "4242\n")
         for fd, path in enumerate([Path("/dev/null"), *files]):
             os.symlink(str(path), pdir / "fd" / str(fd))
 
