@@ -1,78 +1,84 @@
 """RLIMIT_MEMLOCK against the guest's RAM: VFIO pins all of it.
 
-With a device passed through, vfio_iommu_type1 pins every page of guest
-RAM (and QEMU's own DMA buffers) and charges them to RLIMIT_MEMLOCK unless
-QEMU has CAP_IPC_LOCK. A limit below RAM + 1 GiB makes QEMU fail at start
-with "vfio_dma_map ... -12" (ENOMEM). The seed raised it in limits.conf;
-limits.conf only applies to PAM log-ins, so a systemd service needs
-LimitMEMLOCK= instead (contrib/systemd/handoff@.service sets it).
+The judgement is the session's own (:func:`handoff.memlock.check_memlock`:
+guest RAM + 1 GiB, raised for the QEMU child where the process may raise
+its hard limit, else refused with the limits.d lines). Doctor only feeds it
+the limits of the tree it looks at: /proc/self/limits and the CapEff line
+of /proc/self/status, so a fake /proc answers too.
 
-The limit is read from /proc/self/limits so a fake /proc answers too.
+limits.conf applies to PAM log-ins only; a systemd service sets
+LimitMEMLOCK= instead (contrib/systemd/handoff@.service does).
 """
 
 from __future__ import annotations
 
+import resource
+
 from handoff.checks import Check, DoctorEnv, fail, ok, read_text, skip
+from handoff.errors import HostError
+from handoff.memlock import check_memlock as session_check_memlock
+from handoff.memlock import required_memlock
 from handoff.profile import Profile
 
 GIB = 1024**3
 MIB = 1024**2
-HEADROOM = GIB  # QEMU's own pinned buffers, ROM BARs, the IOMMU's page tables
+CAP_SYS_RESOURCE = 24
 
 
-def required_bytes(profile: Profile) -> int:
-    return profile.vm.memory_mib * MIB + HEADROOM
-
-
-def parse_memlock(limits_text: str) -> tuple[int | None, int | None] | None:
-    """(soft, hard) of "Max locked memory" in bytes, None for unlimited; None when absent."""
+def parse_memlock(limits_text: str) -> tuple[int, int] | None:
+    """(soft, hard) of "Max locked memory" in bytes (RLIM_INFINITY for unlimited)."""
     for line in limits_text.splitlines():
         if line.startswith("Max locked memory"):
             fields = line[len("Max locked memory") :].split()
             if len(fields) < 2:
                 return None
 
-            def value(text: str) -> int | None:
-                return None if text == "unlimited" else int(text)
+            def value(text: str) -> int:
+                return resource.RLIM_INFINITY if text == "unlimited" else int(text)
 
             return value(fields[0]), value(fields[1])
     return None
 
 
-def _human(n: int | None) -> str:
-    if n is None:
+def can_raise_hard(env: DoctorEnv) -> bool:
+    """CAP_SYS_RESOURCE in /proc/self/status's CapEff; euid 0 when that is unreadable."""
+    for line in (read_text(env.host.proc / "self" / "status") or "").splitlines():
+        if line.startswith("CapEff:"):
+            try:
+                return bool(int(line.split()[1], 16) & (1 << CAP_SYS_RESOURCE))
+            except (IndexError, ValueError):
+                break
+    return env.euid == 0
+
+
+def _human(n: int) -> str:
+    if n == resource.RLIM_INFINITY:
         return "unlimited"
-    if n >= GIB and n % MIB == 0:
+    if n >= GIB:
         return f"{n / GIB:.1f} GiB"
     return f"{n // 1024} KiB"
 
 
 def check_memlock(env: DoctorEnv, profile: Profile) -> Check:
     name = "memlock"
-    if not profile.passthrough:
+    need = required_memlock(profile)
+    if need is None:
         return skip(name, "no [[passthrough]]: VFIO pins no memory")
-    need = required_bytes(profile)
     path = env.host.proc / "self" / "limits"
     limits = parse_memlock(read_text(path) or "")
     if limits is None:
         return skip(name, f"no 'Max locked memory' in {path}")
     soft, hard = limits
+    raisable = can_raise_hard(env)
+    try:
+        session_check_memlock(
+            profile, getrlimit=lambda _which: (soft, hard), can_raise_hard=lambda: raisable
+        )
+    except HostError as err:
+        return fail(name, err.message, err.fix or "raise RLIMIT_MEMLOCK")
     have = f"RLIMIT_MEMLOCK soft {_human(soft)}, hard {_human(hard)}"
     want = f"vm.memory {profile.vm.memory_mib} MiB + 1 GiB = {_human(need)}"
-    user = profile.vm.user
-    if env.euid == 0:
-        return ok(
-            name,
-            f"{have}; running as root, handoff raises the limit for QEMU to cover {want}",
-        )
-    if hard is None or hard >= need:
-        return ok(name, f"{have} covers {want}")
-    kib = need // 1024
-    who = user or "<your user>"
-    return fail(
-        name,
-        f"{have} is below {want}: QEMU would fail to pin guest RAM (vfio_dma_map -12)",
-        f"put '{who} hard memlock {kib}' and '{who} soft memlock {kib}' (KiB) in "
-        "/etc/security/limits.d/handoff-memlock.conf (contrib/limits.d/) and log in again, "
-        f"or set LimitMEMLOCK={need} in the systemd unit",
-    )
+    if soft != resource.RLIM_INFINITY and soft < need:
+        how = "may raise its hard limit" if raisable else "may raise its soft limit"
+        return ok(name, f"{have}; handoff {how} and raises it for QEMU to cover {want}")
+    return ok(name, f"{have} covers {want}")

@@ -1,0 +1,130 @@
+"""A profile's passthrough devices, judged by the GPU engine's own rules.
+
+Doctor does not keep a second copy of the hand-off rules: it reads the same
+:class:`handoff.pci.plan.HostSnapshot` preflight reads and asks
+:func:`handoff.pci.plan.group_verdict` and :func:`handoff.pci.plan.plan_handoff`
+what they would decide. So ``handoff doctor profile.toml`` fails exactly when
+``handoff run profile.toml`` would refuse, with the same reason and fix, but
+without changing anything.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from handoff.checks import Check, DoctorEnv, Verdict, fail, ok, warn
+from handoff.checks.kernel import ModuleState, module_state
+from handoff.errors import PciError, PreflightRefusedError
+from handoff.pci.address import PciAddress
+from handoff.pci.plan import HostSnapshot, group_verdict, plan_handoff
+from handoff.pci.plan import Verdict as GroupVerdictKind
+from handoff.pci.snapshot import take_snapshot
+from handoff.pci.sysfs import VFIO_DRIVER, device_dir
+from handoff.profile import Profile
+
+
+class ReadOnlyWriter:
+    """The SysfsWriter doctor hands the snapshot: it answers whether a module is
+    available (from modules.dep of the tree doctor looks at) and refuses every change,
+    loudly, because doctor never changes the host."""
+
+    def __init__(self, env: DoctorEnv) -> None:
+        self._env = env
+
+    def module_loadable(self, module: str) -> bool:
+        return module_state(self._env, module) is not ModuleState.MISSING
+
+    def write(self, path: Path, value: str) -> None:
+        raise AssertionError(f"doctor must not write {value!r} to {path}")
+
+    def load_module(self, module: str) -> None:
+        raise AssertionError(f"doctor must not load {module}")
+
+
+def profile_snapshot(env: DoctorEnv, profile: Profile) -> HostSnapshot:
+    """Preflight's own snapshot (:func:`handoff.pci.snapshot.take_snapshot`), holders
+    scanned for the groups of the profile's devices only."""
+    groups = set()
+    for entry in profile.passthrough:
+        link = device_dir(env.host, entry.address) / "iommu_group"
+        try:
+            name = os.path.basename(os.readlink(link))
+        except OSError:
+            continue
+        if name.isdigit():
+            groups.add(int(name))
+    return take_snapshot(env.host, ReadOnlyWriter(env), groups=groups)
+
+
+def check_passthrough_devices(env: DoctorEnv, profile: Profile) -> list[Check]:
+    """One line per [[passthrough]] entry, then the whole plan as ``handoff run`` would make it."""
+    if not profile.passthrough:
+        return []
+    try:
+        snapshot = profile_snapshot(env, profile)
+    except PciError as err:
+        return [fail("passthrough", err.message, err.fix or "check /sys/bus/pci")]
+    allowed = [a for entry in profile.passthrough for a in entry.allow_in_group]
+    plan_check: Check
+    try:
+        plan = plan_handoff(
+            [entry.address for entry in profile.passthrough], snapshot, allow_in_group=allowed
+        )
+    except PreflightRefusedError as refused:
+        plan_check = fail(
+            "passthrough-plan", refused.message, refused.fix or "see `handoff groups`"
+        )
+    else:
+        moved = ", ".join(d.address.short for d in plan.detach_order)
+        plan_check = ok("passthrough-plan", f"handoff run would move {moved} to vfio-pci and back")
+    planned = plan_check.verdict is Verdict.OK
+    checks = [_device_check(snapshot, entry.address, planned) for entry in profile.passthrough]
+    return [*checks, plan_check]
+
+
+def _device_check(snapshot: HostSnapshot, address: PciAddress, planned: bool) -> Check:
+    """One passthrough function: found, its group's verdict, driver, holders, boot_vga.
+
+    The group verdict judges the group without the profile's
+    ``allow_in_group``; when the profile's own plan passes (the person
+    accepted those co-members), the group's refusal is shown but not failed.
+    """
+    name = f"device:{address}"
+    device = snapshot.devices.get(address)
+    if device is None:
+        return fail(
+            name,
+            f"PCI device {address} does not exist on this host",
+            "list the devices with `handoff groups` (or lspci -nn) and fix the [[passthrough]] "
+            "address",
+        )
+    if device.iommu_group is None:
+        return fail(
+            name,
+            f"{device.describe()} is in no IOMMU group",
+            "turn the IOMMU on (see the iommu check)",
+        )
+    verdict = group_verdict(device.iommu_group, snapshot)
+    parts = [device.describe(), f"IOMMU group {device.iommu_group}: {verdict.reason}"]
+    holders = snapshot.holders.get(address, ())
+    if holders:
+        parts.append("held by " + ", ".join(h.describe() for h in holders))
+    if device.boot_vga:
+        bound = " with a framebuffer console bound" if snapshot.fbcon_bound else ""
+        parts.append("boot_vga=1" + bound)
+    if device.driver == VFIO_DRIVER:
+        parts.append("already on vfio-pci")
+    detail = "; ".join(parts)
+    if verdict.verdict is GroupVerdictKind.REFUSED and not planned:
+        return fail(name, detail, verdict.fix or "see `handoff groups`")
+    if verdict.verdict is GroupVerdictKind.REFUSED:
+        detail += " (accepted by the profile's allow_in_group)"
+    if device.boot_vga:
+        return warn(
+            name,
+            detail,
+            "make the other GPU the primary display in the firmware setup, so the host keeps "
+            "its console while the guest has this one",
+        )
+    return ok(name, detail)

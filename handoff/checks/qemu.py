@@ -1,0 +1,113 @@
+"""The QEMU binary, its version, the devices a profile needs, and OVMF.
+
+Doctor asks the same question ``handoff run``'s preflight asks
+(:mod:`handoff.qemu.capabilities`: the binary's own ``-device help``,
+``-accel help``, ... answers, checked against the argv the profile yields),
+so a missing ``vfio-pci`` or ``virtio-input-host-pci`` is reported here,
+with the profile key that needs it, instead of as a launch failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+from handoff.checks import Check, DoctorEnv, fail, ok, skip
+from handoff.errors import ProfileError, QemuError
+from handoff.profile import FirmwareType, InputBackend, Profile
+from handoff.qemu.accel import choose_accel
+from handoff.qemu.capabilities import MIN_VERSION, QemuCapabilities, check_supported, probe
+from handoff.qemu.cmdline import LaunchSpec, argv_devices, build_argv
+
+_INSTALL = "apt-get install qemu-system-x86 (Debian/Ubuntu), emerge app-emulation/qemu (Gentoo)"
+
+DEFAULT_QEMU = "qemu-system-x86_64"
+
+Prober = Callable[[str], QemuCapabilities]
+
+
+def needed_devices(profile: Profile, accel: Literal["kvm", "tcg"] = "kvm") -> list[str]:
+    """The ``-device`` names of the argv ``handoff run`` starts, plus the virtio input
+    backend's proxies (a host resource adds those at launch).
+
+    Raises ProfileError when the profile cannot run under ``accel``
+    (``cpu_model = "host"`` without KVM)."""
+    argv = build_argv(profile, LaunchSpec(accel=accel))
+    names = list(argv_devices(argv))
+    if profile.input.backend is InputBackend.VIRTIO:
+        names.append("virtio-input-host-pci")
+    return list(dict.fromkeys(names))
+
+
+def check_qemu(
+    env: DoctorEnv, profile: Profile | None, binary: str = DEFAULT_QEMU, prober: Prober = probe
+) -> Check:
+    name = "qemu"
+    try:
+        caps = prober(binary)
+    except QemuError as err:
+        return fail(name, err.message, err.fix or _INSTALL)
+    detail = f"{caps.binary} {caps.version_text}, {len(caps.devices)} device types"
+    if caps.version < MIN_VERSION:
+        oldest = ".".join(map(str, MIN_VERSION))
+        return fail(
+            name,
+            f"{detail}: older than {oldest}, the oldest whose options handoff uses",
+            f"install a newer QEMU ({_INSTALL}, or your distribution's backports)",
+        )
+    if profile is None:
+        return ok(name, detail)
+    accel = choose_accel(profile.vm.accel, env.host, strict=False).accel
+    try:
+        need = needed_devices(profile, accel)
+        check_supported(profile, need, caps, accel=accel)
+    except (QemuError, ProfileError) as err:
+        return fail(name, f"{detail}; {err.message}", err.fix or _INSTALL)
+    if need:
+        detail += "; has " + ", ".join(need)
+    return ok(name, f"{detail}; {accel} accelerator")
+
+
+# Where distributions put OVMF (edk2) for x86_64, code image first.
+OVMF_CODE_CANDIDATES: tuple[Path, ...] = (
+    Path("/usr/share/OVMF/OVMF_CODE_4M.fd"),
+    Path("/usr/share/OVMF/OVMF_CODE.fd"),
+    Path("/usr/share/edk2/ovmf/OVMF_CODE.fd"),
+    Path("/usr/share/edk2/x64/OVMF_CODE.4m.fd"),
+    Path("/usr/share/edk2-ovmf/x64/OVMF_CODE.fd"),
+    Path("/usr/share/qemu/edk2-x86_64-code.fd"),
+)
+
+
+def check_ovmf(profile: Profile, candidates: tuple[Path, ...] = OVMF_CODE_CANDIDATES) -> Check:
+    """OVMF code and vars files when the profile boots UEFI (most GPUs' option ROMs want it)."""
+    name = "ovmf"
+    fw = profile.firmware
+    if fw.type is not FirmwareType.OVMF:
+        return skip(name, 'firmware.type = "seabios": no UEFI firmware needed')
+    install = "apt-get install ovmf (Debian), emerge sys-firmware/edk2-ovmf (Gentoo)"
+    if fw.code is not None:
+        code = fw.code
+        if not code.is_file():
+            return fail(name, f"firmware.code {code} does not exist", install + " or fix the path")
+    else:
+        found = [c for c in candidates if c.is_file()]
+        if not found:
+            shown = ", ".join(str(c) for c in candidates[:3])
+            return fail(name, f"no OVMF code image ({shown}, ...)", install)
+        code = found[0]
+    parts = [f"code {code}"]
+    if fw.vars is not None and fw.vars.is_file():
+        parts.append(f"vars {fw.vars}")
+    elif fw.vars_template is not None:
+        if not fw.vars_template.is_file():
+            return fail(
+                name,
+                f"firmware.vars_template {fw.vars_template} does not exist",
+                install + " or fix the path",
+            )
+        parts.append(f"vars created from {fw.vars_template} on first run")
+    elif fw.vars is not None:
+        parts.append(f"vars {fw.vars} created on first run")
+    return ok(name, "; ".join(parts))
