@@ -1127,9 +1127,10 @@ def check_profile_on_host(profile: Profile) -> None:
     ``handoff doctor`` refuse before any host change.
     """
     src = str(profile.source)
+    account: pwd.struct_passwd | None = None
     if profile.vm.user is not None:
         try:
-            pwd.getpwnam(profile.vm.user)
+            account = pwd.getpwnam(profile.vm.user)
         except KeyError:
             raise ProfileError(
                 f"found the string {json.dumps(profile.vm.user)}; expected an existing user "
@@ -1155,6 +1156,73 @@ def check_profile_on_host(profile: Profile) -> None:
         if dev.romfile is not None:
             _must_exist(src, f"passthrough[{index}].romfile", dev.romfile,
                         "dump the card's ROM or correct the path")
+    if account is not None and account.pw_uid != 0:
+        _check_user_access(profile, account)
+
+
+def _files_qemu_opens(profile: Profile) -> list[tuple[str, Path, bool]]:
+    """(key, path, needs write) for every existing file QEMU itself opens."""
+    files: list[tuple[str, Path, bool]] = []
+    fw = profile.firmware
+    if fw.type is FirmwareType.OVMF and fw.code is not None:
+        files.append(("firmware.code", fw.code, False))
+        if fw.vars is not None and fw.vars.exists():
+            files.append(("firmware.vars", fw.vars, True))
+    files += [
+        (f"disk[{i}].path", disk.path, not disk.readonly) for i, disk in enumerate(profile.disks)
+    ]
+    files += [
+        (f"passthrough[{i}].romfile", dev.romfile, False)
+        for i, dev in enumerate(profile.passthrough)
+        if dev.romfile is not None
+    ]
+    return files
+
+
+def _check_user_access(profile: Profile, account: pwd.struct_passwd) -> None:
+    """QEMU runs as vm.user: it must reach and open each file itself.
+
+    Checked from the permission bits (owner, group incl. supplementary
+    groups, other) of the file and of every directory above it; ACLs are
+    not read, so a file granted by an ACL alone is reported too (the fix
+    names the plain-permission way).
+    """
+    groups = set(os.getgrouplist(account.pw_name, account.pw_gid))
+
+    def allowed(st: os.stat_result, bits: tuple[int, int, int]) -> bool:
+        owner, group, other = bits
+        if st.st_uid == account.pw_uid:
+            return bool(st.st_mode & owner)
+        if st.st_gid in groups:
+            return bool(st.st_mode & group)
+        return bool(st.st_mode & other)
+
+    read = (stat.S_IRUSR, stat.S_IRGRP, stat.S_IROTH)
+    write = (stat.S_IWUSR, stat.S_IWGRP, stat.S_IWOTH)
+    search = (stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH)
+    for key, path, needs_write in _files_qemu_opens(profile):
+        real = Path(os.path.realpath(path))
+        for directory in reversed(real.parents):
+            if not allowed(directory.stat(), search):
+                raise ProfileError(
+                    f"found {json.dumps(str(path))}, but vm.user {account.pw_name!r} cannot "
+                    f"enter the directory {directory} on the way to it",
+                    path=str(profile.source), key=key,
+                    fix=f"chmod o+x {directory}, or move the file somewhere "
+                    f"{account.pw_name} can reach",
+                )
+        st = real.stat()
+        for wanted, bits, verb in ((True, read, "read"), (needs_write, write, "write")):
+            if wanted and not allowed(st, bits):
+                owner_group = "disk" if real.parts[:2] == ("/", "dev") else account.pw_name
+                raise ProfileError(
+                    f"found {json.dumps(str(path))}, but vm.user {account.pw_name!r} (QEMU's "
+                    f"user) cannot {verb} it",
+                    path=str(profile.source), key=key,
+                    fix=f"add {account.pw_name} to the file's group (usermod -aG "
+                    f"{owner_group} {account.pw_name}) or give it access (chown/chmod), or "
+                    "remove vm.user",
+                )
 
 
 def _check_disk_kind(source: str, key: str, path: Path) -> None:
@@ -1220,6 +1288,10 @@ def ensure_firmware_vars(profile: Profile) -> Path | None:
         )
     tmp = fw.vars.with_name(f".{fw.vars.name}.tmp")
     tmp.write_bytes(fw.vars_template.read_bytes())
+    if profile.vm.user is not None and os.geteuid() == 0:
+        # QEMU writes the guest's boot entries here as vm.user.
+        account = pwd.getpwnam(profile.vm.user)
+        os.chown(tmp, account.pw_uid, account.pw_gid)
     os.replace(tmp, fw.vars)
     return fw.vars
 

@@ -13,6 +13,9 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -564,3 +567,62 @@ def test_host_check_wants_block_devices_by_their_dev_name(tmp_path: Path) -> Non
     assert str(block) in caught.value.fix
     profile_file.write_text(MINIMAL + f'[[disk]]\npath = "{block}"\n')
     check_profile_on_host(load_profile(profile_file))
+
+
+@pytest.fixture
+def reachable_dir() -> Iterator[Path]:
+    """A directory every user can enter (pytest's tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="handoff-test-", dir="/var/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="creating files owned by root needs root")
+def test_host_check_refuses_a_disk_qemus_user_cannot_write(reachable_dir: Path) -> None:
+    tmp_path = reachable_dir
+    disk = tmp_path / "w.raw"
+    disk.write_bytes(b"")
+    disk.chmod(0o644)  # root's: nobody may read, not write
+    profile_file = tmp_path / "w.toml"
+    profile_file.write_text(
+        '[vm]\nname = "w"\nmemory = "1G"\nuser = "nobody"\n[[disk]]\npath = "w.raw"\n'
+    )
+    with pytest.raises(ProfileError) as caught:
+        check_profile_on_host(load_profile(profile_file))
+    assert caught.value.key == "disk[0].path"
+    assert "'nobody'" in caught.value.message
+    assert "cannot write" in caught.value.message
+    disk.chmod(0o666)
+    check_profile_on_host(load_profile(profile_file))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="creating files owned by root needs root")
+def test_host_check_refuses_a_disk_behind_a_closed_directory(tmp_path: Path) -> None:
+    closed = tmp_path / "private"
+    closed.mkdir(mode=0o700)
+    (closed / "w.raw").write_bytes(b"")
+    profile_file = tmp_path / "w.toml"
+    profile_file.write_text(
+        '[vm]\nname = "w"\nmemory = "1G"\nuser = "nobody"\n[[disk]]\npath = "private/w.raw"\n'
+        "readonly = true\n"
+    )
+    with pytest.raises(ProfileError) as caught:
+        check_profile_on_host(load_profile(profile_file))
+    assert "cannot enter the directory" in caught.value.message
+    assert caught.value.fix is not None
+    assert "chmod o+x" in caught.value.fix
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_the_vars_copy_belongs_to_qemus_user(tmp_path: Path) -> None:
+    template = tmp_path / "VARS.fd"
+    template.write_bytes(b"vars")
+    profile_file = tmp_path / "w.toml"
+    profile_file.write_text(
+        '[vm]\nname = "w"\nmemory = "1G"\nuser = "nobody"\n'
+        f'[firmware]\ntype = "ovmf"\ncode = "/fw/CODE.fd"\nvars_template = "{template}"\n'
+    )
+    vars_file = ensure_firmware_vars(load_profile(profile_file))
+    assert vars_file is not None
+    assert vars_file.stat().st_uid == pwd.getpwnam("nobody").pw_uid
