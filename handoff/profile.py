@@ -1214,14 +1214,20 @@ def _check_user_access(profile: Profile, account: pwd.struct_passwd) -> None:
         st = real.stat()
         for wanted, bits, verb in ((True, read, "read"), (needs_write, write, "write")):
             if wanted and not allowed(st, bits):
-                owner_group = "disk" if real.parts[:2] == ("/", "dev") else account.pw_name
+                user = account.pw_name
+                if real.parts[:2] == ("/", "dev"):
+                    fix = (
+                        f"give {user} this one device with a udev rule, e.g. in "
+                        "/etc/udev/rules.d/60-handoff-disk.rules: "
+                        f'ENV{{DM_LV_NAME}}=="{path.name}", OWNER="{user}" (group "disk" '
+                        "would open every disk), or remove vm.user"
+                    )
+                else:
+                    fix = f"chown {user} {path} (or chmod it), or remove vm.user"
                 raise ProfileError(
-                    f"found {json.dumps(str(path))}, but vm.user {account.pw_name!r} (QEMU's "
+                    f"found {json.dumps(str(path))}, but vm.user {user!r} (QEMU's "
                     f"user) cannot {verb} it",
-                    path=str(profile.source), key=key,
-                    fix=f"add {account.pw_name} to the file's group (usermod -aG "
-                    f"{owner_group} {account.pw_name}) or give it access (chown/chmod), or "
-                    "remove vm.user",
+                    path=str(profile.source), key=key, fix=fix,
                 )
 
 
