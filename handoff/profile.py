@@ -18,6 +18,15 @@ The TOML layout (see profiles/*.toml for commented examples)::
     [display]     vga, frontend, tablet
     [[passthrough]]  address, x_vga, romfile, multifunction, allow_in_group
     [input]       backend, hotkey, start_in, devices, exclude
+
+Entry points: :func:`load_profile` (a file) and :func:`parse_profile` (its
+text) are pure apart from reading the file: relative paths resolve against
+the profile's directory, and nothing on the host is looked up, so ``handoff
+argv`` works on a machine without the disks. :func:`check_profile_on_host`
+is the host half (vm.user exists and can open its files, disks and firmware
+exist and are of the right kind), run by ``handoff run`` before any change.
+:func:`profile_to_toml` writes a Profile back (tests round-trip every
+profile through it).
 """
 
 from __future__ import annotations
