@@ -64,8 +64,7 @@ def run_checks(
     """Every check that applies, in the seed guide's order: CPU, IOMMU, kernel,
     modules, KVM, then the profile's devices, limits, nodes, QEMU and firmware."""
     cpu = read_cpuinfo(env)
-    checks: list[Check] = [
-        check_cpu_virtualization(env, profile),
+    passthrough = [
         check_iommu(env, cpu),
         check_kernel_cmdline(env, cpu),
         check_interrupt_remapping(env, cpu),
@@ -74,6 +73,9 @@ def run_checks(
         check_module(env, "vfio_iommu_type1"),
         check_module(env, "vfio_pci"),
     ]
+    if profile is not None and not profile.passthrough:
+        passthrough = [_not_needed(c) for c in passthrough]
+    checks: list[Check] = [check_cpu_virtualization(env, profile), *passthrough]
     supervisor = resolve_identity(None, env.euid)
     qemu_user: Identity = supervisor
     if profile is not None and profile.vm.user is not None:
@@ -95,6 +97,15 @@ def run_checks(
     if profile is not None:
         checks.append(check_ovmf(profile))
     return checks
+
+
+def _not_needed(check: Check) -> Check:
+    """A passthrough check for a profile that passes nothing through: shown, never failed."""
+    if check.verdict in (Verdict.OK, Verdict.SKIP):
+        return check
+    return skip(
+        check.name, f"not needed without [[passthrough]] ({check.verdict.value}: {check.detail})"
+    )
 
 
 def _profile_checks(

@@ -3,9 +3,8 @@
 A PVM host (/sys/module/kvm_pvm: KVM implemented in a guest kernel without
 hardware virtualization) offers a working /dev/kvm on which unmodified
 guests crawl (measured: ~55 KB/s in the kernel decompressor), so handoff's
-``accel = "auto"`` uses TCG there and this check says so, quoting the
-reason :func:`handoff.qemu.accel.choose_accel` (what ``handoff run`` uses
-to pick the accelerator) gives.
+``accel = "auto"`` uses TCG there (:func:`handoff.qemu.accel.choose_accel`,
+on the same /sys/module/kvm_pvm test) and this check says so.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from handoff.checks import Check, DoctorEnv, fail, ok, warn
 from handoff.checks.access import Identity, describe_node, node_access
 from handoff.checks.cpu import CpuInfo, Vendor
 from handoff.profile import Accel, Profile
-from handoff.qemu.accel import choose_accel
 
 
 def is_pvm_host(env: DoctorEnv) -> bool:
@@ -45,7 +43,7 @@ def check_kvm(
         return warn(
             name,
             f"{env.host.sys / 'module' / 'kvm_pvm'} exists: KVM crawls here (PVM host), "
-            f"TCG will be used ({choose_accel(Accel.AUTO, env.host).reason})",
+            "TCG will be used",
             "nothing to change on this host; GPU passthrough needs a machine with VT-x/AMD-V "
             "and an IOMMU",
         )

@@ -181,3 +181,20 @@ def test_an_invalid_profile_is_reported_and_the_host_checks_still_run(
     assert "memroy" in first
     assert "ok    iommu" in out
     assert status == EXIT_FAIL
+
+
+@needs_qemu
+def test_a_profile_without_passthrough_does_not_fail_on_a_host_without_iommu(
+    tmp_path: Path,
+) -> None:
+    host = FakeHost(tmp_path)
+    host.cpu()
+    host.node("kvm", 0o666)
+    demo = parse_profile('[vm]\nname = "demo"\nmemory = "256M"\n', tmp_path / "demo.toml")
+    checks = {c.name: c for c in run_checks(host.env(), demo)}
+    assert checks["iommu"].verdict is Verdict.SKIP
+    assert checks["iommu"].detail.startswith("not needed without [[passthrough]] (fail: no IOMMU")
+    assert checks["module:vfio_pci"].verdict is Verdict.SKIP
+    assert exit_status(list(checks.values())) == EXIT_OK
+    # the same host, asked without a profile, is not ready for passthrough
+    assert exit_status(run_checks(host.env(), None)) == EXIT_FAIL
