@@ -400,6 +400,15 @@ class InputRouter:
         self.sink.forget(identity)
 
     def request(self, target: str) -> None:
+        """A switch from the control socket.
+
+        The kernel's key state (EVIOCGKEY) is read first: a key pressed a
+        moment ago may still sit unread in a device's buffer, and the wait
+        for released keys must see it.
+        """
+        for identity, handle in list(self.devices.items()):
+            with contextlib.suppress(OSError):
+                self._apply(self.core.resync(identity, handle.active_keys()))
         self._apply(self.core.request(target))
 
     def close(self) -> None:
