@@ -63,6 +63,7 @@ __all__ = [
     "QmpConnection",
     "QmpDisconnectedError",
     "QmpEvent",
+    "connect_qmp",
     "open_qmp",
 ]
 
@@ -264,20 +265,20 @@ async def _pump_events(
             token.run_sync_soon(close)
 
 
-@contextlib.asynccontextmanager
-async def open_qmp(
+async def connect_qmp(
     address: socket.socket | Path,
     *,
     greeting_timeout: float = CONNECT_TIMEOUT,
     name: str = "handoff",
-) -> AsyncIterator[QmpConnection]:
-    """Connect to QEMU's monitor, negotiate capabilities, yield the connection.
+) -> QmpConnection:
+    """Connect to QEMU's monitor, negotiate capabilities, return the connection.
 
     ``address`` is the supervisor's end of the socketpair QEMU inherited (this
     function takes ownership of it) or a unix socket path. Raises
-    :class:`handoff.errors.QmpError` if QEMU does not greet within ``greeting_timeout``
-    seconds or hangs up first (QEMU exited: the caller then reports the
-    exit code and log).
+    :class:`handoff.errors.QmpError` if QEMU does not greet within
+    ``greeting_timeout`` seconds or hangs up first (QEMU exited: the caller
+    then reports the exit code and log). The caller must ``aclose()`` the
+    result; :func:`open_qmp` does that for you.
     """
     token = trio.lowlevel.current_trio_token()
     thread = _AsyncioThread(f"qmp-{name}")
@@ -298,7 +299,8 @@ async def open_qmp(
             f"could not connect to QEMU's monitor: {exc.error_message}: {_cause(exc)}"
         ) from exc
     except BaseException:
-        await thread.stop()
+        with trio.CancelScope(shield=True):
+            await thread.stop()
         raise
     if scope.cancelled_caught:
         await thread.stop()
@@ -307,7 +309,18 @@ async def open_qmp(
             fix="look at QEMU's log in the run directory; raise the limit if the host is slow",
         )
     pump = thread.submit(_pump_events(client, token, send))
-    connection = QmpConnection(client, thread, token, receive, pump)
+    return QmpConnection(client, thread, token, receive, pump)
+
+
+@contextlib.asynccontextmanager
+async def open_qmp(
+    address: socket.socket | Path,
+    *,
+    greeting_timeout: float = CONNECT_TIMEOUT,
+    name: str = "handoff",
+) -> AsyncIterator[QmpConnection]:
+    """:func:`connect_qmp` as an async context manager that closes the connection."""
+    connection = await connect_qmp(address, greeting_timeout=greeting_timeout, name=name)
     try:
         yield connection
     finally:

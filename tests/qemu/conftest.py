@@ -6,6 +6,7 @@ has two cores shared with other work. Nothing here mocks QEMU or QMP.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -44,3 +45,59 @@ def _needs_qemu() -> None:
 @pytest.fixture
 def log_path(tmp_path: Path) -> Path:
     return tmp_path / "qemu.log"
+
+
+# --------------------------------------------------------------------------- sessions
+
+POWER_OFF_BOOT_SECTOR = bytes(
+    [
+        0xBA, 0x04, 0x06,  # mov dx, 0x604   (q35 ACPI PM1a control, PMBASE 0x600 + 4)
+        0xB8, 0x00, 0x20,  # mov ax, 0x2000  (SLP_EN, sleep type S5)
+        0xEF,              # out dx, ax      -> QEMU: SHUTDOWN guest-shutdown
+        0xF4,              # hlt
+        0xEB, 0xFD,        # jmp back to hlt
+    ]
+)  # fmt: skip
+
+
+def write_power_off_disk(path: Path) -> Path:
+    """A raw disk whose boot sector powers the q35 machine off: a guest that shuts down."""
+    sector = POWER_OFF_BOOT_SECTOR.ljust(510, b"\0") + b"\x55\xaa"
+    path.write_bytes(sector.ljust(1024 * 1024, b"\0"))  # SeaBIOS skips tiny disks
+    return path
+
+
+def write_profile(
+    directory: Path,
+    name: str = "t",
+    *,
+    shutdown_timeout: float = 1,
+    extra_args: tuple[str, ...] = (),
+    disk: Path | None = None,
+) -> Path:
+    """A demo-like profile: TCG, 32 MiB, no devices, short shutdown timeout."""
+    lines = [
+        "[vm]",
+        f'name = "{name}"',
+        'memory = "32M"',
+        "cpus = 1",
+        'accel = "tcg"',
+        f"shutdown_timeout = {shutdown_timeout}",
+    ]
+    if extra_args:
+        lines.append("extra_args = [" + ", ".join(f'"{a}"' for a in extra_args) + "]")
+    if disk is not None:
+        lines += ["[[disk]]", f'path = "{disk}"', 'format = "raw"', 'interface = "virtio"']
+    lines += ["[display]", 'vga = "none"', 'frontend = "none"']
+    path = directory / f"{name}.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def pid_gone(pid: int) -> bool:
+    """True when no process ``pid`` exists (reaped, not a zombie)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False

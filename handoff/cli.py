@@ -1,0 +1,411 @@
+"""The `handoff` command.
+
+    handoff run PROFILE [--dry-run]     run the VM in the foreground
+    handoff argv PROFILE                print the QEMU command line
+    handoff status [PROFILE] [--json]   ask running sessions how they are
+    handoff stop PROFILE [--force]      stop a session (graceful, or force)
+    handoff switch PROFILE [host|guest] move keyboard and mouse (toggle without an argument)
+    handoff groups | detach | attach | recover | doctor   (see their --help)
+
+PROFILE is a path to a .toml file, or a name looked up as NAME.toml in
+$HANDOFF_PROFILE_DIR, ~/.config/handoff/profiles and /etc/handoff/profiles.
+`status`, `stop` and `switch` also take the bare profile name of a running
+session.
+
+Errors a person can fix never show a traceback: ``handoff: <message>`` and
+``  fix: <what to do>`` on stderr, exit status 2. Exit statuses of `run`:
+0 the guest powered off / stopped on request, 1 abnormal end (QEMU crashed,
+guest panic, QEMU had to be killed), 2 a handoff error, 129/130/143 ended by
+SIGHUP/SIGINT/SIGTERM. KeyboardInterrupt elsewhere exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import sys
+import termios
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from handoff.errors import HandoffError, ProfileError, SessionNotRunningError
+
+__all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "build_parser", "main", "resolve_profile"]
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+log = logging.getLogger("handoff")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def profile_search_dirs() -> list[Path]:
+    """Where a bare profile name is looked up, in order."""
+    dirs: list[Path] = []
+    if "HANDOFF_PROFILE_DIR" in os.environ:
+        dirs.append(Path(os.environ["HANDOFF_PROFILE_DIR"]))
+    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    dirs.append(Path(config) / "handoff" / "profiles")
+    dirs.append(Path("/etc/handoff/profiles"))
+    return dirs
+
+
+def resolve_profile(argument: str) -> Path:
+    """A profile argument → its file: a path as given, else NAME.toml in the search dirs."""
+    path = Path(argument)
+    if path.suffix == ".toml" or "/" in argument or path.exists():
+        return path
+    for directory in profile_search_dirs():
+        candidate = directory / f"{argument}.toml"
+        if candidate.is_file():
+            return candidate
+    searched = ", ".join(str(d) for d in profile_search_dirs())
+    raise ProfileError(
+        f"no profile named {argument!r} (looked for {argument}.toml in {searched})",
+        path=argument,
+        fix="give the path to the .toml file (handoff run profiles/demo.toml)",
+    )
+
+
+def _session_name(argument: str) -> str:
+    """The session name for status/stop/switch: a bare name, or the name inside a profile."""
+    path = Path(argument)
+    if path.suffix == ".toml" or "/" in argument:
+        from handoff.profile import load_profile
+
+        return load_profile(path).name
+    return argument
+
+
+def _paths() -> Any:
+    from handoff.host import HostPaths
+
+    return HostPaths.from_environment()
+
+
+def _control_socket(name: str) -> Path:
+    from handoff.rundir import CONTROL_SOCKET
+
+    path: Path = _paths().session_dir(name) / CONTROL_SOCKET
+    return path
+
+
+@contextlib.contextmanager
+def _terminal_restored() -> Iterator[None]:
+    """Put the terminal back as it was, whatever QEMU or a crash did to it."""
+    saved = None
+    fd = None
+    with contextlib.suppress(OSError, ValueError):
+        if sys.stdin.isatty():
+            fd = sys.stdin.fileno()
+            saved = termios.tcgetattr(fd)
+    try:
+        yield
+    finally:
+        if saved is not None and fd is not None:
+            with contextlib.suppress(OSError, termios.error):
+                termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def _setup_logging(verbosity: int) -> None:
+    """Warnings by default; -v info, -vv debug. qemu.qmp's own chatter only at -vv.
+
+    Nothing in handoff logs key events or typed text at any level.
+    """
+    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("handoff[%(name)s] %(levelname)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # qemu.qmp logs a dropped late reply (after a cancelled command) as a
+    # warning/error; that is expected here, so it is debug-only noise.
+    logging.getLogger("qemu.qmp").setLevel(logging.DEBUG if verbosity >= 2 else logging.CRITICAL)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import trio
+
+    from handoff.profile import load_profile
+    from handoff.qemu.cmdline import format_argv
+    from handoff.session import Session, default_resources, preflight, session_argv
+
+    profile = load_profile(resolve_profile(args.profile))
+    paths = _paths()
+    if args.dry_run:
+        checks = preflight(profile, paths, binary=args.qemu)
+        print(format_argv(session_argv(profile, paths, checks.accel, binary=args.qemu,
+                                       trace_file=args.trace_input)))
+        return 0
+    session = Session(
+        profile,
+        paths,
+        default_resources(profile, paths),
+        binary=args.qemu,
+        trace_file=args.trace_input,
+    )
+    with _terminal_restored():
+        outcome = trio.run(session.run)
+    print(f"handoff: ended: {outcome.summary} (exit {outcome.status})", flush=True)
+    if outcome.log_tail:
+        print("handoff: last lines of QEMU's log:", file=sys.stderr)
+        for line in outcome.log_tail.splitlines():
+            print(f"    {line}", file=sys.stderr)
+    return outcome.status
+
+
+def cmd_argv(args: argparse.Namespace) -> int:
+    from handoff.profile import load_profile
+    from handoff.qemu.accel import choose_accel
+    from handoff.qemu.cmdline import format_argv
+    from handoff.session import session_argv
+
+    profile = load_profile(resolve_profile(args.profile))
+    paths = _paths()
+    choice = choose_accel(profile.vm.accel, paths)
+    accel: str = choice.accel
+    argv = session_argv(profile, paths, accel, binary=args.qemu)
+    print(format_argv(argv))
+    return 0
+
+
+def _running_sessions() -> list[str]:
+    from handoff.rundir import CONTROL_SOCKET
+
+    run: Path = _paths().run
+    try:
+        entries = sorted(run.iterdir())
+    except OSError:
+        return []
+    return [entry.name for entry in entries if (entry / CONTROL_SOCKET).exists()]
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """The human form of a session's status object."""
+    lines = [
+        f"{status.get('profile')}: {status.get('phase')}"
+        + (" (stopping)" if status.get("stopping") and status.get("phase") == "running" else ""),
+        f"  supervisor pid {status.get('pid')}, QEMU pid {status.get('qemu_pid')}",
+        f"  accelerator {status.get('accel')} ({status.get('accel_reason')})",
+        f"  up {_duration(float(status.get('uptime') or 0))}",
+    ]
+    resources = status.get("resources") or {}
+    for name, detail in resources.items():
+        text = ", ".join(f"{k}={v}" for k, v in detail.items()) if isinstance(detail, dict) else ""
+        lines.append(f"  {name}: {text}" if text else f"  {name}")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m{secs:02d}s"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{seconds:.1f}s"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from handoff.control import request
+
+    names = [_session_name(args.profile)] if args.profile else _running_sessions()
+    statuses: list[dict[str, Any]] = []
+    for name in names:
+        try:
+            statuses.append(request(_control_socket(name), {"command": "status"}))
+        except SessionNotRunningError:
+            if args.profile:
+                raise
+    if args.json:
+        if args.profile:
+            print(json.dumps(statuses[0], indent=2))
+        else:
+            print(json.dumps(statuses, indent=2))
+        return 0
+    if not statuses:
+        print("no handoff session is running")
+        return 0
+    print("\n".join(format_status(s) for s in statuses))
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from handoff.control import request
+
+    name = _session_name(args.profile)
+    result = request(_control_socket(name), {"command": "stop", "force": args.force})
+    if args.json:
+        print(json.dumps(result))
+    else:
+        how = "forcing QEMU to quit" if result.get("force") else "asking the guest to power off"
+        print(f"{name}: stopping ({how}); the supervisor reports the end")
+    return 0
+
+
+def cmd_switch(args: argparse.Namespace) -> int:
+    from handoff.control import request
+
+    name = _session_name(args.profile)
+    message: dict[str, Any] = {"command": "switch"}
+    if args.to is not None:
+        message["to"] = args.to
+    result = request(_control_socket(name), message)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        mode = result.get("mode", result.get("to"))
+        print(f"{name}: input goes to the {mode}" if mode else f"{name}: switched")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+_Adder = Callable[[argparse.ArgumentParser], None]
+
+
+def _delegated(module: str, name: str) -> tuple[_Adder, Callable[[argparse.Namespace], int]]:
+    """Argument adder and handler of a subcommand another module implements.
+
+    Imported lazily so a module missing during development breaks only its
+    own subcommand.
+    """
+
+    def add(parser: argparse.ArgumentParser) -> None:
+        try:
+            mod = __import__(module, fromlist=["_"])
+        except ImportError:
+            return
+        adder = getattr(mod, f"add_{name}_arguments", None) or getattr(mod, "add_arguments", None)
+        if adder is not None:
+            adder(parser)
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            mod = __import__(module, fromlist=["_"])
+        except ImportError as exc:
+            raise HandoffError(
+                f"`handoff {name}` is not available in this installation ({exc})",
+                fix="reinstall handoff (contrib/install.sh)",
+            ) from exc
+        handler = getattr(mod, f"cmd_{name}")
+        result: int = handler(args)
+        return result
+
+    return add, run
+
+
+_PCI_COMMANDS = {
+    "groups": "list IOMMU groups and what a passthrough of each would take",
+    "detach": "move a device (its whole IOMMU group) to vfio-pci",
+    "attach": "give a device back to its host driver",
+    "recover": "return every device a crashed session left on vfio-pci",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The complete argument parser (completions and the man page are generated from it)."""
+    parser = argparse.ArgumentParser(
+        prog="handoff",
+        description="Run a GPU-passthrough VM as one foreground command: the GPU and the "
+        "keyboard and mouse are handed to the guest and back.",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0,
+        help="more log output on stderr (-vv: debug, including QMP traffic)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser("run", help="run a VM in the foreground until it ends",
+                         description="Run the VM of PROFILE in the foreground. Ctrl-C asks the "
+                         "guest to power off; a second Ctrl-C forces QEMU down.")
+    run.add_argument("profile", metavar="PROFILE", help="profile file (.toml) or name")
+    run.add_argument("--dry-run", "--show-command", action="store_true",
+                     help="print the QEMU command line (shell-quoted) and exit")
+    run.add_argument("--trace-input", metavar="FILE", type=Path, default=None,
+                     help="log every input event QEMU receives to FILE (tests, benchmarks)")
+    run.add_argument("--qemu", metavar="BINARY", default="qemu-system-x86_64",
+                     help="the QEMU binary (default: %(default)s)")
+    run.set_defaults(handler=cmd_run)
+
+    argv = sub.add_parser("argv", help="print the QEMU command line of a profile",
+                          description="Print the QEMU command line `handoff run` would use.")
+    argv.add_argument("profile", metavar="PROFILE", help="profile file (.toml) or name")
+    argv.add_argument("--qemu", metavar="BINARY", default="qemu-system-x86_64",
+                      help="the QEMU binary (default: %(default)s)")
+    argv.set_defaults(handler=cmd_argv)
+
+    status = sub.add_parser("status", help="show running sessions",
+                            description="Ask a running session (or all of them) for its state.")
+    status.add_argument("profile", metavar="PROFILE", nargs="?", default=None,
+                        help="profile name or file (default: every running session)")
+    status.add_argument("--json", action="store_true", help="print JSON for scripts")
+    status.set_defaults(handler=cmd_status)
+
+    stop = sub.add_parser("stop", help="stop a running session",
+                          description="Ask the guest to power off (the shutdown ladder follows "
+                          "if it does not); --force asks QEMU to quit right away.")
+    stop.add_argument("profile", metavar="PROFILE", help="profile name or file")
+    stop.add_argument("--force", action="store_true", help="skip the guest power-off")
+    stop.add_argument("--json", action="store_true", help="print JSON for scripts")
+    stop.set_defaults(handler=cmd_stop)
+
+    switch = sub.add_parser("switch", help="move keyboard and mouse between host and guest",
+                            description="Hand the grabbed keyboard and mouse to the guest or "
+                            "back to the host (toggle when no side is given).")
+    switch.add_argument("profile", metavar="PROFILE", help="profile name or file")
+    switch.add_argument("to", nargs="?", choices=("host", "guest"), default=None,
+                        help="where input goes (default: the other side)")
+    switch.add_argument("--json", action="store_true", help="print JSON for scripts")
+    switch.set_defaults(handler=cmd_switch)
+
+    for name, help_text in _PCI_COMMANDS.items():
+        add, handler = _delegated("handoff.pci.commands", name)
+        p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:])
+        add(p)
+        p.set_defaults(handler=handler)
+
+    add, handler = _delegated("handoff.doctor", "doctor")
+    doctor = sub.add_parser("doctor", help="check this host for passthrough, with fixes",
+                            description="Check this host for GPU passthrough: each check "
+                            "gives a verdict and a fix.")
+    add(doctor)
+    doctor.set_defaults(handler=handler)
+    return parser
+
+
+def _print_error(exc: HandoffError) -> None:
+    print(f"handoff: {exc.message}", file=sys.stderr)
+    if exc.fix:
+        print(f"  fix: {exc.fix}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `handoff` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        with _terminal_restored():
+            status: int = args.handler(args)
+    except HandoffError as exc:
+        _print_error(exc)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("handoff: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `handoff status | head`: the reader went away; not an error.
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        return 0
+    return status

@@ -1,0 +1,750 @@
+"""The supervisor: one VM session, in the foreground, under trio.
+
+Steps (shared/DESIGN.md, "What a session is"):
+
+1. preflight: profile host checks, accelerator choice, QEMU capabilities.
+   Read-only: a refusal here changes nothing.
+2. run directory (0700) and its lock: one profile runs once.
+3. host resources acquired in order (GPU to vfio-pci, input proxies, ...).
+4. QEMU spawned paused, in its own session; QMP connected over a
+   socketpair; resources told the VM is up; ``cont``.
+5. tasks: QMP events, control socket, signals, the resources' own tasks.
+6. the VM ends (guest power-off, ``handoff stop``, Ctrl-C, SIGTERM, a crash,
+   an exception in any task) → the shutdown ladder until QEMU is gone.
+7. resources released in reverse order, then the run directory removed.
+
+Steps 6 and 7 run on every exit path, inside a shielded cancel scope whose
+every wait is bounded by a named constant, so cleanup can neither be
+interrupted half-way nor hang forever.
+
+The shutdown ladder: ``system_powerdown`` and wait for the guest
+(``vm.shutdown_timeout``) → ``quit`` (:data:`QUIT_TIMEOUT`) → SIGTERM
+(:data:`SIGTERM_TIMEOUT` + :data:`SIGTERM_TIMEOUT_PER_DEVICE` per passthrough
+device: libvirt's rule, a GPU reset can take seconds) → SIGKILL
+(:data:`SIGKILL_TIMEOUT`). A second stop request (second Ctrl-C,
+``handoff stop --force``) skips the graceful rung.
+
+Exit status (:class:`ExitStatus`): 0 when the guest powered off or the
+session was stopped on request and QEMU went cleanly; 130/143/129 when a
+SIGINT/SIGTERM/SIGHUP ended it; 1 when the end was abnormal (QEMU crashed or
+was killed, the guest panicked, QEMU needed SIGKILL, a resource failed to
+release). Errors before the VM runs are raised as HandoffError (the CLI
+prints them and exits 2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from handoff.control import ControlCommands, serve_control
+from handoff.errors import HandoffError, QmpError, SessionError
+from handoff.host import HostPaths
+from handoff.profile import Profile, check_profile_on_host, ensure_firmware_vars
+from handoff.qemu.accel import choose_accel
+from handoff.qemu.capabilities import check_profile
+from handoff.qemu.cmdline import LaunchSpec, build_argv, format_argv
+from handoff.qemu.process import QemuProcess, describe_exit
+from handoff.qemu.qmp import CONNECT_TIMEOUT, QmpConnection, QmpEvent, connect_qmp
+from handoff.resources import ControlRegistry, HostResource, JsonObject, VmHandle
+from handoff.rundir import RunDir
+
+__all__ = [
+    "LAUNCH_EXIT_GRACE",
+    "QUIT_TIMEOUT",
+    "RELEASE_TIMEOUT",
+    "SIGKILL_TIMEOUT",
+    "SIGTERM_TIMEOUT",
+    "SIGTERM_TIMEOUT_PER_DEVICE",
+    "ExitStatus",
+    "LadderTimeouts",
+    "Outcome",
+    "Phase",
+    "Preflight",
+    "Session",
+    "SessionVm",
+    "StopRequest",
+    "classify_end",
+    "default_resources",
+    "preflight",
+    "session_argv",
+]
+
+log = logging.getLogger(__name__)
+
+#: Seconds QEMU gets to exit after the QMP ``quit`` command.
+QUIT_TIMEOUT = 30.0
+#: Seconds QEMU gets to exit after SIGTERM, plus the per-device allowance below.
+SIGTERM_TIMEOUT = 10.0
+#: Extra SIGTERM seconds per passthrough device (libvirt: device reset takes time).
+SIGTERM_TIMEOUT_PER_DEVICE = 2.0
+#: Seconds to wait for the kernel to reap QEMU after SIGKILL (it may be in D state).
+SIGKILL_TIMEOUT = 60.0
+#: Seconds each resource's release() gets before the session moves on.
+RELEASE_TIMEOUT = 60.0
+#: Seconds a QEMU whose monitor hung up gets to exit, to report its exit code.
+LAUNCH_EXIT_GRACE = 5.0
+#: The fd number ``handoff argv`` / ``--dry-run`` shows for the QMP socketpair end.
+DRY_RUN_MONITOR_FD = 3
+
+
+class ExitStatus(enum.IntEnum):
+    """The supervisor's exit codes (also the CLI's for `handoff run`)."""
+
+    OK = 0
+    ABNORMAL = 1
+    ERROR = 2  # a HandoffError: nothing ran or a user-fixable failure
+    SIGHUP = 128 + signal.SIGHUP
+    SIGINT = 128 + signal.SIGINT
+    SIGTERM = 128 + signal.SIGTERM
+
+
+class Phase(enum.Enum):
+    PREFLIGHT = "preflight"
+    ACQUIRING = "acquiring"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    CLEANUP = "cleanup"
+    ENDED = "ended"
+
+
+@dataclass(frozen=True)
+class LadderTimeouts:
+    """Bounds of each rung of the shutdown ladder, in seconds."""
+
+    powerdown: float
+    quit: float = QUIT_TIMEOUT
+    sigterm: float = SIGTERM_TIMEOUT
+    sigkill: float = SIGKILL_TIMEOUT
+
+    @classmethod
+    def for_profile(cls, profile: Profile) -> LadderTimeouts:
+        return cls(
+            powerdown=profile.vm.shutdown_timeout,
+            sigterm=SIGTERM_TIMEOUT + SIGTERM_TIMEOUT_PER_DEVICE * len(profile.passthrough),
+        )
+
+
+@dataclass(frozen=True)
+class StopRequest:
+    """Why the session was asked to stop: ``signal`` (SIGINT...) or ``control``."""
+
+    source: str
+    signal_number: int | None = None
+
+    @property
+    def label(self) -> str:
+        if self.signal_number is not None:
+            return signal.Signals(self.signal_number).name
+        return self.source
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a session ended: the exit status and the sentence that explains it."""
+
+    status: int
+    summary: str
+    qemu_returncode: int | None = None
+    log_tail: str = ""
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """What the read-only checks decided."""
+
+    accel: str
+    accel_reason: str
+
+
+def default_resources(profile: Profile, paths: HostPaths) -> list[HostResource]:
+    """The host resources a profile needs, in acquisition order.
+
+    GPU hand-off and input hand-off each add one line here (the GPU first:
+    input proxies do not depend on it, but the GPU must be on vfio-pci before
+    QEMU opens it, and releasing in reverse returns input to the host first).
+    """
+    resources: list[HostResource] = []
+    return resources
+
+
+def preflight(
+    profile: Profile, paths: HostPaths, *, binary: str = "qemu-system-x86_64"
+) -> Preflight:
+    """The read-only checks before anything changes; raises HandoffError to refuse."""
+    check_profile_on_host(profile)
+    choice = choose_accel(profile.vm.accel, paths)
+    accel: str = choice.accel
+    check_profile(profile, binary=binary, accel=accel)
+    # Building the argv once validates profile/accelerator combinations
+    # (cpu_model = "host" without KVM) before anything happens.
+    build_argv(profile, _launch_spec(binary, accel, DRY_RUN_MONITOR_FD, None, ()))
+    return Preflight(accel=accel, accel_reason=choice.reason)
+
+
+def _launch_spec(
+    binary: str,
+    accel: str,
+    monitor_fd: int,
+    trace_file: os.PathLike[str] | None,
+    extra_args: Sequence[str],
+    vnc_socket: os.PathLike[str] | None = None,
+) -> LaunchSpec:
+    from pathlib import Path
+
+    return LaunchSpec(
+        binary=binary,
+        accel="kvm" if accel == "kvm" else "tcg",
+        monitor_fd=monitor_fd,
+        vnc_socket=Path(vnc_socket) if vnc_socket is not None else None,
+        trace_file=Path(trace_file) if trace_file is not None else None,
+        extra_args=tuple(extra_args),
+        start_paused=True,
+    )
+
+
+def session_argv(
+    profile: Profile,
+    paths: HostPaths,
+    accel: str,
+    *,
+    binary: str = "qemu-system-x86_64",
+    monitor_fd: int = DRY_RUN_MONITOR_FD,
+    trace_file: os.PathLike[str] | None = None,
+    extra_args: Sequence[str] = (),
+) -> list[str]:
+    """The argv a session runs (what ``--dry-run`` and ``handoff argv`` print).
+
+    QEMU starts paused (``-S``) so the supervisor's tasks are up before the
+    guest's first instruction, and gets QMP on an inherited fd.
+    """
+    run = paths.session_dir(profile.name)
+    return build_argv(
+        profile,
+        _launch_spec(binary, accel, monitor_fd, trace_file, extra_args, run / "vnc.sock"),
+    )
+
+
+def classify_end(
+    returncode: int,
+    shutdown: Mapping[str, Any] | None,
+    stop: StopRequest | None,
+    *,
+    killed_by_ladder: bool = False,
+    panicked: bool = False,
+) -> tuple[int, str]:
+    """(exit status, explanation) from how QEMU ended. Pure.
+
+    ``shutdown`` is the data of QEMU's last SHUTDOWN event (``guest``,
+    ``reason``), ``stop`` what asked the session to stop, ``killed_by_ladder``
+    whether the ladder had to send SIGKILL.
+    """
+    how = f"QEMU {describe_exit(returncode)}"
+    reason = str(shutdown.get("reason", "")) if shutdown else ""
+    if stop is not None and stop.signal_number is not None:
+        status = 128 + stop.signal_number
+        extra = " (it had to be killed)" if killed_by_ladder else ""
+        return status, f"stopped on {stop.label}; {how}{extra}"
+    if killed_by_ladder:
+        return ExitStatus.ABNORMAL, f"{how}: it ignored quit and SIGTERM and had to be killed"
+    if stop is not None:
+        if reason == "guest-shutdown":
+            return ExitStatus.OK, "stopped on request: the guest powered off"
+        return ExitStatus.OK, f"stopped on request; {how}"
+    if panicked or reason == "guest-panic":
+        return ExitStatus.ABNORMAL, f"the guest panicked; {how}"
+    if returncode < 0:
+        return ExitStatus.ABNORMAL, f"{how}: QEMU crashed or was killed from outside handoff"
+    if returncode > 0:
+        return ExitStatus.ABNORMAL, f"{how} on its own: QEMU failed"
+    if reason == "guest-shutdown":
+        return ExitStatus.OK, "the guest powered off"
+    if reason == "host-qmp-quit":
+        return ExitStatus.OK, "QEMU quit on a QMP request"
+    if reason == "host-signal":
+        return ExitStatus.ABNORMAL, "QEMU was stopped by a signal from outside handoff"
+    if shutdown is not None and shutdown.get("guest"):
+        return ExitStatus.OK, f"the guest ended the VM ({reason})"
+    return ExitStatus.ABNORMAL, f"{how} without a shutdown event"
+
+
+def describe_event(event: QmpEvent) -> str | None:
+    """The status line for a QMP event that matters to a person (None: not shown)."""
+    name = event.get("event")
+    data = event.get("data") or {}
+    if name == "SHUTDOWN":
+        who = "guest" if data.get("guest") else "host"
+        return f"SHUTDOWN by the {who} (reason: {data.get('reason', 'unknown')})"
+    if name == "RESET":
+        who = "guest" if data.get("guest") else "host"
+        return f"RESET by the {who} (reason: {data.get('reason', 'unknown')})"
+    if name == "STOP":
+        return "STOP: the VM is paused"
+    if name == "RESUME":
+        return "RESUME: the VM runs"
+    if name == "GUEST_PANICKED":
+        info = data.get("info") or {}
+        detail = f" ({info})" if info else ""
+        return f"GUEST_PANICKED: the guest kernel panicked{detail}"
+    return None
+
+
+class SessionVm:
+    """The :class:`handoff.resources.VmHandle` resources get: QEMU's pid and QMP."""
+
+    def __init__(self, pid: int, qmp: QmpConnection) -> None:
+        self._pid = pid
+        self._qmp = qmp
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    async def execute(self, command: str, arguments: Mapping[str, object] | None = None) -> object:
+        return await self._qmp.execute(command, arguments)
+
+
+def _print_line(line: str) -> None:
+    print(f"handoff: {line}", flush=True)
+
+
+@dataclass
+class _State:
+    phase: Phase = Phase.PREFLIGHT
+    started: float = field(default_factory=time.monotonic)
+    stop: StopRequest | None = None
+    force: bool = False
+    shutdown: dict[str, Any] | None = None
+    panicked: bool = False
+    killed_by_ladder: bool = False
+    accel: str | None = None
+    accel_reason: str | None = None
+
+
+class Session:
+    """One foreground VM session. ``await Session(...).run()`` returns its Outcome.
+
+    ``resources`` are acquired in order and released in reverse (pass
+    ``default_resources(profile, paths)``, or test doubles). ``report`` gets
+    one status line per phase and per QMP event that matters. ``timeouts``
+    overrides the ladder's bounds (tests); ``handle_signals`` installs the
+    SIGINT/SIGTERM/SIGHUP handlers (the CLI; off for in-process tests that
+    drive stops through the control socket). ``trace_file`` turns on QEMU's
+    input-event trace (tests and benchmarks observe forwarding there).
+    """
+
+    def __init__(
+        self,
+        profile: Profile,
+        paths: HostPaths,
+        resources: Sequence[HostResource],
+        *,
+        binary: str = "qemu-system-x86_64",
+        report: Callable[[str], None] = _print_line,
+        timeouts: LadderTimeouts | None = None,
+        handle_signals: bool = True,
+        trace_file: os.PathLike[str] | None = None,
+        memlock_bytes: int | None = None,
+        greeting_timeout: float = CONNECT_TIMEOUT,
+        on_qmp_ready: Callable[[], None] | None = None,
+    ) -> None:
+        self.profile = profile
+        self.paths = paths
+        self.resources = tuple(resources)
+        self.binary = binary
+        self.report = report
+        self.timeouts = timeouts or LadderTimeouts.for_profile(profile)
+        self.handle_signals = handle_signals
+        self.trace_file = trace_file
+        self.memlock_bytes = memlock_bytes
+        self.greeting_timeout = greeting_timeout
+        self.on_qmp_ready = on_qmp_ready
+        self.commands = ControlCommands()
+        self.commands.register("status", self._control_status)
+        self.commands.register("stop", self._control_stop)
+        self._state = _State()
+        self._process: QemuProcess | None = None
+        self._acquired: list[HostResource] = []
+        self._stop_requested = trio.Event()
+        self._startup_scope: trio.CancelScope | None = None
+        self._graceful_scope: trio.CancelScope | None = None
+        self._events_done = trio.Event()
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def phase(self) -> Phase:
+        return self._state.phase
+
+    @property
+    def control_registry(self) -> ControlRegistry:
+        return self.commands
+
+    def request_stop(self, request: StopRequest, *, force: bool = False) -> None:
+        """Start the ladder (graceful), or escalate a running one (force / second request)."""
+        state = self._state
+        if state.stop is not None or self._stop_requested.is_set():
+            force = True
+        if state.stop is None:
+            state.stop = request
+        if force and not state.force:
+            state.force = True
+            if self._graceful_scope is not None:
+                self.report("forcing: not waiting for the guest any longer")
+                self._graceful_scope.cancel()
+        if self._startup_scope is not None and state.phase in (
+            Phase.ACQUIRING,
+            Phase.STARTING,
+        ):
+            self._startup_scope.cancel()
+        self._stop_requested.set()
+
+    def status(self) -> JsonObject:
+        """The status object `handoff status` shows."""
+        state = self._state
+        process = self._process
+        resources: dict[str, JsonObject] = {}
+        for resource in self.resources:
+            try:
+                resources[resource.name] = resource.status()
+            except Exception as exc:  # a status() bug must not break `handoff status`
+                resources[resource.name] = {"error": f"{type(exc).__name__}: {exc}"}
+        return {
+            "profile": self.profile.name,
+            "source": str(self.profile.source),
+            "pid": os.getpid(),
+            "qemu_pid": process.pid if process is not None else None,
+            "accel": state.accel,
+            "accel_reason": state.accel_reason,
+            "phase": state.phase.value,
+            "uptime": round(time.monotonic() - state.started, 3),
+            "stopping": state.stop is not None,
+            "resources": resources,
+        }
+
+    async def run(self) -> Outcome:
+        """Run the session to its end. Raises HandoffError when it cannot start."""
+        state = self._state
+        state.started = time.monotonic()
+        state.phase = Phase.PREFLIGHT
+        checks = preflight(self.profile, self.paths, binary=self.binary)
+        state.accel, state.accel_reason = checks.accel, checks.accel_reason
+        self.report(f"preflight ok: accelerator {checks.accel} ({checks.accel_reason})")
+        rundir = RunDir.acquire(self.paths, self.profile.name)
+        try:
+            with _collapse_groups():
+                async with trio.open_nursery() as top:
+                    if self.handle_signals:
+                        await top.start(self._signal_task)
+                    await top.start(serve_control, rundir.control_socket, self.commands)
+                    try:
+                        outcome = await self._run_locked(rundir, checks)
+                    finally:
+                        top.cancel_scope.cancel()
+            return outcome
+        finally:
+            state.phase = Phase.ENDED
+            if not rundir.release():
+                self.report(f"left {rundir.path} in place: it holds state for `handoff recover`")
+
+    # ------------------------------------------------------------------ steps
+
+    async def _run_locked(self, rundir: RunDir, checks: Preflight) -> Outcome:
+        state = self._state
+        qmp: QmpConnection | None = None
+        try:
+            with trio.CancelScope() as self._startup_scope:
+                if state.stop is not None:  # stopped while preflight ran
+                    self._startup_scope.cancel()
+                ensure_firmware_vars(self.profile)
+                state.phase = Phase.ACQUIRING
+                for resource in self.resources:
+                    await resource.acquire()
+                    self._acquired.append(resource)
+                    self.report(f"acquired {resource.name}")
+                state.phase = Phase.STARTING
+                qmp = await self._start_qemu(rundir, checks)
+            self._startup_scope = None
+            if qmp is None:
+                assert state.stop is not None
+                return await self._finish_cancelled_start()
+            await self._supervise(qmp)
+            return self._outcome()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._cleanup(qmp)
+
+    async def _start_qemu(self, rundir: RunDir, checks: Preflight) -> QmpConnection:
+        extra: list[str] = []
+        for resource in self._acquired:
+            extra += resource.qemu_args()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            argv = session_argv(
+                self.profile,
+                self.paths,
+                checks.accel,
+                binary=self.binary,
+                monitor_fd=theirs.fileno(),
+                trace_file=self.trace_file,
+                extra_args=extra,
+            )
+            log.info("QEMU command: %s", format_argv(argv))
+            self._process = await QemuProcess.start(
+                argv,
+                log_path=rundir.qemu_log,
+                pass_fds=[theirs.fileno()],
+                user=self.profile.vm.user,
+                memlock_bytes=self.memlock_bytes,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        process = self._process
+        self.report(f"QEMU started, pid {process.pid} (log: {rundir.qemu_log})")
+        for resource in self._acquired:
+            resource.note_qemu_pid(process.pid)
+        try:
+            qmp = await connect_qmp(
+                ours, greeting_timeout=self.greeting_timeout, name=self.profile.name
+            )
+        except QmpError as exc:
+            ours.close()
+            with trio.move_on_after(LAUNCH_EXIT_GRACE):
+                await process.wait()
+            if process.returncode is not None:
+                raise process.launch_error(process.returncode) from exc
+            raise
+        self.report("QMP connected")
+        if self.on_qmp_ready is not None:
+            self.on_qmp_ready()
+        return qmp
+
+    async def _supervise(self, qmp: QmpConnection) -> None:
+        process = self._process
+        assert process is not None
+        state = self._state
+        vm: VmHandle = SessionVm(process.pid, qmp)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._event_task, qmp)
+            nursery.start_soon(self._ladder_task, qmp)
+            for resource in self._acquired:
+                await resource.vm_started(vm, nursery, self.commands)
+            if state.stop is None:
+                try:
+                    await qmp.execute("cont")
+                except QmpError as exc:
+                    log.debug("cont failed: %s", exc)
+                else:
+                    state.phase = Phase.RUNNING
+                    self.report(
+                        f"running (stop: Ctrl-C or `handoff stop {self.profile.name}`)"
+                    )
+            await process.wait()
+            # The event channel ends when QMP hangs up; give it a moment to
+            # deliver the last SHUTDOWN before the tasks are cancelled.
+            with trio.move_on_after(1.0):
+                await self._events_done.wait()
+            nursery.cancel_scope.cancel()
+
+    async def _finish_cancelled_start(self) -> Outcome:
+        stop = self._state.stop
+        assert stop is not None
+        status = 128 + stop.signal_number if stop.signal_number is not None else ExitStatus.OK
+        process = self._process
+        rc = process.returncode if process is not None else None
+        return Outcome(int(status), f"stopped on {stop.label} before the VM ran", rc)
+
+    def _outcome(self) -> Outcome:
+        process = self._process
+        assert process is not None
+        assert process.returncode is not None
+        state = self._state
+        status, summary = classify_end(
+            process.returncode,
+            state.shutdown,
+            state.stop,
+            killed_by_ladder=state.killed_by_ladder,
+            panicked=state.panicked,
+        )
+        tail = process.log_tail() if status == ExitStatus.ABNORMAL else ""
+        return Outcome(int(status), summary, process.returncode, tail)
+
+    # ------------------------------------------------------------------ tasks
+
+    async def _event_task(self, qmp: QmpConnection) -> None:
+        try:
+            async for event in qmp.events:
+                name = event.get("event")
+                if name == "SHUTDOWN":
+                    self._state.shutdown = dict(event.get("data") or {})
+                elif name == "GUEST_PANICKED":
+                    self._state.panicked = True
+                line = describe_event(event)
+                if line is not None:
+                    self.report(line)
+        finally:
+            self._events_done.set()
+
+    async def _ladder_task(self, qmp: QmpConnection) -> None:
+        await self._stop_requested.wait()
+        await self._ladder(qmp, graceful=not self._state.force)
+
+    async def _signal_task(self, *, task_status: trio.TaskStatus[None]) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+            task_status.started()
+            async for number in signals:
+                name = signal.Signals(number).name
+                if self._state.stop is None:
+                    self.report(f"{name}: stopping (again to force)")
+                    self.request_stop(StopRequest("signal", number))
+                elif not self._state.force:
+                    self.report(f"{name} again: forcing")
+                    self.request_stop(StopRequest("signal", number), force=True)
+                else:
+                    self.report(f"{name}: already forcing; QEMU is being stopped")
+
+    async def _control_status(self, _: Mapping[str, Any]) -> JsonObject:
+        return self.status()
+
+    async def _control_stop(self, message: Mapping[str, Any]) -> JsonObject:
+        force = bool(message.get("force", False))
+        self.report("stop requested through the control socket" + (" (force)" if force else ""))
+        self.request_stop(StopRequest("control"), force=force)
+        return {"stopping": True, "force": self._state.force}
+
+    # ------------------------------------------------------------------ ladder
+
+    def _exited(self) -> bool:
+        return self._process is not None and self._process.returncode is not None
+
+    async def _wait_exit(self, seconds: float) -> bool:
+        process = self._process
+        assert process is not None
+        with trio.move_on_after(seconds):
+            await process.wait()
+        return process.returncode is not None
+
+    async def _ladder(self, qmp: QmpConnection | None, *, graceful: bool) -> None:
+        """Bring QEMU down, one bounded rung at a time, until it has exited."""
+        process = self._process
+        assert process is not None
+        state = self._state
+        if self._exited():
+            return
+        state.phase = Phase.STOPPING
+        t = self.timeouts
+        if graceful and not state.force and qmp is not None and qmp.connected:
+            self.report(f"asking the guest to power off (up to {t.powerdown:g} s)")
+            try:
+                with trio.CancelScope() as self._graceful_scope:
+                    try:
+                        await qmp.execute("system_powerdown")
+                    except QmpError as exc:
+                        log.debug("system_powerdown: %s", exc)
+                    if await self._wait_exit(t.powerdown):
+                        return
+                    self.report(f"the guest did not power off within {t.powerdown:g} s")
+            finally:
+                self._graceful_scope = None
+            if self._exited():
+                return
+        if qmp is not None and qmp.connected:
+            self.report(f"asking QEMU to quit (up to {t.quit:g} s)")
+            with trio.move_on_after(t.quit):
+                try:
+                    await qmp.execute("quit")
+                except QmpError as exc:
+                    log.debug("quit: %s", exc)
+                await process.wait()
+            if self._exited():
+                return
+        self.report(f"sending QEMU SIGTERM (up to {t.sigterm:g} s)")
+        process.terminate()
+        if await self._wait_exit(t.sigterm):
+            return
+        self.report(f"sending QEMU SIGKILL (up to {t.sigkill:g} s)")
+        state.killed_by_ladder = True
+        process.kill()
+        if not await self._wait_exit(t.sigkill):
+            raise SessionError(
+                f"QEMU (pid {process.pid}) survives SIGKILL after {t.sigkill:g} s: it is stuck "
+                "in the kernel (D state)",
+                fix=f"check `cat /proc/{process.pid}/stack`; devices are returned once it exits "
+                "(`handoff recover`)",
+            )
+
+    # ------------------------------------------------------------------ cleanup
+
+    async def _cleanup(self, qmp: QmpConnection | None) -> None:
+        """Shielded: QEMU gone, QMP closed, resources released in reverse. Never hangs."""
+        state = self._state
+        state.phase = Phase.CLEANUP
+        errors: list[str] = []
+        process = self._process
+        if process is not None and process.returncode is None:
+            try:
+                await self._ladder(qmp, graceful=False)
+            except HandoffError as exc:
+                errors.append(exc.message)
+        if qmp is not None:
+            await qmp.aclose()
+        for resource in reversed(self._acquired):
+            with trio.move_on_after(RELEASE_TIMEOUT) as scope:
+                try:
+                    await resource.release()
+                except Exception as exc:
+                    errors.append(f"releasing {resource.name} failed: {exc}")
+                    self.report(f"releasing {resource.name} FAILED: {exc}")
+                    continue
+            if scope.cancelled_caught:
+                errors.append(f"releasing {resource.name} took over {RELEASE_TIMEOUT:g} s")
+                self.report(f"releasing {resource.name} timed out after {RELEASE_TIMEOUT:g} s")
+            else:
+                self.report(f"released {resource.name}")
+        self._acquired.clear()
+        if errors:
+            raise SessionError(
+                "the session did not end cleanly: " + "; ".join(errors),
+                fix="`handoff recover` returns devices left behind; see the messages above",
+            )
+
+
+@contextlib.contextmanager
+def _collapse_groups() -> Iterator[None]:
+    """Re-raise a nursery's ExceptionGroup as its HandoffError when that is all it holds.
+
+    trio wraps every task error in an ExceptionGroup; a person should see the
+    HandoffError's message, not a group traceback.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = list(_leaves(group))
+        handoff = [leaf for leaf in leaves if isinstance(leaf, HandoffError)]
+        if handoff and len(handoff) == len(leaves):
+            raise handoff[0] from group
+        if len(leaves) == 1:
+            raise leaves[0] from group
+        raise
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc

@@ -1,0 +1,386 @@
+"""The supervisor in-process against a real QEMU: every exit path ends with QEMU gone,
+resources released in reverse order and the run directory removed.
+
+Stops are driven through the real control socket; signals to the real CLI are
+covered in test_cli_session.py. The HostResource here is a recording test
+double of the *resource* interface (not of QEMU or QMP, which are real).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.lowlevel
+
+from handoff import control
+from handoff.errors import HandoffError, QemuLaunchError, SessionBusyError
+from handoff.host import HostPaths
+from handoff.profile import Profile, load_profile
+from handoff.resources import ControlRegistry, HostResource, JsonObject, VmHandle
+from handoff.rundir import RunDir
+from handoff.session import ExitStatus, LadderTimeouts, Outcome, Phase, Session
+
+from .conftest import pid_gone, write_power_off_disk, write_profile
+
+pytestmark = pytest.mark.qemu
+
+
+class ResourceFailedError(HandoffError):
+    pass
+
+
+@dataclass
+class RecordingResource:
+    """A HostResource that records every call the session makes into a shared journal."""
+
+    name: str
+    journal: list[str]
+    fail_acquire: bool = False
+    fail_in_task: bool = False
+    args: tuple[str, ...] = ()
+    pid: int | None = None
+    seen_status: list[object] = field(default_factory=list)
+
+    async def acquire(self) -> None:
+        self.journal.append(f"acquire {self.name}")
+        if self.fail_acquire:
+            raise ResourceFailedError(f"{self.name} cannot be acquired", fix="test")
+
+    def qemu_args(self) -> Sequence[str]:
+        return self.args
+
+    def note_qemu_pid(self, pid: int) -> None:
+        self.pid = pid
+        self.journal.append(f"pid {self.name}")
+
+    async def vm_started(
+        self, vm: VmHandle, nursery: trio.Nursery, control: ControlRegistry
+    ) -> None:
+        self.journal.append(f"started {self.name}")
+        self.seen_status.append(await vm.execute("query-status"))
+
+        async def echo(message: Mapping[str, Any]) -> JsonObject:
+            return {"echo": message.get("text"), "by": self.name}
+
+        control.register(f"echo-{self.name}", echo)
+        if self.fail_in_task:
+
+            async def crash() -> None:
+                await trio.lowlevel.checkpoint()
+                raise ResourceFailedError(f"{self.name}'s task failed")
+
+            nursery.start_soon(crash)
+
+    async def release(self) -> None:
+        self.journal.append(f"release {self.name}")
+
+    def status(self) -> JsonObject:
+        return {"held": True, "pid": self.pid}
+
+
+class Lines:
+    """Collects the session's status lines; lets a test wait for one."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self._changed = trio.Event()
+
+    def __call__(self, line: str) -> None:
+        self.lines.append(line)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_for(self, pattern: str) -> str:
+        """The first line matching ``pattern`` (callers bound the wait with fail_after)."""
+        while True:
+            for line in self.lines:
+                if re.search(pattern, line):
+                    return line
+            await self._changed.wait()
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+@dataclass
+class Harness:
+    profile: Profile
+    paths: HostPaths
+    journal: list[str]
+    lines: Lines
+
+    def session(self, resources: Sequence[HostResource] = (), **kwargs: Any) -> Session:
+        return Session(
+            self.profile, self.paths, resources, report=self.lines, handle_signals=False,
+            **kwargs,
+        )
+
+    @property
+    def run_dir(self) -> Path:
+        return self.paths.session_dir(self.profile.name)
+
+    async def ask(self, message: Mapping[str, Any]) -> JsonObject:
+        sock = self.run_dir / "control.sock"
+        return await trio.to_thread.run_sync(lambda: control.request(sock, message))
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Harness:
+    profile = load_profile(write_profile(tmp_path, "s", shutdown_timeout=0.5))
+    return Harness(profile, HostPaths(run=tmp_path / "run"), [], Lines())
+
+
+async def drive(harness: Harness, session: Session, action: Any) -> Outcome:
+    """Run the session; once it is running, await ``action()``; return the outcome."""
+    outcome: list[Outcome] = []
+
+    async def runner() -> None:
+        outcome.append(await session.run())
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(runner)
+            await harness.lines.wait_for("^running")
+            await action()
+    return outcome[0]
+
+
+def assert_clean_end(harness: Harness, qemu_pid: int | None) -> None:
+    assert not harness.run_dir.exists(), "the run directory was not removed"
+    if qemu_pid is not None:
+        assert pid_gone(qemu_pid), "QEMU still exists"
+
+
+def qemu_pid_of(harness: Harness) -> int:
+    line = next(x for x in harness.lines.lines if x.startswith("QEMU started"))
+    match = re.search(r"pid (\d+)", line)
+    assert match is not None
+    return int(match[1])
+
+
+async def test_a_session_starts_reports_each_phase_and_answers_status(
+    harness: Harness,
+) -> None:
+    resources = [RecordingResource("gpu", harness.journal), RecordingResource("input",
+                                                                               harness.journal)]
+    session = harness.session(resources)
+
+    async def check() -> None:
+        assert os.stat(harness.run_dir).st_mode & 0o777 == 0o700
+        status = await harness.ask({"command": "status"})
+        assert status["profile"] == "s"
+        assert status["phase"] == "running"
+        assert status["pid"] == os.getpid()
+        assert status["qemu_pid"] == qemu_pid_of(harness)
+        assert status["accel"] == "tcg"
+        assert status["resources"] == {
+            "gpu": {"held": True, "pid": status["qemu_pid"]},
+            "input": {"held": True, "pid": status["qemu_pid"]},
+        }
+        echoed = await harness.ask({"command": "echo-input", "text": "hi"})
+        assert echoed == {"echo": "hi", "by": "input"}
+        await harness.ask({"command": "stop", "force": True})
+
+    outcome = await drive(harness, session, check)
+    assert outcome.status == ExitStatus.OK
+    lines = harness.lines.lines
+    assert lines[0].startswith("preflight ok: accelerator tcg")
+    assert [x.split(",")[0] for x in lines[1:6]] == [
+        "acquired gpu", "acquired input", "QEMU started", "QMP connected",
+        "RESUME: the VM runs",
+    ]
+    # vm_started ran before the guest was resumed: QEMU was still paused.
+    assert resources[0].seen_status[0] == {
+        "status": "prelaunch", "singlestep": False, "running": False,
+    }
+    assert session.phase is Phase.ENDED
+
+
+async def test_stop_force_quits_qemu_through_qmp_and_exits_zero(harness: Harness) -> None:
+    resources = [RecordingResource(n, harness.journal) for n in ("a", "b", "c")]
+    session = harness.session(resources)
+
+    async def stop() -> None:
+        assert await harness.ask({"command": "stop", "force": True}) == {
+            "stopping": True, "force": True,
+        }
+
+    outcome = await drive(harness, session, stop)
+    assert outcome.status == ExitStatus.OK
+    assert outcome.summary == "stopped on request; QEMU exited with status 0"
+    assert "SHUTDOWN by the host (reason: host-qmp-quit)" in harness.lines.lines
+    assert "asking the guest" not in harness.lines.text()
+    assert harness.journal == [
+        "acquire a", "acquire b", "acquire c", "pid a", "pid b", "pid c",
+        "started a", "started b", "started c", "release c", "release b", "release a",
+    ]
+    assert_clean_end(harness, qemu_pid_of(harness))
+
+
+async def test_a_guest_that_ignores_powerdown_falls_through_to_quit(harness: Harness) -> None:
+    # SeaBIOS alone never answers the ACPI power button.
+    session = harness.session([RecordingResource("a", harness.journal)])
+
+    async def stop() -> None:
+        await harness.ask({"command": "stop"})
+
+    start = trio.current_time()
+    outcome = await drive(harness, session, stop)
+    assert trio.current_time() - start < 15
+    text = harness.lines.text()
+    assert "asking the guest to power off (up to 0.5 s)" in text
+    assert "the guest did not power off within 0.5 s" in text
+    assert "asking QEMU to quit" in text
+    assert "SIGTERM" not in text
+    assert outcome.status == ExitStatus.OK
+    assert harness.journal[-1] == "release a"
+    assert_clean_end(harness, qemu_pid_of(harness))
+
+
+async def test_a_guest_that_powers_off_ends_the_session_with_zero(tmp_path: Path) -> None:
+    disk = write_power_off_disk(tmp_path / "off.img")
+    profile = load_profile(write_profile(tmp_path, "off", disk=disk))
+    lines = Lines()
+    journal: list[str] = []
+    session = Session(profile, HostPaths(run=tmp_path / "run"),
+                      [RecordingResource("a", journal)], report=lines, handle_signals=False)
+    with trio.fail_after(60):
+        outcome = await session.run()
+    assert outcome == Outcome(ExitStatus.OK, "the guest powered off", 0, "")
+    assert "SHUTDOWN by the guest (reason: guest-shutdown)" in lines.lines
+    assert journal[-1] == "release a"
+    assert not (tmp_path / "run" / "off").exists()
+
+
+async def test_qemu_killed_with_sigkill_is_reported_as_a_crash(harness: Harness) -> None:
+    journal = harness.journal
+    session = harness.session([RecordingResource("a", journal), RecordingResource("b", journal)])
+
+    async def kill() -> None:
+        os.kill(qemu_pid_of(harness), signal.SIGKILL)
+
+    outcome = await drive(harness, session, kill)
+    assert outcome.status == ExitStatus.ABNORMAL
+    assert outcome.qemu_returncode == -signal.SIGKILL
+    assert "was killed by SIGKILL" in outcome.summary
+    assert "crashed or was killed" in outcome.summary
+    assert journal[-2:] == ["release b", "release a"]
+    assert_clean_end(harness, qemu_pid_of(harness))
+
+
+async def test_a_failing_acquire_starts_no_qemu_and_releases_earlier_resources(
+    harness: Harness,
+) -> None:
+    journal = harness.journal
+    resources = [
+        RecordingResource("first", journal),
+        RecordingResource("second", journal),
+        RecordingResource("broken", journal, fail_acquire=True),
+        RecordingResource("never", journal),
+    ]
+    with trio.fail_after(30), pytest.raises(ResourceFailedError, match="broken cannot be"):
+        await harness.session(resources).run()
+    assert journal == [
+        "acquire first", "acquire second", "acquire broken", "release second", "release first",
+    ]
+    assert not any(x.startswith("QEMU started") for x in harness.lines.lines)
+    assert_clean_end(harness, None)
+
+
+async def test_a_failing_resource_task_stops_qemu_and_still_releases_everything(
+    harness: Harness,
+) -> None:
+    journal = harness.journal
+    resources = [RecordingResource("a", journal), RecordingResource("b", journal,
+                                                                    fail_in_task=True)]
+    with trio.fail_after(60), pytest.raises(ResourceFailedError, match="b's task failed"):
+        await harness.session(resources).run()
+    assert journal[-2:] == ["release b", "release a"]
+    assert_clean_end(harness, qemu_pid_of(harness))
+
+
+async def test_a_launch_failure_shows_exit_code_command_and_log_tail(tmp_path: Path) -> None:
+    profile = load_profile(write_profile(tmp_path, "bad", extra_args=("-no-such-flag",)))
+    journal: list[str] = []
+    lines = Lines()
+    session = Session(profile, HostPaths(run=tmp_path / "run"),
+                      [RecordingResource("a", journal)], report=lines, handle_signals=False)
+    with trio.fail_after(30), pytest.raises(QemuLaunchError) as caught:
+        await session.run()
+    message = caught.value.message
+    assert message.startswith("QEMU exited with status 1 before its monitor answered")
+    assert re.search(r"command: qemu-system-x86_64 .*-no-such-flag", message)
+    assert "invalid option" in message
+    assert caught.value.fix
+    assert journal == ["acquire a", "pid a", "release a"]
+    assert not (tmp_path / "run" / "bad").exists()
+
+
+async def test_a_profile_cannot_run_twice(harness: Harness) -> None:
+    held = RunDir.acquire(harness.paths, harness.profile.name)
+    try:
+        with pytest.raises(SessionBusyError) as caught:
+            await harness.session([RecordingResource("a", harness.journal)]).run()
+    finally:
+        held.release()
+    assert f"already running (pid {os.getpid()} holds" in caught.value.message
+    assert "handoff stop s" in (caught.value.fix or "")
+    assert harness.journal == []
+
+
+async def test_a_stop_during_startup_ends_before_the_guest_runs(harness: Harness) -> None:
+    journal = harness.journal
+
+    entered = trio.Event()
+
+    class SlowResource(RecordingResource):
+        async def acquire(self) -> None:
+            await super().acquire()
+            entered.set()
+            await trio.sleep_forever()
+
+    session = harness.session([RecordingResource("a", journal), SlowResource("slow", journal)])
+    outcome: list[Outcome] = []
+
+    async def runner() -> None:
+        outcome.append(await session.run())
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(runner)
+            await entered.wait()
+            await harness.ask({"command": "stop"})
+    assert outcome[0].status == ExitStatus.OK
+    assert "before the VM ran" in outcome[0].summary
+    assert journal == ["acquire a", "acquire slow", "release a"]
+    assert_clean_end(harness, None)
+
+
+async def test_unknown_control_commands_are_refused_with_the_known_ones(
+    harness: Harness,
+) -> None:
+    session = harness.session()
+
+    async def ask() -> None:
+        with pytest.raises(control.ControlRequestError) as caught:
+            await harness.ask({"command": "dance"})
+        assert caught.value.message == "unknown command 'dance'"
+        assert caught.value.fix == "known commands: status, stop"
+        await harness.ask({"command": "stop", "force": True})
+
+    assert (await drive(harness, session, ask)).status == ExitStatus.OK
+
+
+async def test_ladder_bounds_come_from_the_profile_and_passthrough_count(
+    harness: Harness,
+) -> None:
+    timeouts = LadderTimeouts.for_profile(harness.profile)
+    assert timeouts == LadderTimeouts(powerdown=0.5, quit=30.0, sigterm=10.0, sigkill=60.0)
