@@ -489,6 +489,7 @@ class Session:
         extra: list[str] = []
         for resource in self._acquired:
             extra += resource.qemu_args()
+        memlock = self._memlock_for_child()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             argv = session_argv(
@@ -506,7 +507,7 @@ class Session:
                 log_path=rundir.qemu_log,
                 pass_fds=[theirs.fileno()],
                 user=self.profile.vm.user,
-                memlock_bytes=self.memlock_bytes,
+                memlock_bytes=memlock,
             )
         except BaseException:
             ours.close()
@@ -532,6 +533,18 @@ class Session:
         if self.on_qmp_ready is not None:
             self.on_qmp_ready()
         return qmp
+
+    def _memlock_for_child(self) -> int | None:
+        """The RLIMIT_MEMLOCK QEMU needs: the largest any acquired resource asks for.
+
+        A resource asks by exposing ``memlock_bytes: int | None`` after its
+        acquire() (the GPU resource does: VFIO pins all guest RAM).
+        """
+        wanted = [self.memlock_bytes] + [
+            getattr(resource, "memlock_bytes", None) for resource in self._acquired
+        ]
+        values = [int(v) for v in wanted if isinstance(v, int)]
+        return max(values) if values else None
 
     async def _supervise(self, qmp: QmpConnection) -> None:
         process = self._process

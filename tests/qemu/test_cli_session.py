@@ -1,0 +1,258 @@
+"""The real `handoff` command as a subprocess: signals, status/stop, error output.
+
+Each test runs `python -m handoff run PROFILE` with its own HANDOFF_RUN_DIR,
+reads its status lines, and checks that every exit path leaves no QEMU and
+no run directory behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from .conftest import pid_gone, write_profile
+
+pytestmark = pytest.mark.qemu
+
+
+class RunningCli:
+    """A `handoff run` subprocess whose stdout lines can be awaited."""
+
+    def __init__(self, process: trio.Process, env: dict[str, str]) -> None:
+        self.process = process
+        self.env = env
+        self.lines: list[str] = []
+        self._changed = trio.Event()
+        self.stderr = b""
+
+    async def pump(self) -> None:
+        assert self.process.stdout is not None
+        buffer = b""
+        async for chunk in self.process.stdout:
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                self.lines.append(line.decode())
+                self._changed.set()
+                self._changed = trio.Event()
+
+    async def pump_stderr(self) -> None:
+        assert self.process.stderr is not None
+        async for chunk in self.process.stderr:
+            self.stderr += chunk
+
+    async def wait_for(self, pattern: str) -> str:
+        while True:
+            for line in self.lines:
+                if re.search(pattern, line):
+                    return line
+            if self.process.returncode is not None:
+                raise AssertionError(f"exited without {pattern!r}: {self.lines}")
+            await self._changed.wait()
+
+    @property
+    def qemu_pid(self) -> int:
+        line = next(x for x in self.lines if "QEMU started, pid" in x)
+        match = re.search(r"pid (\d+)", line)
+        assert match is not None
+        return int(match[1])
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+def cli_env(run_dir: Path) -> dict[str, str]:
+    return {**os.environ, "HANDOFF_RUN_DIR": str(run_dir)}
+
+
+@pytest.fixture
+async def start_cli(tmp_path: Path) -> AsyncIterator[object]:
+    """Factory: start `handoff run PROFILE`; kills what is left at teardown."""
+    started: list[RunningCli] = []
+
+    async def start(profile: Path, nursery: trio.Nursery) -> RunningCli:
+        env = cli_env(tmp_path / "run")
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "handoff", "run", str(profile)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        )
+        cli = RunningCli(process, env)
+        started.append(cli)
+        nursery.start_soon(cli.pump)
+        nursery.start_soon(cli.pump_stderr)
+        return cli
+
+    yield start
+    for cli in started:
+        if cli.process.returncode is None:
+            cli.process.kill()
+            await cli.process.wait()
+
+
+async def handoff(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[bytes]:
+    return await trio.run_process(
+        [sys.executable, "-m", "handoff", *args], env=env, capture_stdout=True,
+        capture_stderr=True, check=False,
+    )
+
+
+def assert_gone(cli: RunningCli, run_dir: Path) -> None:
+    assert pid_gone(cli.qemu_pid), "QEMU is still running"
+    assert not run_dir.exists(), f"run directory left behind: {list(run_dir.iterdir())}"
+
+
+@pytest.mark.parametrize(
+    ("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)]
+)
+async def test_a_signal_to_the_supervisor_runs_the_ladder_and_exits_with_128_plus_it(
+    tmp_path: Path, start_cli: object, signum: int, status: int
+) -> None:
+    profile = write_profile(tmp_path, "sig", shutdown_timeout=0.5)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            cli = await start_cli(profile, nursery)  # type: ignore[operator]
+            await cli.wait_for("^handoff: running")
+            cli.process.send_signal(signum)
+            assert await cli.process.wait() == status
+    name = signal.Signals(signum).name
+    text = cli.text()
+    assert f"{name}: stopping (again to force)" in text
+    assert "asking the guest to power off (up to 0.5 s)" in text
+    assert "asking QEMU to quit" in text
+    assert f"ended: stopped on {name}; QEMU exited with status 0 (exit {status})" in text
+    assert cli.stderr == b""
+    assert_gone(cli, tmp_path / "run" / "sig")
+
+
+async def test_a_second_sigint_skips_the_wait_for_the_guest(
+    tmp_path: Path, start_cli: object
+) -> None:
+    # Without the second Ctrl-C the firmware-only guest would hold the ladder 600 s.
+    profile = write_profile(tmp_path, "force", shutdown_timeout=600)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            cli = await start_cli(profile, nursery)  # type: ignore[operator]
+            await cli.wait_for("^handoff: running")
+            cli.process.send_signal(signal.SIGINT)
+            await cli.wait_for("asking the guest to power off")
+            cli.process.send_signal(signal.SIGINT)
+            assert await cli.process.wait() == 130
+    text = cli.text()
+    assert "SIGINT again: forcing" in text
+    assert "asking QEMU to quit" in text
+    assert "did not power off" not in text
+    assert_gone(cli, tmp_path / "run" / "force")
+
+
+async def test_status_and_stop_work_through_the_cli_in_text_and_json(
+    tmp_path: Path, start_cli: object
+) -> None:
+    profile = write_profile(tmp_path, "ctl", shutdown_timeout=0.5)
+    env = cli_env(tmp_path / "run")
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            cli = await start_cli(profile, nursery)  # type: ignore[operator]
+            await cli.wait_for("^handoff: running")
+
+            text = await handoff(env, "status", "ctl")
+            assert text.returncode == 0, text.stderr
+            out = text.stdout.decode()
+            assert out.startswith("ctl: running\n")
+            assert f"QEMU pid {cli.qemu_pid}" in out
+            assert "accelerator tcg" in out
+
+            listed = await handoff(env, "status", "--json")
+            sessions = json.loads(listed.stdout)
+            assert [s["profile"] for s in sessions] == ["ctl"]
+
+            by_file = await handoff(env, "status", str(profile), "--json")
+            status = json.loads(by_file.stdout)
+            assert status["qemu_pid"] == cli.qemu_pid
+            assert status["phase"] == "running"
+            assert status["pid"] == cli.process.pid
+
+            stop = await handoff(env, "stop", "ctl", "--json")
+            assert stop.returncode == 0, stop.stderr
+            assert json.loads(stop.stdout) == {"stopping": True, "force": False}
+            assert await cli.process.wait() == 0
+    assert "stop requested through the control socket" in cli.text()
+    assert_gone(cli, tmp_path / "run" / "ctl")
+    after = await handoff(env, "status", "ctl")
+    assert after.returncode == 2
+    assert after.stderr.decode().startswith("handoff: no session is running there")
+    assert "  fix: " in after.stderr.decode()
+    none = await handoff(env, "status")
+    assert none.stdout.decode() == "no handoff session is running\n"
+
+
+async def test_stop_force_through_the_cli_quits_qemu_at_once(
+    tmp_path: Path, start_cli: object
+) -> None:
+    profile = write_profile(tmp_path, "quit", shutdown_timeout=600)
+    env = cli_env(tmp_path / "run")
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            cli = await start_cli(profile, nursery)  # type: ignore[operator]
+            await cli.wait_for("^handoff: running")
+            stop = await handoff(env, "stop", "quit", "--force")
+            assert stop.stdout.decode() == "quit: stopping (forcing QEMU to quit); the " \
+                "supervisor reports the end\n"
+            assert await cli.process.wait() == 0
+    assert "SHUTDOWN by the host (reason: host-qmp-quit)" in cli.text()
+    assert_gone(cli, tmp_path / "run" / "quit")
+
+
+async def test_a_second_run_of_the_same_profile_is_refused_with_the_holder_pid(
+    tmp_path: Path, start_cli: object
+) -> None:
+    profile = write_profile(tmp_path, "busy", shutdown_timeout=0.5)
+    env = cli_env(tmp_path / "run")
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            cli = await start_cli(profile, nursery)  # type: ignore[operator]
+            await cli.wait_for("^handoff: running")
+            second = await handoff(env, "run", str(profile))
+            cli.process.send_signal(signal.SIGTERM)
+            await cli.process.wait()
+    assert second.returncode == 2
+    err = second.stderr.decode()
+    assert f"profile 'busy' is already running (pid {cli.process.pid} holds" in err
+    assert "Traceback" not in err
+    assert "  fix: use `handoff status busy`" in err
+
+
+async def test_a_launch_failure_prints_exit_code_command_and_log_without_traceback(
+    tmp_path: Path,
+) -> None:
+    profile = write_profile(tmp_path, "bad", extra_args=("-no-such-flag",))
+    result = await handoff(cli_env(tmp_path / "run"), "run", str(profile))
+    assert result.returncode == 2
+    err = result.stderr.decode()
+    assert err.startswith("handoff: QEMU exited with status 1 before its monitor answered")
+    assert re.search(r"\n  command: qemu-system-x86_64 .*-no-such-flag\n", err)
+    assert "invalid option" in err
+    assert "\n  fix: " in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "run" / "bad").exists()
+
+
+async def test_dry_run_prints_the_command_and_starts_nothing(tmp_path: Path) -> None:
+    profile = write_profile(tmp_path, "dry")
+    result = await handoff(cli_env(tmp_path / "run"), "run", "--dry-run", str(profile))
+    assert result.returncode == 0
+    out = result.stdout.decode()
+    assert out.startswith("qemu-system-x86_64 -nodefaults ")
+    assert "-chardev socket,id=qmp,fd=3 -mon chardev=qmp,mode=control" in out
+    assert out.rstrip().endswith("-S")
+    argv = await handoff(cli_env(tmp_path / "run"), "argv", str(profile))
+    assert argv.stdout == result.stdout
+    assert not (tmp_path / "run").exists()
