@@ -17,7 +17,7 @@ from handoff.checks import Check, DoctorEnv, Verdict, fail, ok, warn
 from handoff.checks.kernel import ModuleState, module_state
 from handoff.errors import PciError, PreflightRefusedError
 from handoff.pci.address import PciAddress
-from handoff.pci.plan import HostSnapshot, group_verdict, plan_handoff
+from handoff.pci.plan import GroupVerdict, HostSnapshot, group_verdict, plan_handoff
 from handoff.pci.plan import Verdict as GroupVerdictKind
 from handoff.pci.snapshot import take_snapshot
 from handoff.pci.sysfs import VFIO_DRIVER, device_dir
@@ -83,6 +83,19 @@ def check_passthrough_devices(env: DoctorEnv, profile: Profile) -> list[Check]:
     return [*checks, plan_check]
 
 
+def _group_text(group: int, address: PciAddress, verdict: GroupVerdict) -> str:
+    """The group's verdict from this device's point of view (its co-members, not itself)."""
+    if verdict.verdict is GroupVerdictKind.PASSABLE_WITH_CO_MEMBERS:
+        others = [
+            m.address.short for m in verdict.members if m.address != address and not m.is_bridge
+        ]
+        return (
+            f"IOMMU group {group} also holds {', '.join(others)} (the whole group moves "
+            "to vfio-pci)"
+        )
+    return f"IOMMU group {group}: {verdict.reason}"
+
+
 def _device_check(snapshot: HostSnapshot, address: PciAddress, planned: bool) -> Check:
     """One passthrough function: found, its group's verdict, driver, holders, boot_vga.
 
@@ -106,7 +119,7 @@ def _device_check(snapshot: HostSnapshot, address: PciAddress, planned: bool) ->
             "turn the IOMMU on (see the iommu check)",
         )
     verdict = group_verdict(device.iommu_group, snapshot)
-    parts = [device.describe(), f"IOMMU group {device.iommu_group}: {verdict.reason}"]
+    parts = [device.describe(), _group_text(device.iommu_group, address, verdict)]
     holders = snapshot.holders.get(address, ())
     if holders:
         parts.append("held by " + ", ".join(h.describe() for h in holders))

@@ -37,6 +37,17 @@ def read_iommu_state(env: DoctorEnv) -> IommuState:
     return IommuState(tuple(units), groups)
 
 
+def iommu_vendor(state: IommuState, cpu: CpuInfo) -> Vendor:
+    """Whose IOMMU this is: the registered units say it (dmar*: Intel VT-d, ivhd*:
+    AMD-Vi), the CPU vendor only when none is registered. They differ in VMs (an
+    emulated intel-iommu under an AMD-flavoured CPU model, as in the testbed)."""
+    if any(u.startswith("dmar") for u in state.units):
+        return Vendor.INTEL
+    if any(u.startswith("ivhd") for u in state.units):
+        return Vendor.AMD
+    return cpu.vendor
+
+
 def parse_cmdline(text: str) -> list[tuple[str, str | None]]:
     """/proc/cmdline as (key, value) pairs; ``--`` ends the kernel's part (the rest is init's).
 
@@ -141,16 +152,17 @@ def check_kernel_cmdline(env: DoctorEnv, cpu: CpuInfo) -> Check:
         problems.append(f"{' '.join(off)} disables the IOMMU")
         fixes.append(f"remove {' '.join(off)}")
 
-    if cpu.vendor is Vendor.INTEL or cpu.vendor is Vendor.OTHER:
+    vendor = iommu_vendor(state, cpu)
+    if vendor is Vendor.INTEL or vendor is Vendor.OTHER:
         if "on" in cmdline_values(params, "intel_iommu"):
             notes.append("intel_iommu=on")
         elif state.active:
             notes.append("no intel_iommu=on, but this kernel enables the IOMMU by default")
-        elif cpu.vendor is Vendor.INTEL:
+        elif vendor is Vendor.INTEL:
             problems.append("intel_iommu=on is missing")
             fixes.append("add intel_iommu=on")
-    if cpu.vendor is Vendor.AMD and "on" in cmdline_values(params, "intel_iommu"):
-        notes.append("intel_iommu=on does nothing on an AMD CPU")
+    if vendor is Vendor.AMD and "on" in cmdline_values(params, "intel_iommu"):
+        notes.append("intel_iommu=on does nothing with an AMD IOMMU")
     if "on" in cmdline_values(params, "amd_iommu"):
         notes.append(
             "amd_iommu=on is not a value the kernel knows (harmless; AMD-Vi is on by default)"

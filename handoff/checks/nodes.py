@@ -73,7 +73,7 @@ def check_vfio_nodes(env: DoctorEnv, qemu_user: Identity, groups: list[int]) -> 
     detail = f"{describe_node(container)} usable by {qemu_user.name}"
     if present:
         detail += "; " + ", ".join(present)
-    if env.euid == 0 and groups:
+    if env.euid == 0 and groups and not qemu_user.is_root:
         detail += f"; handoff (root) gives /dev/vfio/N to {qemu_user.name} for the session"
     return ok(name, detail)
 

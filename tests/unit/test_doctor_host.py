@@ -167,8 +167,20 @@ def test_the_seeds_amd_line_notes_its_intel_option_and_amd_iommu_on(host: FakeHo
     host.cmdline("intel_iommu=on amd_iommu=on iommu=pt")
     check = check_kernel_cmdline(host.env(), read_cpuinfo(host.env()))
     assert check.verdict is Verdict.OK
-    assert "intel_iommu=on does nothing on an AMD CPU" in check.detail
+    assert "intel_iommu=on does nothing with an AMD IOMMU" in check.detail
     assert "amd_iommu=on is not a value the kernel knows" in check.detail
+
+
+def test_an_intel_iommu_under_an_amd_cpu_model_is_judged_as_intel(host: FakeHost) -> None:
+    # The testbed: q35's emulated intel-iommu (dmar0) while TCG's CPU says AuthenticAMD.
+    host.cpu("AuthenticAMD", AMD_FLAGS)
+    host.iommu(("dmar0",))
+    host.pci("0000:00:06.0", group=1)
+    host.cmdline("console=ttyS0 intel_iommu=on")
+    check = check_kernel_cmdline(host.env(), read_cpuinfo(host.env()))
+    assert check.verdict is Verdict.OK
+    assert "intel_iommu=on" in check.detail
+    assert "does nothing" not in check.detail
 
 
 # ---------------------------------------------------------------- interrupt remapping

@@ -73,7 +73,10 @@ def test_a_clean_gpu_group_passes_and_the_plan_names_what_moves(
     ]
     assert all(c.verdict is Verdict.OK for c in checks), checks
     assert "(amdgpu)" in checks[0].detail
-    assert "IOMMU group 1" in checks[0].detail
+    assert (
+        "IOMMU group 1 also holds 01:00.1 (the whole group moves to vfio-pci)" in checks[0].detail
+    )
+    assert "IOMMU group 1 also holds 01:00.0 (" in checks[1].detail  # the root port stays
     assert "01:00.1, 01:00.0 to vfio-pci" in checks[2].detail
 
 
