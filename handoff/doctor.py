@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from handoff.checks import Check, DoctorEnv, Verdict, fail, ok, skip, worst
 from handoff.checks.access import Identity, UnknownUserError, resolve_identity
@@ -177,9 +176,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "profile",
         nargs="?",
-        type=Path,
         metavar="PROFILE",
-        help="also check this profile's devices, memory limit, users, QEMU devices and firmware",
+        help="also check this profile (file or name): its devices, memory limit, users, QEMU "
+        "devices and firmware",
     )
     parser.add_argument(
         "--json", action="store_true", help="print the checks as a JSON list for scripts"
@@ -202,8 +201,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     profile: Profile | None = None
     early: list[Check] = []
     if args.profile is not None:
+        from handoff.cli import resolve_profile
+
         try:
-            profile = load_profile(args.profile)
+            profile = load_profile(resolve_profile(args.profile))
         except HandoffError as err:
             early.append(fail("profile", err.message, err.fix or "edit the profile"))
         else:

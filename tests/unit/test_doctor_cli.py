@@ -198,3 +198,36 @@ def test_a_profile_without_passthrough_does_not_fail_on_a_host_without_iommu(
     assert exit_status(list(checks.values())) == EXIT_OK
     # the same host, asked without a profile, is not ready for passthrough
     assert exit_status(run_checks(host.env(), None)) == EXIT_FAIL
+
+
+def test_a_bare_profile_name_is_looked_up_like_handoff_run_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    host = ready_host(tmp_path / "host")
+    _point_at(host, monkeypatch)
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "win.toml").write_text(GPU_PROFILE)
+    monkeypatch.setenv("HANDOFF_PROFILE_DIR", str(profiles))
+    cmd_doctor(_args("win", "--json"))
+    first = json.loads(capsys.readouterr().out)[0]
+    assert first == {
+        "name": "profile",
+        "verdict": "ok",
+        "detail": f"{profiles / 'win.toml'} is valid (vm win)",
+        "fix": None,
+    }
+
+
+def test_the_real_cli_runs_doctor_and_returns_its_exit_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from handoff.cli import main
+
+    host = FakeHost(tmp_path)
+    host.cpu("GenuineIntel", "fpu")
+    _point_at(host, monkeypatch)
+    status = main(["doctor", "--qemu", "qemu-system-does-not-exist"])
+    out = capsys.readouterr().out
+    assert "fail  iommu" in out
+    assert status == EXIT_FAIL

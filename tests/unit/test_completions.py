@@ -1,0 +1,249 @@
+"""Completions and the man page, generated from argparse: they parse, they complete,
+and the checked-in copies in contrib/ are what the real CLI generates today."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from handoff import __version__
+from handoff.completions import (
+    OUTPUTS,
+    Kind,
+    handoff_cli,
+    read_parser,
+    render_all,
+    render_man,
+)
+
+CONTRIB = Path(__file__).resolve().parents[2] / "contrib"
+
+
+def small_parser() -> argparse.ArgumentParser:
+    """A parser shaped like handoff's, with every kind of argument the generator knows."""
+    p = argparse.ArgumentParser(prog="handoff", description="Run a VM: test parser.")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more [log] output: yes")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    run = sub.add_parser("run", help="run a VM", description="Run it.")
+    run.add_argument("profile", metavar="PROFILE", help="profile file or name")
+    run.add_argument("--qemu", metavar="BINARY", default="qemu", help="QEMU (default: %(default)s)")
+    run.add_argument("--trace", metavar="FILE", type=Path, help="trace file")
+    run.add_argument("--dry-run", action="store_true", help="don't run it")
+    switch = sub.add_parser("switch", help="move input")
+    switch.add_argument("profile", metavar="PROFILE")
+    switch.add_argument("to", nargs="?", choices=("host", "guest"), help="where input goes")
+    detach = sub.add_parser("detach", help="detach devices")
+    detach.add_argument("addresses", nargs="+", metavar="ADDRESS", help="PCI address")
+    detach.add_argument("--allow", action="append", metavar="ADDRESS", help="co-member")
+    return p
+
+
+@pytest.fixture
+def generated(tmp_path: Path) -> dict[str, Path]:
+    files = render_all(read_parser(small_parser()), "1.2.3")
+    out: dict[str, Path] = {}
+    for rel, text in files.items():
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        out[rel] = path
+    return out
+
+
+def test_the_model_reads_commands_options_and_value_kinds() -> None:
+    cli = read_parser(small_parser())
+    assert [c.name for c in cli.commands] == ["run", "switch", "detach"]
+    run, switch, detach = cli.commands
+    kinds = {o.flags[0]: o.kind for o in run.options}
+    assert kinds == {
+        "-h": Kind.NONE,
+        "--qemu": Kind.COMMAND,
+        "--trace": Kind.FILE,
+        "--dry-run": Kind.NONE,
+    }
+    assert run.positionals[0].kind is Kind.PROFILE
+    assert switch.positionals[1].choices == ("host", "guest")
+    assert switch.positionals[1].optional
+    assert detach.positionals[0].repeats
+    assert detach.positionals[0].kind is Kind.ADDRESS
+    assert next(o for o in detach.options if o.flags == ("--allow",)).repeatable
+    assert next(o for o in run.options if o.flags == ("--qemu",)).help == "QEMU (default: qemu)"
+
+
+# ---------------------------------------------------------------- bash
+
+
+def bash_complete(script: Path, words: list[str], cwd: Path) -> list[str]:
+    """Run the completion function in a real bash as readline would, return COMPREPLY."""
+    quoted = " ".join("'" + w.replace("'", "'\\''") + "'" for w in words)
+    program = (
+        f"source '{script}'; COMP_WORDS=({quoted}); COMP_CWORD=$(({len(words)} - 1)); "
+        'COMPREPLY=(); _handoff; printf "%s\\n" "${COMPREPLY[@]}"'
+    )
+    result = subprocess.run(
+        ["bash", "--norc", "--noprofile", "-c", program],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "HOME": str(cwd), "XDG_CONFIG_HOME": str(cwd / "config")},
+        check=True,
+    )
+    return sorted(line for line in result.stdout.splitlines() if line)
+
+
+def test_bash_script_parses(generated: dict[str, Path]) -> None:
+    subprocess.run(["bash", "-n", str(generated["completions/handoff.bash"])], check=True)
+
+
+def test_bash_completes_subcommands_options_profiles_and_choices(
+    generated: dict[str, Path], tmp_path: Path
+) -> None:
+    script = generated["completions/handoff.bash"]
+    (tmp_path / "win10.toml").write_text("")
+    (tmp_path / "notes.txt").write_text("")
+    named = tmp_path / "config" / "handoff" / "profiles"
+    named.mkdir(parents=True)
+    (named / "gaming.toml").write_text("")
+    assert bash_complete(script, ["handoff", ""], tmp_path) == [
+        "--help",
+        "--verbose",
+        "-h",
+        "-v",
+        "detach",
+        "run",
+        "switch",
+    ]
+    assert bash_complete(script, ["handoff", "sw"], tmp_path) == ["switch"]
+    assert bash_complete(script, ["handoff", "run", "--d"], tmp_path) == ["--dry-run"]
+    assert "win10.toml" in bash_complete(script, ["handoff", "run", ""], tmp_path)
+    assert "notes.txt" not in bash_complete(script, ["handoff", "run", ""], tmp_path)
+    assert "gaming" in bash_complete(script, ["handoff", "-v", "run", "ga"], tmp_path)
+    assert bash_complete(script, ["handoff", "switch", "win10", ""], tmp_path) == ["guest", "host"]
+    # the value of --qemu is not counted as the PROFILE positional
+    assert "win10.toml" in bash_complete(script, ["handoff", "run", "--qemu", "q", "w"], tmp_path)
+
+
+# ---------------------------------------------------------------- zsh and fish
+
+needs_zsh = pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed")
+needs_fish = pytest.mark.skipif(shutil.which("fish") is None, reason="fish is not installed")
+
+
+@needs_zsh
+def test_zsh_script_parses(generated: dict[str, Path]) -> None:
+    subprocess.run(["zsh", "-n", str(generated["completions/_handoff"])], check=True)
+
+
+def test_zsh_specs_escape_brackets_and_colons_in_help(generated: dict[str, Path]) -> None:
+    text = generated["completions/_handoff"].read_text()
+    assert text.startswith("#compdef handoff\n")
+    assert r"more \[log\] output\: yes" in text
+    assert "'1:PROFILE:_handoff_profiles'" in text
+    assert "'*:ADDRESS:_handoff_addresses'" in text
+    assert "'2::TO:(host guest)'" in text
+
+
+@needs_fish
+def test_fish_script_parses(generated: dict[str, Path]) -> None:
+    subprocess.run(["fish", "-n", str(generated["completions/handoff.fish"])], check=True)
+
+
+@needs_fish
+def test_fish_completes_by_position(generated: dict[str, Path], tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "win10.toml").write_text("")
+    script = generated["completions/handoff.fish"]
+
+    def complete(line: str) -> list[str]:
+        out = subprocess.run(
+            ["fish", "--no-config", "-c", f"source '{script}'; complete -C '{line}'"],
+            capture_output=True,
+            text=True,
+            cwd=work,
+            check=True,
+        ).stdout
+        return sorted(row.split("\t")[0] for row in out.splitlines())
+
+    assert {"run", "switch", "detach"} <= set(complete("handoff "))
+    assert complete("handoff switch ") == ["win10.toml"]
+    assert complete("handoff switch win10 ") == ["guest", "host"]
+    assert complete("handoff run --d") == ["--dry-run"]
+
+
+# ---------------------------------------------------------------- man page
+
+
+def groff_warnings(page: Path) -> str:
+    result = subprocess.run(
+        ["groff", "-man", "-ww", "-z", "-Tutf8", str(page)], capture_output=True, text=True
+    )
+    return result.stderr + ("" if result.returncode == 0 else f"exit {result.returncode}")
+
+
+@pytest.mark.skipif(shutil.which("groff") is None, reason="groff is not installed")
+def test_man_page_renders_without_warnings(generated: dict[str, Path]) -> None:
+    assert groff_warnings(generated["man/handoff.1"]) == ""
+
+
+def test_man_page_has_every_command_with_its_synopsis_and_options() -> None:
+    page = render_man(read_parser(small_parser()), "1.2.3")
+    assert '.TH HANDOFF 1 "" "handoff 1.2.3" "User Commands"' in page
+    assert r"\fBhandoff run\fR [\fB\-\-qemu\fR \fIBINARY\fR]" in page
+    assert r"{host|guest}" in page
+    assert r"\fIADDRESS\fR..." in page
+    assert ".SH EXIT STATUS" in page
+
+
+# ---------------------------------------------------------------- the real CLI
+
+
+@pytest.fixture(scope="module")
+def real() -> dict[str, str]:
+    return render_all(handoff_cli(), __version__)
+
+
+def test_checked_in_files_are_what_the_cli_generates_today(real: dict[str, str]) -> None:
+    stale = [rel for rel, text in real.items() if (CONTRIB / rel).read_text() != text]
+    assert stale == [], "regenerate with: python -m handoff.completions --write contrib/"
+
+
+def test_every_generated_file_says_where_it_goes(real: dict[str, str]) -> None:
+    assert set(real) == set(OUTPUTS)
+    for rel, text in real.items():
+        head = "\n".join(text.splitlines()[:4])
+        assert "Goes to" in head, rel
+
+
+def test_every_subcommand_is_in_every_completion_and_the_man_page(real: dict[str, str]) -> None:
+    names = [c.name for c in handoff_cli().commands]
+    assert {"run", "doctor", "recover", "groups", "switch"} <= set(names)
+    for rel, text in real.items():
+        for name in names:
+            if rel.startswith("man/"):
+                assert rf"\fBhandoff {name}\fR" in text, (rel, name)
+            else:
+                assert name in text, (rel, name)
+
+
+def test_the_doctor_options_reach_the_completions(real: dict[str, str]) -> None:
+    doctor = next(c for c in handoff_cli().commands if c.name == "doctor")
+    assert {f for o in doctor.options for f in o.flags} >= {"--json", "--qemu"}
+    assert doctor.positionals[0].kind is Kind.PROFILE
+    assert "-l json" in real["completions/handoff.fish"]
+
+
+def test_the_real_bash_completion_offers_every_subcommand(tmp_path: Path) -> None:
+    script = CONTRIB / "completions" / "handoff.bash"
+    offered = bash_complete(script, ["handoff", ""], tmp_path)
+    assert set(c.name for c in handoff_cli().commands) <= set(offered)
+
+
+@pytest.mark.skipif(shutil.which("groff") is None, reason="groff is not installed")
+def test_the_real_man_page_renders_without_warnings() -> None:
+    assert groff_warnings(CONTRIB / "man" / "handoff.1") == ""
