@@ -53,3 +53,14 @@ else
   ln -sf "$prefix/bin/handoff" /usr/local/bin/handoff
   log "handoff installed in $prefix, command /usr/local/bin/handoff"
 fi
+
+# Shell completions and the man page (generated from the CLI, see contrib/README.md).
+if [ "$dev" = 0 ]; then
+  install -D -m 0644 "$here/contrib/completions/handoff.bash" /usr/share/bash-completion/completions/handoff
+  install -D -m 0644 "$here/contrib/completions/_handoff" /usr/share/zsh/vendor-completions/_handoff
+  install -D -m 0644 "$here/contrib/completions/handoff.fish" /usr/share/fish/vendor_completions.d/handoff.fish
+  install -D -m 0644 "$here/contrib/man/handoff.1" /usr/local/share/man/man1/handoff.1
+  log "completions (bash, zsh, fish) and man page installed"
+  [ -e /etc/udev/rules.d/70-handoff.rules ] ||
+    log "to run handoff without root: see contrib/udev/70-handoff.rules (and handoff doctor)"
+fi
