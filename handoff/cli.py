@@ -122,7 +122,8 @@ def _setup_logging(verbosity: int) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("handoff[%(name)s] %(levelname)s: %(message)s"))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    if not root.handlers:  # an embedding program (or pytest) keeps its own handlers
+        root.addHandler(handler)
     root.setLevel(level)
     # qemu.qmp logs a dropped late reply (after a cancelled command) as a
     # warning/error; that is expected here, so it is debug-only noise.

@@ -13,7 +13,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -70,12 +70,15 @@ class RunningCli:
         return "\n".join(self.lines)
 
 
+StartCli = Callable[[Path, trio.Nursery], Awaitable[RunningCli]]
+
+
 def cli_env(run_dir: Path) -> dict[str, str]:
     return {**os.environ, "HANDOFF_RUN_DIR": str(run_dir)}
 
 
 @pytest.fixture
-async def start_cli(tmp_path: Path) -> AsyncIterator[object]:
+async def start_cli(tmp_path: Path) -> AsyncIterator[StartCli]:
     """Factory: start `handoff run PROFILE`; kills what is left at teardown."""
     started: list[RunningCli] = []
 
@@ -114,12 +117,12 @@ def assert_gone(cli: RunningCli, run_dir: Path) -> None:
     ("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)]
 )
 async def test_a_signal_to_the_supervisor_runs_the_ladder_and_exits_with_128_plus_it(
-    tmp_path: Path, start_cli: object, signum: int, status: int
+    tmp_path: Path, start_cli: StartCli, signum: int, status: int
 ) -> None:
     profile = write_profile(tmp_path, "sig", shutdown_timeout=0.5)
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
-            cli = await start_cli(profile, nursery)  # type: ignore[operator]
+            cli = await start_cli(profile, nursery)
             await cli.wait_for("^handoff: running")
             cli.process.send_signal(signum)
             assert await cli.process.wait() == status
@@ -134,13 +137,13 @@ async def test_a_signal_to_the_supervisor_runs_the_ladder_and_exits_with_128_plu
 
 
 async def test_a_second_sigint_skips_the_wait_for_the_guest(
-    tmp_path: Path, start_cli: object
+    tmp_path: Path, start_cli: StartCli
 ) -> None:
     # Without the second Ctrl-C the firmware-only guest would hold the ladder 600 s.
     profile = write_profile(tmp_path, "force", shutdown_timeout=600)
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
-            cli = await start_cli(profile, nursery)  # type: ignore[operator]
+            cli = await start_cli(profile, nursery)
             await cli.wait_for("^handoff: running")
             cli.process.send_signal(signal.SIGINT)
             await cli.wait_for("asking the guest to power off")
@@ -154,13 +157,13 @@ async def test_a_second_sigint_skips_the_wait_for_the_guest(
 
 
 async def test_status_and_stop_work_through_the_cli_in_text_and_json(
-    tmp_path: Path, start_cli: object
+    tmp_path: Path, start_cli: StartCli
 ) -> None:
     profile = write_profile(tmp_path, "ctl", shutdown_timeout=0.5)
     env = cli_env(tmp_path / "run")
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
-            cli = await start_cli(profile, nursery)  # type: ignore[operator]
+            cli = await start_cli(profile, nursery)
             await cli.wait_for("^handoff: running")
 
             text = await handoff(env, "status", "ctl")
@@ -195,13 +198,13 @@ async def test_status_and_stop_work_through_the_cli_in_text_and_json(
 
 
 async def test_stop_force_through_the_cli_quits_qemu_at_once(
-    tmp_path: Path, start_cli: object
+    tmp_path: Path, start_cli: StartCli
 ) -> None:
     profile = write_profile(tmp_path, "quit", shutdown_timeout=600)
     env = cli_env(tmp_path / "run")
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
-            cli = await start_cli(profile, nursery)  # type: ignore[operator]
+            cli = await start_cli(profile, nursery)
             await cli.wait_for("^handoff: running")
             stop = await handoff(env, "stop", "quit", "--force")
             assert stop.stdout.decode() == "quit: stopping (forcing QEMU to quit); the " \
@@ -212,13 +215,13 @@ async def test_stop_force_through_the_cli_quits_qemu_at_once(
 
 
 async def test_a_second_run_of_the_same_profile_is_refused_with_the_holder_pid(
-    tmp_path: Path, start_cli: object
+    tmp_path: Path, start_cli: StartCli
 ) -> None:
     profile = write_profile(tmp_path, "busy", shutdown_timeout=0.5)
     env = cli_env(tmp_path / "run")
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
-            cli = await start_cli(profile, nursery)  # type: ignore[operator]
+            cli = await start_cli(profile, nursery)
             await cli.wait_for("^handoff: running")
             second = await handoff(env, "run", str(profile))
             cli.process.send_signal(signal.SIGTERM)
