@@ -1,0 +1,109 @@
+"""Fixtures for realkernel tests: they run inside the testbed VM only.
+
+On the host, realkernel tests are stand-ins whose results come from the guest
+(tests/testbed/plugin.py), so these fixtures never run there; each one also
+refuses to run outside the testbed (see guest.require_guest), so a test that
+forgot its ``realkernel`` mark fails with that advice instead of touching the
+host's devices.
+
+Device fixtures hand out the device on its host driver and put it back there
+after the test, whatever the test left behind, so tests stay independent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from handoff.host import HostPaths
+from handoff.pci.address import PciAddress
+from tests.testbed import devices, guest
+from tests.testbed.devices import GpuLookalike, Ich9Group
+
+
+@contextmanager
+def _on_host_drivers(*functions: PciAddress) -> Iterator[None]:
+    """Check the functions start on their host drivers; put them back afterwards."""
+    expected = {f: devices.HOST_DRIVERS[devices.ids_of(f)] for f in functions}
+    for function, driver in expected.items():
+        guest.restore_driver(function, driver)
+    yield
+    for function, driver in expected.items():
+        guest.restore_driver(function, driver)
+
+
+@pytest.fixture(scope="session")
+def udev() -> Any:
+    """udev has coldplugged the guest (drivers loaded, links made); a pyudev Context.
+
+    The guest's systemd-udevd keeps running for the whole session: tests see
+    udev's own add/remove events and ID_INPUT_* properties.
+    """
+    guest.require_guest("the udev fixture")
+    guest.wait_udev_settled()
+    import pyudev
+
+    return pyudev.Context()
+
+
+@pytest.fixture
+def gpu_lookalike(udev: Any) -> Iterator[GpuLookalike]:
+    """The GPU lookalike on bochs-drm + snd_hda_intel; returned there after the test."""
+    guest.require_guest("the gpu_lookalike fixture")
+    vga, audio = devices.gpu_lookalike()
+    with _on_host_drivers(vga, audio):
+        yield GpuLookalike(vga, audio, guest.iommu_group_of(vga))
+
+
+@pytest.fixture
+def edu(udev: Any) -> Iterator[PciAddress]:
+    """QEMU's edu device (no host driver); left without a driver after the test."""
+    guest.require_guest("the edu fixture")
+    address = devices.edu()
+    with _on_host_drivers(address):
+        yield address
+
+
+@pytest.fixture
+def e1000e(udev: Any) -> Iterator[PciAddress]:
+    """The e1000e NIC on its host driver e1000e; returned there after the test."""
+    guest.require_guest("the e1000e fixture")
+    address = devices.e1000e()
+    with _on_host_drivers(address):
+        yield address
+
+
+@pytest.fixture
+def ich9_group(udev: Any) -> Iterator[Ich9Group]:
+    """LPC, SATA and SMBus: one IOMMU group holding the chipset (lpc_ich, ahci, i801_smbus)."""
+    guest.require_guest("the ich9_group fixture")
+    lpc, sata, smbus = devices.ich9_group()
+    with _on_host_drivers(lpc, sata, smbus):
+        yield Ich9Group(lpc, sata, smbus, guest.iommu_group_of(lpc))
+
+
+@pytest.fixture(scope="session")
+def vfio_pci(udev: Any) -> None:
+    """vfio-pci is loaded (it is a module in the Debian kernel, not loaded at boot)."""
+    guest.require_guest("the vfio_pci fixture")
+    guest.modprobe("vfio-pci")
+
+
+@pytest.fixture
+def handoff_run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh, empty 0700 HANDOFF_RUN_DIR for this test (sessions, sockets, journal)."""
+    guest.require_guest("the handoff_run_dir fixture")
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    monkeypatch.setenv("HANDOFF_RUN_DIR", str(run))
+    return run
+
+
+@pytest.fixture
+def host_paths(handoff_run_dir: Path) -> HostPaths:
+    """The guest kernel's real /sys, /proc and /dev, with this test's run directory."""
+    return HostPaths.from_environment()

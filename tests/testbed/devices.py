@@ -1,0 +1,142 @@
+"""The testbed's standard device set: what QEMU gets, and where the guest sees it.
+
+It mirrors the seed guide's host (an R9 290X with its HDMI audio function in one
+IOMMU group, a NIC, and the chipset group that must never go to a VM):
+
+- GPU lookalike: bochs-display (1234:1111, driver bochs-drm) at slot 06.0,
+  multifunction, + ich9-intel-hda (8086:293e, driver snd_hda_intel, with an
+  hda-output codec) at 06.1. Same slot, so one IOMMU group: handing the "GPU"
+  over means handing over its audio function too.
+- edu (1234:11e8): QEMU's teaching device; no driver, so it shows the "nothing
+  to unbind" path.
+- e1000e (8086:10d3): a real host driver with a network interface.
+- q35's ICH9 functions LPC 1f.0 (lpc_ich), SATA 1f.2 (ahci), SMBus 1f.3
+  (i801_smbus): one group, like the seed's group 13.
+
+Guest code must find devices by vendor:device, not by slot: the functions below
+do that, reading sysfs under ``sys_root`` (so they also work on a fake tree).
+Host code uses :func:`qemu_args`. Standard library plus handoff's PciAddress.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from handoff.pci.address import PciAddress
+
+# Vendor:device ids (sysfs writes them as 0x1234 / 0x1111).
+BOCHS_DISPLAY = (0x1234, 0x1111)
+ICH9_HDA = (0x8086, 0x293E)
+EDU = (0x1234, 0x11E8)
+E1000E = (0x8086, 0x10D3)
+ICH9_LPC = (0x8086, 0x2918)
+ICH9_SATA = (0x8086, 0x2922)
+ICH9_SMBUS = (0x8086, 0x2930)
+
+#: The driver each device is bound to when the guest has settled.
+HOST_DRIVERS: dict[tuple[int, int], str | None] = {
+    BOCHS_DISPLAY: "bochs-drm",
+    ICH9_HDA: "snd_hda_intel",
+    EDU: None,
+    E1000E: "e1000e",
+    ICH9_LPC: "lpc_ich",
+    ICH9_SATA: "ahci",
+    ICH9_SMBUS: "i801_smbus",
+}
+
+SYS = Path("/sys")
+
+
+def qemu_args() -> list[str]:
+    """QEMU arguments adding the standard device set to a q35 machine."""
+    return [
+        "-device", "bochs-display,addr=06.0,multifunction=on",
+        "-device", "ich9-intel-hda,id=hda0,addr=06.1",
+        "-audiodev", "none,id=snd0",
+        "-device", "hda-output,bus=hda0.0,audiodev=snd0",
+        "-device", "edu,addr=07.0",
+        "-netdev", "user,id=n0,restrict=on",
+        "-device", "e1000e,netdev=n0,addr=08.0",
+    ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class GpuLookalike:
+    """bochs-display (the "GPU") and ich9-intel-hda (its HDMI audio) in one IOMMU group."""
+
+    vga: PciAddress
+    audio: PciAddress
+    group: int
+
+    @property
+    def functions(self) -> tuple[PciAddress, PciAddress]:
+        return (self.vga, self.audio)
+
+
+@dataclass(frozen=True)
+class Ich9Group:
+    """q35's chipset functions that share one IOMMU group (never to be handed to a VM)."""
+
+    lpc: PciAddress
+    sata: PciAddress
+    smbus: PciAddress
+    group: int
+
+    @property
+    def functions(self) -> tuple[PciAddress, PciAddress, PciAddress]:
+        return (self.lpc, self.sata, self.smbus)
+
+
+class DeviceNotFoundError(LookupError):
+    """A standard testbed device is missing from the guest's PCI bus."""
+
+
+def find(ids: tuple[int, int], sys_root: Path = SYS) -> list[PciAddress]:
+    """Every PCI function with this vendor:device id, in address order."""
+    vendor, device = ids
+    found = []
+    for node in (sys_root / "bus" / "pci" / "devices").iterdir():
+        if (
+            int((node / "vendor").read_text(), 16) == vendor
+            and int((node / "device").read_text(), 16) == device
+        ):
+            found.append(PciAddress.parse(node.name))
+    return sorted(found)
+
+
+def find_one(ids: tuple[int, int], sys_root: Path = SYS) -> PciAddress:
+    found = find(ids, sys_root)
+    if len(found) != 1:
+        raise DeviceNotFoundError(
+            f"expected one PCI device {ids[0]:04x}:{ids[1]:04x} in the testbed, found "
+            f"{[str(a) for a in found]}: is the guest booted with devices.qemu_args()?"
+        )
+    return found[0]
+
+
+def gpu_lookalike(sys_root: Path = SYS) -> tuple[PciAddress, PciAddress]:
+    """(VGA function, its audio function): bochs-display and ich9-intel-hda."""
+    return find_one(BOCHS_DISPLAY, sys_root), find_one(ICH9_HDA, sys_root)
+
+
+def edu(sys_root: Path = SYS) -> PciAddress:
+    return find_one(EDU, sys_root)
+
+
+def e1000e(sys_root: Path = SYS) -> PciAddress:
+    return find_one(E1000E, sys_root)
+
+
+def ich9_group(sys_root: Path = SYS) -> tuple[PciAddress, PciAddress, PciAddress]:
+    """(LPC, SATA, SMBus): the chipset functions that share one IOMMU group."""
+    return (
+        find_one(ICH9_LPC, sys_root),
+        find_one(ICH9_SATA, sys_root),
+        find_one(ICH9_SMBUS, sys_root),
+    )
+
+
+def ids_of(address: PciAddress, sys_root: Path = SYS) -> tuple[int, int]:
+    node = sys_root / "bus" / "pci" / "devices" / str(address)
+    return int((node / "vendor").read_text(), 16), int((node / "device").read_text(), 16)

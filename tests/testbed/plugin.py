@@ -1,0 +1,444 @@
+"""pytest plugin: ``realkernel`` tests run in the testbed VM, one boot per pytest run.
+
+On the host, after collection (and after ``-m``/``-k`` deselection), every
+selected ``realkernel`` test is replaced by a :class:`GuestItem` with the same
+node id. When the first of them is reached, one testbed boot runs
+``python -m pytest <those node ids>`` inside the guest, where the tests run for
+real; the guest writes each test report as a JSON line to the run share. Each
+GuestItem then reports its test's own guest reports (setup, call, teardown:
+tracebacks, captured output, skip reasons, durations) into the host's run, the
+way pytest-xdist relays a worker's reports. The host never executes a
+realkernel test's body or fixtures.
+
+A test the guest never reported (boot failure, crash, timeout, collection
+error in the guest) fails with the guest console's tail. ``pytest -m "not
+realkernel"`` boots nothing. Without QEMU on a developer's machine the tests are
+skipped with that reason; under CI (``CI`` set) nothing is skipped: a testbed
+that cannot boot fails every realkernel test.
+
+Inside the guest (``TESTBED=1``) this plugin only writes the reports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _pytest.reports import TestReport
+
+from tests.testbed import runner
+
+REALKERNEL = "realkernel"
+#: File in the run share (the guest's /tb) that receives the guest's reports.
+REPORTS = "reports.jsonl"
+#: Seconds the guest gets to power off after its last report.
+POWEROFF_GRACE = 120.0
+#: Lines of the guest console shown with a failure the guest did not report.
+CONSOLE_TAIL = 80
+
+
+def in_guest() -> bool:
+    """True inside the testbed VM (the runner sets TESTBED=1)."""
+    return os.environ.get("TESTBED") == "1"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("testbed", "real-kernel testbed VM")
+    group.addoption(
+        "--testbed-report",
+        metavar="PATH",
+        help="(inside the testbed) append each test report as a JSON line to PATH",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if in_guest():
+        path = config.getoption("testbed_report")
+        if path:
+            config.pluginmanager.register(GuestReportWriter(config, Path(path)), "testbed-reports")
+    else:
+        config.pluginmanager.register(HostBatch(config), "testbed-batch")
+
+
+# ---------------------------------------------------------------- inside the guest
+
+
+class GuestReportWriter:
+    """Writes every report the guest's pytest makes, one JSON line each, flushed."""
+
+    def __init__(self, config: pytest.Config, path: Path) -> None:
+        self.config = config
+        self.file = path.open("a", encoding="utf-8")
+
+    def _write(self, record: dict[str, Any]) -> None:
+        self.file.write(json.dumps(record, default=repr) + "\n")
+        self.file.flush()
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
+        self._write({"report": data})
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed:
+            self._write({"collect_error": report.nodeid, "longrepr": str(report.longrepr)})
+
+    def pytest_sessionfinish(self, exitstatus: int) -> None:
+        self._write({"exitstatus": int(exitstatus)})
+        self.file.close()
+
+
+# ---------------------------------------------------------------- on the host
+
+
+def unavailable(*, qemu: str | None, root: bool, ci: bool) -> tuple[str, bool] | None:
+    """Why the testbed cannot run here, and whether that may be a skip.
+
+    A skip is allowed only where QEMU is absent on a developer's own machine;
+    in CI the runner installs what is missing, and anything else is a failure.
+    """
+    if not root:
+        return (
+            "the testbed VM needs root (9p shares of / and the checkout, apt-get): run pytest "
+            "as root, or deselect these tests with -m 'not realkernel'",
+            False,
+        )
+    if qemu is None and not ci:
+        return (
+            "qemu-system-x86_64 is not installed, so the real-kernel testbed cannot boot: "
+            "`bash contrib/install.sh --dev` installs it",
+            True,
+        )
+    return None
+
+
+@dataclass
+class GuestOutcome:
+    """What the guest said about one test."""
+
+    reports: dict[str, TestReport] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return "teardown" in self.reports
+
+
+class GuestRun:
+    """The one testbed boot of this pytest run, started by the first GuestItem."""
+
+    def __init__(self, config: pytest.Config, nodeids: list[str]) -> None:
+        self.config = config
+        self.nodeids = nodeids
+        self.outcomes: dict[str, GuestOutcome] = {n: GuestOutcome() for n in nodeids}
+        self.collect_errors: list[str] = []
+        self.guest_exitstatus: int | None = None
+        self.started = False
+        self.skip_reason: str | None = None
+        self.problem: str | None = None
+        self.result: runner.Result | None = None
+        self.run_dir: Path | None = None
+        self.options = runner.Options(
+            rw_dir=runner.CHECKOUT,
+            cwd=config.rootpath,
+            env={"TESTBED_UDEV": "background"},
+            path_first=[os.path.dirname(sys.executable)],
+        )
+        self._process: Any = None
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._offset = 0
+        self._pending = b""
+
+    # -- the guest's command
+
+    def guest_command(self) -> list[str]:
+        config = self.config
+        argv = [
+            sys.executable, "-m", "pytest",
+            "-p", "no:cacheprovider",
+            "--rootdir", str(config.rootpath),
+            f"--testbed-report=/tb/{REPORTS}",
+            "-v", "--color=no",
+            f"--tb={config.option.tbstyle}",
+            "-m", REALKERNEL,
+        ]  # fmt: skip
+        if config.inipath is not None:
+            argv += ["-c", str(config.inipath)]
+        if config.option.showlocals:
+            argv.append("-l")
+        return [*argv, *self.nodeids]
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        if self.started:
+            return
+        self.started = True
+        reason = unavailable(
+            qemu=shutil.which("qemu-system-x86_64"),
+            root=os.geteuid() == 0,
+            ci=bool(os.environ.get("CI")),
+        )
+        if reason is not None:
+            message, may_skip = reason
+            if may_skip:
+                self.skip_reason = message
+            else:
+                self.problem = message
+            self._done.set()
+            return
+        self._say(f"testbed: booting the real-kernel VM for {len(self.nodeids)} realkernel test(s)")
+        try:
+            prepared = runner.prepare(self.options)
+        except runner.TestbedError as error:
+            self.problem = f"testbed set-up failed: {error}"
+            self._done.set()
+            return
+        self.run_dir = runner.new_run_dir(self.options.cache)
+        self._say(f"testbed: console {self.run_dir / 'console.log'}")
+        self._thread = threading.Thread(
+            target=self._boot, args=(prepared,), name="testbed", daemon=True
+        )
+        self._thread.start()
+
+    def _boot(self, prepared: runner.Prepared) -> None:
+        try:
+            self.result = runner.boot(
+                self.guest_command(),
+                self.options,
+                prepared,
+                run_dir=self.run_dir,
+                on_start=self._started,
+            )
+        except Exception as error:  # reported as every unreported test's failure
+            self.problem = f"testbed boot failed: {type(error).__name__}: {error}"
+        finally:
+            self._done.set()
+
+    def _started(self, process: Any) -> None:
+        self._process = process
+
+    def close(self, *, interrupted: bool) -> None:
+        """Never leave a QEMU behind.
+
+        After the last report the guest still writes its exit code and powers
+        off: give it that (bounded) unless the run was interrupted.
+        """
+        if not interrupted:
+            self._done.wait(POWEROFF_GRACE)
+        process = self._process
+        if process is not None:
+            runner.stop(process)
+        if self._thread is not None:
+            self._thread.join(runner.KILL_GRACE * 2)
+
+    # -- reports
+
+    def _read_reports(self) -> None:
+        if self.run_dir is None:
+            return
+        path = self.run_dir / REPORTS
+        try:
+            with path.open("rb") as handle:
+                handle.seek(self._offset)
+                chunk = handle.read()
+        except FileNotFoundError:
+            return
+        self._offset += len(chunk)
+        data = self._pending + chunk
+        *lines, self._pending = data.split(b"\n")
+        for line in lines:
+            if line.strip():
+                self._take(json.loads(line))
+
+    def _take(self, record: dict[str, Any]) -> None:
+        if "report" in record:
+            report = self.config.hook.pytest_report_from_serializable(
+                config=self.config, data=record["report"]
+            )
+            if isinstance(report, TestReport):
+                report.location = tuple(report.location)  # type: ignore[assignment]
+                outcome = self.outcomes.setdefault(report.nodeid, GuestOutcome())
+                outcome.reports[report.when] = report
+        elif "collect_error" in record:
+            self.collect_errors.append(f"{record['collect_error']}:\n{record['longrepr']}")
+        elif "exitstatus" in record:
+            self.guest_exitstatus = int(record["exitstatus"])
+
+    def outcome(self, nodeid: str) -> GuestOutcome:
+        """Wait until the guest finished this test (or the boot ended), then return it.
+
+        The file is polled; the wait is bounded by the runner's timeout, after
+        which the runner kills QEMU and the boot ends.
+        """
+        self.start()
+        while True:
+            self._read_reports()
+            outcome = self.outcomes.setdefault(nodeid, GuestOutcome())
+            if outcome.complete or self._done.is_set():
+                if self._done.is_set():
+                    self._read_reports()
+                return outcome
+            self._done.wait(0.2)
+
+    def why_missing(self, nodeid: str) -> str:
+        """The failure text of a test the guest never (fully) reported."""
+        parts = [f"the testbed guest did not report {nodeid}"]
+        if self.problem:
+            parts.append(self.problem)
+        result = self.result
+        if result is not None:
+            parts.append(f"testbed: {runner.describe(result)}")
+            if result.timed_out:
+                parts.append(f"the guest was killed after TESTBED_TIMEOUT={result_timeout(self)}s")
+        if self.guest_exitstatus is not None:
+            parts.append(f"guest pytest exit status: {self.guest_exitstatus}")
+        if self.collect_errors:
+            parts.append("collection errors in the guest:\n" + "\n".join(self.collect_errors))
+        if self.run_dir is not None:
+            console = self.run_dir / "console.log"
+            parts.append(f"console: {console}")
+            with suppress(OSError):
+                tail = console.read_text(errors="replace").splitlines()[-CONSOLE_TAIL:]
+                parts.append("---- guest console (tail) ----\n" + "\n".join(tail))
+        return "\n".join(parts)
+
+    # -- terminal
+
+    @contextmanager
+    def _uncaptured(self) -> Iterator[None]:
+        capture = self.config.pluginmanager.getplugin("capturemanager")
+        if capture is None:
+            yield
+            return
+        with capture.global_and_fixture_disabled():
+            yield
+
+    def _say(self, line: str) -> None:
+        reporter = self.config.pluginmanager.getplugin("terminalreporter")
+        if reporter is None:
+            return
+        with self._uncaptured():
+            reporter.ensure_newline()
+            reporter.write_line(line)
+
+    def summary(self) -> str | None:
+        if self.skip_reason:
+            return f"testbed: realkernel tests skipped: {self.skip_reason}"
+        if self.problem and self.result is None:
+            return f"testbed: {self.problem}"
+        result = self.result
+        if result is None:
+            return None
+        guest_pytest = (
+            result.vm_seconds - result.command_start_seconds
+            if result.command_start_seconds is not None
+            else None
+        )
+        text = f"testbed: 1 boot, {len(self.nodeids)} realkernel test(s): {runner.describe(result)}"
+        if guest_pytest is not None:
+            text += f" guest-pytest+poweroff={guest_pytest:.1f}s"
+        return text
+
+
+def result_timeout(run: GuestRun) -> str:
+    return f"{run.options.timeout:.0f}"
+
+
+class GuestItem(pytest.Item):
+    """Stands in on the host for one realkernel test run by the guest."""
+
+    def __init__(self, *, original: pytest.Item, run: GuestRun, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.original = original
+        self.run = run
+        self.own_markers = list(original.own_markers)
+        self.keywords.update(original.keywords)
+        self.guest: GuestOutcome | None = None
+
+    def reportinfo(self) -> tuple[os.PathLike[str] | str, int | None, str]:
+        return self.original.reportinfo()
+
+    def setup(self) -> None:
+        self.guest = self.run.outcome(self.nodeid)
+        if self.run.skip_reason:
+            pytest.skip(self.run.skip_reason)
+
+    def runtest(self) -> None:
+        if self.guest is None or "call" not in self.guest.reports:
+            pytest.fail(self.run.why_missing(self.nodeid), pytrace=False)
+
+
+class HostBatch:
+    """Host-side hooks: batch the realkernel items into the one guest run."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.run: GuestRun | None = None
+        self.started_at = time.monotonic()
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(
+        self, session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+    ) -> None:
+        if config.option.collectonly:
+            return
+        chosen = [item for item in items if item.get_closest_marker(REALKERNEL)]
+        if not chosen:
+            return
+        self.run = GuestRun(config, [item.nodeid for item in chosen])
+        replacement: dict[int, pytest.Item] = {}
+        for item in chosen:
+            assert item.parent is not None  # a collected test always has one
+            replacement[id(item)] = GuestItem.from_parent(
+                item.parent, name=item.name, original=item, run=self.run
+            )
+        items[:] = [replacement.get(id(item), item) for item in items]
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, TestReport, TestReport]:
+        report = yield
+        if not isinstance(item, GuestItem) or item.guest is None:
+            return report
+        guest_report = item.guest.reports.get(call.when)
+        if guest_report is not None:
+            return guest_report
+        if report.skipped and isinstance(report.longrepr, tuple):
+            path, lineno, _ = item.location
+            report.longrepr = (path, (lineno or 0) + 1, report.longrepr[2])
+        return report
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.run is not None:
+            line = self.run.summary()
+            if line:
+                terminalreporter.write_line(line)
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self.run is None:
+            return
+        # Stopped early (Ctrl-C, -x): the guest may still be running tests; kill it.
+        finished = all(outcome.complete for outcome in self.run.outcomes.values())
+        self.run.close(interrupted=exitstatus == pytest.ExitCode.INTERRUPTED or not finished)
+        result = self.run.result
+        failed = any(
+            not outcome.complete or any(r.failed for r in outcome.reports.values())
+            for outcome in self.run.outcomes.values()
+        )
+        if result is not None and not failed and result.returncode == 0:
+            runner.cleanup(result, self.run.options.keep)
+
+    def pytest_unconfigure(self) -> None:
+        if self.run is not None:
+            self.run.close(interrupted=True)
