@@ -31,6 +31,7 @@ Nothing here logs event contents: error replies are logged by class only
 from __future__ import annotations
 
 import errno
+import importlib
 import json
 import logging
 from collections import deque
@@ -324,10 +325,14 @@ async def read_events(
     Each event is ``(type, code, value, timestamp)``. Returns when the device
     is unplugged (ENODEV); other OS errors propagate.
     """
+    read_many = _raw_reader(device)
     while True:
         await trio.lowlevel.wait_readable(device.fd)
         try:
-            events = [(e.type, e.code, e.value, e.sec + e.usec / 1e6) for e in device.read()]
+            if read_many is not None:
+                events = [(t, c, v, s + u / 1e6) for s, u, t, c, v in read_many(device.fd)]
+            else:
+                events = [(e.type, e.code, e.value, e.sec + e.usec / 1e6) for e in device.read()]
         except BlockingIOError:
             continue
         except OSError as exc:
@@ -335,3 +340,23 @@ async def read_events(
                 return
             raise
         deliver(events)
+
+
+def _raw_reader(device: EvdevDevice) -> Callable[[int], Any] | None:
+    """python-evdev's C reader (tuples, no InputEvent objects) for real evdev devices.
+
+    ``InputDevice.read()`` wraps each tuple of ``_input.device_read_many`` in
+    an object; at thousands of events a second that allocation is a large
+    part of the forwarder's cost. Anything that is not an InputDevice (or an
+    evdev without the helper) is read through its public ``read()``.
+    """
+    try:
+        from evdev import InputDevice
+
+        raw = importlib.import_module("evdev._input")
+    except ImportError:
+        return None
+    if not isinstance(device, InputDevice):
+        return None
+    reader = getattr(raw, "device_read_many", None)
+    return reader if callable(reader) else None

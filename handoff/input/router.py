@@ -130,8 +130,12 @@ class RouterCore:
 
     def frame(self, device: str, events: Sequence[Event]) -> list[Action]:
         """One frame (the events before a SYN_REPORT) read from ``device``."""
-        held = self.held.setdefault(device, set())
         grabbed = device in self.grabbed
+        if all(event[0] == EV_REL for event in events):
+            # Motion only (most frames of a fast mouse): no key state changes,
+            # so nothing to settle.
+            return [ToGuest(device, tuple(events))] if grabbed and events else []
+        held = self.held.setdefault(device, set())
         out: list[Event] = []
         for event in events:
             etype, code, value = event
@@ -250,6 +254,10 @@ class RouterCore:
         return actions
 
     def _settle(self) -> list[Action]:
+        if self.pending is None and (
+            self.mode is InputMode.HOST or len(self.grabbed) == len(self.held)
+        ):
+            return []
         actions: list[Action] = []
         if self.pending is not None and not self.any_held():
             target, self.pending = self.pending, None
