@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _pytest.nodes import Node
 from _pytest.reports import TestReport
 
 from tests.testbed import runner
@@ -41,6 +42,8 @@ from tests.testbed import runner
 REALKERNEL = "realkernel"
 #: File in the run share (the guest's /tb) that receives the guest's reports.
 REPORTS = "reports.jsonl"
+#: Marks whose verdict belongs to the guest; the host's stand-in ignores them.
+GUEST_EVALUATED_MARKS = frozenset({"skip", "skipif", "xfail"})
 #: Seconds the guest gets to power off after its last report.
 POWEROFF_GRACE = 120.0
 #: Lines of the guest console shown with a failure the guest did not report.
@@ -367,6 +370,18 @@ class GuestItem(pytest.Item):
 
     def reportinfo(self) -> tuple[os.PathLike[str] | str, int | None, str]:
         return self.original.reportinfo()
+
+    def iter_markers_with_node(
+        self, name: str | None = None
+    ) -> Iterator[tuple[Node, pytest.Mark]]:
+        """The test's marks, minus those the guest evaluates (skip, skipif, xfail).
+
+        A ``skipif(no IOMMU)`` is true on the host and false in the guest: only
+        the guest's verdict counts, and it arrives with the guest's reports.
+        """
+        for node, mark in super().iter_markers_with_node(name):
+            if mark.name not in GUEST_EVALUATED_MARKS:
+                yield node, mark
 
     def setup(self) -> None:
         self.guest = self.run.outcome(self.nodeid)
