@@ -135,15 +135,51 @@ class GuestOutcome:
         return "teardown" in self.reports
 
 
+class ReportReader:
+    """Turns the guest's JSON lines back into pytest reports, as they arrive."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.outcomes: dict[str, GuestOutcome] = {}
+        self.collect_errors: list[str] = []
+        self.exitstatus: int | None = None
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> None:
+        """Take more of the file; a last line without its newline waits for the rest."""
+        *lines, self._pending = (self._pending + chunk).split(b"\n")
+        for line in lines:
+            if line.strip():
+                self._take(json.loads(line))
+
+    def _take(self, record: dict[str, Any]) -> None:
+        if "report" in record:
+            report = self.config.hook.pytest_report_from_serializable(
+                config=self.config, data=record["report"]
+            )
+            if isinstance(report, TestReport):
+                # JSON has no tuples; pytest unpacks and asserts on these.
+                report.location = tuple(report.location)  # type: ignore[assignment]
+                longrepr: Any = report.longrepr
+                if isinstance(longrepr, list):
+                    report.longrepr = (str(longrepr[0]), int(longrepr[1]), str(longrepr[2]))
+                outcome = self.outcomes.setdefault(report.nodeid, GuestOutcome())
+                outcome.reports[report.when] = report
+        elif "collect_error" in record:
+            self.collect_errors.append(f"{record['collect_error']}:\n{record['longrepr']}")
+        elif "exitstatus" in record:
+            self.exitstatus = int(record["exitstatus"])
+
+
 class GuestRun:
     """The one testbed boot of this pytest run, started by the first GuestItem."""
 
     def __init__(self, config: pytest.Config, nodeids: list[str]) -> None:
         self.config = config
         self.nodeids = nodeids
-        self.outcomes: dict[str, GuestOutcome] = {n: GuestOutcome() for n in nodeids}
-        self.collect_errors: list[str] = []
-        self.guest_exitstatus: int | None = None
+        self.reader = ReportReader(config)
+        for nodeid in nodeids:
+            self.reader.outcomes[nodeid] = GuestOutcome()
         self.started = False
         self.skip_reason: str | None = None
         self.problem: str | None = None
@@ -159,7 +195,6 @@ class GuestRun:
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
         self._offset = 0
-        self._pending = b""
 
     # -- the guest's command
 
@@ -249,33 +284,18 @@ class GuestRun:
     def _read_reports(self) -> None:
         if self.run_dir is None:
             return
-        path = self.run_dir / REPORTS
         try:
-            with path.open("rb") as handle:
+            with (self.run_dir / REPORTS).open("rb") as handle:
                 handle.seek(self._offset)
                 chunk = handle.read()
         except FileNotFoundError:
             return
         self._offset += len(chunk)
-        data = self._pending + chunk
-        *lines, self._pending = data.split(b"\n")
-        for line in lines:
-            if line.strip():
-                self._take(json.loads(line))
+        self.reader.feed(chunk)
 
-    def _take(self, record: dict[str, Any]) -> None:
-        if "report" in record:
-            report = self.config.hook.pytest_report_from_serializable(
-                config=self.config, data=record["report"]
-            )
-            if isinstance(report, TestReport):
-                report.location = tuple(report.location)  # type: ignore[assignment]
-                outcome = self.outcomes.setdefault(report.nodeid, GuestOutcome())
-                outcome.reports[report.when] = report
-        elif "collect_error" in record:
-            self.collect_errors.append(f"{record['collect_error']}:\n{record['longrepr']}")
-        elif "exitstatus" in record:
-            self.guest_exitstatus = int(record["exitstatus"])
+    @property
+    def outcomes(self) -> dict[str, GuestOutcome]:
+        return self.reader.outcomes
 
     def outcome(self, nodeid: str) -> GuestOutcome:
         """Wait until the guest finished this test (or the boot ended), then return it.
@@ -303,10 +323,11 @@ class GuestRun:
             parts.append(f"testbed: {runner.describe(result)}")
             if result.timed_out:
                 parts.append(f"the guest was killed after TESTBED_TIMEOUT={result_timeout(self)}s")
-        if self.guest_exitstatus is not None:
-            parts.append(f"guest pytest exit status: {self.guest_exitstatus}")
-        if self.collect_errors:
-            parts.append("collection errors in the guest:\n" + "\n".join(self.collect_errors))
+        if self.reader.exitstatus is not None:
+            parts.append(f"guest pytest exit status: {self.reader.exitstatus}")
+        if self.reader.collect_errors:
+            errors = "\n".join(self.reader.collect_errors)
+            parts.append(f"collection errors in the guest:\n{errors}")
         if self.run_dir is not None:
             console = self.run_dir / "console.log"
             parts.append(f"console: {console}")
@@ -371,9 +392,7 @@ class GuestItem(pytest.Item):
     def reportinfo(self) -> tuple[os.PathLike[str] | str, int | None, str]:
         return self.original.reportinfo()
 
-    def iter_markers_with_node(
-        self, name: str | None = None
-    ) -> Iterator[tuple[Node, pytest.Mark]]:
+    def iter_markers_with_node(self, name: str | None = None) -> Iterator[tuple[Node, pytest.Mark]]:
         """The test's marks, minus those the guest evaluates (skip, skipif, xfail).
 
         A ``skipif(no IOMMU)`` is true on the host and false in the guest: only
@@ -405,8 +424,6 @@ class HostBatch:
     def pytest_collection_modifyitems(
         self, session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
     ) -> None:
-        if config.option.collectonly:
-            return
         chosen = [item for item in items if item.get_closest_marker(REALKERNEL)]
         if not chosen:
             return
