@@ -447,6 +447,8 @@ class Session:
                 async with trio.open_nursery() as top:
                     if self.handle_signals:
                         await top.start(self._signal_task)
+                    # Up before any resource is acquired: `handoff stop` works
+                    # during a slow GPU detach too.
                     await top.start(serve_control, rundir.control_socket, self.commands)
                     try:
                         outcome = await self._run_locked(rundir, checks)

@@ -34,7 +34,11 @@ input batches waits in trio, fairly (FIFO), instead of in kernel buffers.
 The socket: QEMU's own python/qemu/machine/machine.py hands QEMU one end of
 a socketpair (``-chardev socket,id=qmp,fd=N -mon chardev=qmp,mode=control``)
 so no monitor path exists on disk; :func:`open_qmp` accepts that socket, or
-a unix socket path in the 0700 run directory when a user wants one.
+a unix socket path in the 0700 run directory when a user wants one. On the
+socketpair the greeting and ``qmp_capabilities`` are read and sent in trio,
+straight on the socket (reading exactly one line at a time, so nothing meant
+for qemu.qmp is consumed), and qemu.qmp takes over the negotiated socket:
+QMP is ready as soon as QEMU can answer (bench/startup.py).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import json
 import logging
 import math
 import socket
@@ -75,6 +80,8 @@ MAX_IN_FLIGHT = 8
 #: Seconds QEMU gets to send its QMP greeting. QEMU greets only once machine
 #: init is done, which with passthrough includes pinning all guest RAM.
 CONNECT_TIMEOUT = 120.0
+
+_HANDSHAKE_LINE_MAX = 1 << 20
 
 #: A QMP event as QEMU sends it: ``{"event": NAME, "data": {...}, "timestamp": {...}}``.
 QmpEvent = dict[str, Any]
@@ -265,6 +272,66 @@ async def _pump_events(
             token.run_sync_soon(close)
 
 
+def _close(address: socket.socket | Path) -> None:
+    """Close the socket connect_qmp took ownership of (a path needs nothing)."""
+    if isinstance(address, socket.socket):
+        address.close()
+
+
+async def _read_line(sock: socket.socket) -> dict[str, Any]:
+    """Read exactly one JSON line from a non-blocking socket, not a byte more.
+
+    MSG_PEEK finds the newline first, so whatever QEMU sends after the line
+    (an event right after negotiation) stays in the socket for qemu.qmp.
+    """
+    line = b""
+    while True:
+        await trio.lowlevel.wait_readable(sock)
+        try:
+            data = sock.recv(_HANDSHAKE_LINE_MAX, socket.MSG_PEEK)
+        except BlockingIOError:
+            continue
+        if not data:
+            raise QmpError(
+                "could not connect to QEMU's monitor: QEMU closed the connection "
+                "(it probably exited)"
+            )
+        end = data.find(b"\n")
+        if end < 0:  # a partial line: it is all ours, consume it and wait for the rest
+            line += sock.recv(len(data))
+            if len(line) > _HANDSHAKE_LINE_MAX:
+                raise QmpError("QEMU's monitor sent an over-long line during the handshake")
+            continue
+        line += sock.recv(end + 1)
+        try:
+            message = json.loads(line)
+        except ValueError as exc:
+            raise QmpError(
+                f"QEMU's monitor sent something that is not JSON: {line[:200]!r}"
+            ) from exc
+        if not isinstance(message, dict):
+            raise QmpError(f"QEMU's monitor sent an unexpected message: {line[:200]!r}")
+        return message
+
+
+async def _handshake(sock: socket.socket) -> dict[str, Any]:
+    """Greeting and ``qmp_capabilities`` in trio, straight on the socket.
+
+    Done here rather than by qemu.qmp so QMP is ready one thread hop and a
+    few asyncio layers sooner (bench/startup.py); qemu.qmp then takes over an
+    already negotiated socket (``await_greeting``/``negotiate`` off).
+    """
+    greeting = await _read_line(sock)
+    if "QMP" not in greeting:
+        raise QmpError(f"QEMU's monitor did not greet with QMP: {greeting!r}")
+    await trio.lowlevel.wait_writable(sock)
+    sock.sendall(b'{"execute": "qmp_capabilities"}\n')
+    reply = await _read_line(sock)
+    if "return" not in reply:
+        raise QmpError(f"QMP capabilities negotiation failed: {reply.get('error', reply)!r}")
+    return greeting
+
+
 async def connect_qmp(
     address: socket.socket | Path,
     *,
@@ -281,28 +348,35 @@ async def connect_qmp(
     result; :func:`open_qmp` does that for you.
     """
     token = trio.lowlevel.current_trio_token()
+    # The thread starts while QEMU is still booting: off the critical path.
     thread = _AsyncioThread(f"qmp-{name}")
     client = QMPClient(name)
     send, receive = trio.open_memory_channel[QmpEvent](math.inf)
     target: socket.socket | str
-    if isinstance(address, socket.socket):
-        address.setblocking(False)  # noqa: ASYNC240 (a socket, not a path)
-        target = address
-    else:
-        target = str(address)
     try:
         with trio.move_on_after(greeting_timeout) as scope:
+            if isinstance(address, socket.socket):
+                address.setblocking(False)  # noqa: ASYNC240 (a socket, not a path)
+                await _handshake(address)
+                client.await_greeting = False  # done above, in trio
+                client.negotiate = False
+                target = address
+            else:
+                target = str(address)
             await _await_future(thread.submit(client.connect(target)), token)
     except ConnectError as exc:
+        _close(address)
         await thread.stop()
         raise QmpError(
             f"could not connect to QEMU's monitor: {exc.error_message}: {_cause(exc)}"
         ) from exc
     except BaseException:
+        _close(address)
         with trio.CancelScope(shield=True):
             await thread.stop()
         raise
     if scope.cancelled_caught:
+        _close(address)
         await thread.stop()
         raise QmpError(
             f"QEMU did not answer on its monitor within {greeting_timeout:g} s",
