@@ -47,7 +47,10 @@ def resolve_identity(user: str | None, euid: int) -> Identity:
             else (pwd.getpwnam(user) if user else pwd.getpwuid(euid))
         )
     except KeyError as err:
-        raise UnknownUserError(user or str(euid)) from err
+        if user is None:
+            # A uid without a passwd entry (containers): only its own groups.
+            return Identity(str(euid), euid, frozenset({os.getegid(), *os.getgroups()}))
+        raise UnknownUserError(user) from err
     gids = frozenset(os.getgrouplist(entry.pw_name, entry.pw_gid))
     return Identity(entry.pw_name, entry.pw_uid, gids)
 

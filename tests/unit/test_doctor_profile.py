@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from handoff.checks import Verdict
-from handoff.checks.access import Identity, may_access
+from handoff.checks.access import Identity, UnknownUserError, may_access, resolve_identity
 from handoff.checks.devices import check_passthrough_devices
 from handoff.checks.memlock import check_memlock, parse_memlock
 from handoff.checks.nodes import (
@@ -410,3 +410,11 @@ def test_ovmf_files_present_are_ok_and_missing_ones_fail(tmp_path: Path) -> None
 def test_the_fake_tree_owner_is_this_test_user(host: FakeHost) -> None:
     node = host.node("kvm", 0o600)
     assert node.stat().st_uid == os.getuid()
+
+
+def test_an_invoking_uid_without_a_passwd_entry_still_gets_an_identity() -> None:
+    who = resolve_identity(None, 987654)
+    assert who.uid == 987654
+    assert who.name == "987654"
+    with pytest.raises(UnknownUserError):
+        resolve_identity("no-such-user-xyz", 0)
