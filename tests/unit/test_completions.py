@@ -20,6 +20,7 @@ from handoff.completions import (
     render_all,
     render_man,
 )
+from handoff.completions import main as completions_main
 
 CONTRIB = Path(__file__).resolve().parents[2] / "contrib"
 
@@ -247,3 +248,12 @@ def test_the_real_bash_completion_offers_every_subcommand(tmp_path: Path) -> Non
 @pytest.mark.skipif(shutil.which("groff") is None, reason="groff is not installed")
 def test_the_real_man_page_renders_without_warnings() -> None:
     assert groff_warnings(CONTRIB / "man" / "handoff.1") == ""
+
+
+def test_the_regeneration_command_writes_every_file(
+    tmp_path: Path, real: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert completions_main(["--write", str(tmp_path)]) == 0
+    for rel, text in real.items():
+        assert (tmp_path / rel).read_text() == text
+    assert capsys.readouterr().out.count("wrote ") == len(real)
