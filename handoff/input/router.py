@@ -366,6 +366,8 @@ class InputRouter:
         self._on_mode = on_mode
         self.devices: dict[str, DeviceHandle] = {}
         self._scopes: dict[str, trio.CancelScope] = {}
+        #: SYN_DROPPED seen (the kernel's buffer overflowed: events were lost).
+        self.dropped = 0
 
     async def run_device(self, identity: str, handle: DeviceHandle) -> None:
         """Route ``handle``'s events until it is unplugged or cancelled; then let go of it."""
@@ -387,6 +389,7 @@ class InputRouter:
                         if result is None:
                             continue
                         if isinstance(result, Resync):
+                            self.dropped += 1
                             actions = self.core.resync(identity, handle.active_keys())
                         else:
                             actions = self.core.frame(identity, result)
