@@ -4,7 +4,7 @@
     handoff argv PROFILE                print the QEMU command line
     handoff status [PROFILE] [--json]   ask running sessions how they are
     handoff stop PROFILE [--force]      stop a session (graceful, or force)
-    handoff switch PROFILE [host|guest] move keyboard and mouse (toggle without an argument)
+    handoff switch PROFILE [host|guest|toggle]  move keyboard and mouse (default: toggle)
     handoff groups | detach | attach | recover | doctor   (see their --help)
 
 PROFILE is a path to a .toml file, or a name looked up as NAME.toml in
@@ -154,8 +154,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         binary=args.qemu,
         trace_file=args.trace_input,
     )
-    with _terminal_restored():
-        outcome = trio.run(session.run)
+    outcome = trio.run(session.run)
     print(f"handoff: ended: {outcome.summary} (exit {outcome.status})", flush=True)
     if outcome.log_tail:
         print("handoff: last lines of QEMU's log:", file=sys.stderr)
@@ -254,18 +253,28 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_switch(args: argparse.Namespace) -> int:
-    from handoff.control import request
+    """``{"command": "switch", "mode": "host"|"guest"|"toggle"}`` → the input resource."""
+    from handoff.control import ControlRequestError, request
 
     name = _session_name(args.profile)
-    message: dict[str, Any] = {"command": "switch"}
-    if args.to is not None:
-        message["to"] = args.to
-    result = request(_control_socket(name), message)
+    try:
+        result = request(_control_socket(name), {"command": "switch", "mode": args.to})
+    except ControlRequestError as exc:
+        if not exc.message.startswith("unknown command"):
+            raise
+        raise HandoffError(
+            f"the session {name!r} does not hand off keyboard and mouse",
+            fix='set input.backend = "qmp" or "virtio" in its profile and restart it',
+        ) from exc
     if args.json:
         print(json.dumps(result))
+        return 0
+    mode, pending = result.get("mode"), result.get("pending")
+    if pending and pending != mode:
+        print(f"{name}: input goes to the {pending} once every key is released "
+              f"(now: {mode})")
     else:
-        mode = result.get("mode", result.get("to"))
-        print(f"{name}: input goes to the {mode}" if mode else f"{name}: switched")
+        print(f"{name}: input goes to the {mode}")
     return 0
 
 
@@ -364,8 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Hand the grabbed keyboard and mouse to the guest or "
                             "back to the host (toggle when no side is given).")
     switch.add_argument("profile", metavar="PROFILE", help="profile name or file")
-    switch.add_argument("to", nargs="?", choices=("host", "guest"), default=None,
-                        help="where input goes (default: the other side)")
+    switch.add_argument("to", nargs="?", choices=("host", "guest", "toggle"),
+                        default="toggle", help="where input goes (default: toggle)")
     switch.add_argument("--json", action="store_true", help="print JSON for scripts")
     switch.set_defaults(handler=cmd_switch)
 

@@ -666,11 +666,15 @@ class Session:
             self.report(f"asking the guest to power off (up to {t.powerdown:g} s)")
             try:
                 with trio.CancelScope() as self._graceful_scope:
-                    try:
-                        await qmp.execute("system_powerdown")
-                    except QmpError as exc:
-                        log.debug("system_powerdown: %s", exc)
-                    if await self._wait_exit(t.powerdown):
+                    # One bound for the request and the wait: a wedged QEMU
+                    # may not even answer system_powerdown.
+                    with trio.move_on_after(t.powerdown):
+                        try:
+                            await qmp.execute("system_powerdown")
+                        except QmpError as exc:
+                            log.debug("system_powerdown: %s", exc)
+                        await process.wait()
+                    if self._exited():
                         return
                     self.report(f"the guest did not power off within {t.powerdown:g} s")
             finally:

@@ -60,11 +60,27 @@ POWER_OFF_BOOT_SECTOR = bytes(
 )  # fmt: skip
 
 
-def write_power_off_disk(path: Path) -> Path:
-    """A raw disk whose boot sector powers the q35 machine off: a guest that shuts down."""
-    sector = POWER_OFF_BOOT_SECTOR.ljust(510, b"\0") + b"\x55\xaa"
+PANIC_BOOT_SECTOR = bytes(
+    [
+        0xBA, 0x05, 0x05,  # mov dx, 0x505   (the pvpanic ISA device's port)
+        0xB0, 0x01,        # mov al, 1       (PVPANIC_PANICKED)
+        0xEE,              # out dx, al      -> QEMU: GUEST_PANICKED, SHUTDOWN guest-panic
+        0xF4,              # hlt
+        0xEB, 0xFD,        # jmp back to hlt
+    ]
+)  # fmt: skip
+
+
+def write_boot_disk(path: Path, code: bytes) -> Path:
+    """A raw disk whose boot sector (SeaBIOS runs it at 0x7c00) is ``code``."""
+    sector = code.ljust(510, b"\0") + b"\x55\xaa"
     path.write_bytes(sector.ljust(1024 * 1024, b"\0"))  # SeaBIOS skips tiny disks
     return path
+
+
+def write_power_off_disk(path: Path) -> Path:
+    """A guest that powers the q35 machine off as soon as it boots."""
+    return write_boot_disk(path, POWER_OFF_BOOT_SECTOR)
 
 
 def write_profile(

@@ -28,7 +28,13 @@ from handoff.resources import ControlRegistry, HostResource, JsonObject, VmHandl
 from handoff.rundir import RunDir
 from handoff.session import ExitStatus, LadderTimeouts, Outcome, Phase, Session
 
-from .conftest import pid_gone, write_power_off_disk, write_profile
+from .conftest import (
+    PANIC_BOOT_SECTOR,
+    pid_gone,
+    write_boot_disk,
+    write_power_off_disk,
+    write_profile,
+)
 
 pytestmark = pytest.mark.qemu
 
@@ -260,6 +266,23 @@ async def test_a_guest_that_powers_off_ends_the_session_with_zero(tmp_path: Path
     assert not (tmp_path / "run" / "off").exists()
 
 
+async def test_a_guest_panic_is_reported_and_ends_abnormally(tmp_path: Path) -> None:
+    disk = write_boot_disk(tmp_path / "panic.img", PANIC_BOOT_SECTOR)
+    profile = load_profile(
+        write_profile(tmp_path, "panic", disk=disk, extra_args=("-device", "pvpanic"))
+    )
+    lines = Lines()
+    session = Session(profile, HostPaths(run=tmp_path / "run"), [], report=lines,
+                      handle_signals=False)
+    with trio.fail_after(60):
+        outcome = await session.run()
+    assert outcome.status == ExitStatus.ABNORMAL
+    assert outcome.summary == "the guest panicked; QEMU exited with status 0"
+    assert "GUEST_PANICKED: the guest kernel panicked" in lines.lines
+    assert "SHUTDOWN by the guest (reason: guest-panic)" in lines.lines
+    assert not (tmp_path / "run" / "panic").exists()
+
+
 async def test_qemu_killed_with_sigkill_is_reported_as_a_crash(harness: Harness) -> None:
     journal = harness.journal
     session = harness.session([RecordingResource("a", journal), RecordingResource("b", journal)])
@@ -273,6 +296,37 @@ async def test_qemu_killed_with_sigkill_is_reported_as_a_crash(harness: Harness)
     assert "was killed by SIGKILL" in outcome.summary
     assert "crashed or was killed" in outcome.summary
     assert journal[-2:] == ["release b", "release a"]
+    assert_clean_end(harness, qemu_pid_of(harness))
+
+
+async def test_a_wedged_qemu_is_taken_down_by_every_rung_of_the_ladder(
+    harness: Harness,
+) -> None:
+    # A stopped (SIGSTOP) QEMU answers nothing and cannot act on SIGTERM:
+    # only SIGKILL ends it, and each rung must give up within its bound.
+    timeouts = LadderTimeouts(powerdown=0.3, quit=0.3, sigterm=0.3, sigkill=20)
+    session = harness.session([RecordingResource("a", harness.journal)], timeouts=timeouts)
+
+    async def wedge_and_stop() -> None:
+        os.kill(qemu_pid_of(harness), signal.SIGSTOP)
+        await harness.ask({"command": "stop"})
+
+    start = trio.current_time()
+    outcome = await drive(harness, session, wedge_and_stop)
+    assert trio.current_time() - start < 15
+    text = harness.lines.text()
+    for rung in (
+        "asking the guest to power off (up to 0.3 s)",
+        "the guest did not power off within 0.3 s",
+        "asking QEMU to quit (up to 0.3 s)",
+        "sending QEMU SIGTERM (up to 0.3 s)",
+        "sending QEMU SIGKILL (up to 20 s)",
+    ):
+        assert rung in text
+    assert outcome.status == ExitStatus.ABNORMAL
+    assert outcome.qemu_returncode == -signal.SIGKILL
+    assert "had to be killed" in outcome.summary
+    assert harness.journal[-1] == "release a"
     assert_clean_end(harness, qemu_pid_of(harness))
 
 

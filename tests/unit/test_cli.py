@@ -34,7 +34,7 @@ def test_run_takes_dry_run_and_its_show_command_alias() -> None:
 
 def test_switch_accepts_a_side_or_nothing() -> None:
     parser = build_parser()
-    assert parser.parse_args(["switch", "demo"]).to is None
+    assert parser.parse_args(["switch", "demo"]).to == "toggle"
     assert parser.parse_args(["switch", "demo", "guest"]).to == "guest"
     with pytest.raises(SystemExit):
         parser.parse_args(["switch", "demo", "sideways"])
