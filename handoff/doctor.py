@@ -33,7 +33,7 @@ from handoff.checks import Check, DoctorEnv, Verdict, fail, ok, skip, worst
 from handoff.checks.access import Identity, UnknownUserError, resolve_identity
 from handoff.checks.cpu import check_cpu_virtualization, read_cpuinfo
 from handoff.checks.iommu import check_interrupt_remapping, check_iommu, check_kernel_cmdline
-from handoff.checks.kernel import check_kernel_version, check_module
+from handoff.checks.kernel import check_kernel_version, check_module, check_vfio_pci_vga
 from handoff.checks.kvm import check_kvm
 from handoff.checks.memlock import check_memlock
 from handoff.checks.nodes import (
@@ -121,6 +121,7 @@ def _profile_checks(
     else:
         checks.append(ok("profile-files", f"{profile.source}: every file it names exists"))
     checks.extend(check_passthrough_devices(env, profile))
+    checks.append(check_vfio_pci_vga(env, profile))
     checks.append(check_memlock(env, profile))
     groups = sorted(
         {g for g in (_group_of(env, p.address) for p in profile.passthrough) if g is not None}

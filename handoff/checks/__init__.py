@@ -109,15 +109,17 @@ class DoctorEnv:
 
     ``host`` carries the kernel roots (fake trees in tests, the testbed's
     real kernel, or the host). ``modules`` is /lib/modules (modules.dep,
-    modules.builtin); ``udev_rule_dirs`` are udev's rule directories in its
-    own precedence order. ``euid`` is the user running doctor: root may
-    chown device nodes and raise limits for QEMU, a person may not.
+    modules.builtin); ``boot`` holds the kernel's config-RELEASE;
+    ``udev_rule_dirs`` are udev's rule directories in its own precedence
+    order. ``euid`` is the user running doctor: root may chown device nodes
+    and raise limits for QEMU, a person may not.
     """
 
     host: HostPaths = field(default_factory=HostPaths)
     modules: Path = Path("/lib/modules")
     udev_rule_dirs: tuple[Path, ...] = DEFAULT_UDEV_RULE_DIRS
     euid: int = 0
+    boot: Path = Path("/boot")
 
     @classmethod
     def from_environment(cls) -> DoctorEnv:
@@ -125,6 +127,7 @@ class DoctorEnv:
         return cls(
             host=HostPaths.from_environment(),
             modules=Path(os.environ.get("HANDOFF_MODULES_ROOT", "/lib/modules")),
+            boot=Path(os.environ.get("HANDOFF_BOOT_ROOT", "/boot")),
             euid=os.geteuid(),
         )
 

@@ -9,10 +9,12 @@ testbed's kernel answer for themselves.
 
 from __future__ import annotations
 
+import gzip
 import re
 from enum import Enum
 
-from handoff.checks import Check, DoctorEnv, fail, ok, read_text, warn
+from handoff.checks import Check, DoctorEnv, fail, ok, read_text, skip, warn
+from handoff.profile import Profile
 
 # driver_override (the only binding method handoff uses) appeared in 3.16;
 # the seed asks for 4.1 for vfio-pci to be dependable.
@@ -126,3 +128,44 @@ def check_module(env: DoctorEnv, module: str) -> Check:
     if state is ModuleState.LOADABLE:
         return ok(name, f"{module} is loadable (handoff runs modprobe {module} when it binds)")
     return ok(name, f"{module} is {state.value}")
+
+
+def kernel_config(env: DoctorEnv) -> tuple[str, str] | None:
+    """(where, text) of the running kernel's build configuration, when readable:
+    /proc/config.gz (CONFIG_IKCONFIG_PROC) or /boot/config-RELEASE (distributions)."""
+    gz = env.host.proc / "config.gz"
+    try:
+        return str(gz), gzip.decompress(gz.read_bytes()).decode("utf-8", "replace")
+    except (OSError, EOFError, gzip.BadGzipFile):
+        pass
+    release = kernel_release(env)
+    if release is not None:
+        path = env.boot / f"config-{release}"
+        text = read_text(path)
+        if text is not None:
+            return str(path), text
+    return None
+
+
+def check_vfio_pci_vga(env: DoctorEnv, profile: Profile) -> Check:
+    """x_vga = true (the seed's ``x-vga=on``) needs a kernel built with CONFIG_VFIO_PCI_VGA:
+    without it QEMU fails at start with "vfio: ... failed to get region ... VGA"."""
+    name = "vfio-pci-vga"
+    if not any(p.x_vga for p in profile.passthrough):
+        return skip(name, "no [[passthrough]] with x_vga = true")
+    found = kernel_config(env)
+    if found is None:
+        return skip(
+            name,
+            f"cannot read the kernel configuration ({env.host.proc / 'config.gz'}, "
+            f"{env.boot}/config-*) to check CONFIG_VFIO_PCI_VGA",
+        )
+    where, text = found
+    if re.search(r"^CONFIG_VFIO_PCI_VGA=y$", text, re.MULTILINE):
+        return ok(name, f"CONFIG_VFIO_PCI_VGA=y in {where}")
+    return fail(
+        name,
+        f"x_vga = true needs CONFIG_VFIO_PCI_VGA, which {where} does not set",
+        "build the kernel with CONFIG_VFIO_PCI_VGA=y (contrib/kernel-cmdline/"
+        "gentoo-kernel.config), or remove x_vga (UEFI guests with OVMF do not need legacy VGA)",
+    )

@@ -7,6 +7,7 @@ sysfs tree; QEMU is the real qemu-system-x86_64 of this host.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import os
 import resource
 import shutil
@@ -17,6 +18,7 @@ import pytest
 from handoff.checks import Verdict
 from handoff.checks.access import Identity, UnknownUserError, may_access, resolve_identity
 from handoff.checks.devices import check_passthrough_devices
+from handoff.checks.kernel import check_vfio_pci_vga
 from handoff.checks.memlock import check_memlock, parse_memlock
 from handoff.checks.nodes import (
     check_input_devices,
@@ -27,7 +29,7 @@ from handoff.checks.nodes import (
 from handoff.checks.qemu import check_ovmf, check_qemu, needed_devices
 from handoff.profile import Profile, parse_profile
 from handoff.qemu.capabilities import QemuCapabilities, probe
-from tests.unit.doctor_fakes import FakeHost
+from tests.unit.doctor_fakes import RELEASE, FakeHost
 
 GAMER = Identity("gamer", 1500, frozenset({1500}))
 ROOT = Identity("root", 0, frozenset({0}))
@@ -418,3 +420,36 @@ def test_an_invoking_uid_without_a_passwd_entry_still_gets_an_identity() -> None
     assert who.name == "987654"
     with pytest.raises(UnknownUserError):
         resolve_identity("no-such-user-xyz", 0)
+
+
+# ---------------------------------------------------------------- x-vga
+
+
+def test_x_vga_with_vfio_pci_vga_in_proc_config_gz_is_ok(host: FakeHost, tmp_path: Path) -> None:
+    (host.proc / "config.gz").write_bytes(
+        gzip.compress(b"CONFIG_VFIO_PCI=m\nCONFIG_VFIO_PCI_VGA=y\n")
+    )
+    check = check_vfio_pci_vga(host.env(), profile(tmp_path, GPU))
+    assert check.verdict is Verdict.OK
+    assert check.detail == f"CONFIG_VFIO_PCI_VGA=y in {host.proc / 'config.gz'}"
+
+
+def test_x_vga_on_a_kernel_without_vfio_pci_vga_fails(host: FakeHost, tmp_path: Path) -> None:
+    boot = host.root / "boot"
+    host.write(boot / f"config-{RELEASE}", "CONFIG_VFIO_PCI=m\n# CONFIG_VFIO_PCI_VGA is not set\n")
+    env = dataclasses.replace(host.env(), boot=boot)
+    check = check_vfio_pci_vga(env, profile(tmp_path, GPU))
+    assert check.verdict is Verdict.FAIL
+    assert str(boot / f"config-{RELEASE}") in check.detail
+    assert "CONFIG_VFIO_PCI_VGA=y" in (check.fix or "")
+
+
+def test_x_vga_is_skipped_when_no_device_asks_for_it_or_the_config_is_unreadable(
+    host: FakeHost, tmp_path: Path
+) -> None:
+    plain = '[[passthrough]]\naddress = "01:00.0"\n'
+    assert check_vfio_pci_vga(host.env(), profile(tmp_path, plain)).verdict is Verdict.SKIP
+    env = dataclasses.replace(host.env(), boot=host.root / "no-boot")
+    unreadable = check_vfio_pci_vga(env, profile(tmp_path, GPU))
+    assert unreadable.verdict is Verdict.SKIP
+    assert "cannot read the kernel configuration" in unreadable.detail
