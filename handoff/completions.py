@@ -604,8 +604,9 @@ Use another tree instead of /sys, /proc or /dev (tests, fake hosts).
 \fBHANDOFF_RUN_DIR\fR
 Where sessions keep their run directories (default /run/handoff for root).
 .TP
-\fBHANDOFF_MODULES_ROOT\fR
-Where \fBdoctor\fR looks for modules.dep (default /lib/modules).
+\fBHANDOFF_MODULES_ROOT\fR, \fBHANDOFF_BOOT_ROOT\fR
+Where \fBdoctor\fR looks for modules.dep (default /lib/modules) and the kernel's
+config\-RELEASE (default /boot).
 .SH FILES
 .TP
 /run/handoff/\fINAME\fR/

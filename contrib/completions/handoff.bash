@@ -136,7 +136,7 @@ _handoff() {
             done
             case "$n" in
                 0) _handoff_profiles "$cur" ;;
-                1) COMPREPLY=($(compgen -W "host guest" -- "$cur")) ;;
+                1) COMPREPLY=($(compgen -W "host guest toggle" -- "$cur")) ;;
             esac
             ;;
         groups)

@@ -79,7 +79,7 @@ complete -c handoff -n '__fish_seen_subcommand_from stop; and __handoff_position
 complete -c handoff -n '__fish_seen_subcommand_from switch' -s h -l help -d 'show this help message and exit'
 complete -c handoff -n '__fish_seen_subcommand_from switch' -l json -d 'print JSON for scripts'
 complete -c handoff -n '__fish_seen_subcommand_from switch; and __handoff_position 0' -x -a '(__handoff_profiles)' -d 'PROFILE'
-complete -c handoff -n '__fish_seen_subcommand_from switch; and __handoff_position 1' -x -a 'host guest' -d 'TO'
+complete -c handoff -n '__fish_seen_subcommand_from switch; and __handoff_position 1' -x -a 'host guest toggle' -d 'TO'
 complete -c handoff -n '__fish_seen_subcommand_from groups' -s h -l help -d 'show this help message and exit'
 complete -c handoff -n '__fish_seen_subcommand_from groups' -l json -d 'print JSON for scripts'
 complete -c handoff -n '__fish_seen_subcommand_from detach' -s h -l help -d 'show this help message and exit'
