@@ -12,9 +12,17 @@ refused second run can say who holds it. Because cleanup unlinks the lock
 file, a locker re-checks after flock that the path still names the inode it
 locked (else it locked a file already removed, and tries again).
 
-Cleanup removes the files the session made (:data:`SESSION_FILES`) and then
-the directory only if it is empty: a journal another part left behind (a
-device that could not be returned) stays for ``handoff recover``.
+QEMU may run as an unprivileged user (``vm.user``) who cannot create
+anything in a root-owned 0700 directory, yet QEMU itself creates its
+listening sockets (VNC, a second monitor). Those go into ``qemu/``
+(:func:`qemu_socket_dir`), a 0700 subdirectory owned by the user QEMU runs
+as, so the user never owns the run directory that holds the lock, the
+control socket and the GPU journal.
+
+Cleanup removes the files the session made (:data:`SESSION_FILES`, the
+``qemu/`` directory and its sockets) and then the directory only if it is
+empty: a journal another part left behind (a device that could not be
+returned) stays for ``handoff recover``.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import pwd
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,16 +46,27 @@ __all__ = [
     "SESSION_FILES",
     "RunDir",
     "holder_pid",
+    "qemu_socket_dir",
 ]
 
 LOCK_FILE = "lock"
 CONTROL_SOCKET = "control.sock"
 QEMU_LOG = "qemu.log"
-VNC_SOCKET = "vnc.sock"
 QMP_SOCKET = "qmp.sock"
+QEMU_DIR = "qemu"
+VNC_SOCKET = "vnc.sock"
 
 #: What a session creates in its run directory and removes on the way out.
-SESSION_FILES = (CONTROL_SOCKET, QEMU_LOG, VNC_SOCKET, QMP_SOCKET, LOCK_FILE)
+SESSION_FILES = (CONTROL_SOCKET, QEMU_LOG, QMP_SOCKET, LOCK_FILE)
+
+
+def qemu_socket_dir(paths: HostPaths, profile_name: str) -> Path:
+    """Where QEMU creates its own listening sockets (VNC, extra monitors).
+
+    A 0700 subdirectory of the run directory owned by the user QEMU runs as;
+    created by :meth:`RunDir.acquire`, removed with its contents on release.
+    """
+    return paths.session_dir(profile_name) / QEMU_DIR
 
 _LOCK_ATTEMPTS = 5
 
@@ -88,8 +108,10 @@ class RunDir:
     _lock_fd: int | None = field(default=None, repr=False)
 
     @classmethod
-    def acquire(cls, paths: HostPaths, profile_name: str) -> RunDir:
-        """Create and lock the profile's run directory.
+    def acquire(
+        cls, paths: HostPaths, profile_name: str, *, qemu_user: str | None = None
+    ) -> RunDir:
+        """Create and lock the profile's run directory (and ``qemu/`` for ``qemu_user``).
 
         Raises :class:`SessionBusyError` naming the pid of the supervisor that
         already runs this profile.
@@ -128,8 +150,34 @@ class RunDir:
                 continue
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
-            return cls(path=path, _lock_fd=fd)
+            rundir = cls(path=path, _lock_fd=fd)
+            try:
+                rundir._make_qemu_dir(qemu_user)
+            except BaseException:
+                rundir.release()
+                raise
+            return rundir
         raise SessionError(f"could not lock {lock_path}: it keeps being replaced")
+
+    def _make_qemu_dir(self, user: str | None) -> None:
+        qemu_dir = self.qemu_dir
+        _remove_tree_of_sockets(qemu_dir)  # a crashed session's leftovers
+        qemu_dir.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(qemu_dir, 0o700)
+        if user is not None:
+            try:
+                entry = pwd.getpwnam(user)
+            except KeyError:
+                raise SessionError(
+                    f"vm.user: the user {user!r} does not exist on this host",
+                    fix=f"create it (useradd --system {user}) or remove vm.user",
+                ) from None
+            os.chown(qemu_dir, entry.pw_uid, entry.pw_gid)
+
+    @property
+    def qemu_dir(self) -> Path:
+        """QEMU's own sockets live here (owned by the user QEMU runs as)."""
+        return self.path / QEMU_DIR
 
     @property
     def control_socket(self) -> Path:
@@ -141,7 +189,7 @@ class RunDir:
 
     @property
     def vnc_socket(self) -> Path:
-        return self.path / VNC_SOCKET
+        return self.qemu_dir / VNC_SOCKET
 
     @property
     def locked(self) -> bool:
@@ -153,6 +201,7 @@ class RunDir:
         Returns True when the directory is gone, False when something else
         (a journal) was left in it on purpose. Idempotent.
         """
+        _remove_tree_of_sockets(self.qemu_dir)
         for name in SESSION_FILES:
             if name == LOCK_FILE:
                 continue
@@ -173,3 +222,19 @@ class RunDir:
                 return False
             raise
         return True
+
+
+def _remove_tree_of_sockets(directory: Path) -> None:
+    """Remove ``directory`` and the files directly in it (QEMU's sockets). Idempotent."""
+    try:
+        entries = list(directory.iterdir())
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        directory.unlink()
+        return
+    for entry in entries:
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+            entry.unlink()
+    with contextlib.suppress(OSError):  # something unexpected inside: leave it be
+        directory.rmdir()

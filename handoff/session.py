@@ -57,7 +57,7 @@ from handoff.qemu.cmdline import LaunchSpec, build_argv, format_argv
 from handoff.qemu.process import QemuProcess, describe_exit
 from handoff.qemu.qmp import CONNECT_TIMEOUT, QmpConnection, QmpEvent, connect_qmp
 from handoff.resources import ControlRegistry, HostResource, JsonObject, VmHandle
-from handoff.rundir import RunDir
+from handoff.rundir import VNC_SOCKET, RunDir, qemu_socket_dir
 
 __all__ = [
     "LAUNCH_EXIT_GRACE",
@@ -229,10 +229,9 @@ def session_argv(
     QEMU starts paused (``-S``) so the supervisor's tasks are up before the
     guest's first instruction, and gets QMP on an inherited fd.
     """
-    run = paths.session_dir(profile.name)
+    vnc = qemu_socket_dir(paths, profile.name) / VNC_SOCKET
     return build_argv(
-        profile,
-        _launch_spec(binary, accel, monitor_fd, trace_file, extra_args, run / "vnc.sock"),
+        profile, _launch_spec(binary, accel, monitor_fd, trace_file, extra_args, vnc)
     )
 
 
@@ -441,7 +440,7 @@ class Session:
         checks = preflight(self.profile, self.paths, binary=self.binary)
         state.accel, state.accel_reason = checks.accel, checks.accel_reason
         self.report(f"preflight ok: accelerator {checks.accel} ({checks.accel_reason})")
-        rundir = RunDir.acquire(self.paths, self.profile.name)
+        rundir = RunDir.acquire(self.paths, self.profile.name, qemu_user=self.profile.vm.user)
         try:
             with _collapse_groups():
                 async with trio.open_nursery() as top:

@@ -90,6 +90,7 @@ def write_profile(
     shutdown_timeout: float = 1,
     extra_args: tuple[str, ...] = (),
     disk: Path | None = None,
+    user: str | None = None,
 ) -> Path:
     """A demo-like profile: TCG, 32 MiB, no devices, short shutdown timeout."""
     lines = [
@@ -100,6 +101,8 @@ def write_profile(
         'accel = "tcg"',
         f"shutdown_timeout = {shutdown_timeout}",
     ]
+    if user is not None:
+        lines.append(f'user = "{user}"')
     if extra_args:
         lines.append("extra_args = [" + ", ".join(f'"{a}"' for a in extra_args) + "]")
     if disk is not None:

@@ -9,6 +9,7 @@ double of the *resource* interface (not of QEMU or QMP, which are real).
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import signal
 from collections.abc import Mapping, Sequence
@@ -327,6 +328,22 @@ async def test_a_wedged_qemu_is_taken_down_by_every_rung_of_the_ladder(
     assert outcome.qemu_returncode == -signal.SIGKILL
     assert "had to be killed" in outcome.summary
     assert harness.journal[-1] == "release a"
+    assert_clean_end(harness, qemu_pid_of(harness))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching QEMU's user needs root")
+async def test_qemu_runs_as_the_profiles_unprivileged_user(tmp_path: Path) -> None:
+    profile = load_profile(write_profile(tmp_path, "user", user="nobody"))
+    harness = Harness(profile, HostPaths(run=tmp_path / "run"), [], Lines())
+
+    async def check() -> None:
+        pid = qemu_pid_of(harness)
+        info = os.stat(f"/proc/{pid}")  # /proc/PID belongs to the process's euid
+        assert info.st_uid == pwd.getpwnam("nobody").pw_uid
+        await harness.ask({"command": "stop", "force": True})
+
+    outcome = await drive(harness, harness.session(), check)
+    assert outcome.status == ExitStatus.OK
     assert_clean_end(harness, qemu_pid_of(harness))
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import pwd
 from pathlib import Path
 
 import pytest
 
 from handoff.errors import SessionBusyError, SessionError
 from handoff.host import HostPaths
-from handoff.rundir import RunDir, holder_pid
+from handoff.rundir import RunDir, holder_pid, qemu_socket_dir
 
 
 @pytest.fixture
@@ -67,3 +68,22 @@ def test_a_run_path_that_is_a_file_is_refused(paths: HostPaths) -> None:
     (paths.run / "demo").write_text("")
     with pytest.raises(SessionError, match="is not a directory"):
         RunDir.acquire(paths, "demo")
+
+
+def test_qemu_gets_its_own_socket_directory_owned_by_its_user(paths: HostPaths) -> None:
+    rundir = RunDir.acquire(paths, "demo", qemu_user="nobody")
+    info = os.stat(rundir.qemu_dir)
+    assert rundir.qemu_dir == qemu_socket_dir(paths, "demo")
+    assert info.st_mode & 0o777 == 0o700
+    assert info.st_uid == pwd.getpwnam("nobody").pw_uid
+    assert os.stat(rundir.path).st_uid == os.geteuid(), "the run directory stays ours"
+    assert rundir.vnc_socket.parent == rundir.qemu_dir
+    (rundir.qemu_dir / "input.qmp").write_text("")  # a socket QEMU created
+    assert rundir.release() is True
+    assert not rundir.path.exists()
+
+
+def test_an_unknown_qemu_user_is_refused_and_nothing_is_left(paths: HostPaths) -> None:
+    with pytest.raises(SessionError, match="does not exist"):
+        RunDir.acquire(paths, "demo", qemu_user="no-such-user-handoff")
+    assert not (paths.run / "demo").exists()
