@@ -4,9 +4,11 @@ It mirrors the seed guide's host (an R9 290X with its HDMI audio function in one
 IOMMU group, a NIC, and the chipset group that must never go to a VM):
 
 - GPU lookalike: bochs-display (1234:1111, driver bochs-drm) at slot 06.0,
-  multifunction, + ich9-intel-hda (8086:293e, driver snd_hda_intel, with an
-  hda-output codec) at 06.1. Same slot, so one IOMMU group: handing the "GPU"
-  over means handing over its audio function too.
+  multifunction, + ich9-intel-hda (8086:293e, driver snd_hda_intel) at 06.1.
+  Same slot, so one IOMMU group: handing the "GPU" over means handing over
+  its audio function too. snd_hda_intel binds the controller but finds no
+  codec ("Cannot probe codecs, giving up", with or without an hda-output
+  codec under TCG), so there is no sound card: irrelevant to hand-off.
 - edu (1234:11e8): QEMU's teaching device; no driver, so it shows the "nothing
   to unbind" path.
 - e1000e (8086:10d3): a real host driver with a network interface.
@@ -52,9 +54,7 @@ def qemu_args() -> list[str]:
     """QEMU arguments adding the standard device set to a q35 machine."""
     return [
         "-device", "bochs-display,addr=06.0,multifunction=on",
-        "-device", "ich9-intel-hda,id=hda0,addr=06.1",
-        "-audiodev", "none,id=snd0",
-        "-device", "hda-output,bus=hda0.0,audiodev=snd0",
+        "-device", "ich9-intel-hda,addr=06.1",
         "-device", "edu,addr=07.0",
         "-netdev", "user,id=n0,restrict=on",
         "-device", "e1000e,netdev=n0,addr=08.0",

@@ -237,8 +237,8 @@ class GuestRun:
         self._say(f"testbed: booting the real-kernel VM for {len(self.nodeids)} realkernel test(s)")
         try:
             prepared = runner.prepare(self.options)
-        except runner.TestbedError as error:
-            self.problem = f"testbed set-up failed: {error}"
+        except Exception as error:  # every realkernel test fails with it, none waits
+            self.problem = f"testbed set-up failed: {type(error).__name__}: {error}"
             self._done.set()
             return
         self.run_dir = runner.new_run_dir(self.options.cache)
