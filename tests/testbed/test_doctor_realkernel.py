@@ -4,8 +4,10 @@ guest's real systemd-udevd: the seed guide's unsolved udev rule, working."""
 
 from __future__ import annotations
 
+import dataclasses
 import grp
 import os
+import pwd
 import shutil
 import stat
 import subprocess
@@ -15,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from handoff.checks import DoctorEnv, Verdict
-from handoff.checks.nodes import HANDOFF_GROUP, UDEV_RULE_NAME, check_udev_rule
+from handoff.checks.access import Identity, resolve_identity
+from handoff.checks.nodes import HANDOFF_GROUP, UDEV_RULE_NAME, check_udev_rule, check_vfio_nodes
 from handoff.doctor import render_text, run_checks
 from handoff.pci.address import PciAddress
 from handoff.profile import Profile, parse_profile
@@ -100,6 +103,17 @@ def handoff_udev_rule() -> Iterator[int]:
         subprocess.run(["udevadm", "control", "--reload"], check=True, env=UDEV_ENV)
 
 
+def wait_for_group(node: Path, gid: int) -> os.stat_result:
+    """Settle udev until ``node`` exists with group ``gid`` (bounded by guest.wait_for)."""
+
+    def applied() -> os.stat_result | None:
+        guest.udev_settle()
+        st = node.stat() if node.exists() else None
+        return st if st is not None and st.st_gid == gid else None
+
+    return guest.wait_for(applied, f"udev to give {node} to group {gid}")
+
+
 @pytest.mark.usefixtures("vfio_pci")
 def test_the_udev_rule_gives_dev_vfio_n_to_the_handoff_group(
     edu: PciAddress, handoff_udev_rule: int
@@ -109,12 +123,7 @@ def test_the_udev_rule_gives_dev_vfio_n_to_the_handoff_group(
     guest.wait_for_driver(edu, "vfio-pci")
     node = Path(f"/dev/vfio/{group}")
 
-    def applied() -> os.stat_result | None:
-        guest.udev_settle()
-        st = node.stat() if node.exists() else None
-        return st if st is not None and st.st_gid == handoff_udev_rule else None
-
-    st = guest.wait_for(applied, f"udev to give {node} to group {HANDOFF_GROUP}")
+    st = wait_for_group(node, handoff_udev_rule)
     assert stat.S_ISCHR(st.st_mode)
     assert stat.S_IMODE(st.st_mode) == 0o660
     assert check_udev_rule(DoctorEnv.from_environment()).verdict is Verdict.OK
@@ -138,3 +147,48 @@ def test_the_udev_rule_gives_dev_uinput_to_the_handoff_group(handoff_udev_rule: 
     st = Path("/dev/uinput").stat()
     assert st.st_gid == handoff_udev_rule
     assert stat.S_IMODE(st.st_mode) == 0o660
+
+
+@pytest.fixture
+def gamer() -> Identity:
+    """A person in the handoff group (the guest's /etc is a tmpfs overlay)."""
+    guest.require_guest("the gamer fixture")
+    try:
+        grp.getgrnam(HANDOFF_GROUP)
+    except KeyError:
+        subprocess.run(["groupadd", "--system", HANDOFF_GROUP], check=True)
+    try:
+        pwd.getpwnam("gamer")
+    except KeyError:
+        subprocess.run(["useradd", "--no-create-home", "-G", HANDOFF_GROUP, "gamer"], check=True)
+    return resolve_identity("gamer", 0)
+
+
+@pytest.mark.usefixtures("vfio_pci")
+def test_without_the_rule_doctor_says_a_person_cannot_open_dev_vfio_n(
+    edu: PciAddress, gamer: Identity
+) -> None:
+    group = guest.iommu_group_of(edu)
+    guest.bind_to(edu, "vfio-pci")
+    guest.wait_for_driver(edu, "vfio-pci")
+    guest.udev_settle()
+    env = dataclasses.replace(DoctorEnv.from_environment(), euid=gamer.uid)
+    check = check_vfio_nodes(env, gamer, [group])
+    assert check.verdict is Verdict.FAIL, check
+    assert f"/dev/vfio/{group} (root:root 0600) is not read/write for gamer" in check.detail
+    assert "70-handoff.rules" in (check.fix or "")
+
+
+@pytest.mark.usefixtures("vfio_pci")
+def test_with_the_rule_doctor_says_a_handoff_group_member_can_open_dev_vfio_n(
+    edu: PciAddress, gamer: Identity, handoff_udev_rule: int
+) -> None:
+    group = guest.iommu_group_of(edu)
+    guest.bind_to(edu, "vfio-pci")
+    guest.wait_for_driver(edu, "vfio-pci")
+    node = Path(f"/dev/vfio/{group}")
+    wait_for_group(node, handoff_udev_rule)
+    env = dataclasses.replace(DoctorEnv.from_environment(), euid=gamer.uid)
+    check = check_vfio_nodes(env, gamer, [group])
+    assert check.verdict is Verdict.OK, check
+    assert f"/dev/vfio/{group} (root:{HANDOFF_GROUP} 0660)" in check.detail
