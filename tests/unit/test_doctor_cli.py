@@ -231,3 +231,21 @@ def test_the_real_cli_runs_doctor_and_returns_its_exit_status(
     out = capsys.readouterr().out
     assert "fail  iommu" in out
     assert status == EXIT_FAIL
+
+
+@needs_qemu
+def test_a_profile_naming_a_missing_disk_fails_profile_files_with_the_parsers_fix(
+    tmp_path: Path,
+) -> None:
+    host = ready_host(tmp_path / "host")
+    missing = tmp_path / "win.img"
+    profile = parse_profile(
+        GPU_PROFILE + f'[[disk]]\npath = "{missing}"\nformat = "qcow2"\n', tmp_path / "win.toml"
+    )
+    files = next(c for c in run_checks(host.env(), profile) if c.name == "profile-files")
+    assert files.verdict is Verdict.FAIL
+    assert "disk[0].path" in files.detail
+    assert (
+        files.fix
+        == f"create the image (qemu-img create -f qcow2 {missing} 64G) or correct the path"
+    )
