@@ -42,7 +42,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from handoff.input.forward import QmpBackend, QmpSocketTransport
+from handoff.input.forward import IN_FLIGHT, QmpBackend, QmpSocketTransport
 from handoff.input.router import InputRouter, RouterCore
 from handoff.profile import InputMode
 
@@ -70,8 +70,8 @@ class Qemu:
         ]  # fmt: skip
         self.process = subprocess.Popen(argv)
 
-    async def connect(self) -> QmpSocketTransport:
-        return await QmpSocketTransport.connect(self.socket)
+    async def connect(self, in_flight: int = IN_FLIGHT) -> QmpSocketTransport:
+        return await QmpSocketTransport.connect(self.socket, max_in_flight=in_flight)
 
     async def quit(self, transport: QmpSocketTransport) -> list[tuple[float, str, str]]:
         with trio.move_on_after(5):
@@ -141,9 +141,11 @@ async def drive(frames: int, hz: float, emit: Any) -> list[tuple[float, int]]:
 # --------------------------------------------------------------------------- host
 
 
-async def host_arm(kind: str, frames: int, hz: float, workdir: Path) -> tuple[list[float], str]:
+async def host_arm(
+    kind: str, frames: int, hz: float, workdir: Path, in_flight: int = IN_FLIGHT
+) -> tuple[list[float], str]:
     qemu = Qemu(workdir)
-    transport = await qemu.connect()
+    transport = await qemu.connect(in_flight if kind == "handoff" else 8)
     cpu0 = time.process_time()
     async with trio.open_nursery() as nursery:
         if kind == "handoff":
@@ -196,7 +198,7 @@ async def host_arm(kind: str, frames: int, hz: float, workdir: Path) -> tuple[li
 async def host(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base, base_info = await host_arm("baseline", args.frames, args.hz, Path(tmp))
-        ours, our_info = await host_arm("handoff", args.frames, args.hz, Path(tmp))
+        ours, our_info = await host_arm("handoff", args.frames, args.hz, Path(tmp), args.in_flight)
     print(summary("minimal pre-encoded client", base, base_info))
     print(summary("handoff qmp backend", ours, our_info))
     print(ratio("handoff / minimal client", ours, base))
@@ -260,7 +262,7 @@ async def testbed(args: argparse.Namespace, mode: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         extra = ["-object", f"input-linux,id=il0,evdev={path_a}"] if mode == "latency" else []
         qemu = Qemu(Path(tmp), extra)
-        transport = await qemu.connect()
+        transport = await qemu.connect(args.in_flight)
         backend = QmpBackend()
         router = InputRouter(RouterCore({29, 97}, InputMode.GUEST), backend)
         async with trio.open_nursery() as nursery:
@@ -328,6 +330,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=2000)
     parser.add_argument("--hz", type=float, default=None)
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--in-flight", type=int, default=IN_FLIGHT, help="handoff's request depth")
     args = parser.parse_args()
     if args.mode == "host":
         args.hz = args.hz or 1000.0

@@ -10,7 +10,8 @@ processes one monitor request at a time and queues at most 8, so a mouse at
 1-8 kHz outruns it as soon as a round trip costs more than the report
 interval. Therefore:
 
-* at most :data:`MAX_IN_FLIGHT` requests are outstanding;
+* at most :data:`IN_FLIGHT` (2; QEMU's own limit :data:`MAX_IN_FLIGHT` is
+  8) requests are outstanding;
 * while they are, batches wait in a :class:`BatchQueue`, where a batch that
   is only relative motion is merged into the waiting tail batch (its x/y
   added): total motion in = total motion out, only its granularity changes;
@@ -48,6 +49,13 @@ from handoff.input.translate import Event, FrameTranslator, QmpEvent, is_motion_
 log = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT = 8  # QEMU's per-monitor request queue (QMP_REQ_QUEUE_LEN_MAX)
+# Requests handoff keeps outstanding. QEMU serves a monitor one request at a
+# time, so every request queued behind the one being served adds a whole
+# service time to the latency of everything after it; motion waiting in
+# handoff's own queue instead is merged into one request. Two keep QEMU busy
+# (the next request is already there when one finishes) without building a
+# queue; see bench/README.md for the measurements.
+IN_FLIGHT = 2
 CONNECT_TIMEOUT = 10.0
 
 
@@ -177,7 +185,9 @@ class QmpSocketTransport:
     the n-th reply belongs to the n-th request, and a slot is freed per reply.
     """
 
-    def __init__(self, stream: trio.SocketStream, max_in_flight: int = MAX_IN_FLIGHT) -> None:
+    def __init__(self, stream: trio.SocketStream, max_in_flight: int = IN_FLIGHT) -> None:
+        if not 1 <= max_in_flight <= MAX_IN_FLIGHT:
+            raise ValueError(f"max_in_flight must be 1..{MAX_IN_FLIGHT}")
         self._stream = stream
         self._slots = trio.Semaphore(max_in_flight)
         self._buffer = bytearray()
@@ -187,7 +197,9 @@ class QmpSocketTransport:
         self.idle = _Idle()
 
     @classmethod
-    async def connect(cls, path: Path, deadline: float = CONNECT_TIMEOUT) -> QmpSocketTransport:
+    async def connect(
+        cls, path: Path, deadline: float = CONNECT_TIMEOUT, max_in_flight: int = IN_FLIGHT
+    ) -> QmpSocketTransport:
         """Connect to ``path``, read the greeting, negotiate capabilities.
 
         QEMU creates the socket while it starts, so the connection is retried
@@ -200,7 +212,7 @@ class QmpSocketTransport:
                     stream = await trio.open_unix_socket(str(path))
                 except (FileNotFoundError, ConnectionRefusedError):
                     await trio.sleep(0.02)
-            transport = cls(stream)
+            transport = cls(stream, max_in_flight)
             greeting = await transport._read_message()
             if "QMP" not in greeting:
                 raise InputError(f"{path} is not a QMP monitor (no greeting)")
