@@ -55,7 +55,13 @@ from handoff.qemu.accel import choose_accel
 from handoff.qemu.capabilities import check_profile
 from handoff.qemu.cmdline import LaunchSpec, build_argv, format_argv
 from handoff.qemu.process import QemuProcess, describe_exit
-from handoff.qemu.qmp import CONNECT_TIMEOUT, QmpConnection, QmpEvent, connect_qmp
+from handoff.qemu.qmp import (
+    CONNECT_TIMEOUT,
+    QmpConnection,
+    QmpDisconnectedError,
+    QmpEvent,
+    connect_qmp,
+)
 from handoff.resources import ControlRegistry, HostResource, JsonObject, VmHandle
 from handoff.rundir import VNC_SOCKET, RunDir, qemu_socket_dir
 
@@ -560,8 +566,8 @@ class Session:
             if state.stop is None:
                 try:
                     await qmp.execute("cont")
-                except QmpError as exc:
-                    log.debug("cont failed: %s", exc)
+                except QmpDisconnectedError:
+                    pass  # QEMU already exited: reported below
                 else:
                     state.phase = Phase.RUNNING
                     self.report(

@@ -81,6 +81,9 @@ MAX_IN_FLIGHT = 8
 #: init is done, which with passthrough includes pinning all guest RAM.
 CONNECT_TIMEOUT = 120.0
 
+#: Seconds closing the connection (disconnect, then the thread) may take.
+CLOSE_TIMEOUT = 5.0
+
 _HANDSHAKE_LINE_MAX = 1 << 20
 
 #: A QMP event as QEMU sends it: ``{"event": NAME, "data": {...}, "timestamp": {...}}``.
@@ -134,7 +137,10 @@ class _AsyncioThread:
             return
         with contextlib.suppress(RuntimeError):  # loop already closed
             self.loop.call_soon_threadsafe(self.loop.stop)
-        await trio.to_thread.run_sync(self._thread.join)
+        with trio.move_on_after(CLOSE_TIMEOUT) as scope:
+            await trio.to_thread.run_sync(self._thread.join, abandon_on_cancel=True)
+        if scope.cancelled_caught:  # a daemon thread: abandoning it leaks, never hangs
+            log.warning("the QMP thread did not stop within %g s; abandoning it", CLOSE_TIMEOUT)
 
 
 async def _await_future(future: concurrent.futures.Future[T], token: trio.lowlevel.TrioToken) -> T:
@@ -219,7 +225,10 @@ class QmpConnection:
         self._closed = True
         with trio.CancelScope(shield=True):
             try:
-                await self._call(_disconnect_quietly(self._client))
+                # Bounded: a wedged QEMU that reads nothing would keep the
+                # writer's flush (and so the disconnect) waiting forever.
+                with trio.move_on_after(CLOSE_TIMEOUT):
+                    await self._call(_disconnect_quietly(self._client))
             finally:
                 self._pump.cancel()
                 await self._thread.stop()
