@@ -174,13 +174,21 @@ class Preflight:
     accel_reason: str
 
 
-def default_resources(profile: Profile, paths: HostPaths) -> list[HostResource]:
+def _print_line(line: str) -> None:
+    print(f"handoff: {line}", flush=True)
+
+
+def default_resources(
+    profile: Profile, paths: HostPaths, *, report: Callable[[str], None] | None = None
+) -> list[HostResource]:
     """The host resources a profile needs, in acquisition order.
 
     GPU hand-off and input hand-off each add one line here (the GPU first:
-    input proxies do not depend on it, but the GPU must be on vfio-pci before
-    QEMU opens it, and releasing in reverse returns input to the host first).
+    it must be on vfio-pci before QEMU opens it; releasing in reverse gives
+    keyboard and mouse back to the host first). ``report`` is the session's
+    status-line printer, for resources that report their own steps.
     """
+    report = report or _print_line
     resources: list[HostResource] = []
     return resources
 
@@ -318,10 +326,6 @@ class SessionVm:
 
     async def execute(self, command: str, arguments: Mapping[str, object] | None = None) -> object:
         return await self._qmp.execute(command, arguments)
-
-
-def _print_line(line: str) -> None:
-    print(f"handoff: {line}", flush=True)
 
 
 @dataclass
