@@ -36,6 +36,7 @@ from handoff.checks.iommu import check_interrupt_remapping, check_iommu, check_k
 from handoff.checks.kernel import check_kernel_version, check_module, check_vfio_pci_vga
 from handoff.checks.kvm import check_kvm
 from handoff.checks.memlock import check_memlock
+from handoff.checks.modprobe import check_modprobe_config
 from handoff.checks.nodes import (
     check_input_devices,
     check_udev_rule,
@@ -71,6 +72,7 @@ def run_checks(
         check_module(env, "vfio"),
         check_module(env, "vfio_iommu_type1"),
         check_module(env, "vfio_pci"),
+        check_modprobe_config(env),
     ]
     if profile is not None and not profile.passthrough:
         passthrough = [_not_needed(c) for c in passthrough]

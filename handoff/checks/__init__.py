@@ -110,6 +110,7 @@ class DoctorEnv:
     ``host`` carries the kernel roots (fake trees in tests, the testbed's
     real kernel, or the host). ``modules`` is /lib/modules (modules.dep,
     modules.builtin); ``boot`` holds the kernel's config-RELEASE;
+    ``modprobe_dirs`` are kmod's configuration directories in its order;
     ``udev_rule_dirs`` are udev's rule directories in its own precedence
     order. ``euid`` is the user running doctor: root may chown device nodes
     and raise limits for QEMU, a person may not.
@@ -120,6 +121,13 @@ class DoctorEnv:
     udev_rule_dirs: tuple[Path, ...] = DEFAULT_UDEV_RULE_DIRS
     euid: int = 0
     boot: Path = Path("/boot")
+    modprobe_dirs: tuple[Path, ...] = (
+        Path("/etc/modprobe.d"),
+        Path("/run/modprobe.d"),
+        Path("/usr/local/lib/modprobe.d"),
+        Path("/usr/lib/modprobe.d"),
+        Path("/lib/modprobe.d"),
+    )
 
     @classmethod
     def from_environment(cls) -> DoctorEnv:

@@ -47,6 +47,7 @@ class FakeHost:
             modules=self.modules,
             udev_rule_dirs=(self.etc_rules, self.lib_rules),
             euid=euid,
+            modprobe_dirs=(self.root / "etc" / "modprobe.d", self.root / "usr/lib/modprobe.d"),
         )
 
     @staticmethod

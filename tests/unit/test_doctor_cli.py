@@ -64,7 +64,7 @@ def test_a_ready_host_and_profile_pass_every_check_in_the_seeds_order(tmp_path: 
     profile = parse_profile(GPU_PROFILE, tmp_path / "win.toml")
     checks = run_checks(host.env(), profile)
     names = [c.name for c in checks]
-    assert names[:9] == [
+    assert names[:10] == [
         "cpu-virtualization",
         "iommu",
         "kernel-cmdline",
@@ -73,6 +73,7 @@ def test_a_ready_host_and_profile_pass_every_check_in_the_seeds_order(tmp_path: 
         "module:vfio",
         "module:vfio_iommu_type1",
         "module:vfio_pci",
+        "modprobe.d",
         "kvm",
     ]
     assert "passthrough-plan" in names

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,7 @@ from handoff.checks.kernel import (
     module_state,
 )
 from handoff.checks.kvm import check_kvm
+from handoff.checks.modprobe import check_modprobe_config
 from handoff.profile import parse_profile
 from tests.unit.doctor_fakes import AMD_FLAGS, RELEASE, FakeHost
 
@@ -322,3 +325,47 @@ def test_a_pvm_host_warns_that_kvm_crawls_and_tcg_is_used(host: FakeHost) -> Non
     check = check_kvm(host.env(), read_cpuinfo(host.env()), ROOT)
     assert check.verdict is Verdict.WARN
     assert "KVM crawls here (PVM host), TCG will be used" in check.detail
+
+
+# ---------------------------------------------------------------- modprobe.d
+
+
+def test_the_seeds_two_module_blacklist_line_warns_that_amdgpu_stays_free(
+    host: FakeHost,
+) -> None:
+    host.write(host.root / "etc/modprobe.d/radeon.conf", "blacklist radeon amdgpu\n")
+    check = check_modprobe_config(host.env())
+    assert check.verdict is Verdict.WARN
+    assert "radeon.conf:1: 'blacklist radeon amdgpu' (amdgpu)" in check.detail
+    assert (check.fix or "").startswith("write one `blacklist NAME` line per module")
+
+
+def test_blacklisted_gpu_drivers_and_vfio_ids_are_reported(host: FakeHost) -> None:
+    host.write(
+        host.root / "etc/modprobe.d/vfio.conf",
+        "blacklist radeon\nblacklist amdgpu  # the seed's card\n"
+        "options vfio-pci ids=1002:67b0,1002:aac8 disable_vga=1\n",
+    )
+    check = check_modprobe_config(host.env())
+    assert check.verdict is Verdict.OK
+    assert "blacklisted: amdgpu, radeon" in check.detail
+    assert "vfio-pci ids=1002:67b0,1002:aac8 reserves every device" in check.detail
+
+
+def test_a_file_in_etc_overrides_the_same_name_in_usr_lib(host: FakeHost) -> None:
+    host.write(host.root / "usr/lib/modprobe.d/gpu.conf", "blacklist nouveau extra\n")
+    host.write(host.root / "etc/modprobe.d/gpu.conf", "# emptied by the admin\n")
+    check = check_modprobe_config(host.env())
+    assert check.verdict is Verdict.OK
+    assert check.detail.startswith("nothing about GPUs or vfio-pci in")
+
+
+@pytest.mark.skipif(shutil.which("modprobe") is None, reason="kmod's modprobe is not installed")
+def test_kmod_itself_ignores_the_second_name_of_a_blacklist_line(tmp_path: Path) -> None:
+    conf = tmp_path / "seed.conf"
+    conf.write_text("blacklist radeon amdgpu\n")
+    shown = subprocess.run(
+        ["modprobe", "-C", str(conf), "--showconfig"], capture_output=True, text=True
+    ).stdout
+    assert "blacklist radeon" in shown
+    assert "blacklist amdgpu" not in shown
