@@ -23,6 +23,12 @@ Three measurements (each prints one summary line per arm and the ratio):
     python bench/input_latency.py host [--frames 2000 --hz 1000]
     tests/testbed/testbed.sh -- .venv/bin/python bench/input_latency.py testbed
     tests/testbed/testbed.sh -- .venv/bin/python bench/input_latency.py burst --seconds 60
+    tests/testbed/testbed.sh -- .venv/bin/python bench/input_latency.py virtio
+
+``virtio`` (testbed)
+    handoff's own cost on the virtio path: source evdev event → the copy in
+    the uinput proxy (kernel timestamps on both ends). QEMU reads the proxy
+    as input-linux reads a device, so add the anchor's latency.
 """
 
 from __future__ import annotations
@@ -324,9 +330,72 @@ async def testbed(args: argparse.Namespace, mode: str) -> None:
           f"requests {transport.sent}, merged {backend.queue.merged}")  # fmt: skip
 
 
+async def virtio(args: argparse.Namespace) -> None:
+    """handoff's own cost on the virtio path: source event → copy in the proxy.
+
+    QEMU reads the proxy the way input-linux reads a device, so the virtio
+    path's latency is the anchor's plus this copy; measured with no QEMU
+    holding the proxy so that a reader here sees the copies and their kernel
+    timestamps.
+    """
+    from evdev import InputDevice
+
+    from handoff.input.virtio import VirtioProxies
+
+    proxies = VirtioProxies("bench")
+    proxies.create()
+    reader = InputDevice(proxies.nodes[1])
+    driver = subprocess.Popen(  # noqa: ASYNC220 (a helper that lives for the whole run)
+        [sys.executable, "-c", DRIVER, "latency", str(args.hz), str(args.frames)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert driver.stdin is not None
+    assert driver.stdout is not None
+    _, path_b, _ = json.loads(driver.stdout.readline())
+    router = InputRouter(RouterCore({29, 97}, InputMode.GUEST), proxies)
+    copies: list[tuple[float, int]] = []
+    total = 0
+
+    async def read_copies() -> None:
+        nonlocal total
+        while True:
+            await trio.lowlevel.wait_readable(reader.fd)
+            for event in reader.read():
+                if event.type == EV_REL and event.code == REL_Y:
+                    total += event.value
+                    copies.append((event.sec + event.usec / 1e6, total))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(router.run_device, "b", InputDevice(path_b))
+        nursery.start_soon(read_copies)
+        await trio.sleep(1.0)
+        cpu0 = time.process_time()
+        driver.stdin.write("go\n")
+        driver.stdin.flush()
+        line = await trio.to_thread.run_sync(driver.stdout.readline)
+        cpu = time.process_time() - cpu0
+        router.close()
+        nursery.cancel_scope.cancel()
+    driver.stdin.write("done\n")
+    driver.stdin.flush()
+    driver.wait(30)
+    reader.close()
+    proxies.destroy()
+    sent, running = [], 0
+    for n, t in enumerate(json.loads(line)["sent"]):
+        running += n % 50 + 1
+        sent.append((t, running))
+    copy = latencies(sent, copies)
+    print(
+        summary("handoff virtio copy", copy, f"motion {running} in, {total} out  cpu {cpu:.2f} s")
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=("host", "testbed", "burst"))
+    parser.add_argument("mode", choices=("host", "testbed", "burst", "virtio"))
     parser.add_argument("--frames", type=int, default=2000)
     parser.add_argument("--hz", type=float, default=None)
     parser.add_argument("--seconds", type=float, default=60.0)
@@ -335,6 +404,9 @@ def main() -> None:
     if args.mode == "host":
         args.hz = args.hz or 1000.0
         trio.run(host, args)
+    elif args.mode == "virtio":
+        args.hz = args.hz or 1000.0
+        trio.run(virtio, args)
     else:
         args.hz = args.hz or (1000.0 if args.mode == "testbed" else 8000.0)
         trio.run(testbed, args, "latency" if args.mode == "testbed" else "burst")
