@@ -135,6 +135,53 @@ needs_zsh = pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not i
 needs_fish = pytest.mark.skipif(shutil.which("fish") is None, reason="fish is not installed")
 
 
+# A real interactive zsh in a pseudo-terminal (zsh/zpty): compinit with the script
+# under test first in $fpath, compadd wrapped to log every match to a file, then
+# TAB on the line. Each step ends with a marker line that is read back, so nothing
+# waits on a timer.
+ZSH_HARNESS = r"""
+zmodload zsh/zpty || exit 3
+fpath_dir=$1 hits=$2; shift 2
+zpty z zsh -f -i
+zpty -w z "fpath=($fpath_dir \$fpath); autoload -U compinit; compinit -u -D; print -r -- 'S''TEP1'"
+zpty -r -m z line '*STEP1*' || exit 4
+zpty -w z 'compadd () {
+  if [[ ${@[1,(i)(-|--)]} == *-(O|A|D)\ * ]]; then builtin compadd "$@"; return $?; fi
+  typeset -a __hits; builtin compadd -A __hits "$@"; (( $#__hits )) || return 1
+  print -r -l -- ${^__hits} >> '$hits'; builtin compadd "$@"
+}; print -r -- "S""TEP2"'
+zpty -r -m z line '*STEP2*' || exit 5
+for cmdline in "$@"; do
+  print -r -- "@@" >> $hits
+  zpty -w -n z "$cmdline"$'\t'
+  zpty -w -n z $'\C-u'
+  zpty -w z "print -r -- 'D''ONE'"
+  zpty -r -m z line '*DONE*' || exit 6
+done
+zpty -d z
+"""
+
+
+def zsh_complete(script: Path, lines: list[str], cwd: Path) -> list[list[str]]:
+    """For each line, the matches zsh's completion system offers for it + TAB."""
+    fpath = cwd / "fpath"
+    fpath.mkdir(exist_ok=True)
+    shutil.copyfile(script, fpath / "_handoff")
+    harness = cwd / "harness.zsh"
+    harness.write_text(ZSH_HARNESS)
+    hits = cwd / "hits"
+    hits.write_text("")
+    subprocess.run(
+        ["zsh", "-f", str(harness), str(fpath), str(hits), *lines],
+        cwd=cwd,
+        env={**os.environ, "HOME": str(cwd), "XDG_CONFIG_HOME": str(cwd / "config")},
+        timeout=60,
+        check=True,
+    )
+    blocks = hits.read_text().split("@@\n")[1:]
+    return [sorted(set(block.split())) for block in blocks]
+
+
 @needs_zsh
 def test_zsh_script_parses(generated: dict[str, Path]) -> None:
     subprocess.run(["zsh", "-n", str(generated["completions/_handoff"])], check=True)
@@ -147,6 +194,29 @@ def test_zsh_specs_escape_brackets_and_colons_in_help(generated: dict[str, Path]
     assert "'1:PROFILE:_handoff_profiles'" in text
     assert "'*:ADDRESS:_handoff_addresses'" in text
     assert "'2::TO:(host guest)'" in text
+
+
+@needs_zsh
+def test_zsh_completes_subcommands_positionals_and_options(
+    generated: dict[str, Path], tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "win10.toml").write_text("")
+    script = generated["completions/_handoff"]
+    lines = [
+        "handoff ",
+        "handoff sw",
+        "handoff run ",
+        "handoff switch win10 ",
+        "handoff run --dr",
+    ]
+    commands, prefix, profiles, choices, option = zsh_complete(script, lines, work)
+    assert commands == ["detach", "run", "switch"]
+    assert prefix == ["switch"]
+    assert "win10.toml" in profiles
+    assert choices == ["guest", "host"]
+    assert option == ["--dry-run"]
 
 
 @needs_fish
@@ -257,3 +327,10 @@ def test_the_regeneration_command_writes_every_file(
     for rel, text in real.items():
         assert (tmp_path / rel).read_text() == text
     assert capsys.readouterr().out.count("wrote ") == len(real)
+
+
+@needs_zsh
+def test_the_real_zsh_completion_offers_every_subcommand(tmp_path: Path) -> None:
+    script = CONTRIB / "completions" / "_handoff"
+    (offered,) = zsh_complete(script, ["handoff "], tmp_path)
+    assert {c.name for c in handoff_cli().commands} <= set(offered)
