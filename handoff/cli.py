@@ -165,13 +165,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_argv(args: argparse.Namespace) -> int:
     from handoff.profile import load_profile
-    from handoff.qemu.accel import choose_accel
+    from handoff.qemu.accel import choose_accel, kvm_problem
     from handoff.qemu.cmdline import format_argv
     from handoff.session import session_argv
 
     profile = load_profile(resolve_profile(args.profile))
     paths = _paths()
-    choice = choose_accel(profile.vm.accel, paths)
+    # Showing a command changes nothing, so a KVM profile is shown as written
+    # even on a host where `run` would refuse it; the reason goes to stderr.
+    choice = choose_accel(profile.vm.accel, paths, strict=False)
+    if choice.accel == "kvm" and kvm_problem(paths) is not None:
+        print(f"handoff: note: {choice.reason}", file=sys.stderr)
     accel: str = choice.accel
     argv = session_argv(profile, paths, accel, binary=args.qemu)
     print(format_argv(argv))

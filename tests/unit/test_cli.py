@@ -105,3 +105,19 @@ def test_status_text_shows_phase_pids_accelerator_and_resources() -> None:
         "  gpu: devices=2",
         "  input: mode=guest",
     ]
+
+
+def test_argv_shows_a_kvm_profile_on_a_host_without_working_kvm_and_says_why(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_sys = tmp_path / "sys"
+    (fake_sys / "module" / "kvm_pvm").mkdir(parents=True)
+    monkeypatch.setenv("HANDOFF_SYSFS_ROOT", str(fake_sys))
+    monkeypatch.setenv("HANDOFF_RUN_DIR", str(tmp_path / "run"))
+    seed = Path(__file__).parents[2] / "profiles" / "seed-two-gpu.toml"
+    assert main(["argv", str(seed)]) == 0
+    captured = capsys.readouterr()
+    assert "accel=kvm" in captured.out
+    assert "-device vfio-pci,host=0000:01:00.0" in captured.out
+    assert "`handoff run` would refuse here" in captured.err
+    assert "kvm_pvm" in captured.err
