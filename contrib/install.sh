@@ -26,6 +26,8 @@ apt_pkgs=(qemu-system-x86 qemu-utils ovmf kmod pciutils udev python3 python3-ven
 # Tests: the testbed guest (busybox initramfs, the Debian kernel unpacked with dpkg,
 # systemd-udevd inside the guest from the host's udev package).
 [ "$dev" = 1 ] && apt_pkgs+=(busybox-static cpio)
+# Tests of the generated completions and man page run the real shells and groff.
+[ "$dev" = 1 ] && apt_pkgs+=(zsh fish groff-base)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
