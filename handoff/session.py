@@ -188,8 +188,16 @@ def default_resources(
     keyboard and mouse back to the host first). ``report`` is the session's
     status-line printer, for resources that report their own steps.
     """
+    from handoff.input.resource import InputHandoff
+    from handoff.pci.resource import GpuHandoff
+    from handoff.profile import InputBackend
+
     report = report or _print_line
     resources: list[HostResource] = []
+    if profile.passthrough:
+        resources.append(GpuHandoff(profile, paths, report=report))
+    if profile.input.backend is not InputBackend.NONE:
+        resources.append(InputHandoff(profile, paths))
     return resources
 
 
