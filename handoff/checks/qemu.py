@@ -81,33 +81,31 @@ OVMF_CODE_CANDIDATES: tuple[Path, ...] = (
 
 
 def check_ovmf(profile: Profile, candidates: tuple[Path, ...] = OVMF_CODE_CANDIDATES) -> Check:
-    """OVMF code and vars files when the profile boots UEFI (most GPUs' option ROMs want it)."""
+    """OVMF code and vars files when the profile boots UEFI (most GPUs' option ROMs want it).
+
+    A missing code image is answered with the one this distribution installed,
+    when one of the usual places has it.
+    """
     name = "ovmf"
     fw = profile.firmware
-    if fw.type is not FirmwareType.OVMF:
+    if fw.type is not FirmwareType.OVMF or fw.code is None:
         return skip(name, 'firmware.type = "seabios": no UEFI firmware needed')
     install = "apt-get install ovmf (Debian), emerge sys-firmware/edk2-ovmf (Gentoo)"
-    if fw.code is not None:
-        code = fw.code
-        if not code.is_file():
-            return fail(name, f"firmware.code {code} does not exist", install + " or fix the path")
-    else:
+    if not fw.code.is_file():
         found = [c for c in candidates if c.is_file()]
-        if not found:
-            shown = ", ".join(str(c) for c in candidates[:3])
-            return fail(name, f"no OVMF code image ({shown}, ...)", install)
-        code = found[0]
-    parts = [f"code {code}"]
+        fix = f'set firmware.code = "{found[0]}"' if found else install
+        return fail(name, f"{profile.source}: firmware.code {fw.code} does not exist", fix)
+    parts = [f"code {fw.code}"]
     if fw.vars is not None and fw.vars.is_file():
         parts.append(f"vars {fw.vars}")
-    elif fw.vars_template is not None:
-        if not fw.vars_template.is_file():
-            return fail(
-                name,
-                f"firmware.vars_template {fw.vars_template} does not exist",
-                install + " or fix the path",
-            )
+    elif fw.vars_template is not None and fw.vars_template.is_file():
         parts.append(f"vars created from {fw.vars_template} on first run")
-    elif fw.vars is not None:
-        parts.append(f"vars {fw.vars} created on first run")
+    else:
+        missing = fw.vars_template or fw.vars
+        return fail(
+            name,
+            f"{profile.source}: neither firmware.vars nor firmware.vars_template exists "
+            f"({missing})",
+            install + ", or fix the path",
+        )
     return ok(name, "; ".join(parts))

@@ -402,11 +402,26 @@ def test_ovmf_files_present_are_ok_and_missing_ones_fail(tmp_path: Path) -> None
     p = profile(tmp_path, body)
     missing = check_ovmf(p)
     assert missing.verdict is Verdict.FAIL
-    assert f"firmware.vars_template {template} does not exist" in missing.detail
+    assert "neither firmware.vars nor firmware.vars_template exists" in missing.detail
+    assert str(template) in missing.detail
     template.write_bytes(b"\0" * 16)
     present = check_ovmf(p)
     assert present.verdict is Verdict.OK
-    assert f"code {code}" in present.detail
+    assert present.detail == f"code {code}; vars created from {template} on first run"
+
+
+def test_a_missing_ovmf_code_image_is_answered_with_the_installed_one(tmp_path: Path) -> None:
+    installed = tmp_path / "usr-share-OVMF" / "OVMF_CODE_4M.fd"
+    installed.parent.mkdir()
+    installed.write_bytes(b"\0" * 16)
+    (tmp_path / "VARS.fd").write_bytes(b"\0" * 16)
+    body = (
+        '[firmware]\ntype = "ovmf"\ncode = "/nonexistent/OVMF_CODE.fd"\n'
+        f'vars_template = "{tmp_path / "VARS.fd"}"\n'
+    )
+    check = check_ovmf(profile(tmp_path, body), candidates=(tmp_path / "nope.fd", installed))
+    assert check.verdict is Verdict.FAIL
+    assert check.fix == f'set firmware.code = "{installed}"'
 
 
 def test_the_fake_tree_owner_is_this_test_user(host: FakeHost) -> None:
