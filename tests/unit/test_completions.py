@@ -136,9 +136,10 @@ needs_fish = pytest.mark.skipif(shutil.which("fish") is None, reason="fish is no
 
 
 # A real interactive zsh in a pseudo-terminal (zsh/zpty): compinit with the script
-# under test first in $fpath, compadd wrapped to log every match to a file, then
-# TAB on the line. Each step ends with a marker line that is read back, so nothing
-# waits on a timer.
+# under test first in $fpath, compadd wrapped to log every match to a file, then a
+# key bound to complete-word followed by a marker. Each step waits for its marker
+# before the next keys are typed (zsh's completion skips work while typeahead is
+# pending), so nothing waits on a timer and nothing races.
 ZSH_HARNESS = r"""
 zmodload zsh/zpty || exit 3
 fpath_dir=$1 hits=$2; shift 2
@@ -149,14 +150,17 @@ zpty -w z 'compadd () {
   if [[ ${@[1,(i)(-|--)]} == *-(O|A|D)\ * ]]; then builtin compadd "$@"; return $?; fi
   typeset -a __hits; builtin compadd -A __hits "$@"; (( $#__hits )) || return 1
   print -r -l -- ${^__hits} >> '$hits'; builtin compadd "$@"
-}; print -r -- "S""TEP2"'
+}
+tcomp() { zle complete-word; print -rn -- $'"'"'\nCMP'"'"'DONE'"'"'\n'"'"' > /dev/tty }
+zle -N tcomp; bindkey "^T" tcomp; print -r -- "S""TEP2"'
 zpty -r -m z line '*STEP2*' || exit 5
 for cmdline in "$@"; do
   print -r -- "@@" >> $hits
-  zpty -w -n z "$cmdline"$'\t'
+  zpty -w -n z "$cmdline"$'\C-t'
+  zpty -r -m z line '*CMPDONE*' || exit 6
   zpty -w -n z $'\C-u'
   zpty -w z "print -r -- 'D''ONE'"
-  zpty -r -m z line '*DONE*' || exit 6
+  zpty -r -m z line '*DONE*' || exit 7
 done
 zpty -d z
 """
