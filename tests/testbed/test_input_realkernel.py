@@ -312,3 +312,77 @@ async def test_virtio_proxies_receive_extra_buttons_and_hi_res_wheels_unchanged(
         reader.close()
     finally:
         proxies.destroy()
+
+
+async def test_a_whole_session_forwards_uinput_typing_and_switches_over_the_control_socket(
+    tmp_path: Path,
+) -> None:
+    """`handoff run` in-process: the real Session, its resources, its control socket."""
+    from handoff import control
+    from handoff.profile import Accel
+    from handoff.session import Phase, Session, default_resources
+
+    keyboard, mouse = make_keyboard(), make_mouse()
+    profile = Profile(
+        vm=VmSpec(name="tbrun", memory_mib=64, cpus=1, accel=Accel.TCG, shutdown_timeout=0.5),
+        source=tmp_path / "tbrun.toml",
+        input=Input(
+            backend=InputBackend.QMP,
+            start_in=InputMode.GUEST,
+            devices=(f"name:{KBD_NAME}", f"name:{MOUSE_NAME}"),
+        ),
+    )
+    paths = HostPaths(run=tmp_path / "run")
+    trace = tmp_path / "trace.log"
+    lines: list[str] = []
+    session = Session(
+        profile,
+        paths,
+        default_resources(profile, paths),
+        report=lines.append,
+        handle_signals=False,
+        trace_file=trace,
+    )
+    sock = paths.session_dir("tbrun") / "control.sock"
+
+    async def ask(message: dict[str, object]) -> dict[str, Any]:
+        return await trio.to_thread.run_sync(lambda: control.request(sock, message))
+
+    def input_status() -> dict[str, Any]:
+        status: dict[str, Any] = session.status()["resources"]["input"]
+        return status
+
+    try:
+        with trio.fail_after(240):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(session.run)
+                await until(lambda: session.phase is Phase.RUNNING, "session running", 120)
+                await until(
+                    lambda: [d["grabbed"] for d in input_status()["devices"]] == [True, True],
+                    "both devices grabbed",
+                )
+                tap(keyboard, KEY_A)
+                mouse.write(EV_KEY, BTN_EXTRA, 1)
+                mouse.syn()
+                mouse.write(EV_KEY, BTN_EXTRA, 0)
+                mouse.syn()
+                await until(lambda: "extra" in trace.read_text(), "the click in the trace", 20)
+                assert await ask({"command": "switch", "mode": "host"}) == {
+                    "mode": "host",
+                    "pending": None,
+                }
+                assert not any(d["grabbed"] for d in input_status()["devices"])
+                tap(keyboard, KEY_C)  # the host's now
+                assert await ask({"command": "switch", "mode": "toggle"}) == {
+                    "mode": "guest",
+                    "pending": None,
+                }
+                tap(keyboard, KEY_B)
+                await until(lambda: "qcode b" in trace.read_text(), "b in the trace", 20)
+                await ask({"command": "stop"})
+    finally:
+        keyboard.close()
+        mouse.close()
+    keys = [(n, v) for k, n, v in parse(trace) if k == "key_qcode"]
+    assert keys == [("a", "1"), ("a", "0"), ("b", "1"), ("b", "0")]
+    assert not paths.session_dir("tbrun").exists()
