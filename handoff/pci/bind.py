@@ -34,6 +34,7 @@ import errno
 import logging
 import os
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -44,24 +45,26 @@ from handoff.errors import BindError, HandoffError, HostError, SysfsTimeoutError
 from handoff.host import HostPaths
 from handoff.pci import journal as jr
 from handoff.pci.address import PciAddress
-from handoff.pci.holders import node_holders
+from handoff.pci.holders import Holder, node_holders
 from handoff.pci.plan import HandoffPlan
 from handoff.pci.sysfs import (
     VFIO_DRIVER,
     VFIO_MODULE,
-    PciDevice,
-    device_dir,
+    Binding,
     driver_loaded,
     drivers_dir,
     drivers_probe_path,
+    read_binding,
     read_boot_id,
-    read_device,
     vfio_group_node,
 )
 
 log = logging.getLogger("handoff.pci")
 
-WRITE_TIMEOUT = 10.0  # seconds one sysfs write may take before it is reported stuck
+# Seconds one device's step sequence (its 3-4 sysfs writes, read-backs and
+# journal writes) may take before it is reported stuck. A GPU driver's unbind
+# can legitimately take seconds (amdgpu tears down its display and memory).
+WRITE_TIMEOUT = 20.0
 VFIO_NODE_TIMEOUT = 2.0  # seconds for /dev/vfio/N to appear after the bind (devtmpfs)
 MODPROBE_TIMEOUT = 60.0
 
@@ -133,41 +136,120 @@ _ERRNO_FIXES = {
 }
 
 
+class _AbandonedError(Exception):
+    """Raised in a worker thread whose caller gave up on it: make no further change."""
+
+
+@dataclass
+class _Ticket:
+    """Shared between one worker thread and its caller.
+
+    The caller sets ``abandoned`` when the deadline passes or it is cancelled;
+    the thread checks it before every journal write and sysfs write, so a
+    thread that was stuck in the kernel and later returns changes nothing
+    more. ``path``/``value`` name the write in progress for the error.
+    """
+
+    abandoned: bool = False
+    path: Path | None = None
+    value: str = ""
+
+    def describe(self) -> str:
+        shown = self.value.strip() or "\\n"
+        return f"writing {shown!r} to {self.path}"
+
+
 @dataclass
 class Engine:
-    """Applies plans and journals to the host through one :class:`SysfsWriter`."""
+    """Applies plans and journals to the host through one :class:`SysfsWriter`.
+
+    Each device's step sequence (journal write, sysfs write, read-back,
+    next step...) runs as one call in a worker thread under
+    ``write_timeout``: one thread hand-off per device instead of one per
+    write (a cross-thread wake-up costs milliseconds under emulation), and
+    the journal's fsyncs stay off the event loop.
+    """
 
     paths: HostPaths
     writer: SysfsWriter
     write_timeout: float = WRITE_TIMEOUT
-    notes: list[str] = field(default_factory=list)
+    # Devices whose step thread was abandoned while stuck in the kernel: a
+    # rollback leaves them in the journal (their write may still land later)
+    # for `handoff recover` to finish once the kernel lets go.
+    stuck: dict[str, str] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ primitives
 
-    async def write(self, path: Path, value: str) -> None:
-        """One sysfs write in a worker thread under the deadline, errors named."""
-        writer = self.writer
-        shown = value.strip() or "\\n"
+    async def _in_thread(self, work: Callable[..., str], address: str, *args: object) -> str:
+        """Run ``work(ticket, *args)`` for ``address`` in a worker thread under the deadline."""
+        ticket = _Ticket()
         try:
             with trio.fail_after(self.write_timeout):
-                await trio.to_thread.run_sync(writer.write, path, value, abandon_on_cancel=True)
+                try:
+                    return await trio.to_thread.run_sync(
+                        work, ticket, *args, abandon_on_cancel=True
+                    )
+                except BaseException:
+                    ticket.abandoned = True
+                    if ticket.path is not None:  # given up on while inside a write
+                        self.stuck[address] = ticket.describe()
+                    raise
         except trio.TooSlowError as exc:
+            what = self.stuck.get(address, "a step of the hand-off")
             raise SysfsTimeoutError(
-                f"writing {shown!r} to {path} did not return within {self.write_timeout:g} s: "
-                "the kernel is stuck in this write (the thread is left behind)",
+                f"{what} did not return within {self.write_timeout:g} s: the kernel is stuck "
+                "in this write (the thread is left behind and will change nothing more)",
                 fix="look at `dmesg` for a hung task or a driver waiting for its users; "
                 "close every program using the device; a reboot may be needed to free it",
             ) from exc
+
+    def _write(self, ticket: _Ticket, path: Path, value: str) -> None:
+        """One sysfs write (in the worker thread), its errno turned into a named error."""
+        if ticket.abandoned:
+            raise _AbandonedError
+        ticket.path, ticket.value = path, value
+        try:
+            self.writer.write(path, value)
         except OSError as exc:
             code = exc.errno or 0
             name = errno.errorcode.get(code, str(code))
+            shown = value.strip() or "\\n"
             raise SysfsWriteError(
                 f"writing {shown!r} to {path} failed: {name} ({os.strerror(code)})",
                 fix=_ERRNO_FIXES.get(code, "look at `dmesg` for the kernel's reason"),
             ) from exc
+        finally:
+            ticket.path = None
 
-    def read(self, address: PciAddress) -> PciDevice:
-        return read_device(self.paths, address)
+    @staticmethod
+    def _step(ticket: _Ticket, journal: jr.Journal, address: str, step: str) -> None:
+        """Write-ahead: the step a device is about to take, unless the caller gave up."""
+        if ticket.abandoned:
+            raise _AbandonedError
+        ticket.path, ticket.value = journal.path, "the journal"
+        try:
+            journal.set_step(address, step)
+        finally:
+            ticket.path = None
+
+    async def write(self, path: Path, value: str) -> None:
+        """One sysfs write in a worker thread under the deadline (for manual use)."""
+
+        def work(ticket: _Ticket) -> str:
+            self._write(ticket, path, value)
+            return ""
+
+        await self._in_thread(work, str(path))
+
+    def read(self, address: PciAddress) -> Binding:
+        """The device's driver and driver_override now (BindError if it vanished)."""
+        binding = read_binding(self.paths, address)
+        if binding is None:
+            raise BindError(
+                f"{address.short} vanished from the bus",
+                fix="check `dmesg` (surprise removal, or a device that fell off the bus)",
+            )
+        return binding
 
     async def ensure_module(self, driver: str, module: str | None) -> None:
         """Load ``module`` when ``driver`` is not registered (never unloads anything)."""
@@ -208,48 +290,58 @@ class Engine:
                     original_override=device.driver_override,
                 )
             )
-        journal.save()
         try:
+            await trio.to_thread.run_sync(journal.save)
             await self.ensure_module(VFIO_DRIVER, VFIO_MODULE)
             for device in plan.detach_order:
-                await self._detach_one(device.address, journal)
+                await self._in_thread(
+                    self._detach_one, str(device.address), device.address, journal
+                )
             for group in plan.group_ids:
                 await self._wait_vfio_node(group)
             if vfio_owner is not None:
                 for group in plan.group_ids:
                     self._chown_node(vfio_group_node(self.paths, group), vfio_owner, journal)
         except (Exception, trio.Cancelled, KeyboardInterrupt) as failure:
+            rollback: HandoffError | None = None
             with trio.CancelScope(shield=True):
                 try:
                     await self.give_back(journal)
-                except HandoffError as rollback:
-                    raise BindError(
-                        f"{failure}\nand returning the devices failed too: {rollback}",
-                        fix="run `handoff recover` once the cause is fixed; "
-                        f"the journal {journal.path} keeps what is left to return",
-                    ) from failure
+                except HandoffError as exc:
+                    rollback = exc
+            if rollback is not None and isinstance(failure, HandoffError):
+                raise type(failure)(
+                    f"{failure.message}\nand returning the devices failed too: "
+                    f"{rollback.message}",
+                    fix="run `handoff recover` once the cause is fixed; "
+                    f"the journal {journal.path} keeps what is left to return",
+                ) from failure
+            if rollback is not None:
+                # Cancelled / interrupted: that must propagate; the journal keeps the rest.
+                log.warning("returning the devices after an interruption failed: %s", rollback)
             raise
 
-    async def _detach_one(self, address: PciAddress, journal: jr.Journal) -> None:
+    def _detach_one(self, ticket: _Ticket, address: PciAddress, journal: jr.Journal) -> str:
+        """driver_override → unbind → drivers_probe → verify (→ bind). Worker thread."""
         name = str(address)
-        dev = device_dir(self.paths, address)
+        override = f"{self.paths.sys}/bus/pci/devices/{name}/driver_override"
         current = self.read(address)
         if current.driver == VFIO_DRIVER and current.driver_override == VFIO_DRIVER:
-            journal.set_step(name, jr.STEP_ON_VFIO)
-            return
-        journal.set_step(name, jr.STEP_OVERRIDE)
-        await self.write(dev / "driver_override", VFIO_DRIVER)
+            self._step(ticket, journal, name, jr.STEP_ON_VFIO)
+            return name
+        self._step(ticket, journal, name, jr.STEP_OVERRIDE)
+        self._write(ticket, Path(override), VFIO_DRIVER)
         if current.driver is not None and current.driver != VFIO_DRIVER:
-            journal.set_step(name, jr.STEP_UNBIND)
-            await self.write(drivers_dir(self.paths) / current.driver / "unbind", name)
+            self._step(ticket, journal, name, jr.STEP_UNBIND)
+            self._write(ticket, drivers_dir(self.paths) / current.driver / "unbind", name)
         if current.driver != VFIO_DRIVER:
-            journal.set_step(name, jr.STEP_PROBE)
-            await self.write(drivers_probe_path(self.paths), name)
+            self._step(ticket, journal, name, jr.STEP_PROBE)
+            self._write(ticket, drivers_probe_path(self.paths), name)
         now = self.read(address)
         if now.driver != VFIO_DRIVER:
-            journal.set_step(name, jr.STEP_BIND)
+            self._step(ticket, journal, name, jr.STEP_BIND)
             try:
-                await self.write(drivers_dir(self.paths) / VFIO_DRIVER / "bind", name)
+                self._write(ticket, drivers_dir(self.paths) / VFIO_DRIVER / "bind", name)
             except SysfsWriteError as exc:
                 raise BindError(
                     f"{address.short} did not bind to vfio-pci (it is on "
@@ -263,7 +355,8 @@ class Engine:
                     "vfio-pci",
                     fix="look at `dmesg` for vfio-pci's reason",
                 )
-        journal.set_step(name, jr.STEP_ON_VFIO)
+        self._step(ticket, journal, name, jr.STEP_ON_VFIO)
+        return name
 
     async def _wait_vfio_node(self, group: int) -> None:
         """/dev/vfio/N appears when the group's first device binds (devtmpfs: at once)."""
@@ -302,14 +395,27 @@ class Engine:
         """
         notes: list[str] = []
         failures: list[HandoffError] = _restore_nodes(journal)
+        checked: set[int] = set()
         for record in reversed(list(journal.devices)):
+            if record.address in self.stuck:
+                failures.append(
+                    SysfsTimeoutError(
+                        f"{record.address} stays in the journal: {self.stuck[record.address]} "
+                        "is still stuck in the kernel"
+                    )
+                )
+                continue
             try:
-                note = await self._return_one(record, journal)
+                original = record.original_driver
+                if original not in (None, VFIO_DRIVER) and not driver_loaded(self.paths, original):
+                    await self.ensure_module(original, record.original_module)
+                note = await self._in_thread(
+                    self._return_one, record.address, record, journal, checked
+                )
             except HandoffError as exc:
                 failures.append(exc)
                 continue
             notes.append(note)
-            journal.drop_device(record.address)
         if failures:
             raise BindError(
                 "could not return every device:\n" + "\n".join(f"  - {f}" for f in failures),
@@ -319,13 +425,30 @@ class Engine:
         journal.remove()
         return notes
 
-    async def _return_one(self, record: jr.DeviceRecord, journal: jr.Journal) -> str:
+    def _return_one(
+        self, ticket: _Ticket, record: jr.DeviceRecord, journal: jr.Journal, checked: set[int]
+    ) -> str:
+        """vfio-pci unbind → driver_override restored → drivers_probe → verify (→ bind).
+
+        Idempotent from any state the detach (or a crash) left. Worker thread;
+        the record leaves the journal once the device is back.
+        """
+        note = self._return_steps(ticket, record, journal, checked)
+        if ticket.abandoned:
+            raise _AbandonedError
+        journal.drop_device(record.address)
+        return note
+
+    def _return_steps(
+        self, ticket: _Ticket, record: jr.DeviceRecord, journal: jr.Journal, checked: set[int]
+    ) -> str:
         address = PciAddress.parse(record.address)
-        dev = device_dir(self.paths, address)
-        if not (dev / "config").exists():
+        override = Path(f"{self.paths.sys}/bus/pci/devices/{record.address}/driver_override")
+        found = read_binding(self.paths, address)
+        if found is None:
             return f"{address.short} is gone from the bus; nothing to return"
         original = record.original_driver
-        current = self.read(address)
+        current = found
         if current.driver == original and current.driver_override == record.original_override:
             return f"{address.short} is on {original or 'no driver'}, as before"
         if current.driver not in (None, VFIO_DRIVER, original):
@@ -336,31 +459,35 @@ class Engine:
                 f"/sys/bus/pci/drivers/{current.driver}/unbind, then `handoff attach "
                 f"{address.short}`",
             )
-        journal.set_step(record.address, jr.STEP_RETURNING)
+        self._step(ticket, journal, record.address, jr.STEP_RETURNING)
         if current.driver == VFIO_DRIVER and original != VFIO_DRIVER:
-            holders = node_holders(self.paths, vfio_group_node(self.paths, record.group))
+            # Unbinding vfio-pci under an open group blocks until the user lets go:
+            # name the user instead. One /proc scan per group and return.
+            holders: tuple[Holder, ...] = ()
+            if record.group not in checked:
+                holders = node_holders(self.paths, vfio_group_node(self.paths, record.group))
             if holders:
                 raise BindError(
                     f"{address.short} cannot leave vfio-pci: /dev/vfio/{record.group} is still "
                     "open (" + ", ".join(h.describe() for h in holders) + ")",
                     fix="stop that process (the VM using the group), then `handoff recover`",
                 )
-            await self.write(drivers_dir(self.paths) / VFIO_DRIVER / "unbind", record.address)
-        await self.write(dev / "driver_override", record.original_override or "\n")
+            checked.add(record.group)
+            self._write(ticket, drivers_dir(self.paths) / VFIO_DRIVER / "unbind", record.address)
+        self._write(ticket, override, record.original_override or "\n")
         if original is None or original == VFIO_DRIVER:
             now = self.read(address)
             if now.driver != original and original == VFIO_DRIVER:
-                await self.write(drivers_probe_path(self.paths), record.address)
+                self._write(ticket, drivers_probe_path(self.paths), record.address)
             return f"{address.short} is back on {original or 'no driver'}"
         now = self.read(address)
         if now.driver is None:
-            await self.ensure_module(original, record.original_module)
-            await self.write(drivers_probe_path(self.paths), record.address)
+            self._write(ticket, drivers_probe_path(self.paths), record.address)
             now = self.read(address)
         if now.driver != original:
             if now.driver is None:
                 try:
-                    await self.write(drivers_dir(self.paths) / original / "bind", record.address)
+                    self._write(ticket, drivers_dir(self.paths) / original / "bind", record.address)
                 except SysfsWriteError as exc:
                     raise BindError(
                         f"{address.short} did not return to {original}: {exc.message}",

@@ -100,35 +100,38 @@ def find_holders(paths: HostPaths, nodes: Iterable[WatchedNode]) -> dict[str, tu
     and the write deadline cover the rest.
     """
     watched = list(nodes)
+    if not watched:
+        return {}
     by_path = {node.path: node for node in watched}
     by_rdev: Mapping[int, WatchedNode] = {
         node.rdev: node for node in watched if node.rdev is not None
     }
     found: dict[str, list[Holder]] = {node.path: [] for node in watched}
-    if not watched:
-        return {}
+    proc = str(paths.proc)
     try:
-        pids = [name for name in os.listdir(paths.proc) if name.isdigit()]
+        pids = [name for name in os.listdir(proc) if name.isdigit()]
     except OSError:
         pids = []
     me = str(os.getpid())
+    # Plain strings and os.* here: this loop runs over every fd of every
+    # process, and pathlib's per-object cost dominated it.
     for pid in pids:
         if pid == me:
             continue
-        fd_dir = paths.proc / pid / "fd"
+        fd_dir = f"{proc}/{pid}/fd"
         try:
             fds = os.listdir(fd_dir)
         except OSError:
             continue
         matched: set[str] = set()
         for fd in fds:
-            link = fd_dir / fd
+            link = f"{fd_dir}/{fd}"
             try:
                 target = os.readlink(link)
             except OSError:
                 continue
             node = by_path.get(target)
-            if node is None and by_rdev:
+            if node is None and by_rdev and target.startswith("/"):
                 try:
                     st = os.stat(link)
                 except OSError:

@@ -31,8 +31,9 @@ import fcntl
 import json
 import os
 import signal
+import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,8 @@ class Journal:
     qemu_pid: int | None = None
     qemu_start_time: int | None = None
     writes: int = 0
+    # Saves come from worker threads (the engine's step sequences); one at a time.
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     # ------------------------------------------------------------------ persistence
 
@@ -117,8 +120,8 @@ class Journal:
             "supervisor_pid": self.supervisor_pid,
             "qemu_pid": self.qemu_pid,
             "qemu_start_time": self.qemu_start_time,
-            "devices": [asdict(d) for d in self.devices],
-            "nodes": [asdict(n) for n in self.nodes],
+            "devices": [vars(d).copy() for d in self.devices],
+            "nodes": [vars(n).copy() for n in self.nodes],
         }
 
     @classmethod
@@ -146,13 +149,17 @@ class Journal:
 
     def save(self) -> None:
         """Atomically replace the file: temp + fsync + rename + fsync(dir)."""
+        with self._lock:
+            self._save()
+
+    def _save(self) -> None:
         directory = self.path.parent
         try:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             tmp = directory / f".{self.path.name}.tmp"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
-                os.write(fd, json.dumps(self.to_json(), indent=1).encode())
+                os.write(fd, json.dumps(self.to_json(), separators=(",", ":")).encode())
                 os.fsync(fd)
             finally:
                 os.close(fd)

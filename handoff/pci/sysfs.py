@@ -288,6 +288,39 @@ def read_device(paths: HostPaths, address: PciAddress) -> PciDevice:
     )
 
 
+@dataclass(frozen=True)
+class Binding:
+    """The two things a bind step changes: the driver link and driver_override."""
+
+    driver: str | None
+    driver_override: str | None
+
+
+def read_binding(paths: HostPaths, address: PciAddress) -> Binding | None:
+    """The device's current driver and driver_override, None when it is gone.
+
+    The hot path of detach and return (read back after every write): two
+    system calls, where :func:`read_device` reads the whole device.
+    """
+    base = f"{paths.sys}/bus/pci/devices/{address}"
+    try:
+        driver: str | None = os.path.basename(os.readlink(f"{base}/driver"))
+    except FileNotFoundError:
+        driver = None
+    except OSError:
+        return None
+    try:
+        with open(f"{base}/driver_override", encoding="ascii", errors="replace") as attr:
+            override: str | None = attr.read().strip()
+    except FileNotFoundError:
+        if not os.path.exists(f"{base}/config"):
+            return None
+        override = None
+    except OSError:
+        return None
+    return Binding(driver, None if override in (None, "", "(null)") else override)
+
+
 def list_addresses(paths: HostPaths) -> tuple[PciAddress, ...]:
     """Every PCI function the kernel knows, sorted."""
     names = _children(pci_devices_dir(paths), "")

@@ -69,6 +69,7 @@ class _Fault:
     block: bool = False
     vanish: PciAddress | None = None
     ignore: bool = False
+    apply_late: bool = False
     once: bool = True
 
 
@@ -225,9 +226,13 @@ class FakeHost:
         """The next write to ``path`` fails with ``code`` (every write unless once)."""
         self._faults[Path(os.path.realpath(path))] = _Fault(errno=code, once=once)
 
-    def block(self, path: Path) -> None:
-        """The next write to ``path`` blocks until :meth:`release_blocked` (test teardown)."""
-        self._faults[Path(os.path.realpath(path))] = _Fault(block=True)
+    def block(self, path: Path, *, then_apply: bool = False) -> None:
+        """The next write to ``path`` blocks until :meth:`release_blocked`.
+
+        Then it fails with EINTR, or with ``then_apply`` goes through late,
+        as a kernel write stuck on a driver finally does.
+        """
+        self._faults[Path(os.path.realpath(path))] = _Fault(block=True, apply_late=then_apply)
 
     def vanish_on(self, path: Path, address: str) -> None:
         """Hot-remove ``address`` when ``path`` is written (the write then sees it gone)."""
@@ -261,7 +266,9 @@ class FakeHost:
             del self._faults[real]
         if fault is not None and fault.block:
             self._release.wait()
-            raise OSError(errno.EINTR, os.strerror(errno.EINTR), str(path))
+            if not fault.apply_late:
+                raise OSError(errno.EINTR, os.strerror(errno.EINTR), str(path))
+            fault = None
         with self._lock:
             if fault is not None and fault.vanish is not None:
                 self._remove_device(fault.vanish)
