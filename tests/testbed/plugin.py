@@ -178,6 +178,7 @@ class GuestRun:
         self.config = config
         self.nodeids = nodeids
         self.reader = ReportReader(config)
+        self.tail_shown_with: str | None = None
         for nodeid in nodeids:
             self.reader.outcomes[nodeid] = GuestOutcome()
         self.started = False
@@ -331,6 +332,10 @@ class GuestRun:
         if self.run_dir is not None:
             console = self.run_dir / "console.log"
             parts.append(f"console: {console}")
+            if self.tail_shown_with is not None:
+                parts.append(f"(the console's tail is shown with {self.tail_shown_with})")
+                return "\n".join(parts)
+            self.tail_shown_with = nodeid
             with suppress(OSError):
                 tail = console.read_text(errors="replace").splitlines()[-CONSOLE_TAIL:]
                 parts.append("---- guest console (tail) ----\n" + "\n".join(tail))
