@@ -34,10 +34,10 @@ import errno
 import logging
 import os
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import trio
 
@@ -60,6 +60,7 @@ from handoff.pci.sysfs import (
 )
 
 log = logging.getLogger("handoff.pci")
+_T = TypeVar("_T")
 
 # Seconds one device's step sequence (its 3-4 sysfs writes, read-backs and
 # journal writes) may take before it is reported stuck. A GPU driver's unbind
@@ -151,6 +152,7 @@ class _Ticket:
     """
 
     abandoned: bool = False
+    address: str = ""
     path: Path | None = None
     value: str = ""
 
@@ -180,11 +182,15 @@ class Engine:
 
     # ------------------------------------------------------------------ primitives
 
-    async def _in_thread(self, work: Callable[..., str], address: str, *args: object) -> str:
-        """Run ``work(ticket, *args)`` for ``address`` in a worker thread under the deadline."""
+    async def _in_thread(self, budget: float, work: Callable[..., _T], *args: object) -> _T:
+        """Run ``work(ticket, *args)`` in a worker thread, reported stuck after ``budget`` s.
+
+        One thread hand-off for a whole step sequence: a cross-thread wake-up
+        costs milliseconds under emulation, and fsync stays off the event loop.
+        """
         ticket = _Ticket()
         try:
-            with trio.fail_after(self.write_timeout):
+            with trio.fail_after(budget):
                 try:
                     return await trio.to_thread.run_sync(
                         work, ticket, *args, abandon_on_cancel=True
@@ -192,15 +198,16 @@ class Engine:
                 except BaseException:
                     ticket.abandoned = True
                     if ticket.path is not None:  # given up on while inside a write
-                        self.stuck[address] = ticket.describe()
+                        self.stuck[ticket.address] = ticket.describe()
                     raise
         except trio.TooSlowError as exc:
-            what = self.stuck.get(address, "a step of the hand-off")
+            what = self.stuck.get(ticket.address, "a step of the hand-off")
             raise SysfsTimeoutError(
-                f"{what} did not return within {self.write_timeout:g} s: the kernel is stuck "
+                f"{what} did not return within {budget:g} s: the kernel is stuck "
                 "in this write (the thread is left behind and will change nothing more)",
                 fix="look at `dmesg` for a hung task or a driver waiting for its users; "
-                "close every program using the device; a reboot may be needed to free it",
+                "close every program using the device; a reboot may be needed to free it; "
+                "then `handoff recover`",
             ) from exc
 
     def _write(self, ticket: _Ticket, path: Path, value: str) -> None:
@@ -235,11 +242,10 @@ class Engine:
     async def write(self, path: Path, value: str) -> None:
         """One sysfs write in a worker thread under the deadline (for manual use)."""
 
-        def work(ticket: _Ticket) -> str:
+        def work(ticket: _Ticket) -> None:
             self._write(ticket, path, value)
-            return ""
 
-        await self._in_thread(work, str(path))
+        await self._in_thread(self.write_timeout, work)
 
     def read(self, address: PciAddress) -> Binding:
         """The device's driver and driver_override now (BindError if it vanished)."""
@@ -291,12 +297,10 @@ class Engine:
                 )
             )
         try:
-            await trio.to_thread.run_sync(journal.save)
             await self.ensure_module(VFIO_DRIVER, VFIO_MODULE)
-            for device in plan.detach_order:
-                await self._in_thread(
-                    self._detach_one, str(device.address), device.address, journal
-                )
+            addresses = [device.address for device in plan.detach_order]
+            budget = self.write_timeout * max(1, len(addresses))
+            await self._in_thread(budget, self._detach_all, addresses, journal)
             for group in plan.group_ids:
                 await self._wait_vfio_node(group)
             if vfio_owner is not None:
@@ -321,9 +325,20 @@ class Engine:
                 log.warning("returning the devices after an interruption failed: %s", rollback)
             raise
 
+    def _detach_all(
+        self, ticket: _Ticket, addresses: Sequence[PciAddress], journal: jr.Journal
+    ) -> None:
+        """The journal's first record, then every device in order. Worker thread."""
+        if ticket.abandoned:
+            raise _AbandonedError
+        journal.save()
+        for address in addresses:
+            self._detach_one(ticket, address, journal)
+
     def _detach_one(self, ticket: _Ticket, address: PciAddress, journal: jr.Journal) -> str:
         """driver_override → unbind → drivers_probe → verify (→ bind). Worker thread."""
         name = str(address)
+        ticket.address = name
         override = f"{self.paths.sys}/bus/pci/devices/{name}/driver_override"
         current = self.read(address)
         if current.driver == VFIO_DRIVER and current.driver_override == VFIO_DRIVER:
@@ -393,29 +408,19 @@ class Engine:
         recover` can try again) and a BindError lists them after every
         other device was handled.
         """
-        notes: list[str] = []
         failures: list[HandoffError] = _restore_nodes(journal)
-        checked: set[int] = set()
-        for record in reversed(list(journal.devices)):
-            if record.address in self.stuck:
-                failures.append(
-                    SysfsTimeoutError(
-                        f"{record.address} stays in the journal: {self.stuck[record.address]} "
-                        "is still stuck in the kernel"
-                    )
-                )
+        records = list(reversed(journal.devices))
+        for record in records:
+            original = record.original_driver
+            if original in (None, VFIO_DRIVER) or driver_loaded(self.paths, original):
                 continue
             try:
-                original = record.original_driver
-                if original not in (None, VFIO_DRIVER) and not driver_loaded(self.paths, original):
-                    await self.ensure_module(original, record.original_module)
-                note = await self._in_thread(
-                    self._return_one, record.address, record, journal, checked
-                )
+                await self.ensure_module(original, record.original_module)
             except HandoffError as exc:
                 failures.append(exc)
-                continue
-            notes.append(note)
+        budget = self.write_timeout * max(1, len(records))
+        notes, failed = await self._in_thread(budget, self._return_all, records, journal)
+        failures += failed
         if failures:
             raise BindError(
                 "could not return every device:\n" + "\n".join(f"  - {f}" for f in failures),
@@ -425,6 +430,28 @@ class Engine:
         journal.remove()
         return notes
 
+    def _return_all(
+        self, ticket: _Ticket, records: Sequence[jr.DeviceRecord], journal: jr.Journal
+    ) -> tuple[list[str], list[HandoffError]]:
+        """Every device back, each failure collected so the others still return."""
+        notes: list[str] = []
+        failures: list[HandoffError] = []
+        checked: set[int] = set()
+        for record in records:
+            if record.address in self.stuck:
+                failures.append(
+                    SysfsTimeoutError(
+                        f"{record.address} stays in the journal: {self.stuck[record.address]} "
+                        "was still stuck in the kernel"
+                    )
+                )
+                continue
+            try:
+                notes.append(self._return_one(ticket, record, journal, checked))
+            except HandoffError as exc:
+                failures.append(exc)
+        return notes, failures
+
     def _return_one(
         self, ticket: _Ticket, record: jr.DeviceRecord, journal: jr.Journal, checked: set[int]
     ) -> str:
@@ -433,6 +460,7 @@ class Engine:
         Idempotent from any state the detach (or a crash) left. Worker thread;
         the record leaves the journal once the device is back.
         """
+        ticket.address = record.address
         note = self._return_steps(ticket, record, journal, checked)
         if ticket.abandoned:
             raise _AbandonedError

@@ -130,7 +130,7 @@ async def test_a_write_that_blocks_is_reported_and_the_rest_rolls_back(
     with trio.fail_after(20), pytest.raises(SysfsTimeoutError) as caught:
         await engine.detach(gpu_plan(host), journal)
     assert "drivers/amdgpu/unbind" in caught.value.message
-    assert "within 2 s" in caught.value.message
+    assert "within 4 s" in caught.value.message  # 2 s for each of the 2 devices
     assert caught.value.fix is not None
     assert "handoff recover" in caught.value.fix
     assert host.state()["01:00.1"] == ("snd_hda_intel", "(null)")
