@@ -339,7 +339,11 @@ def ensure_kernel(cache: Path) -> Kernel:
         work = Path(tmp)
         # apt-get download runs as _apt when it can; give it a directory it may write.
         os.chmod(work, 0o755)
-        run_quiet(["apt-get", "download", "-q", package], cwd=work)
+        try:
+            run_quiet(["apt-get", "download", "-q", package], cwd=work)
+        except TestbedError:  # stale lists name a version the mirror no longer has
+            run_quiet(["apt-get", "update", "-qq"])
+            run_quiet(["apt-get", "download", "-q", package], cwd=work)
         (deb,) = work.glob(f"{package}_*.deb")
         version = run_quiet(["dpkg-deb", "-f", str(deb), "Version"]).strip()
         unpacked = work / "root"
