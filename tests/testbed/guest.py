@@ -117,13 +117,18 @@ def restore_driver(address: PciAddress, driver: str | None) -> None:
 
 
 def wait_udev_settled(timeout: float = 300.0) -> None:
-    """Wait for the guest's udev coldplug (started by stage2.sh) to finish."""
+    """Wait for the guest's udev coldplug (started by stage2.sh); udevd must answer."""
     code = wait_for(
         lambda: UDEV_SETTLED.read_text().strip() if UDEV_SETTLED.exists() else None,
         "the testbed's udev coldplug to settle",
         timeout,
     )
     assert code == "0", f"udevadm settle failed in the testbed (exit code {code})"
+    env = {**os.environ, "SYSTEMD_IGNORE_CHROOT": "1"}
+    ping = subprocess.run(
+        ["udevadm", "control", "--ping"], env=env, capture_output=True, text=True, check=False
+    )
+    assert ping.returncode == 0, f"systemd-udevd does not answer in the testbed: {ping.stderr}"
 
 
 def udev_settle(timeout: float = DEFAULT_TIMEOUT) -> None:
