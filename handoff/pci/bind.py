@@ -344,17 +344,14 @@ class Engine:
         if current.driver == VFIO_DRIVER and current.driver_override == VFIO_DRIVER:
             self._step(ticket, journal, name, jr.STEP_ON_VFIO)
             return name
-        self._step(ticket, journal, name, jr.STEP_OVERRIDE)
+        self._step(ticket, journal, name, jr.STEP_DETACHING)
         self._write(ticket, Path(override), VFIO_DRIVER)
         if current.driver is not None and current.driver != VFIO_DRIVER:
-            self._step(ticket, journal, name, jr.STEP_UNBIND)
             self._write(ticket, drivers_dir(self.paths) / current.driver / "unbind", name)
         if current.driver != VFIO_DRIVER:
-            self._step(ticket, journal, name, jr.STEP_PROBE)
             self._write(ticket, drivers_probe_path(self.paths), name)
         now = self.read(address)
         if now.driver != VFIO_DRIVER:
-            self._step(ticket, journal, name, jr.STEP_BIND)
             try:
                 self._write(ticket, drivers_dir(self.paths) / VFIO_DRIVER / "bind", name)
             except SysfsWriteError as exc:

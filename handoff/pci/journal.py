@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import os
 import signal
@@ -47,15 +48,15 @@ JOURNAL_VERSION = 1
 # outside tests.
 CRASH_AFTER_ENV = "HANDOFF_TEST_CRASH_AFTER_JOURNAL_WRITE"
 
-# Device steps. A device's record is written (with the step it is about to
-# take) before each sysfs write. Return is idempotent from any of them.
+# Device steps, written before the device's sysfs writes start and after
+# they are verified. Return is idempotent from every state in between (the
+# original driver and driver_override are all it needs), so a step per
+# individual write would add journal writes, not information: each costs
+# about as much as a sysfs write under emulation (bench/gpu_handoff.py).
 STEP_HOST = "host"  # recorded, not touched yet
-STEP_OVERRIDE = "detach:driver_override"
-STEP_UNBIND = "detach:unbind"
-STEP_PROBE = "detach:drivers_probe"
-STEP_BIND = "detach:bind"
-STEP_ON_VFIO = "on-vfio"
-STEP_RETURNING = "return"
+STEP_DETACHING = "detaching"  # driver_override → unbind → drivers_probe (→ bind) under way
+STEP_ON_VFIO = "on-vfio"  # verified on vfio-pci
+STEP_RETURNING = "returning"  # vfio-pci unbind → driver_override → drivers_probe under way
 
 KIND_SESSION = "session"
 KIND_MANUAL = "manual"
@@ -156,15 +157,18 @@ class Journal:
         directory = self.path.parent
         try:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            durable = not _volatile(str(directory))
             tmp = directory / f".{self.path.name}.tmp"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 os.write(fd, json.dumps(self.to_json(), separators=(",", ":")).encode())
-                os.fsync(fd)
+                if durable:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
             os.replace(tmp, self.path)
-            _fsync_dir(directory)
+            if durable:
+                _fsync_dir(directory)
         except OSError as exc:
             raise JournalError(
                 f"cannot write the hand-off journal {self.path}: {exc}",
@@ -222,6 +226,33 @@ class Journal:
 def _check_version(data: dict[str, Any]) -> None:
     if data.get("version") != JOURNAL_VERSION:
         raise ValueError(f"unknown journal version {data.get('version')!r}")
+
+
+_VOLATILE_FS = frozenset({"tmpfs", "ramfs"})
+
+
+@functools.lru_cache(maxsize=8)
+def _volatile(directory: str) -> bool:
+    """Whether ``directory`` is on tmpfs/ramfs (the default /run/handoff is).
+
+    There fsync has nothing to flush: a SIGKILLed process's writes are in
+    the page cache either way, and a power cut clears the journal together
+    with the bindings it records. The rename stays: it is what makes a save
+    atomic. On a disk (a run directory under /tmp, say) every save fsyncs.
+    """
+    best, fstype = "", ""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mounts:
+            for line in mounts:
+                fields = line.split()
+                point = fields[4].replace("\\040", " ")
+                fs = fields[fields.index("-") + 1]
+                inside = directory == point or directory.startswith(point.rstrip("/") + "/")
+                if inside and len(point) >= len(best):
+                    best, fstype = point, fs
+    except (OSError, ValueError, IndexError):
+        return False
+    return fstype in _VOLATILE_FS
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -310,8 +310,11 @@ def read_binding(paths: HostPaths, address: PciAddress) -> Binding | None:
     except OSError:
         return None
     try:
-        with open(f"{base}/driver_override", encoding="ascii", errors="replace") as attr:
-            override: str | None = attr.read().strip()
+        fd = os.open(f"{base}/driver_override", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            override: str | None = os.read(fd, 4096).decode(errors="replace").strip()
+        finally:
+            os.close(fd)
     except FileNotFoundError:
         if not os.path.exists(f"{base}/config"):
             return None

@@ -195,8 +195,8 @@ def _handoff(paths: HostPaths, *argv: str, crash_after: int | None = None) -> in
     ).returncode
 
 
-# A detach of the two-function group writes the journal 1 + 4 x 2 times.
-DETACH_WRITES = 9
+# A detach of the two-function group writes the journal 1 + 2 x 2 times.
+DETACH_WRITES = 5
 # An attach of it writes 2 x 2 times (step, then the device dropped).
 ATTACH_WRITES = 4
 
