@@ -218,7 +218,8 @@ class GuestRun:
 
     # -- lifecycle
 
-    def start(self) -> None:
+    def start(self, nodeid: str) -> None:
+        """Boot (in a thread) unless already done; ``nodeid``: the test that asks."""
         if self.started:
             return
         self.started = True
@@ -235,7 +236,6 @@ class GuestRun:
                 self.problem = message
             self._done.set()
             return
-        self._say(f"testbed: booting the real-kernel VM for {len(self.nodeids)} realkernel test(s)")
         try:
             prepared = runner.prepare(self.options)
         except Exception as error:  # every realkernel test fails with it, none waits
@@ -243,7 +243,11 @@ class GuestRun:
             self._done.set()
             return
         self.run_dir = runner.new_run_dir(self.options.cache)
-        self._say(f"testbed: console {self.run_dir / 'console.log'}")
+        self._say(
+            f"testbed: booting the real-kernel VM for {len(self.nodeids)} realkernel test(s), "
+            f"console {self.run_dir / 'console.log'}",
+            resume=nodeid,
+        )
         self._thread = threading.Thread(
             target=self._boot, args=(prepared,), name="testbed", daemon=True
         )
@@ -304,7 +308,7 @@ class GuestRun:
         The file is polled; the wait is bounded by the runner's timeout, after
         which the runner kills QEMU and the boot ends.
         """
-        self.start()
+        self.start(nodeid)
         while True:
             self._read_reports()
             outcome = self.outcomes.setdefault(nodeid, GuestOutcome())
@@ -352,13 +356,16 @@ class GuestRun:
         with capture.global_and_fixture_disabled():
             yield
 
-    def _say(self, line: str) -> None:
+    def _say(self, line: str, resume: str) -> None:
+        """A line of its own in the progress output, then the progress line of ``resume``."""
         reporter = self.config.pluginmanager.getplugin("terminalreporter")
         if reporter is None:
             return
         with self._uncaptured():
             reporter.ensure_newline()
             reporter.write_line(line)
+            if self.config.get_verbosity() <= 0:
+                reporter.write_fspath_result(resume, "")
 
     def summary(self) -> str | None:
         if self.skip_reason:

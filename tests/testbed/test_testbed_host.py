@@ -212,3 +212,22 @@ def test_without_qemu_on_a_developers_machine_realkernel_tests_skip_with_the_rea
     result = pytester.runpytest_inprocess("-p", "tests.testbed.plugin", "-rs")
     result.assert_outcomes(skipped=3)
     result.stdout.fnmatch_lines(["*SKIPPED*test_guest.py:*qemu-system-x86_64 is not installed*"])
+
+
+def test_a_module_that_does_not_import_in_the_guest_is_named_in_its_tests_failures(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, pytestconfig: pytest.Config
+) -> None:
+    pytester.makeini("[pytest]\nmarkers =\n    realkernel: in the testbed\n")
+    pytester.makepyfile(test_broken="import no_such_module_in_the_guest\n")
+    monkeypatch.setenv("TESTBED", "1")
+    monkeypatch.setenv("PYTHONPATH", str(runner.CHECKOUT))
+    reports = pytester.path / "reports.jsonl"
+    pytester.runpytest_subprocess("-p", "tests.testbed.plugin", f"--testbed-report={reports}")
+
+    run = plugin.GuestRun(pytestconfig, ["test_broken.py::test_anything"])
+    run.reader.feed(reports.read_bytes())
+    text = run.why_missing("test_broken.py::test_anything")
+    assert "the testbed guest did not report test_broken.py::test_anything" in text
+    assert "collection errors in the guest" in text
+    assert "no_such_module_in_the_guest" in text
+    assert "guest pytest exit status: 2" in text
