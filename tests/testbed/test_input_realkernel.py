@@ -379,7 +379,9 @@ async def test_a_whole_session_forwards_uinput_typing_and_switches_over_the_cont
                     "pending": None,
                 }
                 tap(keyboard, KEY_B)
-                await until(lambda: "qcode b" in trace.read_text(), "b in the trace", 20)
+                await until(
+                    lambda: "qcode b, down 0" in trace.read_text(), "b released in the trace", 20
+                )
                 await ask({"command": "stop"})
     finally:
         keyboard.close()
