@@ -96,10 +96,10 @@ async def timed(run: Callable[[], Awaitable[None]]) -> float:
 async def bench(rounds: int) -> None:
     vga, audio = find(0x1234, 0x1111), find(0x8086, 0x293E)
     # The journal lives where production keeps it: a tmpfs (/run/handoff).
-    base = next((d for d in ("/run", "/dev/shm") if jr._volatile(d)), None)
-    run_dir = Path(tempfile.mkdtemp(prefix="handoff-bench-", dir=base))
+    tmpfs = next((d for d in ("/run", "/dev/shm") if jr._volatile(d)), None)
+    run_dir = Path(tempfile.mkdtemp(prefix="handoff-bench-", dir=tmpfs))
     paths = HostPaths(run=run_dir)
-    print(f"journal in {run_dir} ({'tmpfs' if base else 'a disk: every save fsyncs'})")
+    print(f"journal in {run_dir} ({'tmpfs' if tmpfs else 'a disk: every save fsyncs'})")
     writer = KernelWriter()
     drivers = {str(a): read_device(paths, a).driver or "" for a in (vga, audio)}
     writer.load_module("vfio_pci")  # both arms start with vfio-pci loaded

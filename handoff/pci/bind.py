@@ -45,7 +45,7 @@ from handoff.errors import BindError, HandoffError, HostError, SysfsTimeoutError
 from handoff.host import HostPaths
 from handoff.pci import journal as jr
 from handoff.pci.address import PciAddress
-from handoff.pci.holders import Holder, node_holders
+from handoff.pci.holders import Holder, vfio_group_users
 from handoff.pci.plan import HandoffPlan
 from handoff.pci.sysfs import (
     VFIO_DRIVER,
@@ -488,13 +488,14 @@ class Engine:
         if current.driver == VFIO_DRIVER and original != VFIO_DRIVER:
             # Unbinding vfio-pci under an open group blocks until the user lets go:
             # name the user instead. One /proc scan per group and return.
-            holders: tuple[Holder, ...] = ()
+            users: tuple[Holder, ...] | None = None
             if record.group not in checked:
-                holders = node_holders(self.paths, vfio_group_node(self.paths, record.group))
-            if holders:
+                users = vfio_group_users(self.paths, vfio_group_node(self.paths, record.group))
+            if users is not None:
+                who = ", ".join(h.describe() for h in users) or "a process handoff cannot see"
                 raise BindError(
                     f"{address.short} cannot leave vfio-pci: /dev/vfio/{record.group} is still "
-                    "open (" + ", ".join(h.describe() for h in holders) + ")",
+                    f"open ({who})",
                     fix="stop that process (the VM using the group), then `handoff recover`",
                 )
             checked.add(record.group)

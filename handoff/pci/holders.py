@@ -12,6 +12,7 @@ testbed's) or one that opened a by-path alias is found too.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterable, Mapping
@@ -160,3 +161,28 @@ def node_holders(paths: HostPaths, node: Path) -> tuple[Holder, ...]:
         rdev = None
     result = find_holders(paths, [WatchedNode(str(node), rdev)])
     return result.get(str(node), ())
+
+
+def vfio_group_users(paths: HostPaths, node: Path) -> tuple[Holder, ...] | None:
+    """Who holds a VFIO group open; None when nobody does.
+
+    The kernel lets one process open a group at a time (EBUSY for the
+    next), so one open() answers the question; only when the group is busy
+    is /proc scanned to name the holder (an empty tuple when the scan cannot
+    see it: another PID namespace). A node that is not a character device
+    (a fake tree) is answered by the scan alone.
+    """
+    try:
+        st = os.stat(node)
+    except OSError:
+        return None
+    if stat.S_ISCHR(st.st_mode):
+        try:
+            fd = os.open(node, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                return None
+        else:
+            os.close(fd)
+            return None
+    return node_holders(paths, node) or (None if not stat.S_ISCHR(st.st_mode) else ())

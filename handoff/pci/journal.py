@@ -109,6 +109,8 @@ class Journal:
     writes: int = 0
     # Saves come from worker threads (the engine's step sequences); one at a time.
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _ready: bool = field(default=False, repr=False, compare=False)
+    _durable: bool = field(default=True, repr=False, compare=False)
 
     # ------------------------------------------------------------------ persistence
 
@@ -154,21 +156,25 @@ class Journal:
             self._save()
 
     def _save(self) -> None:
-        directory = self.path.parent
+        directory = str(self.path.parent)
+        target = str(self.path)
+        tmp = f"{directory}/.{self.path.name}.tmp"
+        data = json.dumps(self.to_json(), separators=(",", ":")).encode()
         try:
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            durable = not _volatile(str(directory))
-            tmp = directory / f".{self.path.name}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            if not self._ready:
+                os.makedirs(directory, mode=0o700, exist_ok=True)
+                self._durable = not _volatile(directory)
+                self._ready = True
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
-                os.write(fd, json.dumps(self.to_json(), separators=(",", ":")).encode())
-                if durable:
+                os.write(fd, data)
+                if self._durable:
                     os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, self.path)
-            if durable:
-                _fsync_dir(directory)
+            os.replace(tmp, target)
+            if self._durable:
+                _fsync_dir(self.path.parent)
         except OSError as exc:
             raise JournalError(
                 f"cannot write the hand-off journal {self.path}: {exc}",
@@ -263,9 +269,12 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+_CRASH_AFTER = os.environ.get(CRASH_AFTER_ENV)
+
+
 def _maybe_crash() -> None:
     """Test-only fault injection: SIGKILL after the N-th journal write of this process."""
-    limit = os.environ.get(CRASH_AFTER_ENV)
+    limit = _CRASH_AFTER
     if not limit:
         return
     _maybe_crash.count = getattr(_maybe_crash, "count", 0) + 1  # type: ignore[attr-defined]
