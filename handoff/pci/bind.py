@@ -484,10 +484,14 @@ class Engine:
                 f"/sys/bus/pci/drivers/{current.driver}/unbind, then `handoff attach "
                 f"{address.short}`",
             )
-        self._step(ticket, journal, record.address, jr.STEP_RETURNING)
-        if current.driver == VFIO_DRIVER and original != VFIO_DRIVER:
+        # No journal write here: the record (original driver and override) is all a
+        # recovery needs from any state below, and it is dropped once verified.
+        if ticket.abandoned:
+            raise _AbandonedError
+        driver = current.driver
+        if driver == VFIO_DRIVER and original != VFIO_DRIVER:
             # Unbinding vfio-pci under an open group blocks until the user lets go:
-            # name the user instead. One /proc scan per group and return.
+            # name the user instead (one check per group and return).
             users: tuple[Holder, ...] | None = None
             if record.group not in checked:
                 users = vfio_group_users(self.paths, vfio_group_node(self.paths, record.group))
@@ -500,16 +504,13 @@ class Engine:
                 )
             checked.add(record.group)
             self._write(ticket, drivers_dir(self.paths) / VFIO_DRIVER / "unbind", record.address)
+            driver = None
         self._write(ticket, override, record.original_override or "\n")
-        if original is None or original == VFIO_DRIVER:
-            now = self.read(address)
-            if now.driver != original and original == VFIO_DRIVER:
-                self._write(ticket, drivers_probe_path(self.paths), record.address)
-            return f"{address.short} is back on {original or 'no driver'}"
-        now = self.read(address)
-        if now.driver is None:
+        if original is None:
+            return f"{address.short} is back on no driver"
+        if driver is None:
             self._write(ticket, drivers_probe_path(self.paths), record.address)
-            now = self.read(address)
+        now = self.read(address)
         if now.driver != original:
             if now.driver is None:
                 try:

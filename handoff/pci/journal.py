@@ -48,15 +48,16 @@ JOURNAL_VERSION = 1
 # outside tests.
 CRASH_AFTER_ENV = "HANDOFF_TEST_CRASH_AFTER_JOURNAL_WRITE"
 
-# Device steps, written before the device's sysfs writes start and after
-# they are verified. Return is idempotent from every state in between (the
-# original driver and driver_override are all it needs), so a step per
-# individual write would add journal writes, not information: each costs
-# about as much as a sysfs write under emulation (bench/gpu_handoff.py).
+# Device steps. Every record is written (STEP_HOST) before the first change
+# to any device; a device's step is written before its sysfs writes start
+# and after they are verified; a returned device's record is dropped once
+# verified. Return is idempotent from every state in between (the original
+# driver and driver_override are all it needs), so a step per individual
+# write would add journal writes, not information: each costs about as much
+# as a sysfs write under emulation (bench/gpu_handoff.py).
 STEP_HOST = "host"  # recorded, not touched yet
 STEP_DETACHING = "detaching"  # driver_override → unbind → drivers_probe (→ bind) under way
 STEP_ON_VFIO = "on-vfio"  # verified on vfio-pci
-STEP_RETURNING = "returning"  # vfio-pci unbind → driver_override → drivers_probe under way
 
 KIND_SESSION = "session"
 KIND_MANUAL = "manual"
