@@ -38,7 +38,7 @@ from handoff.pci.address import PciAddress
 from handoff.pci.bind import WRITE_TIMEOUT, Engine, KernelWriter, SysfsWriter, recover
 from handoff.pci.plan import HandoffPlan, plan_handoff
 from handoff.pci.snapshot import take_snapshot
-from handoff.pci.sysfs import read_boot_id, read_device
+from handoff.pci.sysfs import iommu_group_of, read_boot_id, read_device
 from handoff.profile import Profile
 from handoff.resources import ControlRegistry, JsonObject, VmHandle
 
@@ -74,10 +74,13 @@ def prepare(
     attached, or a session whose recovery was refused).
     """
     allowed = tuple(allow_in_group)
-    plan = plan_handoff(addresses, take_snapshot(paths, writer), allow_in_group=allowed)
+    groups = {g for a in addresses if (g := iommu_group_of(paths, a)) is not None}
+    first = take_snapshot(paths, writer, groups=groups, addresses=addresses)
+    plan = plan_handoff(addresses, first, allow_in_group=allowed)
     locks = jr.lock_groups(paths, plan.group_ids, owner)
     try:
-        snapshot = take_snapshot(paths, writer, groups=plan.group_ids)
+        # Again under the locks: nothing may have changed between check and lock.
+        snapshot = take_snapshot(paths, writer, groups=plan.group_ids, addresses=addresses)
         plan = plan_handoff(addresses, snapshot, allow_in_group=allowed)
         _refuse_recorded_groups(paths, plan.group_ids)
     except BaseException:
@@ -150,11 +153,7 @@ class GpuHandoff:
         addresses = [p.address for p in self.profile.passthrough]
         allowed = [a for p in self.profile.passthrough for a in p.allow_in_group]
         owner = qemu_owner(self.profile.vm.user)
-        groups = {
-            g
-            for a in addresses
-            if (g := _group_of(self.paths, a)) is not None
-        }
+        groups = {g for a in addresses if (g := iommu_group_of(self.paths, a)) is not None}
         recovered = await recover(self.engine, kinds=(jr.KIND_SESSION,), groups=groups)
         for line in recovered.returned + recovered.discarded:
             self.report(f"recovered from an earlier session: {line}")
@@ -236,9 +235,3 @@ class GpuHandoff:
             "memlock_bytes": self.memlock_bytes,
         }
 
-
-def _group_of(paths: HostPaths, address: PciAddress) -> int | None:
-    try:
-        return read_device(paths, address).iommu_group
-    except HandoffError:
-        return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from handoff.errors import PciError
 from handoff.host import HostPaths
 from handoff.pci.address import PciAddress
 from handoff.pci.bind import SysfsWriter
@@ -20,6 +21,7 @@ from handoff.pci.sysfs import (
     VFIO_MODULE,
     driver_loaded,
     framebuffer_console_bound,
+    read_device,
     read_devices,
     read_iommu,
     vfio_group_node,
@@ -31,12 +33,28 @@ def take_snapshot(
     writer: SysfsWriter,
     *,
     groups: Iterable[int] | None = None,
+    addresses: Iterable[PciAddress] = (),
     scan_holders: bool = True,
 ) -> HostSnapshot:
-    """Read the host once. Holders are looked up for ``groups`` (all when None)."""
-    devices = read_devices(paths)
+    """Read the host once: every device, or only ``groups``' members plus ``addresses``.
+
+    A hand-off only needs its own groups (and the requested devices, to name
+    one that does not exist or has no group); reading just those keeps
+    preflight cheap on a machine with a hundred PCI functions.
+    """
     iommu = read_iommu(paths)
-    wanted = set(iommu.groups) if groups is None else set(groups)
+    if groups is None:
+        devices = read_devices(paths)
+        wanted = set(iommu.groups)
+    else:
+        wanted = set(groups)
+        scope = {a for g in wanted for a in iommu.groups.get(g, ())} | set(addresses)
+        devices = {}
+        for address in sorted(scope):
+            try:
+                devices[address] = read_device(paths, address)
+            except PciError:
+                continue
     holders: dict[PciAddress, tuple[Holder, ...]] = {}
     vfio_holders: dict[int, tuple[Holder, ...]] = {}
     if scan_holders and wanted:

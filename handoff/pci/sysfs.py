@@ -324,6 +324,12 @@ def read_binding(paths: HostPaths, address: PciAddress) -> Binding | None:
     return Binding(driver, None if override in (None, "", "(null)") else override)
 
 
+def iommu_group_of(paths: HostPaths, address: PciAddress) -> int | None:
+    """The group number from the device's iommu_group link (None: no link, no device)."""
+    name = _link_name(device_dir(paths, address) / "iommu_group")
+    return int(name) if name is not None and name.isdigit() else None
+
+
 def list_addresses(paths: HostPaths) -> tuple[PciAddress, ...]:
     """Every PCI function the kernel knows, sorted."""
     names = _children(pci_devices_dir(paths), "")
