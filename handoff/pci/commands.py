@@ -133,8 +133,9 @@ async def run_detach(
 ) -> int:
     """Move ``addresses`` (grown to their groups) to vfio-pci and leave them there."""
     owner = qemu_owner(user)
-    prepared = prepare(paths, writer, addresses, allow_in_group=allow_in_group,
-                       owner="handoff detach")
+    prepared = await prepare(
+        paths, writer, addresses, allow_in_group=allow_in_group, owner="handoff detach"
+    )
     try:
         out("plan:\n" + prepared.plan.render())
         if dry_run:

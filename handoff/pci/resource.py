@@ -36,7 +36,7 @@ from handoff.memlock import check_memlock
 from handoff.pci import journal as jr
 from handoff.pci.address import PciAddress
 from handoff.pci.bind import WRITE_TIMEOUT, Engine, KernelWriter, SysfsWriter, recover
-from handoff.pci.plan import HandoffPlan, plan_handoff
+from handoff.pci.plan import HandoffPlan, HostSnapshot, plan_handoff
 from handoff.pci.snapshot import take_snapshot
 from handoff.pci.sysfs import iommu_group_of, read_boot_id, read_device
 from handoff.profile import Profile
@@ -59,7 +59,39 @@ class Prepared:
     locks: jr.GroupLocks
 
 
-def prepare(
+# udev opens a DRM or sound node for a moment after the device appears or
+# binds (rules that probe it, set ACLs, tag seats): not a user of the GPU.
+TRANSIENT_HOLDERS = frozenset({"(udev-worker)", "systemd-udevd", "udevd"})
+# Seconds preflight waits for such transient holders to let go.
+TRANSIENT_WAIT = 5.0
+
+
+async def settled_snapshot(
+    paths: HostPaths,
+    writer: SysfsWriter,
+    *,
+    groups: Iterable[int],
+    addresses: Sequence[PciAddress],
+) -> HostSnapshot:
+    """A snapshot in which no udev worker holds a node, unless one does for 5 s.
+
+    Only udev's own short-lived opens are waited out (bounded, polled); any
+    other holder is reported at once by the plan.
+    """
+    wanted = tuple(groups)
+    snapshot = take_snapshot(paths, writer, groups=wanted, addresses=addresses)
+    with trio.move_on_after(TRANSIENT_WAIT):
+        while any(
+            holder.command in TRANSIENT_HOLDERS
+            for holders in snapshot.holders.values()
+            for holder in holders
+        ):
+            await trio.sleep(0.05)  # no event tells when udev closes a node: bounded poll
+            snapshot = take_snapshot(paths, writer, groups=wanted, addresses=addresses)
+    return snapshot
+
+
+async def prepare(
     paths: HostPaths,
     writer: SysfsWriter,
     addresses: Sequence[PciAddress],
@@ -75,12 +107,14 @@ def prepare(
     """
     allowed = tuple(allow_in_group)
     groups = {g for a in addresses if (g := iommu_group_of(paths, a)) is not None}
-    first = take_snapshot(paths, writer, groups=groups, addresses=addresses)
+    first = await settled_snapshot(paths, writer, groups=groups, addresses=addresses)
     plan = plan_handoff(addresses, first, allow_in_group=allowed)
     locks = jr.lock_groups(paths, plan.group_ids, owner)
     try:
         # Again under the locks: nothing may have changed between check and lock.
-        snapshot = take_snapshot(paths, writer, groups=plan.group_ids, addresses=addresses)
+        snapshot = await settled_snapshot(
+            paths, writer, groups=plan.group_ids, addresses=addresses
+        )
         plan = plan_handoff(addresses, snapshot, allow_in_group=allowed)
         _refuse_recorded_groups(paths, plan.group_ids)
     except BaseException:
@@ -157,7 +191,7 @@ class GpuHandoff:
         recovered = await recover(self.engine, kinds=(jr.KIND_SESSION,), groups=groups)
         for line in recovered.returned + recovered.discarded:
             self.report(f"recovered from an earlier session: {line}")
-        prepared = prepare(
+        prepared = await prepare(
             self.paths,
             self.engine.writer,
             addresses,

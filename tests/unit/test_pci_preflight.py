@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import trio
 
 from handoff.errors import PreflightRefusedError
 from handoff.memlock import UNLIMITED, check_memlock
@@ -190,3 +191,20 @@ async def test_a_group_left_detached_by_hand_refuses_until_attached(tmp_path: Pa
     assert caught.value.fix is not None
     assert "handoff attach 01:00.0" in caught.value.fix
     assert host.state() == state
+
+
+async def test_a_udev_worker_holding_card0_for_a_moment_is_waited_out(tmp_path: Path) -> None:
+    host = seed_machine(tmp_path)
+    host.add_process(272, "(udev-worker)", [host.paths.dev / "dri" / "card0"])
+
+    async def udev_lets_go() -> None:
+        await trio.sleep(0.3)
+        host.end_process(272)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(udev_lets_go)
+        resource = gpu(profile("01:00.0"), host)
+        await resource.acquire()
+    assert host.state()["01:00.0"] == ("vfio-pci", "vfio-pci")
+    await resource.release()
+    assert host.state()["01:00.0"] == ("amdgpu", "(null)")
