@@ -26,6 +26,24 @@ Arms, interleaved round after round so load hits them alike:
     journal lookup.
 
 Printed: the median of each arm and its ratio to bare (goal <= 1.5x).
+
+Measured 2026-11-29 in the testbed (TCG inside a loaded 2-core host, udev
+running in the guest; 15 rounds, two runs in one boot):
+
+| arm | median | min | ratio (median) |
+| --- | ---: | ---: | ---: |
+| bare | 234-258 ms | 190 ms | 1.00x |
+| engine | 362-376 ms | 267-270 ms | 1.40-1.61x |
+| cli path | 503-609 ms | 354-362 ms | 2.15-2.36x |
+
+Where the engine's extra time went before it was cut (per cycle, 12 sysfs
+writes ~150 ms): 13 fsync'd journal writes 63 ms (now 7, no fsync on
+tmpfs: ~20 ms), one worker thread per write (7 ms per hand-off under TCG;
+now one per detach and one per return), a /proc scan for holders of
+/dev/vfio/N 16-22 ms (now one open() that fails with EBUSY when the group
+is in use), full device reads as read-back 23 ms (now readlink + one read).
+The cli path adds preflight: two snapshots of the group, two /proc scans
+for holders of the DRM and sound nodes, the plan, the group locks.
 """
 
 from __future__ import annotations
