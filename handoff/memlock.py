@@ -70,8 +70,9 @@ def judge_memlock(
         f"{required // _MIB} MiB (guest RAM + 1 GiB) but the limit is "
         f"{_text(soft)} (hard {_text(hard)}) and this process cannot raise the hard limit",
         fix=f"add `{user} hard memlock {kib}` and `{user} soft memlock {kib}` to "
-        "/etc/security/limits.d/handoff.conf (KiB; or `unlimited`) and log in again, "
-        "or run handoff as root",
+        "/etc/security/limits.d/handoff-memlock.conf (KiB; or `unlimited`; "
+        "contrib/limits.d/handoff-memlock.conf is a template) and log in again, or run "
+        "handoff as root with CAP_SYS_RESOURCE",
     )
 
 

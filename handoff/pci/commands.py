@@ -96,8 +96,8 @@ def run_groups(paths: HostPaths, writer: SysfsWriter, *, as_json: bool, out: Out
             out(json.dumps({"iommu": False, "groups": []}, indent=2))
         else:
             out(
-                "no IOMMU groups: the IOMMU is off. Enable VT-d / AMD-Vi in the firmware and "
-                "boot with intel_iommu=on (or amd_iommu=on)."
+                "no IOMMU groups: the IOMMU is off. Enable VT-d / AMD-Vi in the firmware and, "
+                "on Intel, boot with intel_iommu=on (AMD-Vi is on by default)."
             )
         return 1
     verdicts = group_verdicts(snapshot)

@@ -245,9 +245,8 @@ def plan_handoff(
                     None,
                     "the IOMMU is off: /sys/kernel/iommu_groups is empty, so no device can be "
                     "isolated for a guest",
-                    "enable VT-d / AMD-Vi in the firmware setup and boot with intel_iommu=on "
-                    "(Intel) or amd_iommu=on (AMD) on the kernel command line, then check "
-                    "`handoff groups`",
+                    "enable VT-d / AMD-Vi in the firmware setup; on Intel also boot with "
+                    "intel_iommu=on (AMD-Vi is on by default), then check `handoff groups`",
                 )
             ]
         )
@@ -278,8 +277,8 @@ def plan_handoff(
                 Refusal(
                     None,
                     f"{device.describe()} has no iommu_group link: the IOMMU does not cover it",
-                    "boot with intel_iommu=on / amd_iommu=on and check the firmware's VT-d "
-                    "setting",
+                    "check the firmware's VT-d / AMD-Vi setting and, on Intel, boot with "
+                    "intel_iommu=on",
                 )
             )
             continue

@@ -47,7 +47,7 @@ def test_a_low_hard_limit_is_refused_with_the_limits_d_line() -> None:
     assert "8 MiB" in caught.value.message
     assert caught.value.fix is not None
     assert "hard memlock 9437184" in caught.value.fix
-    assert "/etc/security/limits.d/handoff.conf" in caught.value.fix
+    assert "/etc/security/limits.d/handoff-memlock.conf" in caught.value.fix
 
 
 def test_check_returns_the_value_the_spawner_sets() -> None:
