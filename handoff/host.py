@@ -11,8 +11,11 @@ tree too (``HANDOFF_SYSFS_ROOT=tests/... handoff groups``).
 from __future__ import annotations
 
 import os
+import pwd
 from dataclasses import dataclass
 from pathlib import Path
+
+from handoff.errors import HostError
 
 
 def default_run_root() -> Path:
@@ -53,3 +56,20 @@ class HostPaths:
     def session_dir(self, profile_name: str) -> Path:
         """The run directory of one profile's session: ``<run>/<name>``."""
         return self.run / profile_name
+
+
+def qemu_account(user: str) -> pwd.struct_passwd:
+    """The account of ``vm.user``, the unprivileged user QEMU runs as.
+
+    Profile preflight (``check_profile_on_host``) already refuses an unknown
+    user with the profile's file and key; failing here means the account
+    vanished between preflight and use, so the same fix applies.
+    """
+    try:
+        return pwd.getpwnam(user)
+    except KeyError:
+        raise HostError(
+            f"vm.user: the user {user!r} does not exist on this host",
+            fix=f"create it (useradd --system --no-create-home {user}) or remove vm.user "
+            "from the profile to run QEMU as the invoking user",
+        ) from None

@@ -31,13 +31,12 @@ import contextlib
 import errno
 import fcntl
 import os
-import pwd
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from handoff.errors import SessionBusyError, SessionError
-from handoff.host import HostPaths
+from handoff.host import HostPaths, qemu_account
 
 __all__ = [
     "CONTROL_SOCKET",
@@ -165,13 +164,7 @@ class RunDir:
         qemu_dir.mkdir(mode=0o700, exist_ok=True)
         os.chmod(qemu_dir, 0o700)
         if user is not None:
-            try:
-                entry = pwd.getpwnam(user)
-            except KeyError:
-                raise SessionError(
-                    f"vm.user: the user {user!r} does not exist on this host",
-                    fix=f"create it (useradd --system {user}) or remove vm.user",
-                ) from None
+            entry = qemu_account(user)
             os.chown(qemu_dir, entry.pw_uid, entry.pw_gid)
 
     @property

@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import logging
 import os
-import pwd
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import trio
 
-from handoff.errors import HandoffError, PreflightRefusedError, ProfileError
-from handoff.host import HostPaths
+from handoff.errors import HandoffError, PreflightRefusedError
+from handoff.host import HostPaths, qemu_account
 from handoff.memlock import check_memlock
 from handoff.pci import journal as jr
 from handoff.pci.address import PciAddress
@@ -140,15 +139,7 @@ def qemu_owner(user: str | None) -> tuple[int, int] | None:
     """uid/gid for /dev/vfio/N when QEMU runs as ``user`` (None: QEMU runs as root)."""
     if user is None:
         return None
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError as exc:
-        raise ProfileError(
-            f"user {user!r} does not exist",
-            path="profile",
-            key="vm.user",
-            fix="create the user or remove vm.user to run QEMU as root",
-        ) from exc
+    entry = qemu_account(user)
     return entry.pw_uid, entry.pw_gid
 
 

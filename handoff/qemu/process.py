@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import resource
 import shlex
 import signal
@@ -31,6 +30,7 @@ from pathlib import Path
 import trio
 
 from handoff.errors import HostError, QemuLaunchError, QemuNotFoundError
+from handoff.host import qemu_account
 
 __all__ = [
     "LOG_TAIL_LINES",
@@ -118,13 +118,7 @@ def _identity(user: str | None) -> _Identity | None:
     """The identity QEMU runs as for ``vm.user`` (None: the supervisor's own)."""
     if user is None:
         return None
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError:
-        raise HostError(
-            f"vm.user: the user {user!r} does not exist on this host",
-            fix=f"create it (useradd --system {user}) or remove vm.user from the profile",
-        ) from None
+    entry = qemu_account(user)
     if os.geteuid() != 0 and entry.pw_uid != os.geteuid():
         raise HostError(
             f"vm.user: running QEMU as {user!r} needs root",

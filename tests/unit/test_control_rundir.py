@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from handoff.errors import SessionBusyError, SessionError
+from handoff.errors import HostError, SessionBusyError, SessionError
 from handoff.host import HostPaths
 from handoff.rundir import RunDir, holder_pid, qemu_socket_dir
 
@@ -84,6 +84,6 @@ def test_qemu_gets_its_own_socket_directory_owned_by_its_user(paths: HostPaths) 
 
 
 def test_an_unknown_qemu_user_is_refused_and_nothing_is_left(paths: HostPaths) -> None:
-    with pytest.raises(SessionError, match="does not exist"):
+    with pytest.raises(HostError, match="does not exist"):
         RunDir.acquire(paths, "demo", qemu_user="no-such-user-handoff")
     assert not (paths.run / "demo").exists()
