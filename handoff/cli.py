@@ -204,9 +204,32 @@ def format_status(status: dict[str, Any]) -> str:
     ]
     resources = status.get("resources") or {}
     for name, detail in resources.items():
-        text = ", ".join(f"{k}={v}" for k, v in detail.items()) if isinstance(detail, dict) else ""
-        lines.append(f"  {name}: {text}" if text else f"  {name}")
+        lines.extend(_format_resource(name, detail))
     return "\n".join(lines)
+
+
+def _format_resource(name: str, detail: object) -> list[str]:
+    """One line of a resource's scalar fields, then one line per listed item.
+
+    Resources report JSON (``HostResource.status``); lists of objects (the GPU's
+    devices, the input's keyboards and mice) read best one per line.
+    """
+    if not isinstance(detail, dict) or not detail:
+        return [f"  {name}"]
+    scalars = []
+    items: list[str] = []
+    for key, value in detail.items():
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            items.extend(f"    - {_fields(v)}" for v in value)
+        elif isinstance(value, list):
+            scalars.append(f"{key}={','.join(str(v) for v in value) or '-'}")
+        else:
+            scalars.append(f"{key}={'-' if value is None else value}")
+    return [f"  {name}: {' '.join(scalars)}", *items]
+
+
+def _fields(item: dict[str, Any]) -> str:
+    return " ".join(f"{k}={'-' if v is None else v}" for k, v in item.items())
 
 
 def _duration(seconds: float) -> str:

@@ -121,3 +121,29 @@ def test_argv_shows_a_kvm_profile_on_a_host_without_working_kvm_and_says_why(
     assert "-device vfio-pci,host=0000:01:00.0" in captured.out
     assert "`handoff run` would refuse here" in captured.err
     assert "kvm_pvm" in captured.err
+
+
+def test_status_text_lists_each_handed_over_device_on_its_own_line() -> None:
+    text = format_status({
+        "profile": "win7", "phase": "running", "pid": 10, "qemu_pid": 11, "accel": "kvm",
+        "accel_reason": "/dev/kvm works", "uptime": 5.0, "stopping": False,
+        "resources": {
+            "gpu": {
+                "groups": [1],
+                "devices": [
+                    {"address": "0000:01:00.1", "original_driver": "snd_hda_intel",
+                     "driver": "vfio-pci"},
+                    {"address": "0000:01:00.0", "original_driver": "amdgpu",
+                     "driver": "vfio-pci"},
+                ],
+                "journal": "/run/handoff/journal/win7.json",
+            },
+            "input": {"backend": "qmp", "mode": "host", "pending": None, "devices": []},
+        },
+    })
+    assert text.splitlines()[4:] == [
+        "  gpu: groups=1 journal=/run/handoff/journal/win7.json",
+        "    - address=0000:01:00.1 original_driver=snd_hda_intel driver=vfio-pci",
+        "    - address=0000:01:00.0 original_driver=amdgpu driver=vfio-pci",
+        "  input: backend=qmp mode=host pending=- devices=-",
+    ]
