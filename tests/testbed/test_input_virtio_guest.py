@@ -11,18 +11,19 @@ testbed must come out there unchanged (extra buttons, hi-res and horizontal
 wheels included).
 
 Two things made this look like "L2 receives nothing" before (issue 6); both
-were the test's, not handoff's or QEMU's:
+were the test's, not handoff's or QEMU's (QEMU delivered every event written
+into the proxies, in order):
 
-* evdev gives a reader only the events that arrive after it opened the node.
-  L2 announced READY right after backgrounding its readers, and a forked
-  hexdump needs seconds under TCG inside TCG to open its node; everything
-  was written the moment READY appeared. L2 now announces READY only when
-  every reader holds its node (/proc/PID/fd).
 * A burst of a few hundred events written before the router could read
   overflows a source's evdev buffer (64 events for a keyboard, 128 for this
   mouse): the kernel replaces them with SYN_DROPPED and the router resyncs,
-  so the events under test were gone on the host side already. The test
-  writes a handful of frames.
+  so the events under test were gone in the testbed already (reproduced:
+  only the flood's last key taps reached L2). The test writes a handful of
+  frames.
+* evdev gives a reader only the events that arrive after it opened the node,
+  and L2 announced READY right after forking its readers, which take 1-3 s
+  to open their nodes under TCG inside TCG (more under load). L2 now
+  announces READY only when every reader holds its node (/proc/PID/fd).
 """
 
 from __future__ import annotations
