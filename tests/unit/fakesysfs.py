@@ -34,6 +34,7 @@ from pathlib import Path
 
 from handoff.errors import PciAddressError
 from handoff.host import HostPaths
+from handoff.pci import journal as jr
 from handoff.pci.address import PciAddress
 
 DRM_MAJOR, FB_MAJOR, SND_MAJOR = 226, 29, 116
@@ -539,3 +540,14 @@ def lookalike_host(root: Path, *, vfio_loaded: bool = True) -> FakeHost:
     host.add_device("00:1f.2", 0x8086, 0x8C02, 0x010601, group=6, driver="ahci")
     host.add_device("00:1f.3", 0x8086, 0x8C22, 0x0C0500, group=6, driver="i801_smbus")
     return host
+
+
+def session_journal(host: FakeHost, name: str) -> jr.Journal:
+    """A fresh session journal for ``name`` on the fake host (its boot id, this pid)."""
+    return jr.Journal(
+        path=jr.journal_path(host.paths, name),
+        kind=jr.KIND_SESSION,
+        owner=name,
+        boot_id=FakeHost.BOOT_ID,
+        supervisor_pid=os.getpid(),
+    )

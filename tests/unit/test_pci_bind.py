@@ -1,7 +1,6 @@
 """Detach and return through the emulated driver core: the sequence, faults and rollback."""
 
 import errno
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from handoff.pci.address import PciAddress
 from handoff.pci.bind import Engine, recover
 from handoff.pci.plan import HandoffPlan, plan_handoff
 from handoff.pci.snapshot import take_snapshot
-from tests.unit.fakesysfs import FakeEntry, FakeHost, seed_machine
+from tests.unit.fakesysfs import FakeEntry, FakeHost, seed_machine, session_journal
 
 A = PciAddress.parse
 SEED_STATE = {
@@ -36,13 +35,7 @@ def gpu_plan(host: FakeHost) -> HandoffPlan:
 
 
 def new_journal(host: FakeHost, name: str = "test") -> jr.Journal:
-    return jr.Journal(
-        path=jr.journal_path(host.paths, name),
-        kind=jr.KIND_SESSION,
-        owner=name,
-        boot_id=FakeHost.BOOT_ID,
-        supervisor_pid=os.getpid(),
-    )
+    return session_journal(host, name)
 
 
 def device_tree(host: FakeHost) -> dict[str, FakeEntry]:

@@ -13,7 +13,7 @@ from handoff.pci.address import PciAddress
 from handoff.pci.bind import Engine, recover
 from handoff.pci.plan import plan_handoff
 from handoff.pci.snapshot import take_snapshot
-from tests.unit.fakesysfs import FakeHost, seed_machine
+from tests.unit.fakesysfs import FakeHost, seed_machine, session_journal
 
 A = PciAddress.parse
 SEED_STATE = {
@@ -38,13 +38,7 @@ def host(tmp_path: Path) -> Iterator[FakeHost]:
 
 
 def new_journal(host: FakeHost, name: str = "gaming") -> jr.Journal:
-    return jr.Journal(
-        path=jr.journal_path(host.paths, name),
-        kind=jr.KIND_SESSION,
-        owner=name,
-        boot_id=FakeHost.BOOT_ID,
-        supervisor_pid=os.getpid(),
-    )
+    return session_journal(host, name)
 
 
 def group_1(host: FakeHost) -> dict[str, tuple[str | None, str | None]]:
