@@ -45,7 +45,7 @@ from handoff.checks.nodes import (
 )
 from handoff.checks.qemu import DEFAULT_QEMU, Prober, check_ovmf, check_qemu
 from handoff.errors import HandoffError
-from handoff.pci.address import PciAddress
+from handoff.pci.sysfs import iommu_group_of
 from handoff.profile import Profile, check_profile_on_host, load_profile
 from handoff.qemu.capabilities import probe
 
@@ -126,7 +126,7 @@ def _profile_checks(
     checks.append(check_vfio_pci_vga(env, profile))
     checks.append(check_memlock(env, profile))
     groups = sorted(
-        {g for g in (_group_of(env, p.address) for p in profile.passthrough) if g is not None}
+        {g for p in profile.passthrough if (g := iommu_group_of(env.host, p.address)) is not None}
     )
     if profile.passthrough:
         checks.append(check_vfio_nodes(env, qemu_user, groups))
@@ -135,15 +135,6 @@ def _profile_checks(
     checks.append(check_uinput(env, supervisor, profile))
     checks.append(check_input_devices(env, supervisor, profile))
     return checks
-
-
-def _group_of(env: DoctorEnv, address: PciAddress) -> int | None:
-    link = env.host.sys / "bus" / "pci" / "devices" / str(address) / "iommu_group"
-    try:
-        name = link.readlink().name
-    except OSError:
-        return None
-    return int(name) if name.isdigit() else None
 
 
 # --------------------------------------------------------------------------- output

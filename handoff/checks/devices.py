@@ -10,7 +10,6 @@ without changing anything.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from handoff.checks import Check, DoctorEnv, Verdict, fail, ok, warn
@@ -20,7 +19,7 @@ from handoff.pci.address import PciAddress
 from handoff.pci.plan import GroupVerdict, HostSnapshot, group_verdict, plan_handoff
 from handoff.pci.plan import Verdict as GroupVerdictKind
 from handoff.pci.snapshot import take_snapshot
-from handoff.pci.sysfs import VFIO_DRIVER, device_dir
+from handoff.pci.sysfs import VFIO_DRIVER, iommu_group_of
 from handoff.profile import Profile
 
 
@@ -45,15 +44,11 @@ class ReadOnlyWriter:
 def profile_snapshot(env: DoctorEnv, profile: Profile) -> HostSnapshot:
     """Preflight's own snapshot (:func:`handoff.pci.snapshot.take_snapshot`), holders
     scanned for the groups of the profile's devices only."""
-    groups = set()
-    for entry in profile.passthrough:
-        link = device_dir(env.host, entry.address) / "iommu_group"
-        try:
-            name = os.path.basename(os.readlink(link))
-        except OSError:
-            continue
-        if name.isdigit():
-            groups.add(int(name))
+    groups = {
+        group
+        for entry in profile.passthrough
+        if (group := iommu_group_of(env.host, entry.address)) is not None
+    }
     return take_snapshot(env.host, ReadOnlyWriter(env), groups=groups)
 
 
