@@ -13,10 +13,7 @@ from handoff.checks import Check, DoctorEnv, fail, ok, warn
 from handoff.checks.access import Identity, describe_node, node_access
 from handoff.checks.cpu import CpuInfo, Vendor
 from handoff.profile import Accel, Profile
-
-
-def is_pvm_host(env: DoctorEnv) -> bool:
-    return (env.host.sys / "module" / "kvm_pvm").is_dir()
+from handoff.qemu.accel import is_pvm_host
 
 
 def check_kvm(
@@ -39,7 +36,7 @@ def check_kvm(
             f"{describe_node(node)} is not read/write for {qemu_user.name}, who runs QEMU",
             f"usermod -aG kvm {qemu_user.name} (then log in again)",
         )
-    if is_pvm_host(env):
+    if is_pvm_host(env.host):
         return warn(
             name,
             f"{env.host.sys / 'module' / 'kvm_pvm'} exists: KVM crawls here (PVM host), "

@@ -28,9 +28,14 @@ class AccelChoice:
     reason: str
 
 
+def is_pvm_host(paths: HostPaths) -> bool:
+    """KVM here is PVM (a guest kernel's KVM without hardware virtualisation)."""
+    return (paths.sys / "module" / "kvm_pvm").exists()
+
+
 def kvm_problem(paths: HostPaths) -> str | None:
     """Why KVM cannot be used on this host, or None when /dev/kvm works."""
-    if (paths.sys / "module" / "kvm_pvm").exists():
+    if is_pvm_host(paths):
         return (
             "this is a PVM host (/sys/module/kvm_pvm exists): KVM guests run inside a "
             "paravirtualised guest and crawl"
