@@ -209,9 +209,9 @@ def preflight(
     choice = choose_accel(profile.vm.accel, paths)
     accel: str = choice.accel
     check_profile(profile, binary=binary, accel=accel)
-    # Building the argv once validates profile/accelerator combinations
-    # (cpu_model = "host" without KVM) before anything happens.
-    build_argv(profile, _launch_spec(binary, accel, DRY_RUN_MONITOR_FD, None, ()))
+    # Building the session's own argv once validates profile/accelerator
+    # combinations (cpu_model = "host" without KVM) before anything happens.
+    session_argv(profile, paths, accel, binary=binary)
     return Preflight(accel=accel, accel_reason=choice.reason)
 
 
