@@ -33,8 +33,10 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import signal
 import subprocess
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -69,6 +71,14 @@ WRITE_TIMEOUT = 20.0
 VFIO_NODE_TIMEOUT = 2.0  # seconds for /dev/vfio/N to appear after the bind (devtmpfs)
 MODPROBE_TIMEOUT = 60.0
 
+# Fault injection for the crash-recovery tests (realkernel), test-only: never set
+# them outside tests. Read once at import. With CRASH_AFTER_SYSFS_ENV=N the process
+# SIGKILLs itself right after the N-th sysfs write of its KernelWriter (1-based),
+# like journal.CRASH_AFTER_ENV for journal writes; with PAUSE_AFTER_SYSFS_ENV=N it
+# SIGSTOPs itself there instead (SIGCONT resumes it), holding its locks mid-hand-off.
+CRASH_AFTER_SYSFS_ENV = "HANDOFF_TEST_CRASH_AFTER_SYSFS_WRITE"
+PAUSE_AFTER_SYSFS_ENV = "HANDOFF_TEST_PAUSE_AFTER_SYSFS_WRITE"
+
 
 class SysfsWriter(Protocol):
     """The only way handoff changes the kernel's driver bindings.
@@ -85,6 +95,44 @@ class SysfsWriter(Protocol):
     def load_module(self, module: str) -> None: ...
 
 
+@dataclass
+class WriteFaults:
+    """Test-only fault injection after the N-th successful sysfs write (see above)."""
+
+    crash_after: int | None = None
+    pause_after: int | None = None
+    count: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str]) -> WriteFaults:
+        def number(name: str) -> int | None:
+            text = environ.get(name, "").strip()
+            return int(text) if text else None
+
+        return cls(number(CRASH_AFTER_SYSFS_ENV), number(PAUSE_AFTER_SYSFS_ENV))
+
+    def signal_after(self, count: int) -> signal.Signals | None:
+        """The signal the process sends itself after its ``count``-th write. Pure."""
+        if self.crash_after is not None and count >= self.crash_after:
+            return signal.SIGKILL
+        if self.pause_after is not None and count == self.pause_after:
+            return signal.SIGSTOP
+        return None
+
+    def after_write(self) -> None:
+        if self.crash_after is None and self.pause_after is None:
+            return
+        with self._lock:
+            self.count += 1
+            sig = self.signal_after(self.count)
+        if sig is not None:
+            os.kill(os.getpid(), sig)
+
+
+_WRITE_FAULTS = WriteFaults.from_environment(os.environ)
+
+
 class KernelWriter:
     """The real kernel: write(2) on sysfs attributes, modprobe(8) for modules."""
 
@@ -94,6 +142,7 @@ class KernelWriter:
             os.write(fd, value.encode())
         finally:
             os.close(fd)
+        _WRITE_FAULTS.after_write()
 
     def module_loadable(self, module: str) -> bool:
         try:

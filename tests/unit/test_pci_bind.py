@@ -1,6 +1,10 @@
 """Detach and return through the emulated driver core: the sequence, faults and rollback."""
 
 import errno
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -10,7 +14,13 @@ import trio
 from handoff.errors import BindError, SysfsTimeoutError, SysfsWriteError
 from handoff.pci import journal as jr
 from handoff.pci.address import PciAddress
-from handoff.pci.bind import Engine, recover
+from handoff.pci.bind import (
+    CRASH_AFTER_SYSFS_ENV,
+    PAUSE_AFTER_SYSFS_ENV,
+    Engine,
+    WriteFaults,
+    recover,
+)
 from handoff.pci.plan import HandoffPlan, plan_handoff
 from handoff.pci.snapshot import take_snapshot
 from tests.unit.fakesysfs import FakeEntry, FakeHost, seed_machine, session_journal
@@ -299,3 +309,66 @@ async def test_a_device_rebound_elsewhere_meanwhile_is_left_alone(host: FakeHost
         await engine.give_back(journal)
     assert "01:00.1 is on snd_other" in caught.value.message
     assert host.state()["01:00.0"] == ("amdgpu", "(null)")
+
+
+# --------------------------------------------------------------------------- test-only fault hook
+
+# Four writes by the real KernelWriter to plain files, in a process of its own.
+FOUR_WRITES = (
+    "import sys; from pathlib import Path; from handoff.pci.bind import KernelWriter\n"
+    "for n in range(1, 5): KernelWriter().write(Path(sys.argv[1]) / str(n), str(n))\n"
+)
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+def four_writes(tmp_path: Path, **hooks: str) -> subprocess.Popen[bytes]:
+    for n in range(1, 5):
+        (tmp_path / str(n)).write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HANDOFF_TEST_")}
+    return subprocess.Popen(
+        [sys.executable, "-c", FOUR_WRITES, str(tmp_path)], env={**env, **hooks}, cwd=CHECKOUT
+    )
+
+
+def written(tmp_path: Path) -> list[str]:
+    return [(tmp_path / str(n)).read_text() for n in range(1, 5)]
+
+
+@pytest.mark.parametrize("writes", [1, 3])
+def test_the_crash_hook_sigkills_right_after_the_nth_kernel_write(
+    tmp_path: Path, writes: int
+) -> None:
+    process = four_writes(tmp_path, **{CRASH_AFTER_SYSFS_ENV: str(writes)})
+    assert process.wait(timeout=60) == -signal.SIGKILL
+    assert written(tmp_path) == [str(n) if n <= writes else "" for n in range(1, 5)]
+
+
+def test_the_pause_hook_sigstops_after_the_nth_write_and_sigcont_resumes(
+    tmp_path: Path,
+) -> None:
+    process = four_writes(tmp_path, **{PAUSE_AFTER_SYSFS_ENV: "2"})
+    try:
+        _, status = os.waitpid(process.pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status)
+        assert os.WSTOPSIG(status) == signal.SIGSTOP
+        assert written(tmp_path) == ["1", "2", "", ""]
+        os.kill(process.pid, signal.SIGCONT)
+        assert process.wait(timeout=60) == 0
+        assert written(tmp_path) == ["1", "2", "3", "4"]
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_without_the_hooks_every_write_happens(tmp_path: Path) -> None:
+    process = four_writes(tmp_path)
+    assert process.wait(timeout=60) == 0
+    assert written(tmp_path) == ["1", "2", "3", "4"]
+
+
+def test_the_fault_hooks_are_read_from_the_environment_and_decide_purely() -> None:
+    assert WriteFaults.from_environment({}) == WriteFaults(None, None)
+    faults = WriteFaults.from_environment({CRASH_AFTER_SYSFS_ENV: "3", PAUSE_AFTER_SYSFS_ENV: "1"})
+    assert [faults.signal_after(n) for n in range(1, 5)] == [
+        signal.SIGSTOP, None, signal.SIGKILL, signal.SIGKILL,
+    ]  # fmt: skip
