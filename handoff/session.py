@@ -43,7 +43,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -73,10 +73,13 @@ __all__ = [
     "SIGTERM_TIMEOUT",
     "SIGTERM_TIMEOUT_PER_DEVICE",
     "ExitStatus",
+    "LadderMonitor",
+    "LadderProcess",
     "LadderTimeouts",
     "Outcome",
     "Phase",
     "Preflight",
+    "Rung",
     "Session",
     "SessionVm",
     "StopRequest",
@@ -84,6 +87,7 @@ __all__ = [
     "default_resources",
     "preflight",
     "session_argv",
+    "shutdown_ladder",
 ]
 
 log = logging.getLogger(__name__)
@@ -139,6 +143,119 @@ class LadderTimeouts:
         return cls(
             powerdown=profile.vm.shutdown_timeout,
             sigterm=SIGTERM_TIMEOUT + SIGTERM_TIMEOUT_PER_DEVICE * len(profile.passthrough),
+        )
+
+
+class Rung(enum.Enum):
+    """The rungs of the shutdown ladder, in the order they act."""
+
+    POWERDOWN = "powerdown"
+    QUIT = "quit"
+    SIGTERM = "sigterm"
+    SIGKILL = "sigkill"
+
+
+class LadderProcess(Protocol):
+    """What the ladder needs of QEMU's process (a :class:`QemuProcess`)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
+
+    def terminate(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+class LadderMonitor(Protocol):
+    """What the ladder needs of QMP (a :class:`QmpConnection`)."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def execute(
+        self, command: str, arguments: Mapping[str, object] | None = None
+    ) -> object: ...
+
+
+def _no_hook(_: Rung) -> None:
+    pass
+
+
+def _exited(process: LadderProcess) -> bool:
+    return process.returncode is not None
+
+
+async def _wait_exit(process: LadderProcess, seconds: float) -> bool:
+    with trio.move_on_after(seconds):
+        await process.wait()
+    return _exited(process)
+
+
+async def shutdown_ladder(
+    process: LadderProcess,
+    qmp: LadderMonitor | None,
+    timeouts: LadderTimeouts,
+    *,
+    grace: trio.CancelScope | None,
+    report: Callable[[str], None],
+    on_rung: Callable[[Rung], None] = _no_hook,
+) -> None:
+    """Bring QEMU down, one bounded rung at a time, until it has exited.
+
+    The guest's power-off rung runs inside ``grace`` (cancelling it stops the
+    wait for the guest: a second Ctrl-C); None skips that rung. ``on_rung``
+    hears each rung before it acts. Raises SessionError if QEMU survives SIGKILL.
+    """
+    if _exited(process):
+        return
+    t = timeouts
+    if grace is not None and qmp is not None and qmp.connected:
+        on_rung(Rung.POWERDOWN)
+        report(f"asking the guest to power off (up to {t.powerdown:g} s)")
+        with grace:
+            # One bound for the request and the wait: a wedged QEMU
+            # may not even answer system_powerdown.
+            with trio.move_on_after(t.powerdown):
+                try:
+                    await qmp.execute("system_powerdown")
+                except QmpError as exc:
+                    log.debug("system_powerdown: %s", exc)
+                await process.wait()
+            if _exited(process):
+                return
+            report(f"the guest did not power off within {t.powerdown:g} s")
+        if _exited(process):
+            return
+    if qmp is not None and qmp.connected:
+        on_rung(Rung.QUIT)
+        report(f"asking QEMU to quit (up to {t.quit:g} s)")
+        with trio.move_on_after(t.quit):
+            try:
+                await qmp.execute("quit")
+            except QmpError as exc:
+                log.debug("quit: %s", exc)
+            await process.wait()
+        if _exited(process):
+            return
+    on_rung(Rung.SIGTERM)
+    report(f"sending QEMU SIGTERM (up to {t.sigterm:g} s)")
+    process.terminate()
+    if await _wait_exit(process, t.sigterm):
+        return
+    on_rung(Rung.SIGKILL)
+    report(f"sending QEMU SIGKILL (up to {t.sigkill:g} s)")
+    process.kill()
+    if not await _wait_exit(process, t.sigkill):
+        raise SessionError(
+            f"QEMU (pid {process.pid}) survives SIGKILL after {t.sigkill:g} s: it is stuck "
+            "in the kernel (D state)",
+            fix=f"check `cat /proc/{process.pid}/stack`; devices are returned once it exits "
+            "(`handoff recover`)",
         )
 
 
@@ -663,65 +780,28 @@ class Session:
     def _exited(self) -> bool:
         return self._process is not None and self._process.returncode is not None
 
-    async def _wait_exit(self, seconds: float) -> bool:
-        process = self._process
-        assert process is not None
-        with trio.move_on_after(seconds):
-            await process.wait()
-        return process.returncode is not None
-
     async def _ladder(self, qmp: QmpConnection | None, *, graceful: bool) -> None:
-        """Bring QEMU down, one bounded rung at a time, until it has exited."""
+        """Bring QEMU down with :func:`shutdown_ladder`; the session's state follows it."""
         process = self._process
         assert process is not None
-        state = self._state
         if self._exited():
             return
-        state.phase = Phase.STOPPING
-        t = self.timeouts
-        if graceful and not state.force and qmp is not None and qmp.connected:
-            self.report(f"asking the guest to power off (up to {t.powerdown:g} s)")
-            try:
-                with trio.CancelScope() as self._graceful_scope:
-                    # One bound for the request and the wait: a wedged QEMU
-                    # may not even answer system_powerdown.
-                    with trio.move_on_after(t.powerdown):
-                        try:
-                            await qmp.execute("system_powerdown")
-                        except QmpError as exc:
-                            log.debug("system_powerdown: %s", exc)
-                        await process.wait()
-                    if self._exited():
-                        return
-                    self.report(f"the guest did not power off within {t.powerdown:g} s")
-            finally:
-                self._graceful_scope = None
-            if self._exited():
-                return
-        if qmp is not None and qmp.connected:
-            self.report(f"asking QEMU to quit (up to {t.quit:g} s)")
-            with trio.move_on_after(t.quit):
-                try:
-                    await qmp.execute("quit")
-                except QmpError as exc:
-                    log.debug("quit: %s", exc)
-                await process.wait()
-            if self._exited():
-                return
-        self.report(f"sending QEMU SIGTERM (up to {t.sigterm:g} s)")
-        process.terminate()
-        if await self._wait_exit(t.sigterm):
-            return
-        self.report(f"sending QEMU SIGKILL (up to {t.sigkill:g} s)")
-        state.killed_by_ladder = True
-        process.kill()
-        if not await self._wait_exit(t.sigkill):
-            raise SessionError(
-                f"QEMU (pid {process.pid}) survives SIGKILL after {t.sigkill:g} s: it is stuck "
-                "in the kernel (D state)",
-                fix=f"check `cat /proc/{process.pid}/stack`; devices are returned once it exits "
-                "(`handoff recover`)",
+        self._state.phase = Phase.STOPPING
+        grace = trio.CancelScope() if graceful and not self._state.force else None
+        self._graceful_scope = grace
+        try:
+            await shutdown_ladder(
+                process, qmp, self.timeouts, grace=grace, report=self.report,
+                on_rung=self._on_rung,
             )
+        finally:
+            self._graceful_scope = None
+
+    def _on_rung(self, rung: Rung) -> None:
+        if rung is not Rung.POWERDOWN:
+            self._graceful_scope = None  # past the guest's rung: nothing left to force
+        if rung is Rung.SIGKILL:
+            self._state.killed_by_ladder = True
 
     # ------------------------------------------------------------------ cleanup
 
