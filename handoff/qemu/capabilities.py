@@ -32,6 +32,7 @@ from handoff.profile import (
     Profile,
     SoundModel,
 )
+from handoff.qemu import probe_cache
 from handoff.qemu.cmdline import NIC_DEVICE, VGA_DEVICE, LaunchSpec, argv_devices, build_argv
 
 #: The oldest QEMU whose option syntax build_argv uses throughout (-blockdev,
@@ -78,12 +79,13 @@ def find_qemu(binary: str) -> Path:
 
 
 def probe(binary: str = "qemu-system-x86_64") -> QemuCapabilities:
-    """Ask ``binary`` what it supports; cached per path + mtime + size."""
+    """Ask ``binary`` what it supports; cached per path + mtime + size, and on disk."""
     path = find_qemu(binary)
     stat = path.stat()
     key = (str(path), stat.st_mtime_ns, stat.st_size)
-    cached = _cache.get(key)
+    cached = _cache.get(key) or probe_cache.load(path)
     if cached is not None:
+        _cache[key] = cached
         return cached
     version_text = _ask(path, "-version")
     caps = QemuCapabilities(
@@ -97,6 +99,7 @@ def probe(binary: str = "qemu-system-x86_64") -> QemuCapabilities:
         machines=parse_machine_help(_ask(path, "-machine", "help")),
     )
     _cache[key] = caps
+    probe_cache.store(path, caps)
     return caps
 
 
