@@ -17,7 +17,9 @@ anything in a root-owned 0700 directory, yet QEMU itself creates its
 listening sockets (VNC, a second monitor). Those go into ``qemu/``
 (:func:`qemu_socket_dir`), a 0700 subdirectory owned by the user QEMU runs
 as, so the user never owns the run directory that holds the lock, the
-control socket and the GPU journal.
+control socket and the GPU journal. To reach ``qemu/`` the user may search
+(not list) the run directory: it is then 0710 with the user's group; all
+else in it stays root's alone (0600 files, a socket only root can connect to).
 
 Cleanup removes the files the session made (:data:`SESSION_FILES`, the
 ``qemu/`` directory and its sockets) and then the directory only if it is
@@ -166,6 +168,10 @@ class RunDir:
         if user is not None:
             entry = qemu_account(user)
             os.chown(qemu_dir, entry.pw_uid, entry.pw_gid)
+            # QEMU (creating its sockets) and a VNC viewer run as the user must
+            # pass through the run directory: search only (0710), for its group.
+            os.chown(self.path, -1, entry.pw_gid)
+            os.chmod(self.path, 0o710)  # noqa: S103 (search only, for one group)
 
     @property
     def qemu_dir(self) -> Path:

@@ -300,6 +300,8 @@ async def _read_line(sock: socket.socket) -> dict[str, Any]:
             data = sock.recv(_HANDSHAKE_LINE_MAX, socket.MSG_PEEK)
         except BlockingIOError:
             continue
+        except ConnectionResetError:  # QEMU exited with our bytes unread
+            data = b""
         if not data:
             raise QmpError(
                 "could not connect to QEMU's monitor: QEMU closed the connection "
