@@ -157,6 +157,9 @@ class Sound:
 
 
 class Vga(Enum):
+    """The emulated video device. Left out, it is "std" when display.frontend
+    shows something and no passthrough device has x_vga, else "none"."""
+
     NONE = "none"  # the passthrough GPU is the display
     STD = "std"  # for installing the OS before passthrough
     VIRTIO = "virtio"
@@ -913,12 +916,32 @@ def _parse_sound(r: _Reader, data: Mapping[str, Any]) -> Sound:
     return Sound(model=model, backend=backend)
 
 
+def default_vga(frontend: DisplayFrontend, legacy_vga_passthrough: bool) -> Vga:
+    """display.vga when the profile leaves it out.
+
+    A window or VNC socket with no video device shows only "Display output
+    is not active", so a frontend gets the emulated "std" VGA, unless a
+    passthrough device owns the legacy VGA ranges (x_vga = true)."""
+    if frontend is DisplayFrontend.NONE or legacy_vga_passthrough:
+        return Vga.NONE
+    return Vga.STD
+
+
+def _x_vga_requested(data: Mapping[str, Any]) -> bool:
+    """Whether any [[passthrough]] says x_vga = true (read before it is validated)."""
+    entries = data.get("passthrough", [])
+    return isinstance(entries, list) and any(
+        isinstance(t, dict) and t.get("x_vga") is True for t in entries
+    )
+
+
 def _parse_display(r: _Reader, data: Mapping[str, Any]) -> Display:
     t = r.table(data, "display")
     r.check_keys(t, "display", _DISPLAY_KEYS)
+    frontend = r.enum(t, "display", "frontend", DisplayFrontend, DisplayFrontend.NONE)
     return Display(
-        vga=r.enum(t, "display", "vga", Vga, Vga.NONE),
-        frontend=r.enum(t, "display", "frontend", DisplayFrontend, DisplayFrontend.NONE),
+        vga=r.enum(t, "display", "vga", Vga, default_vga(frontend, _x_vga_requested(data))),
+        frontend=frontend,
         tablet=r.boolean(t, "display", "tablet", False),
     )
 
@@ -1330,7 +1353,9 @@ def profile_to_toml(profile: Profile) -> str:
         lines: list[str] = []
         for f in fields(obj):  # type: ignore[arg-type]
             value = getattr(obj, f.name)
-            if default is not None and getattr(default, f.name) == value:
+            if default is not None and getattr(default, f.name) == value and (
+                (table, f.name) != ("display", "vga")  # its default depends on frontend
+            ):
                 continue
             if value is None or (table == "vm" and value == f.default):
                 continue

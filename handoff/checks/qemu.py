@@ -15,10 +15,12 @@ from typing import Literal
 
 from handoff.checks import Check, DoctorEnv, fail, ok, skip
 from handoff.errors import ProfileError, QemuError
+from handoff.host import HostPaths
 from handoff.profile import FirmwareType, InputBackend, Profile
 from handoff.qemu.accel import choose_accel
 from handoff.qemu.capabilities import MIN_VERSION, QemuCapabilities, check_supported, probe
 from handoff.qemu.cmdline import LaunchSpec, argv_devices, build_argv
+from handoff.rundir import QEMU_DIR, VNC_SOCKET
 
 _INSTALL = "apt-get install qemu-system-x86 (Debian/Ubuntu), emerge app-emulation/qemu (Gentoo)"
 
@@ -33,7 +35,9 @@ def needed_devices(profile: Profile, accel: Literal["kvm", "tcg"] = "kvm") -> li
 
     Raises ProfileError when the profile cannot run under ``accel``
     (``cpu_model = "host"`` without KVM)."""
-    argv = build_argv(profile, LaunchSpec(accel=accel))
+    # Only the -device names matter here; the socket is where a session puts it.
+    vnc = HostPaths().run / profile.name / QEMU_DIR / VNC_SOCKET
+    argv = build_argv(profile, LaunchSpec(accel=accel, vnc_socket=vnc))
     names = list(argv_devices(argv))
     if profile.input.backend is InputBackend.VIRTIO:
         names.append("virtio-input-host-pci")

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from handoff.errors import ProfileError
-from handoff.profile import Profile, load_profile, parse_profile
+from handoff.profile import Profile, load_profile, parse_profile, profile_to_toml
 from handoff.qemu.cmdline import (
     LaunchSpec,
     argv_devices,
@@ -320,6 +320,30 @@ def test_vnc_listens_only_on_the_unix_socket_from_the_launch_spec() -> None:
 def test_vnc_without_a_socket_is_a_launch_spec_bug() -> None:
     with pytest.raises(ValueError, match="vnc_socket"):
         argv_of('[display]\nfrontend = "vnc"\n')
+
+
+@pytest.mark.parametrize("frontend", ["vnc", "gtk", "sdl"])
+def test_a_frontend_without_a_vga_gets_the_emulated_std_vga(frontend: str) -> None:
+    # A window or VNC socket with no video device would only show "Display
+    # output is not active".
+    launch = LaunchSpec(vnc_socket=Path("/run/handoff/w/qemu/vnc.sock"))
+    argv = argv_of(f'[display]\nfrontend = "{frontend}"\n', launch)
+    assert has(argv, "-vga", "none", "-device", "VGA,id=video0")
+
+
+def test_a_frontend_with_an_x_vga_passthrough_gets_no_emulated_vga() -> None:
+    launch = LaunchSpec(vnc_socket=Path("/run/handoff/w/qemu/vnc.sock"))
+    extra = '[display]\nfrontend = "vnc"\n[[passthrough]]\naddress = "01:00.0"\nx_vga = true\n'
+    argv = argv_of(extra, launch)
+    assert not [d for d in option_values(argv, "-device") if d.startswith("VGA")]
+
+
+def test_an_explicit_vga_none_with_a_frontend_is_kept() -> None:
+    launch = LaunchSpec(vnc_socket=Path("/run/handoff/w/qemu/vnc.sock"))
+    explicit = profile('[display]\nvga = "none"\nfrontend = "vnc"\n')
+    argv = build_argv(explicit, launch)
+    assert not [d for d in option_values(argv, "-device") if d.startswith("VGA")]
+    assert parse_profile(profile_to_toml(explicit), SOURCE) == explicit  # written back too
 
 
 def test_the_tablet_is_a_usb_tablet_on_an_xhci_controller() -> None:
