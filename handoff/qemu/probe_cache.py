@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from handoff import __version__
+import handoff
 
 if TYPE_CHECKING:
     from handoff.qemu.capabilities import QemuCapabilities
@@ -62,10 +62,10 @@ class CacheKey:
     version: str
 
     @classmethod
-    def of(cls, binary: Path, version: str = __version__) -> CacheKey:
+    def of(cls, binary: Path) -> CacheKey:
         real = os.path.realpath(binary)
         st = os.stat(real)
-        return cls(real, st.st_size, st.st_mtime_ns, st.st_ino, version)
+        return cls(real, st.st_size, st.st_mtime_ns, st.st_ino, handoff.__version__)
 
 
 def cache_dir(environ: Mapping[str, str], euid: int) -> Path:
