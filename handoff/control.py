@@ -1,7 +1,9 @@
 """The control socket: how `handoff status/stop/switch` reach a running session.
 
-A unix stream socket, ``control.sock`` in the session's 0700 run directory
-(only its owner can connect; nothing listens on a network port). The
+A unix stream socket, ``control.sock`` (mode :data:`SOCKET_MODE`, 0600) in
+the session's private run directory: only its owner can connect (connecting
+needs write permission on the socket file, and the directory lets nobody
+else list it); nothing listens on a network port. The
 protocol is JSON lines: the client writes one object per line with a
 ``command`` key and any arguments, and gets one object per line back::
 
@@ -10,19 +12,22 @@ protocol is JSON lines: the client writes one object per line with a
     → {"command": "stop", "force": true}
     ← {"ok": true, "result": {"stopping": true, "force": true}}
     → {"command": "nope"}
-    ← {"ok": false, "error": "unknown command 'nope'", "fix": "known commands: status, stop"}
+    ← {"ok": false, "error": "unknown command 'nope'", "fix": "known commands: status, stop",
+       "code": "unknown-command"}
 
 The session registers ``status`` and ``stop``; resources register their own
 (the input resource registers ``switch``) through :class:`ControlCommands`,
 which implements :class:`handoff.resources.ControlRegistry`. A handler
 raising a :class:`HandoffError` answers ``ok: false`` with its message and
-fix; the connection stays open for more requests.
+fix; the connection stays open for more requests. Every failure carries a
+``code`` (:class:`handoff.control_client.ControlErrorCode`) that clients
+decide by. The client half (:func:`request`) lives in
+:mod:`handoff.control_client`, which does not import trio.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -33,11 +38,20 @@ from typing import Any
 
 import trio
 
-from handoff.errors import HandoffError, SessionError, SessionNotRunningError
+from handoff.control_client import (
+    CLIENT_TIMEOUT,
+    MAX_LINE,
+    ControlErrorCode,
+    ControlRequestError,
+    request,
+)
+from handoff.errors import HandoffError
 from handoff.resources import ControlHandler, JsonObject
 
 __all__ = [
+    "CLIENT_TIMEOUT",
     "MAX_LINE",
+    "SOCKET_MODE",
     "ControlCommands",
     "ControlRequestError",
     "request",
@@ -46,15 +60,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Longest request line accepted; a client sending more is disconnected.
-MAX_LINE = 64 * 1024
-
-#: How long the CLI waits for a session to answer.
-CLIENT_TIMEOUT = 15.0
-
-
-class ControlRequestError(SessionError):
-    """The session answered a control request with an error."""
+#: The control socket's mode: connectable by its owner only.
+SOCKET_MODE = 0o600
 
 
 class ControlCommands:
@@ -78,22 +85,26 @@ class ControlCommands:
         command = message.get("command")
         if not isinstance(command, str):
             return _failure(
-                'a request needs a "command" string', 'send {"command": "status"}'
+                'a request needs a "command" string',
+                'send {"command": "status"}',
+                ControlErrorCode.BAD_REQUEST,
             )
         handler = self._handlers.get(command)
         if handler is None:
             return _failure(
-                f"unknown command {command!r}", f"known commands: {', '.join(self.commands)}"
+                f"unknown command {command!r}",
+                f"known commands: {', '.join(self.commands)}",
+                ControlErrorCode.UNKNOWN_COMMAND,
             )
         try:
             result = await handler(message)
         except HandoffError as exc:
-            return _failure(exc.message, exc.fix)
+            return _failure(exc.message, exc.fix, ControlErrorCode.FAILED)
         return {"ok": True, "result": result}
 
 
-def _failure(message: str, fix: str | None) -> JsonObject:
-    response: JsonObject = {"ok": False, "error": message}
+def _failure(message: str, fix: str | None, code: ControlErrorCode) -> JsonObject:
+    response: JsonObject = {"ok": False, "error": message, "code": code.value}
     if fix:
         response["fix"] = fix
     return response
@@ -117,12 +128,16 @@ async def _serve_connection(stream: trio.SocketStream, commands: ControlCommands
                 try:
                     message = json.loads(line)
                 except ValueError:
-                    response = _failure("the request is not valid JSON", None)
+                    response = _failure(
+                        "the request is not valid JSON", None, ControlErrorCode.BAD_REQUEST
+                    )
                 else:
                     if isinstance(message, dict):
                         response = await commands.dispatch(message)
                     else:
-                        response = _failure("a request must be a JSON object", None)
+                        response = _failure(
+                            "a request must be a JSON object", None, ControlErrorCode.BAD_REQUEST
+                        )
                 try:
                     await stream.send_all(json.dumps(response).encode() + b"\n")
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -149,6 +164,7 @@ async def serve_control(
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         await sock.bind(str(path))
+        os.chmod(path, SOCKET_MODE)  # not the umask's choice; before anyone can connect
         sock.listen(16)
     except BaseException:
         sock.close()
@@ -164,70 +180,3 @@ async def serve_control(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
 
-
-def request(
-    path: Path, message: Mapping[str, Any], *, timeout: float = CLIENT_TIMEOUT
-) -> JsonObject:
-    """Send one request to a session and return its ``result`` (blocking; for the CLI).
-
-    Raises :class:`SessionNotRunningError` when nothing listens on ``path``
-    and :class:`ControlRequestError` with the session's message and fix
-    when it answers ``ok: false``.
-    """
-    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    client.settimeout(timeout)
-    try:
-        try:
-            client.connect(str(path))
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise SessionNotRunningError(
-                f"no session is running there (nothing answers on {path})",
-                fix="start it with `handoff run PROFILE`; `handoff status` lists sessions",
-            ) from exc
-        except PermissionError as exc:
-            raise SessionError(
-                f"cannot reach {path}: permission denied (the run directory is private "
-                "to the user who started the session)",
-                fix="run this command as that user (usually root)",
-            ) from exc
-        try:
-            client.sendall(json.dumps(dict(message)).encode() + b"\n")
-            reply = _read_line(client)
-        except TimeoutError as exc:
-            raise SessionError(
-                f"the session did not answer within {timeout:g} s on {path}",
-                fix="it may be stuck; check `ps` for the supervisor and QEMU",
-            ) from exc
-        except OSError as exc:
-            if exc.errno in (errno.ECONNRESET, errno.EPIPE):
-                raise SessionNotRunningError(
-                    f"the session closed the control connection ({path})"
-                ) from exc
-            raise
-    finally:
-        client.close()
-    try:
-        response = json.loads(reply)
-    except ValueError as exc:
-        raise SessionError(f"the session sent an unreadable answer on {path}") from exc
-    if not isinstance(response, dict):
-        raise SessionError(f"the session sent an unreadable answer on {path}")
-    if not response.get("ok"):
-        raise ControlRequestError(
-            str(response.get("error", "the session refused the request")),
-            fix=response.get("fix"),
-        )
-    result = response.get("result", {})
-    return result if isinstance(result, dict) else {"result": result}
-
-
-def _read_line(client: socket.socket) -> bytes:
-    data = b""
-    while b"\n" not in data:
-        chunk = client.recv(MAX_LINE)
-        if not chunk:
-            raise SessionNotRunningError("the session closed the control connection")
-        data += chunk
-        if len(data) > 16 * MAX_LINE:
-            raise SessionError("the session's answer is too long")
-    return data.split(b"\n", 1)[0]

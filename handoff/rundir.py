@@ -14,9 +14,9 @@ locked (else it locked a file already removed, and tries again).
 
 QEMU may run as an unprivileged user (``vm.user``) who cannot create
 anything in a root-owned 0700 directory, yet QEMU itself creates its
-listening sockets (VNC, a second monitor). Those go into ``qemu/``
-(:func:`qemu_socket_dir`), a 0700 subdirectory owned by the user QEMU runs
-as, so the user never owns the run directory that holds the lock, the
+listening sockets (VNC, the input monitor ``input.qmp``). Those go into
+``qemu/`` (:func:`qemu_socket_dir`), a 0700 subdirectory owned by the user
+QEMU runs as, so the user never owns the run directory that holds the lock, the
 control socket and the GPU journal. To reach ``qemu/`` the user may search
 (not list) the run directory: it is then 0710 with the user's group; all
 else in it stays root's alone (0600 files, a socket only root can connect to).
@@ -42,23 +42,29 @@ from handoff.host import HostPaths, qemu_account
 
 __all__ = [
     "CONTROL_SOCKET",
+    "INPUT_MONITOR",
     "LOCK_FILE",
     "QEMU_LOG",
+    "QEMU_SOCKETS",
     "SESSION_FILES",
     "RunDir",
     "holder_pid",
+    "input_monitor_path",
     "qemu_socket_dir",
 ]
 
 LOCK_FILE = "lock"
 CONTROL_SOCKET = "control.sock"
 QEMU_LOG = "qemu.log"
-QMP_SOCKET = "qmp.sock"
 QEMU_DIR = "qemu"
 VNC_SOCKET = "vnc.sock"
+INPUT_MONITOR = "input.qmp"
 
-#: What a session creates in its run directory and removes on the way out.
-SESSION_FILES = (CONTROL_SOCKET, QEMU_LOG, QMP_SOCKET, LOCK_FILE)
+#: What a session creates in its run directory and removes on the way out
+#: (QEMU's own sockets, :data:`QEMU_SOCKETS`, go with the ``qemu/`` directory).
+SESSION_FILES = (CONTROL_SOCKET, QEMU_LOG, LOCK_FILE)
+#: The listening sockets QEMU creates in ``qemu/``.
+QEMU_SOCKETS = (VNC_SOCKET, INPUT_MONITOR)
 
 
 def qemu_socket_dir(paths: HostPaths, profile_name: str) -> Path:
@@ -68,6 +74,12 @@ def qemu_socket_dir(paths: HostPaths, profile_name: str) -> Path:
     created by :meth:`RunDir.acquire`, removed with its contents on release.
     """
     return paths.session_dir(profile_name) / QEMU_DIR
+
+
+def input_monitor_path(paths: HostPaths, profile_name: str) -> Path:
+    """The input monitor's socket (backend ``qmp``): QEMU creates it in ``qemu/``."""
+    return qemu_socket_dir(paths, profile_name) / INPUT_MONITOR
+
 
 _LOCK_ATTEMPTS = 5
 
@@ -189,6 +201,10 @@ class RunDir:
     @property
     def vnc_socket(self) -> Path:
         return self.qemu_dir / VNC_SOCKET
+
+    @property
+    def input_monitor(self) -> Path:
+        return self.qemu_dir / INPUT_MONITOR
 
     @property
     def locked(self) -> bool:

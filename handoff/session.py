@@ -38,6 +38,7 @@ import contextlib
 import enum
 import logging
 import os
+import re
 import signal
 import socket
 import time
@@ -48,13 +49,13 @@ from typing import Any, Protocol
 import trio
 
 from handoff.control import ControlCommands, serve_control
-from handoff.errors import HandoffError, QmpError, SessionError
+from handoff.errors import HandoffError, QemuLaunchError, QmpError, SessionError
 from handoff.host import HostPaths
 from handoff.profile import Profile, check_profile_on_host, ensure_firmware_vars
 from handoff.qemu.accel import choose_accel
 from handoff.qemu.capabilities import check_profile
 from handoff.qemu.cmdline import LaunchSpec, build_argv, format_argv
-from handoff.qemu.process import QemuProcess, describe_exit
+from handoff.qemu.process import QemuProcess, describe_exit, read_log_tail
 from handoff.qemu.qmp import (
     CONNECT_TIMEOUT,
     QmpConnection,
@@ -85,6 +86,7 @@ __all__ = [
     "StopRequest",
     "classify_end",
     "default_resources",
+    "launch_failure_fix",
     "preflight",
     "session_argv",
     "shutdown_ladder",
@@ -244,7 +246,6 @@ async def shutdown_ladder(
             return
     on_rung(Rung.SIGTERM)
     report(f"sending QEMU SIGTERM (up to {t.sigterm:g} s)")
-    process.terminate()
     if await _wait_exit(process, t.sigterm):
         return
     on_rung(Rung.SIGKILL)
@@ -371,6 +372,78 @@ def session_argv(
     vnc = qemu_socket_dir(paths, profile.name) / VNC_SOCKET
     return build_argv(
         profile, _launch_spec(binary, accel, monitor_fd, trace_file, extra_args, vnc)
+    )
+
+
+_DENIED = re.compile(r"Permission denied|Operation not permitted")
+_PATH = re.compile(r"(/[^\s':,\"]+)")
+_MEMLOCK = re.compile(r"VFIO_MAP_DMA|vfio_pin_pages|vfio_dma_map|pin.*Cannot allocate memory")
+_BUSY = re.compile(r"Device or resource busy")
+#: Nodes handoff itself gives QEMU's user for the session (run dir, vfio, input proxies).
+_HANDOFF_NODES = ("/dev/vfio/", "/dev/input/")
+_PROFILE_FIX = (
+    "the log above names the option or file QEMU rejected; fix the profile "
+    "(`handoff argv PROFILE` prints the command)"
+)
+
+
+def _first_path(line: str) -> str | None:
+    match = _PATH.search(line)
+    return match[1] if match else None
+
+
+def launch_failure_fix(
+    returncode: int, log_tail: str, *, user: str | None, run_dir: os.PathLike[str] | str
+) -> str:
+    """Pure: the fix for QEMU dying before its monitor answered, from how and why it died.
+
+    Says "fix the profile" only when the log points at the profile (an option
+    or file QEMU rejected); a signal, a refused handoff-made path, memlock or
+    a busy device are not the profile's fault.
+    """
+    if returncode < 0:
+        return (
+            f"QEMU {describe_exit(returncode)} from outside handoff while it started (the "
+            "profile is not at fault): find what sent it (`dmesg` shows the OOM killer) "
+            "and run again"
+        )
+    lines = log_tail.splitlines()
+    denied = next((line for line in lines if _DENIED.search(line)), None)
+    if denied is not None:
+        return _denied_fix(_first_path(denied), user, str(run_dir))
+    if any(_MEMLOCK.search(line) for line in lines):
+        return (
+            "QEMU could not pin guest RAM for the passthrough device: raise its memlock "
+            "limit (contrib/limits.d/handoff-memlock.conf; `handoff doctor PROFILE` checks it)"
+        )
+    busy = next((line for line in lines if _BUSY.search(line)), None)
+    if busy is not None:
+        what = _first_path(busy) or "a passthrough device"
+        return (
+            f"another process holds {what}: stop it (`handoff doctor PROFILE` names the "
+            "holder) and run again"
+        )
+    return _PROFILE_FIX
+
+
+def _denied_fix(path: str | None, user: str | None, run_dir: str) -> str:
+    what = path or "a file"
+    if user is None:
+        return f"QEMU was refused {what}: check its permissions (`namei -l {what}`)"
+    ours = path is not None and (
+        path.startswith(run_dir.rstrip("/") + "/") or path.startswith(_HANDOFF_NODES)
+    )
+    if ours:
+        return (
+            f"handoff gives {what} to QEMU's user {user!r} (vm.user) for the session, yet "
+            f"QEMU was refused it: every directory above it must be searchable by {user} "
+            f"(`namei -l {what}`; set HANDOFF_RUN_DIR to such a place if it is the run "
+            "directory); the profile is not at fault"
+        )
+    return (
+        f"QEMU runs as {user!r} (vm.user) and was refused {what}: give {user} access to "
+        f"it (chown or setfacl, and search permission on the directories above it), or "
+        "remove vm.user from the profile"
     )
 
 
@@ -660,15 +733,46 @@ class Session:
             )
         except QmpError as exc:
             ours.close()
-            with trio.move_on_after(LAUNCH_EXIT_GRACE):
-                await process.wait()
-            if process.returncode is not None:
-                raise process.launch_error(process.returncode) from exc
-            raise
+            raise await self._launch_failure(process, exc) from exc
         self.report("QMP connected")
         if self.on_qmp_ready is not None:
             self.on_qmp_ready()
         return qmp
+
+    async def _launch_failure(
+        self, process: QemuProcess, exc: HandoffError, detail: str = ""
+    ) -> HandoffError:
+        """The error to raise when QEMU's start failed at ``exc``.
+
+        If QEMU exits within :data:`LAUNCH_EXIT_GRACE` it died: its exit status,
+        command, log tail and the fix for what the log says. Else ``exc`` itself.
+        """
+        with trio.move_on_after(LAUNCH_EXIT_GRACE):
+            await process.wait()
+        returncode = process.returncode
+        if returncode is None:
+            return exc
+        error = process.launch_error(returncode, detail)
+        fix = launch_failure_fix(
+            returncode,
+            read_log_tail(process.log_path),
+            user=self.profile.vm.user,
+            run_dir=self.paths.session_dir(self.profile.name),
+        )
+        return QemuLaunchError(error.message, fix=fix)
+
+    async def _start_resource(
+        self, resource: HostResource, vm: VmHandle, nursery: trio.Nursery
+    ) -> None:
+        """``vm_started``; a failure because QEMU died meanwhile reports QEMU's death."""
+        try:
+            await resource.vm_started(vm, nursery, self.commands)
+        except HandoffError as exc:
+            process = self._process
+            assert process is not None
+            raise await self._launch_failure(
+                process, exc, f"{resource.name}: {exc.message}"
+            ) from exc
 
     def _memlock_for_child(self) -> int | None:
         """The RLIMIT_MEMLOCK QEMU needs: the largest any acquired resource asks for.
@@ -691,7 +795,7 @@ class Session:
             nursery.start_soon(self._event_task, qmp)
             nursery.start_soon(self._ladder_task, qmp)
             for resource in self._acquired:
-                await resource.vm_started(vm, nursery, self.commands)
+                await self._start_resource(resource, vm, nursery)
             if state.stop is None:
                 try:
                     await qmp.execute("cont")

@@ -206,26 +206,40 @@ class QmpSocketTransport:
         for ``deadline`` seconds.
         """
         stream: trio.SocketStream | None = None
-        with trio.move_on_after(deadline):
-            while stream is None:
-                try:
-                    stream = await trio.open_unix_socket(str(path))
-                except (FileNotFoundError, ConnectionRefusedError):
-                    await trio.sleep(0.02)
-            transport = cls(stream, max_in_flight)
-            greeting = await transport._read_message()
-            if "QMP" not in greeting:
-                raise InputError(f"{path} is not a QMP monitor (no greeting)")
-            await stream.send_all(b'{"execute":"qmp_capabilities"}\n')
-            if "return" not in await transport._read_reply():
-                raise InputError(f"QEMU refused qmp_capabilities on {path}")
-            return transport
+        try:
+            with trio.move_on_after(deadline):
+                while stream is None:
+                    try:
+                        stream = await trio.open_unix_socket(str(path))
+                    except (FileNotFoundError, ConnectionRefusedError):
+                        await trio.sleep(0.02)
+                transport = cls(stream, max_in_flight)
+                await transport._negotiate(path)
+                return transport
+        except (OSError, EOFError, ValueError, trio.BrokenResourceError) as exc:
+            # QEMU hung up (exited) during the handshake, or sent garbage.
+            if stream is not None:
+                await stream.aclose()
+            raise InputError(
+                f"QEMU's input monitor {path} closed during the handshake "
+                f"({type(exc).__name__}: {exc}); QEMU probably exited",
+                fix="look at QEMU's log in the run directory",
+            ) from exc
         if stream is not None:
             await stream.aclose()
         raise InputError(
             f"QEMU's input monitor {path} did not answer within {deadline:g} s",
             fix="look at QEMU's log in the run directory",
         )
+
+    async def _negotiate(self, path: Path) -> None:
+        """Read the greeting and negotiate capabilities on a fresh connection."""
+        greeting = await self._read_message()
+        if "QMP" not in greeting:
+            raise InputError(f"{path} is not a QMP monitor (no greeting)")
+        await self._stream.send_all(b'{"execute":"qmp_capabilities"}\n')
+        if "return" not in await self._read_reply():
+            raise InputError(f"QEMU refused qmp_capabilities on {path}")
 
     async def _read_message(self) -> dict[str, Any]:
         while True:

@@ -5,10 +5,12 @@
 the device watcher, the router and its forwarding, and the control command
 ``switch``. Lifecycle:
 
-* ``acquire``: create the virtio proxies (nothing else changes the host).
+* ``acquire``: create the virtio proxies, their event nodes owned by
+  ``vm.user`` when QEMU runs as that user (nothing else changes the host).
 * ``qemu_args``: the proxies as virtio-input-host-pci devices, or the input
-  monitor ``-chardev socket,id=handoff-input,path=<run dir>/input.qmp,
-  server=on,wait=off -mon chardev=handoff-input,mode=control``. A monitor of
+  monitor ``-chardev socket,id=handoff-input,path=<run dir>/qemu/input.qmp,
+  server=on,wait=off -mon chardev=handoff-input,mode=control`` (QEMU creates
+  the socket, so it lives in ``qemu/``, the directory of QEMU's user). A monitor of
   its own lets input pipeline up to 8 requests in strict order without
   sharing the session's QMP queue.
 * ``vm_started``: narrow the key table to the running QEMU's QKeyCode enum,
@@ -35,7 +37,7 @@ from typing import Any
 import trio
 
 from handoff.errors import HandoffError, InputError
-from handoff.host import HostPaths
+from handoff.host import HostPaths, qemu_account
 from handoff.input.devices import DeviceInfo, DeviceWatcher, Selection, classify_by_capabilities
 from handoff.input.forward import QmpBackend, QmpSocketTransport
 from handoff.input.keymap import (
@@ -49,10 +51,10 @@ from handoff.input.router import GuestSink, InputRouter, RouterCore
 from handoff.input.virtio import VirtioProxies
 from handoff.profile import InputBackend, Profile
 from handoff.resources import ControlRegistry, JsonObject, VmHandle
+from handoff.rundir import input_monitor_path
 
 log = logging.getLogger(__name__)
 
-INPUT_MONITOR = "input.qmp"
 SWITCH_TARGETS = ("host", "guest", "toggle")
 
 
@@ -80,11 +82,11 @@ class InputHandoff:
 
     @property
     def monitor_path(self) -> Path:
-        return self._paths.session_dir(self._profile.name) / INPUT_MONITOR
+        return input_monitor_path(self._paths, self._profile.name)
 
     async def acquire(self) -> None:
         if self.backend is InputBackend.VIRTIO:
-            self._proxies = VirtioProxies(self._profile.name)
+            self._proxies = VirtioProxies(self._profile.name, owner_uid=_qemu_uid(self._profile))
             self._proxies.create()
 
     def qemu_args(self) -> Sequence[str]:
@@ -115,13 +117,7 @@ class InputHandoff:
             proxy_nodes: tuple[str, ...] = self._proxies.nodes
         else:
             backend = QmpBackend(await self._keymap(vm))
-            try:
-                self._transport = await QmpSocketTransport.connect(self.monitor_path)
-            except OSError as exc:
-                raise InputError(
-                    f"cannot connect to QEMU's input monitor {self.monitor_path}: {exc}",
-                    fix="QEMU must be able to create sockets in the run directory",
-                ) from exc
+            self._transport = await QmpSocketTransport.connect(self.monitor_path)
             nursery.start_soon(backend.run, self._transport)
             sink = backend
             proxy_nodes = ()
@@ -223,6 +219,14 @@ class InputHandoff:
                 for ident, handle in sorted(self._router.devices.items())
             ]
         return {"backend": self.backend.value, **self._mode(), "devices": devices}
+
+
+def _qemu_uid(profile: Profile) -> int | None:
+    """QEMU's uid when it differs from the supervisor's (``vm.user``), else None."""
+    if profile.vm.user is None:
+        return None
+    uid = qemu_account(profile.vm.user).pw_uid
+    return None if uid == os.geteuid() else uid
 
 
 def _node_exists(node: str) -> bool:

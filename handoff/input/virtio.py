@@ -11,13 +11,25 @@ extra buttons, hi-res and horizontal wheels reach the guest exactly.
 
 Because the proxies exist for the whole session and never change, a real
 keyboard being unplugged and plugged again never touches QEMU.
+
+QEMU running as ``vm.user`` must open the proxies' event nodes itself
+(``/dev/input/eventN`` is root:input 0660). :meth:`VirtioProxies.create`
+gives them to that uid (owner only: the group and mode stay udev's), after
+recording each node's device number and previous owner, and
+:meth:`VirtioProxies.destroy` (every exit path of the session) gives them
+back before the devices go. No on-disk journal is needed: the nodes live
+exactly as long as the supervisor's /dev/uinput fds, so if the supervisor
+dies the kernel removes the devices and their nodes with it; a later device
+reusing the number gets a fresh node.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from handoff.errors import InputError
@@ -35,13 +47,29 @@ MOUSE_AXES = (0x00, 0x01, 0x06, 0x08, 0x0B, 0x0C)  # X Y HWHEEL WHEEL WHEEL_HI_R
 LEDS = (0, 1, 2)  # NUML CAPSL SCROLLL
 
 
-class VirtioProxies:
-    """The two uinput proxies and the guest sink that writes into them."""
+@dataclass(frozen=True)
+class NodeOwner:
+    """An event node's owner before handoff gave it to QEMU's user (rdev: which device)."""
 
-    def __init__(self, session: str) -> None:
+    path: str
+    rdev: int
+    uid: int
+
+
+class VirtioProxies:
+    """The two uinput proxies and the guest sink that writes into them.
+
+    ``owner_uid``: QEMU's uid when it is not the supervisor's (``vm.user``);
+    the proxies' event nodes then belong to it while they exist.
+    """
+
+    def __init__(self, session: str, *, owner_uid: int | None = None) -> None:
         self._session = session
+        self._owner_uid = owner_uid
         self.keyboard: Any = None
         self.mouse: Any = None
+        #: Nodes handed to ``owner_uid``, recorded before each chown.
+        self.given: list[NodeOwner] = []
 
     @property
     def keyboard_name(self) -> str:
@@ -70,6 +98,35 @@ class VirtioProxies:
                 f"cannot create the virtio input proxies through /dev/uinput: {exc}",
                 fix="modprobe uinput, and run handoff as root (or give it the uinput group)",
             ) from exc
+        if self._owner_uid is not None:
+            try:
+                self._give_nodes(self._owner_uid)
+            except OSError as exc:
+                self.destroy()
+                raise InputError(
+                    f"cannot give the virtio input proxies' nodes to uid {self._owner_uid} "
+                    f"(vm.user), which QEMU runs as: {exc}",
+                    fix="run handoff as root, or remove vm.user from the profile",
+                ) from exc
+
+    def _give_nodes(self, uid: int) -> None:
+        for node in self.nodes:
+            info = os.stat(node)
+            self.given.append(NodeOwner(node, info.st_rdev, info.st_uid))  # record first
+            os.chown(node, uid, -1)
+
+    def _restore_nodes(self) -> None:
+        """Give each node back its recorded owner, if it is still the same device."""
+        while self.given:
+            record = self.given[-1]
+            try:
+                if os.stat(record.path).st_rdev == record.rdev:
+                    os.chown(record.path, record.uid, -1)
+            except FileNotFoundError:
+                pass  # the device is gone already: nothing left to restore
+            except OSError as exc:
+                log.warning("cannot give %s back to uid %d: %s", record.path, record.uid, exc)
+            self.given.pop()
 
     @property
     def nodes(self) -> tuple[str, str]:
@@ -106,6 +163,8 @@ class VirtioProxies:
         """Nothing per device: the proxies outlive every real device."""
 
     def destroy(self) -> None:
+        """Restore the nodes' owners, then remove both devices. Idempotent."""
+        self._restore_nodes()
         for proxy in (self.keyboard, self.mouse):
             if proxy is not None:
                 with contextlib.suppress(OSError):

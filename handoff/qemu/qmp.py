@@ -300,20 +300,20 @@ async def _read_line(sock: socket.socket) -> dict[str, Any]:
             data = sock.recv(_HANDSHAKE_LINE_MAX, socket.MSG_PEEK)
         except BlockingIOError:
             continue
-        except ConnectionResetError:  # QEMU exited with our bytes unread
-            data = b""
+        except OSError as exc:  # ECONNRESET: QEMU exited with our request unread
+            raise _hung_up(exc) from exc
         if not data:
-            raise QmpError(
-                "could not connect to QEMU's monitor: QEMU closed the connection "
-                "(it probably exited)"
-            )
+            raise _hung_up(None)
         end = data.find(b"\n")
-        if end < 0:  # a partial line: it is all ours, consume it and wait for the rest
-            line += sock.recv(len(data))
-            if len(line) > _HANDSHAKE_LINE_MAX:
-                raise QmpError("QEMU's monitor sent an over-long line during the handshake")
-            continue
-        line += sock.recv(end + 1)
+        try:
+            if end < 0:  # a partial line: it is all ours, consume it and wait for the rest
+                line += sock.recv(len(data))
+                if len(line) > _HANDSHAKE_LINE_MAX:
+                    raise QmpError("QEMU's monitor sent an over-long line during the handshake")
+                continue
+            line += sock.recv(end + 1)
+        except OSError as exc:
+            raise _hung_up(exc) from exc
         try:
             message = json.loads(line)
         except ValueError as exc:
@@ -323,6 +323,15 @@ async def _read_line(sock: socket.socket) -> dict[str, Any]:
         if not isinstance(message, dict):
             raise QmpError(f"QEMU's monitor sent an unexpected message: {line[:200]!r}")
         return message
+
+
+def _hung_up(exc: OSError | None) -> QmpDisconnectedError:
+    """QEMU closed the monitor during the handshake: it exited (the caller reports how)."""
+    how = f" ({exc.strerror or type(exc).__name__})" if exc is not None else ""
+    return QmpDisconnectedError(
+        f"could not connect to QEMU's monitor: QEMU closed the connection{how} "
+        "(it probably exited)"
+    )
 
 
 async def _handshake(sock: socket.socket) -> dict[str, Any]:
@@ -336,7 +345,10 @@ async def _handshake(sock: socket.socket) -> dict[str, Any]:
     if "QMP" not in greeting:
         raise QmpError(f"QEMU's monitor did not greet with QMP: {greeting!r}")
     await trio.lowlevel.wait_writable(sock)
-    sock.sendall(b'{"execute": "qmp_capabilities"}\n')
+    try:
+        sock.sendall(b'{"execute": "qmp_capabilities"}\n')
+    except OSError as exc:  # EPIPE: QEMU exited right after its greeting
+        raise _hung_up(exc) from exc
     reply = await _read_line(sock)
     if "return" not in reply:
         raise QmpError(f"QMP capabilities negotiation failed: {reply.get('error', reply)!r}")
@@ -380,6 +392,13 @@ async def connect_qmp(
         await thread.stop()
         raise QmpError(
             f"could not connect to QEMU's monitor: {exc.error_message}: {_cause(exc)}"
+        ) from exc
+    except (OSError, EOFError) as exc:  # any other way QEMU's hang-up can surface
+        _close(address)
+        await thread.stop()
+        raise QmpDisconnectedError(
+            f"could not connect to QEMU's monitor: {type(exc).__name__}: {exc} "
+            "(QEMU probably exited)"
         ) from exc
     except BaseException:
         _close(address)

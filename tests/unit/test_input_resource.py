@@ -21,11 +21,11 @@ def resource(tmp_path: Path, **fields: object) -> InputHandoff:
     return InputHandoff(profile, HostPaths(run=tmp_path / "run"))
 
 
-def test_the_qmp_backend_gives_qemu_a_monitor_of_its_own_in_the_run_directory(
+def test_the_qmp_backend_gives_qemu_a_monitor_of_its_own_in_its_socket_directory(
     tmp_path: Path,
 ) -> None:
     args = resource(tmp_path, backend=InputBackend.QMP).qemu_args()
-    socket = tmp_path / "run" / "demo" / "input.qmp"
+    socket = tmp_path / "run" / "demo" / "qemu" / "input.qmp"
     assert args == [
         "-chardev",
         f"socket,id=handoff-input,path={socket},server=on,wait=off",
