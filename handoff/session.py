@@ -246,6 +246,7 @@ async def shutdown_ladder(
             return
     on_rung(Rung.SIGTERM)
     report(f"sending QEMU SIGTERM (up to {t.sigterm:g} s)")
+    process.terminate()
     if await _wait_exit(process, t.sigterm):
         return
     on_rung(Rung.SIGKILL)
