@@ -8,9 +8,15 @@
     handoff groups | detach | attach | recover | doctor   (see their --help)
 
 PROFILE is a path to a .toml file, or a name looked up as NAME.toml in
-$HANDOFF_PROFILE_DIR, ~/.config/handoff/profiles and /etc/handoff/profiles.
-`status`, `stop` and `switch` also take the bare profile name of a running
-session.
+$HANDOFF_PROFILE_DIR, ~/.config/handoff/profiles and /etc/handoff/profiles
+(:mod:`handoff.profile_lookup`). `status`, `stop` and `switch` also take the
+bare profile name of a running session.
+
+Start-up is part of the interface: `switch` is bound to a desktop shortcut
+and `run` is a foreground command, so this module imports only the standard
+library and handoff.errors at module level. Each command imports what it
+needs; the subcommands implemented elsewhere (groups, detach, attach,
+recover, doctor) are imported only when they are the command given.
 
 Errors a person can fix never show a traceback: ``handoff: <message>`` and
 ``  fix: <what to do>`` on stderr, exit status 2. Exit statuses of `run`:
@@ -23,18 +29,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import logging
 import os
 import sys
 import termios
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from handoff.errors import HandoffError, ProfileError, SessionNotRunningError
+from handoff.errors import HandoffError, SessionNotRunningError
+from handoff.profile_lookup import is_path_argument, resolve_profile
 
-__all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "build_parser", "main", "resolve_profile"]
+__all__ = ["DELEGATED", "EXIT_ERROR", "EXIT_INTERRUPTED", "build_parser", "main"]
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -45,41 +54,12 @@ log = logging.getLogger("handoff")
 # --------------------------------------------------------------------------- helpers
 
 
-def profile_search_dirs() -> list[Path]:
-    """Where a bare profile name is looked up, in order."""
-    dirs: list[Path] = []
-    if "HANDOFF_PROFILE_DIR" in os.environ:
-        dirs.append(Path(os.environ["HANDOFF_PROFILE_DIR"]))
-    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    dirs.append(Path(config) / "handoff" / "profiles")
-    dirs.append(Path("/etc/handoff/profiles"))
-    return dirs
-
-
-def resolve_profile(argument: str) -> Path:
-    """A profile argument → its file: a path as given, else NAME.toml in the search dirs."""
-    path = Path(argument)
-    if path.suffix == ".toml" or "/" in argument or path.exists():
-        return path
-    for directory in profile_search_dirs():
-        candidate = directory / f"{argument}.toml"
-        if candidate.is_file():
-            return candidate
-    searched = ", ".join(str(d) for d in profile_search_dirs())
-    raise ProfileError(
-        f"no profile named {argument!r} (looked for {argument}.toml in {searched})",
-        path=argument,
-        fix="give the path to the .toml file (handoff run profiles/demo.toml)",
-    )
-
-
 def _session_name(argument: str) -> str:
     """The session name for status/stop/switch: a bare name, or the name inside a profile."""
-    path = Path(argument)
-    if path.suffix == ".toml" or "/" in argument:
+    if is_path_argument(argument):
         from handoff.profile import load_profile
 
-        return load_profile(path).name
+        return load_profile(Path(argument)).name
     return argument
 
 
@@ -243,7 +223,7 @@ def _duration(seconds: float) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from handoff.control import request
+    from handoff.control_client import request
 
     names = [_session_name(args.profile)] if args.profile else _running_sessions()
     statuses: list[dict[str, Any]] = []
@@ -267,7 +247,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from handoff.control import request
+    from handoff.control_client import request
 
     name = _session_name(args.profile)
     result = request(_control_socket(name), {"command": "stop", "force": args.force})
@@ -281,13 +261,13 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def cmd_switch(args: argparse.Namespace) -> int:
     """``{"command": "switch", "mode": "host"|"guest"|"toggle"}`` → the input resource."""
-    from handoff.control import ControlRequestError, request
+    from handoff.control_client import ControlErrorCode, ControlRequestError, request
 
     name = _session_name(args.profile)
     try:
         result = request(_control_socket(name), {"command": "switch", "mode": args.to})
     except ControlRequestError as exc:
-        if not exc.message.startswith("unknown command"):
+        if exc.code is not ControlErrorCode.UNKNOWN_COMMAND:
             raise
         raise HandoffError(
             f"the session {name!r} does not hand off keyboard and mouse",
@@ -307,50 +287,52 @@ def cmd_switch(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- parser
 
-_Adder = Callable[[argparse.ArgumentParser], None]
+@dataclass(frozen=True)
+class Delegated:
+    """A subcommand another module implements: ``adder(parser)`` and ``handler(args)``."""
+
+    name: str
+    module: str
+    adder: str
+    handler: str
+    help: str
+    description: str
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        getattr(importlib.import_module(self.module), self.adder)(parser)
+
+    def run(self, args: argparse.Namespace) -> int:
+        status: int = getattr(importlib.import_module(self.module), self.handler)(args)
+        return status
 
 
-def _delegated(module: str, name: str) -> tuple[_Adder, Callable[[argparse.Namespace], int]]:
-    """Argument adder and handler of a subcommand another module implements.
+def _pci(name: str, help_text: str) -> Delegated:
+    return Delegated(name, "handoff.pci.commands", f"add_{name}_arguments", f"cmd_{name}",
+                     help_text, help_text[0].upper() + help_text[1:])
 
-    Imported lazily so a module missing during development breaks only its
-    own subcommand.
+
+DELEGATED: tuple[Delegated, ...] = (
+    _pci("groups", "list IOMMU groups and what a passthrough of each would take"),
+    _pci("detach", "move a device (its whole IOMMU group) to vfio-pci"),
+    _pci("attach", "give a device back to its host driver"),
+    _pci("recover", "return every device a crashed session left on vfio-pci"),
+    Delegated("doctor", "handoff.doctor", "add_arguments", "cmd_doctor",
+              "check this host for passthrough, with fixes",
+              "Check this host for GPU passthrough: each check gives a verdict and a fix."),
+)
+
+
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The subcommand in ``argv`` (the top-level options take no value), or None."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+def build_parser(arguments_for: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser; completions and the man page are generated from the complete one.
+
+    ``arguments_for``: the delegated subcommands whose arguments are added
+    (importing their modules); None: all of them.
     """
-
-    def add(parser: argparse.ArgumentParser) -> None:
-        try:
-            mod = __import__(module, fromlist=["_"])
-        except ImportError:
-            return
-        adder = getattr(mod, f"add_{name}_arguments", None) or getattr(mod, "add_arguments", None)
-        if adder is not None:
-            adder(parser)
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            mod = __import__(module, fromlist=["_"])
-        except ImportError as exc:
-            raise HandoffError(
-                f"`handoff {name}` is not available in this installation ({exc})",
-                fix="reinstall handoff (contrib/install.sh)",
-            ) from exc
-        handler = getattr(mod, f"cmd_{name}")
-        result: int = handler(args)
-        return result
-
-    return add, run
-
-
-_PCI_COMMANDS = {
-    "groups": "list IOMMU groups and what a passthrough of each would take",
-    "detach": "move a device (its whole IOMMU group) to vfio-pci",
-    "attach": "give a device back to its host driver",
-    "recover": "return every device a crashed session left on vfio-pci",
-}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The complete argument parser (completions and the man page are generated from it)."""
     parser = argparse.ArgumentParser(
         prog="handoff",
         description="Run a GPU-passthrough VM as one foreground command: the GPU and the "
@@ -405,18 +387,11 @@ def build_parser() -> argparse.ArgumentParser:
     switch.add_argument("--json", action="store_true", help="print JSON for scripts")
     switch.set_defaults(handler=cmd_switch)
 
-    for name, help_text in _PCI_COMMANDS.items():
-        add, handler = _delegated("handoff.pci.commands", name)
-        p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:])
-        add(p)
-        p.set_defaults(handler=handler)
-
-    add, handler = _delegated("handoff.doctor", "doctor")
-    doctor = sub.add_parser("doctor", help="check this host for passthrough, with fixes",
-                            description="Check this host for GPU passthrough: each check "
-                            "gives a verdict and a fix.")
-    add(doctor)
-    doctor.set_defaults(handler=handler)
+    for command in DELEGATED:
+        p = sub.add_parser(command.name, help=command.help, description=command.description)
+        if arguments_for is None or command.name in arguments_for:
+            command.add_arguments(p)
+        p.set_defaults(handler=command.run)
     return parser
 
 
@@ -428,7 +403,9 @@ def _print_error(exc: HandoffError) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `handoff` console script; returns the exit status."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    command = _command_word(argv)
+    parser = build_parser(arguments_for=() if command is None else (command,))
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     try:

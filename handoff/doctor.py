@@ -47,6 +47,7 @@ from handoff.checks.qemu import DEFAULT_QEMU, Prober, check_ovmf, check_qemu
 from handoff.errors import HandoffError
 from handoff.pci.sysfs import iommu_group_of
 from handoff.profile import Profile, check_profile_on_host, load_profile
+from handoff.profile_lookup import resolve_profile
 from handoff.qemu.capabilities import probe
 
 EXIT_OK = 0
@@ -195,8 +196,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     profile: Profile | None = None
     early: list[Check] = []
     if args.profile is not None:
-        from handoff.cli import resolve_profile
-
         try:
             profile = load_profile(resolve_profile(args.profile))
         except HandoffError as err:

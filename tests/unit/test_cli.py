@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
 
-from handoff.cli import build_parser, format_status, main, resolve_profile
-from handoff.errors import ProfileError
+from handoff.cli import DELEGATED, build_parser, format_status, main
+from handoff.control import ControlCommands, serve_control
+from handoff.resources import JsonObject
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def subcommands() -> set[str]:
@@ -79,16 +89,106 @@ def test_status_without_sessions_says_so(
     assert capsys.readouterr().out == "[]\n"
 
 
-def test_a_bare_name_is_looked_up_in_the_profile_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_run_and_argv_find_a_bare_name_in_handoff_profile_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("HANDOFF_PROFILE_DIR", str(tmp_path))
-    monkeypatch.chdir(tmp_path.parent)
-    (tmp_path / "win10.toml").write_text("")
-    assert resolve_profile("win10") == tmp_path / "win10.toml"
-    assert resolve_profile("some/where.toml") == Path("some/where.toml")
-    with pytest.raises(ProfileError, match="no profile named 'win11'"):
-        resolve_profile("win11")
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "tiny.toml").write_text('[vm]\nname = "tiny"\nmemory = "64M"\naccel = "tcg"\n')
+    monkeypatch.setenv("HANDOFF_PROFILE_DIR", str(profiles))
+    monkeypatch.setenv("HANDOFF_RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["argv", "tiny"]) == 0
+    assert "-name guest=tiny," in capsys.readouterr().out
+    assert main(["argv", "huge"]) == 2
+    assert f"looked for huge.toml in {profiles}, " in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ start-up: imports
+
+#: What a desktop shortcut's `handoff switch` must not pay for.
+HEAVY = ("trio", "qemu.qmp", "evdev", "pyudev", "handoff.pci", "handoff.session",
+         "handoff.qemu", "handoff.doctor")
+
+
+def modules_after(argv: list[str], env: Mapping[str, str]) -> set[str]:
+    """The modules a fresh `python -m handoff ARGV` process has imported when main returns."""
+    program = (
+        "import json, sys\n"
+        "from handoff.cli import main\n"
+        f"status = main({argv!r})\n"
+        "print(json.dumps(sorted(sys.modules)), file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], env={**os.environ, **env, "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, check=False, cwd=REPO,
+    )
+    modules: list[str] = json.loads(done.stderr.splitlines()[-1])
+    return set(modules)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["status"], ["status", "--json"], ["status", "demo"], ["switch", "demo"],
+     ["switch", "demo", "guest"], ["stop", "demo"], ["stop", "--force", "demo"]],
+    ids=" ".join,
+)
+def test_status_switch_and_stop_import_no_trio_qmp_pci_or_input(
+    argv: list[str], tmp_path: Path
+) -> None:
+    loaded = modules_after(argv, {"HANDOFF_RUN_DIR": str(tmp_path)})
+    assert "handoff.cli" in loaded
+    heavy = sorted(m for m in loaded if m.startswith(HEAVY))
+    assert heavy == []
+
+
+def test_a_delegated_subcommand_is_imported_only_when_it_is_the_command(tmp_path: Path) -> None:
+    loaded = modules_after(["groups", "--json"], {"HANDOFF_SYSFS_ROOT": str(tmp_path)})
+    assert "handoff.pci.commands" in loaded
+    assert "handoff.doctor" not in loaded
+
+
+def test_every_delegated_subcommand_gets_its_module_s_arguments() -> None:
+    parser = build_parser()
+    for command in DELEGATED:
+        args = parser.parse_args([command.name, *(["01:00.0"] if command.name in (
+            "detach", "attach") else [])])
+        assert args.handler == command.run
+    assert parser.parse_args(["doctor", "--json", "--qemu", "q"]).qemu == "q"
+    assert parser.parse_args(["detach", "--dry-run", "01:00.0"]).dry_run is True
+
+
+def test_help_for_a_delegated_subcommand_shows_its_options(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["doctor", "--help"])
+    assert "--qemu BINARY" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ switch
+
+
+async def test_switch_to_a_session_without_input_forwarding_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The session answers code unknown-command (no `switch` registered), whatever the text."""
+
+    async def status(message: Mapping[str, Any]) -> JsonObject:
+        return {"phase": "running"}
+
+    commands = ControlCommands()
+    commands.register("status", status)
+    monkeypatch.setenv("HANDOFF_RUN_DIR", str(tmp_path))
+    (tmp_path / "vm").mkdir()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_control, tmp_path / "vm" / "control.sock", commands)
+        status_code = await trio.to_thread.run_sync(main, ["switch", "vm"])
+        nursery.cancel_scope.cancel()
+    assert status_code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("handoff: the session 'vm' does not hand off keyboard and mouse\n")
+    assert 'input.backend = "qmp"' in err
 
 
 def test_status_text_shows_phase_pids_accelerator_and_resources() -> None:

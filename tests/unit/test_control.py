@@ -42,6 +42,7 @@ async def test_a_registered_command_answers_ok_with_its_result(commands: Control
 async def test_an_unknown_command_names_the_known_ones(commands: ControlCommands) -> None:
     assert await commands.dispatch({"command": "nope"}) == {
         "ok": False, "error": "unknown command 'nope'", "fix": "known commands: echo, refuse",
+        "code": "unknown-command",
     }
 
 
@@ -54,6 +55,7 @@ async def test_a_request_without_a_command_string_is_refused(commands: ControlCo
 async def test_a_handler_error_becomes_message_and_fix(commands: ControlCommands) -> None:
     assert await commands.dispatch({"command": "refuse"}) == {
         "ok": False, "error": "no keyboard is grabbed", "fix": "add [input] devices",
+        "code": "failed",
     }
 
 
