@@ -18,7 +18,13 @@ from handoff.errors import ProfileError, QemuError
 from handoff.host import HostPaths
 from handoff.profile import FirmwareType, InputBackend, Profile
 from handoff.qemu.accel import choose_accel
-from handoff.qemu.capabilities import MIN_VERSION, QemuCapabilities, check_supported, probe
+from handoff.qemu.capabilities import (
+    MIN_VERSION,
+    QemuCapabilities,
+    check_bridges,
+    check_supported,
+    probe,
+)
 from handoff.qemu.cmdline import LaunchSpec, argv_devices, build_argv
 from handoff.rundir import QEMU_DIR, VNC_SOCKET
 
@@ -66,6 +72,7 @@ def check_qemu(
     try:
         need = needed_devices(profile, accel)
         check_supported(profile, need, caps, accel=accel)
+        check_bridges(profile)
     except (QemuError, ProfileError) as err:
         return fail(name, f"{detail}; {err.message}", err.fix or _INSTALL)
     if need:

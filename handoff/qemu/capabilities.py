@@ -29,6 +29,7 @@ from handoff.profile import (
     DiskInterface,
     DiskMedia,
     DisplayFrontend,
+    NetworkType,
     Profile,
     SoundModel,
 )
@@ -64,6 +65,11 @@ class QemuCapabilities:
 
 
 _cache: dict[tuple[str, int, int], QemuCapabilities] = {}
+
+#: The access list of QEMU's setuid bridge helper (network type = "bridge").
+BRIDGE_ACL = Path("/etc/qemu/bridge.conf")
+#: Where the kernel lists network interfaces; a bridge has a ``bridge/`` directory.
+SYS_CLASS_NET = Path("/sys/class/net")
 
 
 def find_qemu(binary: str) -> Path:
@@ -289,6 +295,69 @@ def check_supported(
         )
 
 
+def bridge_acl_refusal(bridge: str, acl: Path, depth: int = 0) -> str | None:
+    """Why qemu-bridge-helper would refuse ``bridge`` under ``acl`` (None: it allows it).
+
+    The helper's own rules: ``allow NAME|all``, ``deny NAME|all``, ``include
+    FILE``, ``#`` comments; a matching deny wins, and nothing matching denies.
+    """
+    verdict = _acl_rules(bridge, acl, depth)
+    if isinstance(verdict, str):
+        return verdict
+    allowed, denied = verdict
+    if denied:
+        return f"{acl} denies it"
+    if not allowed:
+        return f"{acl} has no \"allow {bridge}\" (or \"allow all\") line"
+    return None
+
+
+def _acl_rules(bridge: str, acl: Path, depth: int) -> tuple[bool, bool] | str:
+    """(allowed, denied) from ``acl`` and its includes, or why it cannot be read."""
+    try:
+        text = acl.read_text()
+    except OSError as exc:
+        return f"QEMU's bridge helper cannot read its access list {acl}: {exc.strerror}"
+    allowed = denied = False
+    for line in text.splitlines():
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        command, argument = words[0], words[1] if len(words) > 1 else ""
+        if command == "include" and depth < 8:
+            sub = _acl_rules(bridge, Path(argument), depth + 1)
+            if isinstance(sub, str):
+                return sub
+            allowed, denied = allowed or sub[0], denied or sub[1]
+        elif command in ("allow", "deny") and argument in ("all", bridge):
+            allowed = allowed or command == "allow"
+            denied = denied or command == "deny"
+    return allowed, denied
+
+
+def check_bridges(
+    profile: Profile, *, acl: Path = BRIDGE_ACL, net: Path = SYS_CLASS_NET
+) -> None:
+    """Refuse a ``type = "bridge"`` network QEMU's bridge helper would refuse at start."""
+    for index, network in enumerate(profile.networks):
+        if network.type is not NetworkType.BRIDGE or network.bridge is None:
+            continue
+        key = f"{profile.source}: network[{index}].bridge"
+        bridge = network.bridge
+        refusal = bridge_acl_refusal(bridge, acl)
+        if refusal is not None:
+            raise QemuUnsupportedError(
+                f'{key}: found "{bridge}"; {refusal}, so QEMU cannot attach to the bridge',
+                fix=f"as root: mkdir -p {acl.parent} && echo 'allow {bridge}' >> {acl}",
+            )
+        if not (net / bridge / "bridge").is_dir():
+            raise QemuUnsupportedError(
+                f'{key}: found "{bridge}"; this host has no bridge of that name ({net})',
+                fix=f"create it (ip link add {bridge} type bridge; ip link set {bridge} up) "
+                "and add the LAN interface to it, or use type = \"user\"",
+            )
+
+
 def check_profile(
     profile: Profile,
     *,
@@ -310,4 +379,5 @@ def check_profile(
         extra_args=tuple(extra_args),
     )
     check_supported(profile, argv_devices(build_argv(profile, launch)), caps, accel=accel)
+    check_bridges(profile)
     return caps
