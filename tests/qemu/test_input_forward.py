@@ -40,6 +40,7 @@ from handoff.input.translate import (
     REL_WHEEL_HI_RES,
     REL_X,
     REL_Y,
+    SYN_DROPPED,
 )
 from handoff.profile import InputMode
 from handoff.qemu.process import QemuProcess
@@ -290,6 +291,17 @@ class PipeDevice:
         for code in reversed(codes):
             self.frame((EV_KEY, code, 0))
 
+    def overflow(self, *lost: tuple[int, int, int]) -> None:
+        """The kernel buffer overflowed: ``lost`` changed the key state but is never read.
+
+        evdev leaves SYN_DROPPED in the buffer, then the end of the newest frame.
+        """
+        for etype, code, value in lost:
+            if etype == EV_KEY:
+                (self.kernel.add if value else self.kernel.discard)(code)
+        self.emit(0, SYN_DROPPED, 0)
+        self.emit(0, 0, 0)
+
     def unplug(self) -> None:
         os.close(self._writer)
 
@@ -405,7 +417,80 @@ async def test_an_unplugged_keyboard_lets_go_in_the_guest_and_is_taken_again_whe
     assert keys == [("h", "1"), ("h", "0"), ("i", "1"), ("i", "0")]
 
 
+async def test_switching_to_the_host_releases_in_the_guest_every_key_and_button_held(
+    traced: TracedQemu,
+) -> None:
+    keyboard, mouse = PipeDevice("test keyboard"), PipeDevice("test mouse")
+    async with open_qmp(traced.monitor) as qmp:
+        backend = QmpBackend()
+        transport = await QmpSocketTransport.connect(traced.input_socket)
+        router = InputRouter(RouterCore({KEY_LEFTCTRL, KEY_RIGHTCTRL}, InputMode.GUEST), backend)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(backend.run, transport)
+            nursery.start_soon(router.run_device, "kbd", keyboard)
+            nursery.start_soon(router.run_device, "mouse", mouse)
+            await settle(backend, transport)
+            keyboard.frame((EV_KEY, KEY_H, 1), (EV_KEY, KEY_LEFTSHIFT, 1))
+            mouse.frame((EV_KEY, BTN_LEFT, 1))
+            await settle(backend, transport)
+            router.request("host")  # immediate, with all three still held
+            await settle(backend, transport)
+            assert not keyboard.is_grabbed()
+            assert not mouse.is_grabbed()
+            held_in_guest = parse_trace(traced.trace)
+            keyboard.frame((EV_KEY, KEY_H, 0), (EV_KEY, KEY_LEFTSHIFT, 0))  # the host's now
+            mouse.frame((EV_KEY, BTN_LEFT, 0))
+            await settle(backend, transport)
+            router.close()
+            nursery.cancel_scope.cancel()
+        await transport.aclose()
+        trace = await traced.quit(qmp)
+    assert trace == held_in_guest, "nothing reached the guest after the switch"
+    pressed = [t[1:] for t in trace if t[0] in ("key", "btn")]
+    assert sorted(pressed[:3]) == [("h", "1"), ("left", "1"), ("shift", "1")]
+    assert sorted(pressed[3:]) == [("h", "0"), ("left", "0"), ("shift", "0")]
+    assert (EV_KEY, KEY_H, 0) in keyboard.host_seen
+    assert (EV_KEY, BTN_LEFT, 0) in mouse.host_seen
+
+
+async def test_a_release_lost_in_a_kernel_overflow_is_given_to_the_guest_after_syn_dropped(
+    traced: TracedQemu,
+) -> None:
+    """SYN_DROPPED at the router edge: EVIOCGKEY tells what the lost events changed."""
+    keyboard = PipeDevice("test keyboard")
+    async with open_qmp(traced.monitor) as qmp:
+        backend = QmpBackend()
+        transport = await QmpSocketTransport.connect(traced.input_socket)
+        router = InputRouter(RouterCore({KEY_LEFTCTRL, KEY_RIGHTCTRL}, InputMode.GUEST), backend)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(backend.run, transport)
+            nursery.start_soon(router.run_device, "kbd", keyboard)
+            await settle(backend, transport)
+            keyboard.frame((EV_KEY, KEY_H, 1))
+            await settle(backend, transport)
+            # H is let go and X pressed, both lost in an overflow of the kernel buffer.
+            keyboard.overflow((EV_KEY, KEY_H, 0), (EV_KEY, KEY_X, 1))
+            await settle(backend, transport)
+            assert router.dropped == 1
+            assert router.core.guest_down == {}, "the guest still holds a key the host let go"
+            assert router.core.held == {"kbd": {KEY_X}}  # X: held, so a switch waits for it
+            keyboard.frame((EV_KEY, KEY_X, 0))  # its press never reached the guest: nor this
+            keyboard.tap(KEY_I)
+            await settle(backend, transport)
+            router.close()
+            nursery.cancel_scope.cancel()
+        await transport.aclose()
+        trace = await traced.quit(qmp)
+    keys = [(t[1], t[2]) for t in trace if t[0] == "key"]
+    assert keys == [("h", "1"), ("h", "0"), ("i", "1"), ("i", "0")]
+
+
 SECRET = "Hunter2!"
+#: A key event in a log text: (EV_KEY, code, value) as the router holds it, or evdev's str().
+EVENT_REPRS = (
+    re.compile(r"\(\s*1,\s*(\d+),\s*-?\d+\s*\)"),
+    re.compile(r"code (\d+), type 0*1\b"),
+)
 SECRET_KEYS = {  # Linux codes typed for SECRET (with shift)
     "H": (42, 35),
     "u": (22,),
@@ -456,3 +541,6 @@ async def test_typed_text_never_reaches_any_log_record(
         assert not any(f"'{q}'" in text or f'"{q}"' in text for q in qcodes), text
         args = record.args if isinstance(record.args, tuple) else ()
         assert not any(isinstance(a, int) and a in codes for a in args), text
+        # An event as the router holds it, (EV_KEY, code, value), or as evdev prints one.
+        leaked = {int(m[1]) for pattern in EVENT_REPRS for m in pattern.finditer(text)}
+        assert not leaked & codes, text
