@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 from dataclasses import dataclass
+from enum import Enum
 from typing import Literal
 
 from handoff.errors import HostError
@@ -33,27 +34,72 @@ def is_pvm_host(paths: HostPaths) -> bool:
     return (paths.sys / "module" / "kvm_pvm").exists()
 
 
-def kvm_problem(paths: HostPaths) -> str | None:
+class KvmProblemKind(Enum):
+    """Why /dev/kvm cannot be used; each has its own fix."""
+
+    PVM_HOST = "pvm-host"
+    MISSING = "missing"
+    PERMISSION = "permission"
+    OTHER = "other"
+
+
+@dataclass(frozen=True)
+class KvmProblem:
+    """What is wrong with KVM here: the kind (decides the fix) and the sentence shown."""
+
+    kind: KvmProblemKind
+    text: str
+
+    @property
+    def fix(self) -> str:
+        return _FIXES[self.kind]
+
+
+_FIXES = {
+    KvmProblemKind.PVM_HOST:
+        "run the VM on a host with hardware virtualisation (not inside a PVM guest)",
+    KvmProblemKind.PERMISSION:
+        "add the user to the kvm group (usermod -aG kvm USER) or run handoff as root",
+    KvmProblemKind.MISSING:
+        "enable VT-x/AMD-V in the firmware setup and load the module "
+        "(modprobe kvm_intel or modprobe kvm_amd); `handoff doctor` checks both",
+    KvmProblemKind.OTHER: "check `handoff doctor` for the KVM checks",
+}
+
+
+def diagnose_kvm(paths: HostPaths) -> KvmProblem | None:
     """Why KVM cannot be used on this host, or None when /dev/kvm works."""
     if is_pvm_host(paths):
-        return (
+        return KvmProblem(
+            KvmProblemKind.PVM_HOST,
             "this is a PVM host (/sys/module/kvm_pvm exists): KVM guests run inside a "
-            "paravirtualised guest and crawl"
+            "paravirtualised guest and crawl",
         )
     kvm = paths.dev / "kvm"
     try:
         fd = os.open(kvm, os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError:
-        return (
+        return KvmProblem(
+            KvmProblemKind.MISSING,
             f"{kvm} does not exist (no hardware virtualisation, disabled in the firmware, "
-            "or the kvm_intel/kvm_amd module is not loaded)"
+            "or the kvm_intel/kvm_amd module is not loaded)",
         )
     except OSError as exc:
         if exc.errno in (errno.EACCES, errno.EPERM):
-            return f"{kvm} cannot be opened read-write: permission denied"
-        return f"{kvm} cannot be opened read-write: {exc.strerror}"
+            return KvmProblem(
+                KvmProblemKind.PERMISSION, f"{kvm} cannot be opened read-write: permission denied"
+            )
+        return KvmProblem(
+            KvmProblemKind.OTHER, f"{kvm} cannot be opened read-write: {exc.strerror}"
+        )
     os.close(fd)
     return None
+
+
+def kvm_problem(paths: HostPaths) -> str | None:
+    """The sentence of :func:`diagnose_kvm`, or None when /dev/kvm works."""
+    problem = diagnose_kvm(paths)
+    return None if problem is None else problem.text
 
 
 def choose_accel(requested: Accel, paths: HostPaths, *, strict: bool = True) -> AccelChoice:
@@ -67,30 +113,18 @@ def choose_accel(requested: Accel, paths: HostPaths, *, strict: bool = True) -> 
     """
     if requested is Accel.TCG:
         return AccelChoice("tcg", 'the profile asks for TCG (vm.accel = "tcg")')
-    problem = kvm_problem(paths)
+    problem = diagnose_kvm(paths)
     if problem is None:
         return AccelChoice("kvm", f"{paths.dev / 'kvm'} opens read-write")
     if requested is Accel.KVM and not strict:
         return AccelChoice(
-            "kvm", f'the profile asks for KVM; `handoff run` would refuse here: {problem}'
+            "kvm", f'the profile asks for KVM; `handoff run` would refuse here: {problem.text}'
         )
     if requested is Accel.KVM:
         raise HostError(
-            f'the profile asks for KVM (vm.accel = "kvm") but {problem}',
-            fix=_fix_for(problem)
+            f'the profile asks for KVM (vm.accel = "kvm") but {problem.text}',
+            fix=problem.fix
             + '; or set vm.accel = "auto" to fall back to TCG emulation (slow)',
         )
-    return AccelChoice("tcg", f"TCG emulation because {problem}")
+    return AccelChoice("tcg", f"TCG emulation because {problem.text}")
 
-
-def _fix_for(problem: str) -> str:
-    if "PVM" in problem:
-        return "run the VM on a host with hardware virtualisation (not inside a PVM guest)"
-    if "permission denied" in problem:
-        return "add the user to the kvm group (usermod -aG kvm USER) or run handoff as root"
-    if "does not exist" in problem:
-        return (
-            "enable VT-x/AMD-V in the firmware setup and load the module "
-            "(modprobe kvm_intel or modprobe kvm_amd); `handoff doctor` checks both"
-        )
-    return "check `handoff doctor` for the KVM checks"

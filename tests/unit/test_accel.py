@@ -10,7 +10,13 @@ import pytest
 from handoff.errors import HostError
 from handoff.host import HostPaths
 from handoff.profile import Accel
-from handoff.qemu.accel import choose_accel, kvm_problem
+from handoff.qemu.accel import (
+    KvmProblem,
+    KvmProblemKind,
+    choose_accel,
+    diagnose_kvm,
+    kvm_problem,
+)
 
 
 def host(tmp_path: Path, *, kvm: bool = True, pvm: bool = False, mode: int = 0o660) -> HostPaths:
@@ -93,3 +99,38 @@ def test_the_real_host_answer_is_consistent_with_its_dev_kvm() -> None:
     if Path("/sys/module/kvm_pvm").exists() or not Path("/dev/kvm").exists():
         assert choice.accel == "tcg"
     assert choice.reason
+
+
+def test_the_fix_follows_the_kind_of_problem_not_words_in_its_text(tmp_path: Path) -> None:
+    # A missing /dev/kvm under a directory whose name holds other problems' words:
+    # the advice is still the one for a missing /dev/kvm.
+    odd = tmp_path / "PVM host, permission denied"
+    odd.mkdir()
+    paths = host(odd, kvm=False)
+    problem = diagnose_kvm(paths)
+    assert problem is not None
+    assert problem.kind is KvmProblemKind.MISSING
+    with pytest.raises(HostError) as caught:
+        choose_accel(Accel.KVM, paths)
+    assert caught.value.fix is not None
+    assert caught.value.fix.startswith("enable VT-x/AMD-V in the firmware setup")
+
+
+def test_a_dev_kvm_that_cannot_be_opened_for_another_reason_points_to_doctor(
+    tmp_path: Path,
+) -> None:
+    paths = host(tmp_path, kvm=False)
+    (paths.dev / "kvm").mkdir()  # EISDIR: neither missing nor a permission problem
+    problem = diagnose_kvm(paths)
+    assert problem is not None
+    assert problem.kind is KvmProblemKind.OTHER
+    with pytest.raises(HostError) as caught:
+        choose_accel(Accel.KVM, paths)
+    assert caught.value.fix is not None
+    assert "handoff doctor" in caught.value.fix
+    assert kvm_problem(paths) == problem.text
+
+
+def test_every_kind_of_problem_has_its_own_fix() -> None:
+    fixes = {KvmProblem(kind, "x").fix for kind in KvmProblemKind}
+    assert len(fixes) == len(KvmProblemKind)
