@@ -29,6 +29,7 @@ from handoff.profile import Input, InputBackend, InputMode, Profile
 from handoff.profile import Vm as VmSpec
 from handoff.qemu.process import QemuProcess
 from handoff.qemu.qmp import QmpConnection, open_qmp
+from handoff.rundir import qemu_socket_dir
 
 pytestmark = [
     pytest.mark.realkernel,
@@ -159,7 +160,7 @@ async def test_uinput_devices_are_handed_to_qemu_and_back_without_stuck_keys(
 ) -> None:
     keyboard, mouse = make_keyboard(), make_mouse()
     paths = HostPaths(run=tmp_path / "run")
-    (tmp_path / "run" / "tb").mkdir(parents=True, mode=0o700)
+    qemu_socket_dir(paths, "tb").mkdir(parents=True, mode=0o700)  # the input monitor's
     resource = InputHandoff(profile(InputBackend.QMP, InputMode.GUEST), paths)
     await resource.acquire()
     control = ControlCommands()
@@ -250,6 +251,12 @@ async def test_uinput_devices_are_handed_to_qemu_and_back_without_stuck_keys(
 async def test_the_virtio_backend_hands_qemu_its_proxies_and_copies_events_unchanged(
     tmp_path: Path,
 ) -> None:
+    """QEMU holds both proxies; what the sources type comes out of the proxies as typed.
+
+    A proxy held by QEMU is grabbed (nobody else reads it), so the copy is read
+    back once QEMU has quit, while the router keeps running; the leg into a
+    guest is test_input_virtio_guest.py's.
+    """
     from evdev import InputDevice
 
     keyboard, mouse = make_keyboard(), make_mouse()
@@ -259,28 +266,55 @@ async def test_the_virtio_backend_hands_qemu_its_proxies_and_copies_events_uncha
     args = list(resource.qemu_args())
     proxy_nodes = [a.rsplit("evdev=", 1)[1] for a in args if "evdev=" in a]
     assert len(proxy_nodes) == 2
-    # Before QEMU holds them, a reader of the mouse proxy sees what is copied in.
-    watcher = InputDevice(proxy_nodes[1])
     control = ControlCommands()
+    readers: list[Any] = []
+    typed = [  # (source, frame): keys go to the keyboard proxy, the rest to the mouse's
+        (keyboard, [(EV_KEY, KEY_A, 1)]),
+        (mouse, [(EV_KEY, BTN_SIDE, 1), (EV_REL, REL_X, 7), (EV_REL, 1, -3)]),
+        (keyboard, [(EV_KEY, KEY_B, 1)]),
+        (keyboard, [(EV_KEY, KEY_B, 0)]),
+        (mouse, [(EV_REL, REL_WHEEL_HI_RES, 120), (EV_REL, REL_WHEEL, 1)]),
+        (mouse, [(EV_KEY, BTN_SIDE, 0), (EV_REL, REL_HWHEEL, -1)]),
+        (keyboard, [(EV_KEY, KEY_A, 0)]),
+        (mouse, [(EV_KEY, BTN_EXTRA, 1)]),
+        (mouse, [(EV_KEY, BTN_EXTRA, 0)]),
+    ]
     try:
-        async with nested_qemu(tmp_path, args, "virtio_input_*") as (process, qmp, _):
-            for node in proxy_nodes:  # QEMU holds both proxies (EVIOCGRAB)
-                probe = InputDevice(node)
-                with pytest.raises(OSError, match="busy") as caught:
-                    probe.grab()
-                assert caught.value.errno == errno.EBUSY
-                probe.close()
-                assert node in open_nodes(process.pid)
-            async with trio.open_nursery() as nursery:
+        async with trio.open_nursery() as nursery:
+            async with nested_qemu(tmp_path, args, "virtio_input_*") as (process, qmp, _):
+                for node in proxy_nodes:  # QEMU holds both proxies (EVIOCGRAB)
+                    probe = InputDevice(node)
+                    with pytest.raises(OSError, match="busy") as caught:
+                        probe.grab()
+                    assert caught.value.errno == errno.EBUSY
+                    probe.close()
+                    assert node in open_nodes(process.pid)
                 await resource.vm_started(Vm(qmp, process.pid), nursery, control)
                 both = {KBD_NAME: True, MOUSE_NAME: True}
                 await until(lambda: grabbed(resource) == both, "both devices grabbed")
                 # The session's own devices are never grabbed as inputs.
                 assert set(grabbed(resource)) == {KBD_NAME, MOUSE_NAME}
-                nursery.cancel_scope.cancel()
+            readers = [InputDevice(node) for node in proxy_nodes]  # QEMU let go of them
+            for source, events in typed:
+                for event in events:
+                    source.write(*event)
+                source.syn()
+            expected = [
+                [e for source, events in typed if source is ui for e in [*events, (0, 0, 0)]]
+                for ui in (keyboard, mouse)
+            ]
+            got: list[list[tuple[int, int, int]]] = [[], []]
+            with trio.fail_after(60):
+                for reader, out, want in zip(readers, got, expected, strict=True):
+                    while len(out) < len(want):
+                        await trio.lowlevel.wait_readable(reader.fd)
+                        out += [(e.type, e.code, e.value) for e in reader.read()]
+            assert got == expected
+            nursery.cancel_scope.cancel()
     finally:
         await resource.release()
-        watcher.close()
+        for reader in readers:
+            reader.close()
         keyboard.close()
         mouse.close()
 
