@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+import trio
 
 from handoff.errors import InputError
 from handoff.host import HostPaths
+from handoff.input.forward import QmpSocketTransport
 from handoff.input.resource import InputHandoff
+from handoff.input.router import InputRouter, RouterCore
+from handoff.input.translate import EV_KEY, Event
 from handoff.profile import Input, InputBackend, InputMode, Profile, Vm
+
+KEY_A, KEY_SCROLLLOCK = 30, 70
 
 
 def resource(tmp_path: Path, **fields: object) -> InputHandoff:
@@ -56,8 +63,68 @@ async def test_switch_names_the_modes_it_accepts(tmp_path: Path) -> None:
         await handoff._switch({"command": "switch", "mode": "host"})
 
 
+class Keyboard:
+    """A device handle that counts what is done to it (this host has no /dev/input)."""
+
+    name = "kbd"
+    fd = -1
+
+    def __init__(self) -> None:
+        self.grabbed = False
+        self.closes = 0
+
+    def read(self) -> list[object]:
+        raise BlockingIOError
+
+    def grab(self) -> None:
+        self.grabbed = True
+
+    def ungrab(self) -> None:
+        self.grabbed = False
+
+    def active_keys(self) -> list[int]:
+        return []
+
+    def close(self) -> None:
+        self.closes += 1
+
+
+class Guest:
+    """The guest sink: every frame the router sends."""
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[str, list[Event]]] = []
+
+    def submit(self, device: str, events: Sequence[Event]) -> None:
+        self.frames.append((device, list(events)))
+
+    def forget(self, device: str) -> None:
+        """Nothing kept per device."""
+
+
 async def test_release_is_idempotent(tmp_path: Path) -> None:
-    handoff = resource(tmp_path, backend=InputBackend.QMP)
+    handoff = resource(tmp_path, backend=InputBackend.QMP, start_in=InputMode.GUEST)
     await handoff.acquire()
+    # What vm_started wires up, without QEMU and udev: a router whose guest holds
+    # A on a grabbed keyboard, and the input monitor's socket.
+    keyboard, guest = Keyboard(), Guest()
+    router = InputRouter(RouterCore(frozenset({KEY_SCROLLLOCK}), InputMode.GUEST), guest)
+    router.devices["kbd"] = keyboard
+    router.core.add_device("kbd")
+    router.core.frame("kbd", [(EV_KEY, KEY_A, 1)])
+    keyboard.grab()
+    ours, theirs = trio.socket.socketpair()
+    handoff._router = router
+    handoff._transport = QmpSocketTransport(trio.SocketStream(ours))
+
     await handoff.release()
-    await handoff.release()
+    assert guest.frames == [("kbd", [(EV_KEY, KEY_A, 0)])]  # the guest let go of A
+    assert not keyboard.grabbed
+    assert keyboard.closes == 1
+    assert await theirs.recv(1) == b""  # the monitor connection is closed
+
+    await handoff.release()  # again: nothing more happens, nothing raises
+    assert guest.frames == [("kbd", [(EV_KEY, KEY_A, 0)])]
+    assert keyboard.closes == 1
+    assert handoff.status()["mode"] == "host"
+    theirs.close()
