@@ -16,7 +16,13 @@ from handoff.checks import Check, DoctorEnv, Verdict, fail, ok, warn
 from handoff.checks.kernel import ModuleState, module_state
 from handoff.errors import PciError, PreflightRefusedError
 from handoff.pci.address import PciAddress
-from handoff.pci.plan import GroupVerdict, HostSnapshot, group_verdict, plan_handoff
+from handoff.pci.plan import (
+    GroupVerdict,
+    HostSnapshot,
+    compute_warning,
+    group_verdict,
+    plan_handoff,
+)
 from handoff.pci.plan import Verdict as GroupVerdictKind
 from handoff.pci.snapshot import take_snapshot
 from handoff.pci.sysfs import VFIO_DRIVER, iommu_group_of
@@ -92,7 +98,8 @@ def _group_text(group: int, address: PciAddress, verdict: GroupVerdict) -> str:
 
 
 def _device_check(snapshot: HostSnapshot, address: PciAddress, planned: bool) -> Check:
-    """One passthrough function: found, its group's verdict, driver, holders, boot_vga.
+    """One passthrough function: found, its group's verdict, driver, holders, boot_vga,
+    and the planner's warning about its compute driver's shared nodes.
 
     The group verdict judges the group without the profile's
     ``allow_in_group``; when the profile's own plan passes (the person
@@ -128,11 +135,16 @@ def _device_check(snapshot: HostSnapshot, address: PciAddress, planned: bool) ->
         return fail(name, detail, verdict.fix or "see `handoff groups`")
     if verdict.verdict is GroupVerdictKind.REFUSED:
         detail += " (accepted by the profile's allow_in_group)"
+    fixes: list[str] = []
+    caution = compute_warning(device, snapshot)
+    if caution is not None:
+        detail += "; " + caution.reason
+        fixes.append(caution.fix)
     if device.boot_vga:
-        return warn(
-            name,
-            detail,
+        fixes.append(
             "make the other GPU the primary display in the firmware setup, so the host keeps "
-            "its console while the guest has this one",
+            "its console while the guest has this one"
         )
+    if fixes:
+        return warn(name, detail, "; ".join(fixes))
     return ok(name, detail)

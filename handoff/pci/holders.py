@@ -8,10 +8,20 @@ can close them. The same scan finds another QEMU holding /dev/vfio/N.
 A node matches by path (what ``readlink /proc/PID/fd/N`` prints) or, for
 character devices, by device number, so a process inside a chroot (the
 testbed's) or one that opened a by-path alias is found too.
+
+NVIDIA's proprietary driver makes no DRM node for CUDA: programs and
+nvidia-persistenced hold the card through /dev/nvidiaN (char 195:N, N the
+card's "Device Minor" in /proc/driver/nvidia/gpus/ADDR/information), and an
+unbind then blocks in the kernel ("non-zero usage count"). Those nodes are
+the card's own. The driver-wide ones (/dev/nvidiactl 195:255,
+/dev/nvidia-modeset 195:254, /dev/nvidia-uvm on a dynamic major, and ROCm's
+/dev/kfd beside amdgpu's render node) are shared by every card of the
+driver: :func:`vendor_nodes_of` lists them for a warning, not a refusal.
 """
 
 from __future__ import annotations
 
+import enum
 import errno
 import os
 import stat
@@ -21,6 +31,27 @@ from pathlib import Path
 
 from handoff.host import HostPaths
 from handoff.pci.sysfs import PciDevice, device_dir
+
+# include/uapi/linux/major.h has no entry; the driver registers 195 itself
+# (NV_MAJOR_DEVICE_NUMBER), cards on minors 0.., these two on the top ones.
+NVIDIA_MAJOR = 195
+NVIDIA_CTL_MINOR = 255
+NVIDIA_MODESET_MINOR = 254
+
+
+class ComputeStack(enum.Enum):
+    """A driver whose compute users hold the card outside DRM/fbdev/ALSA."""
+
+    NVIDIA = "nvidia"  # the proprietary (or open) kernel module's PCI driver name
+    ROCM = "amdgpu"  # ROCm's /dev/kfd belongs to amdgpu
+
+
+def compute_stack(device: PciDevice) -> ComputeStack | None:
+    """Which compute stack may hold ``device`` through driver-wide nodes (pure)."""
+    for stack in ComputeStack:
+        if device.driver == stack.value:
+            return stack
+    return None
 
 
 @dataclass(frozen=True)
@@ -53,10 +84,80 @@ def _sys_dev_number(sysdir: Path) -> int | None:
         return None
 
 
+def char_majors(paths: HostPaths) -> dict[str, int]:
+    """Character-device majors by name, from /proc/devices (dynamic ones included)."""
+    try:
+        text = (paths.proc / "devices").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return {}
+    majors: dict[str, int] = {}
+    in_char = False
+    for line in text.splitlines():
+        if line.endswith(":"):
+            in_char = line == "Character devices:"
+            continue
+        number, _, name = line.strip().partition(" ")
+        if in_char and number.isdigit() and name:
+            majors.setdefault(name.strip(), int(number))
+    return majors
+
+
+def nvidia_minor(paths: HostPaths, device: PciDevice) -> int | None:
+    """The card's minor (N of /dev/nvidiaN) from the NVIDIA driver's procfs, if it has one.
+
+    The file's lines are ``Key: \t value``; the one wanted is ``Device Minor``.
+    """
+    info = paths.proc / "driver" / "nvidia" / "gpus" / str(device.address) / "information"
+    try:
+        text = info.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "Device Minor":
+            try:
+                return int(value.strip())
+            except ValueError:
+                return None
+    return None
+
+
+def _nvidia_card_nodes(paths: HostPaths, device: PciDevice) -> list[WatchedNode]:
+    minor = nvidia_minor(paths, device)
+    if minor is None:
+        return []
+    return [WatchedNode(str(paths.dev / f"nvidia{minor}"), os.makedev(NVIDIA_MAJOR, minor))]
+
+
+def _dynamic_node(paths: HostPaths, name: str, sys_class: Path | None = None) -> WatchedNode:
+    """/dev/NAME on a dynamic major, minor 0: from sysfs when it has a class device."""
+    rdev = _sys_dev_number(sys_class) if sys_class is not None else None
+    if rdev is None:
+        major = char_majors(paths).get(name)
+        rdev = os.makedev(major, 0) if major is not None else None
+    return WatchedNode(str(paths.dev / name), rdev)
+
+
+def vendor_nodes_of(paths: HostPaths, device: PciDevice) -> tuple[WatchedNode, ...]:
+    """The driver-wide nodes of ``device``'s compute stack (none for other drivers)."""
+    stack = compute_stack(device)
+    if stack is ComputeStack.NVIDIA:
+        return (
+            WatchedNode(str(paths.dev / "nvidiactl"), os.makedev(NVIDIA_MAJOR, NVIDIA_CTL_MINOR)),
+            WatchedNode(
+                str(paths.dev / "nvidia-modeset"), os.makedev(NVIDIA_MAJOR, NVIDIA_MODESET_MINOR)
+            ),
+            _dynamic_node(paths, "nvidia-uvm"),  # no class device: nvidia-modprobe mknods it
+        )
+    if stack is ComputeStack.ROCM:
+        return (_dynamic_node(paths, "kfd", paths.sys / "class" / "kfd" / "kfd"),)
+    return ()
+
+
 def nodes_of(paths: HostPaths, device: PciDevice) -> tuple[WatchedNode, ...]:
-    """The /dev nodes through which the host uses ``device``: DRM, fbdev, ALSA."""
+    """The /dev nodes through which the host uses ``device``: DRM, fbdev, ALSA, /dev/nvidiaN."""
     sysdev = device_dir(paths, device.address)
-    nodes: list[WatchedNode] = []
+    nodes: list[WatchedNode] = _nvidia_card_nodes(paths, device)
     for name in device.drm_nodes:
         nodes.append(
             WatchedNode(str(paths.dev / "dri" / name), _sys_dev_number(sysdev / "drm" / name))

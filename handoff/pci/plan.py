@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from handoff.errors import PreflightRefusedError
 from handoff.pci.address import PciAddress
-from handoff.pci.holders import Holder
+from handoff.pci.holders import ComputeStack, Holder, compute_stack
 from handoff.pci.sysfs import VFIO_DRIVER, IommuState, PciDevice
 
 # Endpoints the host needs to keep running: giving them away takes the disk,
@@ -47,8 +47,11 @@ def host_need(device: PciDevice) -> str | None:
 class HostSnapshot:
     """Everything preflight needs, read once from the host (see gather.py's callers).
 
-    ``holders`` maps a device to the processes holding its DRM/fb/sound nodes;
-    ``vfio_holders`` maps a group to the processes holding /dev/vfio/N.
+    ``holders`` maps a device to the processes holding its DRM/fb/sound nodes
+    (and /dev/nvidiaN); ``vfio_holders`` maps a group to the processes holding
+    /dev/vfio/N; ``vendor_holders`` maps a device to the processes holding its
+    driver's shared nodes (/dev/nvidiactl, /dev/nvidia-modeset, /dev/nvidia-uvm,
+    /dev/kfd), which warn rather than refuse.
     """
 
     devices: Mapping[PciAddress, PciDevice]
@@ -57,11 +60,21 @@ class HostSnapshot:
     fbcon_bound: bool = False
     holders: Mapping[PciAddress, tuple[Holder, ...]] = field(default_factory=dict)
     vfio_holders: Mapping[int, tuple[Holder, ...]] = field(default_factory=dict)
+    vendor_holders: Mapping[PciAddress, tuple[Holder, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Refusal:
     """One reason a group cannot be handed off, with the fix."""
+
+    group: int | None
+    reason: str
+    fix: str
+
+
+@dataclass(frozen=True)
+class PlanWarning:
+    """Something that may go wrong during the hand-off but does not stop it, with the fix."""
 
     group: int | None
     reason: str
@@ -90,6 +103,7 @@ class HandoffPlan:
 
     groups: tuple[GroupPlan, ...]
     detach_order: tuple[PciDevice, ...]
+    warnings: tuple[PlanWarning, ...] = ()
 
     @property
     def return_order(self) -> tuple[PciDevice, ...]:
@@ -119,6 +133,9 @@ class HandoffPlan:
         lines.append(
             "Afterwards every device returns to the driver listed here, VGA function first."
         )
+        for warning in self.warnings:
+            lines.append(f"warning: {warning.reason}")
+            lines.append(f"  fix: {warning.fix}")
         return "\n".join(lines)
 
 
@@ -199,7 +216,8 @@ def _group_refusals(
                 Refusal(
                     group,
                     f"{device.address.short} {device.class_name} is in use on the host: {who}",
-                    f"close those programs (or stop them: `kill {pids}`), e.g. log out of the "
+                    _persistenced_fix(holders)
+                    + f"close those programs (or stop them: `kill {pids}`), e.g. log out of the "
                     "desktop running on this GPU, then try again",
                 )
             )
@@ -226,6 +244,65 @@ def _group_refusals(
             )
         )
     return refusals
+
+
+# /proc/PID/comm keeps 15 characters: "nvidia-persistenced" reads back like this.
+_PERSISTENCED_COMM = "nvidia-persistenced"[:15]
+_PERSISTENCED_STOP = "stop nvidia-persistenced (`systemctl stop nvidia-persistenced`)"
+
+
+def _has_persistenced(holders: Sequence[Holder]) -> bool:
+    return any(h.command == _PERSISTENCED_COMM for h in holders)
+
+
+def _persistenced_fix(holders: Sequence[Holder]) -> str:
+    """The daemon's own stop command, first, when nvidia-persistenced is among ``holders``."""
+    return _PERSISTENCED_STOP + "; " if _has_persistenced(holders) else ""
+
+
+_STACK_TEXT: Mapping[ComputeStack, tuple[str, str]] = {
+    ComputeStack.NVIDIA: (
+        "NVIDIA's driver",
+        "a CUDA program or nvidia-persistenced using this card makes its unbind block in the "
+        "kernel (NVRM: \"non-zero usage count\"), which hangs the host",
+    ),
+    ComputeStack.ROCM: (
+        "amdgpu (ROCm)",
+        "a ROCm program using this card keeps amdgpu's compute side (/dev/kfd) busy while the "
+        "card is unbound",
+    ),
+}
+
+
+def compute_warning(device: PciDevice, snapshot: HostSnapshot) -> PlanWarning | None:
+    """A warning when processes hold ``device``'s driver-wide compute nodes (pure).
+
+    These nodes are shared by every card of the driver, so holding them does
+    not prove this card is busy: a warning with the fix, not a refusal.
+    """
+    stack = compute_stack(device)
+    holders = snapshot.vendor_holders.get(device.address, ())
+    if stack is None or not holders:
+        return None
+    unique = tuple(dict.fromkeys(holders))
+    driver, risk = _STACK_TEXT[stack]
+    who = ", ".join(h.describe() for h in unique)
+    persistenced = _has_persistenced(unique)
+    steps = [_PERSISTENCED_STOP] if persistenced else []
+    pids = " ".join(
+        str(pid) for pid in dict.fromkeys(h.pid for h in unique if h.command != _PERSISTENCED_COMM)
+    )
+    if pids:
+        kind = "CUDA" if stack is ComputeStack.NVIDIA else "ROCm"
+        others = "the other programs" if persistenced else "the programs"
+        steps.append(f"close {others}, {kind} jobs first (or stop them: `kill {pids}`),")
+    fix = " and ".join(steps)
+    return PlanWarning(
+        device.iommu_group,
+        f"{device.address.short} {device.class_name} runs on {driver}, whose shared nodes are "
+        f"open: {who}; {risk}",
+        f"{fix} before the hand-off",
+    )
 
 
 def plan_handoff(
@@ -315,7 +392,8 @@ def plan_handoff(
     if refusals:
         raise _refuse(refusals)
     order = tuple(sorted((d for g in groups for d in g.moved), key=_detach_key))
-    return HandoffPlan(groups=tuple(groups), detach_order=order)
+    warnings = tuple(w for d in order if (w := compute_warning(d, snapshot)) is not None)
+    return HandoffPlan(groups=tuple(groups), detach_order=order, warnings=warnings)
 
 
 # --------------------------------------------------------------------------- handoff groups

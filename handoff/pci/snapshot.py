@@ -1,24 +1,27 @@
 """Taking the read-only snapshot of the host that preflight decides from.
 
 The one place that gathers everything :func:`handoff.pci.plan.plan_handoff`
-needs (devices, groups, holders of the devices' nodes and of /dev/vfio/N,
+needs (devices, groups, holders of the devices' nodes, of their compute
+drivers' shared nodes and of /dev/vfio/N,
 the framebuffer console, vfio-pci availability), so the planner itself
 stays pure and tests can build the same snapshot from a fake tree.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import enum
+from collections.abc import Iterable, Mapping
 
 from handoff.errors import PciError
 from handoff.host import HostPaths
 from handoff.pci.address import PciAddress
 from handoff.pci.bind import SysfsWriter
-from handoff.pci.holders import Holder, WatchedNode, find_holders, nodes_of
+from handoff.pci.holders import Holder, WatchedNode, find_holders, nodes_of, vendor_nodes_of
 from handoff.pci.plan import HostSnapshot
 from handoff.pci.sysfs import (
     VFIO_DRIVER,
     VFIO_MODULE,
+    PciDevice,
     driver_loaded,
     framebuffer_console_bound,
     read_device,
@@ -57,27 +60,18 @@ def take_snapshot(
                 continue
     holders: dict[PciAddress, tuple[Holder, ...]] = {}
     vfio_holders: dict[int, tuple[Holder, ...]] = {}
+    vendor_holders: dict[PciAddress, tuple[Holder, ...]] = {}
     if scan_holders and wanted:
-        watched: dict[str, tuple[str, PciAddress | int]] = {}
-        nodes: list[WatchedNode] = []
-        for group in sorted(wanted):
-            for address in iommu.groups.get(group, ()):
-                device = devices.get(address)
-                if device is None:
-                    continue
-                for node in nodes_of(paths, device):
-                    nodes.append(node)
-                    watched[node.path] = ("device", address)
-            vfio = vfio_group_node(paths, group)
-            if vfio.exists():
-                nodes.append(WatchedNode(str(vfio), None))
-                watched[str(vfio)] = ("vfio", group)
+        watched = _watched_nodes(paths, devices, iommu.groups, wanted)
+        nodes = [node for node, _ in watched.values()]
         for path, found in find_holders(paths, nodes).items():
-            kind, key = watched[path]
-            if kind == "device" and isinstance(key, PciAddress):
-                holders[key] = holders.get(key, ()) + found
-            elif isinstance(key, int):
-                vfio_holders[key] = vfio_holders.get(key, ()) + found
+            for kind, key in watched[path][1]:
+                if kind is _Watch.DEVICE and isinstance(key, PciAddress):
+                    holders[key] = holders.get(key, ()) + found
+                elif kind is _Watch.VENDOR and isinstance(key, PciAddress):
+                    vendor_holders[key] = vendor_holders.get(key, ()) + found
+                elif isinstance(key, int):
+                    vfio_holders[key] = vfio_holders.get(key, ()) + found
     vfio_available = driver_loaded(paths, VFIO_DRIVER) or writer.module_loadable(VFIO_MODULE)
     return HostSnapshot(
         devices=devices,
@@ -86,4 +80,50 @@ def take_snapshot(
         fbcon_bound=framebuffer_console_bound(paths),
         holders=holders,
         vfio_holders=vfio_holders,
+        vendor_holders=vendor_holders,
     )
+
+
+class _Watch(enum.Enum):
+    """Why a node is watched: a device's own node, a driver-wide one, /dev/vfio/N."""
+
+    DEVICE = "device"
+    VENDOR = "vendor"
+    VFIO = "vfio"
+
+
+_Keys = list[tuple[_Watch, PciAddress | int]]
+
+
+def _watched_nodes(
+    paths: HostPaths,
+    devices: Mapping[PciAddress, PciDevice],
+    groups: Mapping[int, Iterable[PciAddress]],
+    wanted: Iterable[int],
+) -> dict[str, tuple[WatchedNode, _Keys]]:
+    """Every node to scan for, by path, with whom its holders are reported for.
+
+    A driver-wide node (/dev/nvidiactl) is shared by every card of its
+    driver, so one path can stand for several devices.
+    """
+    watched: dict[str, tuple[WatchedNode, _Keys]] = {}
+
+    def watch(node: WatchedNode, kind: _Watch, key: PciAddress | int) -> None:
+        known, keys = watched.setdefault(node.path, (node, []))
+        if known.rdev is None and node.rdev is not None:
+            watched[node.path] = (node, keys)
+        keys.append((kind, key))
+
+    for group in sorted(wanted):
+        for address in groups.get(group, ()):
+            device = devices.get(address)
+            if device is None:
+                continue
+            for node in nodes_of(paths, device):
+                watch(node, _Watch.DEVICE, address)
+            for node in vendor_nodes_of(paths, device):
+                watch(node, _Watch.VENDOR, address)
+        vfio = vfio_group_node(paths, group)
+        if vfio.exists():
+            watch(WatchedNode(str(vfio), None), _Watch.VFIO, group)
+    return watched

@@ -551,3 +551,81 @@ def session_journal(host: FakeHost, name: str) -> jr.Journal:
         boot_id=FakeHost.BOOT_ID,
         supervisor_pid=os.getpid(),
     )
+
+
+# --------------------------------------------------------------------------- compute drivers
+#
+# NVIDIA's driver and ROCm cannot run in the testbed (no such card in QEMU),
+# so their traces are built here as the kernel and the driver lay them out.
+
+NVIDIA_MAJOR = 195  # fixed: the driver registers it (cards 0.., 254 modeset, 255 ctl)
+NVIDIA_UVM_MAJOR = 510  # dynamic (alloc_chrdev_region): what /proc/devices says
+KFD_MAJOR = 234  # dynamic (register_chrdev(0, "kfd")): /proc/devices and sysfs say
+
+_PROC_DEVICES_HEAD = (
+    "Character devices:\n  1 mem\n  4 /dev/vc/0\n  4 tty\n  5 /dev/tty\n 10 misc\n"
+    " 13 input\n 29 fb\n116 alsa\n128 ptm\n136 pts\n226 drm\n"
+)
+_PROC_DEVICES_TAIL = "\nBlock devices:\n  7 loop\n  8 sd\n259 blkext\n"
+
+
+def write_proc_devices(paths: HostPaths, dynamic: dict[str, int]) -> None:
+    """/proc/devices with the usual majors plus ``dynamic`` (name → major), and those
+    an earlier call added (a host with both NVIDIA's driver and amdgpu)."""
+    target = paths.proc / "devices"
+    if target.exists():
+        text = target.read_text()
+        earlier = text[len(_PROC_DEVICES_HEAD):text.index(_PROC_DEVICES_TAIL)]
+        for line in earlier.splitlines():
+            number, name = line.split(None, 1)
+            dynamic = {name: int(number), **dynamic}
+    extra = "".join(f"{major:3d} {name}\n" for name, major in sorted(dynamic.items(),
+                                                                     key=lambda i: i[1]))
+    (paths.proc / "devices").write_text(_PROC_DEVICES_HEAD + extra + _PROC_DEVICES_TAIL)
+
+
+def nvidia_driver_files(paths: HostPaths, address: str, minor: int) -> Path:
+    """What the NVIDIA driver (and nvidia-modprobe) show for a bound card; the procfs dir.
+
+    /proc/driver/nvidia/gpus/ADDR/information with its ``Key: \\t value``
+    lines, /dev/nvidiaN, /dev/nvidiactl, /dev/nvidia-modeset,
+    /dev/nvidia-uvm(-tools) (plain files: mknod needs CAP_MKNOD) and
+    /proc/devices naming nvidia (195) and nvidia-uvm (dynamic).
+    """
+    full = str(PciAddress.parse(address))
+    info = paths.proc / "driver" / "nvidia" / "gpus" / full
+    info.mkdir(parents=True)
+    (info / "information").write_text(
+        "Model: \t\t NVIDIA GeForce GTX 1080\nIRQ:   \t\t 130\n"
+        "GPU UUID: \t GPU-2f2a5c7e-4b1d-6c3e-8f90-1a2b3c4d5e6f\nVideo BIOS: \t 86.04.17.00.01\n"
+        "Bus Type: \t PCIe\nDMA Size: \t 47 bits\nDMA Mask: \t 0x7fffffffffff\n"
+        f"Bus Location: \t {full}\nDevice Minor: \t {minor}\nGPU Excluded:\t No\n"
+    )
+    paths.dev.mkdir(parents=True, exist_ok=True)
+    for name in (f"nvidia{minor}", "nvidiactl", "nvidia-modeset", "nvidia-uvm",
+                 "nvidia-uvm-tools"):
+        (paths.dev / name).touch()
+    write_proc_devices(paths, {"nvidia": NVIDIA_MAJOR, "nvidia-uvm": NVIDIA_UVM_MAJOR})
+    return info
+
+
+def rocm_kfd_files(paths: HostPaths) -> None:
+    """amdgpu's /dev/kfd: class device /sys/class/kfd/kfd (dev = KFD_MAJOR:0) and the node."""
+    real = paths.sys / "devices" / "virtual" / "kfd" / "kfd"
+    real.mkdir(parents=True)
+    (real / "dev").write_text(f"{KFD_MAJOR}:0\n")
+    cls = paths.sys / "class" / "kfd"
+    cls.mkdir(parents=True)
+    os.symlink("../../devices/virtual/kfd/kfd", cls / "kfd")
+    paths.dev.mkdir(parents=True, exist_ok=True)
+    (paths.dev / "kfd").touch()
+    write_proc_devices(paths, {"kfd": KFD_MAJOR})
+
+
+def nvidia_gpu(host: FakeHost, address: str, minor: int, *, group: int) -> FakeDevice:
+    """A GTX 1080 (10de:1b80) bound to NVIDIA's driver, whose remove drops its procfs dir."""
+    if "nvidia" not in host.drivers:
+        host.add_driver("nvidia", ids={(0x10DE, 0x1B80)})
+    dev = host.add_device(address, 0x10DE, 0x1B80, 0x030000, group=group, driver="nvidia")
+    dev.made.append(nvidia_driver_files(host.paths, address, minor))
+    return dev

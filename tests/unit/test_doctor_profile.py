@@ -30,6 +30,7 @@ from handoff.checks.qemu import check_ovmf, check_qemu, needed_devices
 from handoff.profile import Profile, parse_profile
 from handoff.qemu.capabilities import QemuCapabilities, probe
 from tests.unit.doctor_fakes import RELEASE, FakeHost
+from tests.unit.fakesysfs import nvidia_driver_files
 
 GAMER = Identity("gamer", 1500, frozenset({1500}))
 ROOT = Identity("root", 0, frozenset({0}))
@@ -129,6 +130,38 @@ def test_a_gpu_held_open_by_a_process_fails_with_the_pid_to_stop(
     assert gpu.verdict is Verdict.FAIL
     assert "pid 4711 (Xorg)" in gpu.detail
     assert "`kill 4711`" in (gpu.fix or "")  # the planner's own fix, word for word
+
+
+def nvidia_card(host: FakeHost, tmp_path: Path) -> Profile:
+    """A GTX 1080 on NVIDIA's driver, alone in group 20, minor 0; the profile passing it."""
+    host.pci("0000:05:00.0", group=20, ids=(0x10DE, 0x1B80), driver="nvidia")
+    nvidia_driver_files(host.env().host, "05:00.0", 0)
+    return profile(tmp_path, '[[passthrough]]\naddress = "05:00.0"\n')
+
+
+def test_nvidia_persistenced_on_nvidiactl_warns_with_its_stop_command(
+    host: FakeHost, tmp_path: Path
+) -> None:
+    prof = nvidia_card(host, tmp_path)
+    host.process(811, "nvidia-persiste", [host.dev / "nvidiactl"])
+    device, plan = check_passthrough_devices(host.env(), prof)
+    assert device.verdict is Verdict.WARN
+    assert f"pid 811 (nvidia-persiste) has {host.dev}/nvidiactl" in device.detail
+    assert device.fix == (
+        "stop nvidia-persistenced (`systemctl stop nvidia-persistenced`) before the hand-off"
+    )
+    assert plan.verdict is Verdict.OK
+
+
+def test_a_cuda_program_on_dev_nvidia0_fails_like_the_run_would(
+    host: FakeHost, tmp_path: Path
+) -> None:
+    prof = nvidia_card(host, tmp_path)
+    host.process(4444, "python3", [host.dev / "nvidia0"])
+    device, plan = check_passthrough_devices(host.env(), prof)
+    assert device.verdict is Verdict.FAIL  # the plan refuses, so the group line fails
+    assert plan.verdict is Verdict.FAIL
+    assert f"pid 4444 (python3) has {host.dev}/nvidia0" in plan.detail
 
 
 def test_the_boot_gpu_under_a_bound_framebuffer_console_fails_with_the_unbind(

@@ -8,7 +8,7 @@ from handoff.errors import PreflightRefusedError
 from handoff.pci.address import PciAddress
 from handoff.pci.plan import HostSnapshot, Verdict, group_verdicts, plan_handoff
 from handoff.pci.snapshot import take_snapshot
-from tests.unit.fakesysfs import FakeHost, seed_machine
+from tests.unit.fakesysfs import FakeHost, nvidia_gpu, seed_machine
 
 A = PciAddress.parse
 
@@ -103,3 +103,14 @@ def test_several_reasons_are_reported_together(host: FakeHost) -> None:
     assert "pid 77 (Xorg)" in caught.value.message
     assert caught.value.fix is not None
     assert "kill 77" in caught.value.fix
+
+
+def test_a_shared_nvidia_node_held_warns_in_the_plan_but_handoff_groups_still_passes(
+    host: FakeHost,
+) -> None:
+    nvidia_gpu(host, "05:00.0", 0, group=20)
+    host.add_process(4444, "python3", [host.paths.dev / "nvidia-uvm"])
+    (warning,) = plan_handoff([A("05:00.0")], snap(host)).warnings
+    assert warning.group == 20
+    verdict = {v.group: v for v in group_verdicts(snap(host))}[20]
+    assert verdict.verdict is Verdict.PASSABLE

@@ -18,7 +18,7 @@ from handoff.pci import journal as jr
 from handoff.pci.address import PciAddress
 from handoff.pci.resource import GpuHandoff
 from handoff.profile import Passthrough, Profile, Vm
-from tests.unit.fakesysfs import FakeHost, seed_machine
+from tests.unit.fakesysfs import FakeHost, nvidia_gpu, seed_machine
 
 A = PciAddress.parse
 
@@ -83,6 +83,20 @@ def audio_in_use(root: Path) -> tuple[FakeHost, Profile]:
     return host, profile("01:00.0")
 
 
+def cuda_on_the_nvidia_card(root: Path) -> tuple[FakeHost, Profile]:
+    host = seed_machine(root)
+    nvidia_gpu(host, "05:00.0", 0, group=20)
+    host.add_process(4444, "python3", [host.paths.dev / "nvidiactl", host.paths.dev / "nvidia0"])
+    return host, profile("05:00.0")
+
+
+def persistenced_on_the_nvidia_card(root: Path) -> tuple[FakeHost, Profile]:
+    host = seed_machine(root)
+    nvidia_gpu(host, "05:00.0", 0, group=20)
+    host.add_process(811, "nvidia-persiste", [host.paths.dev / "nvidia0"])
+    return host, profile("05:00.0")
+
+
 def boot_gpu_with_console(root: Path) -> tuple[FakeHost, Profile]:
     host = seed_machine(root)
     host.add_vtconsole(bound=True)
@@ -130,6 +144,10 @@ CASES: dict[str, tuple[Callable[[Path], tuple[FakeHost, Profile]], list[str]]] =
     "dead header": (dead_gpu, ["header type 0xff", "D3cold", "power/control"]),
     "desktop holds card0": (desktop_on_the_gpu, ["pid 4242 (Xorg)", "/dri/card0", "kill 4242"]),
     "audio held": (audio_in_use, ["pid 4343 (pipewire)", "01:00.1 Audio device"]),
+    "cuda holds nvidia0": (cuda_on_the_nvidia_card, ["pid 4444 (python3)", "/dev/nvidia0",
+                                                     "kill 4444"]),
+    "persistenced holds nvidia0": (persistenced_on_the_nvidia_card, [
+        "pid 811 (nvidia-persiste)", "/dev/nvidia0", "systemctl stop nvidia-persistenced"]),
     "boot gpu + fbcon": (boot_gpu_with_console, ["boot_vga=1", "vtconsole"]),
     "no vfio-pci": (no_vfio_pci, ["vfio-pci driver is neither loaded nor loadable",
                                   "modprobe vfio-pci"]),
@@ -208,3 +226,23 @@ async def test_a_udev_worker_holding_card0_for_a_moment_is_waited_out(tmp_path: 
     assert host.state()["01:00.0"] == ("vfio-pci", "vfio-pci")
     await resource.release()
     assert host.state()["01:00.0"] == ("amdgpu", "(null)")
+
+
+async def test_a_holder_of_nvidiactl_is_reported_as_a_warning_and_the_card_moves(
+    tmp_path: Path,
+) -> None:
+    host = seed_machine(tmp_path)
+    nvidia_gpu(host, "05:00.0", 0, group=20)
+    host.add_process(811, "nvidia-persiste", [host.paths.dev / "nvidiactl"])
+    lines: list[str] = []
+    resource = GpuHandoff(
+        profile("05:00.0"), host.paths, writer=host, report=lines.append,
+        memlock_check=functools.partial(check_memlock, getrlimit=unlimited),
+    )
+    await resource.acquire()
+    (plan,) = [line for line in lines if line.startswith("GPU hand-off plan:")]
+    assert "warning: 05:00.0 VGA compatible controller runs on NVIDIA's driver" in plan
+    assert "fix: stop nvidia-persistenced (`systemctl stop nvidia-persistenced`)" in plan
+    assert host.state()["05:00.0"] == ("vfio-pci", "vfio-pci")
+    await resource.release()
+    assert host.state()["05:00.0"] == ("nvidia", "(null)")
