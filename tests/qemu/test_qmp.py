@@ -161,3 +161,22 @@ async def test_a_silent_monitor_times_out_with_a_clear_error(tmp_path: Path) -> 
                 pass  # pragma: no cover
     finally:
         listener.close()
+
+
+async def test_a_qemu_that_dies_after_its_greeting_is_a_qmp_error_not_a_socket_error(
+    tmp_path: Path,
+) -> None:
+    # QEMU greets before it realizes -device options: one it cannot realize
+    # makes it exit with handoff's qmp_capabilities unread (ECONNRESET on the
+    # next read, or EPIPE on the write), which must be the same QmpError.
+    for attempt in range(3):
+        ours, theirs = socket.socketpair()
+        log = tmp_path / f"qemu-{attempt}.log"
+        argv = bare_argv(theirs.fileno(), "-device", "virtio-input-host-pci,evdev=/nonexistent")
+        process = await QemuProcess.start(argv, log_path=log, pass_fds=[theirs.fileno()])
+        theirs.close()
+        with trio.fail_after(30), pytest.raises(QmpError, match="closed the connection"):
+            async with open_qmp(ours):
+                pass  # pragma: no cover
+        assert await process.wait() == 1
+        assert "Could not open '/nonexistent'" in process.log_tail()

@@ -460,3 +460,93 @@ async def test_ladder_bounds_come_from_the_profile_and_passthrough_count(
 ) -> None:
     timeouts = LadderTimeouts.for_profile(harness.profile)
     assert timeouts == LadderTimeouts(powerdown=0.5, quit=30.0, sigterm=10.0, sigkill=60.0)
+
+
+# --------------------------------------------------------------------------- QEMU dying at start
+
+
+async def test_qemu_dying_during_the_qmp_handshake_ends_with_its_status_and_log(
+    tmp_path: Path,
+) -> None:
+    # QEMU greets on its monitor, then fails to realize a device and exits.
+    extra = ("-device", "virtio-input-host-pci,evdev=/nonexistent")
+    profile = load_profile(write_profile(tmp_path, "dies", extra_args=extra))
+    lines = Lines()
+    session = Session(profile, HostPaths(run=tmp_path / "run"), [], report=lines,
+                      handle_signals=False)
+    with trio.fail_after(30), pytest.raises(QemuLaunchError) as caught:
+        await session.run()
+    message = caught.value.message
+    assert message.startswith("QEMU exited with status 1 before its monitor answered")
+    assert "Could not open '/nonexistent'" in message
+    assert caught.value.fix is not None
+    assert not (tmp_path / "run" / "dies").exists()
+
+
+def traversable_run_root() -> Path:
+    """A run root every user may pass through (pytest's tmp_path is root's 0700)."""
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="handoff-user-"))
+    root.chmod(0o755)
+    return root / "run"
+
+
+def qmp_input_profile(directory: Path, name: str) -> Profile:
+    path = write_profile(directory, name, user="nobody")
+    path.write_text(
+        path.read_text()
+        + '[input]\nbackend = "qmp"\ndevices = ["name:no such keyboard on this host"]\n'
+    )
+    return load_profile(path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching QEMU's user needs root")
+async def test_qemu_as_an_unprivileged_user_creates_and_serves_its_input_monitor(
+    tmp_path: Path,
+) -> None:
+    import shutil
+
+    from handoff.input.resource import InputHandoff
+
+    profile = qmp_input_profile(tmp_path, "userqmp")
+    paths = HostPaths(run=traversable_run_root())
+    harness = Harness(profile, paths, [], Lines())
+    nobody = pwd.getpwnam("nobody").pw_uid
+
+    async def check() -> None:
+        monitor = harness.run_dir / "qemu" / "input.qmp"
+        assert os.stat(f"/proc/{qemu_pid_of(harness)}").st_uid == nobody
+        assert monitor.is_socket(), "QEMU created the input monitor in qemu/"
+        assert monitor.stat().st_uid == nobody
+        assert (await harness.ask({"command": "switch", "mode": "host"}))["mode"] == "host"
+        await harness.ask({"command": "stop", "force": True})
+
+    try:
+        outcome = await drive(harness, harness.session([InputHandoff(profile, paths)]), check)
+        assert outcome.status == ExitStatus.OK
+        assert "released input" in harness.lines.text()
+        assert_clean_end(harness, qemu_pid_of(harness))
+    finally:
+        shutil.rmtree(paths.run.parent, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching QEMU's user needs root")
+async def test_qemus_user_refused_its_socket_path_gets_a_fix_that_is_not_the_profile(
+    tmp_path: Path,
+) -> None:
+    from handoff.input.resource import InputHandoff
+
+    # The run root under pytest's 0700 tmp dir: nobody cannot reach qemu/ there.
+    profile = qmp_input_profile(tmp_path, "userdenied")
+    paths = HostPaths(run=tmp_path / "run")
+    session = Session(profile, paths, [InputHandoff(profile, paths)], report=Lines(),
+                      handle_signals=False)
+    with trio.fail_after(30), pytest.raises(QemuLaunchError) as caught:
+        await session.run()
+    assert "before its monitor answered" in caught.value.message
+    assert "Permission denied" in caught.value.message
+    fix = caught.value.fix or ""
+    assert "fix the profile" not in fix
+    assert "searchable by nobody" in fix
+    assert not (tmp_path / "run" / "userdenied").exists()
