@@ -19,7 +19,13 @@ from pathlib import Path
 import pytest
 import trio
 
-from .conftest import pid_gone, write_profile
+from .conftest import (
+    PANIC_BOOT_SECTOR,
+    pid_gone,
+    write_boot_disk,
+    write_power_off_disk,
+    write_profile,
+)
 
 pytestmark = pytest.mark.qemu
 
@@ -225,7 +231,7 @@ async def test_a_second_run_of_the_same_profile_is_refused_with_the_holder_pid(
             await cli.wait_for("^handoff: running")
             second = await handoff(env, "run", str(profile))
             cli.process.send_signal(signal.SIGTERM)
-            await cli.process.wait()
+            assert await cli.process.wait() == 143
     assert second.returncode == 2
     err = second.stderr.decode()
     assert f"profile 'busy' is already running (pid {cli.process.pid} holds" in err
@@ -259,3 +265,42 @@ async def test_dry_run_prints_the_command_and_starts_nothing(tmp_path: Path) -> 
     argv = await handoff(cli_env(tmp_path / "run"), "argv", str(profile))
     assert argv.stdout == result.stdout
     assert not (tmp_path / "run").exists()
+
+
+async def test_a_guest_that_powers_off_ends_the_command_with_status_0(tmp_path: Path) -> None:
+    disk = write_power_off_disk(tmp_path / "off.img")
+    profile = write_profile(tmp_path, "off", disk=disk)
+    with trio.fail_after(60):
+        result = await handoff(cli_env(tmp_path / "run"), "run", str(profile))
+    assert result.returncode == 0, result.stderr
+    assert "handoff: ended: the guest powered off (exit 0)" in result.stdout.decode()
+    assert not (tmp_path / "run" / "off").exists()
+
+
+async def test_a_guest_panic_ends_the_command_with_status_1(tmp_path: Path) -> None:
+    disk = write_boot_disk(tmp_path / "panic.img", PANIC_BOOT_SECTOR)
+    profile = write_profile(tmp_path, "panic", disk=disk, extra_args=("-device", "pvpanic"))
+    with trio.fail_after(60):
+        result = await handoff(cli_env(tmp_path / "run"), "run", str(profile))
+    assert result.returncode == 1, result.stderr
+    out = result.stdout.decode()
+    assert "handoff: ended: the guest panicked; QEMU exited with status 0 (exit 1)" in out
+    assert not (tmp_path / "run" / "panic").exists()
+
+
+async def test_qemu_killed_from_outside_ends_the_command_with_status_1(
+    tmp_path: Path, start_cli: StartCli
+) -> None:
+    profile = write_profile(tmp_path, "crash", shutdown_timeout=0.5)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            cli = await start_cli(profile, nursery)
+            await cli.wait_for("^handoff: running")
+            os.kill(cli.qemu_pid, signal.SIGKILL)
+            assert await cli.process.wait() == 1
+    assert re.search(
+        r"ended: QEMU was killed by SIGKILL: QEMU crashed or was killed from outside handoff"
+        r".* \(exit 1\)", cli.text()
+    )
+    assert "asking the guest" not in cli.text()
+    assert_gone(cli, tmp_path / "run" / "crash")
