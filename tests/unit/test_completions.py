@@ -12,15 +12,17 @@ from pathlib import Path
 import pytest
 
 from handoff import __version__
-from handoff.completions import (
+from handoff.profile_lookup import SEARCH_PATH
+from tools.completions import (
     OUTPUTS,
+    PROFILE_DIRS,
     Kind,
     handoff_cli,
     read_parser,
     render_all,
     render_man,
 )
-from handoff.completions import main as completions_main
+from tools.completions import main as completions_main
 
 CONTRIB = Path(__file__).resolve().parents[2] / "contrib"
 
@@ -79,7 +81,9 @@ def test_the_model_reads_commands_options_and_value_kinds() -> None:
 # ---------------------------------------------------------------- bash
 
 
-def bash_complete(script: Path, words: list[str], cwd: Path) -> list[str]:
+def bash_complete(
+    script: Path, words: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> list[str]:
     """Run the completion function in a real bash as readline would, return COMPREPLY."""
     quoted = " ".join("'" + w.replace("'", "'\\''") + "'" for w in words)
     program = (
@@ -91,7 +95,7 @@ def bash_complete(script: Path, words: list[str], cwd: Path) -> list[str]:
         capture_output=True,
         text=True,
         cwd=cwd,
-        env={**os.environ, "HOME": str(cwd), "XDG_CONFIG_HOME": str(cwd / "config")},
+        env={**os.environ, "HOME": str(cwd), "XDG_CONFIG_HOME": str(cwd / "config"), **(env or {})},
         check=True,
     )
     return sorted(line for line in result.stdout.splitlines() if line)
@@ -166,7 +170,9 @@ zpty -d z
 """
 
 
-def zsh_complete(script: Path, lines: list[str], cwd: Path) -> list[list[str]]:
+def zsh_complete(
+    script: Path, lines: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> list[list[str]]:
     """For each line, the matches zsh's completion system offers for it + TAB."""
     fpath = cwd / "fpath"
     fpath.mkdir(exist_ok=True)
@@ -178,7 +184,7 @@ def zsh_complete(script: Path, lines: list[str], cwd: Path) -> list[list[str]]:
     subprocess.run(
         ["zsh", "-f", str(harness), str(fpath), str(hits), *lines],
         cwd=cwd,
-        env={**os.environ, "HOME": str(cwd), "XDG_CONFIG_HOME": str(cwd / "config")},
+        env={**os.environ, "HOME": str(cwd), "XDG_CONFIG_HOME": str(cwd / "config"), **(env or {})},
         timeout=60,
         check=True,
     )
@@ -285,7 +291,7 @@ def real() -> dict[str, str]:
 
 def test_checked_in_files_are_what_the_cli_generates_today(real: dict[str, str]) -> None:
     stale = [rel for rel, text in real.items() if (CONTRIB / rel).read_text() != text]
-    assert stale == [], "regenerate with: python -m handoff.completions --write contrib/"
+    assert stale == [], "regenerate with: python -m tools.completions --write contrib/"
 
 
 def test_every_generated_file_says_where_it_goes(real: dict[str, str]) -> None:
@@ -338,3 +344,60 @@ def test_the_real_zsh_completion_offers_every_subcommand(tmp_path: Path) -> None
     script = CONTRIB / "completions" / "_handoff"
     (offered,) = zsh_complete(script, ["handoff "], tmp_path)
     assert {c.name for c in handoff_cli().commands} <= set(offered)
+
+
+# ---------------------------------------------------------------- profile names: one search path
+
+
+@pytest.fixture
+def profile_dirs(tmp_path: Path) -> dict[str, str]:
+    """A profile in $HANDOFF_PROFILE_DIR, one in $XDG_CONFIG_HOME/handoff/profiles."""
+    env_dir = tmp_path / "from-env"
+    env_dir.mkdir()
+    (env_dir / "envvm.toml").write_text("")
+    config = tmp_path / "work" / "config" / "handoff" / "profiles"
+    config.mkdir(parents=True)
+    (config / "cfgvm.toml").write_text("")
+    return {"HANDOFF_PROFILE_DIR": str(env_dir)}
+
+
+def test_bash_offers_names_from_handoff_profile_dir_like_the_cli(
+    generated: dict[str, Path], tmp_path: Path, profile_dirs: dict[str, str]
+) -> None:
+    work = tmp_path / "work"
+    names = bash_complete(generated["completions/handoff.bash"], ["handoff", "run", ""], work,
+                          profile_dirs)
+    assert {"envvm", "cfgvm"} <= set(names)
+    # unset: only the other directories (not the file system root)
+    names = bash_complete(generated["completions/handoff.bash"], ["handoff", "run", ""], work)
+    assert "cfgvm" in names
+    assert "envvm" not in names
+
+
+@needs_zsh
+def test_zsh_offers_names_from_handoff_profile_dir_like_the_cli(
+    generated: dict[str, Path], tmp_path: Path, profile_dirs: dict[str, str]
+) -> None:
+    (offered,) = zsh_complete(generated["completions/_handoff"], ["handoff run "],
+                              tmp_path / "work", profile_dirs)
+    assert {"envvm", "cfgvm"} <= set(offered)
+
+
+@needs_fish
+def test_fish_offers_names_from_handoff_profile_dir_like_the_cli(
+    generated: dict[str, Path], tmp_path: Path, profile_dirs: dict[str, str]
+) -> None:
+    work = tmp_path / "work"
+    out = subprocess.run(
+        ["fish", "--no-config", "-c",
+         f"source '{generated['completions/handoff.fish']}'; complete -C 'handoff run '"],
+        capture_output=True, text=True, cwd=work, check=True,
+        env={**os.environ, "HOME": str(work), "XDG_CONFIG_HOME": str(work / "config"),
+             **profile_dirs},
+    ).stdout
+    assert {"envvm", "cfgvm"} <= {row.split("\t")[0] for row in out.splitlines()}
+
+
+def test_the_completions_search_the_directories_of_handoff_profile_lookup() -> None:
+    assert len(PROFILE_DIRS) == len(SEARCH_PATH)
+    assert PROFILE_DIRS[0] == '"${HANDOFF_PROFILE_DIR}"'

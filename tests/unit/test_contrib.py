@@ -19,8 +19,8 @@ from handoff.checks import Verdict
 from handoff.checks.cpu import read_cpuinfo
 from handoff.checks.iommu import check_kernel_cmdline
 from handoff.checks.nodes import HANDOFF_GROUP, UDEV_RULE_NAME
-from handoff.completions import OUTPUTS, handoff_cli, render_man
 from tests.unit.doctor_fakes import AMD_FLAGS, FakeHost
+from tools.completions import OUTPUTS, handoff_cli, render_man
 
 CONTRIB = Path(__file__).resolve().parents[2] / "contrib"
 UDEV_RULE = CONTRIB / "udev" / UDEV_RULE_NAME

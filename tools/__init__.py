@@ -1,0 +1,1 @@
+"""Build-time tools (not installed): generators for the files in contrib/."""
