@@ -550,3 +550,46 @@ async def test_qemus_user_refused_its_socket_path_gets_a_fix_that_is_not_the_pro
     assert "fix the profile" not in fix
     assert "searchable by nobody" in fix
     assert not (tmp_path / "run" / "userdenied").exists()
+
+
+@dataclass
+class MonitorDiesResource:
+    """A resource whose own QEMU connection fails because QEMU died (as the input monitor's)."""
+
+    name: str = "input"
+
+    async def acquire(self) -> None:
+        return None
+
+    def qemu_args(self) -> Sequence[str]:
+        return ()
+
+    def note_qemu_pid(self, pid: int) -> None:
+        return None
+
+    async def vm_started(
+        self, vm: VmHandle, nursery: trio.Nursery, control: ControlRegistry
+    ) -> None:
+        os.kill(vm.pid, signal.SIGKILL)  # QEMU dies between the two monitors' handshakes
+        raise ResourceFailedError("QEMU's input monitor closed during the handshake")
+
+    async def release(self) -> None:
+        return None
+
+    def status(self) -> JsonObject:
+        return {}
+
+
+async def test_qemu_dying_during_a_resources_monitor_handshake_reports_qemus_death(
+    tmp_path: Path,
+) -> None:
+    profile = load_profile(write_profile(tmp_path, "diesinput"))
+    session = Session(profile, HostPaths(run=tmp_path / "run"), [MonitorDiesResource()],
+                      report=Lines(), handle_signals=False)
+    with trio.fail_after(30), pytest.raises(QemuLaunchError) as caught:
+        await session.run()
+    message = caught.value.message
+    assert message.startswith("QEMU was killed by SIGKILL before its monitor answered")
+    assert "input: QEMU's input monitor closed during the handshake" in message
+    assert "fix the profile" not in (caught.value.fix or "")
+    assert not (tmp_path / "run" / "diesinput").exists()
