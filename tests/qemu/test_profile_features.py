@@ -99,6 +99,15 @@ def tap_name() -> str:
     return f"hot{uuid.uuid4().hex[:8]}"  # QEMU (as root) creates it; gone when QEMU exits
 
 
+class Cli(RunningCli):
+    """RunningCli that also wakes its waiters when the process exits (a failed start)."""
+
+    async def pump_to_exit(self) -> None:
+        await self.pump()
+        await self.process.wait()
+        self._changed.set()
+
+
 @dataclass
 class Ended:
     """What a finished `handoff run` printed."""
@@ -119,10 +128,10 @@ async def run_until_running(
             [sys.executable, "-m", "handoff", "run", str(profile)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
         )
-        cli = RunningCli(process, env)
+        cli = Cli(process, env)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(cli.pump)
+                nursery.start_soon(cli.pump_to_exit)
                 nursery.start_soon(cli.pump_stderr)
                 await cli.wait_for("^handoff: running")
                 name = re.search(r"handoff stop (\S+)`", cli.text())
