@@ -25,15 +25,13 @@ import pytest
 from handoff.host import HostPaths
 from handoff.pci import journal as jr
 from handoff.pci.address import PciAddress
-from handoff.pci.sysfs import read_device, read_iommu
-from tests.testbed import devices
+from handoff.pci.bind import CRASH_AFTER_SYSFS_ENV
+from handoff.pci.sysfs import read_device
+from tests.testbed import devices, guest
 
 pytestmark = [
     pytest.mark.realkernel,
-    pytest.mark.skipif(
-        not read_iommu(HostPaths()).enabled or not devices.find(devices.BOCHS_DISPLAY),
-        reason="needs the testbed VM's IOMMU and GPU lookalike: run in tests/testbed/testbed.sh",
-    ),
+    pytest.mark.usefixtures("testbed_gpu"),  # no IOMMU or lookalike: fail, never skip
 ]
 
 CHECKOUT = Path(__file__).resolve().parents[2]
@@ -68,7 +66,7 @@ def state() -> State:
     return result
 
 
-def profile(tmp_path: Path) -> Path:
+def profile(tmp_path: Path, vm_extra: str = "", tables: str = "") -> Path:
     vga, audio = lookalike()
     path = tmp_path / f"{NAME}.toml"
     path.write_text(
@@ -79,6 +77,7 @@ memory = "64M"
 cpus = 1
 accel = "tcg"
 shutdown_timeout = 2
+{vm_extra}
 
 [display]
 vga = "none"
@@ -93,6 +92,7 @@ multifunction = true
 
 [[passthrough]]
 address = "{audio.short}"
+{tables}
 """
     )
     return path
@@ -163,13 +163,36 @@ def running(tmp_path: Path, run: Path) -> tuple[subprocess.Popen[str], State]:
         vga.short: ("vfio-pci", "vfio-pci"),
         audio.short: ("vfio-pci", "vfio-pci"),
     }
+    assert_qemu_holds_the_group(run)
     return session, before
+
+
+def assert_qemu_holds_the_group(run: Path) -> None:
+    """QEMU's argv passes both functions to vfio-pci and it has /dev/vfio/<group> open."""
+    vga, audio = lookalike()
+    group = read_device(HostPaths(), vga).iommu_group
+    assert group is not None
+    pid = qemu_pid(run)
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    for function in (vga, audio):
+        assert any(
+            a.startswith(b"vfio-pci,") and f"host={function}".encode() in a.split(b",")
+            for a in argv
+        ), argv
+    node = f"/dev/vfio/{group}"
+
+    def holds() -> bool:
+        fds = Path(f"/proc/{pid}/fd")
+        return any(os.readlink(fd) == node for fd in fds.iterdir())
+
+    guest.wait_for(holds, f"QEMU (pid {pid}) to hold {node}")
 
 
 def test_stop_quits_qemu_and_the_devices_return(tmp_path: Path, run_dir: Path) -> None:
     session, before = running(tmp_path, run_dir)
     assert handoff(run_dir, "stop", NAME, "--force").returncode == 0
-    _, out = finish(session)
+    code, out = finish(session)
+    assert code == 0, out
     assert "released gpu" in out
     assert state() == before
     assert jr.list_journals(HostPaths(run=run_dir)) == []
@@ -179,7 +202,7 @@ def test_qemu_sigkilled_the_devices_return(tmp_path: Path, run_dir: Path) -> Non
     session, before = running(tmp_path, run_dir)
     os.kill(qemu_pid(run_dir), signal.SIGKILL)
     code, out = finish(session)
-    assert code != 0
+    assert code == 1, out
     assert "released gpu" in out
     assert state() == before
 
@@ -193,8 +216,7 @@ def test_the_supervisor_signalled_returns_the_devices(
     code, out = finish(session)
     assert "released gpu" in out
     assert state() == before
-    if sig == signal.SIGINT:
-        assert code == 130
+    assert code == {signal.SIGINT: 130, signal.SIGTERM: 143}[sig], out
 
 
 # Journal writes of a session with the two-function group: 1 (records) +
@@ -239,3 +261,67 @@ def _wait_gone(pid: int) -> None:
             return
         time.sleep(0.05)  # polling a pid: there is no event for another process's exit
     raise AssertionError(f"QEMU pid {pid} did not exit after SIGKILL")
+
+
+# A boot sector for SeaBIOS: write PVPANIC_PANICKED to the pvpanic ISA device's port.
+PANIC_BOOT_SECTOR = bytes(
+    [
+        0xBA, 0x05, 0x05,  # mov dx, 0x505
+        0xB0, 0x01,        # mov al, 1
+        0xEE,              # out dx, al   -> GUEST_PANICKED, SHUTDOWN guest-panic
+        0xF4,              # hlt
+        0xEB, 0xFD,        # jmp back to hlt
+    ]
+)  # fmt: skip
+
+
+def test_a_guest_panic_ends_the_session_with_1_and_the_devices_return(
+    tmp_path: Path, run_dir: Path
+) -> None:
+    disk = tmp_path / "panic.img"
+    disk.write_bytes((PANIC_BOOT_SECTOR.ljust(510, b"\0") + b"\x55\xaa").ljust(1 << 20, b"\0"))
+    before = state()
+    panicking = profile(
+        tmp_path,
+        vm_extra='extra_args = ["-device", "pvpanic"]',
+        tables=f'[[disk]]\npath = "{disk}"\nformat = "raw"\ninterface = "virtio"',
+    )
+    session = start(run_dir, panicking)
+    code, out = finish(session)
+    assert code == 1, out
+    assert "GUEST_PANICKED" in out
+    assert "the guest panicked" in out
+    assert "released gpu" in out
+    assert state() == before
+    assert jr.list_journals(HostPaths(run=run_dir)) == []
+
+
+# Sysfs writes of the session: 3 per function to detach, then 3 per function to
+# return; the 8th leaves the first returned function on no driver, the other on
+# vfio-pci, QEMU already gone.
+RETURN_HALFWAY = 8
+
+
+def test_the_supervisor_sigkilled_between_two_sysfs_writes_of_the_return(
+    tmp_path: Path, run_dir: Path
+) -> None:
+    before = state()
+    session = subprocess.Popen(
+        [sys.executable, "-m", "handoff", "run", str(profile(tmp_path))],
+        env={**env(run_dir), CRASH_AFTER_SYSFS_ENV: str(RETURN_HALFWAY)},
+        cwd=CHECKOUT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    wait_for_line(session, "QMP connected")
+    assert_qemu_holds_the_group(run_dir)
+    assert handoff(run_dir, "stop", NAME, "--force").returncode == 0
+    code, out = finish(session)
+    assert code == -signal.SIGKILL, out
+    halfway = state()
+    assert sorted(halfway.values(), key=str) == sorted(
+        [(None, None), ("vfio-pci", "vfio-pci")], key=str
+    ), halfway
+    recovered = handoff(run_dir, "recover")
+    assert recovered.returncode == 0, recovered.stdout + recovered.stderr
+    assert "returned: " in recovered.stdout
+    assert state() == before
+    assert jr.list_journals(HostPaths(run=run_dir)) == []
