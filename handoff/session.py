@@ -431,15 +431,18 @@ def _denied_fix(path: str | None, user: str | None, run_dir: str) -> str:
     what = path or "a file"
     if user is None:
         return f"QEMU was refused {what}: check its permissions (`namei -l {what}`)"
-    ours = path is not None and (
-        path.startswith(run_dir.rstrip("/") + "/") or path.startswith(_HANDOFF_NODES)
-    )
-    if ours:
+    if path is not None and path.startswith(run_dir.rstrip("/") + "/"):
+        return (
+            f"QEMU runs as {user!r} (vm.user) and cannot reach {what} in the run directory: "
+            f"every directory above it must be searchable by {user} (`namei -l {what}`); "
+            "set HANDOFF_RUN_DIR to such a place (the default /run/handoff is). The profile "
+            "is not at fault"
+        )
+    if path is not None and path.startswith(_HANDOFF_NODES):
         return (
             f"handoff gives {what} to QEMU's user {user!r} (vm.user) for the session, yet "
-            f"QEMU was refused it: every directory above it must be searchable by {user} "
-            f"(`namei -l {what}`; set HANDOFF_RUN_DIR to such a place if it is the run "
-            "directory); the profile is not at fault"
+            f"QEMU was refused it: something changed its owner or mode meanwhile (a udev "
+            f"rule with OWNER= or MODE=? `ls -l {what}`). The profile is not at fault"
         )
     return (
         f"QEMU runs as {user!r} (vm.user) and was refused {what}: give {user} access to "

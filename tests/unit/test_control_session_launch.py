@@ -36,6 +36,7 @@ def test_a_proxy_node_refused_to_qemus_user_is_not_the_profiles_fault() -> None:
     fix = launch_failure_fix(1, log, user="nobody", run_dir=RUN)
     assert PROFILE_FAULT not in fix
     assert "/dev/input/event5" in fix
+    assert "owner or mode" in fix
 
 
 def test_a_profile_file_refused_to_qemus_user_names_the_file_and_the_user() -> None:
