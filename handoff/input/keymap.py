@@ -19,6 +19,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from handoff.errors import InputError
+from handoff.input.keynames import KEY_CODES
+
 # (Linux name, Linux code, QKeyCode) — keycodemapdb data/keymaps.csv.
 KEY_TABLE: tuple[tuple[str, int, str], ...] = (
     ("KEY_ESC", 1, "esc"),
@@ -277,14 +280,10 @@ def hotkey_codes(names: Iterable[str]) -> frozenset[int]:
 
     Raises :class:`handoff.errors.InputError` naming the unknown key.
     """
-    from evdev import ecodes
-
-    from handoff.errors import InputError
-
     codes: set[int] = set()
     for name in names:
-        code = ecodes.ecodes.get(name)
-        if not isinstance(code, int) or not (name.startswith(("KEY_", "BTN_"))):
+        code = KEY_CODES.get(name)
+        if code is None:
             raise InputError(
                 f"input.hotkey: {name!r} is not a Linux key name",
                 fix="use names from linux/input-event-codes.h, e.g. "
