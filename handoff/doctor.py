@@ -43,10 +43,11 @@ from handoff.checks.nodes import (
     check_uinput,
     check_vfio_nodes,
 )
+from handoff.checks.profile_files import check_profile_files
 from handoff.checks.qemu import DEFAULT_QEMU, Prober, check_ovmf, check_qemu
 from handoff.errors import HandoffError
 from handoff.pci.sysfs import iommu_group_of
-from handoff.profile import Profile, check_profile_on_host, load_profile
+from handoff.profile import Profile, load_profile
 from handoff.profile_lookup import resolve_profile
 from handoff.qemu.capabilities import probe
 
@@ -116,13 +117,7 @@ def _profile_checks(
     # Imported here: the PCI engine is only needed when a profile passes devices through.
     from handoff.checks.devices import check_passthrough_devices
 
-    checks: list[Check] = []
-    try:
-        check_profile_on_host(profile)
-    except HandoffError as err:
-        checks.append(fail("profile-files", err.message, err.fix or "edit the profile"))
-    else:
-        checks.append(ok("profile-files", f"{profile.source}: every file it names exists"))
+    checks: list[Check] = [check_profile_files(profile)]
     checks.extend(check_passthrough_devices(env, profile))
     checks.append(check_vfio_pci_vga(env, profile))
     checks.append(check_memlock(env, profile))

@@ -48,10 +48,12 @@ from typing import Any, Protocol
 
 import trio
 
+from handoff.checks.profile_files import check_profile_on_host
 from handoff.control import ControlCommands, serve_control
 from handoff.errors import HandoffError, QemuLaunchError, QmpError, SessionError
+from handoff.firmware import ensure_firmware_vars
 from handoff.host import HostPaths
-from handoff.profile import Profile, check_profile_on_host, ensure_firmware_vars
+from handoff.profile import Profile
 from handoff.qemu.accel import choose_accel
 from handoff.qemu.capabilities import check_profile
 from handoff.qemu.cmdline import LaunchSpec, build_argv, format_argv

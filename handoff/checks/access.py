@@ -1,4 +1,4 @@
-"""Who may open a device node: the permission arithmetic, kept pure.
+"""Who may open a device node or a file, and enter the directories above it: kept pure.
 
 The supervisor (handoff) and QEMU may run as different users: handoff as
 root, QEMU as the profile's ``vm.user``. Each node is checked for the user
@@ -67,6 +67,19 @@ def may_access(mode: int, owner: int, group: int, who: Identity, *, write: bool)
         bits = (stat.S_IROTH, stat.S_IWOTH)
     need = bits if write else bits[:1]
     return all(mode & b for b in need)
+
+
+def may_enter(mode: int, owner: int, group: int, who: Identity) -> bool:
+    """Would the kernel let ``who`` search (pass through) a directory with this mode/owner/group?"""
+    if who.is_root:
+        return True
+    if who.uid == owner:
+        bit = stat.S_IXUSR
+    elif group in who.gids:
+        bit = stat.S_IXGRP
+    else:
+        bit = stat.S_IXOTH
+    return bool(mode & bit)
 
 
 def group_name(gid: int) -> str:

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from handoff.errors import QemuNotFoundError, QemuUnsupportedError
-from handoff.profile import Profile, ensure_firmware_vars, load_profile, parse_profile
+from handoff.firmware import ensure_firmware_vars
+from handoff.profile import Profile, load_profile, parse_profile
 from handoff.qemu.capabilities import (
     MIN_VERSION,
     QemuCapabilities,

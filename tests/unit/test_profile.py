@@ -23,7 +23,9 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
+from handoff.checks.profile_files import check_profile_on_host
 from handoff.errors import ProfileError
+from handoff.firmware import ensure_firmware_vars
 from handoff.pci.address import PciAddress
 from handoff.profile import (
     MAX_MEMORY_MIB,
@@ -44,8 +46,6 @@ from handoff.profile import (
     Profile,
     SoundModel,
     Vga,
-    check_profile_on_host,
-    ensure_firmware_vars,
     load_profile,
     parse_memory,
     parse_profile,

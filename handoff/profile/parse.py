@@ -1,32 +1,16 @@
-"""Profiles: a VM described in TOML, turned into typed, validated values.
+"""Profile TOML text → a validated :class:`~handoff.profile.model.Profile`.
 
-A profile is the only thing a person writes. Everything downstream (the QEMU
-argv, the PCI plan, the input plan) is derived from a :class:`Profile` by pure
-functions, so the profile must be complete and checked before anything runs:
-every error names the file, the key path (``vm.memory``), the value found,
-what was expected and a fix, and unknown keys are refused with a
-"did you mean" suggestion (a typo must never silently become a default).
+Every refusal is a :class:`handoff.errors.ProfileError` naming the file, the
+key path (``vm.memory``), the value found, what was expected and a fix.
+Unknown keys are refused against the key lists handoff.profile.model derives
+from its dataclasses, with a "did you mean" suggestion (a typo must never
+silently become a default). Relative paths resolve against the profile's
+directory.
 
-The TOML layout (see profiles/*.toml for commented examples)::
-
-    [vm]          name, memory, cpus, cpu model and flags, accel, machine,
-                  user (QEMU runs unprivileged), shutdown_timeout, extra_args
-    [firmware]    type = "seabios" | "ovmf", code, vars, vars_template
-    [[disk]]      path, format, interface, cache, aio, media, readonly
-    [[network]]   type = "user" | "tap" | "bridge", model, mac, ifname, bridge
-    [sound]       model = "hda" | "none", backend
-    [display]     vga, frontend, tablet
-    [[passthrough]]  address, x_vga, romfile, multifunction, allow_in_group
-    [input]       backend, hotkey, start_in, devices, exclude
-
-Entry points: :func:`load_profile` (a file) and :func:`parse_profile` (its
-text) are pure apart from reading the file: relative paths resolve against
-the profile's directory, and nothing on the host is looked up, so ``handoff
-argv`` works on a machine without the disks. :func:`check_profile_on_host`
-is the host half (vm.user exists and can open its files, disks and firmware
-exist and are of the right kind), run by ``handoff run`` before any change.
-:func:`profile_to_toml` writes a Profile back (tests round-trip every
-profile through it).
+Never: touch the host beyond :func:`load_profile` reading the one file it is
+given (no user lookups, no existence checks: that is
+handoff.checks.profile_files), and never import evdev (key names come from
+handoff.input.keynames).
 """
 
 from __future__ import annotations
@@ -35,272 +19,46 @@ import datetime
 import difflib
 import json
 import os
-import pwd
 import re
-import stat
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
 
 from handoff.errors import PciAddressError, ProfileError
+from handoff.input.keynames import KEY_CODES
 from handoff.pci.address import PciAddress
-
-
-class Accel(Enum):
-    """Which accelerator QEMU uses; AUTO picks KVM only where it really works."""
-
-    AUTO = "auto"
-    KVM = "kvm"
-    TCG = "tcg"
-
-
-class FirmwareType(Enum):
-    SEABIOS = "seabios"
-    OVMF = "ovmf"
-
-
-@dataclass(frozen=True)
-class Firmware:
-    """BIOS or UEFI. For OVMF, ``code`` is read-only and ``vars`` is the VM's
-    own writable copy, created from ``vars_template`` on first use."""
-
-    type: FirmwareType = FirmwareType.SEABIOS
-    code: Path | None = None
-    vars: Path | None = None
-    vars_template: Path | None = None
-
-
-class DiskFormat(Enum):
-    RAW = "raw"
-    QCOW2 = "qcow2"
-
-
-class DiskInterface(Enum):
-    VIRTIO = "virtio"
-    SATA = "sata"
-    SCSI = "scsi"
-
-
-class DiskCache(Enum):
-    NONE = "none"
-    WRITEBACK = "writeback"
-    WRITETHROUGH = "writethrough"
-    DIRECTSYNC = "directsync"
-    UNSAFE = "unsafe"
-
-
-class DiskAio(Enum):
-    THREADS = "threads"
-    NATIVE = "native"
-    IO_URING = "io_uring"
-
-
-class DiskMedia(Enum):
-    DISK = "disk"
-    CDROM = "cdrom"
-
-
-@dataclass(frozen=True)
-class Disk:
-    """A raw file, qcow2 image, block device (the seed's LVM volume) or ISO."""
-
-    path: Path
-    format: DiskFormat = DiskFormat.RAW
-    interface: DiskInterface = DiskInterface.VIRTIO
-    cache: DiskCache = DiskCache.WRITEBACK
-    aio: DiskAio = DiskAio.THREADS
-    media: DiskMedia = DiskMedia.DISK
-    readonly: bool = False
-
-
-class NetworkType(Enum):
-    USER = "user"
-    TAP = "tap"
-    BRIDGE = "bridge"
-
-
-class NicModel(Enum):
-    VIRTIO = "virtio"
-    E1000E = "e1000e"
-    RTL8139 = "rtl8139"
-
-
-@dataclass(frozen=True)
-class Network:
-    type: NetworkType = NetworkType.USER
-    model: NicModel = NicModel.VIRTIO
-    mac: str | None = None
-    ifname: str | None = None  # tap: the host tap interface (tap0)
-    bridge: str | None = None  # bridge: the host bridge (br0), via qemu-bridge-helper
-
-
-class SoundModel(Enum):
-    NONE = "none"
-    HDA = "hda"  # -device intel-hda -device hda-duplex (the seed's -soundhw hda)
-
-
-class AudioBackend(Enum):
-    NONE = "none"
-    PIPEWIRE = "pipewire"
-    PULSEAUDIO = "pa"
-    ALSA = "alsa"
-    SDL = "sdl"
-
-
-@dataclass(frozen=True)
-class Sound:
-    model: SoundModel = SoundModel.NONE
-    backend: AudioBackend = AudioBackend.NONE
-
-
-class Vga(Enum):
-    """The emulated video device. Left out, it is "std" when display.frontend
-    shows something and no passthrough device has x_vga, else "none"."""
-
-    NONE = "none"  # the passthrough GPU is the display
-    STD = "std"  # for installing the OS before passthrough
-    VIRTIO = "virtio"
-    QXL = "qxl"
-
-
-class DisplayFrontend(Enum):
-    NONE = "none"
-    GTK = "gtk"
-    SDL = "sdl"
-    VNC = "vnc"  # on a unix socket in the run directory, never a network port
-
-
-@dataclass(frozen=True)
-class Display:
-    vga: Vga = Vga.NONE
-    frontend: DisplayFrontend = DisplayFrontend.NONE
-    tablet: bool = False  # usb-tablet (the seed's -usbdevice tablet)
-
-
-@dataclass(frozen=True)
-class Passthrough:
-    """One PCI function the profile hands to the guest.
-
-    The plan grows it to its whole IOMMU group; ``allow_in_group`` lists
-    co-members a person has explicitly accepted to lose while the VM runs
-    (otherwise a storage controller, LPC bridge, SMBus, host bridge or NIC in
-    the same group refuses the hand-off).
-    """
-
-    address: PciAddress
-    x_vga: bool = False
-    romfile: Path | None = None
-    multifunction: bool = False
-    allow_in_group: tuple[PciAddress, ...] = ()
-
-
-class InputBackend(Enum):
-    NONE = "none"  # no input hand-off
-    QMP = "qmp"  # input-send-event: any guest, no guest driver
-    VIRTIO = "virtio"  # uinput proxies + virtio-input-host-pci: full fidelity
-
-
-class InputMode(Enum):
-    HOST = "host"
-    GUEST = "guest"
-
-
-@dataclass(frozen=True)
-class Input:
-    """Which keyboards and mice are handed off, and how.
-
-    ``hotkey`` is a chord of Linux key names (``KEY_LEFTCTRL``); pressing all of
-    them toggles host/guest and is never forwarded. ``devices`` and
-    ``exclude`` are selectors: ``by-id:NAME`` (a /dev/input/by-id link name),
-    ``path:ID_PATH``, ``usb:VVVV:PPPP`` (vendor:product) or ``name:TEXT`` (the
-    kernel device name). An empty ``devices`` means every keyboard and mouse.
-    """
-
-    backend: InputBackend = InputBackend.NONE
-    hotkey: tuple[str, ...] = ("KEY_LEFTCTRL", "KEY_RIGHTCTRL")
-    start_in: InputMode = InputMode.HOST
-    devices: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Vm:
-    name: str
-    memory_mib: int
-    cpus: int = 2
-    sockets: int | None = None
-    cores: int | None = None
-    threads: int | None = None
-    cpu_model: str | None = None  # None: "host" under KVM, "max" under TCG
-    cpu_flags: tuple[str, ...] = ()  # e.g. ("kvm=off",) to hide the hypervisor
-    hide_hypervisor: bool = False  # adds kvm=off and hv-vendor-id for guest drivers
-    accel: Accel = Accel.AUTO
-    machine: str = "q35"
-    user: str | None = None  # run QEMU as this unprivileged user
-    shutdown_timeout: float = 120.0  # seconds the guest gets to power off
-    extra_args: tuple[str, ...] = ()  # appended verbatim to QEMU's argv
-
-
-@dataclass(frozen=True)
-class Profile:
-    """A whole, validated VM description. ``source`` is the file it came from."""
-
-    vm: Vm
-    source: Path
-    firmware: Firmware = field(default_factory=Firmware)
-    disks: tuple[Disk, ...] = ()
-    networks: tuple[Network, ...] = ()
-    sound: Sound = field(default_factory=Sound)
-    display: Display = field(default_factory=Display)
-    passthrough: tuple[Passthrough, ...] = ()
-    input: Input = field(default_factory=Input)
-
-    @property
-    def name(self) -> str:
-        return self.vm.name
-
-
-
-# --------------------------------------------------------------------------- loading
-
-#: The TOML tables a profile may contain, and whether each is an array of tables.
-_TABLES: dict[str, bool] = {
-    "vm": False,
-    "firmware": False,
-    "disk": True,
-    "network": True,
-    "sound": False,
-    "display": False,
-    "passthrough": True,
-    "input": False,
-}
-
-_VM_KEYS = (
-    "name",
-    "memory",
-    "cpus",
-    "sockets",
-    "cores",
-    "threads",
-    "cpu_model",
-    "cpu_flags",
-    "hide_hypervisor",
-    "accel",
-    "machine",
-    "user",
-    "shutdown_timeout",
-    "extra_args",
+from handoff.profile.model import (
+    SECTION_KEYS,
+    SECTIONS,
+    Accel,
+    AudioBackend,
+    Disk,
+    DiskAio,
+    DiskCache,
+    DiskFormat,
+    DiskInterface,
+    DiskMedia,
+    Display,
+    DisplayFrontend,
+    Firmware,
+    FirmwareType,
+    Input,
+    InputBackend,
+    InputMode,
+    Network,
+    NetworkType,
+    NicModel,
+    Passthrough,
+    Profile,
+    SelectorKind,
+    Sound,
+    SoundModel,
+    Vga,
+    Vm,
+    default_vga,
 )
-_FIRMWARE_KEYS = ("type", "code", "vars", "vars_template")
-_DISK_KEYS = ("path", "format", "interface", "cache", "aio", "media", "readonly")
-_NETWORK_KEYS = ("type", "model", "mac", "ifname", "bridge")
-_SOUND_KEYS = ("model", "backend")
-_DISPLAY_KEYS = ("vga", "frontend", "tablet")
-_PASSTHROUGH_KEYS = ("address", "x_vga", "romfile", "multifunction", "allow_in_group")
-_INPUT_KEYS = ("backend", "hotkey", "start_in", "devices", "exclude")
 
 #: vm.name becomes a directory (/run/handoff/NAME) and QEMU's -name: no path
 #: separators, no commas (QEMU's option separator), no leading dot or dash.
@@ -328,10 +86,22 @@ MAX_CPUS = 255
 MAX_SHUTDOWN_TIMEOUT = 3600.0
 #: q35's built-in AHCI controller (00:1f.2) has six ports: ide.0 .. ide.5.
 SATA_PORTS = 6
-_SELECTOR = re.compile(
-    r"^(?:by-id:[^/\s][^/]*|path:\S+|usb:[0-9a-fA-F]{4}:[0-9a-fA-F]{4}|name:.+)$"
-)
-_SELECTOR_FORMS = "by-id:NAME, path:ID_PATH, usb:VVVV:PPPP or name:TEXT"
+#: What may follow each selector kind's "KIND:".
+_SELECTOR_VALUE: Mapping[SelectorKind, re.Pattern[str]] = {
+    SelectorKind.BY_ID: re.compile(r"^[^/\s][^/]*$"),
+    SelectorKind.PATH: re.compile(r"^\S+$"),
+    SelectorKind.USB: re.compile(r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{4}$"),
+    SelectorKind.NAME: re.compile(r"^.+$"),
+}
+_SELECTOR_PLACEHOLDER: Mapping[SelectorKind, str] = {
+    SelectorKind.BY_ID: "NAME",
+    SelectorKind.PATH: "ID_PATH",
+    SelectorKind.USB: "VVVV:PPPP",
+    SelectorKind.NAME: "TEXT",
+}
+_FORMS = [f"{kind.value}:{_SELECTOR_PLACEHOLDER[kind]}" for kind in SelectorKind]
+#: "by-id:NAME, path:ID_PATH, usb:VVVV:PPPP or name:TEXT"
+_SELECTOR_FORMS = f"{', '.join(_FORMS[:-1])} or {_FORMS[-1]}"
 
 _E = TypeVar("_E", bound=Enum)
 
@@ -389,7 +159,7 @@ class _Reader:
             expected = f"expected one of: {', '.join(allowed)}"
             if close:
                 fix = f'did you mean "{close[0]}"? rename "{key}" to "{close[0]}"'
-            elif not prefix and key in _VM_KEYS:
+            elif not prefix and key in SECTION_KEYS["vm"]:
                 fix = f'"{key}" belongs in the [vm] table: move it below a [vm] line'
             else:
                 fix = f'remove "{key}" or use one of: {", ".join(allowed)}'
@@ -587,7 +357,7 @@ def _parse_vm(r: _Reader, data: Mapping[str, Any]) -> Vm:
             'add:\n    [vm]\n    name = "win10"\n    memory = "8G"',
         )
     t = r.table(data, "vm")
-    r.check_keys(t, "vm", _VM_KEYS)
+    r.check_keys(t, "vm", SECTION_KEYS["vm"])
     if "name" not in t:
         raise r.error(
             "vm.name", "missing; expected a name for the VM",
@@ -705,7 +475,7 @@ def _parse_vm(r: _Reader, data: Mapping[str, Any]) -> Vm:
 
 def _parse_firmware(r: _Reader, data: Mapping[str, Any], vm_name: str) -> Firmware:
     t = r.table(data, "firmware")
-    r.check_keys(t, "firmware", _FIRMWARE_KEYS)
+    r.check_keys(t, "firmware", SECTION_KEYS["firmware"])
     kind = r.enum(t, "firmware", "type", FirmwareType, FirmwareType.SEABIOS)
     code = r.path(t, "firmware", "code")
     vars_ = r.path(t, "firmware", "vars")
@@ -753,7 +523,7 @@ def _parse_disks(r: _Reader, data: Mapping[str, Any]) -> tuple[Disk, ...]:
     sata = 0
     for index, t in enumerate(r.array_of_tables(data, "disk")):
         prefix = f"disk[{index}]"
-        r.check_keys(t, prefix, _DISK_KEYS)
+        r.check_keys(t, prefix, SECTION_KEYS["disk"])
         path = r.path(t, prefix, "path")
         if path is None:
             raise r.error(
@@ -826,7 +596,7 @@ def _parse_networks(r: _Reader, data: Mapping[str, Any]) -> tuple[Network, ...]:
     macs: dict[str, int] = {}
     for index, t in enumerate(r.array_of_tables(data, "network")):
         prefix = f"network[{index}]"
-        r.check_keys(t, prefix, _NETWORK_KEYS)
+        r.check_keys(t, prefix, SECTION_KEYS["network"])
         kind = r.enum(t, prefix, "type", NetworkType, NetworkType.USER)
         mac = r.string(
             t, prefix, "mac", pattern=_MAC,
@@ -903,7 +673,7 @@ def _parse_networks(r: _Reader, data: Mapping[str, Any]) -> tuple[Network, ...]:
 
 def _parse_sound(r: _Reader, data: Mapping[str, Any]) -> Sound:
     t = r.table(data, "sound")
-    r.check_keys(t, "sound", _SOUND_KEYS)
+    r.check_keys(t, "sound", SECTION_KEYS["sound"])
     model = r.enum(t, "sound", "model", SoundModel, SoundModel.NONE)
     backend = r.enum(t, "sound", "backend", AudioBackend, AudioBackend.NONE)
     if model is SoundModel.NONE and "backend" in t and backend is not AudioBackend.NONE:
@@ -916,17 +686,6 @@ def _parse_sound(r: _Reader, data: Mapping[str, Any]) -> Sound:
     return Sound(model=model, backend=backend)
 
 
-def default_vga(frontend: DisplayFrontend, legacy_vga_passthrough: bool) -> Vga:
-    """display.vga when the profile leaves it out.
-
-    A window or VNC socket with no video device shows only "Display output
-    is not active", so a frontend gets the emulated "std" VGA, unless a
-    passthrough device owns the legacy VGA ranges (x_vga = true)."""
-    if frontend is DisplayFrontend.NONE or legacy_vga_passthrough:
-        return Vga.NONE
-    return Vga.STD
-
-
 def _x_vga_requested(data: Mapping[str, Any]) -> bool:
     """Whether any [[passthrough]] says x_vga = true (read before it is validated)."""
     entries = data.get("passthrough", [])
@@ -937,7 +696,7 @@ def _x_vga_requested(data: Mapping[str, Any]) -> bool:
 
 def _parse_display(r: _Reader, data: Mapping[str, Any]) -> Display:
     t = r.table(data, "display")
-    r.check_keys(t, "display", _DISPLAY_KEYS)
+    r.check_keys(t, "display", SECTION_KEYS["display"])
     frontend = r.enum(t, "display", "frontend", DisplayFrontend, DisplayFrontend.NONE)
     return Display(
         vga=r.enum(t, "display", "vga", Vga, default_vga(frontend, _x_vga_requested(data))),
@@ -954,7 +713,7 @@ def _parse_passthrough(
     vga_owner: str | None = None
     for index, t in enumerate(r.array_of_tables(data, "passthrough")):
         prefix = f"passthrough[{index}]"
-        r.check_keys(t, prefix, _PASSTHROUGH_KEYS)
+        r.check_keys(t, prefix, SECTION_KEYS["passthrough"])
         if "address" not in t:
             raise r.error(
                 f"{prefix}.address", "missing; expected the PCI address of the function",
@@ -1005,18 +764,18 @@ def _parse_passthrough(
     return tuple(devices)
 
 
-def valid_key_names() -> frozenset[str]:
-    """Every KEY_* and BTN_* name the kernel defines (python-evdev's table)."""
-    from evdev import ecodes  # the C extension: imported only where names are checked
-
-    return frozenset(
-        name for name in ecodes.ecodes if name.startswith(("KEY_", "BTN_"))
-    )
+def selector_kind(text: str) -> SelectorKind | None:
+    """The kind of an input device selector ``KIND:VALUE``; None when it is not one."""
+    prefix, sep, value = text.partition(":")
+    kind = next((k for k in SelectorKind if k.value == prefix), None)
+    if not sep or kind is None or not _SELECTOR_VALUE[kind].match(value):
+        return None
+    return kind
 
 
 def _parse_input(r: _Reader, data: Mapping[str, Any]) -> Input:
     t = r.table(data, "input")
-    r.check_keys(t, "input", _INPUT_KEYS)
+    r.check_keys(t, "input", SECTION_KEYS["input"])
     hotkey = r.strings(
         t, "input", "hotkey", expected="Linux key names",
         example='["KEY_LEFTCTRL", "KEY_RIGHTCTRL"]',
@@ -1028,7 +787,7 @@ def _parse_input(r: _Reader, data: Mapping[str, Any]) -> Input:
             "input.hotkey", "found the empty array []; expected at least one key",
             'write hotkey = ["KEY_LEFTCTRL", "KEY_RIGHTCTRL"] or ["KEY_SCROLLLOCK"]',
         )
-    names = valid_key_names()
+    names = KEY_CODES.keys()
     for index, key_name in enumerate(hotkey):
         if key_name not in names:
             upper = key_name.upper()
@@ -1057,7 +816,7 @@ def _parse_input(r: _Reader, data: Mapping[str, Any]) -> Input:
             example='["by-id:usb-Logitech_USB_Receiver-event-kbd"]',
         ) or ()
         for index, item in enumerate(items):
-            if not _SELECTOR.match(item):
+            if selector_kind(item) is None:
                 raise r.error(
                     f"input.{name}[{index}]",
                     f"found {_show(item)}; expected a selector of the form {_SELECTOR_FORMS}",
@@ -1096,7 +855,7 @@ def parse_profile(text: str, source: Path) -> Profile:
             f"fix the syntax{where}: strings need quotes (name = \"win10\"), tables are "
             "[name], arrays of tables [[name]]",
         ) from None
-    reader.check_keys(data, "", tuple(_TABLES))
+    reader.check_keys(data, "", tuple(s.name for s in SECTIONS))
     vm = _parse_vm(reader, data)
     display = _parse_display(reader, data)
     return Profile(
@@ -1146,248 +905,3 @@ def load_profile(path: Path) -> Profile:
             fix="save the profile as UTF-8",
         ) from None
     return parse_profile(text, source)
-
-
-# --------------------------------------------------------------------------- host checks
-
-
-def check_profile_on_host(profile: Profile) -> None:
-    """The host-dependent half of validation: the user exists, the files exist.
-
-    Kept apart from :func:`parse_profile` so parsing stays pure (``handoff
-    argv`` works on a machine without the disks) while ``handoff run`` and
-    ``handoff doctor`` refuse before any host change.
-    """
-    src = str(profile.source)
-    account: pwd.struct_passwd | None = None
-    if profile.vm.user is not None:
-        try:
-            account = pwd.getpwnam(profile.vm.user)
-        except KeyError:
-            raise ProfileError(
-                f"found the string {json.dumps(profile.vm.user)}; expected an existing user "
-                "account on this host",
-                path=src, key="vm.user",
-                fix=f"create it (useradd --system --no-create-home {profile.vm.user}) or "
-                "remove vm.user to run QEMU as the invoking user",
-            ) from None
-    fw = profile.firmware
-    if fw.type is FirmwareType.OVMF:
-        assert fw.code is not None
-        _must_exist(src, "firmware.code", fw.code, "apt-get install ovmf")
-        if fw.vars_template is not None:
-            _must_exist(src, "firmware.vars_template", fw.vars_template, "apt-get install ovmf")
-        elif fw.vars is not None:
-            _must_exist(src, "firmware.vars", fw.vars, "set vars_template to copy it from")
-    for index, disk in enumerate(profile.disks):
-        key = f"disk[{index}].path"
-        _must_exist(src, key, disk.path, "create the image (qemu-img create "
-                    f"-f {disk.format.value} {disk.path} 64G) or correct the path")
-        _check_disk_kind(src, key, disk.path)
-    for index, dev in enumerate(profile.passthrough):
-        if dev.romfile is not None:
-            _must_exist(src, f"passthrough[{index}].romfile", dev.romfile,
-                        "dump the card's ROM or correct the path")
-    if account is not None and account.pw_uid != 0:
-        _check_user_access(profile, account)
-
-
-def _files_qemu_opens(profile: Profile) -> list[tuple[str, Path, bool]]:
-    """(key, path, needs write) for every existing file QEMU itself opens."""
-    files: list[tuple[str, Path, bool]] = []
-    fw = profile.firmware
-    if fw.type is FirmwareType.OVMF and fw.code is not None:
-        files.append(("firmware.code", fw.code, False))
-        if fw.vars is not None and fw.vars.exists():
-            files.append(("firmware.vars", fw.vars, True))
-    files += [
-        (f"disk[{i}].path", disk.path, not disk.readonly) for i, disk in enumerate(profile.disks)
-    ]
-    files += [
-        (f"passthrough[{i}].romfile", dev.romfile, False)
-        for i, dev in enumerate(profile.passthrough)
-        if dev.romfile is not None
-    ]
-    return files
-
-
-def _check_user_access(profile: Profile, account: pwd.struct_passwd) -> None:
-    """QEMU runs as vm.user: it must reach and open each file itself.
-
-    Checked from the permission bits (owner, group incl. supplementary
-    groups, other) of the file and of every directory above it; ACLs are
-    not read, so a file granted by an ACL alone is reported too (the fix
-    names the plain-permission way).
-    """
-    groups = set(os.getgrouplist(account.pw_name, account.pw_gid))
-
-    def allowed(st: os.stat_result, bits: tuple[int, int, int]) -> bool:
-        owner, group, other = bits
-        if st.st_uid == account.pw_uid:
-            return bool(st.st_mode & owner)
-        if st.st_gid in groups:
-            return bool(st.st_mode & group)
-        return bool(st.st_mode & other)
-
-    read = (stat.S_IRUSR, stat.S_IRGRP, stat.S_IROTH)
-    write = (stat.S_IWUSR, stat.S_IWGRP, stat.S_IWOTH)
-    search = (stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH)
-    for key, path, needs_write in _files_qemu_opens(profile):
-        real = Path(os.path.realpath(path))
-        for directory in reversed(real.parents):
-            if not allowed(directory.stat(), search):
-                raise ProfileError(
-                    f"found {json.dumps(str(path))}, but vm.user {account.pw_name!r} cannot "
-                    f"enter the directory {directory} on the way to it",
-                    path=str(profile.source), key=key,
-                    fix=f"chmod o+x {directory}, or move the file somewhere "
-                    f"{account.pw_name} can reach",
-                )
-        st = real.stat()
-        for wanted, bits, verb in ((True, read, "read"), (needs_write, write, "write")):
-            if wanted and not allowed(st, bits):
-                user = account.pw_name
-                if real.parts[:2] == ("/", "dev"):
-                    fix = (
-                        f"give {user} this one device with a udev rule, e.g. in "
-                        "/etc/udev/rules.d/60-handoff-disk.rules: "
-                        f'ENV{{DM_LV_NAME}}=="{path.name}", OWNER="{user}" (group "disk" '
-                        "would open every disk), or remove vm.user"
-                    )
-                else:
-                    fix = f"chown {user} {path} (or chmod it), or remove vm.user"
-                raise ProfileError(
-                    f"found {json.dumps(str(path))}, but vm.user {user!r} (QEMU's "
-                    f"user) cannot {verb} it",
-                    path=str(profile.source), key=key, fix=fix,
-                )
-
-
-def _check_disk_kind(source: str, key: str, path: Path) -> None:
-    """A disk is a regular file, or a block device named under /dev.
-
-    The QEMU argv picks the block driver from the path alone (host_device
-    under /dev, file elsewhere) so it stays pure; this is where the host
-    confirms it. QEMU's file driver refuses a block device, and a
-    directory (the seed guide's warning: a Btrfs subvolume is a file
-    system, not a block device) is no disk at all.
-    """
-    mode = path.stat().st_mode
-    shown = json.dumps(str(path))
-    under_dev = path.parts[:2] == ("/", "dev")
-    if stat.S_ISDIR(mode):
-        raise ProfileError(
-            f"found {shown}, a directory; expected a disk image file or a block device "
-            "(a Btrfs subvolume is a file system, not a block device)",
-            path=source, key=key,
-            fix="point path at an image file inside it (qemu-img create -f raw DIR/disk.img "
-            "64G) or at a block device such as an LVM volume (/dev/VG/LV)",
-        )
-    if stat.S_ISBLK(mode) and not under_dev:
-        raise ProfileError(
-            f"found {shown}, a block device outside /dev; expected block devices by their "
-            "/dev name (handoff gives them to QEMU's host_device driver)",
-            path=source, key=key,
-            fix=f"write the /dev path, e.g. path = \"{os.path.realpath(path)}\"",
-        )
-    if under_dev and not (stat.S_ISBLK(mode) or stat.S_ISREG(mode)):
-        raise ProfileError(
-            f"found {shown}, which is neither a block device nor a regular file",
-            path=source, key=key,
-            fix="point path at the disk's block device (ls -l /dev/VG/ or lsblk)",
-        )
-
-
-def _must_exist(source: str, key: str, path: Path, fix: str) -> None:
-    if not path.exists():
-        raise ProfileError(
-            f"found {json.dumps(str(path))}; expected an existing file, but it does not exist",
-            path=source, key=key, fix=fix,
-        )
-
-
-def ensure_firmware_vars(profile: Profile) -> Path | None:
-    """Create the VM's OVMF vars file from its template on first use.
-
-    Returns the vars path (None for SeaBIOS). The copy is written to a
-    temporary name and renamed, so a crash never leaves a half file that
-    the next boot would mistake for the VM's settings.
-    """
-    fw = profile.firmware
-    if fw.type is not FirmwareType.OVMF or fw.vars is None:
-        return None
-    if fw.vars.exists():
-        return fw.vars
-    if fw.vars_template is None:
-        raise ProfileError(
-            f"found {json.dumps(str(fw.vars))}, which does not exist, and no vars_template",
-            path=str(profile.source), key="firmware.vars",
-            fix='add vars_template = "/usr/share/OVMF/OVMF_VARS_4M.fd"',
-        )
-    tmp = fw.vars.with_name(f".{fw.vars.name}.tmp")
-    tmp.write_bytes(fw.vars_template.read_bytes())
-    if profile.vm.user is not None and os.geteuid() == 0:
-        # QEMU writes the guest's boot entries here as vm.user.
-        account = pwd.getpwnam(profile.vm.user)
-        os.chown(tmp, account.pw_uid, account.pw_gid)
-    os.replace(tmp, fw.vars)
-    return fw.vars
-
-
-# --------------------------------------------------------------------------- rendering
-
-
-def profile_to_toml(profile: Profile) -> str:
-    """The profile as TOML that :func:`parse_profile` reads back to an equal Profile.
-
-    Only values that differ from the defaults are written; paths are written
-    absolute. Used by tests (round trip) and to show the effective profile.
-    """
-    out: list[str] = []
-
-    def emit(
-        table: str, obj: object, *, array: bool = False, rename: Mapping[str, str] | None = None
-    ) -> None:
-        rename = rename or {}
-        default = type(obj)() if table not in ("vm", "disk", "passthrough") else None
-        lines: list[str] = []
-        for f in fields(obj):  # type: ignore[arg-type]
-            value = getattr(obj, f.name)
-            if default is not None and getattr(default, f.name) == value and (
-                (table, f.name) != ("display", "vga")  # its default depends on frontend
-            ):
-                continue
-            if value is None or (table == "vm" and value == f.default):
-                continue
-            lines.append(f"{rename.get(f.name, f.name)} = {_toml_value(value)}")
-        if lines or array or table == "vm":
-            out.append(f"[[{table}]]" if array else f"[{table}]")
-            out.extend(lines)
-            out.append("")
-
-    emit("vm", profile.vm, rename={"memory_mib": "memory"})
-    emit("firmware", profile.firmware)
-    for disk in profile.disks:
-        emit("disk", disk, array=True)
-    for net in profile.networks:
-        emit("network", net, array=True)
-    emit("sound", profile.sound)
-    emit("display", profile.display)
-    for dev in profile.passthrough:
-        emit("passthrough", dev, array=True)
-    emit("input", profile.input)
-    return "\n".join(out)
-
-
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, Enum):
-        return json.dumps(value.value)
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str | Path | PciAddress):
-        return json.dumps(str(value), ensure_ascii=False)
-    if isinstance(value, tuple | list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot render {value!r} as TOML")

@@ -1,0 +1,318 @@
+"""The profile's data model: frozen dataclasses and enums. Pure declarations.
+
+A :class:`Profile` is a whole, validated VM description; every value in it
+is typed (enums, not strings, for every choice). The dataclass fields are
+also the one declaration of the TOML layout: each section's accepted keys,
+their order (error messages list them) and their names (field metadata
+:data:`TOML_KEY` where a key is not named like its field) are derived from
+them by :data:`SECTIONS`, for handoff.profile.parse and .render alike.
+
+Never: read files, look anything up on the host, or parse text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields
+from enum import Enum
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+from handoff.pci.address import PciAddress
+
+#: Field metadata: the field's key in the profile's TOML when it differs from
+#: the field's name; None for a field TOML does not set (Profile.source).
+TOML_KEY = "toml_key"
+#: Field metadata: the field's default depends on other keys (display.vga on
+#: display.frontend), so rendering writes it even when it equals the default.
+CONTEXT_DEFAULT = "context_default"
+
+
+class Accel(Enum):
+    """Which accelerator QEMU uses; AUTO picks KVM only where it really works."""
+
+    AUTO = "auto"
+    KVM = "kvm"
+    TCG = "tcg"
+
+
+class FirmwareType(Enum):
+    SEABIOS = "seabios"
+    OVMF = "ovmf"
+
+
+@dataclass(frozen=True)
+class Firmware:
+    """BIOS or UEFI. For OVMF, ``code`` is read-only and ``vars`` is the VM's
+    own writable copy, created from ``vars_template`` on first use."""
+
+    type: FirmwareType = FirmwareType.SEABIOS
+    code: Path | None = None
+    vars: Path | None = None
+    vars_template: Path | None = None
+
+
+class DiskFormat(Enum):
+    RAW = "raw"
+    QCOW2 = "qcow2"
+
+
+class DiskInterface(Enum):
+    VIRTIO = "virtio"
+    SATA = "sata"
+    SCSI = "scsi"
+
+
+class DiskCache(Enum):
+    NONE = "none"
+    WRITEBACK = "writeback"
+    WRITETHROUGH = "writethrough"
+    DIRECTSYNC = "directsync"
+    UNSAFE = "unsafe"
+
+
+class DiskAio(Enum):
+    THREADS = "threads"
+    NATIVE = "native"
+    IO_URING = "io_uring"
+
+
+class DiskMedia(Enum):
+    DISK = "disk"
+    CDROM = "cdrom"
+
+
+@dataclass(frozen=True)
+class Disk:
+    """A raw file, qcow2 image, block device (the seed's LVM volume) or ISO."""
+
+    path: Path
+    format: DiskFormat = DiskFormat.RAW
+    interface: DiskInterface = DiskInterface.VIRTIO
+    cache: DiskCache = DiskCache.WRITEBACK
+    aio: DiskAio = DiskAio.THREADS
+    media: DiskMedia = DiskMedia.DISK
+    readonly: bool = False
+
+
+class NetworkType(Enum):
+    USER = "user"
+    TAP = "tap"
+    BRIDGE = "bridge"
+
+
+class NicModel(Enum):
+    VIRTIO = "virtio"
+    E1000E = "e1000e"
+    RTL8139 = "rtl8139"
+
+
+@dataclass(frozen=True)
+class Network:
+    type: NetworkType = NetworkType.USER
+    model: NicModel = NicModel.VIRTIO
+    mac: str | None = None
+    ifname: str | None = None  # tap: the host tap interface (tap0)
+    bridge: str | None = None  # bridge: the host bridge (br0), via qemu-bridge-helper
+
+
+class SoundModel(Enum):
+    NONE = "none"
+    HDA = "hda"  # -device intel-hda -device hda-duplex (the seed's -soundhw hda)
+
+
+class AudioBackend(Enum):
+    NONE = "none"
+    PIPEWIRE = "pipewire"
+    PULSEAUDIO = "pa"
+    ALSA = "alsa"
+    SDL = "sdl"
+
+
+@dataclass(frozen=True)
+class Sound:
+    model: SoundModel = SoundModel.NONE
+    backend: AudioBackend = AudioBackend.NONE
+
+
+class Vga(Enum):
+    """The emulated video device. Left out, it is "std" when display.frontend
+    shows something and no passthrough device has x_vga, else "none"."""
+
+    NONE = "none"  # the passthrough GPU is the display
+    STD = "std"  # for installing the OS before passthrough
+    VIRTIO = "virtio"
+    QXL = "qxl"
+
+
+class DisplayFrontend(Enum):
+    NONE = "none"
+    GTK = "gtk"
+    SDL = "sdl"
+    VNC = "vnc"  # on a unix socket in the run directory, never a network port
+
+
+def default_vga(frontend: DisplayFrontend, legacy_vga_passthrough: bool) -> Vga:
+    """display.vga when the profile leaves it out.
+
+    A window or VNC socket with no video device shows only "Display output
+    is not active", so a frontend gets the emulated "std" VGA, unless a
+    passthrough device owns the legacy VGA ranges (x_vga = true)."""
+    if frontend is DisplayFrontend.NONE or legacy_vga_passthrough:
+        return Vga.NONE
+    return Vga.STD
+
+
+@dataclass(frozen=True)
+class Display:
+    vga: Vga = field(default=Vga.NONE, metadata={CONTEXT_DEFAULT: True})
+    frontend: DisplayFrontend = DisplayFrontend.NONE
+    tablet: bool = False  # usb-tablet (the seed's -usbdevice tablet)
+
+
+@dataclass(frozen=True)
+class Passthrough:
+    """One PCI function the profile hands to the guest.
+
+    The plan grows it to its whole IOMMU group; ``allow_in_group`` lists
+    co-members a person has explicitly accepted to lose while the VM runs
+    (otherwise a storage controller, LPC bridge, SMBus, host bridge or NIC in
+    the same group refuses the hand-off).
+    """
+
+    address: PciAddress
+    x_vga: bool = False
+    romfile: Path | None = None
+    multifunction: bool = False
+    allow_in_group: tuple[PciAddress, ...] = ()
+
+
+class SelectorKind(Enum):
+    """How an input device selector (``KIND:VALUE``) names a device."""
+
+    BY_ID = "by-id"  # by-id:NAME, a /dev/input/by-id link name
+    PATH = "path"  # path:ID_PATH, udev's ID_PATH
+    USB = "usb"  # usb:VVVV:PPPP, vendor:product in hex
+    NAME = "name"  # name:TEXT, the kernel device name (exact)
+
+
+class InputBackend(Enum):
+    NONE = "none"  # no input hand-off
+    QMP = "qmp"  # input-send-event: any guest, no guest driver
+    VIRTIO = "virtio"  # uinput proxies + virtio-input-host-pci: full fidelity
+
+
+class InputMode(Enum):
+    HOST = "host"
+    GUEST = "guest"
+
+
+@dataclass(frozen=True)
+class Input:
+    """Which keyboards and mice are handed off, and how.
+
+    ``hotkey`` is a chord of Linux key names (``KEY_LEFTCTRL``); pressing all of
+    them toggles host/guest and is never forwarded. ``devices`` and
+    ``exclude`` are selectors ``KIND:VALUE``, KIND one of :class:`SelectorKind`.
+    An empty ``devices`` means every keyboard and mouse.
+    """
+
+    backend: InputBackend = InputBackend.NONE
+    hotkey: tuple[str, ...] = ("KEY_LEFTCTRL", "KEY_RIGHTCTRL")
+    start_in: InputMode = InputMode.HOST
+    devices: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Vm:
+    name: str
+    memory_mib: int = field(metadata={TOML_KEY: "memory"})
+    cpus: int = 2
+    sockets: int | None = None
+    cores: int | None = None
+    threads: int | None = None
+    cpu_model: str | None = None  # None: "host" under KVM, "max" under TCG
+    cpu_flags: tuple[str, ...] = ()  # e.g. ("kvm=off",) to hide the hypervisor
+    hide_hypervisor: bool = False  # adds kvm=off and hv-vendor-id for guest drivers
+    accel: Accel = Accel.AUTO
+    machine: str = "q35"
+    user: str | None = None  # run QEMU as this unprivileged user
+    shutdown_timeout: float = 120.0  # seconds the guest gets to power off
+    extra_args: tuple[str, ...] = ()  # appended verbatim to QEMU's argv
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A whole, validated VM description. ``source`` is the file it came from.
+
+    Each field but ``source`` is one TOML section, named by :data:`TOML_KEY`;
+    a tuple field is an array of tables (``[[disk]]``)."""
+
+    vm: Vm
+    source: Path = field(metadata={TOML_KEY: None})
+    firmware: Firmware = field(default_factory=Firmware)
+    disks: tuple[Disk, ...] = field(default=(), metadata={TOML_KEY: "disk"})
+    networks: tuple[Network, ...] = field(default=(), metadata={TOML_KEY: "network"})
+    sound: Sound = field(default_factory=Sound)
+    display: Display = field(default_factory=Display)
+    passthrough: tuple[Passthrough, ...] = ()
+    input: Input = field(default_factory=Input)
+
+    @property
+    def name(self) -> str:
+        return self.vm.name
+
+
+# --------------------------------------------------------------------------- the key table
+
+
+def toml_name(f: Field[Any]) -> str | None:
+    """The TOML key a dataclass field is read from (None: not from TOML)."""
+    name: str | None = f.metadata.get(TOML_KEY, f.name)
+    return name
+
+
+def toml_keys(cls: type[Any]) -> tuple[str, ...]:
+    """The TOML keys of one section's dataclass, in field order."""
+    return tuple(name for f in fields(cls) if (name := toml_name(f)) is not None)
+
+
+def field_default(f: Field[Any]) -> object:
+    """The field's declared default, or MISSING when it has none."""
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return f.default
+
+
+@dataclass(frozen=True)
+class Section:
+    """One TOML section of a profile: ``[name]``, or ``[[name]]`` when ``array``."""
+
+    name: str  # the TOML table name
+    attr: str  # the Profile field holding it
+    kind: type[Any]  # the dataclass of one entry
+    array: bool
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return toml_keys(self.kind)
+
+
+def _sections() -> tuple[Section, ...]:
+    hints = get_type_hints(Profile)
+    sections: list[Section] = []
+    for f in fields(Profile):
+        name = toml_name(f)
+        if name is None:
+            continue
+        hint = hints[f.name]
+        array = get_origin(hint) is tuple
+        sections.append(Section(name, f.name, get_args(hint)[0] if array else hint, array))
+    return tuple(sections)
+
+
+#: Every section a profile may contain, in the order they are read and written.
+SECTIONS: tuple[Section, ...] = _sections()
+#: Section name → its accepted keys (the "expected one of" lists).
+SECTION_KEYS: Mapping[str, tuple[str, ...]] = {s.name: s.keys for s in SECTIONS}
