@@ -8,6 +8,11 @@ host's devices.
 
 Device fixtures hand out the device on its host driver and put it back there
 after the test, whatever the test left behind, so tests stay independent.
+
+Capability fixtures (``testbed_gpu``, ``testbed_uinput``) are what a module
+asks for instead of a ``skipif``: in the guest a missing IOMMU, GPU lookalike
+or /dev/uinput is the testbed's breakage, so each test fails naming what is
+missing and what to look at, whichever subset (``-k``, one file) is run.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import pytest
 
 from handoff.host import HostPaths
 from handoff.pci.address import PciAddress
+from handoff.pci.sysfs import read_iommu
 from tests.testbed import devices, guest
 from tests.testbed.devices import GpuLookalike, Ich9Group
 
@@ -34,6 +40,56 @@ def _on_host_drivers(*functions: PciAddress) -> Iterator[None]:
     yield
     for function, driver in expected.items():
         guest.restore_driver(function, driver)
+
+
+def gpu_gaps(paths: HostPaths) -> list[str]:
+    """What the GPU tests need of the guest's kernel and do not find there."""
+    gaps = []
+    if not read_iommu(paths).enabled:
+        gaps.append(
+            f"an IOMMU ({paths.sys}/kernel/iommu_groups is empty: the runner boots with "
+            "-device intel-iommu and intel_iommu=on; look for DMAR errors in console.log)"
+        )
+    if not devices.find(devices.BOCHS_DISPLAY, paths.sys):
+        gaps.append(
+            "the GPU lookalike (bochs-display 1234:1111 at 00:06.0 is not on the PCI bus: "
+            "runner.qemu_command must add devices.qemu_args())"
+        )
+    return gaps
+
+
+def uinput_gaps(paths: HostPaths) -> list[str]:
+    """What the input tests need of the guest's kernel and do not find there."""
+    if (paths.dev / "uinput").exists():
+        return []
+    return [
+        f"{paths.dev}/uinput (stage2.sh loads the uinput module with modprobe: look for its "
+        "error in console.log, and for uinput in the kernel package's modules)"
+    ]
+
+
+def fail_on_gaps(tests: str, gaps: list[str]) -> None:
+    if gaps:
+        pytest.fail(
+            f"the testbed guest lacks what {tests} need: {'; '.join(gaps)}. Inside the "
+            "testbed that is a failure of the testbed, never a skip (TESTBED_KEEP=1 keeps "
+            "console.log)",
+            pytrace=False,
+        )
+
+
+@pytest.fixture(scope="session")
+def testbed_gpu() -> None:
+    """The guest has an IOMMU and the GPU lookalike; the test fails saying which is missing."""
+    guest.require_guest("the testbed_gpu fixture")
+    fail_on_gaps("the GPU tests", gpu_gaps(HostPaths()))
+
+
+@pytest.fixture(scope="session")
+def testbed_uinput() -> None:
+    """The guest has /dev/uinput; the test fails saying what to look at when it has not."""
+    guest.require_guest("the testbed_uinput fixture")
+    fail_on_gaps("the input tests", uinput_gaps(HostPaths()))
 
 
 @pytest.fixture(scope="session")

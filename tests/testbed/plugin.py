@@ -11,7 +11,9 @@ way pytest-xdist relays a worker's reports. The host never executes a
 realkernel test's body or fixtures.
 
 A test the guest never reported (boot failure, crash, timeout, collection
-error in the guest) fails with the guest console's tail. ``pytest -m "not
+error in the guest) fails with the guest console's tail. What the host can tell
+before booting (no root, an interpreter the guest cannot see) fails every
+realkernel test at once with one line saying what to do, and boots nothing. ``pytest -m "not
 realkernel"`` boots nothing. Without QEMU on a developer's machine the tests are
 skipped with that reason; under CI (``CI`` set) nothing is skipped: a testbed
 that cannot boot fails every realkernel test.
@@ -30,7 +32,7 @@ import time
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -48,6 +50,10 @@ GUEST_EVALUATED_MARKS = frozenset({"skip", "skipif", "xfail"})
 POWEROFF_GRACE = 120.0
 #: Lines of the guest console shown with a failure the guest did not report.
 CONSOLE_TAIL = 80
+#: Host directories the guest mounts afresh (guest/init.sh): host files below them are hidden.
+GUEST_OWN_MOUNTS = ("/tmp", "/run", "/dev", "/proc", "/sys")
+#: The shell's exit code when ``exec`` finds no such program (the guest's command.sh).
+NOT_FOUND = 127
 
 
 def in_guest() -> bool:
@@ -122,6 +128,41 @@ def unavailable(*, qemu: str | None, root: bool, ci: bool) -> tuple[str, bool] |
             True,
         )
     return None
+
+
+def guest_sees(path: str, checkout: Path) -> bool:
+    """Whether the guest sees this host path: the host's root read-only, minus the
+    directories it mounts afresh, plus the checkout at its own path."""
+    where = PurePosixPath(os.path.normpath(path))
+    if where.is_relative_to(checkout):
+        return True
+    return not any(where.is_relative_to(mount) for mount in GUEST_OWN_MOUNTS)
+
+
+def use_the_checkouts_venv(checkout: Path) -> str:
+    """What the guest can see and what to do: the second half of an interpreter error."""
+    return (
+        f"the guest sees only the host's root read-only (with its own empty "
+        f"{', '.join(GUEST_OWN_MOUNTS)}) and the checkout {checkout}: run pytest with the "
+        f"checkout's venv, `bash tests/run.sh` or `.venv/bin/python -m pytest` in {checkout}"
+    )
+
+
+def interpreter_problem(executable: str, needed: list[str], checkout: Path) -> str | None:
+    """One line when the guest could not run ``executable`` (or import ``needed`` from it)."""
+    hidden = next((path for path in [executable, *needed] if not guest_sees(path, checkout)), None)
+    if hidden is None:
+        return None
+    return (
+        f"the testbed guest cannot run {executable} ({hidden} is not visible there); "
+        + use_the_checkouts_venv(checkout)
+    )
+
+
+def interpreter_paths() -> list[str]:
+    """What the guest's pytest needs of this interpreter: its real file and pytest itself."""
+    pytest_dir = os.path.dirname(pytest.__file__)
+    return [os.path.realpath(sys.executable), pytest_dir, os.path.realpath(pytest_dir)]
 
 
 @dataclass
@@ -228,6 +269,9 @@ class GuestRun:
             root=os.geteuid() == 0,
             ci=bool(os.environ.get("CI")),
         )
+        problem = interpreter_problem(sys.executable, interpreter_paths(), runner.CHECKOUT)
+        if problem is not None and (reason is None or reason[1]):
+            reason = (problem, False)  # no root is said first; a missing QEMU is not
         if reason is not None:
             message, may_skip = reason
             if may_skip:
@@ -320,10 +364,18 @@ class GuestRun:
 
     def why_missing(self, nodeid: str) -> str:
         """The failure text of a test the guest never (fully) reported."""
+        if self.problem and self.run_dir is None:
+            return self.problem  # found before booting: one line says it all
         parts = [f"the testbed guest did not report {nodeid}"]
         if self.problem:
             parts.append(self.problem)
         result = self.result
+        if result is not None and result.returncode == NOT_FOUND and self.reader.exitstatus is None:
+            parts.insert(
+                0,
+                f"testbed: the guest could not start {sys.executable} (exit {NOT_FOUND}: "
+                "not found there); " + use_the_checkouts_venv(runner.CHECKOUT),
+            )
         if result is not None:
             parts.append(f"testbed: {runner.describe(result)}")
             if result.timed_out:

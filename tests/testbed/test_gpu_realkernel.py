@@ -31,10 +31,7 @@ from tests.testbed import devices
 
 pytestmark = [
     pytest.mark.realkernel,
-    pytest.mark.skipif(
-        not read_iommu(HostPaths()).enabled or not devices.find(devices.BOCHS_DISPLAY),
-        reason="needs the testbed VM's IOMMU and GPU lookalike: run in tests/testbed/testbed.sh",
-    ),
+    pytest.mark.usefixtures("testbed_gpu"),  # no IOMMU or lookalike: fail, never skip
 ]
 
 CHECKOUT = Path(__file__).resolve().parents[2]

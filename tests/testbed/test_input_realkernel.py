@@ -33,9 +33,7 @@ from handoff.rundir import qemu_socket_dir
 
 pytestmark = [
     pytest.mark.realkernel,
-    pytest.mark.skipif(
-        not os.path.exists("/dev/uinput"), reason="needs /dev/uinput: run in the testbed VM"
-    ),
+    pytest.mark.usefixtures("testbed_uinput"),  # no /dev/uinput: fail, never skip
 ]
 
 KBD_NAME, MOUSE_NAME = "testbed keyboard", "testbed mouse"
@@ -88,7 +86,7 @@ def profile(backend: InputBackend, start: InputMode) -> Profile:
     )
 
 
-async def until(condition: Callable[[], bool], what: str, limit: float = 30.0) -> float:
+async def until(condition: Callable[[], bool], what: str, limit: float = 60.0) -> float:
     """Poll ``condition`` (state owned by other tasks) with a deadline; seconds it took."""
     start = time.monotonic()
     with trio.move_on_after(limit):
@@ -213,15 +211,12 @@ async def test_uinput_devices_are_handed_to_qemu_and_back_without_stuck_keys(
             # Re-plug: the keyboard disappears and comes back; grabbed again.
             keyboard.close()
             await until(lambda: KBD_NAME not in grabbed(resource), "unplug noticed")
-            started = time.monotonic()
+            # No timing asserted here (TCG, shared cores): the re-plug latency is bench/'s.
             keyboard = make_keyboard()
             await until(lambda: grabbed(resource).get(KBD_NAME) is True, "re-plugged grab")
-            replug = time.monotonic() - started
-            print(f"re-plugged keyboard grabbed again after {replug:.3f} s")
-            assert replug < 2.0  # 0.5 s on hardware; the testbed is TCG, Python ~15x slower
             tap(keyboard, KEY_B)
             b_up = ("key_qcode", "b", "0")
-            await until(lambda: b_up in parse(trace), "b released in the trace", 10)
+            await until(lambda: b_up in parse(trace), "b released in the trace", 60)
 
             # Cleanly back to the host at the end.
             await control.dispatch({"command": "switch", "mode": "host"})
@@ -401,7 +396,7 @@ async def test_a_whole_session_forwards_uinput_typing_and_switches_over_the_cont
                 mouse.syn()
                 mouse.write(EV_KEY, BTN_EXTRA, 0)
                 mouse.syn()
-                await until(lambda: "extra" in trace.read_text(), "the click in the trace", 20)
+                await until(lambda: "extra" in trace.read_text(), "the click in the trace", 60)
                 assert await ask({"command": "switch", "mode": "host"}) == {
                     "mode": "host",
                     "pending": None,

@@ -73,9 +73,7 @@ from .test_input_realkernel import (
 # quick local run leaves it out on the host: pytest -m realkernel -k "not nested_guest".
 pytestmark = [
     pytest.mark.realkernel,
-    pytest.mark.skipif(
-        not os.path.exists("/dev/uinput"), reason="needs /dev/uinput: run in the testbed VM"
-    ),
+    pytest.mark.usefixtures("testbed_uinput"),  # no /dev/uinput: fail, never skip
 ]
 
 KERNEL_CACHE = Path(os.environ.get("TESTBED_CACHE", "/var/cache/handoff-testbed")) / "kernel"

@@ -6,11 +6,15 @@ realkernel smoke suite (test_smoke.py), which runs in the one boot of the run.
 
 from __future__ import annotations
 
+import importlib
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from handoff.host import HostPaths
+from tests.testbed import conftest as fixtures
 from tests.testbed import devices, plugin, runner
 
 KERNEL = runner.Kernel(
@@ -231,3 +235,124 @@ def test_a_module_that_does_not_import_in_the_guest_is_named_in_its_tests_failur
     assert "collection errors in the guest" in text
     assert "no_such_module_in_the_guest" in text
     assert "guest pytest exit status: 2" in text
+
+
+# ---------------------------------------------------------------- the guest's interpreter
+
+
+def test_an_interpreter_the_guest_cannot_see_is_refused_in_one_line_naming_the_venv() -> None:
+    checkout = Path("/work/main")
+    problem = plugin.interpreter_problem("/tmp/venv/bin/python", [], checkout)
+    assert problem is not None
+    assert "\n" not in problem
+    assert "cannot run /tmp/venv/bin/python" in problem
+    assert "the host's root read-only" in problem
+    assert "the checkout /work/main" in problem
+    assert "`bash tests/run.sh` or `.venv/bin/python -m pytest`" in problem
+    # pytest imported from a directory the guest mounts afresh: named too.
+    hidden = plugin.interpreter_problem(
+        "/usr/bin/python3", ["/run/user/0/site-packages/pytest"], checkout
+    )
+    assert hidden is not None
+    assert "/run/user/0/site-packages/pytest is not visible" in hidden
+
+
+def test_the_checkouts_venv_and_interpreters_on_the_hosts_root_are_visible_in_the_guest() -> None:
+    checkout = Path("/work/main")
+    venv = ["/root/.pyenv/versions/3.11.7/bin/python3.11", "/work/main/.venv/lib/pytest"]
+    assert plugin.interpreter_problem("/work/main/.venv/bin/python", venv, checkout) is None
+    assert plugin.interpreter_problem("/usr/bin/python3", ["/usr/lib/pytest"], checkout) is None
+    # A checkout under /tmp is mounted at its own path: its venv is visible.
+    assert plugin.interpreter_problem("/tmp/ci/h/.venv/bin/python", [], Path("/tmp/ci/h")) is None
+
+
+def test_pytest_from_an_interpreter_the_guest_cannot_see_fails_fast_in_one_line_and_boots_nothing(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makeini("[pytest]\nmarkers =\n    realkernel: in the testbed\n")
+    pytester.makepyfile(test_guest=GUEST_TESTS)
+    monkeypatch.delenv("TESTBED", raising=False)
+    monkeypatch.delenv("CI", raising=False)
+    # No QEMU on PATH either: without the interpreter check these would be skips.
+    monkeypatch.setenv("PATH", str(pytester.mkdir("empty-path")))
+    monkeypatch.setattr(sys, "executable", "/tmp/elsewhere/bin/python")
+    recorder = pytester.inline_run("-p", "tests.testbed.plugin")
+    recorder.assertoutcome(failed=3)
+    for report in recorder.getfailures():
+        assert report.longreprtext == plugin.interpreter_problem(
+            "/tmp/elsewhere/bin/python", [], runner.CHECKOUT
+        )
+
+
+# ---------------------------------------------------------------- missing capabilities fail
+
+
+def fake_sys(root: Path, *, iommu: bool, bochs: bool) -> HostPaths:
+    """A /sys with one PCI function and, optionally, an IOMMU group holding it."""
+    function = root / "sys" / "bus" / "pci" / "devices" / "0000:00:06.0"
+    function.mkdir(parents=True)
+    (function / "vendor").write_text("0x1234\n" if bochs else "0x8086\n")
+    (function / "device").write_text("0x1111\n" if bochs else "0x10d3\n")
+    groups = root / "sys" / "kernel" / "iommu_groups"
+    groups.mkdir(parents=True)
+    if iommu:
+        (groups / "3" / "devices").mkdir(parents=True)
+        (groups / "3" / "devices" / "0000:00:06.0").touch()
+    (root / "dev").mkdir()
+    return HostPaths(sys=root / "sys", dev=root / "dev")
+
+
+def test_a_guest_without_iommu_or_lookalike_fails_the_gpu_tests_naming_both(
+    tmp_path: Path,
+) -> None:
+    gaps = fixtures.gpu_gaps(fake_sys(tmp_path, iommu=False, bochs=False))
+    assert len(gaps) == 2
+    assert "an IOMMU" in gaps[0]
+    assert "intel_iommu=on" in gaps[0]
+    assert "GPU lookalike" in gaps[1]
+    with pytest.raises(pytest.fail.Exception, match="never a skip") as failed:
+        fixtures.fail_on_gaps("the GPU tests", gaps)
+    assert "lacks what the GPU tests need: an IOMMU" in str(failed.value)
+
+
+def test_a_guest_with_iommu_and_lookalike_has_no_gpu_gap(tmp_path: Path) -> None:
+    assert fixtures.gpu_gaps(fake_sys(tmp_path, iommu=True, bochs=True)) == []
+    fixtures.fail_on_gaps("the GPU tests", [])  # nothing missing: no failure
+
+
+def test_a_guest_without_dev_uinput_fails_the_input_tests(tmp_path: Path) -> None:
+    paths = fake_sys(tmp_path, iommu=True, bochs=True)
+    (gap,) = fixtures.uinput_gaps(paths)
+    assert f"{paths.dev}/uinput" in gap
+    assert "modprobe" in gap
+    (paths.dev / "uinput").touch()
+    assert fixtures.uinput_gaps(paths) == []
+
+
+REALKERNEL_MODULES = sorted(
+    p.stem for p in Path(__file__).parent.glob("test_*.py") if p.stem != "test_testbed_host"
+)
+
+
+@pytest.mark.parametrize("name", REALKERNEL_MODULES)
+def test_no_realkernel_module_skips_when_the_guest_lacks_something(name: str) -> None:
+    marks = getattr(importlib.import_module(f"tests.testbed.{name}"), "pytestmark", [])
+    marks = marks if isinstance(marks, list) else [marks]
+    assert [m.name for m in marks if m.name in ("skip", "skipif")] == [], (
+        f"{name}: ask for a capability fixture (testbed_gpu, testbed_uinput) instead: "
+        "in the guest a missing capability fails"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "fixture"),
+    [
+        ("test_gpu_realkernel", "testbed_gpu"),
+        ("test_gpu_session_realkernel", "testbed_gpu"),
+        ("test_input_realkernel", "testbed_uinput"),
+        ("test_input_virtio_guest", "testbed_uinput"),
+    ],
+)
+def test_the_gpu_and_input_modules_ask_for_their_capabilities(name: str, fixture: str) -> None:
+    marks = importlib.import_module(f"tests.testbed.{name}").pytestmark
+    assert any(m.name == "usefixtures" and fixture in m.args for m in marks)
