@@ -15,14 +15,15 @@ locked (else it locked a file already removed, and tries again).
 QEMU may run as an unprivileged user (``vm.user``) who cannot create
 anything in a root-owned 0700 directory, yet QEMU itself creates its
 listening sockets (VNC, the input monitor ``input.qmp``). Those go into
-``qemu/`` (:func:`qemu_socket_dir`), a 0700 subdirectory owned by the user
-QEMU runs as, so the user never owns the run directory that holds the lock, the
-control socket and the GPU journal. To reach ``qemu/`` the user may search
-(not list) the run directory: it is then 0710 with the user's group; all
-else in it stays root's alone (0600 files, a socket only root can connect to).
+``<run>/qemu/<profile name>/`` (:func:`qemu_socket_dir`), a 0700 directory
+owned by the user QEMU runs as, *beside* the run directory rather than in
+it: every socket lives in a 0700 directory of its owner, and QEMU's user can
+reach neither the lock, the control socket nor the GPU journal.
+``<run>/qemu`` itself is 0755, like ``<run>``; profile names may not be
+``qemu`` or ``journal`` (:data:`RESERVED_NAMES`).
 
-Cleanup removes the files the session made (:data:`SESSION_FILES`, the
-``qemu/`` directory and its sockets) and then the directory only if it is
+Cleanup removes the files the session made (:data:`SESSION_FILES`, QEMU's
+socket directory and its sockets) and then the directory only if it is
 empty: a journal another part left behind (a device that could not be
 returned) stays for ``handoff recover``.
 """
@@ -46,6 +47,7 @@ __all__ = [
     "LOCK_FILE",
     "QEMU_LOG",
     "QEMU_SOCKETS",
+    "RESERVED_NAMES",
     "SESSION_FILES",
     "RunDir",
     "holder_pid",
@@ -57,6 +59,9 @@ LOCK_FILE = "lock"
 CONTROL_SOCKET = "control.sock"
 QEMU_LOG = "qemu.log"
 QEMU_DIR = "qemu"
+JOURNAL_DIR = "journal"
+#: Names under the run root that are not sessions: no profile may take them.
+RESERVED_NAMES = frozenset({QEMU_DIR, JOURNAL_DIR})
 VNC_SOCKET = "vnc.sock"
 INPUT_MONITOR = "input.qmp"
 
@@ -70,14 +75,15 @@ QEMU_SOCKETS = (VNC_SOCKET, INPUT_MONITOR)
 def qemu_socket_dir(paths: HostPaths, profile_name: str) -> Path:
     """Where QEMU creates its own listening sockets (VNC, extra monitors).
 
-    A 0700 subdirectory of the run directory owned by the user QEMU runs as;
-    created by :meth:`RunDir.acquire`, removed with its contents on release.
+    ``<run>/qemu/<name>``: a 0700 directory owned by the user QEMU runs as,
+    beside the session's run directory; created by :meth:`RunDir.acquire`,
+    removed with its contents on release.
     """
-    return paths.session_dir(profile_name) / QEMU_DIR
+    return paths.run / QEMU_DIR / profile_name
 
 
 def input_monitor_path(paths: HostPaths, profile_name: str) -> Path:
-    """The input monitor's socket (backend ``qmp``): QEMU creates it in ``qemu/``."""
+    """The input monitor's socket (backend ``qmp``): QEMU creates it in its socket dir."""
     return qemu_socket_dir(paths, profile_name) / INPUT_MONITOR
 
 
@@ -129,6 +135,12 @@ class RunDir:
         Raises :class:`SessionBusyError` naming the pid of the supervisor that
         already runs this profile.
         """
+        if profile_name in RESERVED_NAMES:
+            raise SessionError(
+                f"the profile name {profile_name!r} is reserved: {paths.run / profile_name} "
+                "holds other sessions' files",
+                fix=f"rename the profile (vm.name = \"{profile_name}-vm\")",
+            )
         path = paths.session_dir(profile_name)
         try:
             _make_private_dir(path)
@@ -175,20 +187,22 @@ class RunDir:
     def _make_qemu_dir(self, user: str | None) -> None:
         qemu_dir = self.qemu_dir
         _remove_tree_of_sockets(qemu_dir)  # a crashed session's leftovers
-        qemu_dir.mkdir(mode=0o700, exist_ok=True)
+        for _ in range(_LOCK_ATTEMPTS):
+            qemu_dir.parent.mkdir(mode=0o755, exist_ok=True)
+            try:
+                qemu_dir.mkdir(mode=0o700)
+                break
+            except FileNotFoundError:  # another session's release removed the empty parent
+                continue
         os.chmod(qemu_dir, 0o700)
         if user is not None:
             entry = qemu_account(user)
             os.chown(qemu_dir, entry.pw_uid, entry.pw_gid)
-            # QEMU (creating its sockets) and a VNC viewer run as the user must
-            # pass through the run directory: search only (0710), for its group.
-            os.chown(self.path, -1, entry.pw_gid)
-            os.chmod(self.path, 0o710)  # noqa: S103 (search only, for one group)
 
     @property
     def qemu_dir(self) -> Path:
         """QEMU's own sockets live here (owned by the user QEMU runs as)."""
-        return self.path / QEMU_DIR
+        return self.path.parent / QEMU_DIR / self.path.name
 
     @property
     def control_socket(self) -> Path:
@@ -217,6 +231,8 @@ class RunDir:
         (a journal) was left in it on purpose. Idempotent.
         """
         _remove_tree_of_sockets(self.qemu_dir)
+        with contextlib.suppress(OSError):  # other sessions' socket directories: leave it
+            self.qemu_dir.parent.rmdir()
         for name in SESSION_FILES:
             if name == LOCK_FILE:
                 continue

@@ -435,7 +435,8 @@ def _denied_fix(path: str | None, user: str | None, run_dir: str) -> str:
         return f"QEMU was refused {what}: check its permissions (`namei -l {what}`)"
     if path is not None and path.startswith(run_dir.rstrip("/") + "/"):
         return (
-            f"QEMU runs as {user!r} (vm.user) and cannot reach {what} in the run directory: "
+            f"QEMU runs as {user!r} (vm.user) and cannot reach {what} under handoff's run "
+            "directory: "
             f"every directory above it must be searchable by {user} (`namei -l {what}`); "
             "set HANDOFF_RUN_DIR to such a place (the default /run/handoff is). The profile "
             "is not at fault"
@@ -763,7 +764,7 @@ class Session:
             returncode,
             read_log_tail(process.log_path),
             user=self.profile.vm.user,
-            run_dir=self.paths.session_dir(self.profile.name),
+            run_dir=self.paths.run,
         )
         return QemuLaunchError(error.message, fix=fix)
 

@@ -26,7 +26,7 @@ from handoff.qemu.capabilities import (
     probe,
 )
 from handoff.qemu.cmdline import LaunchSpec, argv_devices, build_argv
-from handoff.rundir import QEMU_DIR, VNC_SOCKET
+from handoff.rundir import VNC_SOCKET, qemu_socket_dir
 
 _INSTALL = "apt-get install qemu-system-x86 (Debian/Ubuntu), emerge app-emulation/qemu (Gentoo)"
 
@@ -42,7 +42,7 @@ def needed_devices(profile: Profile, accel: Literal["kvm", "tcg"] = "kvm") -> li
     Raises ProfileError when the profile cannot run under ``accel``
     (``cpu_model = "host"`` without KVM)."""
     # Only the -device names matter here; the socket is where a session puts it.
-    vnc = HostPaths().run / profile.name / QEMU_DIR / VNC_SOCKET
+    vnc = qemu_socket_dir(HostPaths(), profile.name) / VNC_SOCKET
     argv = build_argv(profile, LaunchSpec(accel=accel, vnc_socket=vnc))
     names = list(argv_devices(argv))
     if profile.input.backend is InputBackend.VIRTIO:

@@ -8,7 +8,7 @@ the device watcher, the router and its forwarding, and the control command
 * ``acquire``: create the virtio proxies, their event nodes owned by
   ``vm.user`` when QEMU runs as that user (nothing else changes the host).
 * ``qemu_args``: the proxies as virtio-input-host-pci devices, or the input
-  monitor ``-chardev socket,id=handoff-input,path=<run dir>/qemu/input.qmp,
+  monitor ``-chardev socket,id=handoff-input,path=<run root>/qemu/<name>/input.qmp,
   server=on,wait=off -mon chardev=handoff-input,mode=control`` (QEMU creates
   the socket, so it lives in ``qemu/``, the directory of QEMU's user). A monitor of
   its own lets input pipeline up to 8 requests in strict order without

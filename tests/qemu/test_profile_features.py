@@ -41,8 +41,10 @@ import pytest
 import trio
 
 from handoff.errors import QemuUnsupportedError
+from handoff.host import HostPaths
 from handoff.profile import parse_profile
 from handoff.qemu.capabilities import bridge_acl_refusal, check_bridges, probe
+from handoff.rundir import qemu_socket_dir
 
 from .conftest import QEMU, pid_gone
 from .test_cli_session import RunningCli, cli_env
@@ -450,7 +452,7 @@ def test_vnc_runs_and_a_viewer_running_as_qemus_user_reads_the_rfb_greeting(
     greetings: list[bytes] = []
 
     async def connect(run_dir: Path) -> None:
-        sock = run_dir / "qemu" / "vnc.sock"
+        sock = qemu_socket_dir(HostPaths(run=run_dir.parent), run_dir.name) / "vnc.sock"
         assert sock.is_socket()
         if user is not None:
             assert sock.stat().st_uid == pwd.getpwnam(user).pw_uid  # QEMU made it as the user
@@ -583,7 +585,8 @@ def test_the_shipped_install_windows_profile_runs(where: Path) -> None:
 
     async def vnc_answers(run_dir: Path) -> None:
         if frontend == "vnc":
-            greeting = await trio.to_thread.run_sync(rfb_greeting, run_dir / "qemu/vnc.sock", None)
+            sock = qemu_socket_dir(HostPaths(run=run_dir.parent), run_dir.name) / "vnc.sock"
+            greeting = await trio.to_thread.run_sync(rfb_greeting, sock, None)
             assert greeting.startswith(b"RFB 003.00")
 
     trio.run(assert_runs, write(where, "install", text), where / "run", vnc_answers)

@@ -26,7 +26,7 @@ from handoff.errors import HandoffError, QemuLaunchError, SessionBusyError
 from handoff.host import HostPaths
 from handoff.profile import Profile, load_profile
 from handoff.resources import ControlRegistry, HostResource, JsonObject, VmHandle
-from handoff.rundir import RunDir
+from handoff.rundir import RunDir, qemu_socket_dir
 from handoff.session import ExitStatus, LadderTimeouts, Outcome, Phase, Session
 
 from .conftest import (
@@ -515,9 +515,9 @@ async def test_qemu_as_an_unprivileged_user_creates_and_serves_its_input_monitor
     nobody = pwd.getpwnam("nobody").pw_uid
 
     async def check() -> None:
-        monitor = harness.run_dir / "qemu" / "input.qmp"
+        monitor = qemu_socket_dir(paths, profile.name) / "input.qmp"
         assert os.stat(f"/proc/{qemu_pid_of(harness)}").st_uid == nobody
-        assert monitor.is_socket(), "QEMU created the input monitor in qemu/"
+        assert monitor.is_socket(), "QEMU created the input monitor in its socket directory"
         assert monitor.stat().st_uid == nobody
         assert (await harness.ask({"command": "switch", "mode": "host"}))["mode"] == "host"
         await harness.ask({"command": "stop", "force": True})
@@ -537,7 +537,7 @@ async def test_qemus_user_refused_its_socket_path_gets_a_fix_that_is_not_the_pro
 ) -> None:
     from handoff.input.resource import InputHandoff
 
-    # The run root under pytest's 0700 tmp dir: nobody cannot reach qemu/ there.
+    # The run root under pytest's 0700 tmp dir: nobody cannot reach its socket directory there.
     profile = qmp_input_profile(tmp_path, "userdenied")
     paths = HostPaths(run=tmp_path / "run")
     session = Session(profile, paths, [InputHandoff(profile, paths)], report=Lines(),

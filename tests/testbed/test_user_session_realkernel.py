@@ -6,7 +6,7 @@ nothing here). While the session runs, for input backends none, qmp and
 virtio alike: QEMU's uids are nobody's, it holds /dev/vfio/N (an fd in
 /proc/<qemu>/fd resolves to it) which belongs to nobody, and its
 RLIMIT_MEMLOCK covers guest RAM. With ``qmp`` QEMU created its input
-monitor in the run directory's ``qemu/``; with ``virtio`` it holds the
+monitor in its own socket directory (``<run>/qemu/<name>/``); with ``virtio`` it holds the
 proxies' event nodes, which belong to nobody. Afterwards the devices are
 back on their drivers, /dev/vfio/N and the proxy nodes are gone with their
 devices, and the run directory is removed. One short session per backend.
@@ -32,6 +32,7 @@ from handoff.host import HostPaths
 from handoff.input.devices import PROXY_NAME_PREFIX
 from handoff.pci import journal as jr
 from handoff.pci.sysfs import read_device
+from handoff.rundir import qemu_socket_dir
 from tests.testbed.devices import GpuLookalike
 
 pytestmark = pytest.mark.realkernel
@@ -185,7 +186,7 @@ def test_qemu_runs_as_the_user_with_passthrough_and_each_input_backend(
         assert memlock_soft(qemu) >= MEMORY_MIB << 20, "QEMU's memlock covers guest RAM"
 
         if backend == "qmp":
-            monitor = run_dir / name / "qemu" / "input.qmp"
+            monitor = qemu_socket_dir(HostPaths(run=run_dir), name) / "input.qmp"
             assert monitor.is_socket()
             assert monitor.stat().st_uid == nobody
         events = sorted(path for path in held if path.startswith("/dev/input/event"))

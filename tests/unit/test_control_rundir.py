@@ -77,10 +77,22 @@ def test_qemu_gets_its_own_socket_directory_owned_by_its_user(paths: HostPaths) 
     assert info.st_mode & 0o777 == 0o700
     assert info.st_uid == pwd.getpwnam("nobody").pw_uid
     assert os.stat(rundir.path).st_uid == os.geteuid(), "the run directory stays ours"
+    assert os.stat(rundir.path).st_mode & 0o777 == 0o700, "and private"
+    assert rundir.qemu_dir.parent == paths.run / "qemu", "beside it, not inside"
     assert rundir.vnc_socket.parent == rundir.qemu_dir
     (rundir.qemu_dir / "input.qmp").write_text("")  # a socket QEMU created
     assert rundir.release() is True
     assert not rundir.path.exists()
+    assert not rundir.qemu_dir.exists()
+
+
+@pytest.mark.parametrize("name", ["qemu", "journal"])
+def test_a_session_may_not_take_a_reserved_name_of_the_run_root(
+    paths: HostPaths, name: str
+) -> None:
+    with pytest.raises(SessionError, match="reserved"):
+        RunDir.acquire(paths, name)
+    assert not (paths.run / name).exists()
 
 
 def test_an_unknown_qemu_user_is_refused_and_nothing_is_left(paths: HostPaths) -> None:

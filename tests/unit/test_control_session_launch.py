@@ -11,19 +11,19 @@ import signal
 
 from handoff.session import launch_failure_fix
 
-RUN = "/run/handoff/win"
+RUN = "/run/handoff"
 PROFILE_FAULT = "fix the profile"
 
 
 def test_a_socket_in_the_run_directory_refused_to_qemus_user_is_not_the_profiles_fault() -> None:
     log = (
-        "qemu-system-x86_64: -chardev socket,id=handoff-input,path=/run/handoff/win/qemu/"
+        "qemu-system-x86_64: -chardev socket,id=handoff-input,path=/run/handoff/qemu/win/"
         "input.qmp,server=on,wait=off: Failed to bind socket to "
-        "/run/handoff/win/qemu/input.qmp: Permission denied"
+        "/run/handoff/qemu/win/input.qmp: Permission denied"
     )
     fix = launch_failure_fix(1, log, user="nobody", run_dir=RUN)
     assert PROFILE_FAULT not in fix
-    assert "/run/handoff/win/qemu/input.qmp" in fix
+    assert "/run/handoff/qemu/win/input.qmp" in fix
     assert "nobody" in fix
     assert "searchable" in fix
 

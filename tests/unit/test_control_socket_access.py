@@ -1,9 +1,8 @@
 """Only the session's owner reaches its control socket: a real socket, a real other uid.
 
 A child forked from the test drops to ``nobody`` (setgid, setgroups, setuid)
-and tries to connect. The run directory is 0700 without ``vm.user``; with
-``vm.user = "nobody"`` it is searchable by nobody's group (QEMU must reach
-``qemu/``), so then the socket's own mode 0600 is what keeps QEMU's user out.
+and tries to connect. The run directory is 0700 with or without ``vm.user``;
+QEMU's user gets its own 0700 socket directory beside it, never a way in.
 """
 
 from __future__ import annotations
@@ -90,15 +89,17 @@ async def test_the_control_socket_is_0600_in_a_0700_dir_and_refuses_another_uid(
         rundir.release()
 
 
-async def test_qemus_user_may_pass_the_run_dir_but_not_connect_to_the_control_socket(
+async def test_qemus_user_reaches_its_own_socket_dir_but_not_the_run_dir(
     open_root: Path,
 ) -> None:
     rundir = RunDir.acquire(HostPaths(run=open_root), "demo", qemu_user=NOBODY)
     try:
-        # QEMU's user can reach qemu/ (search permission on the run dir) ...
-        qemu_dir = rundir.qemu_dir
-        assert connect_as_nobody(qemu_dir / "no-such.sock") == errno.ENOENT
-        # ... but the control socket beside it refuses that user.
+        assert stat.S_IMODE(os.stat(rundir.path).st_mode) == 0o700
+        assert stat.S_IMODE(os.stat(rundir.qemu_dir).st_mode) == 0o700
+        # QEMU's user reaches its own directory (ENOENT: no such socket yet) ...
+        assert connect_as_nobody(rundir.qemu_dir / "no-such.sock") == errno.ENOENT
+        # ... but not the run directory: not even the path to the control socket.
+        assert connect_as_nobody(rundir.path / "no-such.sock") == errno.EACCES
         await check_only_the_owner_connects(rundir)
     finally:
         rundir.release()

@@ -32,7 +32,7 @@ def test_the_qmp_backend_gives_qemu_a_monitor_of_its_own_in_its_socket_directory
     tmp_path: Path,
 ) -> None:
     args = resource(tmp_path, backend=InputBackend.QMP).qemu_args()
-    socket = tmp_path / "run" / "demo" / "qemu" / "input.qmp"
+    socket = tmp_path / "run" / "qemu" / "demo" / "input.qmp"
     assert args == [
         "-chardev",
         f"socket,id=handoff-input,path={socket},server=on,wait=off",
