@@ -174,6 +174,8 @@ async def test_a_process_holding_card0_is_named_and_nothing_changes(paths: HostP
     try:
         assert holder.stdout is not None
         assert holder.stdout.readline() == b"ready\n"
+        # "ready" comes before sh execs sleep: wait for the exec, or the scan may see "sh".
+        assert await eventually(lambda: Path(f"/proc/{holder.pid}/comm").read_text() == "sleep\n")
         with pytest.raises(PreflightRefusedError) as caught:
             await run_detach(paths, KernelWriter(), [vga], out=quiet)
         assert f"pid {holder.pid} (sleep)" in caught.value.message
