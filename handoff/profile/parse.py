@@ -837,7 +837,7 @@ def parse_profile(text: str, source: Path) -> Profile:
     """Validate profile TOML ``text`` read from ``source``. Pure: no host lookups.
 
     Relative paths are resolved against ``source``'s directory; host facts
-    (the user exists, files exist) are :func:`check_profile_on_host`'s job.
+    (the user exists, files exist) are handoff.checks.profile_files' job.
     """
     reader = _Reader(source)
     try:
