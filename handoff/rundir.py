@@ -40,6 +40,7 @@ from pathlib import Path
 
 from handoff.errors import SessionBusyError, SessionError
 from handoff.host import HostPaths, qemu_account
+from handoff.profile.model import RESERVED_NAMES
 
 __all__ = [
     "CONTROL_SOCKET",
@@ -47,7 +48,6 @@ __all__ = [
     "LOCK_FILE",
     "QEMU_LOG",
     "QEMU_SOCKETS",
-    "RESERVED_NAMES",
     "SESSION_FILES",
     "RunDir",
     "holder_pid",
@@ -60,8 +60,6 @@ CONTROL_SOCKET = "control.sock"
 QEMU_LOG = "qemu.log"
 QEMU_DIR = "qemu"
 JOURNAL_DIR = "journal"
-#: Names under the run root that are not sessions: no profile may take them.
-RESERVED_NAMES = frozenset({QEMU_DIR, JOURNAL_DIR})
 VNC_SOCKET = "vnc.sock"
 INPUT_MONITOR = "input.qmp"
 

@@ -28,6 +28,7 @@ OVMF vars copy is handoff.firmware. This package must never gain either.
 
 from handoff.errors import ProfileError
 from handoff.profile.model import (
+    RESERVED_NAMES,
     SECTIONS,
     Accel,
     AudioBackend,
@@ -70,6 +71,7 @@ from handoff.profile.render import profile_to_toml
 __all__ = [
     "MAX_MEMORY_MIB",
     "MIN_MEMORY_MIB",
+    "RESERVED_NAMES",
     "SECTIONS",
     "Accel",
     "AudioBackend",

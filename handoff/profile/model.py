@@ -27,6 +27,10 @@ TOML_KEY = "toml_key"
 #: display.frontend), so rendering writes it even when it equals the default.
 CONTEXT_DEFAULT = "context_default"
 
+#: vm.name becomes ``<run root>/<name>``; these names under the run root hold
+#: other things (QEMU's socket directories, the GPU journals), never a session.
+RESERVED_NAMES = frozenset({"qemu", "journal"})
+
 
 class Accel(Enum):
     """Which accelerator QEMU uses; AUTO picks KVM only where it really works."""

@@ -30,6 +30,7 @@ from handoff.errors import PciAddressError, ProfileError
 from handoff.input.keynames import KEY_CODES
 from handoff.pci.address import PciAddress
 from handoff.profile.model import (
+    RESERVED_NAMES,
     SECTION_KEYS,
     SECTIONS,
     Accel,
@@ -63,6 +64,8 @@ from handoff.profile.model import (
 #: vm.name becomes a directory (/run/handoff/NAME) and QEMU's -name: no path
 #: separators, no commas (QEMU's option separator), no leading dot or dash.
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+#: Where the run directories are, as a person reads it in an error.
+RESERVED_NAMES_ROOT = "/run/handoff"
 _USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\$?$")
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5}$")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
@@ -370,6 +373,13 @@ def _parse_vm(r: _Reader, data: Mapping[str, Any]) -> Vm:
         fix='rename it, e.g. name = "win10-gaming"',
     )
     assert name is not None
+    if name in RESERVED_NAMES:
+        raise r.error(
+            "vm.name",
+            f"found {_show(name)}; the run directory {RESERVED_NAMES_ROOT}/{name} holds "
+            "other sessions' files",
+            f'rename it, e.g. name = "{name}-vm"',
+        )
     if "memory" not in t:
         raise r.error(
             "vm.memory", "missing; expected the guest's RAM size",

@@ -10,7 +10,8 @@ import pytest
 
 from handoff.errors import HostError, SessionBusyError, SessionError
 from handoff.host import HostPaths
-from handoff.rundir import RunDir, holder_pid, qemu_socket_dir
+from handoff.profile import RESERVED_NAMES
+from handoff.rundir import JOURNAL_DIR, QEMU_DIR, RunDir, holder_pid, qemu_socket_dir
 
 
 @pytest.fixture
@@ -86,7 +87,11 @@ def test_qemu_gets_its_own_socket_directory_owned_by_its_user(paths: HostPaths) 
     assert not rundir.qemu_dir.exists()
 
 
-@pytest.mark.parametrize("name", ["qemu", "journal"])
+def test_the_run_roots_own_directories_are_names_no_profile_may_take() -> None:
+    assert {QEMU_DIR, JOURNAL_DIR} <= RESERVED_NAMES
+
+
+@pytest.mark.parametrize("name", sorted(RESERVED_NAMES))
 def test_a_session_may_not_take_a_reserved_name_of_the_run_root(
     paths: HostPaths, name: str
 ) -> None:
