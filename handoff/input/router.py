@@ -366,6 +366,7 @@ class InputRouter:
         self._on_mode = on_mode
         self.devices: dict[str, DeviceHandle] = {}
         self._scopes: dict[str, trio.CancelScope] = {}
+        self._drains: dict[str, Callable[[], None]] = {}
         #: SYN_DROPPED seen (the kernel's buffer overflowed: events were lost).
         self.dropped = 0
 
@@ -396,6 +397,16 @@ class InputRouter:
                         if actions:
                             self._apply(actions)
 
+                def drain() -> None:
+                    """Route what the kernel still queues for us (EVIOCGKEY would flush it)."""
+                    while True:
+                        try:
+                            events = [(e.type, e.code, e.value, 0.0) for e in handle.read()]
+                        except BlockingIOError:
+                            return
+                        deliver(events)
+
+                self._drains[identity] = drain
                 await read_events(handle, deliver)
                 log.info("input device %s is gone", handle.name)
         finally:
@@ -406,6 +417,7 @@ class InputRouter:
 
     def _forget(self, identity: str) -> None:
         self._scopes.pop(identity, None)
+        self._drains.pop(identity, None)
         self.devices.pop(identity, None)
         self._apply(self.core.remove_device(identity))
         self.sink.forget(identity)
@@ -413,12 +425,17 @@ class InputRouter:
     def request(self, target: str) -> None:
         """A switch from the control socket.
 
-        The kernel's key state (EVIOCGKEY) is read first: a key pressed a
-        moment ago may still sit unread in a device's buffer, and the wait
-        for released keys must see it.
+        What the devices queued is routed first, then the kernel's key state
+        (EVIOCGKEY) is read, so the wait for released keys sees a key pressed
+        a moment ago. The order matters: EVIOCGKEY flushes the key events
+        still queued for its reader, so without the drain keys typed just
+        before the switch would never reach the guest.
         """
         for identity, handle in list(self.devices.items()):
             with contextlib.suppress(OSError):
+                drain = self._drains.get(identity)
+                if drain is not None:
+                    drain()
                 self._apply(self.core.resync(identity, handle.active_keys()))
         self._apply(self.core.request(target))
 

@@ -323,6 +323,21 @@ class PipeDevice:
         self.grabbed = False
 
     def active_keys(self) -> list[int]:
+        """EVIOCGKEY; like evdev, it flushes the key events still queued for this reader."""
+        try:
+            queued = os.read(self.fd, self.RECORD.size * 4096)
+        except BlockingIOError:
+            queued = b""
+        kept: list[bytes] = []
+        packet = False
+        for record in self.RECORD.iter_unpack(queued):
+            etype, code = record[2], record[3]
+            if etype == EV_KEY or (etype == 0 and code == 0 and not packet):
+                continue  # a key event, or the SYN_REPORT of a packet left empty
+            packet = etype != 0 or code != 0
+            kept.append(self.RECORD.pack(*record))
+        if kept:
+            os.write(self._writer, b"".join(kept))
         return sorted(self.kernel)
 
     def close(self) -> None:
@@ -451,6 +466,34 @@ async def test_switching_to_the_host_releases_in_the_guest_every_key_and_button_
     assert sorted(pressed[3:]) == [("h", "0"), ("left", "0"), ("shift", "0")]
     assert (EV_KEY, KEY_H, 0) in keyboard.host_seen
     assert (EV_KEY, BTN_LEFT, 0) in mouse.host_seen
+
+
+async def test_keys_typed_just_before_a_switch_to_the_host_still_reach_the_guest(
+    traced: TracedQemu,
+) -> None:
+    """The switch reads EVIOCGKEY, which flushes queued key events: they are routed first."""
+    keyboard = PipeDevice("test keyboard")
+    async with open_qmp(traced.monitor) as qmp:
+        backend = QmpBackend()
+        transport = await QmpSocketTransport.connect(traced.input_socket)
+        router = InputRouter(RouterCore({KEY_LEFTCTRL, KEY_RIGHTCTRL}, InputMode.GUEST), backend)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(backend.run, transport)
+            nursery.start_soon(router.run_device, "kbd", keyboard)
+            await settle(backend, transport)
+            keyboard.tap(KEY_H)  # still queued: the router has not read it yet
+            keyboard.frame((EV_KEY, KEY_I, 1))
+            router.request("host")
+            await settle(backend, transport)
+            assert not keyboard.is_grabbed()
+            keyboard.frame((EV_KEY, KEY_I, 0))
+            await settle(backend, transport)
+            router.close()
+            nursery.cancel_scope.cancel()
+        await transport.aclose()
+        trace = await traced.quit(qmp)
+    keys = [(t[1], t[2]) for t in trace if t[0] == "key"]
+    assert keys == [("h", "1"), ("h", "0"), ("i", "1"), ("i", "0")]  # I: released by the switch
 
 
 async def test_a_release_lost_in_a_kernel_overflow_is_given_to_the_guest_after_syn_dropped(
