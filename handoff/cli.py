@@ -70,7 +70,7 @@ def _paths() -> Any:
 
 
 def _control_socket(name: str) -> Path:
-    from handoff.rundir import CONTROL_SOCKET
+    from handoff.run_layout import CONTROL_SOCKET
 
     path: Path = _paths().session_dir(name) / CONTROL_SOCKET
     return path
@@ -118,14 +118,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from handoff.profile import load_profile
     from handoff.qemu.cmdline import format_argv
-    from handoff.session import Session, default_resources, preflight, session_argv
+    from handoff.session import Session, default_resources, preflight
 
     profile = load_profile(resolve_profile(args.profile))
     paths = _paths()
     if args.dry_run:
-        checks = preflight(profile, paths, binary=args.qemu)
-        print(format_argv(session_argv(profile, paths, checks.accel, binary=args.qemu,
-                                       trace_file=args.trace_input)))
+        plan = preflight(profile, paths, binary=args.qemu, trace_file=args.trace_input).plan
+        print(format_argv(plan.argv))
+        for change in plan.changes:  # stderr: stdout stays the command alone
+            print(f"handoff: would: {change.describe()}", file=sys.stderr)
         return 0
     session = Session(
         profile,
@@ -144,26 +145,25 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_argv(args: argparse.Namespace) -> int:
+    from handoff.host_facts import gather_host_facts
     from handoff.profile import load_profile
-    from handoff.qemu.accel import choose_accel, kvm_problem
+    from handoff.qemu.accel import kvm_problem
     from handoff.qemu.cmdline import format_argv
-    from handoff.session import session_argv
+    from handoff.session_plan import plan_session
 
     profile = load_profile(resolve_profile(args.profile))
     paths = _paths()
     # Showing a command changes nothing, so a KVM profile is shown as written
     # even on a host where `run` would refuse it; the reason goes to stderr.
-    choice = choose_accel(profile.vm.accel, paths, strict=False)
-    if choice.accel == "kvm" and kvm_problem(paths) is not None:
-        print(f"handoff: note: {choice.reason}", file=sys.stderr)
-    accel: str = choice.accel
-    argv = session_argv(profile, paths, accel, binary=args.qemu)
-    print(format_argv(argv))
+    facts = gather_host_facts(profile, paths, strict=False)
+    if facts.accel == "kvm" and kvm_problem(paths) is not None:
+        print(f"handoff: note: {facts.accel_reason}", file=sys.stderr)
+    print(format_argv(plan_session(profile, facts, paths, binary=args.qemu).argv))
     return 0
 
 
 def _running_sessions() -> list[str]:
-    from handoff.rundir import CONTROL_SOCKET
+    from handoff.run_layout import CONTROL_SOCKET
 
     run: Path = _paths().run
     try:
@@ -307,7 +307,7 @@ class Delegated:
 
 
 def _pci(name: str, help_text: str) -> Delegated:
-    return Delegated(name, "handoff.pci.commands", f"add_{name}_arguments", f"cmd_{name}",
+    return Delegated(name, "handoff.cli_gpu", f"add_{name}_arguments", f"cmd_{name}",
                      help_text, help_text[0].upper() + help_text[1:])
 
 

@@ -8,7 +8,8 @@ the host; so preflight checks that the limit can cover guest RAM plus
 1 GiB of headroom (ROMs, BARs mapped for peer-to-peer, QEMU's own pinned
 buffers) and the spawner raises it for the QEMU child
 (:func:`handoff.qemu.process.raised_memlock`), or refuses with the
-limits.d line that fixes it. The seed guide's limits.conf lines
+limits.d line that fixes it (the amount is the session plan's
+:func:`handoff.session_plan.required_memlock`). The seed guide's limits.conf lines
 (``<username> soft/hard memlock 80000000``) are the same fix by hand.
 """
 
@@ -22,17 +23,19 @@ from dataclasses import dataclass
 
 from handoff.errors import HostError
 from handoff.profile import Profile
+from handoff.session_plan import MEMLOCK_HEADROOM, required_memlock
 
-MEMLOCK_HEADROOM = 1 << 30  # bytes beyond guest RAM: ROMs, MMIO mappings, QEMU's own
+__all__ = [
+    "MEMLOCK_HEADROOM",
+    "UNLIMITED",
+    "MemlockVerdict",
+    "check_memlock",
+    "judge_memlock",
+    "required_memlock",
+]
+
 _MIB = 1 << 20
 UNLIMITED = resource.RLIM_INFINITY
-
-
-def required_memlock(profile: Profile) -> int | None:
-    """Bytes QEMU must be able to lock: guest RAM + 1 GiB, None without passthrough."""
-    if not profile.passthrough:
-        return None
-    return profile.vm.memory_mib * _MIB + MEMLOCK_HEADROOM
 
 
 @dataclass(frozen=True)
@@ -87,16 +90,34 @@ def _who() -> str:
         return str(os.geteuid())
 
 
+CAP_SYS_RESOURCE = 24  # include/uapi/linux/capability.h
+
+
+def cap_effective(status_text: str, capability: int) -> bool | None:
+    """Whether /proc/PID/status's ``CapEff`` mask has ``capability``; None without one. Pure."""
+    for line in status_text.splitlines():
+        if line.startswith("CapEff:"):
+            try:
+                return bool(int(line.split()[1], 16) & (1 << capability))
+            except (IndexError, ValueError):
+                return None
+    return None
+
+
+def can_raise_hard(status_text: str | None, euid: int) -> bool:
+    """CAP_SYS_RESOURCE from a status text's CapEff; euid 0 when that is unreadable."""
+    allowed = cap_effective(status_text or "", CAP_SYS_RESOURCE)
+    return euid == 0 if allowed is None else allowed
+
+
 def _can_raise_hard() -> bool:
-    """CAP_SYS_RESOURCE (root, in practice): read from /proc/self/status's CapEff."""
+    """This process's CAP_SYS_RESOURCE (root, in practice), from /proc/self/status."""
     try:
         with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) & (1 << 24))
-    except (OSError, ValueError):
-        pass
-    return os.geteuid() == 0
+            text: str | None = status.read()
+    except OSError:
+        text = None
+    return can_raise_hard(text, os.geteuid())
 
 
 def check_memlock(

@@ -6,11 +6,15 @@ changes the host (GPU hand-off, input hand-off, memlock) is a
 starts and releases them in reverse order after the QEMU process has exited,
 on every exit path, inside a shielded cancel scope with its own deadline.
 So a new capability adds a resource and never edits the shutdown logic.
+
+A resource adds nothing to QEMU's command line: every argument QEMU gets
+(vfio-pci devices, the input monitor, the virtio proxies' paths) is in the
+session plan (:mod:`handoff.session_plan`), which ``handoff argv`` prints.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import trio
@@ -44,15 +48,16 @@ class HostResource(Protocol):
     1. ``acquire()`` before QEMU starts. Journals before it changes anything;
        if it fails it must leave the host as it found it and raise a
        HandoffError.
-    2. ``qemu_args()`` after acquire: extra QEMU arguments (vfio-pci devices,
-       virtio-input-host-pci proxies). Pure.
-    3. ``vm_started(vm, nursery, control)`` once QMP is connected: start
+    2. ``memlock_bytes`` after acquire: the RLIMIT_MEMLOCK QEMU needs for
+       this resource (None: no opinion); the session gives QEMU the largest.
+    3. ``note_qemu_pid(pid)`` as soon as QEMU exists.
+    4. ``vm_started(vm, nursery, control)`` once QMP is connected: start
        background tasks (input forwarding) in ``nursery``, register control
        commands. Tasks are cancelled when the VM ends.
-    4. ``release()`` after the QEMU process has exited, however the session
+    5. ``release()`` after the QEMU process has exited, however the session
        ended; called only if acquire() returned. Must be idempotent and must
        not raise for a change already undone.
-    5. ``status()`` at any time for ``handoff status``.
+    6. ``status()`` at any time for ``handoff status``.
     """
 
     @property
@@ -60,7 +65,8 @@ class HostResource(Protocol):
 
     async def acquire(self) -> None: ...
 
-    def qemu_args(self) -> Sequence[str]: ...
+    @property
+    def memlock_bytes(self) -> int | None: ...
 
     def note_qemu_pid(self, pid: int) -> None:
         """Told the QEMU pid as soon as it exists (the GPU journal records it)."""

@@ -14,7 +14,8 @@ locked (else it locked a file already removed, and tries again).
 
 QEMU may run as an unprivileged user (``vm.user``) who cannot create
 anything in a root-owned 0700 directory, yet QEMU itself creates its
-listening sockets (VNC, the input monitor ``input.qmp``). Those go into
+listening sockets (VNC, the input monitor ``input.qmp``; the virtio proxies'
+links ``keyboard.evdev``/``mouse.evdev`` go there too). Those go into
 ``<run>/qemu/<profile name>/`` (:func:`qemu_socket_dir`), a 0700 directory
 owned by the user QEMU runs as, *beside* the run directory rather than in
 it: every socket lives in a 0700 directory of its owner, and QEMU's user can
@@ -41,11 +42,26 @@ from pathlib import Path
 from handoff.errors import SessionBusyError, SessionError
 from handoff.host import HostPaths, qemu_account
 from handoff.profile.model import RESERVED_NAMES
+from handoff.run_layout import (
+    CONTROL_SOCKET,
+    INPUT_MONITOR,
+    JOURNAL_DIR,
+    KEYBOARD_LINK,
+    LOCK_FILE,
+    MOUSE_LINK,
+    QEMU_DIR,
+    QEMU_LOG,
+    VNC_SOCKET,
+    input_monitor_path,
+    qemu_socket_dir,
+)
 
 __all__ = [
     "CONTROL_SOCKET",
     "INPUT_MONITOR",
+    "JOURNAL_DIR",
     "LOCK_FILE",
+    "QEMU_DIR",
     "QEMU_LOG",
     "QEMU_SOCKETS",
     "SESSION_FILES",
@@ -55,34 +71,11 @@ __all__ = [
     "qemu_socket_dir",
 ]
 
-LOCK_FILE = "lock"
-CONTROL_SOCKET = "control.sock"
-QEMU_LOG = "qemu.log"
-QEMU_DIR = "qemu"
-JOURNAL_DIR = "journal"
-VNC_SOCKET = "vnc.sock"
-INPUT_MONITOR = "input.qmp"
-
 #: What a session creates in its run directory and removes on the way out
 #: (QEMU's own sockets, :data:`QEMU_SOCKETS`, go with the ``qemu/`` directory).
 SESSION_FILES = (CONTROL_SOCKET, QEMU_LOG, LOCK_FILE)
-#: The listening sockets QEMU creates in ``qemu/``.
-QEMU_SOCKETS = (VNC_SOCKET, INPUT_MONITOR)
-
-
-def qemu_socket_dir(paths: HostPaths, profile_name: str) -> Path:
-    """Where QEMU creates its own listening sockets (VNC, extra monitors).
-
-    ``<run>/qemu/<name>``: a 0700 directory owned by the user QEMU runs as,
-    beside the session's run directory; created by :meth:`RunDir.acquire`,
-    removed with its contents on release.
-    """
-    return paths.run / QEMU_DIR / profile_name
-
-
-def input_monitor_path(paths: HostPaths, profile_name: str) -> Path:
-    """The input monitor's socket (backend ``qmp``): QEMU creates it in its socket dir."""
-    return qemu_socket_dir(paths, profile_name) / INPUT_MONITOR
+#: What lives in ``qemu/``: QEMU's listening sockets and the virtio proxies' links.
+QEMU_SOCKETS = (VNC_SOCKET, INPUT_MONITOR, KEYBOARD_LINK, MOUSE_LINK)
 
 
 _LOCK_ATTEMPTS = 5
@@ -209,18 +202,6 @@ class RunDir:
     @property
     def qemu_log(self) -> Path:
         return self.path / QEMU_LOG
-
-    @property
-    def vnc_socket(self) -> Path:
-        return self.qemu_dir / VNC_SOCKET
-
-    @property
-    def input_monitor(self) -> Path:
-        return self.qemu_dir / INPUT_MONITOR
-
-    @property
-    def locked(self) -> bool:
-        return self._lock_fd is not None
 
     def release(self) -> bool:
         """Remove the session's files, unlock, remove the directory if empty.

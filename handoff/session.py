@@ -1,13 +1,15 @@
 """The supervisor: one VM session, in the foreground, under trio.
 
-Steps (shared/DESIGN.md, "What a session is"):
+Steps:
 
-1. preflight: profile host checks, accelerator choice, QEMU capabilities.
+1. preflight: profile host checks, host facts (accelerator, QEMU's user,
+   IOMMU groups), the session plan (:mod:`handoff.session_plan`: the complete
+   argv and the host changes), the plan's QEMU devices against the binary's.
    Read-only: a refusal here changes nothing.
 2. run directory (0700) and its lock: one profile runs once.
 3. host resources acquired in order (GPU to vfio-pci, input proxies, ...).
-4. QEMU spawned paused, in its own session; QMP connected over a
-   socketpair; resources told the VM is up; ``cont``.
+4. the plan's argv spawned (paused, in its own session); QMP connected over
+   a socketpair; resources told the VM is up; ``cont``.
 5. tasks: QMP events, control socket, signals, the resources' own tasks.
 6. the VM ends (guest power-off, ``handoff stop``, Ctrl-C, SIGTERM, a crash,
    an exception in any task) → the shutdown ladder until QEMU is gone.
@@ -53,10 +55,10 @@ from handoff.control import ControlCommands, serve_control
 from handoff.errors import HandoffError, QemuLaunchError, QmpError, SessionError
 from handoff.firmware import ensure_firmware_vars
 from handoff.host import HostPaths
+from handoff.host_facts import gather_host_facts
 from handoff.profile import Profile
-from handoff.qemu.accel import choose_accel
-from handoff.qemu.capabilities import check_profile
-from handoff.qemu.cmdline import LaunchSpec, build_argv, format_argv
+from handoff.qemu.capabilities import check_bridges, check_supported, probe
+from handoff.qemu.cmdline import format_argv
 from handoff.qemu.process import QemuProcess, describe_exit, read_log_tail
 from handoff.qemu.qmp import (
     CONNECT_TIMEOUT,
@@ -65,8 +67,9 @@ from handoff.qemu.qmp import (
     QmpEvent,
     connect_qmp,
 )
-from handoff.resources import ControlRegistry, HostResource, JsonObject, VmHandle
-from handoff.rundir import VNC_SOCKET, RunDir, qemu_socket_dir
+from handoff.resources import HostResource, JsonObject, VmHandle
+from handoff.rundir import RunDir
+from handoff.session_plan import MONITOR_FD_PLACEHOLDER, HostFacts, SessionPlan, plan_session
 
 __all__ = [
     "LAUNCH_EXIT_GRACE",
@@ -91,6 +94,7 @@ __all__ = [
     "launch_failure_fix",
     "preflight",
     "session_argv",
+    "session_plan",
     "shutdown_ladder",
 ]
 
@@ -109,7 +113,7 @@ RELEASE_TIMEOUT = 60.0
 #: Seconds a QEMU whose monitor hung up gets to exit, to report its exit code.
 LAUNCH_EXIT_GRACE = 5.0
 #: The fd number ``handoff argv`` / ``--dry-run`` shows for the QMP socketpair end.
-DRY_RUN_MONITOR_FD = 3
+DRY_RUN_MONITOR_FD = MONITOR_FD_PLACEHOLDER
 
 
 class ExitStatus(enum.IntEnum):
@@ -289,10 +293,17 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Preflight:
-    """What the read-only checks decided."""
+    """What the read-only checks decided: the session plan they passed."""
 
-    accel: str
-    accel_reason: str
+    plan: SessionPlan
+
+    @property
+    def accel(self) -> str:
+        return self.plan.facts.accel
+
+    @property
+    def accel_reason(self) -> str:
+        return self.plan.facts.accel_reason
 
 
 def _print_line(line: str) -> None:
@@ -309,52 +320,58 @@ def default_resources(
     keyboard and mouse back to the host first). ``report`` is the session's
     status-line printer, for resources that report their own steps.
     """
-    from handoff.input.resource import InputHandoff
-    from handoff.pci.resource import GpuHandoff
     from handoff.profile import InputBackend
 
     report = report or _print_line
     resources: list[HostResource] = []
+    # Each resource's module (sysfs and journal code; evdev, pyudev) is imported
+    # only when the profile uses it: a plain VM starts without them.
     if profile.passthrough:
+        from handoff.pci.resource import GpuHandoff
+
         resources.append(GpuHandoff(profile, paths, report=report))
     if profile.input.backend is not InputBackend.NONE:
+        from handoff.input.resource import InputHandoff
+
         resources.append(InputHandoff(profile, paths))
     return resources
 
 
 def preflight(
-    profile: Profile, paths: HostPaths, *, binary: str = "qemu-system-x86_64"
+    profile: Profile,
+    paths: HostPaths,
+    *,
+    binary: str = "qemu-system-x86_64",
+    trace_file: os.PathLike[str] | None = None,
 ) -> Preflight:
-    """The read-only checks before anything changes; raises HandoffError to refuse."""
+    """The read-only checks before anything changes; raises HandoffError to refuse.
+
+    Plans the session (which refuses profile/accelerator combinations such as
+    ``cpu_model = "host"`` without KVM) and checks every QEMU device of the
+    plan's argv, the input backend's included, against the binary.
+    """
     check_profile_on_host(profile)
-    choice = choose_accel(profile.vm.accel, paths)
-    accel: str = choice.accel
-    check_profile(profile, binary=binary, accel=accel)
-    # Building the session's own argv once validates profile/accelerator
-    # combinations (cpu_model = "host" without KVM) before anything happens.
-    session_argv(profile, paths, accel, binary=binary)
-    return Preflight(accel=accel, accel_reason=choice.reason)
+    plan = session_plan(profile, paths, gather_host_facts(profile, paths), binary=binary,
+                        trace_file=trace_file)
+    caps = probe(binary)
+    check_supported(profile, plan.devices, caps, accel=plan.facts.accel)
+    check_bridges(profile)
+    return Preflight(plan)
 
 
-def _launch_spec(
-    binary: str,
-    accel: str,
-    monitor_fd: int,
-    trace_file: os.PathLike[str] | None,
-    extra_args: Sequence[str],
-    vnc_socket: os.PathLike[str] | None = None,
-) -> LaunchSpec:
+def session_plan(
+    profile: Profile,
+    paths: HostPaths,
+    facts: HostFacts,
+    *,
+    binary: str = "qemu-system-x86_64",
+    trace_file: os.PathLike[str] | None = None,
+) -> SessionPlan:
+    """:func:`handoff.session_plan.plan_session` with the session's argument types."""
     from pathlib import Path
 
-    return LaunchSpec(
-        binary=binary,
-        accel="kvm" if accel == "kvm" else "tcg",
-        monitor_fd=monitor_fd,
-        vnc_socket=Path(vnc_socket) if vnc_socket is not None else None,
-        trace_file=Path(trace_file) if trace_file is not None else None,
-        extra_args=tuple(extra_args),
-        start_paused=True,
-    )
+    trace = Path(trace_file) if trace_file is not None else None
+    return plan_session(profile, facts, paths, binary=binary, trace_file=trace)
 
 
 def session_argv(
@@ -365,17 +382,17 @@ def session_argv(
     binary: str = "qemu-system-x86_64",
     monitor_fd: int = DRY_RUN_MONITOR_FD,
     trace_file: os.PathLike[str] | None = None,
-    extra_args: Sequence[str] = (),
 ) -> list[str]:
-    """The argv a session runs (what ``--dry-run`` and ``handoff argv`` print).
+    """The plan's argv for ``accel``, with QMP on ``monitor_fd`` (benchmarks, tools).
 
     QEMU starts paused (``-S``) so the supervisor's tasks are up before the
     guest's first instruction, and gets QMP on an inherited fd.
     """
-    vnc = qemu_socket_dir(paths, profile.name) / VNC_SOCKET
-    return build_argv(
-        profile, _launch_spec(binary, accel, monitor_fd, trace_file, extra_args, vnc)
+    facts = HostFacts(
+        accel="kvm" if accel == "kvm" else "tcg", accel_reason="", supervisor_uid=os.geteuid()
     )
+    plan = session_plan(profile, paths, facts, binary=binary, trace_file=trace_file)
+    return list(plan.argv_with_monitor_fd(monitor_fd))
 
 
 _DENIED = re.compile(r"Permission denied|Operation not permitted")
@@ -601,10 +618,6 @@ class Session:
     def phase(self) -> Phase:
         return self._state.phase
 
-    @property
-    def control_registry(self) -> ControlRegistry:
-        return self.commands
-
     def request_stop(self, request: StopRequest, *, force: bool = False) -> None:
         """Start the ladder (graceful), or escalate a running one (force / second request)."""
         state = self._state
@@ -652,7 +665,9 @@ class Session:
         state = self._state
         state.started = time.monotonic()
         state.phase = Phase.PREFLIGHT
-        checks = preflight(self.profile, self.paths, binary=self.binary)
+        checks = preflight(
+            self.profile, self.paths, binary=self.binary, trace_file=self.trace_file
+        )
         state.accel, state.accel_reason = checks.accel, checks.accel_reason
         self.report(f"preflight ok: accelerator {checks.accel} ({checks.accel_reason})")
         rundir = RunDir.acquire(self.paths, self.profile.name, qemu_user=self.profile.vm.user)
@@ -702,21 +717,10 @@ class Session:
                 await self._cleanup(qmp)
 
     async def _start_qemu(self, rundir: RunDir, checks: Preflight) -> QmpConnection:
-        extra: list[str] = []
-        for resource in self._acquired:
-            extra += resource.qemu_args()
         memlock = self._memlock_for_child()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            argv = session_argv(
-                self.profile,
-                self.paths,
-                checks.accel,
-                binary=self.binary,
-                monitor_fd=theirs.fileno(),
-                trace_file=self.trace_file,
-                extra_args=extra,
-            )
+            argv = checks.plan.argv_with_monitor_fd(theirs.fileno())
             log.info("QEMU command: %s", format_argv(argv))
             self._process = await QemuProcess.start(
                 argv,
@@ -782,15 +786,10 @@ class Session:
             ) from exc
 
     def _memlock_for_child(self) -> int | None:
-        """The RLIMIT_MEMLOCK QEMU needs: the largest any acquired resource asks for.
-
-        A resource asks by exposing ``memlock_bytes: int | None`` after its
-        acquire() (the GPU resource does: VFIO pins all guest RAM).
-        """
-        wanted = [self.memlock_bytes] + [
-            getattr(resource, "memlock_bytes", None) for resource in self._acquired
-        ]
-        values = [int(v) for v in wanted if isinstance(v, int)]
+        """The RLIMIT_MEMLOCK QEMU needs: the largest any acquired resource asks for
+        (the GPU resource does: VFIO pins all guest RAM), or the session's override."""
+        wanted = [self.memlock_bytes] + [r.memlock_bytes for r in self._acquired]
+        values = [v for v in wanted if v is not None]
         return max(values) if values else None
 
     async def _supervise(self, qmp: QmpConnection) -> None:

@@ -2,13 +2,15 @@
 
 Doctor asks the same question ``handoff run``'s preflight asks
 (:mod:`handoff.qemu.capabilities`: the binary's own ``-device help``,
-``-accel help``, ... answers, checked against the argv the profile yields),
-so a missing ``vfio-pci`` or ``virtio-input-host-pci`` is reported here,
-with the profile key that needs it, instead of as a launch failure.
+``-accel help``, ... answers, checked against the devices of the session
+plan's argv, :mod:`handoff.session_plan`, the input backend's included), so a
+missing ``vfio-pci`` or ``virtio-input-host-pci`` is reported here, with the
+profile key that needs it, instead of as a launch failure.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -16,8 +18,8 @@ from typing import Literal
 from handoff.checks import Check, DoctorEnv, fail, ok, skip
 from handoff.errors import ProfileError, QemuError
 from handoff.host import HostPaths
-from handoff.profile import FirmwareType, InputBackend, Profile
-from handoff.qemu.accel import choose_accel
+from handoff.host_facts import gather_host_facts
+from handoff.profile import FirmwareType, Profile
 from handoff.qemu.capabilities import (
     MIN_VERSION,
     QemuCapabilities,
@@ -25,8 +27,7 @@ from handoff.qemu.capabilities import (
     check_supported,
     probe,
 )
-from handoff.qemu.cmdline import LaunchSpec, argv_devices, build_argv
-from handoff.rundir import VNC_SOCKET, qemu_socket_dir
+from handoff.session_plan import HostFacts, SessionPlan, plan_session
 
 _INSTALL = "apt-get install qemu-system-x86 (Debian/Ubuntu), emerge app-emulation/qemu (Gentoo)"
 
@@ -35,19 +36,19 @@ DEFAULT_QEMU = "qemu-system-x86_64"
 Prober = Callable[[str], QemuCapabilities]
 
 
-def needed_devices(profile: Profile, accel: Literal["kvm", "tcg"] = "kvm") -> list[str]:
-    """The ``-device`` names of the argv ``handoff run`` starts, plus the virtio input
-    backend's proxies (a host resource adds those at launch).
+def needed_devices(
+    profile: Profile, accel: Literal["kvm", "tcg"] = "kvm", paths: HostPaths | None = None
+) -> list[str]:
+    """The ``-device`` names of the session plan's argv under ``accel``, each once.
 
     Raises ProfileError when the profile cannot run under ``accel``
     (``cpu_model = "host"`` without KVM)."""
-    # Only the -device names matter here; the socket is where a session puts it.
-    vnc = qemu_socket_dir(HostPaths(), profile.name) / VNC_SOCKET
-    argv = build_argv(profile, LaunchSpec(accel=accel, vnc_socket=vnc))
-    names = list(argv_devices(argv))
-    if profile.input.backend is InputBackend.VIRTIO:
-        names.append("virtio-input-host-pci")
-    return list(dict.fromkeys(names))
+    facts = HostFacts(accel=accel, accel_reason="", supervisor_uid=os.geteuid())
+    return _devices(plan_session(profile, facts, paths or HostPaths()))
+
+
+def _devices(plan: SessionPlan) -> list[str]:
+    return list(dict.fromkeys(plan.devices))
 
 
 def check_qemu(
@@ -68,9 +69,10 @@ def check_qemu(
         )
     if profile is None:
         return ok(name, detail)
-    accel = choose_accel(profile.vm.accel, env.host, strict=False).accel
+    facts = gather_host_facts(profile, env.host, strict=False)
+    accel = facts.accel
     try:
-        need = needed_devices(profile, accel)
+        need = _devices(plan_session(profile, facts, env.host))
         check_supported(profile, need, caps, accel=accel)
         check_bridges(profile)
     except (QemuError, ProfileError) as err:

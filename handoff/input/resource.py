@@ -6,13 +6,14 @@ the device watcher, the router and its forwarding, and the control command
 ``switch``. Lifecycle:
 
 * ``acquire``: create the virtio proxies, their event nodes owned by
-  ``vm.user`` when QEMU runs as that user (nothing else changes the host).
-* ``qemu_args``: the proxies as virtio-input-host-pci devices, or the input
-  monitor ``-chardev socket,id=handoff-input,path=<run root>/qemu/<name>/input.qmp,
-  server=on,wait=off -mon chardev=handoff-input,mode=control`` (QEMU creates
-  the socket, so it lives in ``qemu/``, the directory of QEMU's user). A monitor of
-  its own lets input pipeline up to 8 requests in strict order without
-  sharing the session's QMP queue.
+  ``vm.user`` when QEMU runs as that user, and point the plan's links
+  ``<run root>/qemu/<name>/keyboard.evdev`` and ``mouse.evdev`` at them
+  (nothing else changes the host). QEMU's arguments (the proxies as
+  virtio-input-host-pci devices on those links, or the input monitor
+  ``-chardev socket,id=handoff-input,path=<run root>/qemu/<name>/input.qmp,...``
+  that QEMU creates in its own socket directory) are in the session plan
+  (:mod:`handoff.session_plan`). A monitor of its own lets input pipeline up
+  to 8 requests in strict order without sharing the session's QMP queue.
 * ``vm_started``: narrow the key table to the running QEMU's QKeyCode enum,
   connect the transport, start discovery (hotplug included) and routing in
   the session's nursery, register ``switch``.
@@ -30,7 +31,7 @@ import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,8 @@ from handoff.input.router import GuestSink, InputRouter, RouterCore
 from handoff.input.virtio import VirtioProxies
 from handoff.profile import InputBackend, Profile
 from handoff.resources import ControlRegistry, JsonObject, VmHandle
-from handoff.rundir import input_monitor_path
+from handoff.run_layout import input_monitor_path, proxy_links
+from handoff.session_plan import input_argv
 
 log = logging.getLogger(__name__)
 
@@ -84,23 +86,30 @@ class InputHandoff:
     def monitor_path(self) -> Path:
         return input_monitor_path(self._paths, self._profile.name)
 
+    @property
+    def memlock_bytes(self) -> int | None:
+        """Input pins no guest memory."""
+        return None
+
     async def acquire(self) -> None:
         if self.backend is InputBackend.VIRTIO:
-            self._proxies = VirtioProxies(self._profile.name, owner_uid=_qemu_uid(self._profile))
-            self._proxies.create()
+            proxies = VirtioProxies(self._profile.name, owner_uid=_qemu_uid(self._profile))
+            proxies.create()
+            keyboard, mouse = proxy_links(self._paths, self._profile.name)
+            try:
+                proxies.link(keyboard, mouse)
+            except OSError as exc:
+                proxies.destroy()
+                raise InputError(
+                    f"cannot link {keyboard.parent} to the virtio input proxies: {exc}",
+                    fix=f"check that handoff can write {keyboard.parent} (HANDOFF_RUN_DIR)",
+                ) from exc
+            self._proxies = proxies
 
-    def qemu_args(self) -> Sequence[str]:
-        if self.backend is InputBackend.VIRTIO:
-            assert self._proxies is not None, "qemu_args() before acquire()"
-            return self._proxies.qemu_args()
-        if self.backend is InputBackend.QMP:
-            return [
-                "-chardev",
-                f"socket,id=handoff-input,path={self.monitor_path},server=on,wait=off",
-                "-mon",
-                "chardev=handoff-input,mode=control",
-            ]
-        return []
+    def qemu_args(self) -> tuple[str, ...]:
+        """The input part of the session plan's argv (for tests that start QEMU themselves:
+        the session itself starts the plan's argv, it never asks a resource)."""
+        return input_argv(self._profile, self._paths)
 
     def note_qemu_pid(self, pid: int) -> None:
         """Input keeps no per-pid state."""

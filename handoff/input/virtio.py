@@ -4,7 +4,10 @@ At acquire time the supervisor creates two uinput devices with every
 capability a keyboard or mouse can have (all keys; the mouse buttons; REL
 X/Y, both wheels and both hi-res wheels; keyboard LEDs so the guest's
 Caps Lock light has somewhere to go) and gives them to QEMU as
-``virtio-input-host-pci,evdev=/dev/input/eventN``. QEMU reads them in its
+``virtio-input-host-pci,evdev=<qemu socket dir>/keyboard.evdev`` (and
+``mouse.evdev``): the session plan fixes those paths before the proxies
+exist, and :meth:`VirtioProxies.link` points them at the real
+``/dev/input/eventN`` nodes once they do. QEMU reads them in its
 main loop, as input-linux reads a real device, so no QMP is involved per
 event. In guest mode the router's frames are written into them unchanged:
 extra buttons, hi-res and horizontal wheels reach the guest exactly.
@@ -17,7 +20,7 @@ QEMU running as ``vm.user`` must open the proxies' event nodes itself
 gives them to that uid (owner only: the group and mode stay udev's), after
 recording each node's device number and previous owner, and
 :meth:`VirtioProxies.destroy` (every exit path of the session) gives them
-back before the devices go. No on-disk journal is needed: the nodes live
+back before the devices go (and removes the links). No on-disk journal is needed: the nodes live
 exactly as long as the supervisor's /dev/uinput fds, so if the supervisor
 dies the kernel removes the devices and their nodes with it; a later device
 reusing the number gets a fresh node.
@@ -30,6 +33,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from handoff.errors import InputError
@@ -70,6 +74,8 @@ class VirtioProxies:
         self.mouse: Any = None
         #: Nodes handed to ``owner_uid``, recorded before each chown.
         self.given: list[NodeOwner] = []
+        #: The links made by :meth:`link`, removed by :meth:`destroy`.
+        self.links: tuple[Path, ...] = ()
 
     @property
     def keyboard_name(self) -> str:
@@ -135,14 +141,26 @@ class VirtioProxies:
             raise InputError("the virtio input proxies have not been created")
         return (self.keyboard.device.path, self.mouse.device.path)
 
-    def qemu_args(self) -> list[str]:
-        keyboard, mouse = self.nodes
-        return [
-            "-device",
-            f"virtio-input-host-pci,id=handoff-keyboard,evdev={keyboard}",
-            "-device",
-            f"virtio-input-host-pci,id=handoff-mouse,evdev={mouse}",
-        ]
+    def link(self, keyboard: Path, mouse: Path) -> None:
+        """Point the paths QEMU opens (the plan's) at the proxies' event nodes.
+
+        A stale link (a crashed session's) is replaced; the directory is
+        created 0700 when missing (the session's run directory made it already).
+        """
+        for path, node in zip((keyboard, mouse), self.nodes, strict=True):
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            temporary = path.with_name(f".{path.name}.new")
+            with contextlib.suppress(FileNotFoundError):
+                temporary.unlink()
+            os.symlink(node, temporary)
+            os.replace(temporary, path)  # atomic: QEMU never sees a half-made link
+            self.links += (path,)
+
+    def _unlink(self) -> None:
+        for path in self.links:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        self.links = ()
 
     def submit(self, device: str, events: Sequence[Event]) -> None:
         """Copy one frame into the proxies (keys → keyboard; buttons, motion → mouse)."""
@@ -163,7 +181,8 @@ class VirtioProxies:
         """Nothing per device: the proxies outlive every real device."""
 
     def destroy(self) -> None:
-        """Restore the nodes' owners, then remove both devices. Idempotent."""
+        """Remove the links, restore the nodes' owners, then remove both devices. Idempotent."""
+        self._unlink()
         self._restore_nodes()
         for proxy in (self.keyboard, self.mouse):
             if proxy is not None:

@@ -4,11 +4,8 @@ acquire
     memlock check, recovery of journals left by dead supervisors, read-only
     preflight (all or nothing: a refusal changes nothing), the group locks,
     the plan printed, then the journaled detach (rolled back on failure).
-qemu_args
-    nothing: :mod:`handoff.qemu.cmdline` already emits ``-device vfio-pci``
-    for every [[passthrough]] entry. Co-members the plan adds (the rest of
-    the group) only need to be on vfio-pci for the group to be viable;
-    QEMU does not have to open them.
+memlock_bytes
+    what QEMU must be able to lock (guest RAM + 1 GiB), checked at acquire.
 note_qemu_pid
     into the journal, with the process start time, so recovery can tell
     whether that QEMU still holds the devices.
@@ -16,14 +13,18 @@ release
     after QEMU has exited: every device back on its original driver,
     verified; the journal removed; the locks dropped. Idempotent.
 
-:func:`prepare` and :func:`open_engine` are shared with the manual
-``handoff detach``.
+QEMU's ``-device vfio-pci`` arguments are in the session plan
+(:mod:`handoff.session_plan`), one per [[passthrough]] entry; co-members the
+hand-off plan adds (the rest of the group) only need to be on vfio-pci for
+the group to be viable, QEMU does not open them.
+
+:func:`prepare` and :func:`qemu_owner` are shared with the manual
+``handoff detach`` (:mod:`handoff.pci.commands`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -34,10 +35,12 @@ from handoff.host import HostPaths, qemu_account
 from handoff.memlock import check_memlock
 from handoff.pci import journal as jr
 from handoff.pci.address import PciAddress
-from handoff.pci.bind import WRITE_TIMEOUT, Engine, KernelWriter, SysfsWriter, recover
+from handoff.pci.engine import WRITE_TIMEOUT, Engine
+from handoff.pci.ops import KernelWriter, SysfsWriter
 from handoff.pci.plan import HandoffPlan, HostSnapshot, plan_handoff
+from handoff.pci.recovery import recover
 from handoff.pci.snapshot import take_snapshot
-from handoff.pci.sysfs import iommu_group_of, read_boot_id, read_device
+from handoff.pci.sysfs import groups_of, read_device
 from handoff.profile import Profile
 from handoff.resources import ControlRegistry, JsonObject, VmHandle
 
@@ -78,7 +81,7 @@ async def settled_snapshot(
     other holder is reported at once by the plan.
     """
     wanted = tuple(groups)
-    snapshot = take_snapshot(paths, writer, groups=wanted, addresses=addresses)
+    snapshot = take_snapshot(paths, writer.module_loadable, groups=wanted, addresses=addresses)
     with trio.move_on_after(TRANSIENT_WAIT):
         while any(
             holder.command in TRANSIENT_HOLDERS
@@ -86,7 +89,9 @@ async def settled_snapshot(
             for holder in holders
         ):
             await trio.sleep(0.05)  # no event tells when udev closes a node: bounded poll
-            snapshot = take_snapshot(paths, writer, groups=wanted, addresses=addresses)
+            snapshot = take_snapshot(
+                paths, writer.module_loadable, groups=wanted, addresses=addresses
+            )
     return snapshot
 
 
@@ -105,7 +110,7 @@ async def prepare(
     attached, or a session whose recovery was refused).
     """
     allowed = tuple(allow_in_group)
-    groups = {g for a in addresses if (g := iommu_group_of(paths, a)) is not None}
+    groups = groups_of(paths, addresses)
     first = await settled_snapshot(paths, writer, groups=groups, addresses=addresses)
     plan = plan_handoff(addresses, first, allow_in_group=allowed)
     locks = jr.lock_groups(paths, plan.group_ids, owner)
@@ -178,8 +183,8 @@ class GpuHandoff:
         addresses = [p.address for p in self.profile.passthrough]
         allowed = [a for p in self.profile.passthrough for a in p.allow_in_group]
         owner = qemu_owner(self.profile.vm.user)
-        groups = {g for a in addresses if (g := iommu_group_of(self.paths, a)) is not None}
-        recovered = await recover(self.engine, kinds=(jr.KIND_SESSION,), groups=groups)
+        groups = groups_of(self.paths, addresses)
+        recovered = await recover(self.engine, kinds=(jr.Kind.SESSION,), groups=groups)
         for line in recovered.returned + recovered.discarded:
             self.report(f"recovered from an earlier session: {line}")
         prepared = await prepare(
@@ -192,13 +197,8 @@ class GpuHandoff:
         self._locks = prepared.locks
         self.plan = prepared.plan
         self.report("GPU hand-off plan:\n" + prepared.plan.render())
-        journal = jr.Journal(
-            path=jr.journal_path(self.paths, self.profile.name),
-            kind=jr.KIND_SESSION,
-            owner=self.profile.name,
-            boot_id=read_boot_id(self.paths),
-            supervisor_pid=os.getpid(),
-        )
+        journal = jr.Journal.begin(self.paths, self.profile.name, jr.Kind.SESSION,
+                                   self.profile.name)
         try:
             await self.engine.detach(prepared.plan, journal, vfio_owner=owner)
         except BaseException:
@@ -208,9 +208,6 @@ class GpuHandoff:
         self._journal = journal
         moved = ", ".join(d.address.short for d in prepared.plan.detach_order)
         self.report(f"on vfio-pci: {moved}")
-
-    def qemu_args(self) -> Sequence[str]:
-        return ()
 
     def note_qemu_pid(self, pid: int) -> None:
         if self._journal is not None:

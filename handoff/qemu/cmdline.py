@@ -3,8 +3,9 @@
 Nothing here touches the host: the same profile and :class:`LaunchSpec`
 always give the same argv, so ``handoff argv`` prints exactly what ``handoff
 run`` starts, and golden tests pin every feature. The host-facing choices
-(KVM or TCG, which fd carries QMP, where the VNC socket lives, the arguments
-host resources add) arrive in the LaunchSpec.
+(KVM or TCG, which fd carries QMP, where the VNC socket, the input monitor and
+the virtio input proxies' links live) arrive in the LaunchSpec, which
+:mod:`handoff.session_plan` builds for every caller.
 
 The seed guide's options are translated to their current forms:
 ``-enable-kvm`` → ``-machine q35,accel=kvm``; ``-drive if=virtio,cache=none``
@@ -80,6 +81,9 @@ class LaunchSpec:
     python/qemu/machine does) leaves no socket path on disk; ``monitor_path``
     is for a person's own tools and lives in the 0700 run directory. VNC is
     only ever a unix socket: nothing listens on a network port.
+    ``input_monitor``: a second QMP monitor QEMU listens on for the ``qmp``
+    input backend; ``virtio_input``: the (keyboard, mouse) evdev paths of the
+    ``virtio`` backend's proxies.
     """
 
     binary: str = "qemu-system-x86_64"
@@ -88,6 +92,8 @@ class LaunchSpec:
     monitor_path: Path | None = None
     vnc_socket: Path | None = None
     trace_file: Path | None = None
+    input_monitor: Path | None = None
+    virtio_input: tuple[Path, Path] | None = None
     extra_args: tuple[str, ...] = ()
     start_paused: bool = False
 
@@ -158,6 +164,7 @@ def build_argv(profile: Profile, launch: LaunchSpec) -> list[str]:
     if profile.display.tablet:
         argv += ["-device", "qemu-xhci,id=xhci", "-device", "usb-tablet,bus=xhci.0"]
     argv += passthrough_args(profile.passthrough)
+    argv += input_args(launch)
     if launch.trace_file is not None:
         argv += ["-trace", INPUT_TRACE_EVENTS, "-D", str(launch.trace_file)]
     if launch.start_paused:
@@ -221,6 +228,26 @@ def _monitor(launch: LaunchSpec) -> list[str]:
     else:
         return []
     return ["-chardev", chardev, "-mon", "chardev=qmp,mode=control"]
+
+
+#: QEMU ids of the input monitor's chardev and of the virtio input proxies.
+INPUT_MONITOR_ID = "handoff-input"
+VIRTIO_INPUT_IDS = ("handoff-keyboard", "handoff-mouse")
+
+
+def input_args(launch: LaunchSpec) -> list[str]:
+    """The input backend's monitor (``qmp``) or its two proxies (``virtio``)."""
+    args: list[str] = []
+    if launch.input_monitor is not None:
+        chardev = _opts(
+            "socket", id=INPUT_MONITOR_ID, path=str(launch.input_monitor), server="on",
+            wait="off",
+        )
+        args += ["-chardev", chardev, "-mon", f"chardev={INPUT_MONITOR_ID},mode=control"]
+    if launch.virtio_input is not None:
+        for device_id, evdev in zip(VIRTIO_INPUT_IDS, launch.virtio_input, strict=True):
+            args += ["-device", _opts("virtio-input-host-pci", id=device_id, evdev=str(evdev))]
+    return args
 
 
 def _display(profile: Profile, launch: LaunchSpec) -> list[str]:

@@ -52,7 +52,7 @@ class RecordingResource:
     journal: list[str]
     fail_acquire: bool = False
     fail_in_task: bool = False
-    args: tuple[str, ...] = ()
+    memlock_bytes: int | None = None
     pid: int | None = None
     seen_status: list[object] = field(default_factory=list)
 
@@ -60,9 +60,6 @@ class RecordingResource:
         self.journal.append(f"acquire {self.name}")
         if self.fail_acquire:
             raise ResourceFailedError(f"{self.name} cannot be acquired", fix="test")
-
-    def qemu_args(self) -> Sequence[str]:
-        return self.args
 
     def note_qemu_pid(self, pid: int) -> None:
         self.pid = pid
@@ -557,12 +554,10 @@ class MonitorDiesResource:
     """A resource whose own QEMU connection fails because QEMU died (as the input monitor's)."""
 
     name: str = "input"
+    memlock_bytes: int | None = None
 
     async def acquire(self) -> None:
         return None
-
-    def qemu_args(self) -> Sequence[str]:
-        return ()
 
     def note_qemu_pid(self, pid: int) -> None:
         return None

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from handoff.errors import ProfileError
+from handoff.host import HostPaths
 from handoff.profile import Profile, load_profile, parse_profile, profile_to_toml
 from handoff.qemu.cmdline import (
     LaunchSpec,
@@ -26,6 +27,7 @@ from handoff.qemu.cmdline import (
     format_argv,
     vfio_device_id,
 )
+from handoff.session_plan import HostFacts, SessionPlan, plan_session
 
 HERE = Path(__file__).parent
 REPO = HERE.parent.parent
@@ -525,19 +527,17 @@ def test_the_seed_profile_carries_every_option_of_the_seeds_command_line() -> No
 SHIPPED = sorted((REPO / "profiles").glob("*.toml"))
 
 
-def shipped_launch(p: Profile) -> LaunchSpec:
+def shipped_plan(p: Profile) -> SessionPlan:
+    """The session plan of a shipped profile on a host whose accelerator it asks for."""
     kvm = p.vm.cpu_model == "host" or p.vm.accel.value == "kvm"
-    return LaunchSpec(
-        accel="kvm" if kvm else "tcg",
-        monitor_fd=3,
-        vnc_socket=Path(f"/run/handoff/{p.name}/vnc.sock"),
-    )
+    facts = HostFacts(accel="kvm" if kvm else "tcg", accel_reason="golden", supervisor_uid=0)
+    return plan_session(p, facts, HostPaths(run=Path("/run/handoff")))
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
 def test_every_shipped_profiles_argv_matches_its_golden_file(path: Path) -> None:
     p = load_profile(path)
-    argv = build_argv(p, shipped_launch(p))
+    argv = shipped_plan(p).argv  # the whole argv `handoff run` starts (input monitor too)
     # Paths relative to the profile are absolute in the argv: make them checkout-independent.
     text = "\n".join(argv).replace(str(REPO), "$REPO") + "\n"
     golden = GOLDEN / f"{path.stem}.argv"

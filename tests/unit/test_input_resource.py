@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import types
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,7 +16,9 @@ from handoff.input.forward import QmpSocketTransport
 from handoff.input.resource import InputHandoff
 from handoff.input.router import InputRouter, RouterCore
 from handoff.input.translate import EV_KEY, Event
+from handoff.input.virtio import VirtioProxies
 from handoff.profile import Input, InputBackend, InputMode, Profile, Vm
+from handoff.run_layout import proxy_links
 
 KEY_A, KEY_SCROLLLOCK = 30, 70
 
@@ -31,19 +35,33 @@ def resource(tmp_path: Path, **fields: object) -> InputHandoff:
 def test_the_qmp_backend_gives_qemu_a_monitor_of_its_own_in_its_socket_directory(
     tmp_path: Path,
 ) -> None:
-    args = resource(tmp_path, backend=InputBackend.QMP).qemu_args()
+    handoff = resource(tmp_path, backend=InputBackend.QMP)
     socket = tmp_path / "run" / "qemu" / "demo" / "input.qmp"
-    assert args == [
+    assert handoff.monitor_path == socket
+    assert handoff.qemu_args() == (
         "-chardev",
         f"socket,id=handoff-input,path={socket},server=on,wait=off",
         "-mon",
         "chardev=handoff-input,mode=control",
-    ]
+    )
 
 
-def test_without_a_backend_input_adds_nothing(tmp_path: Path) -> None:
+def test_the_virtio_backend_gives_qemu_the_links_in_its_socket_directory(
+    tmp_path: Path,
+) -> None:
+    links = tmp_path / "run" / "qemu" / "demo"
+    assert resource(tmp_path, backend=InputBackend.VIRTIO).qemu_args() == (
+        "-device",
+        f"virtio-input-host-pci,id=handoff-keyboard,evdev={links / 'keyboard.evdev'}",
+        "-device",
+        f"virtio-input-host-pci,id=handoff-mouse,evdev={links / 'mouse.evdev'}",
+    )
+
+
+def test_without_a_backend_input_adds_nothing_and_pins_no_memory(tmp_path: Path) -> None:
     handoff = resource(tmp_path)
-    assert handoff.qemu_args() == []
+    assert handoff.qemu_args() == ()
+    assert handoff.memlock_bytes is None
     assert handoff.status() == {"backend": "none", "mode": "host", "pending": None, "devices": []}
 
 
@@ -128,3 +146,28 @@ async def test_release_is_idempotent(tmp_path: Path) -> None:
     assert keyboard.closes == 1
     assert handoff.status()["mode"] == "host"
     theirs.close()
+
+
+class StandInUinput:
+    """Stands for an evdev.UInput here (no /dev/uinput on this host): its node and close()."""
+
+    def __init__(self, node: Path) -> None:
+        self.device = types.SimpleNamespace(path=str(node))
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_plans_links_point_at_the_proxies_nodes_and_go_with_them(tmp_path: Path) -> None:
+    nodes = (tmp_path / "event7", tmp_path / "event8")
+    proxies = VirtioProxies("demo")
+    proxies.keyboard, proxies.mouse = (StandInUinput(n) for n in nodes)
+    keyboard, mouse = proxy_links(HostPaths(run=tmp_path / "run"), "demo")
+    keyboard.parent.mkdir(parents=True)
+    keyboard.symlink_to("/dev/input/event99")  # a crashed session's stale link
+    proxies.link(keyboard, mouse)
+    assert (os.readlink(keyboard), os.readlink(mouse)) == tuple(map(str, nodes))
+    assert sorted(p.name for p in keyboard.parent.iterdir()) == ["keyboard.evdev", "mouse.evdev"]
+    proxies.destroy()
+    assert list(keyboard.parent.iterdir()) == []
+    proxies.destroy()  # idempotent

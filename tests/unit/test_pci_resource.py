@@ -10,7 +10,7 @@ import pytest
 from handoff.memlock import UNLIMITED, check_memlock
 from handoff.pci import journal as jr
 from handoff.pci.address import PciAddress
-from handoff.pci.bind import Engine
+from handoff.pci.engine import Engine
 from handoff.pci.plan import plan_handoff
 from handoff.pci.resource import GpuHandoff
 from handoff.pci.snapshot import take_snapshot
@@ -63,7 +63,6 @@ async def test_a_session_moves_the_group_and_returns_it_after_qemu(host: FakeHos
     await resource.acquire()
     assert group_1(host) == ON_VFIO
     assert lines[0].startswith("GPU hand-off plan:\nIOMMU group 1:")
-    assert resource.qemu_args() == ()
     assert resource.memlock_bytes == 9 << 30
     host.add_process(31337, "qemu-system-x86", [host.paths.dev / "vfio" / "1"])
     resource.note_qemu_pid(31337)
@@ -104,13 +103,13 @@ async def test_a_profile_without_passthrough_changes_nothing(host: FakeHost) -> 
 async def test_the_next_run_recovers_what_a_killed_session_left(host: FakeHost) -> None:
     dead = jr.Journal(
         path=jr.journal_path(host.paths, "gaming"),
-        kind=jr.KIND_SESSION,
+        kind=jr.Kind.SESSION,
         owner="gaming",
         boot_id=FakeHost.BOOT_ID,
         supervisor_pid=999_999,
     )
     await Engine(host.paths, host).detach(
-        plan_handoff([A("01:00.0")], take_snapshot(host.paths, host)), dead
+        plan_handoff([A("01:00.0")], take_snapshot(host.paths, host.module_loadable)), dead
     )
     dead.note_qemu(999_998, None)  # that QEMU is gone too
     lines: list[str] = []

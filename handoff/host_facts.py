@@ -1,0 +1,52 @@
+"""The edge half of :mod:`handoff.session_plan`: read the host facts a plan needs.
+
+Read-only: the accelerator choice, the account QEMU runs as, and the IOMMU
+group of each passthrough device. ``strict`` is ``handoff run``'s (an
+impossible KVM request or a missing ``vm.user`` refuses); ``handoff argv``
+and doctor show what they can instead.
+"""
+
+from __future__ import annotations
+
+import os
+
+from handoff.errors import HostError
+from handoff.host import HostPaths, qemu_account
+from handoff.pci.address import PciAddress
+from handoff.profile import Profile
+from handoff.qemu.accel import choose_accel
+from handoff.session_plan import HostFacts, QemuOwner
+
+
+def _qemu_owner(user: str | None, *, strict: bool) -> QemuOwner | None:
+    if user is None:
+        return None
+    try:
+        entry = qemu_account(user)
+    except HostError:
+        if strict:
+            raise
+        return None
+    return QemuOwner(user, entry.pw_uid, entry.pw_gid)
+
+
+def _iommu_groups(
+    profile: Profile, paths: HostPaths
+) -> tuple[tuple[PciAddress, int | None], ...]:
+    if not profile.passthrough:
+        return ()
+    from handoff.pci.sysfs import iommu_group_of  # only a passthrough profile reads sysfs
+
+    return tuple((p.address, iommu_group_of(paths, p.address)) for p in profile.passthrough)
+
+
+def gather_host_facts(profile: Profile, paths: HostPaths, *, strict: bool = True) -> HostFacts:
+    """The facts of this host for ``profile``; raises HostError (strict) to refuse."""
+    choice = choose_accel(profile.vm.accel, paths, strict=strict)
+    return HostFacts(
+        accel=choice.accel,
+        accel_reason=choice.reason,
+        supervisor_uid=os.geteuid(),
+        qemu_owner=_qemu_owner(profile.vm.user, strict=strict),
+        iommu_groups=_iommu_groups(profile, paths),
+    )

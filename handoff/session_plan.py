@@ -1,0 +1,311 @@
+"""One session, decided before anything happens: the complete QEMU argv and the host changes.
+
+Pure: profile + :class:`HostFacts` (gathered by :func:`handoff.host_facts.gather_host_facts`)
+→ :class:`SessionPlan`. ``handoff run`` starts the plan's argv (with the real
+QMP fd), ``handoff argv`` and ``run --dry-run`` print it, preflight and
+``handoff doctor PROFILE`` check the QEMU devices it names. So the command
+shown is the command run: every device, monitor, socket path and trace option
+is here, none is added later by a host resource.
+
+The virtio input proxies' event nodes (``/dev/input/eventN``) exist only once
+the proxies are created, yet the argv is fixed before: QEMU is given stable
+links in its socket directory (``keyboard.evdev``, ``mouse.evdev``) that the
+input resource points at the real nodes after creating them (QEMU follows a
+symlink like any open).
+
+The changes are listed in the order the session makes them; each names
+what it touches. Nothing here imports trio, evdev, pyudev or an edge module.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+from handoff.host import HostPaths
+from handoff.pci.address import PciAddress
+from handoff.profile import InputBackend, InputMode, Profile
+from handoff.qemu.cmdline import LaunchSpec, argv_devices, build_argv, input_args
+from handoff.run_layout import (
+    CONTROL_SOCKET,
+    QEMU_LOG,
+    VNC_SOCKET,
+    input_monitor_path,
+    proxy_links,
+    qemu_socket_dir,
+)
+
+__all__ = [
+    "MEMLOCK_HEADROOM",
+    "MONITOR_FD_PLACEHOLDER",
+    "ChangeKind",
+    "HostChange",
+    "HostFacts",
+    "QemuOwner",
+    "SessionPaths",
+    "SessionPlan",
+    "input_argv",
+    "plan_session",
+    "required_memlock",
+]
+
+#: The fd number a printed argv shows for QMP; a run passes its socketpair end's number.
+MONITOR_FD_PLACEHOLDER = 3
+#: Bytes beyond guest RAM QEMU must lock with passthrough: ROMs, MMIO mappings, its own.
+MEMLOCK_HEADROOM = 1 << 30
+_MIB = 1 << 20
+
+
+def required_memlock(profile: Profile) -> int | None:
+    """Bytes QEMU must be able to lock: guest RAM + 1 GiB, None without passthrough."""
+    if not profile.passthrough:
+        return None
+    return profile.vm.memory_mib * _MIB + MEMLOCK_HEADROOM
+
+
+@dataclass(frozen=True)
+class QemuOwner:
+    """The account QEMU runs as (``vm.user``)."""
+
+    user: str
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What the plan needs to know of the host (gathered once, read-only).
+
+    ``qemu_owner`` is None when QEMU runs as the supervisor's own user (no
+    ``vm.user``, or an account ``handoff argv`` could not look up);
+    ``iommu_groups`` maps each passthrough address to its group (None: not
+    known here, e.g. no such device on this machine).
+    """
+
+    accel: Literal["kvm", "tcg"]
+    accel_reason: str
+    supervisor_uid: int
+    qemu_owner: QemuOwner | None = None
+    iommu_groups: tuple[tuple[PciAddress, int | None], ...] = ()
+
+    def group_of(self, address: PciAddress) -> int | None:
+        return dict(self.iommu_groups).get(address)
+
+
+class ChangeKind(enum.Enum):
+    """The kinds of host change a session makes (and undoes), in the order it makes them."""
+
+    CREATE_RUN_DIR = "create-run-dir"
+    DEVICE_TO_VFIO = "device-to-vfio"
+    CHOWN_NODE = "chown-node"
+    CREATE_PROXY = "create-proxy"
+    LINK_PROXY = "link-proxy"
+    RAISE_MEMLOCK = "raise-memlock"
+    GRAB_INPUT = "grab-input"
+
+
+@dataclass(frozen=True)
+class HostChange:
+    """One planned change: its kind, what it touches, and how."""
+
+    kind: ChangeKind
+    target: str
+    detail: str
+
+    def describe(self) -> str:
+        return f"{self.kind.value}: {self.target}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class SessionPaths:
+    """Every path a session uses."""
+
+    run_dir: Path
+    qemu_socket_dir: Path
+    control_socket: Path
+    log: Path
+    input_monitor: Path | None
+    vnc_socket: Path | None
+    proxy_links: tuple[Path, Path] | None
+
+
+@dataclass(frozen=True)
+class SessionPlan:
+    """The complete argv (QMP on :data:`MONITOR_FD_PLACEHOLDER`), the paths and the changes."""
+
+    profile: Profile
+    facts: HostFacts
+    launch: LaunchSpec
+    paths: SessionPaths
+    changes: tuple[HostChange, ...]
+    argv: tuple[str, ...]
+
+    def argv_with_monitor_fd(self, fd: int) -> tuple[str, ...]:
+        """The argv QEMU runs when QMP is the inherited ``fd``; nothing else differs."""
+        return tuple(build_argv(self.profile, replace(self.launch, monitor_fd=fd)))
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        """The QEMU device names the argv instantiates (what preflight and doctor check)."""
+        return argv_devices(self.argv)
+
+    @property
+    def memlock_bytes(self) -> int | None:
+        """The RLIMIT_MEMLOCK QEMU gets (None: left as it is)."""
+        return required_memlock(self.profile)
+
+    def of_kind(self, kind: ChangeKind) -> tuple[HostChange, ...]:
+        return tuple(change for change in self.changes if change.kind is kind)
+
+
+def _session_paths(profile: Profile, paths: HostPaths) -> SessionPaths:
+    name = profile.name
+    run_dir = paths.session_dir(name)
+    backend = profile.input.backend
+    return SessionPaths(
+        run_dir=run_dir,
+        qemu_socket_dir=qemu_socket_dir(paths, name),
+        control_socket=run_dir / CONTROL_SOCKET,
+        log=run_dir / QEMU_LOG,
+        input_monitor=input_monitor_path(paths, name) if backend is InputBackend.QMP else None,
+        # The VNC path is always given: build_argv uses it only for frontend = "vnc".
+        vnc_socket=qemu_socket_dir(paths, name) / VNC_SOCKET,
+        proxy_links=proxy_links(paths, name) if backend is InputBackend.VIRTIO else None,
+    )
+
+
+def _launch(
+    facts: HostFacts, where: SessionPaths, binary: str, trace_file: Path | None
+) -> LaunchSpec:
+    return LaunchSpec(
+        binary=binary,
+        accel=facts.accel,
+        monitor_fd=MONITOR_FD_PLACEHOLDER,
+        vnc_socket=where.vnc_socket,
+        trace_file=trace_file,
+        input_monitor=where.input_monitor,
+        virtio_input=where.proxy_links,
+        start_paused=True,
+    )
+
+
+def _owner_text(owner: QemuOwner) -> str:
+    return f"owner {owner.uid}:{owner.gid} ({owner.user}) while QEMU runs, then back"
+
+
+def _run_dir_changes(where: SessionPaths, owner: QemuOwner | None) -> list[HostChange]:
+    who = f"owned by {owner.user} ({owner.uid}:{owner.gid})" if owner else "owned by you"
+    return [
+        HostChange(ChangeKind.CREATE_RUN_DIR, str(where.run_dir), "0700, locked; removed after"),
+        HostChange(
+            ChangeKind.CREATE_RUN_DIR, str(where.qemu_socket_dir),
+            f"0700 {who}, for QEMU's sockets; removed after",
+        ),
+    ]
+
+
+def _gpu_changes(profile: Profile, facts: HostFacts, dev: Path) -> list[HostChange]:
+    changes: list[HostChange] = []
+    groups: list[int | None] = []
+    for device in profile.passthrough:
+        group = facts.group_of(device.address)
+        where = f"IOMMU group {group}" if group is not None else "its IOMMU group"
+        changes.append(
+            HostChange(
+                ChangeKind.DEVICE_TO_VFIO, str(device.address),
+                f"to vfio-pci with {where}; back to its driver afterwards",
+            )
+        )
+        if group not in groups:
+            groups.append(group)
+    owner = facts.qemu_owner
+    if owner is not None:
+        for group in groups:
+            node = str(dev / "vfio" / str(group)) if group is not None else f"{dev}/vfio/<group>"
+            changes.append(HostChange(ChangeKind.CHOWN_NODE, node, _owner_text(owner)))
+    return changes
+
+
+def _input_changes(profile: Profile, facts: HostFacts, where: SessionPaths) -> list[HostChange]:
+    selected = profile.input
+    changes: list[HostChange] = []
+    if where.proxy_links is not None:
+        owner = facts.qemu_owner
+        give = owner is not None and owner.uid != facts.supervisor_uid
+        for role, link in zip(("keyboard", "mouse"), where.proxy_links, strict=True):
+            changes.append(
+                HostChange(
+                    ChangeKind.CREATE_PROXY, "/dev/uinput",
+                    f"a {role} proxy for the guest; removed after",
+                )
+            )
+            if give and owner is not None:
+                changes.append(
+                    HostChange(
+                        ChangeKind.CHOWN_NODE, f"the {role} proxy's /dev/input/eventN",
+                        _owner_text(owner),
+                    )
+                )
+            changes.append(
+                HostChange(
+                    ChangeKind.LINK_PROXY, str(link),
+                    f"symlink to the {role} proxy's /dev/input/eventN (QEMU opens it)",
+                )
+            )
+    what = ", ".join(selected.devices) if selected.devices else "every keyboard and mouse"
+    if selected.exclude:
+        what += " except " + ", ".join(selected.exclude)
+    when = "from the start" if selected.start_in is InputMode.GUEST else "after the hotkey"
+    changes.append(
+        HostChange(
+            ChangeKind.GRAB_INPUT, what,
+            f"grabbed while the guest has input ({when}: {'+'.join(selected.hotkey)}); "
+            "released when the VM ends",
+        )
+    )
+    return changes
+
+
+def plan_session(
+    profile: Profile,
+    facts: HostFacts,
+    paths: HostPaths,
+    *,
+    binary: str = "qemu-system-x86_64",
+    trace_file: Path | None = None,
+) -> SessionPlan:
+    """The session ``profile`` gives on a host with ``facts``.
+
+    Raises :class:`handoff.errors.ProfileError` for a profile that cannot run
+    under the chosen accelerator (``cpu_model = "host"`` without KVM).
+    """
+    where = _session_paths(profile, paths)
+    launch = _launch(facts, where, binary, trace_file)
+    argv = tuple(build_argv(profile, launch))
+    changes = _run_dir_changes(where, facts.qemu_owner)
+    changes += _gpu_changes(profile, facts, paths.dev)
+    backend = profile.input.backend
+    grabs: list[HostChange] = []
+    if backend is not InputBackend.NONE:
+        *proxies, grab = _input_changes(profile, facts, where)
+        changes += proxies
+        grabs.append(grab)
+    memlock = required_memlock(profile)
+    if memlock is not None:
+        changes.append(
+            HostChange(
+                ChangeKind.RAISE_MEMLOCK, "QEMU's RLIMIT_MEMLOCK",
+                f"{memlock // _MIB} MiB (guest RAM + 1 GiB), for the QEMU process only",
+            )
+        )
+    changes += grabs  # devices are grabbed once the VM runs
+    return SessionPlan(profile, facts, launch, where, tuple(changes), argv)
+
+
+def input_argv(profile: Profile, paths: HostPaths) -> tuple[str, ...]:
+    """The input backend's part of the plan's argv (for tests that start QEMU themselves)."""
+    where = _session_paths(profile, paths)
+    launch = LaunchSpec(input_monitor=where.input_monitor, virtio_input=where.proxy_links)
+    return tuple(input_args(launch))
