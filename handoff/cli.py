@@ -307,7 +307,7 @@ class Delegated:
 
 
 def _pci(name: str, help_text: str) -> Delegated:
-    return Delegated(name, "handoff.cli_gpu", f"add_{name}_arguments", f"cmd_{name}",
+    return Delegated(name, "handoff.pci.commands", f"add_{name}_arguments", f"cmd_{name}",
                      help_text, help_text[0].upper() + help_text[1:])
 
 

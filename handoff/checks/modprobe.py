@@ -13,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from handoff.checks import Check, DoctorEnv, ok, read_text, warn
-from handoff.pci.model import GPU_DRIVERS
+
+GPU_DRIVERS = ("amdgpu", "radeon", "nouveau", "nvidia", "i915", "xe", "snd_hda_intel")
 
 
 def config_files(dirs: tuple[Path, ...]) -> list[Path]:

@@ -26,7 +26,6 @@ cannot take.
 from __future__ import annotations
 
 import contextlib
-import enum
 import errno
 import fcntl
 import functools
@@ -41,7 +40,6 @@ from typing import Any
 
 from handoff.errors import JournalError, PreflightRefusedError
 from handoff.host import HostPaths
-from handoff.pci.sysfs import read_boot_id
 
 JOURNAL_VERSION = 1
 
@@ -50,26 +48,19 @@ JOURNAL_VERSION = 1
 # outside tests.
 CRASH_AFTER_ENV = "HANDOFF_TEST_CRASH_AFTER_JOURNAL_WRITE"
 
+# Device steps. Every record is written (STEP_HOST) before the first change
+# to any device; a device's step is written before its sysfs writes start
+# and after they are verified; a returned device's record is dropped once
+# verified. Return is idempotent from every state in between (the original
+# driver and driver_override are all it needs), so a step per individual
+# write would add journal writes, not information: each costs about as much
+# as a sysfs write under emulation (bench/gpu_handoff.py).
+STEP_HOST = "host"  # recorded, not touched yet
+STEP_DETACHING = "detaching"  # driver_override → unbind → drivers_probe (→ bind) under way
+STEP_ON_VFIO = "on-vfio"  # verified on vfio-pci
 
-class Step(enum.StrEnum):
-    """Where a device is. Every record is written (HOST) before the first change
-    to any device; a device's step is written before its sysfs writes start
-    and after they are verified; a returned device's record is dropped once
-    verified. Return is idempotent from every state in between (the original
-    driver and driver_override are all it needs), so a step per individual
-    write would add journal writes, not information: each costs about as much
-    as a sysfs write under emulation (bench/gpu_handoff.py)."""
-
-    HOST = "host"  # recorded, not touched yet
-    DETACHING = "detaching"  # driver_override → unbind → drivers_probe (→ bind) under way
-    ON_VFIO = "on-vfio"  # verified on vfio-pci
-
-
-class Kind(enum.StrEnum):
-    """Who made the journal: a `handoff run` session or a manual `handoff detach`."""
-
-    SESSION = "session"
-    MANUAL = "manual"
+KIND_SESSION = "session"
+KIND_MANUAL = "manual"
 
 
 def journal_dir(paths: HostPaths) -> Path:
@@ -90,7 +81,7 @@ class DeviceRecord:
     original_driver: str | None
     original_module: str | None
     original_override: str | None
-    step: Step = Step.HOST
+    step: str = STEP_HOST
 
 
 @dataclass
@@ -108,7 +99,7 @@ class Journal:
     """One journal file: the devices and nodes a session (or a manual detach) changed."""
 
     path: Path
-    kind: Kind
+    kind: str
     owner: str
     boot_id: str
     supervisor_pid: int
@@ -122,32 +113,18 @@ class Journal:
     _ready: bool = field(default=False, repr=False, compare=False)
     _durable: bool = field(default=True, repr=False, compare=False)
 
-    @classmethod
-    def begin(cls, paths: HostPaths, name: str, kind: Kind, owner: str) -> Journal:
-        """A new, empty journal ``<run>/journal/<name>.json`` of this boot and process.
-
-        Nothing is written until the engine records the devices.
-        """
-        return cls(
-            path=journal_path(paths, name),
-            kind=kind,
-            owner=owner,
-            boot_id=read_boot_id(paths),
-            supervisor_pid=os.getpid(),
-        )
-
     # ------------------------------------------------------------------ persistence
 
     def to_json(self) -> dict[str, Any]:
         return {
             "version": JOURNAL_VERSION,
-            "kind": self.kind.value,
+            "kind": self.kind,
             "owner": self.owner,
             "boot_id": self.boot_id,
             "supervisor_pid": self.supervisor_pid,
             "qemu_pid": self.qemu_pid,
             "qemu_start_time": self.qemu_start_time,
-            "devices": [{**vars(d), "step": d.step.value} for d in self.devices],
+            "devices": [vars(d).copy() for d in self.devices],
             "nodes": [vars(n).copy() for n in self.nodes],
         }
 
@@ -158,13 +135,13 @@ class Journal:
             _check_version(data)
             return cls(
                 path=path,
-                kind=Kind(data["kind"]),
+                kind=str(data["kind"]),
                 owner=str(data["owner"]),
                 boot_id=str(data["boot_id"]),
                 supervisor_pid=int(data["supervisor_pid"]),
                 qemu_pid=data.get("qemu_pid"),
                 qemu_start_time=data.get("qemu_start_time"),
-                devices=[_device_record(d) for d in data["devices"]],
+                devices=[DeviceRecord(**d) for d in data["devices"]],
                 nodes=[NodeRecord(**n) for n in data["nodes"]],
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -230,7 +207,7 @@ class Journal:
                 return rec
         raise KeyError(address)
 
-    def set_step(self, address: str, step: Step) -> None:
+    def set_step(self, address: str, step: str) -> None:
         """Write-ahead: persist the step a device is about to take."""
         self.record(address).step = step
         self.save()
@@ -251,12 +228,6 @@ class Journal:
     @property
     def empty(self) -> bool:
         return not self.devices and not self.nodes
-
-
-def _device_record(data: dict[str, Any]) -> DeviceRecord:
-    record = DeviceRecord(**data)
-    record.step = Step(record.step)
-    return record
 
 
 def _check_version(data: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ whose byte 0x0e is the header type. Drivers create what real drivers
 create when they bind (DRM card/render nodes and an fbdev, ALSA cards, a
 netdev, /dev/vfio/N) and remove it when they unbind.
 
-:class:`FakeHost` is also the :class:`handoff.pci.ops.SysfsWriter` the
+:class:`FakeHost` is also the :class:`handoff.pci.bind.SysfsWriter` the
 tests install: a write is applied with the kernel's semantics
 (drivers/base/bus.c, dd.c and pci-driver.c), honestly including its
 refusals: unbinding a device from a driver it is not bound to is ENODEV,
@@ -544,7 +544,13 @@ def lookalike_host(root: Path, *, vfio_loaded: bool = True) -> FakeHost:
 
 def session_journal(host: FakeHost, name: str) -> jr.Journal:
     """A fresh session journal for ``name`` on the fake host (its boot id, this pid)."""
-    return jr.Journal.begin(host.paths, name, jr.Kind.SESSION, name)
+    return jr.Journal(
+        path=jr.journal_path(host.paths, name),
+        kind=jr.KIND_SESSION,
+        owner=name,
+        boot_id=FakeHost.BOOT_ID,
+        supervisor_pid=os.getpid(),
+    )
 
 
 # --------------------------------------------------------------------------- compute drivers
