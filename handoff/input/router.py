@@ -6,7 +6,7 @@ answers with :data:`Action` values (forward these events to the guest, grab
 or ungrab this device, the mode changed). It does no I/O, so every rule
 below is tested directly, including with random interleavings.
 
-Rules (QEMU's input-linux is the model; see shared/DESIGN.md):
+Rules (QEMU's input-linux is the model):
 
 * Bookkeeping per device: ``held`` is what the kernel says is down on that
   device (from our own reading of its events, resynced from EVIOCGKEY after a

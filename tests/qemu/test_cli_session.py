@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -264,6 +265,9 @@ async def test_dry_run_prints_the_command_and_starts_nothing(tmp_path: Path) -> 
     assert out.rstrip().endswith("-S")
     argv = await handoff(cli_env(tmp_path / "run"), "argv", str(profile))
     assert argv.stdout == result.stdout
+    changes = result.stderr.decode().splitlines()  # the plan's host changes, in order
+    assert changes[0] == f"handoff: would: create-run-dir: {tmp_path / 'run' / 'dry'}: " \
+        "0700, locked; removed after"
     assert not (tmp_path / "run").exists()
 
 
@@ -304,3 +308,51 @@ async def test_qemu_killed_from_outside_ends_the_command_with_status_1(
     )
     assert "asking the guest" not in cli.text()
     assert_gone(cli, tmp_path / "run" / "crash")
+
+
+# --------------------------------------------------------------------------- argv == what runs
+
+REPO = Path(__file__).resolve().parents[2]
+_QMP_FD = re.compile(r"^socket,id=qmp,fd=\d+$")
+
+
+def without_fd_numbers(argv: list[str]) -> list[str]:
+    """The argv with the QMP socketpair's fd number (the only run-time value) blanked."""
+    return ["socket,id=qmp,fd=N" if _QMP_FD.match(arg) else arg for arg in argv]
+
+
+def proc_cmdline(pid: int) -> list[str]:
+    """The argv the kernel records for ``pid``."""
+    with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+        return cmdline.read().rstrip(b"\0").decode().split("\0")
+
+
+def qmp_input_profile_file(directory: Path) -> Path:
+    path = write_profile(directory, "qmpin")
+    path.write_text(
+        path.read_text()
+        + '[input]\nbackend = "qmp"\ndevices = ["name:no such keyboard on this host"]\n'
+    )
+    return path
+
+
+@pytest.mark.parametrize("which", ["demo", "qmp-input"])
+async def test_the_qemu_handoff_run_starts_is_the_command_handoff_argv_prints(
+    tmp_path: Path, start_cli: StartCli, which: str
+) -> None:
+    profile = REPO / "profiles" / "demo.toml" if which == "demo" else (
+        qmp_input_profile_file(tmp_path)
+    )
+    printed = await handoff(cli_env(tmp_path / "run"), "argv", str(profile))
+    assert printed.returncode == 0, printed.stderr
+    argv = shlex.split(printed.stdout.decode())
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            cli = await start_cli(profile, nursery)
+            await cli.wait_for("^handoff: running")
+            ran = proc_cmdline(cli.qemu_pid)
+            cli.process.send_signal(signal.SIGINT)
+            await cli.process.wait()
+    assert without_fd_numbers(ran) == without_fd_numbers(argv)
+    if which == "qmp-input":
+        assert "chardev=handoff-input,mode=control" in ran
