@@ -307,7 +307,7 @@ class Delegated:
 
 
 def _pci(name: str, help_text: str) -> Delegated:
-    return Delegated(name, "handoff.pci.commands", f"add_{name}_arguments", f"cmd_{name}",
+    return Delegated(name, "handoff.cli_gpu", f"add_{name}_arguments", f"cmd_{name}",
                      help_text, help_text[0].upper() + help_text[1:])
 
 
@@ -319,6 +319,10 @@ DELEGATED: tuple[Delegated, ...] = (
     Delegated("doctor", "handoff.doctor", "add_arguments", "cmd_doctor",
               "check this host for passthrough, with fixes",
               "Check this host for GPU passthrough: each check gives a verdict and a fix."),
+    Delegated("init", "handoff.cli_init", "add_arguments", "cmd_init",
+              "write a working profile from this host's hardware",
+              "Write a commented profile for NAME from this host's GPU, IOMMU groups, CPUs, "
+              "RAM, firmware and input devices, and say why each was chosen."),
 )
 
 

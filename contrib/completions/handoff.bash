@@ -37,7 +37,7 @@ _handoff() {
         esac
     done
     if [[ -z $cmd ]]; then
-        COMPREPLY=($(compgen -W "run argv status stop switch groups detach attach recover doctor -h --help -v --verbose" -- "$cur"))
+        COMPREPLY=($(compgen -W "run argv status stop switch groups detach attach recover doctor init -h --help -v --verbose" -- "$cur"))
         return 0
     fi
     case "$cmd" in
@@ -214,6 +214,49 @@ _handoff() {
             done
             case "$n" in
                 0) _handoff_profiles "$cur" ;;
+            esac
+            ;;
+        init)
+            case "$prev" in
+                --gpu)
+                    _handoff_addresses "$cur"
+                    return 0 ;;
+                --disk)
+                    COMPREPLY=($(compgen -f -- "$cur"))
+                    return 0 ;;
+                --disk-size)
+                    COMPREPLY=()
+                    return 0 ;;
+                --memory)
+                    COMPREPLY=()
+                    return 0 ;;
+                --cpus)
+                    COMPREPLY=()
+                    return 0 ;;
+                --input)
+                    COMPREPLY=($(compgen -W "none qmp virtio" -- "$cur"))
+                    return 0 ;;
+                --firmware)
+                    COMPREPLY=($(compgen -W "seabios ovmf" -- "$cur"))
+                    return 0 ;;
+                --output)
+                    COMPREPLY=($(compgen -f -- "$cur"))
+                    return 0 ;;
+            esac
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "-h --help --gpu --disk --disk-size --memory --cpus --input --firmware --output --force" -- "$cur"))
+                return 0
+            fi
+            for ((i = i + 1; i < COMP_CWORD; i++)); do
+                if ((skip)); then skip=0; continue; fi
+                case "${COMP_WORDS[i]}" in
+                    --gpu|--disk|--disk-size|--memory|--cpus|--input|--firmware|--output) skip=1 ;;
+                    -*) ;;
+                    *) ((n++)) ;;
+                esac
+            done
+            case "$n" in
+                0) COMPREPLY=() ;;
             esac
             ;;
     esac

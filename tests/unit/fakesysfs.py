@@ -10,7 +10,7 @@ whose byte 0x0e is the header type. Drivers create what real drivers
 create when they bind (DRM card/render nodes and an fbdev, ALSA cards, a
 netdev, /dev/vfio/N) and remove it when they unbind.
 
-:class:`FakeHost` is also the :class:`handoff.pci.bind.SysfsWriter` the
+:class:`FakeHost` is also the :class:`handoff.pci.ops.SysfsWriter` the
 tests install: a write is applied with the kernel's semantics
 (drivers/base/bus.c, dd.c and pci-driver.c), honestly including its
 refusals: unbinding a device from a driver it is not bound to is ENODEV,
@@ -544,13 +544,7 @@ def lookalike_host(root: Path, *, vfio_loaded: bool = True) -> FakeHost:
 
 def session_journal(host: FakeHost, name: str) -> jr.Journal:
     """A fresh session journal for ``name`` on the fake host (its boot id, this pid)."""
-    return jr.Journal(
-        path=jr.journal_path(host.paths, name),
-        kind=jr.KIND_SESSION,
-        owner=name,
-        boot_id=FakeHost.BOOT_ID,
-        supervisor_pid=os.getpid(),
-    )
+    return jr.Journal.begin(host.paths, name, jr.Kind.SESSION, name)
 
 
 # --------------------------------------------------------------------------- compute drivers
@@ -629,3 +623,173 @@ def nvidia_gpu(host: FakeHost, address: str, minor: int, *, group: int) -> FakeD
     dev = host.add_device(address, 0x10DE, 0x1B80, 0x030000, group=group, driver="nvidia")
     dev.made.append(nvidia_driver_files(host.paths, address, minor))
     return dev
+
+
+# ------------------------------------------------------------- whole hosts for `handoff init`
+# Real machines' layouts (from their `lspci -nnk` and IOMMU groups), each with
+# its CPU topology and RAM, as `handoff init` reads them.
+
+
+def add_cpus(host: FakeHost, *, cores: int, threads: int = 1, sockets: int = 1) -> None:
+    """/sys/devices/system/cpu as the kernel numbers it: cpu N and N + cores are SMT siblings."""
+    base = host.paths.sys / "devices/system/cpu"
+    base.mkdir(parents=True, exist_ok=True)
+    total = cores * threads * sockets
+    (base / "online").write_text(f"0-{total - 1}\n" if total > 1 else "0\n")
+    per_thread = cores * sockets
+    for cpu in range(total):
+        core = cpu % per_thread
+        siblings = ",".join(str(core + t * per_thread) for t in range(threads))
+        topology = base / f"cpu{cpu}" / "topology"
+        topology.mkdir(parents=True)
+        (topology / "thread_siblings_list").write_text(siblings + "\n")
+        (topology / "physical_package_id").write_text(f"{core // cores}\n")
+        (topology / "core_id").write_text(f"{core % cores}\n")
+
+
+def add_meminfo(host: FakeHost, total_mib: int) -> None:
+    """/proc/meminfo's first lines, MemTotal in kB as the kernel writes it."""
+    (host.paths.proc / "meminfo").write_text(
+        f"MemTotal:       {total_mib * 1024} kB\nMemFree:        {total_mib * 512} kB\n"
+    )
+
+
+def igpu_dgpu_host(root: Path) -> FakeHost:
+    """The seed's Z87 machine (HD 4600 boot GPU + R9 290X): a Core i7-4770, 16 GiB."""
+    host = seed_machine(root, vfio_loaded=True)
+    add_cpus(host, cores=4, threads=2)
+    add_meminfo(host, 16 * 1024 - 230)
+    return host
+
+
+def two_dgpu_host(root: Path) -> FakeHost:
+    """A Ryzen 9 5900X on X570: an RX 580 for the host (boot GPU), an RTX 3080 for the guest."""
+    host = FakeHost(root)
+    standard_drivers(host, vfio_loaded=True)
+    host.add_driver("amdgpu-polaris", "amdgpu_polaris", ids={(0x1002, 0x67DF)}, kind="drm")
+    host.add_driver("nouveau", ids={(0x10DE, 0x2206)}, kind="drm")
+    host.add_driver("snd_hda_intel_x", "snd_hda_intel_x",
+                    ids={(0x1002, 0xAAF0), (0x10DE, 0x1AEF)}, kind="sound")
+    host.add_device("00:00.0", 0x1022, 0x1480, 0x060000, group=0)
+    host.add_device("00:01.1", 0x1022, 0x1483, 0x060400, group=2, header=0x01,
+                    driver="pcieport")
+    host.add_device("0a:00.0", 0x1002, 0x67DF, 0x030000, group=2, parent="00:01.1",
+                    driver="amdgpu-polaris", header=0x80, boot_vga=True)
+    host.add_device("0a:00.1", 0x1002, 0xAAF0, 0x040300, group=2, parent="00:01.1",
+                    driver="snd_hda_intel_x")
+    host.add_device("00:03.1", 0x1022, 0x1483, 0x060400, group=7, header=0x01,
+                    driver="pcieport")
+    host.add_device("0b:00.0", 0x10DE, 0x2206, 0x030000, group=7, parent="00:03.1",
+                    driver="nouveau", header=0x80)
+    host.add_device("0b:00.1", 0x10DE, 0x1AEF, 0x040300, group=7, parent="00:03.1",
+                    driver="snd_hda_intel_x")
+    host.add_device("05:00.0", 0x10EC, 0x8168, 0x020000, group=12, driver="r8169")
+    add_cpus(host, cores=12, threads=2)
+    add_meminfo(host, 64 * 1024 - 500)
+    return host
+
+
+def bmc_two_dgpu_host(root: Path) -> FakeHost:
+    """A server board: the BMC's ASPEED VGA is the boot GPU; two equal GPUs both passable."""
+    host = two_dgpu_host(root)
+    host.add_driver("ast", ids={(0x1A03, 0x2000)}, kind="drm")
+    host.add_device("01:00.0", 0x1A03, 0x2000, 0x030000, group=20, driver="ast", boot_vga=True)
+    # The RX 580 is no longer the boot GPU: the ASPEED is (boot_vga lives on one device).
+    (host.device_dir(PciAddress.parse("0a:00.0")) / "boot_vga").write_text("0\n")
+    return host
+
+
+def dgpu_with_nic_host(root: Path) -> FakeHost:
+    """A Ryzen 5 4650G on B450: the APU's Renoir graphics boots; a GTX 1060 in the chipset
+    slot shares the chipset's IOMMU group with the onboard NIC (no ACS below the chipset)."""
+    host = FakeHost(root)
+    standard_drivers(host, vfio_loaded=True)
+    host.add_driver("amdgpu-renoir", "amdgpu_renoir", ids={(0x1002, 0x1636)}, kind="drm")
+    host.add_driver("nouveau", ids={(0x10DE, 0x1C03)}, kind="drm")
+    host.add_driver("snd_hda_intel_x", "snd_hda_intel_x", ids={(0x10DE, 0x10F1)}, kind="sound")
+    host.add_device("00:00.0", 0x1022, 0x1630, 0x060000, group=0)
+    host.add_device("30:00.0", 0x1002, 0x1636, 0x030000, group=9, driver="amdgpu-renoir",
+                    boot_vga=True)
+    host.add_device("00:01.2", 0x1022, 0x1634, 0x060400, group=5, header=0x01,
+                    driver="pcieport")
+    host.add_device("26:00.0", 0x10DE, 0x1C03, 0x030000, group=5, parent="00:01.2",
+                    driver="nouveau", header=0x80)
+    host.add_device("26:00.1", 0x10DE, 0x10F1, 0x040300, group=5, parent="00:01.2",
+                    driver="snd_hda_intel_x")
+    host.add_device("25:00.0", 0x10EC, 0x8168, 0x020000, group=5, parent="00:01.2",
+                    driver="r8169")
+    add_cpus(host, cores=6, threads=2)
+    add_meminfo(host, 32 * 1024 - 700)
+    return host
+
+
+def iommu_off_host(root: Path) -> FakeHost:
+    """The seed's machine before step 1 of the guide: no IOMMU groups at all."""
+    host = FakeHost(root)
+    standard_drivers(host, vfio_loaded=False)
+    host.add_device("00:00.0", 0x8086, 0x0C00, 0x060000, group=None)
+    host.add_device("00:02.0", 0x8086, 0x0412, 0x030000, group=None, driver="i915",
+                    boot_vga=True)
+    host.add_device("01:00.0", 0x1002, 0x67B0, 0x030000, group=None, driver="amdgpu",
+                    header=0x80)
+    host.add_device("01:00.1", 0x1002, 0xAAC8, 0x040300, group=None, driver="snd_hda_intel")
+    add_cpus(host, cores=4, threads=2)
+    add_meminfo(host, 16 * 1024)
+    return host
+
+
+def boot_gpu_only_host(root: Path) -> FakeHost:
+    """A Ryzen 7 5800X (no iGPU) with one RX 580: the only GPU is the boot GPU."""
+    host = FakeHost(root)
+    standard_drivers(host, vfio_loaded=True)
+    host.add_driver("amdgpu-polaris", "amdgpu_polaris", ids={(0x1002, 0x67DF)}, kind="drm")
+    host.add_device("00:00.0", 0x1022, 0x1480, 0x060000, group=0)
+    host.add_device("00:01.1", 0x1022, 0x1483, 0x060400, group=2, header=0x01,
+                    driver="pcieport")
+    host.add_device("0a:00.0", 0x1002, 0x67DF, 0x030000, group=2, parent="00:01.1",
+                    driver="amdgpu-polaris", header=0x80, boot_vga=True)
+    host.add_device("0a:00.1", 0x1002, 0xAAF0, 0x040300, group=2, parent="00:01.1")
+    host.add_device("05:00.0", 0x10EC, 0x8168, 0x020000, group=12, driver="r8169")
+    add_cpus(host, cores=8, threads=2)
+    add_meminfo(host, 32 * 1024)
+    return host
+
+
+def add_block_device(
+    host: FakeHost, name: str, devnum: str, *, parent: str | None = None,
+    slaves: tuple[str, ...] = (),
+) -> Path:
+    """/sys/class/block/NAME and /sys/dev/block/M:m as the kernel lays them out.
+
+    A partition (``parent`` = its disk) sits inside its disk's directory and has a
+    ``partition`` file; a device-mapper volume lists what it is built on in ``slaves``.
+    """
+    sys = host.paths.sys
+    if parent is not None:
+        real = (sys / "class/block" / parent).resolve() / name
+    elif name.startswith("dm-"):
+        real = sys / "devices/virtual/block" / name
+    else:
+        real = sys / "devices/pci0000:00/0000:00:1f.2/ata1/host0/block" / name
+    real.mkdir(parents=True)
+    (real / "dev").write_text(devnum + "\n")
+    if parent is not None:
+        (real / "partition").write_text("1\n")
+    if slaves:
+        (real / "slaves").mkdir()
+        for slave in slaves:
+            target = (sys / "class/block" / slave).resolve()
+            os.symlink(os.path.relpath(target, real / "slaves"), real / "slaves" / slave)
+    for link_dir, link_name in ((sys / "class/block", name), (sys / "dev/block", devnum)):
+        link_dir.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.relpath(real, link_dir), link_dir / link_name)
+    return real
+
+
+def write_mountinfo(host: FakeHost, mounts: Iterable[tuple[str, str, str]]) -> None:
+    """/proc/self/mountinfo lines for (major:minor, mount point, source)."""
+    lines = [
+        f"{20 + i} 1 {devnum} / {point} rw,relatime shared:1 - ext4 {source} rw"
+        for i, (devnum, point, source) in enumerate(mounts)
+    ]
+    (host.paths.proc / "self" / "mountinfo").write_text("\n".join(lines) + "\n")

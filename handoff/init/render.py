@@ -1,0 +1,310 @@
+"""The profile `handoff init` writes, and what it tells the terminal (pure).
+
+The profile is commented the way profiles/seed-two-gpu.toml is: each choice
+says why it was made, and what is left out is there as a commented example.
+Every value written is one :func:`handoff.profile.parse_profile` accepts;
+``tests/unit/test_init_render.py`` loads and round-trips it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from handoff.init.choose import (
+    DiskChoice,
+    DiskSource,
+    GpuChoice,
+    InitPlan,
+    NoGpu,
+)
+from handoff.init.facts import InputDeviceFact
+from handoff.pci.plan import host_need
+from handoff.profile import FirmwareType, InputBackend
+
+
+def _q(value: str | Path) -> str:
+    """A TOML basic string (JSON's escaping is TOML's for these characters)."""
+    return json.dumps(str(value))
+
+
+def _comment(text: str, width: int = 78) -> list[str]:
+    """``text`` as ``# `` lines no wider than ``width``."""
+    lines: list[str] = []
+    line = "#"
+    for word in text.split():
+        if len(line) + 1 + len(word) > width and line != "#":
+            lines.append(line)
+            line = "#"
+        line += " " + word
+    lines.append(line)
+    return lines
+
+
+def render_profile(plan: InitPlan) -> str:
+    """The whole profile text."""
+    parts = [
+        _header(plan),
+        _vm(plan),
+        _firmware(plan),
+        _disk(plan.disk),
+        _network(),
+        _sound(),
+        _display(plan),
+        _passthrough(plan),
+        _input(plan),
+    ]
+    return "\n\n".join("\n".join(p) for p in parts if p) + "\n"
+
+
+def _header(plan: InitPlan) -> list[str]:
+    lines = [f"# {plan.name}.toml - written by `handoff init` from this host's hardware.", "#"]
+    lines += _comment("What it chose, and why (each choice is explained again at its key):")
+    for label, reason in summary_rows(plan):
+        lines += ["#   " + line[2:] for line in _comment(f"{label}: {reason}", 74)]
+    lines += [
+        "#",
+        f"# Next: `handoff doctor {plan.name}` checks this host for this VM, then",
+        f"# `handoff run {plan.name}` runs it. Every key is described in README.md and",
+        "# in profiles/seed-two-gpu.toml.",
+    ]
+    return lines
+
+
+def _vm(plan: InitPlan) -> list[str]:
+    cpu = plan.cpu
+    lines = ["[vm]", f"name = {_q(plan.name)}", ""]
+    lines += _comment(plan.memory.reason)
+    lines += [f"memory = {_q(plan.memory.text)}", ""]
+    lines += _comment(plan.cpu.reason)
+    lines += [
+        f"cpus = {cpu.cpus}",
+        f"sockets = {cpu.sockets}",
+        f"cores = {cpu.cores}",
+        f"threads = {cpu.threads}",
+        "# CPU pinning: vCPUs are placed by the host's scheduler. Pinning them to the",
+        "# cores the host does not keep (pin = \"auto\") comes with handoff's performance",
+        "# settings; until then leave it out.",
+        "",
+        "# accel is left to \"auto\": KVM where /dev/kvm works, else TCG emulation (slow).",
+        "# A gaming VM without KVM is pointless: accel = \"kvm\" refuses to start without it.",
+        "# Run QEMU as an unprivileged account (an existing user):",
+        "# user = \"qemu\"",
+        "",
+        "# First install (Windows): hide the hypervisor from the GPU driver (NVIDIA before",
+        "# 465 stopped with code 43) and give Windows time to shut down.",
+        "# hide_hypervisor = true",
+        "shutdown_timeout = 120",
+    ]
+    return lines
+
+
+def _firmware(plan: InitPlan) -> list[str]:
+    fw = plan.firmware
+    if fw.type is FirmwareType.SEABIOS:
+        lines = _comment(f"Firmware: {fw.reason}.")
+        return [*lines, "# [firmware]", '# type = "ovmf"',
+                '# code = "/usr/share/OVMF/OVMF_CODE_4M.fd"',
+                '# vars_template = "/usr/share/OVMF/OVMF_VARS_4M.fd"']
+    assert fw.code is not None
+    assert fw.vars_template is not None
+    lines = _comment(
+        "UEFI firmware (OVMF), as the distribution installed it. code is read-only; the "
+        f"guest's boot entries go to its own vars file, {plan.name}.OVMF_VARS.fd next to "
+        "this profile, copied from vars_template on the first run."
+    )
+    return [*lines, "[firmware]", 'type = "ovmf"', f"code = {_q(fw.code)}",
+            f"vars_template = {_q(fw.vars_template)}"]
+
+
+def _disk(disk: DiskChoice) -> list[str]:
+    if disk.source is DiskSource.NONE:
+        return [
+            "# No disk yet. Add one of these (the guest boots from the first):",
+            "# an LVM volume, partition or whole disk nothing on the host mounts, as the",
+            "# seed does (cache = \"none\" opens it with O_DIRECT):",
+            "# [[disk]]",
+            '# path = "/dev/vg0/guest"',
+            '# format = "raw"',
+            '# interface = "virtio"',
+            '# cache = "none"',
+            '# aio = "native"',
+            "# or an image: qemu-img create -f qcow2 guest.qcow2 64G, then",
+            "# [[disk]]",
+            '# path = "guest.qcow2"',
+            '# format = "qcow2"',
+            "# (or run handoff init again with --disk PATH or --disk-size SIZE)",
+        ]
+    assert disk.path is not None
+    lines = _comment(disk.reason)
+    lines += ["[[disk]]", f"path = {_q(disk.path)}"]
+    if disk.source is DiskSource.BLOCK:
+        lines += ['format = "raw"', 'interface = "virtio"', 'cache = "none"', 'aio = "native"']
+    else:
+        lines += [f"format = {_q('qcow2' if disk.qcow2 else 'raw')}", 'interface = "virtio"']
+    lines += [
+        "# First install (Windows): the install DVD and the virtio-win driver CD:",
+        "# [[disk]]",
+        '# path = "/path/to/windows.iso"',
+        '# media = "cdrom"',
+        "# [[disk]]",
+        '# path = "/path/to/virtio-win.iso"',
+        '# media = "cdrom"',
+    ]
+    return lines
+
+
+def _network() -> list[str]:
+    return [
+        "# User-mode NAT: works everywhere, nothing to set up on the host; the guest",
+        "# reaches the network, the network does not reach the guest.",
+        "[[network]]",
+        'type = "user"',
+        'model = "virtio"',
+        "# A tap interface bridged to your LAN instead (create tap0 first):",
+        "# type = \"tap\"",
+        "# ifname = \"tap0\"",
+        '# mac = "52:54:00:12:34:56"',
+    ]
+
+
+def _sound() -> list[str]:
+    return [
+        "# First install (Windows): emulated HDA sound through PulseAudio/PipeWire",
+        "# (Debian: qemu-system-gui for QEMU's pa module). A passed-through GPU brings",
+        "# its own HDMI audio.",
+        "# [sound]",
+        '# model = "hda"',
+        '# backend = "pa"',
+    ]
+
+
+def _display(plan: InitPlan) -> list[str]:
+    install = [
+        "# First install (before the GPU's drivers are in the guest): an emulated",
+        "# card in a window, and a USB tablet so the pointer follows the window's:",
+        '# vga = "std"',
+        '# frontend = "gtk"',
+        "# tablet = true",
+    ]
+    if isinstance(plan.gpu, NoGpu):
+        return [
+            "# No passthrough GPU: an emulated card on a VNC socket in the run directory",
+            "# (qemu/vnc.sock; no network port). \"gtk\" shows a window instead (Debian:",
+            "# qemu-system-gui).",
+            "[display]",
+            'vga = "std"',
+            'frontend = "vnc"',
+            "tablet = true",
+        ]
+    return [
+        "# The guest's screen is the passed-through GPU's own output.",
+        "[display]",
+        'vga = "none"',
+        'frontend = "none"',
+        *install,
+    ]
+
+
+def _passthrough(plan: InitPlan) -> list[str]:
+    gpu = plan.gpu
+    if isinstance(gpu, NoGpu):
+        return [
+            "# No GPU is passed through (--gpu none). `handoff groups` shows what could be:",
+            "# [[passthrough]]",
+            '# address = "01:00.0"',
+        ]
+    lines: list[str] = []
+    lines += _comment(
+        f"The GPU: {gpu.reason}. Its whole IOMMU group {gpu.group} moves to vfio-pci while "
+        "the VM runs and back to its drivers afterwards."
+    )
+    for index, device in enumerate(gpu.functions):
+        if lines and index:
+            lines.append("")
+        lines += _function(gpu, index, device.address.short)
+    return lines
+
+
+def _function(gpu: GpuChoice, index: int, address: str) -> list[str]:
+    device = gpu.functions[index]
+    lines = [f"# {device.describe()}" + (": the GPU" if index == 0 else
+             f": in IOMMU group {gpu.group} with it, so it goes too (the card's HDMI audio)"
+             if device.base_class == 0x04 else f": in IOMMU group {gpu.group} with it")]
+    lines += ["[[passthrough]]", f"address = {_q(address)}"]
+    if index == 0 and gpu.allow_in_group:
+        lost = "; ".join(f"{d.describe()}, {host_need(d)}" for d in gpu.allow_in_group)
+        lines += _comment(
+            f"allow_in_group: passing IOMMU group {gpu.group} also moves {lost} to vfio-pci: "
+            "the host goes without it while the VM runs."
+        )
+        lines.append("allow_in_group = [" + ", ".join(
+            _q(d.address.short) for d in gpu.allow_in_group) + "]")
+    return lines
+
+
+def _input(plan: InitPlan) -> list[str]:
+    backend = plan.input.backend
+    lines = _comment(f"Keyboard and mouse: {plan.input.reason}.")
+    lines += ["[input]", f"backend = {_q(backend.value)}"]
+    if backend is InputBackend.NONE:
+        return [*lines, '# backend = "qmp" hands over keyboard and mouse with a hotkey']
+    lines += [
+        "# Both Ctrl keys together switch keyboard and mouse between host and guest",
+        "# (`handoff switch` does it too). ScrollLock instead: hotkey = [\"KEY_SCROLLLOCK\"]",
+        'hotkey = ["KEY_LEFTCTRL", "KEY_RIGHTCTRL"]',
+        'start_in = "host"',
+        "# Every keyboard and mouse is handed over (devices left out). To pick some,",
+        "# paste selectors from this host's devices at the time of handoff init:",
+    ]
+    lines += _input_devices(plan.facts.inputs)
+    lines.append('# exclude = ["name:Power Button"]')
+    return lines
+
+
+def _input_devices(inputs: Iterable[InputDeviceFact]) -> list[str]:
+    found = list(inputs)
+    if not found:
+        return ["#   (none found: no keyboard or mouse, or udev could not be asked)",
+                '# devices = ["by-id:usb-Logitech_USB_Receiver-event-kbd"]']
+    rows = [f"#   {_q(d.selector)}  {d.kinds}: {d.name}" for d in found]
+    return [*rows, f"# devices = [{_q(found[0].selector)}]"]
+
+
+# --------------------------------------------------------------------------- the terminal
+
+
+def summary_rows(plan: InitPlan) -> list[tuple[str, str]]:
+    gpu = plan.gpu
+    gpu_text = gpu.reason
+    if isinstance(gpu, GpuChoice):
+        gpu_text = (
+            f"{gpu.gpu.describe()} with "
+            + (", ".join(d.address.short for d in gpu.functions[1:]) or "nothing else")
+            + f" (IOMMU group {gpu.group}): {gpu.reason}"
+        )
+    return [
+        ("GPU", gpu_text),
+        ("CPU", plan.cpu.reason),
+        ("memory", plan.memory.reason),
+        ("disk", plan.disk.reason),
+        ("firmware", plan.firmware.reason),
+        ("input", plan.input.reason),
+        ("network", "user-mode NAT (works everywhere); a tap example is commented"),
+    ]
+
+
+def render_summary(plan: InitPlan, written: str, profile_arg: str) -> list[str]:
+    """What `handoff init` prints: each choice and why, notes, then the next commands."""
+    lines = [f"handoff init: wrote {written}"]
+    lines += [f"  {label}: {reason}" for label, reason in summary_rows(plan)]
+    if isinstance(plan.gpu, GpuChoice):
+        lines += [f"  note: {note}" for note in plan.gpu.notes]
+        if plan.gpu.allow_in_group:
+            lines.append("  warning: allow_in_group: the host goes without "
+                         + ", ".join(d.describe() for d in plan.gpu.allow_in_group)
+                         + " while the VM runs")
+    lines.append(f"next: handoff doctor {profile_arg}")
+    lines.append(f"then: handoff run {profile_arg}")
+    return lines
