@@ -14,7 +14,7 @@ Arms, interleaved round after round so load hits them alike:
     driver_override cleared, drivers_probe (VGA first). The least any
     program can do.
 ``engine``
-    :class:`handoff.pci.bind.Engine` detach + give_back of a plan made once:
+    :class:`handoff.pci.engine.Engine` detach + give_back of a plan made once:
     every write in a worker thread under a deadline, the driver link read
     back after each step, the write-ahead journal (fsync'd) before each
     change, /dev/vfio/N waited for, the /proc scan for holders of
@@ -65,8 +65,9 @@ sys.path.insert(0, str(REPO))
 from handoff.host import HostPaths  # noqa: E402
 from handoff.pci import journal as jr  # noqa: E402
 from handoff.pci.address import PciAddress  # noqa: E402
-from handoff.pci.bind import Engine, KernelWriter  # noqa: E402
 from handoff.pci.commands import run_attach, run_detach  # noqa: E402
+from handoff.pci.engine import Engine  # noqa: E402
+from handoff.pci.ops import KernelWriter  # noqa: E402
 from handoff.pci.plan import plan_handoff  # noqa: E402
 from handoff.pci.snapshot import take_snapshot  # noqa: E402
 from handoff.pci.sysfs import read_device, read_iommu  # noqa: E402
@@ -121,7 +122,7 @@ async def bench(rounds: int) -> None:
     writer = KernelWriter()
     drivers = {str(a): read_device(paths, a).driver or "" for a in (vga, audio)}
     writer.load_module("vfio_pci")  # both arms start with vfio-pci loaded
-    plan = plan_handoff([vga], take_snapshot(paths, writer))
+    plan = plan_handoff([vga], take_snapshot(paths, writer.module_loadable))
 
     def quiet(_: str) -> None:
         return None
@@ -133,7 +134,7 @@ async def bench(rounds: int) -> None:
         engine = Engine(paths, writer)
         journal = jr.Journal(
             path=jr.journal_path(paths, "bench"),
-            kind=jr.KIND_SESSION,
+            kind=jr.Kind.SESSION,
             owner="bench",
             boot_id="bench",
             supervisor_pid=os.getpid(),

@@ -46,7 +46,7 @@ from handoff.checks.nodes import (
 from handoff.checks.profile_files import check_profile_files
 from handoff.checks.qemu import DEFAULT_QEMU, Prober, check_ovmf, check_qemu
 from handoff.errors import HandoffError
-from handoff.pci.sysfs import iommu_group_of
+from handoff.pci.sysfs import groups_of
 from handoff.profile import Profile, load_profile
 from handoff.profile_lookup import resolve_profile
 from handoff.qemu.capabilities import probe
@@ -121,9 +121,7 @@ def _profile_checks(
     checks.extend(check_passthrough_devices(env, profile))
     checks.append(check_vfio_pci_vga(env, profile))
     checks.append(check_memlock(env, profile))
-    groups = sorted(
-        {g for p in profile.passthrough if (g := iommu_group_of(env.host, p.address)) is not None}
-    )
+    groups = sorted(groups_of(env.host, (p.address for p in profile.passthrough)))
     if profile.passthrough:
         checks.append(check_vfio_nodes(env, qemu_user, groups))
     else:

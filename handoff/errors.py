@@ -136,3 +136,30 @@ class InputError(HandoffError):
 
 class HostError(HandoffError):
     """The host lacks something handoff needs (permissions, limits, modules)."""
+
+
+# --------------------------------------------------------------------------- performance tuning
+
+
+class TuneError(HandoffError):
+    """A performance setting (pinning, hugepages, isolation, governor) cannot be used."""
+
+
+class CpuListError(TuneError):
+    """A string is not a CPU list in the kernel's syntax ("0-3,8,10-11")."""
+
+
+class PinningRefusedError(TuneError):
+    """The vCPU pinning asked for does not fit this host or the guest topology."""
+
+
+class HugepagesRefusedError(TuneError):
+    """The hugepage pool cannot hold the guest's RAM (size, count, CPU support)."""
+
+
+class GovernorRefusedError(TuneError):
+    """The cpufreq governor asked for is not offered by the host's CPUs."""
+
+
+class IsolationRefusedError(TuneError):
+    """Confining host tasks away from the VM's CPUs would leave the host no CPU."""

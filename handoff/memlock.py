@@ -90,16 +90,34 @@ def _who() -> str:
         return str(os.geteuid())
 
 
+CAP_SYS_RESOURCE = 24  # include/uapi/linux/capability.h
+
+
+def cap_effective(status_text: str, capability: int) -> bool | None:
+    """Whether /proc/PID/status's ``CapEff`` mask has ``capability``; None without one. Pure."""
+    for line in status_text.splitlines():
+        if line.startswith("CapEff:"):
+            try:
+                return bool(int(line.split()[1], 16) & (1 << capability))
+            except (IndexError, ValueError):
+                return None
+    return None
+
+
+def can_raise_hard(status_text: str | None, euid: int) -> bool:
+    """CAP_SYS_RESOURCE from a status text's CapEff; euid 0 when that is unreadable."""
+    allowed = cap_effective(status_text or "", CAP_SYS_RESOURCE)
+    return euid == 0 if allowed is None else allowed
+
+
 def _can_raise_hard() -> bool:
-    """CAP_SYS_RESOURCE (root, in practice): read from /proc/self/status's CapEff."""
+    """This process's CAP_SYS_RESOURCE (root, in practice), from /proc/self/status."""
     try:
         with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) & (1 << 24))
-    except (OSError, ValueError):
-        pass
-    return os.geteuid() == 0
+            text: str | None = status.read()
+    except OSError:
+        text = None
+    return can_raise_hard(text, os.geteuid())
 
 
 def check_memlock(

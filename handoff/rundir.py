@@ -81,13 +81,54 @@ QEMU_SOCKETS = (VNC_SOCKET, INPUT_MONITOR, KEYBOARD_LINK, MOUSE_LINK)
 _LOCK_ATTEMPTS = 5
 
 
-def holder_pid(directory: Path) -> int | None:
-    """The pid recorded in a run directory's lock file, if readable."""
+@dataclass(frozen=True)
+class LockHolder:
+    """What a lock file records of its holder: ``<pid> <owner>``."""
+
+    pid: int | None
+    owner: str
+
+    def describe(self) -> str:
+        who = f"pid {self.pid}" if self.pid is not None else "unknown pid"
+        return f"{who} ({self.owner})" if self.owner else who
+
+
+def flock_nowait(path: Path) -> int | None:
+    """Open (0600, created) and ``flock(LOCK_EX | LOCK_NB)`` ``path``: the fd, or None when
+    another live process holds it (the kernel drops a flock when its holder dies)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        text = (directory / LOCK_FILE).read_text().strip()
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise
+        return None
+    return fd
+
+
+def record_holder(fd: int, owner: str) -> None:
+    """Write ``<this pid> <owner>`` into a lock file this process holds."""
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()} {owner}\n".encode(), 0)
+
+
+def read_holder(path: Path) -> LockHolder | None:
+    """The holder a lock file records, None when it is unreadable or empty."""
+    try:
+        text = path.read_text(errors="replace").strip()
     except OSError:
         return None
-    return int(text) if text.isdigit() else None
+    pid, _, owner = text.partition(" ")
+    if not text:
+        return None
+    return LockHolder(int(pid) if pid.isdigit() else None, owner.strip())
+
+
+def holder_pid(directory: Path) -> int | None:
+    """The pid recorded in a run directory's lock file, if readable."""
+    holder = read_holder(directory / LOCK_FILE)
+    return holder.pid if holder is not None else None
 
 
 def _make_private_dir(path: Path) -> None:
@@ -143,13 +184,8 @@ class RunDir:
             ) from exc
         lock_path = path / LOCK_FILE
         for _ in range(_LOCK_ATTEMPTS):
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                os.close(fd)
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise
+            fd = flock_nowait(lock_path)
+            if fd is None:
                 pid = holder_pid(path)
                 who = f"pid {pid}" if pid else "another handoff process"
                 raise SessionBusyError(
@@ -164,8 +200,7 @@ class RunDir:
             if not same:  # locked a file a finishing session just unlinked
                 os.close(fd)
                 continue
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+            record_holder(fd, f"handoff run {profile_name}")
             rundir = cls(path=path, _lock_fd=fd)
             try:
                 rundir._make_qemu_dir(qemu_user)

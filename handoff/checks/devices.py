@@ -10,12 +10,11 @@ without changing anything.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from handoff.checks import Check, DoctorEnv, Verdict, fail, ok, warn
 from handoff.checks.kernel import ModuleState, module_state
 from handoff.errors import PciError, PreflightRefusedError
 from handoff.pci.address import PciAddress
+from handoff.pci.model import VFIO_DRIVER
 from handoff.pci.plan import (
     GroupVerdict,
     HostSnapshot,
@@ -25,37 +24,21 @@ from handoff.pci.plan import (
 )
 from handoff.pci.plan import Verdict as GroupVerdictKind
 from handoff.pci.snapshot import take_snapshot
-from handoff.pci.sysfs import VFIO_DRIVER, iommu_group_of
+from handoff.pci.sysfs import groups_of
 from handoff.profile import Profile
-
-
-class ReadOnlyWriter:
-    """The SysfsWriter doctor hands the snapshot: it answers whether a module is
-    available (from modules.dep of the tree doctor looks at) and refuses every change,
-    loudly, because doctor never changes the host."""
-
-    def __init__(self, env: DoctorEnv) -> None:
-        self._env = env
-
-    def module_loadable(self, module: str) -> bool:
-        return module_state(self._env, module) is not ModuleState.MISSING
-
-    def write(self, path: Path, value: str) -> None:
-        raise AssertionError(f"doctor must not write {value!r} to {path}")
-
-    def load_module(self, module: str) -> None:
-        raise AssertionError(f"doctor must not load {module}")
 
 
 def profile_snapshot(env: DoctorEnv, profile: Profile) -> HostSnapshot:
     """Preflight's own snapshot (:func:`handoff.pci.snapshot.take_snapshot`), holders
-    scanned for the groups of the profile's devices only."""
-    groups = {
-        group
-        for entry in profile.passthrough
-        if (group := iommu_group_of(env.host, entry.address)) is not None
-    }
-    return take_snapshot(env.host, ReadOnlyWriter(env), groups=groups)
+    scanned for the groups of the profile's devices only; vfio-pci's availability
+    from the modules of the tree doctor looks at."""
+    groups = groups_of(env.host, (entry.address for entry in profile.passthrough))
+    return take_snapshot(env.host, lambda module: _module_available(env, module), groups=groups)
+
+
+def _module_available(env: DoctorEnv, module: str) -> bool:
+    """Whether the tree doctor looks at has ``module`` (its modules.dep); loads nothing."""
+    return module_state(env, module) is not ModuleState.MISSING
 
 
 def check_passthrough_devices(env: DoctorEnv, profile: Profile) -> list[Check]:

@@ -11,30 +11,12 @@ sysfs is the reliable source.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from handoff.checks import Check, DoctorEnv, fail, ok, read_text, skip, warn
 from handoff.checks.cpu import CpuInfo, Vendor
+from handoff.pci.model import GPU_DRIVERS, IommuState
+from handoff.pci.sysfs import read_iommu
 
 CMDLINE_DOC = "contrib/kernel-cmdline/ (GRUB, systemd-boot, Gentoo)"
-
-
-@dataclass(frozen=True)
-class IommuState:
-    units: tuple[str, ...]  # /sys/class/iommu entries: dmar0, ivhd0, ...
-    groups: int  # entries in /sys/kernel/iommu_groups
-
-    @property
-    def active(self) -> bool:
-        return self.groups > 0
-
-
-def read_iommu_state(env: DoctorEnv) -> IommuState:
-    class_dir = env.host.sys / "class" / "iommu"
-    groups_dir = env.host.sys / "kernel" / "iommu_groups"
-    units = sorted(p.name for p in class_dir.iterdir()) if class_dir.is_dir() else []
-    groups = sum(1 for p in groups_dir.iterdir() if p.is_dir()) if groups_dir.is_dir() else 0
-    return IommuState(tuple(units), groups)
 
 
 def iommu_vendor(state: IommuState, cpu: CpuInfo) -> Vendor:
@@ -100,11 +82,11 @@ def iommu_enable_fix(vendor: Vendor) -> str:
 
 def check_iommu(env: DoctorEnv, cpu: CpuInfo) -> Check:
     name = "iommu"
-    state = read_iommu_state(env)
+    state = read_iommu(env.host)
     groups_dir = env.host.sys / "kernel" / "iommu_groups"
-    if state.active:
+    if state.enabled:
         units = ", ".join(state.units) if state.units else "no /sys/class/iommu entry"
-        return ok(name, f"{state.groups} IOMMU groups in {groups_dir} ({units})")
+        return ok(name, f"{len(state.groups)} IOMMU groups in {groups_dir} ({units})")
     if state.units:
         return fail(
             name,
@@ -117,11 +99,6 @@ def check_iommu(env: DoctorEnv, cpu: CpuInfo) -> Check:
         f"no IOMMU: {env.host.sys / 'class' / 'iommu'} and {groups_dir} are empty",
         iommu_enable_fix(cpu.vendor),
     )
-
-
-# Module parameters written as "<gpu driver>.blacklist=1" (the seed's alternative to
-# modprobe.d) are handed to the module as an unknown parameter: they blacklist nothing.
-_GPU_DRIVERS = ("radeon", "amdgpu", "nouveau", "nvidia", "i915", "snd_hda_intel")
 
 
 def check_kernel_cmdline(env: DoctorEnv, cpu: CpuInfo) -> Check:
@@ -138,7 +115,7 @@ def check_kernel_cmdline(env: DoctorEnv, cpu: CpuInfo) -> Check:
     if text is None:
         return skip(name, f"{path} is not readable")
     params = parse_cmdline(text)
-    state = read_iommu_state(env)
+    state = read_iommu(env.host)
     notes: list[str] = []
     problems: list[str] = []
     fixes: list[str] = []
@@ -156,7 +133,7 @@ def check_kernel_cmdline(env: DoctorEnv, cpu: CpuInfo) -> Check:
     if vendor is Vendor.INTEL or vendor is Vendor.OTHER:
         if "on" in cmdline_values(params, "intel_iommu"):
             notes.append("intel_iommu=on")
-        elif state.active:
+        elif state.enabled:
             notes.append("no intel_iommu=on, but this kernel enables the IOMMU by default")
         elif vendor is Vendor.INTEL:
             problems.append("intel_iommu=on is missing")
@@ -177,7 +154,9 @@ def check_kernel_cmdline(env: DoctorEnv, cpu: CpuInfo) -> Check:
 
     for key, value in params:
         driver, dot, param = key.partition(".")
-        if dot and param == "blacklist" and driver in _GPU_DRIVERS:
+        # "<gpu driver>.blacklist=1" (the seed's alternative to modprobe.d) is handed
+        # to the module as an unknown parameter: it blacklists nothing.
+        if dot and param == "blacklist" and driver in GPU_DRIVERS:
             problems.append(
                 f"{key}={value} is handed to {driver} as an unknown parameter and "
                 "blacklists nothing"
@@ -229,12 +208,12 @@ def check_interrupt_remapping(env: DoctorEnv, cpu: CpuInfo) -> Check:
     hardware could; it is used to tell "supported but off" from "absent".
     """
     name = "interrupt-remapping"
-    state = read_iommu_state(env)
+    state = read_iommu(env.host)
     interrupts = read_text(env.host.proc / "interrupts") or ""
     unsafe = read_text(
         env.host.sys / "module" / "vfio_iommu_type1" / "parameters" / "allow_unsafe_interrupts"
     )
-    if not state.active:
+    if not state.enabled:
         return skip(name, "the IOMMU is off (see the iommu check)")
     if any(word.startswith("IR-") for word in interrupts.split()):
         return ok(name, f"IR- interrupt chips in {env.host.proc / 'interrupts'}")

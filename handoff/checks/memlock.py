@@ -16,13 +16,12 @@ import resource
 
 from handoff.checks import Check, DoctorEnv, fail, ok, read_text, skip
 from handoff.errors import HostError
+from handoff.memlock import can_raise_hard, required_memlock
 from handoff.memlock import check_memlock as session_check_memlock
-from handoff.memlock import required_memlock
 from handoff.profile import Profile
 
 GIB = 1024**3
 MIB = 1024**2
-CAP_SYS_RESOURCE = 24
 
 
 def parse_memlock(limits_text: str) -> tuple[int, int] | None:
@@ -40,15 +39,9 @@ def parse_memlock(limits_text: str) -> tuple[int, int] | None:
     return None
 
 
-def can_raise_hard(env: DoctorEnv) -> bool:
-    """CAP_SYS_RESOURCE in /proc/self/status's CapEff; euid 0 when that is unreadable."""
-    for line in (read_text(env.host.proc / "self" / "status") or "").splitlines():
-        if line.startswith("CapEff:"):
-            try:
-                return bool(int(line.split()[1], 16) & (1 << CAP_SYS_RESOURCE))
-            except (IndexError, ValueError):
-                break
-    return env.euid == 0
+def raisable(env: DoctorEnv) -> bool:
+    """CAP_SYS_RESOURCE in the tree's /proc/self/status; euid 0 when that is unreadable."""
+    return can_raise_hard(read_text(env.host.proc / "self" / "status"), env.euid)
 
 
 def _human(n: int) -> str:
@@ -69,16 +62,16 @@ def check_memlock(env: DoctorEnv, profile: Profile) -> Check:
     if limits is None:
         return skip(name, f"no 'Max locked memory' in {path}")
     soft, hard = limits
-    raisable = can_raise_hard(env)
+    may_raise = raisable(env)
     try:
         session_check_memlock(
-            profile, getrlimit=lambda _which: (soft, hard), can_raise_hard=lambda: raisable
+            profile, getrlimit=lambda _which: (soft, hard), can_raise_hard=lambda: may_raise
         )
     except HostError as err:
         return fail(name, err.message, err.fix or "raise RLIMIT_MEMLOCK")
     have = f"RLIMIT_MEMLOCK soft {_human(soft)}, hard {_human(hard)}"
     want = f"vm.memory {profile.vm.memory_mib} MiB + 1 GiB = {_human(need)}"
     if soft != resource.RLIM_INFINITY and soft < need:
-        how = "may raise its hard limit" if raisable else "may raise its soft limit"
+        how = "may raise its hard limit" if may_raise else "may raise its soft limit"
         return ok(name, f"{have}; handoff {how} and raises it for QEMU to cover {want}")
     return ok(name, f"{have} covers {want}")

@@ -13,8 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from handoff.checks import Check, DoctorEnv, ok, read_text, warn
-
-GPU_DRIVERS = ("amdgpu", "radeon", "nouveau", "nvidia", "i915", "xe", "snd_hda_intel")
+from handoff.pci.model import GPU_DRIVERS
 
 
 def config_files(dirs: tuple[Path, ...]) -> list[Path]:

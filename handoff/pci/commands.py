@@ -1,9 +1,10 @@
 """`handoff groups`, `detach`, `attach`, `recover`: the GPU engine by hand.
 
-Each command is an ``add_<name>_arguments(parser)`` / ``cmd_<name>(args)``
-pair that :mod:`handoff.cli` imports lazily, over a ``run_<name>`` function
-that takes the host roots and the :class:`SysfsWriter` explicitly, so the
-tests drive the very same code against the fake sysfs tree.
+One ``run_<name>`` function per command, taking the host roots and the
+:class:`SysfsWriter` explicitly and writing its lines to ``out``, so the
+tests drive the very same code against the fake sysfs tree. The argparse
+side (options, the real writer, stdout) is :mod:`handoff.cli_gpu`; nothing
+here parses arguments or prints.
 
 `detach` and `attach` are journaled exactly like a session (kind
 ``manual``): a crash halfway is finished by `handoff recover`, and
@@ -12,37 +13,23 @@ tests drive the very same code against the fake sysfs tree.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import sys
 from collections.abc import Callable, Sequence
-from typing import Any, TextIO
-
-import trio
+from typing import Any
 
 from handoff.errors import PciError
 from handoff.host import HostPaths
 from handoff.pci import journal as jr
 from handoff.pci.address import PciAddress
-from handoff.pci.bind import Engine, KernelWriter, SysfsWriter, recover
+from handoff.pci.engine import Engine
+from handoff.pci.model import PciDevice
+from handoff.pci.ops import SysfsWriter
 from handoff.pci.plan import GroupVerdict, group_verdicts
+from handoff.pci.recovery import recover
 from handoff.pci.resource import prepare, qemu_owner
 from handoff.pci.snapshot import take_snapshot
-from handoff.pci.sysfs import PciDevice, read_boot_id
 
 Out = Callable[[str], None]
-
-
-def _out(stream: TextIO) -> Out:
-    def write(line: str) -> None:
-        print(line, file=stream, flush=True)
-
-    return write
-
-
-def _addresses(texts: Sequence[str]) -> list[PciAddress]:
-    return [PciAddress.parse(text) for text in texts]
 
 
 # --------------------------------------------------------------------------- groups
@@ -90,7 +77,7 @@ def render_groups(verdicts: Sequence[GroupVerdict]) -> str:
 
 
 def run_groups(paths: HostPaths, writer: SysfsWriter, *, as_json: bool, out: Out) -> int:
-    snapshot = take_snapshot(paths, writer)
+    snapshot = take_snapshot(paths, writer.module_loadable)
     if not snapshot.iommu.enabled:
         if as_json:
             out(json.dumps({"iommu": False, "groups": []}, indent=2))
@@ -106,16 +93,6 @@ def run_groups(paths: HostPaths, writer: SysfsWriter, *, as_json: bool, out: Out
     else:
         out(render_groups(verdicts))
     return 0
-
-
-def add_groups_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
-
-
-def cmd_groups(args: argparse.Namespace) -> int:
-    return run_groups(
-        HostPaths.from_environment(), KernelWriter(), as_json=args.json, out=_out(sys.stdout)
-    )
 
 
 # --------------------------------------------------------------------------- detach
@@ -142,43 +119,13 @@ async def run_detach(
             out("dry run: nothing changed")
             return 0
         name = "manual-" + "-".join(str(g) for g in prepared.plan.group_ids)
-        journal = jr.Journal(
-            path=jr.journal_path(paths, name),
-            kind=jr.KIND_MANUAL,
-            owner="handoff detach",
-            boot_id=read_boot_id(paths),
-            supervisor_pid=os.getpid(),
-        )
+        journal = jr.Journal.begin(paths, name, jr.Kind.MANUAL, "handoff detach")
         await Engine(paths, writer).detach(prepared.plan, journal, vfio_owner=owner)
     finally:
         prepared.locks.release()
     moved = " ".join(d.address.short for d in prepared.plan.detach_order)
     out(f"on vfio-pci: {moved} (journal {journal.path}); `handoff attach {moved}` returns them")
     return 0
-
-
-def add_detach_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("addresses", nargs="+", metavar="ADDRESS",
-                        help="PCI address (01:00.0 or 0000:01:00.0); its group moves with it")
-    parser.add_argument("--allow-in-group", action="append", default=[], metavar="ADDRESS",
-                        help="accept losing this host-needed co-member (storage, NIC, ...)")
-    parser.add_argument("--user", default=None,
-                        help="chown /dev/vfio/N to this user (the QEMU user)")
-    parser.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
-
-
-def cmd_detach(args: argparse.Namespace) -> int:
-    return trio.run(
-        lambda: run_detach(
-            HostPaths.from_environment(),
-            KernelWriter(),
-            _addresses(args.addresses),
-            allow_in_group=_addresses(args.allow_in_group),
-            user=args.user,
-            dry_run=args.dry_run,
-            out=_out(sys.stdout),
-        )
-    )
 
 
 # --------------------------------------------------------------------------- attach
@@ -199,7 +146,7 @@ async def run_attach(
                 f"> /sys/bus/pci/drivers/vfio-pci/unbind; echo > /sys/bus/pci/devices/"
                 f"{address}/driver_override; echo {address} > /sys/bus/pci/drivers_probe",
             )
-        if journal.kind == jr.KIND_SESSION:
+        if journal.kind == jr.Kind.SESSION:
             raise PciError(
                 f"{address.short} belongs to the session {journal.owner!r}",
                 fix="stop that session (it returns its devices), or `handoff recover` if it "
@@ -214,20 +161,6 @@ async def run_attach(
     return 0
 
 
-def add_attach_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("addresses", nargs="+", metavar="ADDRESS",
-                        help="a device moved by `handoff detach` (its whole group returns)")
-
-
-def cmd_attach(args: argparse.Namespace) -> int:
-    return trio.run(
-        lambda: run_attach(
-            HostPaths.from_environment(), KernelWriter(), _addresses(args.addresses),
-            out=_out(sys.stdout),
-        )
-    )
-
-
 # --------------------------------------------------------------------------- recover
 
 
@@ -236,30 +169,3 @@ async def run_recover(paths: HostPaths, writer: SysfsWriter, *, out: Out) -> int
     for line in report.lines():
         out(line)
     return 0 if report.ok else 1
-
-
-def add_recover_arguments(parser: argparse.ArgumentParser) -> None:
-    del parser  # no options: it reads every journal
-
-
-def cmd_recover(args: argparse.Namespace) -> int:
-    del args
-    return trio.run(
-        lambda: run_recover(HostPaths.from_environment(), KernelWriter(), out=_out(sys.stdout))
-    )
-
-
-__all__ = [
-    "add_attach_arguments",
-    "add_detach_arguments",
-    "add_groups_arguments",
-    "add_recover_arguments",
-    "cmd_attach",
-    "cmd_detach",
-    "cmd_groups",
-    "cmd_recover",
-    "run_attach",
-    "run_detach",
-    "run_groups",
-    "run_recover",
-]

@@ -17,11 +17,13 @@ the card's own. The driver-wide ones (/dev/nvidiactl 195:255,
 /dev/nvidia-modeset 195:254, /dev/nvidia-uvm on a dynamic major, and ROCm's
 /dev/kfd beside amdgpu's render node) are shared by every card of the
 driver: :func:`vendor_nodes_of` lists them for a warning, not a refusal.
+
+The holders edge: reads /proc and sysfs, never writes, never signals a
+process; what it finds is a :class:`handoff.pci.model.Holder`.
 """
 
 from __future__ import annotations
 
-import enum
 import errno
 import os
 import stat
@@ -30,40 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from handoff.host import HostPaths
-from handoff.pci.sysfs import PciDevice, device_dir
+from handoff.pci.model import ComputeStack, Holder, PciDevice, compute_stack
+from handoff.pci.sysfs import device_dir
 
 # include/uapi/linux/major.h has no entry; the driver registers 195 itself
 # (NV_MAJOR_DEVICE_NUMBER), cards on minors 0.., these two on the top ones.
 NVIDIA_MAJOR = 195
 NVIDIA_CTL_MINOR = 255
 NVIDIA_MODESET_MINOR = 254
-
-
-class ComputeStack(enum.Enum):
-    """A driver whose compute users hold the card outside DRM/fbdev/ALSA."""
-
-    NVIDIA = "nvidia"  # the proprietary (or open) kernel module's PCI driver name
-    ROCM = "amdgpu"  # ROCm's /dev/kfd belongs to amdgpu
-
-
-def compute_stack(device: PciDevice) -> ComputeStack | None:
-    """Which compute stack may hold ``device`` through driver-wide nodes (pure)."""
-    for stack in ComputeStack:
-        if device.driver == stack.value:
-            return stack
-    return None
-
-
-@dataclass(frozen=True)
-class Holder:
-    """A process with an open fd on a watched node."""
-
-    pid: int
-    command: str
-    node: str
-
-    def describe(self) -> str:
-        return f"pid {self.pid} ({self.command}) has {self.node} open"
 
 
 @dataclass(frozen=True)
@@ -244,12 +220,6 @@ def find_holders(paths: HostPaths, nodes: Iterable[WatchedNode]) -> dict[str, tu
                 matched.add(node.path)
                 found[node.path].append(Holder(int(pid), _command(paths.proc, pid), node.path))
     return {path: tuple(holders) for path, holders in found.items() if holders}
-
-
-def device_holders(paths: HostPaths, device: PciDevice) -> tuple[Holder, ...]:
-    """Every process holding one of ``device``'s host nodes open."""
-    result = find_holders(paths, nodes_of(paths, device))
-    return tuple(holder for holders in result.values() for holder in holders)
 
 
 def node_holders(paths: HostPaths, node: Path) -> tuple[Holder, ...]:

@@ -17,7 +17,9 @@ supervisor but not a reboot, exactly like the bindings it describes. The
 boot id is recorded as well, so a journal that somehow outlived a reboot
 (a run directory on a persistent disk) is recognised as stale.
 
-Locks: one ``flock`` per IOMMU group in ``<run>/locks/``. The kernel drops
+Locks: one ``flock`` per IOMMU group in ``<run>/locks/``, taken and
+recorded (``<pid> <owner>``) with :mod:`handoff.rundir`'s helpers, the
+same as a run directory's lock. The kernel drops
 a flock when its holder dies, so a lock that cannot be taken always means a
 live process owns the group; recovery never touches a group whose lock it
 cannot take.
@@ -26,8 +28,7 @@ cannot take.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
+import enum
 import functools
 import json
 import os
@@ -40,6 +41,8 @@ from typing import Any
 
 from handoff.errors import JournalError, PreflightRefusedError
 from handoff.host import HostPaths
+from handoff.pci.sysfs import read_boot_id
+from handoff.rundir import flock_nowait, read_holder, record_holder
 
 JOURNAL_VERSION = 1
 
@@ -48,19 +51,26 @@ JOURNAL_VERSION = 1
 # outside tests.
 CRASH_AFTER_ENV = "HANDOFF_TEST_CRASH_AFTER_JOURNAL_WRITE"
 
-# Device steps. Every record is written (STEP_HOST) before the first change
-# to any device; a device's step is written before its sysfs writes start
-# and after they are verified; a returned device's record is dropped once
-# verified. Return is idempotent from every state in between (the original
-# driver and driver_override are all it needs), so a step per individual
-# write would add journal writes, not information: each costs about as much
-# as a sysfs write under emulation (bench/gpu_handoff.py).
-STEP_HOST = "host"  # recorded, not touched yet
-STEP_DETACHING = "detaching"  # driver_override → unbind → drivers_probe (→ bind) under way
-STEP_ON_VFIO = "on-vfio"  # verified on vfio-pci
 
-KIND_SESSION = "session"
-KIND_MANUAL = "manual"
+class Step(enum.StrEnum):
+    """Where a device is. Every record is written (HOST) before the first change
+    to any device; a device's step is written before its sysfs writes start
+    and after they are verified; a returned device's record is dropped once
+    verified. Return is idempotent from every state in between (the original
+    driver and driver_override are all it needs), so a step per individual
+    write would add journal writes, not information: each costs about as much
+    as a sysfs write under emulation (bench/gpu_handoff.py)."""
+
+    HOST = "host"  # recorded, not touched yet
+    DETACHING = "detaching"  # driver_override → unbind → drivers_probe (→ bind) under way
+    ON_VFIO = "on-vfio"  # verified on vfio-pci
+
+
+class Kind(enum.StrEnum):
+    """Who made the journal: a `handoff run` session or a manual `handoff detach`."""
+
+    SESSION = "session"
+    MANUAL = "manual"
 
 
 def journal_dir(paths: HostPaths) -> Path:
@@ -81,7 +91,7 @@ class DeviceRecord:
     original_driver: str | None
     original_module: str | None
     original_override: str | None
-    step: str = STEP_HOST
+    step: Step = Step.HOST
 
 
 @dataclass
@@ -99,7 +109,7 @@ class Journal:
     """One journal file: the devices and nodes a session (or a manual detach) changed."""
 
     path: Path
-    kind: str
+    kind: Kind
     owner: str
     boot_id: str
     supervisor_pid: int
@@ -113,18 +123,32 @@ class Journal:
     _ready: bool = field(default=False, repr=False, compare=False)
     _durable: bool = field(default=True, repr=False, compare=False)
 
+    @classmethod
+    def begin(cls, paths: HostPaths, name: str, kind: Kind, owner: str) -> Journal:
+        """A new, empty journal ``<run>/journal/<name>.json`` of this boot and process.
+
+        Nothing is written until the engine records the devices.
+        """
+        return cls(
+            path=journal_path(paths, name),
+            kind=kind,
+            owner=owner,
+            boot_id=read_boot_id(paths),
+            supervisor_pid=os.getpid(),
+        )
+
     # ------------------------------------------------------------------ persistence
 
     def to_json(self) -> dict[str, Any]:
         return {
             "version": JOURNAL_VERSION,
-            "kind": self.kind,
+            "kind": self.kind.value,
             "owner": self.owner,
             "boot_id": self.boot_id,
             "supervisor_pid": self.supervisor_pid,
             "qemu_pid": self.qemu_pid,
             "qemu_start_time": self.qemu_start_time,
-            "devices": [vars(d).copy() for d in self.devices],
+            "devices": [{**vars(d), "step": d.step.value} for d in self.devices],
             "nodes": [vars(n).copy() for n in self.nodes],
         }
 
@@ -135,13 +159,13 @@ class Journal:
             _check_version(data)
             return cls(
                 path=path,
-                kind=str(data["kind"]),
+                kind=Kind(data["kind"]),
                 owner=str(data["owner"]),
                 boot_id=str(data["boot_id"]),
                 supervisor_pid=int(data["supervisor_pid"]),
                 qemu_pid=data.get("qemu_pid"),
                 qemu_start_time=data.get("qemu_start_time"),
-                devices=[DeviceRecord(**d) for d in data["devices"]],
+                devices=[_device_record(d) for d in data["devices"]],
                 nodes=[NodeRecord(**n) for n in data["nodes"]],
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -207,7 +231,7 @@ class Journal:
                 return rec
         raise KeyError(address)
 
-    def set_step(self, address: str, step: str) -> None:
+    def set_step(self, address: str, step: Step) -> None:
         """Write-ahead: persist the step a device is about to take."""
         self.record(address).step = step
         self.save()
@@ -228,6 +252,12 @@ class Journal:
     @property
     def empty(self) -> bool:
         return not self.devices and not self.nodes
+
+
+def _device_record(data: dict[str, Any]) -> DeviceRecord:
+    record = DeviceRecord(**data)
+    record.step = Step(record.step)
+    return record
 
 
 def _check_version(data: dict[str, Any]) -> None:
@@ -361,34 +391,27 @@ def lock_groups(paths: HostPaths, groups: Iterable[int], owner: str) -> GroupLoc
     taken: dict[int, int] = {}
     try:
         for group in sorted(set(groups)):
-            path = _lock_path(paths, group)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                holder = _read_holder(fd)
-                os.close(fd)
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise
-                raise PreflightRefusedError(
-                    f"refusing the hand-off: another handoff ({holder}) holds IOMMU group "
-                    f"{group} (lock {path})",
-                    fix="stop that session first (`handoff status`), or wait for it to end",
-                ) from exc
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()} ({owner})\n".encode(), 0)
-            taken[group] = fd
+            taken[group] = _lock_one(paths, group, owner)
     except BaseException:
         GroupLocks(taken).release()
         raise
     return GroupLocks(taken)
 
 
-def _read_holder(fd: int) -> str:
-    try:
-        return os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown pid"
-    except OSError:
-        return "unknown pid"
+def _lock_one(paths: HostPaths, group: int, owner: str) -> int:
+    """One group's lock, recorded as ours, or a refusal naming its holder."""
+    path = _lock_path(paths, group)
+    fd = flock_nowait(path)
+    if fd is None:
+        holder = read_holder(path)
+        who = holder.describe() if holder is not None else "unknown pid"
+        raise PreflightRefusedError(
+            f"refusing the hand-off: another handoff ({who}) holds IOMMU group {group} "
+            f"(lock {path})",
+            fix="stop that session first (`handoff status`), or wait for it to end",
+        )
+    record_holder(fd, owner)
+    return fd
 
 
 @contextlib.contextmanager

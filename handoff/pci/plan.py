@@ -6,8 +6,10 @@ plan grows each requested address to its whole group; PCI bridges (header
 type 1) stay where they are, as the kernel already treats them as viable.
 
 Everything here decides from a :class:`HostSnapshot` taken beforehand and
-changes nothing; a refusal is a :class:`PreflightRefusedError` naming the
-group, its members, the reason and the fix, raised before any host change.
+changes nothing: this module must never read or write the host (of the PCI
+package it imports only :mod:`handoff.pci.model` and the address type). A
+refusal is a :class:`PreflightRefusedError` naming the group, its members,
+the reason and the fix, raised before any host change.
 The rules are DESIGN.md's "GPU handoff rules" (from libvirt's virpci.c,
 driverctl and users' reports of what went wrong with hook scripts).
 """
@@ -20,8 +22,14 @@ from dataclasses import dataclass, field
 
 from handoff.errors import PreflightRefusedError
 from handoff.pci.address import PciAddress
-from handoff.pci.holders import ComputeStack, Holder, compute_stack
-from handoff.pci.sysfs import VFIO_DRIVER, IommuState, PciDevice
+from handoff.pci.model import (
+    VFIO_DRIVER,
+    ComputeStack,
+    Holder,
+    IommuState,
+    PciDevice,
+    compute_stack,
+)
 
 # Endpoints the host needs to keep running: giving them away takes the disk,
 # the chipset or the network from under the host. (class prefix → why)
@@ -45,7 +53,7 @@ def host_need(device: PciDevice) -> str | None:
 
 @dataclass(frozen=True)
 class HostSnapshot:
-    """Everything preflight needs, read once from the host (see gather.py's callers).
+    """Everything preflight needs, read once from the host (:mod:`handoff.pci.snapshot`).
 
     ``holders`` maps a device to the processes holding its DRM/fb/sound nodes
     (and /dev/nvidiaN); ``vfio_holders`` maps a group to the processes holding

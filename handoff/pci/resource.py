@@ -25,7 +25,6 @@ the group to be viable, QEMU does not open them.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -36,10 +35,12 @@ from handoff.host import HostPaths, qemu_account
 from handoff.memlock import check_memlock
 from handoff.pci import journal as jr
 from handoff.pci.address import PciAddress
-from handoff.pci.bind import WRITE_TIMEOUT, Engine, KernelWriter, SysfsWriter, recover
+from handoff.pci.engine import WRITE_TIMEOUT, Engine
+from handoff.pci.ops import KernelWriter, SysfsWriter
 from handoff.pci.plan import HandoffPlan, HostSnapshot, plan_handoff
+from handoff.pci.recovery import recover
 from handoff.pci.snapshot import take_snapshot
-from handoff.pci.sysfs import iommu_group_of, read_boot_id, read_device
+from handoff.pci.sysfs import groups_of, read_device
 from handoff.profile import Profile
 from handoff.resources import ControlRegistry, JsonObject, VmHandle
 
@@ -80,7 +81,7 @@ async def settled_snapshot(
     other holder is reported at once by the plan.
     """
     wanted = tuple(groups)
-    snapshot = take_snapshot(paths, writer, groups=wanted, addresses=addresses)
+    snapshot = take_snapshot(paths, writer.module_loadable, groups=wanted, addresses=addresses)
     with trio.move_on_after(TRANSIENT_WAIT):
         while any(
             holder.command in TRANSIENT_HOLDERS
@@ -88,7 +89,9 @@ async def settled_snapshot(
             for holder in holders
         ):
             await trio.sleep(0.05)  # no event tells when udev closes a node: bounded poll
-            snapshot = take_snapshot(paths, writer, groups=wanted, addresses=addresses)
+            snapshot = take_snapshot(
+                paths, writer.module_loadable, groups=wanted, addresses=addresses
+            )
     return snapshot
 
 
@@ -107,7 +110,7 @@ async def prepare(
     attached, or a session whose recovery was refused).
     """
     allowed = tuple(allow_in_group)
-    groups = {g for a in addresses if (g := iommu_group_of(paths, a)) is not None}
+    groups = groups_of(paths, addresses)
     first = await settled_snapshot(paths, writer, groups=groups, addresses=addresses)
     plan = plan_handoff(addresses, first, allow_in_group=allowed)
     locks = jr.lock_groups(paths, plan.group_ids, owner)
@@ -180,8 +183,8 @@ class GpuHandoff:
         addresses = [p.address for p in self.profile.passthrough]
         allowed = [a for p in self.profile.passthrough for a in p.allow_in_group]
         owner = qemu_owner(self.profile.vm.user)
-        groups = {g for a in addresses if (g := iommu_group_of(self.paths, a)) is not None}
-        recovered = await recover(self.engine, kinds=(jr.KIND_SESSION,), groups=groups)
+        groups = groups_of(self.paths, addresses)
+        recovered = await recover(self.engine, kinds=(jr.Kind.SESSION,), groups=groups)
         for line in recovered.returned + recovered.discarded:
             self.report(f"recovered from an earlier session: {line}")
         prepared = await prepare(
@@ -194,13 +197,8 @@ class GpuHandoff:
         self._locks = prepared.locks
         self.plan = prepared.plan
         self.report("GPU hand-off plan:\n" + prepared.plan.render())
-        journal = jr.Journal(
-            path=jr.journal_path(self.paths, self.profile.name),
-            kind=jr.KIND_SESSION,
-            owner=self.profile.name,
-            boot_id=read_boot_id(self.paths),
-            supervisor_pid=os.getpid(),
-        )
+        journal = jr.Journal.begin(self.paths, self.profile.name, jr.Kind.SESSION,
+                                   self.profile.name)
         try:
             await self.engine.detach(prepared.plan, journal, vfio_owner=owner)
         except BaseException:

@@ -2,26 +2,24 @@
 
 The one place that gathers everything :func:`handoff.pci.plan.plan_handoff`
 needs (devices, groups, holders of the devices' nodes, of their compute
-drivers' shared nodes and of /dev/vfio/N,
-the framebuffer console, vfio-pci availability), so the planner itself
-stays pure and tests can build the same snapshot from a fake tree.
+drivers' shared nodes and of /dev/vfio/N, the framebuffer console, vfio-pci
+availability), so the planner itself stays pure and tests can build the
+same snapshot from a fake tree. An edge that only reads: it never writes
+sysfs nor loads a module, and holds no writer.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from handoff.errors import PciError
 from handoff.host import HostPaths
 from handoff.pci.address import PciAddress
-from handoff.pci.bind import SysfsWriter
-from handoff.pci.holders import Holder, WatchedNode, find_holders, nodes_of, vendor_nodes_of
+from handoff.pci.holders import WatchedNode, find_holders, nodes_of, vendor_nodes_of
+from handoff.pci.model import VFIO_DRIVER, VFIO_MODULE, Holder, PciDevice
 from handoff.pci.plan import HostSnapshot
 from handoff.pci.sysfs import (
-    VFIO_DRIVER,
-    VFIO_MODULE,
-    PciDevice,
     driver_loaded,
     framebuffer_console_bound,
     read_device,
@@ -33,7 +31,7 @@ from handoff.pci.sysfs import (
 
 def take_snapshot(
     paths: HostPaths,
-    writer: SysfsWriter,
+    module_loadable: Callable[[str], bool],
     *,
     groups: Iterable[int] | None = None,
     addresses: Iterable[PciAddress] = (),
@@ -44,6 +42,9 @@ def take_snapshot(
     A hand-off only needs its own groups (and the requested devices, to name
     one that does not exist or has no group); reading just those keeps
     preflight cheap on a machine with a hundred PCI functions.
+    ``module_loadable`` answers whether vfio-pci could be loaded when it is
+    not (``modprobe --dry-run`` on the host, modules.dep of the tree doctor
+    looks at); it must not load anything.
     """
     iommu = read_iommu(paths)
     if groups is None:
@@ -72,7 +73,7 @@ def take_snapshot(
                     vendor_holders[key] = vendor_holders.get(key, ()) + found
                 elif isinstance(key, int):
                     vfio_holders[key] = vfio_holders.get(key, ()) + found
-    vfio_available = driver_loaded(paths, VFIO_DRIVER) or writer.module_loadable(VFIO_MODULE)
+    vfio_available = driver_loaded(paths, VFIO_DRIVER) or module_loadable(VFIO_MODULE)
     return HostSnapshot(
         devices=devices,
         iommu=iommu,

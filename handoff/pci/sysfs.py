@@ -1,172 +1,29 @@
 """Reading PCI devices and IOMMU groups from sysfs, under a configurable root.
 
-Everything here is read-only and returns frozen values, so the pure planner
-(:mod:`handoff.pci.plan`) can decide from a snapshot and tests can build the
-same snapshot from a fake tree. Paths are those of the kernel's ABI
-(Documentation/ABI/testing/sysfs-bus-pci): ``/sys/bus/pci/devices/X`` are
-symlinks into ``/sys/devices/pci0000:00/...``; ``driver`` and ``iommu_group``
-are symlinks whose last component is the name we need.
+The sysfs edge, read side: every sysfs path the PCI engine uses is built
+here, and every reader returns a frozen :mod:`handoff.pci.model` value, so
+the pure planner (:mod:`handoff.pci.plan`) can decide from a snapshot and
+tests can build the same snapshot from a fake tree. This module must never
+write: changes go through :mod:`handoff.pci.ops`.
+
+Paths are those of the kernel's ABI (Documentation/ABI/testing/sysfs-bus-pci):
+``/sys/bus/pci/devices/X`` are symlinks into ``/sys/devices/pci0000:00/...``;
+``driver`` and ``iommu_group`` are symlinks whose last component is the name
+we need.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 
 from handoff.errors import PciError
 from handoff.host import HostPaths
 from handoff.pci.address import PciAddress
+from handoff.pci.model import Binding, IommuState, PciDevice
 
-VFIO_DRIVER = "vfio-pci"
-VFIO_MODULE = "vfio_pci"
-
-# PCI header types (config space byte 0x0e, low 7 bits; bit 7 = multifunction).
-HEADER_ENDPOINT = 0x00
-HEADER_BRIDGE = 0x01
-HEADER_CARDBUS = 0x02
-_HEADER_OFFSET = 0x0E
-
-# Class names as lspci prints them, base class then (base, subclass) overrides.
-_BASE_CLASSES: Mapping[int, str] = {
-    0x00: "Unclassified device",
-    0x01: "Mass storage controller",
-    0x02: "Network controller",
-    0x03: "Display controller",
-    0x04: "Multimedia controller",
-    0x05: "Memory controller",
-    0x06: "Bridge",
-    0x07: "Communication controller",
-    0x08: "Generic system peripheral",
-    0x09: "Input device controller",
-    0x0A: "Docking station",
-    0x0B: "Processor",
-    0x0C: "Serial bus controller",
-    0x0D: "Wireless controller",
-    0x0E: "Intelligent controller",
-    0x0F: "Satellite communications controller",
-    0x10: "Encryption controller",
-    0x11: "Signal processing controller",
-    0x12: "Processing accelerators",
-    0x13: "Non-Essential Instrumentation",
-    0xFF: "Unassigned class",
-}
-_SUBCLASSES: Mapping[tuple[int, int], str] = {
-    (0x01, 0x00): "SCSI storage controller",
-    (0x01, 0x01): "IDE interface",
-    (0x01, 0x04): "RAID bus controller",
-    (0x01, 0x06): "SATA controller",
-    (0x01, 0x07): "Serial Attached SCSI controller",
-    (0x01, 0x08): "Non-Volatile memory controller",
-    (0x02, 0x00): "Ethernet controller",
-    (0x02, 0x80): "Network controller",
-    (0x03, 0x00): "VGA compatible controller",
-    (0x03, 0x02): "3D controller",
-    (0x03, 0x80): "Display controller",
-    (0x04, 0x01): "Multimedia audio controller",
-    (0x04, 0x03): "Audio device",
-    (0x06, 0x00): "Host bridge",
-    (0x06, 0x01): "ISA bridge",
-    (0x06, 0x04): "PCI bridge",
-    (0x06, 0x80): "Bridge",
-    (0x07, 0x80): "Communication controller",
-    (0x0C, 0x03): "USB controller",
-    (0x0C, 0x05): "SMBus",
-}
-
-
-def class_name(class_code: int) -> str:
-    """lspci's name for a 24-bit class code (``0x030000`` → VGA compatible controller)."""
-    base, sub = (class_code >> 16) & 0xFF, (class_code >> 8) & 0xFF
-    return _SUBCLASSES.get((base, sub)) or _BASE_CLASSES.get(base, f"Class {base:02x}{sub:02x}")
-
-
-@dataclass(frozen=True)
-class PciDevice:
-    """One PCI function as sysfs shows it right now.
-
-    ``header_type`` is the raw config byte 0x0e, or None when config space
-    could not be read at all. ``driver_override`` is None when the kernel
-    reports ``(null)``; ``driver_override_supported`` is False on kernels
-    without the attribute (before 3.16), which handoff cannot drive safely.
-    """
-
-    address: PciAddress
-    class_code: int
-    vendor: int
-    device: int
-    subsystem_vendor: int | None
-    subsystem_device: int | None
-    driver: str | None
-    driver_module: str | None
-    driver_override: str | None
-    driver_override_supported: bool
-    iommu_group: int | None
-    boot_vga: bool
-    header_type: int | None
-    drm_nodes: tuple[str, ...] = ()
-    fb_nodes: tuple[str, ...] = ()
-    sound_cards: tuple[int, ...] = ()
-    netdevs: tuple[str, ...] = ()
-
-    @property
-    def ids(self) -> str:
-        """``vendor:device`` in lspci -n form (``1002:67b0``)."""
-        return f"{self.vendor:04x}:{self.device:04x}"
-
-    @property
-    def class_name(self) -> str:
-        return class_name(self.class_code)
-
-    @property
-    def base_class(self) -> int:
-        return (self.class_code >> 16) & 0xFF
-
-    @property
-    def class_prefix(self) -> int:
-        """Base class and subclass (``0x0601`` for an ISA bridge)."""
-        return (self.class_code >> 8) & 0xFFFF
-
-    @property
-    def is_display(self) -> bool:
-        return self.base_class == 0x03
-
-    @property
-    def is_vga(self) -> bool:
-        """A VGA-class function (the one a GPU's legacy VGA and boot_vga belong to)."""
-        return self.class_prefix == 0x0300
-
-    @property
-    def header_kind(self) -> int | None:
-        return None if self.header_type is None else self.header_type & 0x7F
-
-    @property
-    def is_bridge(self) -> bool:
-        """Header type 1 (PCI-to-PCI bridge): stays with the host, vfio-pci refuses it."""
-        return self.header_kind == HEADER_BRIDGE
-
-    @property
-    def is_dead(self) -> bool:
-        """Config space reads back all ones: the device fell off the bus or sits in D3cold.
-
-        libvirt reports this as "Unknown PCI header type '127'". Touching the
-        driver binding of such a device hangs or fails, so handoff refuses.
-        """
-        return self.header_type is None or (self.header_type & 0x7F) == 0x7F
-
-    def describe(self) -> str:
-        """One line as lspci -nnk would: address, class, ids, driver."""
-        driver = self.driver or "no driver"
-        return f"{self.address.short} {self.class_name} [{self.ids}] ({driver})"
-
-
-@dataclass(frozen=True)
-class IommuState:
-    """Whether the IOMMU is on and which devices share each group."""
-
-    enabled: bool
-    groups: Mapping[int, tuple[PciAddress, ...]]
+_HEADER_OFFSET = 0x0E  # config space byte of the header type
 
 
 # --------------------------------------------------------------------------- paths
@@ -182,6 +39,15 @@ def device_dir(paths: HostPaths, address: PciAddress) -> Path:
 
 def drivers_dir(paths: HostPaths) -> Path:
     return paths.sys / "bus" / "pci" / "drivers"
+
+
+def driver_override_path(paths: HostPaths, address: PciAddress) -> Path:
+    return device_dir(paths, address) / "driver_override"
+
+
+def driver_attr(paths: HostPaths, driver: str, name: str) -> Path:
+    """``/sys/bus/pci/drivers/<driver>/<name>`` (``bind``, ``unbind``)."""
+    return drivers_dir(paths) / driver / name
 
 
 def drivers_probe_path(paths: HostPaths) -> Path:
@@ -288,21 +154,13 @@ def read_device(paths: HostPaths, address: PciAddress) -> PciDevice:
     )
 
 
-@dataclass(frozen=True)
-class Binding:
-    """The two things a bind step changes: the driver link and driver_override."""
-
-    driver: str | None
-    driver_override: str | None
-
-
 def read_binding(paths: HostPaths, address: PciAddress) -> Binding | None:
     """The device's current driver and driver_override, None when it is gone.
 
     The hot path of detach and return (read back after every write): two
     system calls, where :func:`read_device` reads the whole device.
     """
-    base = f"{paths.sys}/bus/pci/devices/{address}"
+    base = str(device_dir(paths, address))
     try:
         driver: str | None = os.path.basename(os.readlink(f"{base}/driver"))
     except FileNotFoundError:
@@ -330,6 +188,11 @@ def iommu_group_of(paths: HostPaths, address: PciAddress) -> int | None:
     return int(name) if name is not None and name.isdigit() else None
 
 
+def groups_of(paths: HostPaths, addresses: Iterable[PciAddress]) -> set[int]:
+    """The IOMMU groups of ``addresses`` (an address in no group adds none)."""
+    return {g for a in addresses if (g := iommu_group_of(paths, a)) is not None}
+
+
 def list_addresses(paths: HostPaths) -> tuple[PciAddress, ...]:
     """Every PCI function the kernel knows, sorted."""
     names = _children(pci_devices_dir(paths), "")
@@ -348,7 +211,7 @@ def read_devices(paths: HostPaths) -> dict[PciAddress, PciDevice]:
 
 
 def read_iommu(paths: HostPaths) -> IommuState:
-    """The IOMMU groups from /sys/kernel/iommu_groups (empty when the IOMMU is off)."""
+    """The IOMMU units and groups (/sys/class/iommu, /sys/kernel/iommu_groups)."""
     groups: dict[int, tuple[PciAddress, ...]] = {}
     for name in _children(iommu_groups_dir(paths), ""):
         if not name.isdigit():
@@ -361,7 +224,7 @@ def read_iommu(paths: HostPaths) -> IommuState:
             except PciError:
                 continue  # a non-PCI device in the group (platform devices on ARM)
         groups[int(name)] = tuple(sorted(addresses))
-    return IommuState(enabled=bool(groups), groups=groups)
+    return IommuState(groups=groups, units=_children(paths.sys / "class" / "iommu", ""))
 
 
 def driver_loaded(paths: HostPaths, driver: str) -> bool:

@@ -24,8 +24,8 @@ from handoff.errors import PreflightRefusedError
 from handoff.host import HostPaths
 from handoff.pci import journal as jr
 from handoff.pci.address import PciAddress
-from handoff.pci.bind import KernelWriter
 from handoff.pci.commands import run_attach, run_detach, run_recover
+from handoff.pci.ops import KernelWriter
 from handoff.pci.sysfs import read_device, read_iommu
 from tests.testbed import devices
 

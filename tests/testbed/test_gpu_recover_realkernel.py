@@ -22,8 +22,8 @@ import pytest
 
 from handoff.host import HostPaths
 from handoff.pci import journal as jr
-from handoff.pci.bind import CRASH_AFTER_SYSFS_ENV, PAUSE_AFTER_SYSFS_ENV, KernelWriter
 from handoff.pci.commands import run_detach, run_recover
+from handoff.pci.ops import CRASH_AFTER_SYSFS_ENV, PAUSE_AFTER_SYSFS_ENV, KernelWriter
 from handoff.pci.sysfs import read_device
 from tests.testbed import guest
 from tests.testbed.devices import GpuLookalike

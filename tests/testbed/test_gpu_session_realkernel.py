@@ -25,7 +25,7 @@ import pytest
 from handoff.host import HostPaths
 from handoff.pci import journal as jr
 from handoff.pci.address import PciAddress
-from handoff.pci.bind import CRASH_AFTER_SYSFS_ENV
+from handoff.pci.ops import CRASH_AFTER_SYSFS_ENV
 from handoff.pci.sysfs import read_device
 from tests.testbed import devices, guest
 

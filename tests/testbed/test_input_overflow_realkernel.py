@@ -145,3 +145,45 @@ async def test_a_key_let_go_inside_a_kernel_overflow_is_released_in_the_guest(
         await resource.release()
         keyboard.close()
         mouse.close()
+
+
+@pytest.mark.usefixtures("udev")
+async def test_keys_typed_just_before_a_switch_to_the_host_reach_the_guest(
+    tmp_path: Path,
+) -> None:
+    """A switch reads EVIOCGKEY, and the kernel flushes the key events queued for that reader."""
+    keyboard, mouse = make_keyboard(), make_mouse()
+    paths = HostPaths(run=tmp_path / "run")
+    qemu_socket_dir(paths, "tb").mkdir(parents=True, mode=0o700)  # the input monitor's
+    resource = InputHandoff(profile(InputBackend.QMP, InputMode.GUEST), paths)
+    await resource.acquire()
+    control = ControlCommands()
+    try:
+        async with (
+            nested_qemu(tmp_path, list(resource.qemu_args()), "input_event_*") as (
+                process,
+                qmp,
+                trace,
+            ),
+            trio.open_nursery() as nursery,
+        ):
+            await resource.vm_started(Vm(qmp, process.pid), nursery, control)
+            both = {KBD_NAME: True, MOUSE_NAME: True}
+            await until(lambda: grabbed(resource) == both, "both devices grabbed", 60)
+            # Typed and queued; the switch runs before the router's reader gets to them.
+            frame(keyboard, (EV_KEY, KEY_A, 1))
+            frame(keyboard, (EV_KEY, KEY_A, 0))
+            frame(keyboard, (EV_KEY, KEY_B, 1))
+            reply = await control.dispatch({"command": "switch", "mode": "host"})
+            assert reply == {"ok": True, "result": {"mode": "host", "pending": None}}
+            assert not any(grabbed(resource).values())
+            b_up = ("key_qcode", "b", "0")  # released in the guest by the switch
+            await until(lambda: b_up in parse(trace), "B released in the guest", 60)
+            frame(keyboard, (EV_KEY, KEY_B, 0))  # the host's now
+            nursery.cancel_scope.cancel()
+    finally:
+        await resource.release()
+        keyboard.close()
+        mouse.close()
+    keys = [(n, v) for k, n, v in parse(trace) if k == "key_qcode"]
+    assert keys == [("a", "1"), ("a", "0"), ("b", "1"), ("b", "0")]

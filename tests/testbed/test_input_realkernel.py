@@ -128,6 +128,11 @@ def open_nodes(pid: int) -> set[str]:
     return {os.path.realpath(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
 
 
+def holds(pid: int, node: str) -> bool:
+    """``pid`` has ``node`` open (``node`` may be a link to it, as the proxies' are)."""
+    return os.path.realpath(node) in open_nodes(pid)
+
+
 @dataclass
 class Vm:
     """The VmHandle the session gives resources: the QEMU pid and its QMP connection."""
@@ -283,7 +288,7 @@ async def test_the_virtio_backend_hands_qemu_its_proxies_and_copies_events_uncha
                         probe.grab()
                     assert caught.value.errno == errno.EBUSY
                     probe.close()
-                    assert node in open_nodes(process.pid)
+                    assert holds(process.pid, node)
                 await resource.vm_started(Vm(qmp, process.pid), nursery, control)
                 both = {KBD_NAME: True, MOUSE_NAME: True}
                 await until(lambda: grabbed(resource) == both, "both devices grabbed")

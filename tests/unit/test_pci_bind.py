@@ -14,14 +14,10 @@ import trio
 from handoff.errors import BindError, SysfsTimeoutError, SysfsWriteError
 from handoff.pci import journal as jr
 from handoff.pci.address import PciAddress
-from handoff.pci.bind import (
-    CRASH_AFTER_SYSFS_ENV,
-    PAUSE_AFTER_SYSFS_ENV,
-    Engine,
-    WriteFaults,
-    recover,
-)
+from handoff.pci.engine import Engine
+from handoff.pci.ops import CRASH_AFTER_SYSFS_ENV, PAUSE_AFTER_SYSFS_ENV, WriteFaults
 from handoff.pci.plan import HandoffPlan, plan_handoff
+from handoff.pci.recovery import recover
 from handoff.pci.snapshot import take_snapshot
 from tests.unit.fakesysfs import FakeEntry, FakeHost, seed_machine, session_journal
 
@@ -41,7 +37,7 @@ def host(tmp_path: Path) -> Iterator[FakeHost]:
 
 
 def gpu_plan(host: FakeHost) -> HandoffPlan:
-    return plan_handoff([A("01:00.0")], take_snapshot(host.paths, host))
+    return plan_handoff([A("01:00.0")], take_snapshot(host.paths, host.module_loadable))
 
 
 def new_journal(host: FakeHost, name: str = "test") -> jr.Journal:
@@ -116,8 +112,8 @@ async def test_the_journal_records_original_drivers_before_anything_changes(
     on_disk = jr.Journal.load(journal.path)
     records = [(d.address, d.original_driver, d.original_override, d.step) for d in on_disk.devices]
     assert records == [
-        ("0000:01:00.1", "snd_hda_intel", None, jr.STEP_ON_VFIO),
-        ("0000:01:00.0", "amdgpu", None, jr.STEP_ON_VFIO),
+        ("0000:01:00.1", "snd_hda_intel", None, jr.Step.ON_VFIO),
+        ("0000:01:00.0", "amdgpu", None, jr.Step.ON_VFIO),
     ]
     assert on_disk.boot_id == FakeHost.BOOT_ID
     assert on_disk.devices[1].ids == "1002:67b0"
@@ -315,7 +311,7 @@ async def test_a_device_rebound_elsewhere_meanwhile_is_left_alone(host: FakeHost
 
 # Four writes by the real KernelWriter to plain files, in a process of its own.
 FOUR_WRITES = (
-    "import sys; from pathlib import Path; from handoff.pci.bind import KernelWriter\n"
+    "import sys; from pathlib import Path; from handoff.pci.ops import KernelWriter\n"
     "for n in range(1, 5): KernelWriter().write(Path(sys.argv[1]) / str(n), str(n))\n"
 )
 CHECKOUT = Path(__file__).resolve().parents[2]

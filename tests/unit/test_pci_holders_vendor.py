@@ -49,7 +49,7 @@ def host(tmp_path: Path) -> FakeHost:
 
 
 def snap(host: FakeHost) -> HostSnapshot:
-    return take_snapshot(host.paths, host)
+    return take_snapshot(host.paths, host.module_loadable)
 
 
 def refusal(host: FakeHost, address: str) -> PreflightRefusedError:

@@ -10,8 +10,9 @@ import pytest
 from handoff.errors import JournalError, PreflightRefusedError
 from handoff.pci import journal as jr
 from handoff.pci.address import PciAddress
-from handoff.pci.bind import Engine, recover
-from handoff.pci.plan import plan_handoff
+from handoff.pci.engine import Engine
+from handoff.pci.plan import HandoffPlan, plan_handoff
+from handoff.pci.recovery import recover
 from handoff.pci.snapshot import take_snapshot
 from tests.unit.fakesysfs import FakeHost, seed_machine, session_journal
 
@@ -63,7 +64,7 @@ def crash_after(monkeypatch: pytest.MonkeyPatch, writes: int) -> None:
 async def full_cycle(host: FakeHost) -> int:
     journal = new_journal(host)
     engine = Engine(host.paths, host)
-    await engine.detach(plan_handoff([A("01:00.0")], take_snapshot(host.paths, host)), journal)
+    await engine.detach(gpu_plan(host), journal)
     journal.note_qemu(999_999, None)
     await engine.give_back(journal)
     return journal.writes
@@ -142,7 +143,7 @@ async def test_recover_leaves_devices_alone_while_the_recorded_qemu_runs(
     crash_after(monkeypatch, 6)  # right after the QEMU pid is journaled
     journal = new_journal(host)
     engine = Engine(host.paths, host)
-    await engine.detach(plan_handoff([A("01:00.0")], take_snapshot(host.paths, host)), journal)
+    await engine.detach(gpu_plan(host), journal)
     with pytest.raises(SimulatedCrash):
         journal.note_qemu(4321, jr.process_start_time(host.paths, 4321))
     monkeypatch.undo()
@@ -158,7 +159,7 @@ async def test_recover_leaves_devices_alone_while_the_recorded_qemu_runs(
 async def test_a_recycled_pid_is_not_mistaken_for_the_recorded_qemu(host: FakeHost) -> None:
     journal = new_journal(host)
     engine = Engine(host.paths, host)
-    await engine.detach(plan_handoff([A("01:00.0")], take_snapshot(host.paths, host)), journal)
+    await engine.detach(gpu_plan(host), journal)
     host.add_process(4321, "bash", [])  # same pid, other start time than recorded
     journal.note_qemu(4321, 1)
     assert (await recover(engine)).ok
@@ -185,7 +186,7 @@ async def test_recover_leaves_a_journal_whose_groups_a_live_handoff_holds(
     journal = new_journal(host)
     engine = Engine(host.paths, host)
     with jr.held_groups(host.paths, [1], "handoff run gaming"):
-        await engine.detach(plan_handoff([A("01:00.0")], take_snapshot(host.paths, host)), journal)
+        await engine.detach(gpu_plan(host), journal)
         report = await recover(engine)
         assert not report.ok
         assert "handoff run gaming" in report.lines()[0]
@@ -210,3 +211,7 @@ def test_the_on_disk_format_is_plain_json_a_person_can_read(host: FakeHost) -> N
     assert data["version"] == 1
     assert data["qemu_pid"] == 1234
     assert data["devices"][0]["original_driver"] == "amdgpu"
+
+
+def gpu_plan(host: FakeHost) -> HandoffPlan:
+    return plan_handoff([A("01:00.0")], take_snapshot(host.paths, host.module_loadable))

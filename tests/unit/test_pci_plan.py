@@ -19,7 +19,7 @@ def host(tmp_path: Path) -> FakeHost:
 
 
 def snap(host: FakeHost) -> HostSnapshot:
-    return take_snapshot(host.paths, host)
+    return take_snapshot(host.paths, host.module_loadable)
 
 
 def test_the_gpu_grows_to_its_group_and_the_bridge_stays(host: FakeHost) -> None:

@@ -193,7 +193,7 @@ async def test_a_group_left_detached_by_hand_refuses_until_attached(tmp_path: Pa
     host = seed_machine(tmp_path)
     manual = jr.Journal(
         path=jr.journal_path(host.paths, "manual-1"),
-        kind=jr.KIND_MANUAL,
+        kind=jr.Kind.MANUAL,
         owner="handoff detach",
         boot_id=FakeHost.BOOT_ID,
         supervisor_pid=1,

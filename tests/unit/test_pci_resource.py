@@ -10,7 +10,7 @@ import pytest
 from handoff.memlock import UNLIMITED, check_memlock
 from handoff.pci import journal as jr
 from handoff.pci.address import PciAddress
-from handoff.pci.bind import Engine
+from handoff.pci.engine import Engine
 from handoff.pci.plan import plan_handoff
 from handoff.pci.resource import GpuHandoff
 from handoff.pci.snapshot import take_snapshot
@@ -103,13 +103,13 @@ async def test_a_profile_without_passthrough_changes_nothing(host: FakeHost) -> 
 async def test_the_next_run_recovers_what_a_killed_session_left(host: FakeHost) -> None:
     dead = jr.Journal(
         path=jr.journal_path(host.paths, "gaming"),
-        kind=jr.KIND_SESSION,
+        kind=jr.Kind.SESSION,
         owner="gaming",
         boot_id=FakeHost.BOOT_ID,
         supervisor_pid=999_999,
     )
     await Engine(host.paths, host).detach(
-        plan_handoff([A("01:00.0")], take_snapshot(host.paths, host)), dead
+        plan_handoff([A("01:00.0")], take_snapshot(host.paths, host.module_loadable)), dead
     )
     dead.note_qemu(999_998, None)  # that QEMU is gone too
     lines: list[str] = []

@@ -6,7 +6,8 @@ import pytest
 
 from handoff.errors import PciError
 from handoff.pci.address import PciAddress
-from handoff.pci.holders import device_holders
+from handoff.pci.holders import find_holders, nodes_of
+from handoff.pci.model import Holder
 from handoff.pci.sysfs import (
     framebuffer_console_bound,
     read_boot_id,
@@ -91,10 +92,15 @@ def test_holders_are_found_by_scanning_proc_fds(host: FakeHost) -> None:
     host.add_process(4242, "Xorg", [host.paths.dev / "dri" / "card0"])
     host.add_process(4343, "pipewire", [host.paths.dev / "snd" / "pcmC0D0p"])
     host.add_process(4444, "bash", [host.paths.dev / "dri" / "card1"])  # the other GPU
-    gpu = device_holders(host.paths, read_device(host.paths, A("01:00.0")))
-    audio = device_holders(host.paths, read_device(host.paths, A("01:00.1")))
+    gpu = holders_of(host, A("01:00.0"))
+    audio = holders_of(host, A("01:00.1"))
     assert [(h.pid, h.command) for h in gpu] == [(4242, "Xorg")]
     assert [(h.pid, h.command) for h in audio] == [(4343, "pipewire")]
+
+
+def holders_of(host: FakeHost, address: PciAddress) -> list[Holder]:
+    nodes = nodes_of(host.paths, read_device(host.paths, address))
+    return [h for found in find_holders(host.paths, nodes).values() for h in found]
 
 
 def test_the_framebuffer_console_and_boot_id_are_read(host: FakeHost) -> None:

@@ -1,0 +1,103 @@
+"""`handoff recover`'s policy: which journals left behind to finish, and which to leave.
+
+A journal is what a supervisor that died (SIGKILL, a crash, a power cut
+without reboot) left of a hand-off. This module decides, per journal,
+whether to discard it (an earlier boot: the reboot already reset every
+binding), leave it (its groups are locked by a live handoff, or its
+recorded QEMU still runs), or finish it (the engine returns its devices).
+It never writes sysfs itself: returning goes through
+:meth:`handoff.pci.engine.Engine.give_back`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from handoff.errors import HandoffError
+from handoff.pci import journal as jr
+from handoff.pci.engine import Engine
+from handoff.pci.sysfs import read_boot_id
+
+
+@dataclass
+class RecoveryReport:
+    """What `handoff recover` did: devices returned, journals it had to leave alone."""
+
+    returned: list[str] = field(default_factory=list)
+    discarded: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.refused and not self.failed
+
+    def lines(self) -> list[str]:
+        out = [f"returned: {note}" for note in self.returned]
+        out += [f"discarded: {note}" for note in self.discarded]
+        out += [f"left alone: {note}" for note in self.refused]
+        out += [f"FAILED: {note}" for note in self.failed]
+        return out or ["nothing to recover: no hand-off journal"]
+
+
+async def recover(
+    engine: Engine,
+    *,
+    kinds: Iterable[jr.Kind] = tuple(jr.Kind),
+    groups: set[int] | None = None,
+) -> RecoveryReport:
+    """Finish every journal left by a supervisor that died; return its devices.
+
+    A journal whose groups are still locked belongs to a live handoff and is
+    left alone; one whose recorded QEMU is still running is left alone too
+    (its devices are in use: stop that QEMU first). A journal from an earlier
+    boot is discarded: the reboot already reset every binding. Only journals
+    of ``kinds`` (and, given ``groups``, touching one of them) are finished.
+    """
+    report = RecoveryReport()
+    wanted = frozenset(kinds)
+    paths = engine.paths
+    boot_id = read_boot_id(paths)
+    for path in jr.list_journals(paths):
+        try:
+            journal = jr.Journal.load(path)
+        except HandoffError as exc:
+            report.failed.append(str(exc))
+            continue
+        if journal.boot_id != boot_id:
+            journal.remove()
+            report.discarded.append(
+                f"{path} is from an earlier boot ({journal.boot_id}): the reboot already "
+                "returned every device to the kernel's default driver"
+            )
+            continue
+        if journal.kind not in wanted:
+            continue
+        if groups is not None and not groups.intersection(journal.groups):
+            continue
+        await _finish(engine, journal, report)
+    return report
+
+
+async def _finish(engine: Engine, journal: jr.Journal, report: RecoveryReport) -> None:
+    """Return one dead supervisor's devices, under its groups' locks."""
+    try:
+        locks = jr.lock_groups(engine.paths, journal.groups, "handoff recover")
+    except HandoffError as exc:
+        report.refused.append(f"{journal.path}: {exc.message}")
+        return
+    try:
+        pid = journal.qemu_pid
+        if pid is not None and jr.process_alive(engine.paths, pid, journal.qemu_start_time):
+            report.refused.append(
+                f"{journal.path}: its QEMU (pid {pid}) is still running and uses the devices; "
+                f"stop it (`kill {pid}`), then run `handoff recover` again"
+            )
+            return
+        try:
+            report.returned += await engine.give_back(journal)
+        except HandoffError as exc:
+            report.failed.append(f"{journal.path}: {exc}")
+    finally:
+        locks.release()

@@ -1,0 +1,74 @@
+"""Which CPUs the host's own tasks may use while the VM runs (pure).
+
+With ``cpu.isolate = true`` systemd's ``AllowedCPUs=`` of system.slice,
+user.slice and init.scope (every host task outside the VM) becomes the
+online CPUs minus the CPUs pinned to vCPUs, and QEMU's own scope gets the
+vCPUs' and emulator's CPUs.
+
+The emulator CPUs stay available to the host. ``emulator = "auto"`` is by
+definition the CPUs no vCPU uses, i.e. exactly the host's share: taking
+them from the host would leave it nothing. And QEMU's main loop and I/O
+threads do host-side work anyway (virtio queues, disk and USB I/O, the
+interrupts of passed-through devices are handled next to them), so sharing
+those CPUs with the host costs the guest no vCPU time; what isolation
+protects is the vCPUs' cores. This is the split the libvirt hook examples
+of the Arch wiki make (the slices' AllowedCPUs = the emulatorpin CPUs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from handoff.errors import IsolationRefusedError
+from handoff.tune.cpulist import format_cpulist
+
+HOST_UNITS = ("system.slice", "user.slice", "init.scope")
+
+
+@dataclass(frozen=True)
+class IsolationPlan:
+    """unit -> AllowedCPUs value for the host's units, and the VM scope's value."""
+
+    host_cpus: frozenset[int]
+    vm_cpus: frozenset[int]
+    units: tuple[tuple[str, str], ...]
+    qemu_scope: str
+    reasons: tuple[str, ...]
+
+
+def plan_isolation(
+    online: frozenset[int], vcpu_cpus: frozenset[int], emulator: frozenset[int]
+) -> IsolationPlan:
+    """The AllowedCPUs values, or IsolationRefusedError when the host would keep no CPU."""
+    if not vcpu_cpus:
+        raise IsolationRefusedError(
+            "cpu.isolate = true needs pinned vCPUs: with pin = none the VM may run on every "
+            "CPU, so there is nothing to keep host tasks away from",
+            fix='set cpu.pin = "auto" (or a list), or cpu.isolate = false',
+        )
+    host = online - vcpu_cpus
+    if not host:
+        raise IsolationRefusedError(
+            f"cpu.isolate = true would leave host tasks no CPU: the vCPUs use every online CPU "
+            f"({format_cpulist(online)})",
+            fix='leave at least one core out of cpu.pin (pin = "auto" keeps the first one)',
+        )
+    value = format_cpulist(host)
+    vm = vcpu_cpus | emulator
+    shared = emulator & host
+    reasons = [
+        f"host tasks (system.slice, user.slice, init.scope) on CPUs {value}, "
+        f"away from the vCPUs' CPUs {format_cpulist(vcpu_cpus)}"
+    ]
+    if shared:
+        reasons.append(
+            f"the emulator's CPUs {format_cpulist(shared)} stay with the host: QEMU's I/O "
+            "threads are host-side work, the vCPUs' cores are what isolation protects"
+        )
+    return IsolationPlan(
+        host_cpus=host,
+        vm_cpus=vm,
+        units=tuple((unit, value) for unit in HOST_UNITS),
+        qemu_scope=format_cpulist(vm),
+        reasons=tuple(reasons),
+    )
