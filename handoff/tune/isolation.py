@@ -11,8 +11,10 @@ them from the host would leave it nothing. And QEMU's main loop and I/O
 threads do host-side work anyway (virtio queues, disk and USB I/O, the
 interrupts of passed-through devices are handled next to them), so sharing
 those CPUs with the host costs the guest no vCPU time; what isolation
-protects is the vCPUs' cores. This is the split the libvirt hook examples
-of the Arch wiki make (the slices' AllowedCPUs = the emulatorpin CPUs).
+protects is the vCPUs' cores. It is the split the usual libvirt hook scripts
+make (``systemctl set-property --runtime -- system.slice AllowedCPUs=...`` with
+the host's CPUs while the guest runs, all CPUs again at release), which leave
+``<emulatorpin>`` on the host's CPUs.
 """
 
 from __future__ import annotations
