@@ -588,3 +588,31 @@ async def test_qemu_dying_during_a_resources_monitor_handshake_reports_qemus_dea
     assert "input: QEMU's input monitor closed during the handshake" in message
     assert "fix the profile" not in (caught.value.fix or "")
     assert not (tmp_path / "run" / "diesinput").exists()
+
+
+def test_preflight_checks_the_input_backends_devices_against_qemu_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The virtio proxies are in the plan's argv, so a QEMU without them is refused up front."""
+    import dataclasses
+
+    from handoff import session as session_module
+    from handoff.errors import QemuUnsupportedError
+    from handoff.qemu.capabilities import QemuCapabilities, probe
+
+    real = probe("qemu-system-x86_64")  # the real binary's answers, minus one device
+
+    def without_virtio_input(binary: str) -> QemuCapabilities:
+        return dataclasses.replace(real, devices=real.devices - {"virtio-input-host-pci"})
+
+    path = write_profile(tmp_path, "novirtio")
+    path.write_text(path.read_text() + '[input]\nbackend = "virtio"\n')
+    profile = load_profile(path)
+    paths = HostPaths(run=tmp_path / "run")
+    assert session_module.preflight(profile, paths).plan.devices[-2:] == (
+        "virtio-input-host-pci", "virtio-input-host-pci",
+    )
+    monkeypatch.setattr(session_module, "probe", without_virtio_input)
+    with pytest.raises(QemuUnsupportedError, match="'virtio-input-host-pci'"):
+        session_module.preflight(profile, paths)
+    assert not paths.run.exists(), "preflight changes nothing"
