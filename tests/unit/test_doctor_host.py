@@ -155,6 +155,16 @@ def test_the_seeds_blacklist_parameters_are_flagged_as_doing_nothing(host: FakeH
     assert "replace it with modprobe.blacklist=amdgpu" in (check.fix or "")
 
 
+def test_a_blacklist_parameter_for_intel_xe_is_flagged_like_the_other_gpu_drivers(
+    host: FakeHost,
+) -> None:
+    host.cmdline("intel_iommu=on xe.blacklist=1")
+    check = check_kernel_cmdline(host.env(), read_cpuinfo(host.env()))
+    assert check.verdict is Verdict.WARN
+    assert "xe.blacklist=1 is handed to xe as an unknown parameter" in check.detail
+    assert "replace it with modprobe.blacklist=xe" in (check.fix or "")
+
+
 def test_iommu_off_on_the_cmdline_fails_with_its_removal(host: FakeHost) -> None:
     host.cpu("AuthenticAMD", AMD_FLAGS)
     host.cmdline("root=/dev/sda1 amd_iommu=off")
