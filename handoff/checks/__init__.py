@@ -9,10 +9,12 @@ That keeps ``doctor`` useful exactly on the broken hosts it is for.
 
 Modules, one job each: cpu (virtualization extensions, vendor), iommu
 (IOMMU active, kernel command line, interrupt remapping), kernel (version,
-vfio modules), kvm (/dev/kvm, PVM hosts), access (who may open a device
-node, /dev/vfio, the udev rule, uinput and /dev/input), devices (a
-profile's passthrough functions), memlock, qemu (binary, version, devices,
-OVMF).
+vfio modules, vfio-pci VGA support), modprobe (modprobe.d blacklists and
+vfio-pci ids), kvm (/dev/kvm, PVM hosts), access (who may open a node or
+file, pure), nodes (/dev/vfio, the udev rule, uinput and /dev/input),
+devices (a profile's passthrough functions, judged by the PCI engine's
+planner), profile_files (a profile's user and files), memlock, qemu
+(binary, version, devices, OVMF).
 """
 
 from __future__ import annotations
