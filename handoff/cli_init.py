@@ -98,7 +98,7 @@ def run_init(
     image = request.image_dir / f"{request.name}.qcow2" if request.image_dir else None
     plan = plan_init(gather(request.disk), request, image_exists=bool(image and image.exists()))
     profile_arg = request.name if target.default else str(target.path or f"{request.name}.toml")
-    text = render_profile(plan)
+    text = render_profile(plan, profile_arg)
     source = target.path or (Path.cwd() / f"{request.name}.toml")
     parse_profile(text, source)  # a profile that does not load is never written
     if target.path is not None and not target.path.parent.is_dir():

@@ -42,10 +42,10 @@ def _comment(text: str, width: int = 78) -> list[str]:
     return lines
 
 
-def render_profile(plan: InitPlan) -> str:
-    """The whole profile text."""
+def render_profile(plan: InitPlan, profile_arg: str | None = None) -> str:
+    """The whole profile text; ``profile_arg`` names it in the commands it suggests."""
     parts = [
-        _header(plan),
+        _header(plan, profile_arg or plan.name),
         _vm(plan),
         _firmware(plan),
         _disk(plan.disk),
@@ -58,16 +58,16 @@ def render_profile(plan: InitPlan) -> str:
     return "\n\n".join("\n".join(p) for p in parts if p) + "\n"
 
 
-def _header(plan: InitPlan) -> list[str]:
+def _header(plan: InitPlan, profile_arg: str) -> list[str]:
     lines = [f"# {plan.name}.toml - written by `handoff init` from this host's hardware.", "#"]
     lines += _comment("What it chose, and why (each choice is explained again at its key):")
     for label, reason in summary_rows(plan):
         lines += ["#   " + line[2:] for line in _comment(f"{label}: {reason}", 74)]
     lines += [
         "#",
-        f"# Next: `handoff doctor {plan.name}` checks this host for this VM, then",
-        f"# `handoff run {plan.name}` runs it. Every key is described in README.md and",
-        "# in profiles/seed-two-gpu.toml.",
+        f"# Next: `handoff doctor {profile_arg}` checks this host for this VM, then",
+        f"# `handoff run {profile_arg}` runs it. Every key is described in README.md",
+        "# and in profiles/seed-two-gpu.toml.",
     ]
     return lines
 
