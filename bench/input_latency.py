@@ -48,9 +48,10 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from handoff.input.forward import IN_FLIGHT, QmpBackend, QmpSocketTransport
+from handoff.input.forward import QmpBackend, QmpSocketTransport
 from handoff.input.router import InputRouter, RouterCore
 from handoff.profile import InputMode
+from handoff.qemu.wire import IN_FLIGHT
 
 TRACE = re.compile(r"^\d+@([\d.]+):input_event_(rel|key_qcode|btn) (.*)$")
 EV_KEY, EV_REL, REL_X, REL_Y = 1, 2, 0, 1

@@ -10,14 +10,15 @@ processes one monitor request at a time and queues at most 8, so a mouse at
 1-8 kHz outruns it as soon as a round trip costs more than the report
 interval. Therefore:
 
-* at most :data:`IN_FLIGHT` (2; QEMU's own limit :data:`MAX_IN_FLIGHT` is
-  8) requests are outstanding;
+* at most :data:`handoff.qemu.wire.IN_FLIGHT` (2, measured; QEMU's own
+  queue holds 8) requests are outstanding;
 * while they are, batches wait in a :class:`BatchQueue`, where a batch that
   is only relative motion is merged into the waiting tail batch (its x/y
   added): total motion in = total motion out, only its granularity changes;
 * keys and buttons are never merged, dropped or reordered.
 
-Transports: :class:`QmpSocketTransport` speaks raw QMP on a monitor of its
+Transports: :class:`QmpSocketTransport` speaks raw QMP
+(:mod:`handoff.qemu.wire`: framing, greeting, ``qmp_capabilities``) on a monitor of its
 own (``-chardev socket,...,path=<run dir>/input.qmp -mon ...,mode=control``,
 added by the input resource), writing pre-encoded requests and counting
 replies; that is what makes pipelining possible with a strict order.
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import errno
 import importlib
-import json
 import logging
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -44,19 +44,23 @@ import trio
 
 from handoff.errors import InputError
 from handoff.input.keymap import LINUX_TO_QCODE
-from handoff.input.translate import Event, FrameTranslator, QmpEvent, is_motion_only
+from handoff.input.translate import Event, FrameTranslator, InputEvent, is_motion_only
+from handoff.qemu.wire import (
+    CONNECT_TIMEOUT,
+    IN_FLIGHT,
+    QEMU_REQUEST_QUEUE,
+    Message,
+    QmpCommandError,
+    QmpDisconnectedError,
+    QmpWire,
+    connect_timeout_error,
+    encode_command,
+    open_unix,
+    reply_value,
+)
 
 log = logging.getLogger(__name__)
 
-MAX_IN_FLIGHT = 8  # QEMU's per-monitor request queue (QMP_REQ_QUEUE_LEN_MAX)
-# Requests handoff keeps outstanding. QEMU serves a monitor one request at a
-# time, so every request queued behind the one being served adds a whole
-# service time to the latency of everything after it; motion waiting in
-# handoff's own queue instead is merged into one request. Two keep QEMU busy
-# (the next request is already there when one finishes) without building a
-# queue; see bench/README.md for the measurements.
-IN_FLIGHT = 2
-CONNECT_TIMEOUT = 10.0
 
 
 class BatchQueue:
@@ -67,8 +71,8 @@ class BatchQueue:
     """
 
     def __init__(self) -> None:
-        self._batches: deque[list[QmpEvent]] = deque()
-        self._tail_motion: dict[str, QmpEvent] | None = None
+        self._batches: deque[list[InputEvent]] = deque()
+        self._tail_motion: dict[str, InputEvent] | None = None
         self._ready = trio.Event()
         self._empty = trio.Event()
         self.merged = 0  #: batches folded into a waiting one (for benchmarks)
@@ -76,7 +80,7 @@ class BatchQueue:
     def __len__(self) -> int:
         return len(self._batches)
 
-    def put(self, batch: list[QmpEvent]) -> None:
+    def put(self, batch: list[InputEvent]) -> None:
         """Queue one batch (fresh objects: the queue may change its motion values)."""
         if not batch:
             return
@@ -95,7 +99,7 @@ class BatchQueue:
         self._tail_motion = {e["data"]["axis"]: e for e in batch if e["type"] == "rel"}
         self._ready.set()
 
-    def get_nowait(self) -> list[QmpEvent] | None:
+    def get_nowait(self) -> list[InputEvent] | None:
         if not self._batches:
             return None
         batch = self._batches.popleft()
@@ -110,7 +114,7 @@ class BatchQueue:
             self._empty = trio.Event()
             await self._empty.wait()
 
-    async def get(self) -> list[QmpEvent]:
+    async def get(self) -> list[InputEvent]:
         while True:
             batch = self.get_nowait()
             if batch is not None:
@@ -179,18 +183,24 @@ class ExecuteTransport:
 
 
 class QmpSocketTransport:
-    """Raw, pipelined QMP on a monitor reserved for input.
+    """Raw, pipelined QMP on a monitor reserved for input (:mod:`handoff.qemu.wire`).
 
     Requests carry no ``id``: QEMU answers a monitor's requests in order, so
     the n-th reply belongs to the n-th request, and a slot is freed per reply.
+    When QEMU hangs up, :meth:`run` returns: the session reports QEMU's end.
     """
 
-    def __init__(self, stream: trio.SocketStream, max_in_flight: int = IN_FLIGHT) -> None:
-        if not 1 <= max_in_flight <= MAX_IN_FLIGHT:
-            raise ValueError(f"max_in_flight must be 1..{MAX_IN_FLIGHT}")
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        max_in_flight: int = IN_FLIGHT,
+        where: str = "QEMU's input monitor",
+    ) -> None:
+        if not 1 <= max_in_flight <= QEMU_REQUEST_QUEUE:
+            raise ValueError(f"max_in_flight must be 1..{QEMU_REQUEST_QUEUE}")
         self._stream = stream
+        self._wire = QmpWire(stream, where)
         self._slots = trio.Semaphore(max_in_flight)
-        self._buffer = bytearray()
         self.sent = 0
         self.replies = 0
         self.errors = 0
@@ -202,96 +212,67 @@ class QmpSocketTransport:
     ) -> QmpSocketTransport:
         """Connect to ``path``, read the greeting, negotiate capabilities.
 
-        QEMU creates the socket while it starts, so the connection is retried
-        for ``deadline`` seconds.
+        QEMU creates the socket while it starts, so the connection is retried;
+        all of it within ``deadline`` seconds. Raises
+        :class:`~handoff.qemu.wire.QmpDisconnectedError` if QEMU hangs up
+        (exits) meanwhile, :class:`~handoff.errors.QmpError` otherwise.
         """
+        where = f"QEMU's input monitor {path}"
         stream: trio.SocketStream | None = None
         try:
             with trio.move_on_after(deadline):
-                while stream is None:
-                    try:
-                        stream = await trio.open_unix_socket(str(path))
-                    except (FileNotFoundError, ConnectionRefusedError):
-                        await trio.sleep(0.02)
-                transport = cls(stream, max_in_flight)
-                await transport._negotiate(path)
+                stream = await open_unix(path)
+                transport = cls(stream, max_in_flight, where)
+                await transport._wire.negotiate()
                 return transport
-        except (OSError, EOFError, ValueError, trio.BrokenResourceError) as exc:
-            # QEMU hung up (exited) during the handshake, or sent garbage.
+        except BaseException:
             if stream is not None:
-                await stream.aclose()
-            raise InputError(
-                f"QEMU's input monitor {path} closed during the handshake "
-                f"({type(exc).__name__}: {exc}); QEMU probably exited",
-                fix="look at QEMU's log in the run directory",
-            ) from exc
+                with trio.CancelScope(shield=True):
+                    await stream.aclose()
+            raise
         if stream is not None:
             await stream.aclose()
-        raise InputError(
-            f"QEMU's input monitor {path} did not answer within {deadline:g} s",
-            fix="look at QEMU's log in the run directory",
-        )
+        raise connect_timeout_error(where, deadline)
 
-    async def _negotiate(self, path: Path) -> None:
-        """Read the greeting and negotiate capabilities on a fresh connection."""
-        greeting = await self._read_message()
-        if "QMP" not in greeting:
-            raise InputError(f"{path} is not a QMP monitor (no greeting)")
-        await self._stream.send_all(b'{"execute":"qmp_capabilities"}\n')
-        if "return" not in await self._read_reply():
-            raise InputError(f"QEMU refused qmp_capabilities on {path}")
-
-    async def _read_message(self) -> dict[str, Any]:
-        while True:
-            end = self._buffer.find(b"\n")
-            if end >= 0:
-                line = bytes(self._buffer[: end + 1])
-                del self._buffer[: end + 1]
-                if line.strip():
-                    message: dict[str, Any] = json.loads(line)
-                    return message
-                continue
-            chunk = await self._stream.receive_some(65536)
-            if not chunk:
-                raise EOFError("QEMU closed the input monitor")
-            self._buffer += chunk
-
-    async def _read_reply(self) -> dict[str, Any]:
-        while True:
-            message = await self._read_message()
-            if "event" not in message:
-                return message
+    async def _read_reply(self) -> Message:
+        return await self._wire.receive_reply()
 
     async def run(self, queue: BatchQueue) -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._receive_replies)
-            while True:
-                batch = await queue.get()
-                self.idle.take()
-                await self._slots.acquire()
-                # Motion that arrived while waiting for the slot is in the queue,
-                # merged; it follows in the next request.
-                payload = json.dumps(
-                    {"execute": "input-send-event", "arguments": {"events": batch}},
-                    separators=(",", ":"),
-                ).encode()
-                await self._stream.send_all(payload + b"\n")
-                self.sent += 1
+            nursery.start_soon(self._receive_replies, nursery.cancel_scope)
+            try:
+                while True:
+                    batch = await queue.get()
+                    self.idle.take()
+                    await self._slots.acquire()
+                    # Motion that arrived while waiting for the slot is in the queue,
+                    # merged; it follows in the next request.
+                    await self._wire.send(encode_command("input-send-event", {"events": batch}))
+                    self.sent += 1
+            except QmpDisconnectedError:
+                self._hung_up(nursery.cancel_scope)
 
-    async def _receive_replies(self) -> None:
+    async def _receive_replies(self, forwarding: trio.CancelScope) -> None:
         while True:
             try:
                 reply = await self._read_reply()
-            except EOFError:
+            except QmpDisconnectedError:
+                self._hung_up(forwarding)
                 return
             self.replies += 1
-            if "error" in reply:
+            try:
+                reply_value("input-send-event", reply)
+            except QmpCommandError as exc:  # the description may quote a key: not logged
                 self.errors += 1
-                log.warning(
-                    "QEMU refused an input batch (%s)", reply["error"].get("class", "error")
-                )
+                log.warning("QEMU refused an input batch (%s)", exc.error_class)
             self._slots.release()
             self.idle.done()
+
+    def _hung_up(self, forwarding: trio.CancelScope) -> None:
+        """QEMU closed the monitor (it is exiting): stop; the session reports the end."""
+        if not forwarding.cancel_called:
+            log.info("QEMU closed the input monitor: input forwarding stops")
+        forwarding.cancel()
 
     async def aclose(self) -> None:
         await self._stream.aclose()

@@ -27,7 +27,7 @@ from typing import Any
 from handoff.input.keymap import LINUX_TO_BUTTON, LINUX_TO_QCODE, is_button
 
 Event = tuple[int, int, int]  # (type, code, value) as read from evdev
-QmpEvent = dict[str, Any]
+InputEvent = dict[str, Any]
 
 EV_SYN, EV_KEY, EV_REL = 0x00, 0x01, 0x02
 SYN_REPORT, SYN_DROPPED = 0, 3
@@ -36,15 +36,15 @@ REL_WHEEL_HI_RES, REL_HWHEEL_HI_RES = 0x0B, 0x0C
 HI_RES_PER_DETENT = 120
 
 
-def key_event(qcode: str, down: bool) -> QmpEvent:
+def key_event(qcode: str, down: bool) -> InputEvent:
     return {"type": "key", "data": {"down": down, "key": {"type": "qcode", "data": qcode}}}
 
 
-def btn_event(button: str, down: bool) -> QmpEvent:
+def btn_event(button: str, down: bool) -> InputEvent:
     return {"type": "btn", "data": {"down": down, "button": button}}
 
 
-def rel_event(axis: str, value: int) -> QmpEvent:
+def rel_event(axis: str, value: int) -> InputEvent:
     return {"type": "rel", "data": {"axis": axis, "value": value}}
 
 
@@ -67,9 +67,9 @@ class FrameTranslator:
         for key in [k for k in self._remainder if k[0] == device]:
             del self._remainder[key]
 
-    def translate(self, device: str, events: Iterable[Event]) -> list[QmpEvent]:
+    def translate(self, device: str, events: Iterable[Event]) -> list[InputEvent]:
         """One frame (SYN_REPORT excluded) → the events of one ``input-send-event``."""
-        out: list[QmpEvent] = []
+        out: list[InputEvent] = []
         rel = {REL_X: 0, REL_Y: 0}
         lo = {REL_WHEEL: 0, REL_HWHEEL: 0}
         hi: dict[int, int] = {}
@@ -115,7 +115,7 @@ class FrameTranslator:
         return out
 
 
-def motion_of(batch: Sequence[QmpEvent]) -> dict[str, int]:
+def motion_of(batch: Sequence[InputEvent]) -> dict[str, int]:
     """Relative motion per axis in a batch (tests and the coalescer use it)."""
     totals = {"x": 0, "y": 0}
     for event in batch:
@@ -124,5 +124,5 @@ def motion_of(batch: Sequence[QmpEvent]) -> dict[str, int]:
     return totals
 
 
-def is_motion_only(batch: Sequence[QmpEvent]) -> bool:
+def is_motion_only(batch: Sequence[InputEvent]) -> bool:
     return all(event["type"] == "rel" for event in batch)

@@ -23,20 +23,20 @@ How the two loops talk:
   :attr:`QmpConnection.events` finishes when QEMU hangs up.
 
 Pipelining: :meth:`QmpConnection.execute` may be called concurrently from
-several trio tasks (input forwarding sends batches while the supervisor
-queries status). qemu.qmp tags every request with its own id and routes
-each reply back to its caller, so concurrent calls are safe. QEMU itself
-queues at most 8 requests per monitor and then stops reading the socket
-(back-pressure, not an error); a :class:`trio.Semaphore` of
-:data:`MAX_IN_FLIGHT` keeps handoff's side within that bound so a burst of
-input batches waits in trio, fairly (FIFO), instead of in kernel buffers.
+several trio tasks (the supervisor, control commands). qemu.qmp tags every
+request with its own id and routes each reply back to its caller, so
+concurrent calls are safe. QEMU serves a monitor one request at a time and
+queues at most 8 (then stops reading the socket); a :class:`trio.Semaphore`
+of :data:`handoff.qemu.wire.IN_FLIGHT` keeps the rest waiting in trio,
+fairly (FIFO) and cancellably, instead of in QEMU's queue.
 
 The socket: QEMU's own python/qemu/machine/machine.py hands QEMU one end of
 a socketpair (``-chardev socket,id=qmp,fd=N -mon chardev=qmp,mode=control``)
 so no monitor path exists on disk; :func:`open_qmp` accepts that socket, or
 a unix socket path in the 0700 run directory when a user wants one. On the
 socketpair the greeting and ``qmp_capabilities`` are read and sent in trio,
-straight on the socket (reading exactly one line at a time, so nothing meant
+straight on the socket, by :mod:`handoff.qemu.wire` (the one QMP framing
+and handshake of handoff; it reads no byte past each line, so nothing meant
 for qemu.qmp is consumed), and qemu.qmp takes over the negotiated socket:
 QMP is ready as soon as QEMU can answer (bench/startup.py).
 """
@@ -46,7 +46,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import json
 import logging
 import math
 import socket
@@ -60,10 +59,20 @@ from qemu.qmp import ConnectError, ExecInterruptedError, ExecuteError, QMPClient
 from qemu.qmp.protocol import Runstate, StateError
 
 from handoff.errors import QmpError
+from handoff.qemu.wire import (
+    CONNECT_TIMEOUT,
+    IN_FLIGHT,
+    HandoverSocket,
+    Message,
+    QmpCommandError,
+    QmpDisconnectedError,
+    QmpWire,
+    connect_timeout_error,
+)
 
 __all__ = [
     "CONNECT_TIMEOUT",
-    "MAX_IN_FLIGHT",
+    "IN_FLIGHT",
     "QmpCommandError",
     "QmpConnection",
     "QmpDisconnectedError",
@@ -74,36 +83,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: QEMU queues at most 8 QMP requests per monitor (QMP_REQ_QUEUE_LEN_MAX).
-MAX_IN_FLIGHT = 8
-
-#: Seconds QEMU gets to send its QMP greeting. QEMU greets only once machine
-#: init is done, which with passthrough includes pinning all guest RAM.
-CONNECT_TIMEOUT = 120.0
-
 #: Seconds closing the connection (disconnect, then the thread) may take.
 CLOSE_TIMEOUT = 5.0
-
-_HANDSHAKE_LINE_MAX = 1 << 20
 
 #: A QMP event as QEMU sends it: ``{"event": NAME, "data": {...}, "timestamp": {...}}``.
 QmpEvent = dict[str, Any]
 
 T = TypeVar("T")
-
-
-class QmpCommandError(QmpError):
-    """QEMU answered a command with an error (the command ran and was refused)."""
-
-    def __init__(self, command: str, error_class: str, description: str) -> None:
-        super().__init__(f"QMP command {command!r} failed: {error_class}: {description}")
-        self.command = command
-        self.error_class = error_class
-        self.description = description
-
-
-class QmpDisconnectedError(QmpError):
-    """The QMP connection is gone (QEMU exited or closed the monitor)."""
 
 
 class _AsyncioThread:
@@ -183,7 +169,7 @@ class QmpConnection:
         self._thread = thread
         self._token = token
         self._pump = pump
-        self._slots = trio.Semaphore(MAX_IN_FLIGHT)
+        self._slots = trio.Semaphore(IN_FLIGHT)
         self._closed = False
         #: Every QMP event, in order; closed when QEMU hangs up.
         self.events = events
@@ -287,72 +273,14 @@ def _close(address: socket.socket | Path) -> None:
         address.close()
 
 
-async def _read_line(sock: socket.socket) -> dict[str, Any]:
-    """Read exactly one JSON line from a non-blocking socket, not a byte more.
-
-    MSG_PEEK finds the newline first, so whatever QEMU sends after the line
-    (an event right after negotiation) stays in the socket for qemu.qmp.
-    """
-    line = b""
-    while True:
-        await trio.lowlevel.wait_readable(sock)
-        try:
-            data = sock.recv(_HANDSHAKE_LINE_MAX, socket.MSG_PEEK)
-        except BlockingIOError:
-            continue
-        except OSError as exc:  # ECONNRESET: QEMU exited with our request unread
-            raise _hung_up(exc) from exc
-        if not data:
-            raise _hung_up(None)
-        end = data.find(b"\n")
-        try:
-            if end < 0:  # a partial line: it is all ours, consume it and wait for the rest
-                line += sock.recv(len(data))
-                if len(line) > _HANDSHAKE_LINE_MAX:
-                    raise QmpError("QEMU's monitor sent an over-long line during the handshake")
-                continue
-            line += sock.recv(end + 1)
-        except OSError as exc:
-            raise _hung_up(exc) from exc
-        try:
-            message = json.loads(line)
-        except ValueError as exc:
-            raise QmpError(
-                f"QEMU's monitor sent something that is not JSON: {line[:200]!r}"
-            ) from exc
-        if not isinstance(message, dict):
-            raise QmpError(f"QEMU's monitor sent an unexpected message: {line[:200]!r}")
-        return message
-
-
-def _hung_up(exc: OSError | None) -> QmpDisconnectedError:
-    """QEMU closed the monitor during the handshake: it exited (the caller reports how)."""
-    how = f" ({exc.strerror or type(exc).__name__})" if exc is not None else ""
-    return QmpDisconnectedError(
-        f"could not connect to QEMU's monitor: QEMU closed the connection{how} "
-        "(it probably exited)"
-    )
-
-
-async def _handshake(sock: socket.socket) -> dict[str, Any]:
-    """Greeting and ``qmp_capabilities`` in trio, straight on the socket.
+async def _handshake(sock: socket.socket) -> Message:
+    """Greeting and ``qmp_capabilities`` in trio, straight on the socket (handoff.qemu.wire).
 
     Done here rather than by qemu.qmp so QMP is ready one thread hop and a
     few asyncio layers sooner (bench/startup.py); qemu.qmp then takes over an
     already negotiated socket (``await_greeting``/``negotiate`` off).
     """
-    greeting = await _read_line(sock)
-    if "QMP" not in greeting:
-        raise QmpError(f"QEMU's monitor did not greet with QMP: {greeting!r}")
-    await trio.lowlevel.wait_writable(sock)
-    try:
-        sock.sendall(b'{"execute": "qmp_capabilities"}\n')
-    except OSError as exc:  # EPIPE: QEMU exited right after its greeting
-        raise _hung_up(exc) from exc
-    reply = await _read_line(sock)
-    if "return" not in reply:
-        raise QmpError(f"QMP capabilities negotiation failed: {reply.get('error', reply)!r}")
-    return greeting
+    return await QmpWire(HandoverSocket(sock), "could not connect to QEMU's monitor").negotiate()
 
 
 async def connect_qmp(
@@ -379,7 +307,6 @@ async def connect_qmp(
     try:
         with trio.move_on_after(greeting_timeout) as scope:
             if isinstance(address, socket.socket):
-                address.setblocking(False)  # noqa: ASYNC240 (a socket, not a path)
                 await _handshake(address)
                 client.await_greeting = False  # done above, in trio
                 client.negotiate = False
@@ -408,10 +335,7 @@ async def connect_qmp(
     if scope.cancelled_caught:
         _close(address)
         await thread.stop()
-        raise QmpError(
-            f"QEMU did not answer on its monitor within {greeting_timeout:g} s",
-            fix="look at QEMU's log in the run directory; raise the limit if the host is slow",
-        )
+        raise connect_timeout_error("could not connect to QEMU's monitor", greeting_timeout)
     pump = thread.submit(_pump_events(client, token, send))
     return QmpConnection(client, thread, token, receive, pump)
 

@@ -572,6 +572,8 @@ async def test_typed_text_never_reaches_any_log_record(
         trace = await traced.quit(qmp)
     assert len([t for t in trace if t[0] == "key"]) >= 2 * len(SECRET)  # it was typed
     assert caplog.records, "logging was not captured at all"
+    heard = {record.name for record in caplog.records}
+    assert "handoff.qemu.wire" in heard, "the QMP wire's records were not captured"
     codes = {c for keys in SECRET_KEYS.values() for c in keys}
     names = {n for n, c in ((n, c) for n, c, _ in KEY_TABLE) if c in codes}
     qcodes = {LINUX_TO_QCODE[c] for c in codes}

@@ -13,13 +13,13 @@ import trio.testing
 from handoff.errors import QmpError
 from handoff.qemu.process import QemuProcess
 from handoff.qemu.qmp import (
-    MAX_IN_FLIGHT,
     QmpCommandError,
     QmpConnection,
     QmpDisconnectedError,
     QmpEvent,
     open_qmp,
 )
+from handoff.qemu.wire import QEMU_REQUEST_QUEUE
 
 from .conftest import bare_argv
 
@@ -72,9 +72,9 @@ async def test_commands_from_many_tasks_each_get_their_own_answer(qmp: QmpConnec
                                                   "property": prop})
 
     async with trio.open_nursery() as nursery:
-        for i in range(MAX_IN_FLIGHT * 4):
+        for i in range(QEMU_REQUEST_QUEUE * 4):
             nursery.start_soon(ask, i)
-    assert len(names) == MAX_IN_FLIGHT * 4
+    assert len(names) == QEMU_REQUEST_QUEUE * 4
     assert {names[i] for i in range(0, len(names), 2)} == {True}
     assert len({names[i] for i in range(1, len(names), 2)}) == 1
     assert isinstance(names[1], str)

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from handoff.input.forward import BatchQueue
-from handoff.input.translate import QmpEvent, btn_event, key_event, motion_of, rel_event
+from handoff.input.translate import InputEvent, btn_event, key_event, motion_of, rel_event
 
 batch = st.one_of(
     st.tuples(st.integers(-20, 20), st.integers(-20, 20)).map(
@@ -39,11 +39,13 @@ def test_a_key_after_motion_starts_a_new_batch() -> None:
 # Every generated step is valid input (nothing filtered); measured over 1000
 # examples, 59 % of them make the queue merge motion into a waiting batch.
 @given(st.lists(st.tuples(batch, st.booleans()), max_size=50))
-def test_keys_keep_their_order_and_motion_its_sum(steps: list[tuple[list[QmpEvent], bool]]) -> None:
+def test_keys_keep_their_order_and_motion_its_sum(
+    steps: list[tuple[list[InputEvent], bool]],
+) -> None:
     q = BatchQueue()
-    sent: list[list[QmpEvent]] = []
+    sent: list[list[InputEvent]] = []
     total_in = {"x": 0, "y": 0}
-    keys_in: list[QmpEvent] = []
+    keys_in: list[InputEvent] = []
     for events, drain_one in steps:
         for axis, value in motion_of(events).items():
             total_in[axis] += value
