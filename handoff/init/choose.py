@@ -258,7 +258,7 @@ def _iommu_off() -> InitError:
         "no GPU can be passed through: the IOMMU is off (/sys/kernel/iommu_groups is empty), "
         "so no device can be isolated for a guest",
         fix="enable VT-d / AMD-Vi in the firmware setup; on Intel also boot with "
-        "intel_iommu=on (README: \"1. Enable the IOMMU\"), then run `handoff groups`; "
+        "intel_iommu=on (README: \"2. Enable the IOMMU\"), then run `handoff groups`; "
         f"or write a profile without passthrough: --gpu {NO_GPU}",
     )
 
@@ -324,7 +324,7 @@ def choose_gpu(facts: HostFacts, requested: str | None) -> GpuChoice | NoGpu:
     if len(passable) > 1:
         raise _several(passable)
     others = [c for c in judged if not c.passable]
-    why = "; ".join(f"{c.device.address.short} not: {c.why}" for c in others)
+    why = "; ".join(f"{c.device.address.short} not: {c.why.split(': ')[0]}" for c in others)
     reason = (
         f"{passable[0].device.address.short} is the only GPU whose IOMMU group can be passed "
         "through" + (f" ({why})" if why else "")
