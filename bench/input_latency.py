@@ -48,8 +48,9 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from handoff.input.edge import InputRouter
 from handoff.input.forward import QmpBackend, QmpSocketTransport
-from handoff.input.router import InputRouter, RouterCore
+from handoff.input.router import RouterCore
 from handoff.profile import InputMode
 from handoff.qemu.wire import IN_FLIGHT
 

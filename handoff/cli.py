@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from handoff.control_client import SwitchTarget
 from handoff.errors import HandoffError, SessionNotRunningError
 from handoff.profile_lookup import is_path_argument, resolve_profile
 
@@ -264,8 +265,9 @@ def cmd_switch(args: argparse.Namespace) -> int:
     from handoff.control_client import ControlErrorCode, ControlRequestError, request
 
     name = _session_name(args.profile)
+    target = SwitchTarget(args.to)
     try:
-        result = request(_control_socket(name), {"command": "switch", "mode": args.to})
+        result = request(_control_socket(name), {"command": "switch", "mode": target.value})
     except ControlRequestError as exc:
         if exc.code is not ControlErrorCode.UNKNOWN_COMMAND:
             raise
@@ -386,8 +388,9 @@ def build_parser(arguments_for: Collection[str] | None = None) -> argparse.Argum
                             description="Hand the grabbed keyboard and mouse to the guest or "
                             "back to the host (toggle when no side is given).")
     switch.add_argument("profile", metavar="PROFILE", help="profile name or file")
-    switch.add_argument("to", nargs="?", choices=("host", "guest", "toggle"),
-                        default="toggle", help="where input goes (default: toggle)")
+    switch.add_argument("to", nargs="?", choices=[t.value for t in SwitchTarget],
+                        default=SwitchTarget.TOGGLE.value,
+                        help="where input goes (default: toggle)")
     switch.add_argument("--json", action="store_true", help="print JSON for scripts")
     switch.set_defaults(handler=cmd_switch)
 

@@ -11,12 +11,16 @@ protocol is JSON lines: the client writes one object per line with a
     ← {"ok": true, "result": {"profile": "demo", "phase": "running", ...}}
     → {"command": "stop", "force": true}
     ← {"ok": true, "result": {"stopping": true, "force": true}}
+    → {"command": "switch", "mode": "guest"}
+    ← {"ok": true, "result": {"mode": "host", "pending": "guest"}}
     → {"command": "nope"}
     ← {"ok": false, "error": "unknown command 'nope'", "fix": "known commands: status, stop",
        "code": "unknown-command"}
 
 The session registers ``status`` and ``stop``; resources register their own
-(the input resource registers ``switch``) through :class:`ControlCommands`,
+(the input resource registers ``switch``, whose ``mode`` string it parses
+into a :class:`~handoff.control_client.SwitchTarget` with
+:func:`~handoff.control_client.switch_target`) through :class:`ControlCommands`,
 which implements :class:`handoff.resources.ControlRegistry`. A handler
 raising a :class:`HandoffError` answers ``ok: false`` with its message and
 fix; the connection stays open for more requests. Every failure carries a
@@ -43,6 +47,7 @@ from handoff.control_client import (
     MAX_LINE,
     ControlErrorCode,
     ControlRequestError,
+    SwitchTarget,
     request,
 )
 from handoff.errors import HandoffError
@@ -54,6 +59,7 @@ __all__ = [
     "SOCKET_MODE",
     "ControlCommands",
     "ControlRequestError",
+    "SwitchTarget",
     "request",
     "serve_control",
 ]

@@ -19,14 +19,16 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from handoff.errors import SessionError, SessionNotRunningError
+from handoff.errors import InputError, SessionError, SessionNotRunningError
 
 __all__ = [
     "CLIENT_TIMEOUT",
     "MAX_LINE",
     "ControlErrorCode",
     "ControlRequestError",
+    "SwitchTarget",
     "request",
+    "switch_target",
 ]
 
 #: Longest request line accepted; a client sending more is disconnected.
@@ -42,6 +44,26 @@ class ControlErrorCode(Enum):
     UNKNOWN_COMMAND = "unknown-command"
     BAD_REQUEST = "bad-request"
     FAILED = "failed"
+
+
+class SwitchTarget(Enum):
+    """Where ``switch`` sends keyboard and mouse (its ``mode``; a string on the wire)."""
+
+    HOST = "host"
+    GUEST = "guest"
+    TOGGLE = "toggle"
+
+
+def switch_target(value: object) -> SwitchTarget:
+    """A request's ``mode`` → :class:`SwitchTarget`; raises InputError naming the choices."""
+    for target in SwitchTarget:
+        if value == target.value:
+            return target
+    choices = ", ".join(t.value for t in SwitchTarget)
+    raise InputError(
+        f"switch: mode {value!r} is not one of {choices}",
+        fix="handoff switch [host|guest|toggle]",
+    )
 
 
 class ControlRequestError(SessionError):

@@ -1,23 +1,10 @@
-"""Finding keyboards and mice with pyudev, and following them through hotplug.
+"""Finding keyboards and mice with pyudev, following hotplug, and choosing which to hand off.
 
-* Discovery starts the udev monitor *before* enumerating, so a device that
-  appears in between is reported twice rather than never (duplicates are
-  dropped by node).
-* Classification is udev's: ID_INPUT_KEYBOARD / ID_INPUT_MOUSE. Where no
-  udev daemon runs (minimal systems, the testbed without udevd) the same
-  rules udev's input_id applies are evaluated on the device's capabilities:
-  a keyboard has every key code 1-31 (KEY_ESC … KEY_S, the first word of
-  the key bitmap), a mouse has REL_X, REL_Y and BTN_LEFT.
-* Identity survives re-plugging (event numbers are reused, so never the
-  node): the /dev/input/by-id link name, else ID_PATH plus the kernel name
-  (one USB interface can carry a keyboard and a consumer-control node), else
-  name plus vendor:product (uinput devices and some built-in keyboards have
-  neither link nor path).
-* Selection: the profile's ``Input.devices`` (empty: every keyboard and
-  mouse) minus ``Input.exclude``; selectors are ``by-id:LINK``,
-  ``path:ID_PATH``, ``usb:VVVV:PPPP`` and ``name:KERNEL NAME`` (exact). A
-  device named explicitly is taken even when udev does not call it a
-  keyboard or mouse. handoff's own virtio proxies are never taken.
+Classification is udev's (ID_INPUT_KEYBOARD / ID_INPUT_MOUSE), or udev
+input_id's rules on the capabilities where no udevd runs. An identity
+survives re-plugging (never the event node). Selection is pure
+(:class:`Selection`); only :class:`DeviceWatcher` touches udev. Must never
+open, grab or read an event node.
 """
 
 from __future__ import annotations
@@ -33,6 +20,7 @@ from typing import Any
 import trio
 
 from handoff.errors import InputError
+from handoff.input.codes import BTN_LEFT, EV_KEY, EV_REL, REL_X, REL_Y
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +28,6 @@ PROXY_NAME_PREFIX = "handoff virtio "  # the names of handoff's own uinput proxi
 EVENT_NODE = re.compile(r"^/dev/input/event\d+$")
 SELECTOR_KINDS = ("by-id", "path", "usb", "name")
 USB_ID = re.compile(r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{4}$")
-EV_KEY, EV_REL = 0x01, 0x02
-REL_X, REL_Y, BTN_LEFT = 0x00, 0x01, 0x110
 
 
 @dataclass(frozen=True)
@@ -59,6 +45,7 @@ class DeviceInfo:
 
     @property
     def identity(self) -> str:
+        """Stable over re-plugging: the by-id link, else ID_PATH + name, else name + USB id."""
         if self.by_id:
             return f"by-id:{sorted(self.by_id)[0]}"
         if self.id_path:
@@ -170,7 +157,11 @@ def _attr(device: Any, key: str) -> str:
 
 
 def classify_by_capabilities(capabilities: Mapping[int, Iterable[Any]]) -> tuple[bool, bool]:
-    """(keyboard, mouse) by udev input_id's rules, for systems without udevd."""
+    """(keyboard, mouse) by udev input_id's rules, for systems without udevd.
+
+    A keyboard has every key code 1-31 (KEY_ESC … KEY_S, the first word of
+    the key bitmap); a mouse has REL_X, REL_Y and BTN_LEFT.
+    """
     keys = {int(c) for c in capabilities.get(EV_KEY, [])}
     rels = {int(c) for c in capabilities.get(EV_REL, [])}
     keyboard = all(code in keys for code in range(1, 32))

@@ -1,8 +1,4 @@
-"""Reading evdev devices under trio, and the ``qmp`` backend that feeds QEMU.
-
-Reading: each device's fd is waited on with :func:`trio.lowlevel.wait_readable`
-and drained with ``read()`` (one syscall returns every queued event); ENODEV
-means the device was unplugged and ends the reader quietly.
+"""The ``qmp`` backend that feeds QEMU (devices are read by :mod:`handoff.input.edge`).
 
 The ``qmp`` backend turns each forwarded frame into one ``input-send-event``
 batch (:mod:`handoff.input.translate`) and sends the batches in order. QEMU
@@ -32,13 +28,11 @@ Nothing here logs event contents: error replies are logged by class only
 
 from __future__ import annotations
 
-import errno
-import importlib
 import logging
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import trio
 
@@ -310,60 +304,3 @@ class QmpBackend:
                 await self.queue.wait_empty()
             else:
                 await transport.idle.wait()
-
-
-# --------------------------------------------------------------------------- reading
-
-
-class EvdevDevice(Protocol):
-    """What the reader needs of :class:`evdev.InputDevice`."""
-
-    @property
-    def fd(self) -> int: ...
-
-    def read(self) -> Any: ...
-
-
-async def read_events(
-    device: EvdevDevice, deliver: Callable[[list[tuple[int, int, int, float]]], None]
-) -> None:
-    """Drain ``device`` forever, handing each read's events to ``deliver``.
-
-    Each event is ``(type, code, value, timestamp)``. Returns when the device
-    is unplugged (ENODEV); other OS errors propagate.
-    """
-    read_many = _raw_reader(device)
-    while True:
-        await trio.lowlevel.wait_readable(device.fd)
-        try:
-            if read_many is not None:
-                events = [(t, c, v, s + u / 1e6) for s, u, t, c, v in read_many(device.fd)]
-            else:
-                events = [(e.type, e.code, e.value, e.sec + e.usec / 1e6) for e in device.read()]
-        except BlockingIOError:
-            continue
-        except OSError as exc:
-            if exc.errno == errno.ENODEV:
-                return
-            raise
-        deliver(events)
-
-
-def _raw_reader(device: EvdevDevice) -> Callable[[int], Any] | None:
-    """python-evdev's C reader (tuples, no InputEvent objects) for real evdev devices.
-
-    ``InputDevice.read()`` wraps each tuple of ``_input.device_read_many`` in
-    an object; at thousands of events a second that allocation is a large
-    part of the forwarder's cost. Anything that is not an InputDevice (or an
-    evdev without the helper) is read through its public ``read()``.
-    """
-    try:
-        from evdev import InputDevice
-
-        raw = importlib.import_module("evdev._input")
-    except ImportError:
-        return None
-    if not isinstance(device, InputDevice):
-        return None
-    reader = getattr(raw, "device_read_many", None)
-    return reader if callable(reader) else None

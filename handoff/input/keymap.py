@@ -20,6 +20,20 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from handoff.errors import InputError
+from handoff.input.codes import (
+    BTN_BACK,
+    BTN_EXTRA,
+    BTN_FORWARD,
+    BTN_GEAR_DOWN,
+    BTN_GEAR_UP,
+    BTN_LEFT,
+    BTN_MIDDLE,
+    BTN_MISC,
+    BTN_RIGHT,
+    BTN_SIDE,
+    BTN_TRIGGER_HAPPY,
+    KEY_OK,
+)
 from handoff.input.keynames import KEY_CODES
 
 # (Linux name, Linux code, QKeyCode) — keycodemapdb data/keymaps.csv.
@@ -191,9 +205,6 @@ LINUX_KEY_NAMES: Mapping[int, str] = {code: name for name, code, _ in KEY_TABLE}
 # Linux button codes → QMP InputButton. BTN_BACK/BTN_FORWARD are what some
 # mice send for their thumb buttons instead of BTN_SIDE/BTN_EXTRA; the guest
 # sees them as the same back/forward (XBUTTON1/2) buttons.
-BTN_LEFT, BTN_RIGHT, BTN_MIDDLE, BTN_SIDE, BTN_EXTRA = 0x110, 0x111, 0x112, 0x113, 0x114
-BTN_FORWARD, BTN_BACK = 0x115, 0x116
-BTN_GEAR_DOWN, BTN_GEAR_UP = 0x150, 0x151
 LINUX_TO_BUTTON: Mapping[int, str] = {
     BTN_LEFT: "left",
     BTN_RIGHT: "right",
@@ -206,15 +217,9 @@ LINUX_TO_BUTTON: Mapping[int, str] = {
     BTN_GEAR_UP: "wheel-up",
 }
 
-# The InputButton / InputAxis members handoff sends (QEMU 7.2 has all of them).
-WHEEL_BUTTONS = ("wheel-up", "wheel-down", "wheel-left", "wheel-right")
-BUTTON_NAMES = frozenset((*LINUX_TO_BUTTON.values(), *WHEEL_BUTTONS))
-AXIS_NAMES = frozenset(("x", "y"))
-
-
 def is_button(code: int) -> bool:
     """True for EV_KEY codes that are buttons (mouse, joystick, ...), as input-linux decides."""
-    return code >= 0x100 and not 0x160 <= code < 0x2C0
+    return code >= BTN_MISC and not KEY_OK <= code < BTN_TRIGGER_HAPPY
 
 
 def restrict_to(table: Mapping[int, str], supported: Iterable[str]) -> dict[int, str]:

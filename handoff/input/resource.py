@@ -37,9 +37,11 @@ from typing import Any
 
 import trio
 
+from handoff.control_client import switch_target
 from handoff.errors import HandoffError, InputError
 from handoff.host import HostPaths, qemu_account
 from handoff.input.devices import DeviceInfo, DeviceWatcher, Selection, classify_by_capabilities
+from handoff.input.edge import GuestSink, InputRouter
 from handoff.input.forward import QmpBackend, QmpSocketTransport
 from handoff.input.keymap import (
     LINUX_TO_QCODE,
@@ -48,7 +50,7 @@ from handoff.input.keymap import (
     restrict_to,
     unsupported,
 )
-from handoff.input.router import GuestSink, InputRouter, RouterCore
+from handoff.input.router import RouterCore
 from handoff.input.virtio import VirtioProxies
 from handoff.profile import InputBackend, Profile
 from handoff.resources import ControlRegistry, JsonObject, VmHandle
@@ -56,8 +58,6 @@ from handoff.run_layout import input_monitor_path, proxy_links
 from handoff.session_plan import input_argv
 
 log = logging.getLogger(__name__)
-
-SWITCH_TARGETS = ("host", "guest", "toggle")
 
 
 class InputHandoff:
@@ -182,19 +182,14 @@ class InputHandoff:
                 del self._identities[identity]
 
     async def _switch(self, message: Mapping[str, Any]) -> JsonObject:
-        target = message.get("mode", "toggle")
-        if target not in SWITCH_TARGETS:
-            raise InputError(
-                f"switch: mode {target!r} is not one of host, guest, toggle",
-                fix="handoff switch [host|guest|toggle]",
-            )
+        target = switch_target(message.get("mode", "toggle"))
         if self._router is None:
             raise InputError(
                 "switch: input hand-off is not running (the profile's input.backend is "
                 f"{self.backend.value!r} or the VM has not started)",
                 fix='set input.backend = "qmp" or "virtio" in the profile',
             )
-        self._router.request(str(target))
+        self._router.request(target)
         return self._mode()
 
     def _mode(self) -> JsonObject:

@@ -1,64 +1,22 @@
-"""Who owns the keyboard and mouse: the host or the guest. Pure core.
+"""Who owns the keyboard and mouse, host or guest: the pure core of the input hand-off.
 
 :class:`RouterCore` is a state machine fed with what the devices report
-(frames, resyncs, plug/unplug, grab results) and with switch requests; it
-answers with :data:`Action` values (forward these events to the guest, grab
-or ungrab this device, the mode changed). It does no I/O, so every rule
-below is tested directly, including with random interleavings.
-
-Rules (QEMU's input-linux is the model):
-
-* Bookkeeping per device: ``held`` is what the kernel says is down on that
-  device (from our own reading of its events, resynced from EVIOCGKEY after a
-  SYN_DROPPED). ``guest_down`` is what the guest believes is down, per code,
-  with the set of devices holding it, so two keyboards pressing Shift give
-  the guest one press and one release, never a release while one still holds
-  it. The guest only ever gets a release for a press it saw.
-* A device's events reach the guest only while that device is grabbed; an
-  ungrabbed device is seen by the host directly, forwarding it too would
-  type twice.
-* Switching to the guest waits until no key or button is held on *any*
-  device, then grabs. Otherwise the host has seen a press whose release it
-  will never see (a stuck key on the host). The edge also checks EVIOCGKEY
-  right after EVIOCGRAB and reports :meth:`RouterCore.grab_refused` when a
-  key went down in between; the device is then released and retried when
-  its keys are up.
-* Switching to the host releases, in the guest, every key and button the
-  guest still sees pressed, then ungrabs. The host then only sees releases
-  for keys it never saw pressed, which input stacks ignore.
-* The hotkey chord (default both Ctrls) toggles like input-linux: completing
-  the chord *requests* the switch, which happens when every key is up. The
-  chord is never forwarded as a chord: in guest mode the key that completes
-  it is swallowed and the other chord keys the guest saw go down are
-  released right away, so the guest never holds the whole chord (it sees,
-  at most, a tap of the first Ctrl, which is unavoidable without delaying
-  every Ctrl press). A one-key chord (ScrollLock) never reaches the guest
-  at all. Keys of a completed chord stay swallowed until released. In host
-  mode nothing is grabbed, so the host sees the chord itself; it also sees
-  every release, because the grab waits for them.
-* Control requests: ``guest`` waits for released keys like the hotkey;
-  ``host`` is immediate (release in guest, ungrab); ``toggle`` cancels a
-  pending switch, else switches to the other side.
-* Autorepeat (value 2) is never forwarded; the guest repeats by itself.
-* Unplug releases, in the guest, what that device held. A device plugged in
-  while in guest mode is grabbed once it has no keys held.
+(frames, resyncs, plug/unplug, grab results) and switch requests; it answers
+with :data:`Action` values. :class:`FrameAssembler` cuts an event stream into
+frames. Must never do I/O or import trio, evdev or an edge module (the edge
+that runs it is :mod:`handoff.input.edge`). The rules are on
+:class:`RouterCore`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
 
-import trio
-
-from handoff.input.forward import read_events
-from handoff.input.translate import EV_KEY, EV_REL, EV_SYN, SYN_DROPPED, SYN_REPORT, Event
+from handoff.control_client import SwitchTarget
+from handoff.input.codes import EV_KEY, EV_REL, EV_SYN, SYN_DROPPED, SYN_REPORT
+from handoff.input.translate import Event
 from handoff.profile import InputMode
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -92,7 +50,17 @@ def _other(mode: InputMode) -> InputMode:
 
 
 class RouterCore:
-    """The host ⇄ guest state machine (see the module docstring for the rules)."""
+    """The host ⇄ guest state machine (QEMU's input-linux is the model).
+
+    * The guest gets a device's events only while it is grabbed, and only a
+      release for a press it saw (per code, counted over devices).
+    * A switch to the guest waits until no key is held on any device; a
+      switch to the host first releases in the guest what it holds.
+    * The hotkey chord requests the other side and never reaches the guest
+      whole; autorepeat is never forwarded.
+    * After SYN_DROPPED the kernel's key state replaces ours; unplug
+      releases in the guest what the device held.
+    """
 
     def __init__(self, hotkey: Iterable[int], start: InputMode = InputMode.HOST) -> None:
         self.hotkey = frozenset(hotkey)
@@ -169,9 +137,8 @@ class RouterCore:
         """After SYN_DROPPED: the kernel's key state (EVIOCGKEY) replaces ours.
 
         Keys released during the gap are released in the guest; keys pressed
-        during the gap are recorded as held (so switching waits for them) but
-        not pressed in the guest, whose press would arrive late and out of
-        order; their release is then not forwarded either.
+        during the gap are recorded as held (switching waits for them) but
+        never pressed in the guest.
         """
         now = set(held)
         before = self.held.setdefault(device, set())
@@ -188,21 +155,21 @@ class RouterCore:
         self.grabbed.discard(device)
         return self.resync(device, held)
 
-    def request(self, target: str) -> list[Action]:
-        """A switch asked for over the control socket: ``host``, ``guest`` or ``toggle``."""
-        if target == "toggle":
+    def request(self, target: SwitchTarget) -> list[Action]:
+        """A switch asked for over the control socket."""
+        if target is SwitchTarget.TOGGLE:
             if self.pending is not None:
                 self.pending = None
                 return []
-            target = _other(self.mode).value
-        if target == InputMode.HOST.value:
+            side = _other(self.mode)
+        else:
+            side = InputMode.HOST if target is SwitchTarget.HOST else InputMode.GUEST
+        if side is InputMode.HOST:
             self.pending = None
             return self._to_host() if self.mode is InputMode.GUEST else []
-        if target == InputMode.GUEST.value:
-            if self.mode is InputMode.HOST:
-                self.pending = InputMode.GUEST
-            return self._settle()
-        raise ValueError(f"unknown switch target {target!r}")
+        if self.mode is InputMode.HOST:
+            self.pending = InputMode.GUEST
+        return self._settle()
 
     def shutdown(self) -> list[Action]:
         """The session ends: the guest lets go of everything, every grab is released."""
@@ -308,180 +275,3 @@ class FrameAssembler:
         if not self._dropping:
             self._events.append(event)
         return None
-
-
-# --------------------------------------------------------------------------- trio edge
-
-
-class GuestSink(Protocol):
-    """Where forwarded frames go: the qmp backend's queue or the virtio proxies."""
-
-    def submit(self, device: str, events: Sequence[Event]) -> None:
-        """Take one frame; must not block (the readers must keep draining)."""
-        ...
-
-    def forget(self, device: str) -> None:
-        """The device is gone; drop per-device state (scroll remainders)."""
-        ...
-
-
-class DeviceHandle(Protocol):
-    """What the edge needs of an open :class:`evdev.InputDevice`."""
-
-    @property
-    def fd(self) -> int: ...
-
-    @property
-    def name(self) -> str: ...
-
-    def read(self) -> Any: ...
-
-    def grab(self) -> None: ...
-
-    def ungrab(self) -> None: ...
-
-    def active_keys(self) -> list[int]: ...
-
-    def close(self) -> None: ...
-
-
-class InputRouter:
-    """Runs a :class:`RouterCore` against real devices and a guest sink.
-
-    One reader task per device (:meth:`run_device`), all on the trio thread, so
-    the core sees one totally ordered stream and needs no locks. Actions are
-    applied synchronously: a frame is in the sink before the next read.
-    Grabs are released by :meth:`close` (and by the kernel when a device's
-    fd closes, which every reader does on the way out).
-    """
-
-    def __init__(
-        self,
-        core: RouterCore,
-        sink: GuestSink,
-        on_mode: Callable[[InputMode], None] | None = None,
-    ) -> None:
-        self.core = core
-        self.sink = sink
-        self._on_mode = on_mode
-        self.devices: dict[str, DeviceHandle] = {}
-        self._scopes: dict[str, trio.CancelScope] = {}
-        self._drains: dict[str, Callable[[], None]] = {}
-        #: SYN_DROPPED seen (the kernel's buffer overflowed: events were lost).
-        self.dropped = 0
-
-    async def run_device(self, identity: str, handle: DeviceHandle) -> None:
-        """Route ``handle``'s events until it is unplugged or cancelled; then let go of it."""
-        old = self._scopes.get(identity)
-        if old is not None:  # re-plugged before the old node reported ENODEV
-            old.cancel()
-            self._forget(identity)
-        scope = trio.CancelScope()
-        self._scopes[identity] = scope
-        self.devices[identity] = handle
-        try:
-            with scope:
-                self._apply(self.core.add_device(identity, handle.active_keys()))
-                assembler = FrameAssembler()
-
-                def deliver(events: list[tuple[int, int, int, float]]) -> None:
-                    for etype, code, value, _ in events:
-                        result = assembler.feed((etype, code, value))
-                        if result is None:
-                            continue
-                        if isinstance(result, Resync):
-                            self.dropped += 1
-                            actions = self.core.resync(identity, handle.active_keys())
-                        else:
-                            actions = self.core.frame(identity, result)
-                        if actions:
-                            self._apply(actions)
-
-                def drain() -> None:
-                    """Route what the kernel still queues for us (EVIOCGKEY would flush it)."""
-                    while True:
-                        try:
-                            events = [(e.type, e.code, e.value, 0.0) for e in handle.read()]
-                        except BlockingIOError:
-                            return
-                        deliver(events)
-
-                self._drains[identity] = drain
-                await read_events(handle, deliver)
-                log.info("input device %s is gone", handle.name)
-        finally:
-            if self._scopes.get(identity) is scope:
-                self._forget(identity)
-            with contextlib.suppress(OSError):
-                handle.close()
-
-    def _forget(self, identity: str) -> None:
-        self._scopes.pop(identity, None)
-        self._drains.pop(identity, None)
-        self.devices.pop(identity, None)
-        self._apply(self.core.remove_device(identity))
-        self.sink.forget(identity)
-
-    def request(self, target: str) -> None:
-        """A switch from the control socket.
-
-        What the devices queued is routed first, then the kernel's key state
-        (EVIOCGKEY) is read, so the wait for released keys sees a key pressed
-        a moment ago. The order matters: EVIOCGKEY flushes the key events
-        still queued for its reader, so without the drain keys typed just
-        before the switch would never reach the guest.
-        """
-        for identity, handle in list(self.devices.items()):
-            with contextlib.suppress(OSError):
-                drain = self._drains.get(identity)
-                if drain is not None:
-                    drain()
-                self._apply(self.core.resync(identity, handle.active_keys()))
-        self._apply(self.core.request(target))
-
-    def close(self) -> None:
-        """Release everything: the guest lets go of its keys, every grab is dropped."""
-        self._apply(self.core.shutdown())
-        for handle in self.devices.values():
-            with contextlib.suppress(OSError):
-                handle.ungrab()
-
-    def _apply(self, actions: list[Action]) -> None:
-        for action in actions:
-            if isinstance(action, ToGuest):
-                self.sink.submit(action.device, action.events)
-            elif isinstance(action, Grab):
-                self._grab(action.device)
-            elif isinstance(action, Ungrab):
-                handle = self.devices.get(action.device)
-                if handle is not None:
-                    with contextlib.suppress(OSError):
-                        handle.ungrab()
-            else:
-                log.info("input now goes to the %s", action.mode.value)
-                if self._on_mode is not None:
-                    self._on_mode(action.mode)
-
-    def _grab(self, identity: str) -> None:
-        handle = self.devices.get(identity)
-        if handle is None:
-            return
-        try:
-            handle.grab()
-        except OSError as exc:
-            log.warning(
-                "cannot grab input device %s (%s): another program holds it; "
-                "it stays with the host",
-                handle.name,
-                exc.strerror,
-            )
-            scope = self._scopes.get(identity)
-            if scope is not None:
-                scope.cancel()
-            self._forget(identity)
-            return
-        held = handle.active_keys()
-        if held:  # a key went down between our last read and the grab
-            with contextlib.suppress(OSError):
-                handle.ungrab()
-            self._apply(self.core.grab_refused(identity, held))

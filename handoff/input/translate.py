@@ -1,22 +1,10 @@
-"""evdev frames → one QMP ``input-send-event`` batch. Pure.
+"""evdev frames → one QMP ``input-send-event`` batch each (the ``qmp`` backend's translation).
 
-A frame is what a device reports between two SYN_REPORTs: the kernel's
-unit of "these changed together". QEMU's ``input-send-event`` delivers a
-batch and then one sync, which is the same unit, so one frame becomes one
-batch and the guest sees motion and clicks grouped as the hardware grouped
-them.
-
-Rules (QEMU's input-linux does the same where it has an opinion):
-- EV_KEY value 0/1 → ``key`` (qcode) or ``btn``; value 2 (autorepeat) is
-  dropped: the guest runs its own repeat, a forwarded repeat would double it.
-- REL_X/REL_Y are summed per frame into one ``rel`` event per axis.
-- REL_WHEEL/REL_HWHEEL become wheel-up/down/left/right press+release pairs,
-  one pair per detent. Devices with hi-res wheels report REL_WHEEL_HI_RES
-  (120 units per detent) *and* the kernel's derived REL_WHEEL in the same
-  frame: when a frame carries hi-res values they are the truth (summed with
-  the device's carried remainder) and the low-res value is ignored, so a
-  detent is never counted twice and partial scrolls add up.
-- Everything else (EV_MSC scancodes, LEDs, EV_ABS) is not forwarded.
+One frame (the events between two SYN_REPORTs) becomes one batch, so the
+guest sees what changed together as the hardware grouped it. Autorepeat is
+dropped, motion summed per axis, wheels turned into detent clicks (hi-res
+values win over the kernel's derived low-res ones). Pure: must never do I/O
+or log an event.
 """
 
 from __future__ import annotations
@@ -24,16 +12,21 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from handoff.input.codes import (
+    EV_KEY,
+    EV_REL,
+    HI_RES_PER_DETENT,
+    REL_HWHEEL,
+    REL_HWHEEL_HI_RES,
+    REL_WHEEL,
+    REL_WHEEL_HI_RES,
+    REL_X,
+    REL_Y,
+)
 from handoff.input.keymap import LINUX_TO_BUTTON, LINUX_TO_QCODE, is_button
 
 Event = tuple[int, int, int]  # (type, code, value) as read from evdev
 InputEvent = dict[str, Any]
-
-EV_SYN, EV_KEY, EV_REL = 0x00, 0x01, 0x02
-SYN_REPORT, SYN_DROPPED = 0, 3
-REL_X, REL_Y, REL_HWHEEL, REL_WHEEL = 0x00, 0x01, 0x06, 0x08
-REL_WHEEL_HI_RES, REL_HWHEEL_HI_RES = 0x0B, 0x0C
-HI_RES_PER_DETENT = 120
 
 
 def key_event(qcode: str, down: bool) -> InputEvent:
@@ -115,14 +108,6 @@ class FrameTranslator:
         return out
 
 
-def motion_of(batch: Sequence[InputEvent]) -> dict[str, int]:
-    """Relative motion per axis in a batch (tests and the coalescer use it)."""
-    totals = {"x": 0, "y": 0}
-    for event in batch:
-        if event["type"] == "rel":
-            totals[event["data"]["axis"]] += event["data"]["value"]
-    return totals
-
-
 def is_motion_only(batch: Sequence[InputEvent]) -> bool:
+    """True when a batch is relative motion only (the queue may merge it)."""
     return all(event["type"] == "rel" for event in batch)

@@ -37,18 +37,33 @@ from pathlib import Path
 from typing import Any
 
 from handoff.errors import InputError
+from handoff.input.codes import (
+    BTN_LEFT,
+    BTN_TASK,
+    EV_KEY,
+    EV_LED,
+    EV_REL,
+    KEY_MAX,
+    LED_CAPSL,
+    LED_NUML,
+    LED_SCROLLL,
+    REL_HWHEEL,
+    REL_HWHEEL_HI_RES,
+    REL_WHEEL,
+    REL_WHEEL_HI_RES,
+    REL_X,
+    REL_Y,
+)
 from handoff.input.devices import PROXY_NAME_PREFIX
 from handoff.input.keymap import is_button
-from handoff.input.translate import EV_KEY, EV_REL, Event
+from handoff.input.translate import Event
 
 log = logging.getLogger(__name__)
 
-EV_LED = 0x11
-KEY_MAX = 0x2FF
-MOUSE_BUTTONS = tuple(range(0x110, 0x118))  # BTN_LEFT … BTN_TASK
+MOUSE_BUTTONS = tuple(range(BTN_LEFT, BTN_TASK + 1))
 KEYBOARD_KEYS = tuple(c for c in range(1, KEY_MAX + 1) if not is_button(c))
-MOUSE_AXES = (0x00, 0x01, 0x06, 0x08, 0x0B, 0x0C)  # X Y HWHEEL WHEEL WHEEL_HI_RES HWHEEL_HI_RES
-LEDS = (0, 1, 2)  # NUML CAPSL SCROLLL
+MOUSE_AXES = (REL_X, REL_Y, REL_HWHEEL, REL_WHEEL, REL_WHEEL_HI_RES, REL_HWHEEL_HI_RES)
+LEDS = (LED_NUML, LED_CAPSL, LED_SCROLLL)
 
 
 @dataclass(frozen=True)

@@ -7,32 +7,25 @@ every event its input layer receives; the VM must run (input-send-event says
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import re
 import socket
 import struct
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import trio
 import trio.testing
 
-from handoff.input.forward import ExecuteTransport, QmpBackend, QmpSocketTransport
-from handoff.input.keymap import (
-    KEY_TABLE,
-    LINUX_TO_QCODE,
-    qkeycodes_from_schema,
-    restrict_to,
-    unsupported,
-)
-from handoff.input.router import InputRouter, RouterCore
-from handoff.input.translate import (
+from handoff.control_client import SwitchTarget
+from handoff.input.codes import (
+    BTN_EXTRA,
+    BTN_LEFT,
+    BTN_SIDE,
     EV_KEY,
     EV_REL,
     REL_HWHEEL,
@@ -42,6 +35,16 @@ from handoff.input.translate import (
     REL_Y,
     SYN_DROPPED,
 )
+from handoff.input.edge import InputRouter
+from handoff.input.forward import ExecuteTransport, QmpBackend, QmpSocketTransport
+from handoff.input.keymap import (
+    KEY_TABLE,
+    LINUX_TO_QCODE,
+    qkeycodes_from_schema,
+    restrict_to,
+    unsupported,
+)
+from handoff.input.router import RouterCore
 from handoff.profile import InputMode
 from handoff.qemu.process import QemuProcess
 from handoff.qemu.qmp import QmpConnection, open_qmp
@@ -52,7 +55,6 @@ pytestmark = pytest.mark.qemu
 
 TRACE_LINE = re.compile(r"^\d+@(?P<ts>[\d.]+):input_event_(?P<kind>\w+) (?P<rest>.*)$")
 KEY_A, KEY_B, KEY_LEFTSHIFT = 30, 48, 42
-BTN_LEFT, BTN_SIDE, BTN_EXTRA = 0x110, 0x113, 0x114
 
 
 def parse_trace(path: Path) -> list[tuple[str, ...]]:
@@ -305,14 +307,8 @@ class PipeDevice:
     def unplug(self) -> None:
         os.close(self._writer)
 
-    # what the router edge uses
-    def read(self) -> Iterator[SimpleNamespace]:
-        data = os.read(self.fd, self.RECORD.size * 256)
-        if not data:
-            raise OSError(errno.ENODEV, "No such device")
-        for sec, usec, etype, code, value in self.RECORD.iter_unpack(data):
-            yield SimpleNamespace(sec=sec, usec=usec, type=etype, code=code, value=value)
-
+    # what the router edge uses (besides reading ``fd``: at the end of the pipe it
+    # reads end of file, which it takes for an unplugged device, as ENODEV)
     def is_grabbed(self) -> bool:
         return self.grabbed
 
@@ -377,7 +373,7 @@ async def test_typing_through_the_router_reaches_qemu_and_the_hotkey_hands_back(
             assert not keyboard.is_grabbed()
             keyboard.tap(KEY_X)  # the host's
             await settle(backend, transport)
-            router.request("guest")
+            router.request(SwitchTarget.GUEST)
             assert keyboard.is_grabbed()
             keyboard.tap(KEY_Y)
             await settle(backend, transport)
@@ -448,7 +444,7 @@ async def test_switching_to_the_host_releases_in_the_guest_every_key_and_button_
             keyboard.frame((EV_KEY, KEY_H, 1), (EV_KEY, KEY_LEFTSHIFT, 1))
             mouse.frame((EV_KEY, BTN_LEFT, 1))
             await settle(backend, transport)
-            router.request("host")  # immediate, with all three still held
+            router.request(SwitchTarget.HOST)  # immediate, with all three still held
             await settle(backend, transport)
             assert not keyboard.is_grabbed()
             assert not mouse.is_grabbed()
@@ -483,7 +479,7 @@ async def test_keys_typed_just_before_a_switch_to_the_host_still_reach_the_guest
             await settle(backend, transport)
             keyboard.tap(KEY_H)  # still queued: the router has not read it yet
             keyboard.frame((EV_KEY, KEY_I, 1))
-            router.request("host")
+            router.request(SwitchTarget.HOST)
             await settle(backend, transport)
             assert not keyboard.is_grabbed()
             keyboard.frame((EV_KEY, KEY_I, 0))

@@ -6,7 +6,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from handoff.input.forward import BatchQueue
-from handoff.input.translate import InputEvent, btn_event, key_event, motion_of, rel_event
+from handoff.input.translate import InputEvent, btn_event, key_event, rel_event
+
+
+def motion_of(batch: list[InputEvent]) -> dict[str, int]:
+    """Relative motion per axis in a batch."""
+    totals = {"x": 0, "y": 0}
+    for event in batch:
+        if event["type"] == "rel":
+            totals[event["data"]["axis"]] += event["data"]["value"]
+    return totals
+
 
 batch = st.one_of(
     st.tuples(st.integers(-20, 20), st.integers(-20, 20)).map(

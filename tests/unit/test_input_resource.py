@@ -12,10 +12,12 @@ import trio
 
 from handoff.errors import InputError
 from handoff.host import HostPaths
+from handoff.input.codes import EV_KEY
+from handoff.input.edge import InputRouter
 from handoff.input.forward import QmpSocketTransport
 from handoff.input.resource import InputHandoff
-from handoff.input.router import InputRouter, RouterCore
-from handoff.input.translate import EV_KEY, Event
+from handoff.input.router import RouterCore
+from handoff.input.translate import Event
 from handoff.input.virtio import VirtioProxies
 from handoff.profile import Input, InputBackend, InputMode, Profile, Vm
 from handoff.run_layout import proxy_links

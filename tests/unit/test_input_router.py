@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+from handoff.control_client import SwitchTarget
+from handoff.input.codes import EV_KEY, EV_REL, EV_SYN, REL_X, SYN_DROPPED, SYN_REPORT
 from handoff.input.router import (
     Action,
     FrameAssembler,
@@ -17,7 +19,6 @@ from handoff.input.router import (
     ToGuest,
     Ungrab,
 )
-from handoff.input.translate import EV_KEY, EV_REL, EV_SYN, REL_X, SYN_DROPPED, SYN_REPORT
 from handoff.profile import InputMode
 
 LCTRL, RCTRL, SCROLL, A, S, D, BTN = 29, 97, 70, 30, 31, 32, 0x110
@@ -91,7 +92,7 @@ def test_switching_to_host_releases_what_the_guest_still_holds() -> None:
     core.add_device("mouse")
     core.frame("kbd", [press(A)])
     core.frame("mouse", [press(BTN)])
-    actions = core.request("host")
+    actions = core.request(SwitchTarget.HOST)
     assert sorted(guest_events(actions)) == sorted([release(A), release(BTN)])
     assert Ungrab("kbd") in actions
     assert Ungrab("mouse") in actions
@@ -124,7 +125,7 @@ def test_a_resync_after_dropped_events_releases_keys_let_go_in_the_gap() -> None
 def test_a_refused_grab_is_retried_once_the_keys_are_up() -> None:
     core = RouterCore((LCTRL, RCTRL))
     core.add_device("kbd")
-    assert core.request("guest") == [ModeChanged(InputMode.GUEST), Grab("kbd")]
+    assert core.request(SwitchTarget.GUEST) == [ModeChanged(InputMode.GUEST), Grab("kbd")]
     assert core.grab_refused("kbd", [A]) == []
     assert core.frame("kbd", [release(A)]) == [Grab("kbd")]
 
@@ -132,9 +133,9 @@ def test_a_refused_grab_is_retried_once_the_keys_are_up() -> None:
 def test_toggle_cancels_a_pending_switch() -> None:
     core = RouterCore((LCTRL, RCTRL))
     core.add_device("kbd", held=[A])
-    assert core.request("toggle") == []
+    assert core.request(SwitchTarget.TOGGLE) == []
     assert core.pending is InputMode.GUEST
-    assert core.request("toggle") == []
+    assert core.request(SwitchTarget.TOGGLE) == []
     assert core.frame("kbd", [release(A)]) == []
     assert core.mode is InputMode.HOST
 
@@ -143,7 +144,7 @@ def test_motion_reaches_the_guest_only_from_grabbed_devices() -> None:
     core = RouterCore((LCTRL, RCTRL))
     core.add_device("mouse")
     assert core.frame("mouse", [(EV_REL, REL_X, 5)]) == []
-    core.request("guest")
+    core.request(SwitchTarget.GUEST)
     assert core.frame("mouse", [(EV_REL, REL_X, 5)]) == [ToGuest("mouse", ((EV_REL, REL_X, 5),))]
 
 
@@ -254,7 +255,7 @@ def test_no_interleaving_leaves_a_key_stuck_or_leaks_the_chord_or_loses_motion(
     world.switches = 0
     for kind, target, arg in ops:
         if kind == "control":
-            world.apply(world.core.request(target))
+            world.apply(world.core.request(SwitchTarget(target)))
             continue
         device = target
         if device not in world.kernel:

@@ -7,14 +7,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from handoff.input.keymap import (
-    KEY_TABLE,
-    LINUX_TO_QCODE,
-    qkeycodes_from_schema,
-    restrict_to,
-    unsupported,
-)
-from handoff.input.translate import (
+from handoff.input.codes import (
     EV_KEY,
     EV_REL,
     REL_HWHEEL,
@@ -22,12 +15,15 @@ from handoff.input.translate import (
     REL_WHEEL_HI_RES,
     REL_X,
     REL_Y,
-    FrameTranslator,
-    btn_event,
-    key_event,
-    motion_of,
-    rel_event,
 )
+from handoff.input.keymap import (
+    KEY_TABLE,
+    LINUX_TO_QCODE,
+    qkeycodes_from_schema,
+    restrict_to,
+    unsupported,
+)
+from handoff.input.translate import FrameTranslator, btn_event, key_event, rel_event
 
 KEY_A, KEY_LEFTCTRL, BTN_LEFT, BTN_SIDE, BTN_EXTRA = 30, 29, 0x110, 0x113, 0x114
 
@@ -97,8 +93,12 @@ def test_motion_in_equals_motion_out(moves: list[tuple[int, int]]) -> None:
     t = FrameTranslator()
     out_x = out_y = 0
     for dx, dy in moves:
-        m = motion_of(t.translate("m", [(EV_REL, REL_X, dx), (EV_REL, REL_Y, dy)]))
-        out_x, out_y = out_x + m["x"], out_y + m["y"]
+        for e in t.translate("m", [(EV_REL, REL_X, dx), (EV_REL, REL_Y, dy)]):
+            assert e["type"] == "rel"
+            if e["data"]["axis"] == "x":
+                out_x += e["data"]["value"]
+            else:
+                out_y += e["data"]["value"]
     assert (out_x, out_y) == (sum(m[0] for m in moves), sum(m[1] for m in moves))
 
 

@@ -1,0 +1,249 @@
+"""The router's edge: reads real evdev devices under trio and applies the pure core's actions.
+
+:class:`InputRouter` feeds a :class:`~handoff.input.router.RouterCore` with
+what each device reports and carries out its answers (grab, ungrab, hand a
+frame to the guest sink). All decisions stay in the core; this module must
+never decide who owns a key, and never log an event's contents.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import trio
+
+from handoff.control_client import SwitchTarget
+from handoff.input.codes import INPUT_EVENT
+from handoff.input.router import (
+    Action,
+    FrameAssembler,
+    Grab,
+    Resync,
+    RouterCore,
+    ToGuest,
+    Ungrab,
+)
+from handoff.input.translate import Event
+from handoff.profile import InputMode
+
+log = logging.getLogger(__name__)
+
+#: Events taken per read(2); evdev returns whole events only, as many as fit.
+READ_EVENTS = 256
+
+
+class GuestSink(Protocol):
+    """Where forwarded frames go: the qmp backend's queue or the virtio proxies."""
+
+    def submit(self, device: str, events: Sequence[Event]) -> None:
+        """Take one frame; must not block (the readers must keep draining)."""
+        ...
+
+    def forget(self, device: str) -> None:
+        """The device is gone; drop per-device state (scroll remainders)."""
+        ...
+
+
+class DeviceHandle(Protocol):
+    """What the edge needs of an open :class:`evdev.InputDevice` (fd non-blocking)."""
+
+    @property
+    def fd(self) -> int: ...
+
+    @property
+    def name(self) -> str: ...
+
+    def grab(self) -> None: ...
+
+    def ungrab(self) -> None: ...
+
+    def active_keys(self) -> list[int]: ...
+
+    def close(self) -> None: ...
+
+
+def read_queued(fd: int) -> list[Event] | None:
+    """One read(2) of ``struct input_event`` records from an evdev fd, as (type, code, value).
+
+    Reads the kernel's documented record layout (:data:`INPUT_EVENT`) into
+    plain tuples: no per-event objects at thousands of events a second.
+    None when the device is unplugged (ENODEV, or end of file); raises
+    BlockingIOError when nothing is queued.
+    """
+    try:
+        data = os.read(fd, INPUT_EVENT.size * READ_EVENTS)
+    except OSError as exc:
+        if exc.errno == errno.ENODEV:
+            return None
+        raise
+    if not data:
+        return None
+    return [(etype, code, value) for _, _, etype, code, value in INPUT_EVENT.iter_unpack(data)]
+
+
+async def read_events(device: DeviceHandle, deliver: Callable[[list[Event]], None]) -> None:
+    """Drain ``device`` until it is unplugged, handing each read's events to ``deliver``."""
+    while True:
+        await trio.lowlevel.wait_readable(device.fd)
+        try:
+            events = read_queued(device.fd)
+        except BlockingIOError:
+            continue
+        if events is None:
+            return
+        deliver(events)
+
+
+class InputRouter:
+    """Runs a :class:`RouterCore` against real devices and a guest sink.
+
+    One reader task per device (:meth:`run_device`), all on the trio thread, so
+    the core sees one totally ordered stream and needs no locks. Actions are
+    applied synchronously: a frame is in the sink before the next read.
+    Grabs are released by :meth:`close` (and by the kernel when a device's
+    fd closes, which every reader does on the way out).
+    """
+
+    def __init__(
+        self,
+        core: RouterCore,
+        sink: GuestSink,
+        on_mode: Callable[[InputMode], None] | None = None,
+    ) -> None:
+        self.core = core
+        self.sink = sink
+        self._on_mode = on_mode
+        self.devices: dict[str, DeviceHandle] = {}
+        self._scopes: dict[str, trio.CancelScope] = {}
+        self._drains: dict[str, Callable[[], None]] = {}
+        #: SYN_DROPPED seen (the kernel's buffer overflowed: events were lost).
+        self.dropped = 0
+
+    async def run_device(self, identity: str, handle: DeviceHandle) -> None:
+        """Route ``handle``'s events until it is unplugged or cancelled; then let go of it."""
+        old = self._scopes.get(identity)
+        if old is not None:  # re-plugged before the old node reported ENODEV
+            old.cancel()
+            self._forget(identity)
+        scope = trio.CancelScope()
+        self._scopes[identity] = scope
+        self.devices[identity] = handle
+        try:
+            with scope:
+                self._apply(self.core.add_device(identity, handle.active_keys()))
+                deliver = self._deliverer(identity, handle)
+
+                def drain() -> None:
+                    """Route what the kernel still queues for us (EVIOCGKEY would flush it)."""
+                    while True:
+                        try:
+                            events = read_queued(handle.fd)
+                        except BlockingIOError:
+                            return
+                        if events is None:
+                            return
+                        deliver(events)
+
+                self._drains[identity] = drain
+                await read_events(handle, deliver)
+                log.info("input device %s is gone", handle.name)
+        finally:
+            if self._scopes.get(identity) is scope:
+                self._forget(identity)
+            with contextlib.suppress(OSError):
+                handle.close()
+
+    def _deliverer(self, identity: str, handle: DeviceHandle) -> Callable[[list[Event]], None]:
+        """Cut ``identity``'s events into frames and feed them to the core."""
+        assembler = FrameAssembler()
+
+        def deliver(events: list[Event]) -> None:
+            for event in events:
+                result = assembler.feed(event)
+                if result is None:
+                    continue
+                if isinstance(result, Resync):
+                    self.dropped += 1
+                    actions = self.core.resync(identity, handle.active_keys())
+                else:
+                    actions = self.core.frame(identity, result)
+                if actions:
+                    self._apply(actions)
+
+        return deliver
+
+    def _forget(self, identity: str) -> None:
+        self._scopes.pop(identity, None)
+        self._drains.pop(identity, None)
+        self.devices.pop(identity, None)
+        self._apply(self.core.remove_device(identity))
+        self.sink.forget(identity)
+
+    def request(self, target: SwitchTarget) -> None:
+        """A switch from the control socket.
+
+        What the devices queued is routed first, then the kernel's key state
+        (EVIOCGKEY) is read, so the wait for released keys sees a key pressed
+        a moment ago. The order matters: EVIOCGKEY flushes the key events
+        still queued for its reader, so without the drain keys typed just
+        before the switch would never reach the guest.
+        """
+        for identity, handle in list(self.devices.items()):
+            with contextlib.suppress(OSError):
+                drain = self._drains.get(identity)
+                if drain is not None:
+                    drain()
+                self._apply(self.core.resync(identity, handle.active_keys()))
+        self._apply(self.core.request(target))
+
+    def close(self) -> None:
+        """Release everything: the guest lets go of its keys, every grab is dropped."""
+        self._apply(self.core.shutdown())
+        for handle in self.devices.values():
+            with contextlib.suppress(OSError):
+                handle.ungrab()
+
+    def _apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, ToGuest):
+                self.sink.submit(action.device, action.events)
+            elif isinstance(action, Grab):
+                self._grab(action.device)
+            elif isinstance(action, Ungrab):
+                handle = self.devices.get(action.device)
+                if handle is not None:
+                    with contextlib.suppress(OSError):
+                        handle.ungrab()
+            else:
+                log.info("input now goes to the %s", action.mode.value)
+                if self._on_mode is not None:
+                    self._on_mode(action.mode)
+
+    def _grab(self, identity: str) -> None:
+        handle = self.devices.get(identity)
+        if handle is None:
+            return
+        try:
+            handle.grab()
+        except OSError as exc:
+            log.warning(
+                "cannot grab input device %s (%s): another program holds it; "
+                "it stays with the host",
+                handle.name,
+                exc.strerror,
+            )
+            scope = self._scopes.get(identity)
+            if scope is not None:
+                scope.cancel()
+            self._forget(identity)
+            return
+        held = handle.active_keys()
+        if held:  # a key went down between our last read and the grab
+            with contextlib.suppress(OSError):
+                handle.ungrab()
+            self._apply(self.core.grab_refused(identity, held))
