@@ -21,12 +21,12 @@ import trio
 
 from handoff.errors import InputError
 from handoff.input.codes import BTN_LEFT, EV_KEY, EV_REL, REL_X, REL_Y
+from handoff.profile import SelectorKind
 
 log = logging.getLogger(__name__)
 
 PROXY_NAME_PREFIX = "handoff virtio "  # the names of handoff's own uinput proxies
 EVENT_NODE = re.compile(r"^/dev/input/event\d+$")
-SELECTOR_KINDS = ("by-id", "path", "usb", "name")
 USB_ID = re.compile(r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{4}$")
 
 
@@ -59,29 +59,30 @@ class DeviceInfo:
 
 @dataclass(frozen=True)
 class Selector:
-    kind: str
+    kind: SelectorKind
     value: str
 
     def matches(self, info: DeviceInfo) -> bool:
-        if self.kind == "by-id":
+        if self.kind is SelectorKind.BY_ID:
             return self.value in info.by_id
-        if self.kind == "path":
+        if self.kind is SelectorKind.PATH:
             return info.id_path == self.value
-        if self.kind == "usb":
+        if self.kind is SelectorKind.USB:
             return f"{info.vendor}:{info.product}" == self.value.lower()
         return info.name == self.value
 
 
 def parse_selector(text: str) -> Selector:
     """``by-id:LINK`` / ``path:ID_PATH`` / ``usb:VVVV:PPPP`` / ``name:TEXT`` → Selector."""
-    kind, sep, value = text.partition(":")
-    if not sep or kind not in SELECTOR_KINDS or not value:
+    prefix, sep, value = text.partition(":")
+    kind = next((k for k in SelectorKind if k.value == prefix), None)
+    if not sep or kind is None or not value:
         raise InputError(
             f"input device selector {text!r} is not understood",
             fix="write by-id:LINK (a /dev/input/by-id name), path:ID_PATH, usb:VVVV:PPPP "
             "or name:KERNEL NAME; `handoff doctor` lists the devices",
         )
-    if kind == "usb" and not USB_ID.match(value):
+    if kind is SelectorKind.USB and not USB_ID.match(value):
         raise InputError(
             f"input device selector {text!r}: expected usb:VVVV:PPPP (hex vendor:product)",
             fix="e.g. usb:046d:c52b (see `lsusb`)",

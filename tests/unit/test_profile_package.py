@@ -173,7 +173,7 @@ def test_each_selector_kind_is_read_by_the_profile_and_the_input_layer(
     text: str, kind: SelectorKind
 ) -> None:
     assert selector_kind(text) is kind
-    assert parse_selector(text).kind == kind.value
+    assert parse_selector(text).kind is kind
     profile = parse_profile(
         f'[vm]\nname = "w"\nmemory = "1G"\n[input]\ndevices = ["{text}"]\n', SOURCE
     )
