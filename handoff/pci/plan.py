@@ -114,11 +114,6 @@ class HandoffPlan:
     warnings: tuple[PlanWarning, ...] = ()
 
     @property
-    def return_order(self) -> tuple[PciDevice, ...]:
-        """The reverse of the detach order (VGA function first back)."""
-        return tuple(reversed(self.detach_order))
-
-    @property
     def group_ids(self) -> tuple[int, ...]:
         return tuple(g.group for g in self.groups)
 
