@@ -64,7 +64,8 @@ import trio
 from handoff.host import HostPaths
 from handoff.profile import Profile, load_profile
 from handoff.qemu.accel import choose_accel
-from handoff.session import Session, StopRequest, session_argv
+from handoff.session import Session, session_argv
+from handoff.session_end import StopRequest
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -19,19 +19,10 @@ Steps 6 and 7 run on every exit path, inside a shielded cancel scope whose
 every wait is bounded by a named constant, so cleanup can neither be
 interrupted half-way nor hang forever.
 
-The shutdown ladder: ``system_powerdown`` and wait for the guest
-(``vm.shutdown_timeout``) → ``quit`` (:data:`QUIT_TIMEOUT`) → SIGTERM
-(:data:`SIGTERM_TIMEOUT` + :data:`SIGTERM_TIMEOUT_PER_DEVICE` per passthrough
-device: libvirt's rule, a GPU reset can take seconds) → SIGKILL
-(:data:`SIGKILL_TIMEOUT`). A second stop request (second Ctrl-C,
-``handoff stop --force``) skips the graceful rung.
-
-Exit status (:class:`ExitStatus`): 0 when the guest powered off or the
-session was stopped on request and QEMU went cleanly; 130/143/129 when a
-SIGINT/SIGTERM/SIGHUP ended it; 1 when the end was abnormal (QEMU crashed or
-was killed, the guest panicked, QEMU needed SIGKILL, a resource failed to
-release). Errors before the VM runs are raised as HandoffError (the CLI
-prints them and exits 2).
+The shutdown ladder is :mod:`handoff.ladder`; how an end becomes an exit
+status and a sentence (and a failed launch a fix) is :mod:`handoff.session_end`.
+Errors before the VM runs are raised as HandoffError (the CLI prints them and
+exits 2).
 """
 
 from __future__ import annotations
@@ -40,13 +31,12 @@ import contextlib
 import enum
 import logging
 import os
-import re
 import signal
 import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 
@@ -56,10 +46,11 @@ from handoff.errors import HandoffError, QemuLaunchError, QmpError, SessionError
 from handoff.firmware import ensure_firmware_vars
 from handoff.host import HostPaths
 from handoff.host_facts import gather_host_facts
+from handoff.ladder import LadderTimeouts, Rung, shutdown_ladder
 from handoff.profile import Profile
 from handoff.qemu.capabilities import check_bridges, check_supported, probe
 from handoff.qemu.cmdline import format_argv
-from handoff.qemu.process import QemuProcess, describe_exit, read_log_tail
+from handoff.qemu.process import QemuProcess, read_log_tail
 from handoff.qemu.qmp import (
     CONNECT_TIMEOUT,
     QmpConnection,
@@ -69,62 +60,36 @@ from handoff.qemu.qmp import (
 )
 from handoff.resources import HostResource, JsonObject, VmHandle
 from handoff.rundir import RunDir
+from handoff.session_end import (
+    ExitStatus,
+    StopRequest,
+    classify_end,
+    launch_failure_fix,
+)
 from handoff.session_plan import MONITOR_FD_PLACEHOLDER, HostFacts, SessionPlan, plan_session
 
 __all__ = [
     "LAUNCH_EXIT_GRACE",
-    "QUIT_TIMEOUT",
     "RELEASE_TIMEOUT",
-    "SIGKILL_TIMEOUT",
-    "SIGTERM_TIMEOUT",
-    "SIGTERM_TIMEOUT_PER_DEVICE",
-    "ExitStatus",
-    "LadderMonitor",
-    "LadderProcess",
-    "LadderTimeouts",
     "Outcome",
     "Phase",
     "Preflight",
-    "Rung",
     "Session",
     "SessionVm",
-    "StopRequest",
-    "classify_end",
     "default_resources",
-    "launch_failure_fix",
     "preflight",
     "session_argv",
     "session_plan",
-    "shutdown_ladder",
 ]
 
 log = logging.getLogger(__name__)
 
-#: Seconds QEMU gets to exit after the QMP ``quit`` command.
-QUIT_TIMEOUT = 30.0
-#: Seconds QEMU gets to exit after SIGTERM, plus the per-device allowance below.
-SIGTERM_TIMEOUT = 10.0
-#: Extra SIGTERM seconds per passthrough device (libvirt: device reset takes time).
-SIGTERM_TIMEOUT_PER_DEVICE = 2.0
-#: Seconds to wait for the kernel to reap QEMU after SIGKILL (it may be in D state).
-SIGKILL_TIMEOUT = 60.0
 #: Seconds each resource's release() gets before the session moves on.
 RELEASE_TIMEOUT = 60.0
 #: Seconds a QEMU whose monitor hung up gets to exit, to report its exit code.
 LAUNCH_EXIT_GRACE = 5.0
 #: The fd number ``handoff argv`` / ``--dry-run`` shows for the QMP socketpair end.
 DRY_RUN_MONITOR_FD = MONITOR_FD_PLACEHOLDER
-
-
-class ExitStatus(enum.IntEnum):
-    """The supervisor's exit codes (also the CLI's for `handoff run`)."""
-
-    OK = 0
-    ABNORMAL = 1
-    ERROR = 2  # a HandoffError: nothing ran or a user-fixable failure
-    SIGHUP = 128 + signal.SIGHUP
-    SIGINT = 128 + signal.SIGINT
-    SIGTERM = 128 + signal.SIGTERM
 
 
 class Phase(enum.Enum):
@@ -135,150 +100,6 @@ class Phase(enum.Enum):
     STOPPING = "stopping"
     CLEANUP = "cleanup"
     ENDED = "ended"
-
-
-@dataclass(frozen=True)
-class LadderTimeouts:
-    """Bounds of each rung of the shutdown ladder, in seconds."""
-
-    powerdown: float
-    quit: float = QUIT_TIMEOUT
-    sigterm: float = SIGTERM_TIMEOUT
-    sigkill: float = SIGKILL_TIMEOUT
-
-    @classmethod
-    def for_profile(cls, profile: Profile) -> LadderTimeouts:
-        return cls(
-            powerdown=profile.vm.shutdown_timeout,
-            sigterm=SIGTERM_TIMEOUT + SIGTERM_TIMEOUT_PER_DEVICE * len(profile.passthrough),
-        )
-
-
-class Rung(enum.Enum):
-    """The rungs of the shutdown ladder, in the order they act."""
-
-    POWERDOWN = "powerdown"
-    QUIT = "quit"
-    SIGTERM = "sigterm"
-    SIGKILL = "sigkill"
-
-
-class LadderProcess(Protocol):
-    """What the ladder needs of QEMU's process (a :class:`QemuProcess`)."""
-
-    @property
-    def pid(self) -> int: ...
-
-    @property
-    def returncode(self) -> int | None: ...
-
-    async def wait(self) -> int: ...
-
-    def terminate(self) -> None: ...
-
-    def kill(self) -> None: ...
-
-
-class LadderMonitor(Protocol):
-    """What the ladder needs of QMP (a :class:`QmpConnection`)."""
-
-    @property
-    def connected(self) -> bool: ...
-
-    async def execute(
-        self, command: str, arguments: Mapping[str, object] | None = None
-    ) -> object: ...
-
-
-def _no_hook(_: Rung) -> None:
-    pass
-
-
-def _exited(process: LadderProcess) -> bool:
-    return process.returncode is not None
-
-
-async def _wait_exit(process: LadderProcess, seconds: float) -> bool:
-    with trio.move_on_after(seconds):
-        await process.wait()
-    return _exited(process)
-
-
-async def shutdown_ladder(
-    process: LadderProcess,
-    qmp: LadderMonitor | None,
-    timeouts: LadderTimeouts,
-    *,
-    grace: trio.CancelScope | None,
-    report: Callable[[str], None],
-    on_rung: Callable[[Rung], None] = _no_hook,
-) -> None:
-    """Bring QEMU down, one bounded rung at a time, until it has exited.
-
-    The guest's power-off rung runs inside ``grace`` (cancelling it stops the
-    wait for the guest: a second Ctrl-C); None skips that rung. ``on_rung``
-    hears each rung before it acts. Raises SessionError if QEMU survives SIGKILL.
-    """
-    if _exited(process):
-        return
-    t = timeouts
-    if grace is not None and qmp is not None and qmp.connected:
-        on_rung(Rung.POWERDOWN)
-        report(f"asking the guest to power off (up to {t.powerdown:g} s)")
-        with grace:
-            # One bound for the request and the wait: a wedged QEMU
-            # may not even answer system_powerdown.
-            with trio.move_on_after(t.powerdown):
-                try:
-                    await qmp.execute("system_powerdown")
-                except QmpError as exc:
-                    log.debug("system_powerdown: %s", exc)
-                await process.wait()
-            if _exited(process):
-                return
-            report(f"the guest did not power off within {t.powerdown:g} s")
-        if _exited(process):
-            return
-    if qmp is not None and qmp.connected:
-        on_rung(Rung.QUIT)
-        report(f"asking QEMU to quit (up to {t.quit:g} s)")
-        with trio.move_on_after(t.quit):
-            try:
-                await qmp.execute("quit")
-            except QmpError as exc:
-                log.debug("quit: %s", exc)
-            await process.wait()
-        if _exited(process):
-            return
-    on_rung(Rung.SIGTERM)
-    report(f"sending QEMU SIGTERM (up to {t.sigterm:g} s)")
-    process.terminate()
-    if await _wait_exit(process, t.sigterm):
-        return
-    on_rung(Rung.SIGKILL)
-    report(f"sending QEMU SIGKILL (up to {t.sigkill:g} s)")
-    process.kill()
-    if not await _wait_exit(process, t.sigkill):
-        raise SessionError(
-            f"QEMU (pid {process.pid}) survives SIGKILL after {t.sigkill:g} s: it is stuck "
-            "in the kernel (D state)",
-            fix=f"check `cat /proc/{process.pid}/stack`; devices are returned once it exits "
-            "(`handoff recover`)",
-        )
-
-
-@dataclass(frozen=True)
-class StopRequest:
-    """Why the session was asked to stop: ``signal`` (SIGINT...) or ``control``."""
-
-    source: str
-    signal_number: int | None = None
-
-    @property
-    def label(self) -> str:
-        if self.signal_number is not None:
-            return signal.Signals(self.signal_number).name
-        return self.source
 
 
 @dataclass(frozen=True)
@@ -393,125 +214,6 @@ def session_argv(
     )
     plan = session_plan(profile, paths, facts, binary=binary, trace_file=trace_file)
     return list(plan.argv_with_monitor_fd(monitor_fd))
-
-
-_DENIED = re.compile(r"Permission denied|Operation not permitted")
-_PATH = re.compile(r"(/[^\s':,\"]+)")
-_MEMLOCK = re.compile(r"VFIO_MAP_DMA|vfio_pin_pages|vfio_dma_map|pin.*Cannot allocate memory")
-_BUSY = re.compile(r"Device or resource busy")
-#: Nodes handoff itself gives QEMU's user for the session (run dir, vfio, input proxies).
-_HANDOFF_NODES = ("/dev/vfio/", "/dev/input/")
-_PROFILE_FIX = (
-    "the log above names the option or file QEMU rejected; fix the profile "
-    "(`handoff argv PROFILE` prints the command)"
-)
-
-
-def _first_path(line: str) -> str | None:
-    match = _PATH.search(line)
-    return match[1] if match else None
-
-
-def launch_failure_fix(
-    returncode: int, log_tail: str, *, user: str | None, run_dir: os.PathLike[str] | str
-) -> str:
-    """Pure: the fix for QEMU dying before its monitor answered, from how and why it died.
-
-    Says "fix the profile" only when the log points at the profile (an option
-    or file QEMU rejected); a signal, a refused handoff-made path, memlock or
-    a busy device are not the profile's fault.
-    """
-    if returncode < 0:
-        return (
-            f"QEMU {describe_exit(returncode)} from outside handoff while it started (the "
-            "profile is not at fault): find what sent it (`dmesg` shows the OOM killer) "
-            "and run again"
-        )
-    lines = log_tail.splitlines()
-    denied = next((line for line in lines if _DENIED.search(line)), None)
-    if denied is not None:
-        return _denied_fix(_first_path(denied), user, str(run_dir))
-    if any(_MEMLOCK.search(line) for line in lines):
-        return (
-            "QEMU could not pin guest RAM for the passthrough device: raise its memlock "
-            "limit (contrib/limits.d/handoff-memlock.conf; `handoff doctor PROFILE` checks it)"
-        )
-    busy = next((line for line in lines if _BUSY.search(line)), None)
-    if busy is not None:
-        what = _first_path(busy) or "a passthrough device"
-        return (
-            f"another process holds {what}: stop it (`handoff doctor PROFILE` names the "
-            "holder) and run again"
-        )
-    return _PROFILE_FIX
-
-
-def _denied_fix(path: str | None, user: str | None, run_dir: str) -> str:
-    what = path or "a file"
-    if user is None:
-        return f"QEMU was refused {what}: check its permissions (`namei -l {what}`)"
-    if path is not None and path.startswith(run_dir.rstrip("/") + "/"):
-        return (
-            f"QEMU runs as {user!r} (vm.user) and cannot reach {what} under handoff's run "
-            "directory: "
-            f"every directory above it must be searchable by {user} (`namei -l {what}`); "
-            "set HANDOFF_RUN_DIR to such a place (the default /run/handoff is). The profile "
-            "is not at fault"
-        )
-    if path is not None and path.startswith(_HANDOFF_NODES):
-        return (
-            f"handoff gives {what} to QEMU's user {user!r} (vm.user) for the session, yet "
-            f"QEMU was refused it: something changed its owner or mode meanwhile (a udev "
-            f"rule with OWNER= or MODE=? `ls -l {what}`). The profile is not at fault"
-        )
-    return (
-        f"QEMU runs as {user!r} (vm.user) and was refused {what}: give {user} access to "
-        f"it (chown or setfacl, and search permission on the directories above it), or "
-        "remove vm.user from the profile"
-    )
-
-
-def classify_end(
-    returncode: int,
-    shutdown: Mapping[str, Any] | None,
-    stop: StopRequest | None,
-    *,
-    killed_by_ladder: bool = False,
-    panicked: bool = False,
-) -> tuple[int, str]:
-    """(exit status, explanation) from how QEMU ended. Pure.
-
-    ``shutdown`` is the data of QEMU's last SHUTDOWN event (``guest``,
-    ``reason``), ``stop`` what asked the session to stop, ``killed_by_ladder``
-    whether the ladder had to send SIGKILL.
-    """
-    how = f"QEMU {describe_exit(returncode)}"
-    reason = str(shutdown.get("reason", "")) if shutdown else ""
-    if stop is not None and stop.signal_number is not None:
-        status = 128 + stop.signal_number
-        extra = " (it had to be killed)" if killed_by_ladder else ""
-        return status, f"stopped on {stop.label}; {how}{extra}"
-    if killed_by_ladder:
-        return ExitStatus.ABNORMAL, f"{how}: it ignored quit and SIGTERM and had to be killed"
-    if stop is not None:
-        if reason == "guest-shutdown":
-            return ExitStatus.OK, "stopped on request: the guest powered off"
-        return ExitStatus.OK, f"stopped on request; {how}"
-    if panicked or reason == "guest-panic":
-        return ExitStatus.ABNORMAL, f"the guest panicked; {how}"
-    if returncode < 0:
-        return ExitStatus.ABNORMAL, f"{how}: QEMU crashed or was killed from outside handoff"
-    if returncode > 0:
-        return ExitStatus.ABNORMAL, f"{how} on its own: QEMU failed"
-    if reason == "guest-shutdown":
-        return ExitStatus.OK, "the guest powered off"
-    if reason == "host-qmp-quit":
-        return ExitStatus.OK, "QEMU quit on a QMP request"
-    if reason == "host-signal":
-        return ExitStatus.ABNORMAL, "QEMU was stopped by a signal from outside handoff"
-    if shutdown is not None and shutdown.get("guest"):
-        return ExitStatus.OK, f"the guest ended the VM ({reason})"
-    return ExitStatus.ABNORMAL, f"{how} without a shutdown event"
 
 
 def describe_event(event: QmpEvent) -> str | None:

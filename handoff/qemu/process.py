@@ -21,7 +21,6 @@ import contextlib
 import os
 import resource
 import shlex
-import signal
 import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -31,28 +30,17 @@ import trio
 
 from handoff.errors import HostError, QemuLaunchError, QemuNotFoundError
 from handoff.host import qemu_account
+from handoff.session_end import describe_exit
 
 __all__ = [
     "LOG_TAIL_LINES",
     "QemuProcess",
-    "describe_exit",
     "raised_memlock",
     "read_log_tail",
 ]
 
 #: How many lines of QEMU's log a failure report shows.
 LOG_TAIL_LINES = 20
-
-
-def describe_exit(returncode: int) -> str:
-    """'exited with status 1' / 'was killed by SIGKILL' (Popen's negative codes)."""
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        return f"was killed by {name}"
-    return f"exited with status {returncode}"
 
 
 def read_log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:

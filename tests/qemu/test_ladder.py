@@ -22,8 +22,10 @@ import trio
 
 from handoff import control
 from handoff.host import HostPaths
+from handoff.ladder import LadderTimeouts
 from handoff.profile import load_profile
-from handoff.session import ExitStatus, LadderTimeouts, Outcome, Session
+from handoff.session import Outcome, Session
+from handoff.session_end import ExitStatus
 
 from .conftest import write_profile
 from .test_session import Lines

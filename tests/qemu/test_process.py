@@ -12,8 +12,9 @@ import pytest
 import trio
 
 from handoff.errors import QemuNotFoundError
-from handoff.qemu.process import QemuProcess, describe_exit
+from handoff.qemu.process import QemuProcess
 from handoff.qemu.qmp import open_qmp
+from handoff.session_end import describe_exit
 
 from .conftest import bare_argv
 

@@ -24,10 +24,12 @@ import trio.lowlevel
 from handoff import control
 from handoff.errors import HandoffError, QemuLaunchError, SessionBusyError
 from handoff.host import HostPaths
+from handoff.ladder import LadderTimeouts
 from handoff.profile import Profile, load_profile
 from handoff.resources import ControlRegistry, HostResource, JsonObject, VmHandle
 from handoff.rundir import RunDir, qemu_socket_dir
-from handoff.session import ExitStatus, LadderTimeouts, Outcome, Phase, Session
+from handoff.session import Outcome, Phase, Session
+from handoff.session_end import ExitStatus
 
 from .conftest import (
     PANIC_BOOT_SECTOR,

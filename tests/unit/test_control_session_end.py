@@ -6,7 +6,8 @@ import signal
 
 import pytest
 
-from handoff.session import ExitStatus, StopRequest, classify_end, describe_event
+from handoff.session import describe_event
+from handoff.session_end import ExitStatus, StopRequest, classify_end
 
 GUEST_OFF = {"guest": True, "reason": "guest-shutdown"}
 QUIT = {"guest": False, "reason": "host-qmp-quit"}

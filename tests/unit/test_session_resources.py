@@ -12,14 +12,9 @@ import trio
 import trio.testing
 
 from handoff.host import HostPaths
+from handoff.ladder import LadderTimeouts, Rung, shutdown_ladder
 from handoff.profile import Profile, parse_profile
-from handoff.session import (
-    LadderTimeouts,
-    Rung,
-    Session,
-    default_resources,
-    shutdown_ladder,
-)
+from handoff.session import Session, default_resources
 
 BASE = """
 [vm]
