@@ -117,6 +117,8 @@ class Journal:
     nodes: list[NodeRecord] = field(default_factory=list)
     qemu_pid: int | None = None
     qemu_start_time: int | None = None
+    # A live group's step (handoff.live.state.LiveStep): which way it was moving.
+    live: str | None = None
     writes: int = 0
     # Saves come from worker threads (the engine's step sequences); one at a time.
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -148,6 +150,7 @@ class Journal:
             "supervisor_pid": self.supervisor_pid,
             "qemu_pid": self.qemu_pid,
             "qemu_start_time": self.qemu_start_time,
+            "live": self.live,
             "devices": [{**vars(d), "step": d.step.value} for d in self.devices],
             "nodes": [vars(n).copy() for n in self.nodes],
         }
@@ -165,6 +168,7 @@ class Journal:
                 supervisor_pid=int(data["supervisor_pid"]),
                 qemu_pid=data.get("qemu_pid"),
                 qemu_start_time=data.get("qemu_start_time"),
+                live=data.get("live"),
                 devices=[_device_record(d) for d in data["devices"]],
                 nodes=[NodeRecord(**n) for n in data["nodes"]],
             )

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from handoff.errors import HandoffError
 from handoff.pci import journal as jr
 from handoff.pci.engine import Engine
-from handoff.pci.sysfs import read_boot_id
+from handoff.pci.holders import vfio_group_users
+from handoff.pci.sysfs import read_boot_id, vfio_group_node
 
 
 @dataclass
@@ -80,6 +81,16 @@ async def recover(
     return report
 
 
+def _groups_open(engine: Engine, journal: jr.Journal) -> bool:
+    from handoff.live.recovery import LiveRecovery, decide
+
+    open_ = any(
+        vfio_group_users(engine.paths, vfio_group_node(engine.paths, group)) is not None
+        for group in journal.groups
+    )
+    return decide(qemu_alive=True, group_open=open_) is LiveRecovery.LEAVE_IN_GUEST
+
+
 async def _finish(engine: Engine, journal: jr.Journal, report: RecoveryReport) -> None:
     """Return one dead supervisor's devices, under its groups' locks."""
     try:
@@ -89,7 +100,12 @@ async def _finish(engine: Engine, journal: jr.Journal, report: RecoveryReport) -
         return
     try:
         pid = journal.qemu_pid
-        if pid is not None and jr.process_alive(engine.paths, pid, journal.qemu_start_time):
+        alive = pid is not None and jr.process_alive(engine.paths, pid, journal.qemu_start_time)
+        if alive and journal.live is not None and not _groups_open(engine, journal):
+            # A live group QEMU no longer holds (deleted from the guest, or never
+            # added): nothing uses it, it goes to the host (handoff.live.recovery).
+            alive = False
+        if alive:
             report.refused.append(
                 f"{journal.path}: its QEMU (pid {pid}) is still running and uses the devices; "
                 f"stop it (`kill {pid}`), then run `handoff recover` again"
