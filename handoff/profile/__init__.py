@@ -15,6 +15,8 @@ The TOML layout (see profiles/*.toml for commented examples)::
     [display]     vga, frontend, tablet
     [[passthrough]]  address, x_vga, romfile, multifunction, allow_in_group
     [input]       backend, hotkey, start_in, devices, exclude
+    [cpu]         pin = "none" | "auto" | ["2,8", ...], emulator, isolate, governor
+    [memory]      hugepages = "none" | "2M" | "1G"
 
 One job per module: :mod:`.model` (the frozen dataclasses and enums, and the
 key table derived from them), :mod:`.parse` (TOML text → Profile, or a
@@ -32,6 +34,7 @@ from handoff.profile.model import (
     SECTIONS,
     Accel,
     AudioBackend,
+    Cpu,
     Disk,
     DiskAio,
     DiskCache,
@@ -45,6 +48,7 @@ from handoff.profile.model import (
     Input,
     InputBackend,
     InputMode,
+    Memory,
     Network,
     NetworkType,
     NicModel,
@@ -57,6 +61,7 @@ from handoff.profile.model import (
     Vga,
     Vm,
     default_vga,
+    guest_topology,
 )
 from handoff.profile.parse import (
     MAX_MEMORY_MIB,
@@ -75,6 +80,7 @@ __all__ = [
     "SECTIONS",
     "Accel",
     "AudioBackend",
+    "Cpu",
     "Disk",
     "DiskAio",
     "DiskCache",
@@ -88,6 +94,7 @@ __all__ = [
     "Input",
     "InputBackend",
     "InputMode",
+    "Memory",
     "Network",
     "NetworkType",
     "NicModel",
@@ -101,6 +108,7 @@ __all__ = [
     "Vga",
     "Vm",
     "default_vga",
+    "guest_topology",
     "load_profile",
     "parse_memory",
     "parse_profile",

@@ -19,6 +19,14 @@ from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 from handoff.pci.address import PciAddress
+from handoff.tune.model import (
+    EMULATOR_AUTO,
+    PIN_NONE,
+    EmulatorSpec,
+    GuestTopology,
+    HugepageSize,
+    PinSpec,
+)
 
 #: Field metadata: the field's key in the profile's TOML when it differs from
 #: the field's name; None for a field TOML does not set (Profile.source).
@@ -250,6 +258,38 @@ class Vm:
 
 
 @dataclass(frozen=True)
+class Cpu:
+    """``[cpu]``: where the vCPUs and QEMU's other threads run, and the host around them.
+
+    ``pin``: none (threads float), auto (planned from the host's topology) or
+    one host CPU list per vCPU; ``emulator``: QEMU's other threads (auto: the
+    CPUs no vCPU uses); ``isolate``: host tasks kept off the vCPUs' CPUs while
+    the VM runs; ``governor``: the pinned CPUs' cpufreq governor for the
+    session ("" leaves it alone).
+    """
+
+    pin: PinSpec = PIN_NONE
+    emulator: EmulatorSpec = EMULATOR_AUTO
+    isolate: bool = False
+    governor: str = ""
+
+
+@dataclass(frozen=True)
+class Memory:
+    """``[memory]``: guest RAM on hugetlb pages of this size (reserved before QEMU starts)."""
+
+    hugepages: HugepageSize = HugepageSize.NONE
+
+
+def guest_topology(vm: Vm) -> GuestTopology:
+    """The guest's -smp topology: sockets/cores/threads as given (unset = 1), or, with
+    none given, QEMU's default for a bare ``-smp N`` on q35 7.x: N sockets of one core."""
+    if vm.sockets is None and vm.cores is None and vm.threads is None:
+        return GuestTopology(sockets=vm.cpus)
+    return GuestTopology(vm.sockets or 1, vm.cores or 1, vm.threads or 1)
+
+
+@dataclass(frozen=True)
 class Profile:
     """A whole, validated VM description. ``source`` is the file it came from.
 
@@ -265,6 +305,13 @@ class Profile:
     display: Display = field(default_factory=Display)
     passthrough: tuple[Passthrough, ...] = ()
     input: Input = field(default_factory=Input)
+    cpu: Cpu = field(default_factory=Cpu)
+    memory: Memory = field(default_factory=Memory)
+
+    @property
+    def tuned(self) -> bool:
+        """Whether the profile asks for any performance tuning ([cpu], [memory])."""
+        return self.cpu != Cpu() or self.memory != Memory()
 
     @property
     def name(self) -> str:

@@ -26,7 +26,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
 
-from handoff.errors import PciAddressError, ProfileError
+from handoff.errors import CpuListError, PciAddressError, ProfileError
 from handoff.input.keynames import KEY_CODES
 from handoff.pci.address import PciAddress
 from handoff.profile.model import (
@@ -60,6 +60,17 @@ from handoff.profile.model import (
     Vm,
     default_vga,
 )
+from handoff.profile.model import Cpu as CpuSection
+from handoff.profile.model import Memory as MemorySection
+from handoff.tune.cpulist import parse_cpulist
+from handoff.tune.model import (
+    EMULATOR_AUTO,
+    PIN_AUTO,
+    PIN_NONE,
+    EmulatorSpec,
+    HugepageSize,
+    PinSpec,
+)
 
 #: vm.name becomes a directory (/run/handoff/NAME) and QEMU's -name: no path
 #: separators, no commas (QEMU's option separator), no leading dot or dash.
@@ -72,6 +83,8 @@ _IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
 #: A CPU model or flag is pasted into QEMU's -cpu option: keep commas out.
 _CPU_MODEL = re.compile(r"^[A-Za-z0-9_.-]+$")
 _CPU_FLAG = re.compile(r"^[+-]?[A-Za-z0-9_.-]+(?:=[A-Za-z0-9_.-]+)?$")
+#: A cpufreq governor name (scaling_available_governors lists such words), or "".
+_GOVERNOR = re.compile(r"^[a-z0-9_]{0,32}$")
 _MACHINE = re.compile(r"^(?:q35|pc-q35-[0-9]+\.[0-9]+)$")
 _MEMORY = re.compile(r"^\s*([0-9]+)\s*([A-Za-z]*)\s*$")
 _MEMORY_UNITS = {
@@ -154,11 +167,17 @@ class _Reader:
 
     def check_keys(self, table: Mapping[str, Any], prefix: str, allowed: Sequence[str]) -> None:
         for key in table:
-            if key in allowed:
+            # [memory] is a section and vm.memory a key: a top-level `memory = "8G"`
+            # is the [vm] key written above its table, not a malformed section.
+            misplaced = not prefix and key in SECTION_KEYS["vm"] and not isinstance(
+                table[key], dict
+            )
+            if key in allowed and not misplaced:
                 continue
             where = f"[{prefix}]" if prefix else "the top level"
             full = f"{prefix}.{key}" if prefix else key
             close = difflib.get_close_matches(key, list(allowed), n=1, cutoff=0.6)
+            close = [] if misplaced else close
             expected = f"expected one of: {', '.join(allowed)}"
             if close:
                 fix = f'did you mean "{close[0]}"? rename "{key}" to "{close[0]}"'
@@ -862,6 +881,145 @@ def _parse_input(r: _Reader, data: Mapping[str, Any]) -> Input:
     )
 
 
+_PIN_EXAMPLE = '["2,8", "3,9"]'
+
+
+def _parse_pin(r: _Reader, t: Mapping[str, Any], vm: Vm) -> PinSpec:
+    if "pin" not in t:
+        return PIN_NONE
+    value = t["pin"]
+    expected = (
+        f'"none", "auto" or an array with one host CPU list per vCPU such as {_PIN_EXAMPLE}'
+    )
+    if value == "none":
+        return PIN_NONE
+    if value == "auto":
+        return PIN_AUTO
+    if not isinstance(value, list):
+        close = difflib.get_close_matches(value, ["none", "auto"], n=1, cutoff=0.5) if (
+            isinstance(value, str)) else []
+        fix = f'did you mean "{close[0]}"? write pin = "{close[0]}"' if close else (
+            f'write pin = "auto", or pin = {_PIN_EXAMPLE} with one list per vCPU')
+        raise r.error("cpu.pin", f"found {_show(value)}; expected {expected}", fix)
+    for index, item in enumerate(value):
+        if not isinstance(item, str):
+            raise r.error(
+                f"cpu.pin[{index}]", f"found {_show(item)}; expected a host CPU list string",
+                f'quote every entry: pin = {_PIN_EXAMPLE}',
+            )
+    try:
+        spec = PinSpec.explicit(value)
+    except CpuListError as exc:
+        at = _pin_index(value, exc)
+        raise r.error(
+            f"cpu.pin[{at}]" if at is not None else "cpu.pin",
+            f"found {_show(value[at] if at is not None else value)}; {exc.message}",
+            exc.fix or f"write pin = {_PIN_EXAMPLE}",
+        ) from None
+    if len(spec.lists) != vm.cpus:
+        raise r.error(
+            "cpu.pin",
+            f"found {len(spec.lists)} CPU list{'s' if len(spec.lists) != 1 else ''}; expected "
+            f"one per vCPU (vm.cpus = {vm.cpus})",
+            f"give exactly {vm.cpus} lists, one per vCPU in order, or use pin = \"auto\"",
+        )
+    return spec
+
+
+def _pin_index(value: Sequence[str], exc: CpuListError) -> int | None:
+    """Which list PinSpec.explicit refused (its message names ``cpu.pin[i]``)."""
+    found = re.search(r"cpu\.pin\[(\d+)\]", exc.message)
+    return int(found[1]) if found and int(found[1]) < len(value) else None
+
+
+def _parse_emulator(r: _Reader, t: Mapping[str, Any]) -> EmulatorSpec:
+    text = r.string(
+        t, "cpu", "emulator", pattern=None,
+        expected='"auto" or a host CPU list such as "0-1,8-9"',
+        fix='write emulator = "auto" (the CPUs no vCPU uses), or a list such as "0,8"',
+    )
+    if text is None or text == "auto":
+        return EMULATOR_AUTO
+    try:
+        cpus = parse_cpulist(text, what="cpu.emulator")
+    except CpuListError as exc:
+        raise r.error(
+            "cpu.emulator", f"found {_show(text)}; expected \"auto\" or a CPU list ({exc.message})",
+            exc.fix or 'write emulator = "auto"',
+        ) from None
+    if not cpus:
+        raise r.error(
+            "cpu.emulator", f"found {_show(text)}; expected \"auto\" or a non-empty CPU list",
+            'write emulator = "auto", or a list such as "0,8"',
+        )
+    return EmulatorSpec(cpus)
+
+
+def _parse_cpu(r: _Reader, data: Mapping[str, Any], vm: Vm) -> CpuSection:
+    t = r.table(data, "cpu")
+    r.check_keys(t, "cpu", SECTION_KEYS["cpu"])
+    pin = _parse_pin(r, t, vm)
+    emulator = _parse_emulator(r, t)
+    isolate = r.boolean(t, "cpu", "isolate", False)
+    governor = r.string(
+        t, "cpu", "governor", pattern=_GOVERNOR,
+        expected='a cpufreq governor name such as "performance", or "" to leave it alone',
+        fix='write governor = "performance" (see scaling_available_governors), or remove it',
+    ) or ""
+    unpinned = pin == PIN_NONE
+    if unpinned and "emulator" in t:
+        raise r.error(
+            "cpu.emulator", f"found {_show(t['emulator'])} with pin = \"none\"; expected "
+            "emulator only with pinned vCPUs", 'set pin = "auto", or remove emulator',
+        )
+    if unpinned and isolate:
+        raise r.error(
+            "cpu.isolate", 'found the boolean true with pin = "none"; expected pinned vCPUs '
+            "(isolation keeps host tasks off the vCPUs' CPUs)",
+            'set pin = "auto" (or a list), or isolate = false',
+        )
+    if unpinned and governor:
+        raise r.error(
+            "cpu.governor", f"found {_show(governor)} with pin = \"none\"; expected a governor "
+            "only for pinned CPUs (it is set on the CPUs the vCPUs run on)",
+            'set pin = "auto" (or a list), or remove governor',
+        )
+    return CpuSection(pin=pin, emulator=emulator, isolate=isolate, governor=governor)
+
+
+_HUGEPAGES = {size.label: size for size in HugepageSize}
+
+
+def _size(mib: int) -> str:
+    return f"{mib // 1024}G" if mib % 1024 == 0 else f"{mib}M"
+
+
+def _parse_memory_section(r: _Reader, data: Mapping[str, Any], vm: Vm) -> MemorySection:
+    t = r.table(data, "memory")
+    r.check_keys(t, "memory", SECTION_KEYS["memory"])
+    if "hugepages" not in t:
+        return MemorySection()
+    value = t["hugepages"]
+    listed = ", ".join(json.dumps(label) for label in _HUGEPAGES)
+    size = _HUGEPAGES.get(value) if isinstance(value, str) else None
+    if size is None:
+        close = difflib.get_close_matches(str(value).upper(), ["2M", "1G"], n=1, cutoff=0.5)
+        fix = (f'did you mean "{close[0]}"? write hugepages = "{close[0]}"' if close
+               else f'write hugepages = "2M" (choices: {listed})')
+        raise r.error("memory.hugepages", f"found {_show(value)}; expected one of {listed}", fix)
+    page_mib = size.kib // 1024
+    if page_mib and vm.memory_mib % page_mib:
+        low = vm.memory_mib // page_mib * page_mib
+        sizes = " or ".join(json.dumps(_size(m)) for m in (low, low + page_mib) if m)
+        raise r.error(
+            "memory.hugepages",
+            f"found {_show(value)} with vm.memory = {vm.memory_mib} MiB; expected a guest RAM "
+            f"that is a whole number of {size.label} pages",
+            f"set vm.memory = {sizes}, or use smaller pages",
+        )
+    return MemorySection(hugepages=size)
+
+
 def parse_profile(text: str, source: Path) -> Profile:
     """Validate profile TOML ``text`` read from ``source``. Pure: no host lookups.
 
@@ -897,6 +1055,8 @@ def parse_profile(text: str, source: Path) -> Profile:
         display=display,
         passthrough=_parse_passthrough(reader, data, display),
         input=_parse_input(reader, data),
+        cpu=_parse_cpu(reader, data, vm),
+        memory=_parse_memory_section(reader, data, vm),
     )
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from handoff.pci.address import PciAddress
 from handoff.profile.model import CONTEXT_DEFAULT, SECTIONS, Profile, field_default, toml_name
+from handoff.tune.cpulist import format_cpulist
+from handoff.tune.model import EmulatorSpec, HugepageSize, PinMode, PinSpec
 
 
 def profile_to_toml(profile: Profile) -> str:
@@ -56,6 +58,14 @@ def _key_lines(entry: object) -> list[str]:
 
 
 def _toml_value(value: object) -> str:
+    if isinstance(value, PinSpec):
+        if value.mode is PinMode.EXPLICIT:
+            return _toml_value([format_cpulist(cpus) for cpus in value.lists])
+        return json.dumps(value.mode.value)
+    if isinstance(value, EmulatorSpec):
+        return json.dumps("auto" if value.cpus is None else format_cpulist(value.cpus))
+    if isinstance(value, HugepageSize):
+        return json.dumps(value.label)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, Enum):

@@ -51,6 +51,7 @@ from handoff.profile import (
     parse_profile,
     profile_to_toml,
 )
+from handoff.tune.model import HugepageSize, PinMode
 
 HERE = Path(__file__).parent
 BAD = sorted((HERE / "bad_profiles").glob("*.toml"))
@@ -242,6 +243,15 @@ devices = [
     "path:pci-0000:00:14.0-usb-0:2:1.0",
 ]
 exclude = ["name:Power Button"]
+
+[cpu]
+pin = ["2,10", "3,11", "4,12", "5,13", "6,14", "7,15", "8-9", "1"]
+emulator = "0"
+isolate = true
+governor = "performance"
+
+[memory]
+hugepages = "2M"
 """
 
 
@@ -286,6 +296,28 @@ def test_every_feature_is_read_into_its_typed_field() -> None:
     assert p.input.backend is InputBackend.VIRTIO
     assert p.input.start_in is InputMode.GUEST
     assert len(p.input.devices) == 3
+    assert p.cpu.pin.mode is PinMode.EXPLICIT
+    assert p.cpu.pin.lists[0] == frozenset({2, 10})
+    assert p.cpu.pin.lists[6] == frozenset({8, 9})
+    assert p.cpu.emulator.cpus == frozenset({0})
+    assert p.cpu.isolate
+    assert p.cpu.governor == "performance"
+    assert p.memory.hugepages is HugepageSize.SIZE_2M
+
+
+def test_tuning_defaults_leave_every_existing_profile_untuned() -> None:
+    p = parse(MINIMAL)
+    assert p.cpu.pin.mode is PinMode.NONE
+    assert p.cpu.emulator.auto
+    assert not p.cpu.isolate
+    assert p.cpu.governor == ""
+    assert p.memory.hugepages is HugepageSize.NONE
+    assert not p.tuned
+    assert "[cpu]" not in profile_to_toml(p)
+    auto = parse(MINIMAL + '[cpu]\npin = "auto"\n[memory]\nhugepages = "1G"\n')
+    assert auto.cpu.pin.mode is PinMode.AUTO
+    assert auto.memory.hugepages is HugepageSize.SIZE_1G
+    assert auto.tuned
 
 
 @pytest.mark.parametrize("text", [MINIMAL, EVERYTHING], ids=["minimal", "everything"])
@@ -648,6 +680,21 @@ def input_section(draw: st.DrawFn) -> Section:
 
 
 @st.composite
+def cpu_section(draw: st.DrawFn, cpus: int) -> Section:
+    pin = draw(st.sampled_from(["none", "auto", "explicit"]))
+    if pin == "none":
+        return "[cpu]", [("pin", "none")] if draw(st.booleans()) else []
+    value: object = pin
+    if pin == "explicit":
+        value = [f"{2 * i + 2},{2 * i + 3}" for i in range(cpus)]
+    return "[cpu]", [("pin", value), *optional(draw, [
+        ("emulator", st.sampled_from(["auto", "0", "0-1"])),
+        ("isolate", st.booleans()),
+        ("governor", st.sampled_from(["", "performance", "schedutil"])),
+    ])]  # fmt: skip
+
+
+@st.composite
 def valid_profiles(draw: st.DrawFn) -> list[Section]:
     """A profile that parses: every table, each key present or not, values valid together."""
     sections = [draw(vm_section())]
@@ -668,6 +715,18 @@ def valid_profiles(draw: st.DrawFn) -> list[Section]:
     ]
     if draw(st.booleans()):
         sections.append(draw(input_section()))
+    vm_keys = dict(sections[0][1])
+    if draw(st.booleans()):
+        cpus = vm_keys.get("cpus")
+        if not isinstance(cpus, int):
+            topo = [vm_keys.get(n, 1) for n in ("sockets", "cores", "threads")]
+            cpus = 2 if not any(n in vm_keys for n in ("sockets", "cores", "threads")) else (
+                int(topo[0]) * int(topo[1]) * int(topo[2]))  # type: ignore[call-overload]
+        sections.append(draw(cpu_section(cpus)))
+    if draw(st.booleans()):
+        whole = (parse_memory(vm_keys["memory"]) or 1) % 2 == 0  # 2M pages need even MiB
+        sizes = ["none", "2M"] if whole else ["none"]
+        sections.append(("[memory]", [("hugepages", draw(st.sampled_from(sizes)))]))
     return sections
 
 
