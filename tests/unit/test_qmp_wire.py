@@ -14,6 +14,7 @@ import socket
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import trio
@@ -40,6 +41,13 @@ OK = b'{"return": {}}\r\n'
 EVENT = b'{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "RESUME"}\r\n'
 CAPABILITIES = b'{"execute":"qmp_capabilities"}\n'
 EV_KEY = 1
+T = TypeVar("T")
+
+
+async def soon(awaitable: Awaitable[T]) -> T:
+    """Await with a deadline: a broken wire fails its test instead of waiting for a line."""
+    with trio.fail_after(20):
+        return await awaitable
 
 
 class CountingStream:
@@ -102,7 +110,7 @@ async def test_a_message_split_across_reads_is_received_whole(pair: Pair) -> Non
     got: list[dict[str, object]] = []
 
     async def read() -> None:
-        got.append(await pair.wire.receive())
+        got.append(await soon(pair.wire.receive()))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(read)
@@ -116,16 +124,16 @@ async def test_a_message_split_across_reads_is_received_whole(pair: Pair) -> Non
 async def test_two_messages_in_one_read_are_two_messages_in_order(pair: Pair) -> None:
     pair.qemu.sendall(EVENT + OK)
     await trio.testing.wait_all_tasks_blocked()
-    assert await pair.wire.receive() == json.loads(EVENT)
-    assert await pair.wire.receive() == {"return": {}}
+    assert await soon(pair.wire.receive()) == json.loads(EVENT)
+    assert await soon(pair.wire.receive()) == {"return": {}}
 
 
 async def test_a_trio_stream_takes_two_messages_in_one_read() -> None:
     p = Pair("stream")
     try:
         p.qemu.sendall(EVENT + OK)
-        assert await p.wire.receive() == json.loads(EVENT)
-        assert await p.wire.receive() == {"return": {}}
+        assert await soon(p.wire.receive()) == json.loads(EVENT)
+        assert await soon(p.wire.receive()) == {"return": {}}
         assert p.stream.reads == 1
     finally:
         p.close()
@@ -133,7 +141,7 @@ async def test_a_trio_stream_takes_two_messages_in_one_read() -> None:
 
 async def test_a_reply_skips_the_events_before_it(pair: Pair) -> None:
     pair.qemu.sendall(EVENT + EVENT + OK)
-    assert await pair.wire.receive_reply() == {"return": {}}
+    assert await soon(pair.wire.receive_reply()) == {"return": {}}
 
 
 async def test_the_handover_socket_leaves_what_follows_the_handshake_in_the_socket() -> None:
@@ -147,7 +155,7 @@ async def test_the_handover_socket_leaves_what_follows_the_handshake_in_the_sock
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(qemu)
-            assert await p.wire.negotiate() == json.loads(GREETING)
+            assert await soon(p.wire.negotiate()) == json.loads(GREETING)
         p.ours.setblocking(True)
         p.ours.settimeout(5)
         assert p.ours.recv(4096) == EVENT
@@ -181,7 +189,7 @@ async def test_an_error_reply_is_a_command_error_with_qemus_class(pair: Pair) ->
         b'{"error": {"class": "CommandNotFound", "desc": "The command nope has not been found"}}\n'
     )
     with pytest.raises(QmpCommandError) as caught:
-        await pair.wire.execute("nope")
+        await soon(pair.wire.execute("nope"))
     assert pair.request() == b'{"execute":"nope"}\n'
     assert caught.value.error_class == "CommandNotFound"
     assert caught.value.description == "The command nope has not been found"
@@ -198,15 +206,15 @@ async def test_eof_in_the_middle_of_a_line_is_a_disconnect(pair: Pair) -> None:
     pair.qemu.sendall(GREETING[:30])
     pair.qemu.shutdown(socket.SHUT_WR)
     with pytest.raises(QmpDisconnectedError, match="closed the connection in the middle"):
-        await pair.wire.receive()
+        await soon(pair.wire.receive())
 
 
 async def test_eof_between_messages_is_a_disconnect(pair: Pair) -> None:
     pair.qemu.sendall(EVENT)
     pair.qemu.shutdown(socket.SHUT_WR)
-    assert await pair.wire.receive() == json.loads(EVENT)
+    assert await soon(pair.wire.receive()) == json.loads(EVENT)
     with pytest.raises(QmpDisconnectedError) as caught:
-        await pair.wire.receive()
+        await soon(pair.wire.receive())
     assert "middle" not in caught.value.message
     assert "test monitor: QEMU closed the connection" in caught.value.message
 
@@ -223,13 +231,13 @@ async def test_qemu_exiting_with_the_capabilities_request_unread_is_a_disconnect
     async with trio.open_nursery() as nursery:
         nursery.start_soon(qemu_dies)
         with pytest.raises(QmpDisconnectedError, match="closed the connection"):
-            await pair.wire.negotiate()
+            await soon(pair.wire.negotiate())
 
 
 async def test_a_greeting_that_is_not_qmp_is_a_qmp_error_not_a_disconnect(pair: Pair) -> None:
     pair.qemu.sendall(b'{"hello": {"version": 1}}\n')
     with pytest.raises(QmpError, match="not a QMP greeting") as caught:
-        await pair.wire.negotiate()
+        await soon(pair.wire.negotiate())
     assert not isinstance(caught.value, QmpDisconnectedError)
     assert "hello" in caught.value.message
 
@@ -237,7 +245,7 @@ async def test_a_greeting_that_is_not_qmp_is_a_qmp_error_not_a_disconnect(pair: 
 async def test_a_human_monitor_is_not_json_and_its_text_is_not_quoted(pair: Pair) -> None:
     pair.qemu.sendall(b"QEMU 7.2.22 monitor - type 'help' for more information\r\n(qemu) ")
     with pytest.raises(QmpError, match="not JSON") as caught:
-        await pair.wire.negotiate()
+        await soon(pair.wire.negotiate())
     assert "help" not in caught.value.message
     assert caught.value.fix is not None
 
@@ -248,7 +256,7 @@ async def test_refused_capabilities_are_a_command_error(pair: Pair) -> None:
         b'{"error": {"class": "CommandNotFound", "desc": "Expecting capabilities negotiation"}}\n'
     )
     with pytest.raises(QmpCommandError, match="qmp_capabilities"):
-        await pair.wire.negotiate()
+        await soon(pair.wire.negotiate())
     assert pair.request() == CAPABILITIES
 
 
@@ -262,20 +270,20 @@ async def test_keys_sent_and_refused_on_the_wire_never_reach_a_log_record(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     pair.qemu.sendall(GREETING + OK)
-    await pair.wire.negotiate()
+    await soon(pair.wire.negotiate())
     events = [
         {"type": "key", "data": {"down": down, "key": {"type": "qcode", "data": q}}}
         for q in SECRET_QCODES
         for down in (True, False)
     ]
     pair.qemu.sendall(OK)
-    await pair.wire.execute("input-send-event", {"events": events})
+    await soon(pair.wire.execute("input-send-event", {"events": events}))
     pair.qemu.sendall(
         b'{"error": {"class": "GenericError", "desc": "Parameter \'data\' does '
         b"not accept value 'hunter'\"}}\n"
     )
     with pytest.raises(QmpCommandError):
-        await pair.wire.execute("input-send-event", {"events": events})
+        await soon(pair.wire.execute("input-send-event", {"events": events}))
     assert pair.request() == CAPABILITIES
     assert json.loads(pair.request())["arguments"]["events"] == events  # it was sent
     assert any(r.name == "handoff.qemu.wire" for r in caplog.records), "the wire was not heard"
