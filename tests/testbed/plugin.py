@@ -18,6 +18,13 @@ realkernel"`` boots nothing. Without QEMU on a developer's machine the tests are
 skipped with that reason; under CI (``CI`` set) nothing is skipped: a testbed
 that cannot boot fails every realkernel test.
 
+Two boots: tests marked ``realkernel`` run in the classic boot (busybox init,
+udevd started by hand); tests marked ``realkernel(init="systemd")`` run in one
+more boot whose PID 1 is the host's systemd (runner.Init.SYSTEMD). Each kind
+boots once per pytest run, only when one of its tests is selected, and never
+while the other boot runs (one VM at a time on a small machine). The summary
+names the boots that ran.
+
 Inside the guest (``TESTBED=1``) this plugin only writes the reports.
 """
 
@@ -130,6 +137,24 @@ def unavailable(*, qemu: str | None, root: bool, ci: bool) -> tuple[str, bool] |
     return None
 
 
+def boot_of(item: pytest.Item) -> runner.Init:
+    """The boot a realkernel test asks for: ``realkernel(init="systemd")`` or the classic one."""
+    mark = item.get_closest_marker(REALKERNEL)
+    value = mark.kwargs.get("init", runner.Init.CLASSIC.value) if mark is not None else None
+    try:
+        return runner.parse_init(str(value))
+    except runner.TestbedError as error:
+        raise pytest.UsageError(
+            f"{item.nodeid}: @pytest.mark.realkernel(init=...): {error}"
+        ) from None
+
+
+def boots_line(inits: list[runner.Init]) -> str:
+    """The summary's first line: how many boots ran, and which."""
+    names = ", ".join(init.value for init in inits)
+    return f"testbed: {len(inits)} boot{'s' if len(inits) != 1 else ''} ({names})"
+
+
 def guest_sees(path: str, checkout: Path) -> bool:
     """Whether the guest sees this host path: the host's root read-only, minus the
     directories it mounts afresh, plus the checkout at its own path."""
@@ -215,9 +240,17 @@ class ReportReader:
 class GuestRun:
     """The one testbed boot of this pytest run, started by the first GuestItem."""
 
-    def __init__(self, config: pytest.Config, nodeids: list[str]) -> None:
+    def __init__(
+        self,
+        config: pytest.Config,
+        nodeids: list[str],
+        init: runner.Init = runner.Init.CLASSIC,
+    ) -> None:
         self.config = config
         self.nodeids = nodeids
+        self.init = init
+        #: The other boots of this pytest run: this one starts only when they ended.
+        self.peers: list[GuestRun] = []
         self.reader = ReportReader(config)
         self.tail_shown_with: str | None = None
         for nodeid in nodeids:
@@ -232,6 +265,7 @@ class GuestRun:
             cwd=config.rootpath,
             env={"TESTBED_UDEV": "background"},
             path_first=[os.path.dirname(sys.executable)],
+            init=init,
         )
         self._process: Any = None
         self._done = threading.Event()
@@ -280,6 +314,8 @@ class GuestRun:
                 self.problem = message
             self._done.set()
             return
+        for peer in self.peers:  # one VM at a time: a peer's boot ends by itself (timeout)
+            peer.wait_ended()
         try:
             prepared = runner.prepare(self.options)
         except Exception as error:  # every realkernel test fails with it, none waits
@@ -288,7 +324,8 @@ class GuestRun:
             return
         self.run_dir = runner.new_run_dir(self.options.cache)
         self._say(
-            f"testbed: booting the real-kernel VM for {len(self.nodeids)} realkernel test(s), "
+            f"testbed: booting the real-kernel VM ({self.init.value}) for "
+            f"{len(self.nodeids)} realkernel test(s), "
             f"console {self.run_dir / 'console.log'}",
             resume=nodeid,
         )
@@ -313,6 +350,11 @@ class GuestRun:
 
     def _started(self, process: Any) -> None:
         self._process = process
+
+    def wait_ended(self) -> None:
+        """Until this boot has ended, if it was started (bounded by the runner's timeout)."""
+        if self.started:
+            self._done.wait()
 
     def close(self, *, interrupted: bool) -> None:
         """Never leave a QEMU behind.
@@ -432,7 +474,10 @@ class GuestRun:
             if result.command_start_seconds is not None
             else None
         )
-        text = f"testbed: 1 boot, {len(self.nodeids)} realkernel test(s): {runner.describe(result)}"
+        text = (
+            f"testbed: {self.init.value} boot, {len(self.nodeids)} realkernel test(s): "
+            f"{runner.describe(result)}"
+        )
         if guest_pytest is not None:
             text += f" guest-pytest+poweroff={guest_pytest:.1f}s"
         return text
@@ -477,11 +522,11 @@ class GuestItem(pytest.Item):
 
 
 class HostBatch:
-    """Host-side hooks: batch the realkernel items into the one guest run."""
+    """Host-side hooks: batch the realkernel items into one guest run per boot kind."""
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
-        self.run: GuestRun | None = None
+        self.runs: dict[runner.Init, GuestRun] = {}
         self.started_at = time.monotonic()
 
     @pytest.hookimpl(trylast=True)
@@ -491,13 +536,22 @@ class HostBatch:
         chosen = [item for item in items if item.get_closest_marker(REALKERNEL)]
         if not chosen:
             return
-        self.run = GuestRun(config, [item.nodeid for item in chosen])
-        replacement: dict[int, pytest.Item] = {}
+        groups: dict[runner.Init, list[pytest.Item]] = {}
         for item in chosen:
-            assert item.parent is not None  # a collected test always has one
-            replacement[id(item)] = GuestItem.from_parent(
-                item.parent, name=item.name, original=item, run=self.run
-            )
+            groups.setdefault(boot_of(item), []).append(item)
+        self.runs = {
+            init: GuestRun(config, [item.nodeid for item in group], init)
+            for init, group in groups.items()
+        }
+        for run in self.runs.values():
+            run.peers = [peer for peer in self.runs.values() if peer is not run]
+        replacement: dict[int, pytest.Item] = {}
+        for init, group in groups.items():
+            for item in group:
+                assert item.parent is not None  # a collected test always has one
+                replacement[id(item)] = GuestItem.from_parent(
+                    item.parent, name=item.name, original=item, run=self.runs[init]
+                )
         items[:] = [replacement.get(id(item), item) for item in items]
 
     @pytest.hookimpl(wrapper=True)
@@ -516,25 +570,27 @@ class HostBatch:
         return report
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if self.run is not None:
-            line = self.run.summary()
+        booted = [init for init, run in self.runs.items() if run.result is not None]
+        if booted:
+            terminalreporter.write_line(boots_line(booted))
+        for run in self.runs.values():
+            line = run.summary()
             if line:
                 terminalreporter.write_line(line)
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        if self.run is None:
-            return
-        # Stopped early (Ctrl-C, -x): the guest may still be running tests; kill it.
-        finished = all(outcome.complete for outcome in self.run.outcomes.values())
-        self.run.close(interrupted=exitstatus == pytest.ExitCode.INTERRUPTED or not finished)
-        result = self.run.result
-        failed = any(
-            not outcome.complete or any(r.failed for r in outcome.reports.values())
-            for outcome in self.run.outcomes.values()
-        )
-        if result is not None and not failed and result.returncode == 0:
-            runner.cleanup(result, self.run.options.keep)
+        for run in self.runs.values():
+            # Stopped early (Ctrl-C, -x): the guest may still be running tests; kill it.
+            finished = all(outcome.complete for outcome in run.outcomes.values())
+            run.close(interrupted=exitstatus == pytest.ExitCode.INTERRUPTED or not finished)
+            result = run.result
+            failed = any(
+                not outcome.complete or any(r.failed for r in outcome.reports.values())
+                for outcome in run.outcomes.values()
+            )
+            if result is not None and not failed and result.returncode == 0:
+                runner.cleanup(result, run.options.keep)
 
     def pytest_unconfigure(self) -> None:
-        if self.run is not None:
-            self.run.close(interrupted=True)
+        for run in self.runs.values():
+            run.close(interrupted=True)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import enum
 import fcntl
 import hashlib
 import json
@@ -67,6 +68,36 @@ KILL_GRACE = 5.0
 RUN_DIR_MAX_AGE = 24 * 3600.0
 
 
+class Init(enum.Enum):
+    """What runs as PID 1 of the guest's root (TESTBED_INIT, ``--init``)."""
+
+    #: busybox in the initramfs chroots into the root and runs stage2.sh (udevd by hand).
+    CLASSIC = "classic"
+    #: the initramfs switch_roots to the host's /lib/systemd/systemd; a unit runs the command.
+    SYSTEMD = "systemd"
+
+
+#: The systemd boot's default target and the unit that runs the command (guest/*.sh).
+SYSTEMD_TARGET = "testbed.target"
+SYSTEMD_SERVICE = "testbed.service"
+#: Added to the kernel command line in the systemd boot.
+SYSTEMD_CMDLINE = f"systemd.unit={SYSTEMD_TARGET} systemd.show_status=error"
+#: The systemd boot's vCPUs: two cores of two threads (SMT siblings for CPU isolation).
+SYSTEMD_SMP = 4
+#: Under TCG, -cpu max is AMD-flavoured: every vCPU its own core. Intel shows the threads.
+SYSTEMD_TCG_CPU = "max,vendor=GenuineIntel"
+#: Units a VM without network, login or clock sync does not need (masked: -> /dev/null).
+SYSTEMD_MASKED = (
+    "getty.target", "getty@.service", "serial-getty@.service", "console-getty.service",
+    "systemd-logind.service", "systemd-networkd.service", "systemd-networkd.socket",
+    "systemd-networkd-wait-online.service", "systemd-resolved.service",
+    "systemd-timesyncd.service", "timers.target", "systemd-pstore.service",
+    "systemd-firstboot.service", "systemd-repart.service", "systemd-journal-flush.service",
+    "systemd-random-seed.service", "systemd-update-utmp.service",
+    "systemd-pcrphase.service", "systemd-pcrphase-sysinit.service",
+)  # fmt: skip
+
+
 class TestbedError(Exception):
     """The testbed could not be set up or booted; the message says what to do."""
 
@@ -85,8 +116,25 @@ def default_cache() -> Path:
     return Path(os.environ.get("TESTBED_CACHE", "/var/cache/handoff-testbed"))
 
 
-def default_smp() -> int:
+def default_smp(init: Init = Init.CLASSIC) -> int:
+    """The host's CPUs up to 4; the systemd boot always gets SYSTEMD_SMP (SMT topology)."""
+    if init is Init.SYSTEMD:
+        return SYSTEMD_SMP
     return max(1, min(os.cpu_count() or 1, 4))
+
+
+def parse_init(value: str) -> Init:
+    try:
+        return Init(value)
+    except ValueError:
+        raise TestbedError(
+            f"TESTBED_INIT={value!r}: use {' or '.join(m.value for m in Init)}"
+        ) from None
+
+
+def env_smp() -> int | None:
+    value = os.environ.get("TESTBED_SMP")
+    return int(value) if value else None
 
 
 @dataclass(frozen=True)
@@ -95,7 +143,12 @@ class Options:
 
     cache: Path = field(default_factory=default_cache)
     accel: str = field(default_factory=lambda: os.environ.get("TESTBED_ACCEL", "auto"))
-    smp: int = field(default_factory=lambda: int(os.environ.get("TESTBED_SMP", default_smp())))
+    #: PID 1 of the guest's root.
+    init: Init = field(
+        default_factory=lambda: parse_init(os.environ.get("TESTBED_INIT") or "classic")
+    )
+    #: vCPUs (None: default_smp(init)).
+    smp: int | None = field(default_factory=env_smp)
     memory: str = field(default_factory=lambda: os.environ.get("TESTBED_MEM", "2048M"))
     timeout: float = field(default_factory=lambda: float(os.environ.get("TESTBED_TIMEOUT", "1800")))
     #: Host directory mounted read-write at the same path in the guest (None: none).
@@ -168,6 +221,27 @@ def probe_accel(requested: str) -> Accel:
     return accel
 
 
+def accel_for(accel: Accel, init: Init, *, cpu_pinned: bool) -> Accel:
+    """The systemd boot under TCG gets an Intel ``max`` CPU (SMT siblings visible)
+    unless TESTBED_CPU chose one."""
+    if init is not Init.SYSTEMD or accel.name != "tcg" or cpu_pinned:
+        return accel
+    return Accel(accel.name, accel.machine, SYSTEMD_TCG_CPU, accel.reason)
+
+
+def smp_topology(smp: int, init: Init) -> str:
+    """QEMU's -smp: in the systemd boot two threads per core when the count allows."""
+    if init is Init.SYSTEMD and smp >= 2 and smp % 2 == 0:
+        return f"{smp},sockets=1,cores={smp // 2},threads=2"
+    return str(smp)
+
+
+def kernel_cmdline(init: Init) -> str:
+    if init is Init.SYSTEMD:
+        return f"{KERNEL_CMDLINE} {SYSTEMD_CMDLINE}"
+    return KERNEL_CMDLINE
+
+
 @dataclass(frozen=True)
 class Kernel:
     package: str  # linux-image-6.1.0-56-amd64
@@ -194,6 +268,7 @@ def qemu_command(
     smp: int,
     memory: str,
     extra: Sequence[str] = (),
+    init: Init = Init.CLASSIC,
 ) -> list[str]:
     """The whole QEMU argv of one testbed boot.
 
@@ -209,10 +284,11 @@ def qemu_command(
 
     argv = [
         "qemu-system-x86_64", "-nodefaults", "-no-user-config",
-        "-machine", accel.machine, "-cpu", accel.cpu, "-smp", str(smp), "-m", memory,
+        "-machine", accel.machine, "-cpu", accel.cpu, "-smp", smp_topology(smp, init),
+        "-m", memory,
         "-device", "intel-iommu,intremap=on,caching-mode=on",
         "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd),
-        "-append", KERNEL_CMDLINE,
+        "-append", kernel_cmdline(init),
         "-display", "none", "-serial", "stdio", "-no-reboot",
     ]  # fmt: skip
     argv += share("hostroot", Path("/"), 0x10, "security_model=none,readonly=on,multidevs=remap")
@@ -245,6 +321,125 @@ def guest_env_script(env: Mapping[str, str], path_first: Sequence[str], host_pat
 def command_script(cwd: Path, command: Sequence[str]) -> str:
     """/tb/command.sh: change to the caller's directory and exec the command."""
     return f"cd {shlex.quote(str(cwd))} || exit 126\nexec {shlex.join(command)}\n"
+
+
+#: Where the systemd boot's overlay files go in the run share (init.sh copies them to /).
+OVERLAY = "overlay"
+#: Mask target: a unit linked here is masked.
+MASK = "/dev/null"
+
+
+def _unit(sections: Mapping[str, Sequence[str]], comment: str) -> str:
+    text = f"# Written by tests/testbed/runner.py: {comment}\n"
+    for name, lines in sections.items():
+        text += f"\n[{name}]\n" + "".join(f"{line}\n" for line in lines)
+    return text
+
+
+def systemd_overlay() -> dict[str, str]:
+    """Files laid over the guest's root before systemd starts: path (relative to /) -> text.
+
+    A lean default target that wants only the command's unit; the command's
+    output on the serial console; journald volatile, echoing to the console;
+    emergency/rescue mode print the failed units and power off (no exit code:
+    the runner reports 125 with the console), so a broken boot never waits
+    for a login; no fstab entries (the initramfs mounted everything).
+    """
+    system = "etc/systemd/system"
+    power_off_on_failure = [
+        "DefaultDependencies=no",
+        "SuccessAction=poweroff-force",
+        "FailureAction=poweroff-force",
+    ]
+    failed_units = [
+        "Type=oneshot",
+        "ExecStart=/bin/echo TESTBED-INIT: systemd entered %N mode; the failed units:",
+        "ExecStart=-/bin/systemctl --no-pager --failed",
+        "StandardOutput=tty",
+        "StandardError=inherit",
+        "TTYPath=/dev/ttyS0",
+        "TTYReset=no",
+        "TTYVHangup=no",
+    ]
+    return {
+        f"{system}/{SYSTEMD_TARGET}": _unit(
+            {"Unit": [
+                "Description=testbed: the basic system and the command's unit",
+                "Requires=basic.target",
+                "After=basic.target",
+                f"Wants={SYSTEMD_SERVICE}",
+                "AllowIsolate=yes",
+            ]},
+            "the systemd boot's default target (systemd.unit= on the kernel command line)",
+        ),
+        f"{system}/{SYSTEMD_SERVICE}": _unit(
+            {
+                "Unit": [
+                    "Description=testbed: run /tb/command.sh, write its exit code to /tb/rc",
+                    "After=basic.target systemd-udev-trigger.service",
+                    "SuccessAction=poweroff-force",
+                    "FailureAction=poweroff-force",
+                ],
+                "Service": [
+                    # exec, not oneshot: the boot completes (is-system-running) while it runs.
+                    "Type=exec",
+                    "ExecStart=/bin/sh /tb/testbed-service.sh",
+                    "TimeoutStartSec=infinity",
+                    "StandardInput=null",
+                    "StandardOutput=tty",
+                    "StandardError=inherit",
+                    "TTYPath=/dev/ttyS0",
+                    "TTYReset=no",
+                    "TTYVHangup=no",
+                ],
+            },
+            "runs the testbed's command (the runner's -- COMMAND)",
+        ),
+        f"{system}/emergency.service": _unit(
+            {"Unit": ["Description=testbed: emergency mode powers off", *power_off_on_failure],
+             "Service": failed_units},
+            "a boot that fails ends at once, with the failed units on the console",
+        ),
+        f"{system}/rescue.service": _unit(
+            {"Unit": ["Description=testbed: rescue mode powers off", *power_off_on_failure],
+             "Service": failed_units},
+            "a boot that fails ends at once, with the failed units on the console",
+        ),
+        "etc/systemd/journald.conf.d/testbed.conf": _unit(
+            {"Journal": [
+                "Storage=volatile",
+                "ForwardToConsole=yes",
+                "TTYPath=/dev/ttyS0",
+                "MaxLevelConsole=info",
+            ]},
+            "the journal in memory only, echoed to the serial console (console.log)",
+        ),
+        "etc/fstab": "# testbed: the initramfs mounted every file system\n",
+    }  # fmt: skip
+
+
+def systemd_links() -> dict[str, str]:
+    """Symlinks laid over the guest's root: path (relative to /) -> target.
+
+    Masks (-> /dev/null) and default.target -> testbed.target, so that
+    ``systemctl get-default`` names the target the boot really has.
+    """
+    links = {f"etc/systemd/system/{unit}": MASK for unit in SYSTEMD_MASKED}
+    links["etc/systemd/system/default.target"] = SYSTEMD_TARGET
+    return links
+
+
+def write_overlay(root: Path, files: Mapping[str, str], links: Mapping[str, str]) -> None:
+    """Lay the overlay out under ``root`` (the run share's overlay/)."""
+    for relative, text in files.items():
+        target = root / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+    for relative, points_to in links.items():
+        target = root / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.unlink(missing_ok=True)
+        target.symlink_to(points_to)
 
 
 # ---------------------------------------------------------------- host set-up (I/O)
@@ -448,6 +643,7 @@ class Result:
     accel: Accel
     kernel: Kernel
     timed_out: bool
+    init: Init
     setup_seconds: float
     #: QEMU start to init's "guest ready" / stage2's "running command" / poweroff.
     ready_seconds: float | None
@@ -483,6 +679,7 @@ def write_run_files(
     (run_dir / "guest.conf").write_text(
         f"KVER={shlex.quote(kernel.release)}\nRW_DIR={shlex.quote(rw)}\n"
         f"RW_CACHE={shlex.quote(os.environ.get('TESTBED_RW_CACHE', 'loose'))}\n"
+        f"INIT={options.init.value}\n"
     )
     env = {name: os.environ[name] for name in PASSED_ENV if name in os.environ}
     for name in os.environ.get("TESTBED_PASSENV", "").split():
@@ -490,11 +687,15 @@ def write_run_files(
             env[name] = os.environ[name]
     env.update(options.env)
     env.update({"TESTBED": "1", "TESTBED_OUT": "/tb", "TERM": "dumb"})
+    env["TESTBED_INIT"] = options.init.value
     (run_dir / "env.sh").write_text(
         guest_env_script(env, options.path_first, os.environ.get("PATH", ""))
     )
     (run_dir / "command.sh").write_text(command_script(options.cwd, command))
     shutil.copy2(GUEST_DIR / "stage2.sh", run_dir / "stage2.sh")
+    if options.init is Init.SYSTEMD:
+        shutil.copy2(GUEST_DIR / "testbed-service.sh", run_dir / "testbed-service.sh")
+        write_overlay(run_dir / OVERLAY, systemd_overlay(), systemd_links())
 
 
 _READY = re.compile(rb"^TESTBED: guest ready")
@@ -543,7 +744,9 @@ def boot(
     gets the QEMU process, so a caller in another thread can stop it.
     """
     prepared = prepared or prepare(options)
-    accel = probe_accel(options.accel)
+    accel = accel_for(
+        probe_accel(options.accel), options.init, cpu_pinned=bool(os.environ.get("TESTBED_CPU"))
+    )
     run_dir = run_dir or new_run_dir(options.cache)
     write_run_files(run_dir, prepared.kernel, command, options)
     argv = qemu_command(
@@ -552,9 +755,10 @@ def boot(
         initrd=prepared.initrd,
         run_dir=run_dir,
         rw_dir=options.rw_dir,
-        smp=options.smp,
+        smp=options.smp or default_smp(options.init),
         memory=options.memory,
         extra=options.extra_qemu,
+        init=options.init,
     )
     (run_dir / "qemu.argv").write_text(shlex.join(argv) + "\n")
     console_path = run_dir / "console.log"
@@ -599,6 +803,7 @@ def boot(
         accel=accel,
         kernel=prepared.kernel,
         timed_out=timed_out,
+        init=options.init,
         setup_seconds=prepared.seconds,
         ready_seconds=marks["ready"] - started if "ready" in marks else None,
         command_start_seconds=marks["running"] - started if "running" in marks else None,
@@ -619,7 +824,8 @@ def describe(result: Result) -> str:
 
     return (
         f"rc={result.returncode}{' TIMEOUT' if result.timed_out else ''} "
-        f"accel={result.accel.name} kernel={result.kernel.package} {result.kernel.version} "
+        f"init={result.init.value} accel={result.accel.name} "
+        f"kernel={result.kernel.package} {result.kernel.version} "
         f"setup={seconds(result.setup_seconds)} ready={seconds(result.ready_seconds)} "
         f"command-start={seconds(result.command_start_seconds)} vm={seconds(result.vm_seconds)}"
     )
@@ -637,6 +843,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--timeout", type=float, help="seconds before the guest is killed")
     parser.add_argument("--accel", choices=("auto", "kvm", "tcg"))
+    parser.add_argument(
+        "--init",
+        choices=[mode.value for mode in Init],
+        help="PID 1 of the guest: classic (busybox + stage2.sh) or systemd (TESTBED_INIT)",
+    )
     parser.add_argument("--smp", type=int)
     parser.add_argument("--memory")
     parser.add_argument("--no-rw", action="store_true", help="do not mount the checkout rw")
@@ -649,7 +860,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.geteuid() != 0:
         log("run me as root: the 9p shares and apt-get need it")
         return 2
-    options = Options()
+    if args.init:
+        os.environ["TESTBED_INIT"] = args.init
+    try:
+        options = Options()
+    except TestbedError as error:
+        log(f"error: {error}")
+        return 2
     overrides: dict[str, object] = {
         "timeout": args.timeout,
         "accel": args.accel,

@@ -3,7 +3,8 @@
 # exits: it assembles the guest's root (the host's root, read-only over 9p, under
 # a tmpfs overlay), mounts the kernel's modules, the per-run share (/tb) and the
 # checkout (read-write, at its own path), chroots into it to run stage2.sh, writes
-# the exit code to the share and powers off. Every mount failure ends the run
+# the exit code to the share and powers off (INIT=systemd: it switch_roots to the
+# host's systemd instead, see below). Every mount failure ends the run
 # with exit code 126 and a line naming what failed, so the host never waits for
 # a guest that cannot get going.
 /bin/busybox --install -s /bin
@@ -48,6 +49,18 @@ fi
 hostname testbed
 ip link set lo up 2>/dev/null
 stty -onlcr < /dev/console 2>/dev/null
+if [ "${INIT:-classic}" = systemd ]; then
+  # The systemd boot: the runner's overlay (units, masks, journald.conf) goes over
+  # the root, then the host's systemd becomes PID 1; testbed.service runs the
+  # command, writes /tb/rc and powers off (runner.systemd_overlay).
+  [ -x "$R/lib/systemd/systemd" ] || die "no /lib/systemd/systemd on the host: apt-get install systemd"
+  cp -a /share/overlay/. "$R/" || die "copying the systemd overlay into the guest root failed"
+  # A host that is a container says so in its root: systemd would believe it runs in
+  # one (no kernel command line, no udev coldplug). The guest is a VM.
+  rm -f "$R/.dockerenv" "$R/run/.containerenv" "$R/run/systemd/container"
+    echo "TESTBED: starting systemd uptime=$(up)"
+  exec switch_root -c /dev/console "$R" /lib/systemd/systemd
+fi
 echo "TESTBED: guest ready uptime=$(up)"
 chroot "$R" /bin/sh /tb/stage2.sh < /dev/null > /dev/console 2>&1
 rc=$?

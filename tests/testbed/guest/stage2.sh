@@ -1,6 +1,7 @@
 #!/bin/sh
 # Second stage of the testbed guest, run by init.sh inside the assembled root
-# (the host's root as the guest sees it). Starts the host's own systemd-udevd,
+# (the host's root as the guest sees it), or in the systemd boot by
+# testbed-service.sh (udevd is then systemd's: only its settle is awaited). Starts the host's own systemd-udevd,
 # so device nodes, by-path links, ID_INPUT_* properties and module loading are
 # udev's, as on a desktop; then runs the command from /tb/command.sh.
 #
@@ -18,7 +19,13 @@ modprobe -qa evdev uinput
 udevd=/lib/systemd/systemd-udevd
 [ -x "$udevd" ] || udevd=/usr/lib/systemd/systemd-udevd
 coldplug() {
-  if [ -x "$udevd" ]; then
+  if [ "${TESTBED_INIT:-classic}" = systemd ]; then
+    # systemd started systemd-udevd and systemd-udev-trigger.service: only wait.
+    udevadm settle --timeout=120
+    rc=$?
+    [ "$rc" = 0 ] || echo "TESTBED: udevadm settle failed rc=$rc"
+    echo "TESTBED: udev settled uptime=$(up)"
+  elif [ -x "$udevd" ]; then
     "$udevd" --daemon
     udevadm trigger --type=subsystems --action=add
     udevadm trigger --type=devices --action=add
