@@ -14,6 +14,16 @@ IOMMU group, a NIC, and the chipset group that must never go to a VM):
 - e1000e (8086:10d3): a real host driver with a network interface.
 - q35's ICH9 functions LPC 1f.0 (lpc_ich), SATA 1f.2 (ahci), SMBus 1f.3
   (i801_smbus): one group, like the seed's group 13.
+- A second GPU lookalike, virtio-gpu-pci (1af4:1050, a display controller in
+  a group of its own) at 0a.0: with it the testbed has two passable GPUs, so
+  `handoff init` must refuse to guess. Another id than the first lookalike's,
+  so every lookup by bochs-display's id still finds one device.
+- The boot GPU, cirrus-vga (1013:00b8, VGA class) at 0b.0: SeaBIOS runs its
+  option ROM, so the kernel marks it boot_vga=1; handoff never takes it.
+- A 64 MiB virtio disk (1af4:1001, serial testbed-disk) at 09.0, backed by
+  QEMU's null-co driver with snapshot=on: writable (a throw-away overlay),
+  nothing on the host to create or clean up; tests make a file system on it
+  and mount it.
 
 Guest code must find devices by vendor:device, not by slot: the functions below
 do that, reading sysfs under ``sys_root`` (so they also work on a fake tree).
@@ -35,6 +45,10 @@ E1000E = (0x8086, 0x10D3)
 ICH9_LPC = (0x8086, 0x2918)
 ICH9_SATA = (0x8086, 0x2922)
 ICH9_SMBUS = (0x8086, 0x2930)
+VIRTIO_GPU = (0x1AF4, 0x1050)
+CIRRUS_VGA = (0x1013, 0x00B8)
+VIRTIO_BLK = (0x1AF4, 0x1001)
+DISK_SERIAL = "testbed-disk"
 
 #: The driver each device is bound to when the guest has settled.
 HOST_DRIVERS: dict[tuple[int, int], str | None] = {
@@ -58,6 +72,10 @@ def qemu_args() -> list[str]:
         "-device", "edu,addr=07.0",
         "-netdev", "user,id=n0,restrict=on",
         "-device", "e1000e,netdev=n0,addr=08.0",
+        "-device", "virtio-gpu-pci,addr=0a.0",
+        "-device", "cirrus-vga,addr=0b.0",
+        "-drive", "if=none,id=tbdisk,driver=null-co,size=64M,read-zeroes=on,snapshot=on",
+        "-device", f"virtio-blk-pci,drive=tbdisk,addr=09.0,serial={DISK_SERIAL}",
     ]  # fmt: skip
 
 
@@ -140,3 +158,18 @@ def ich9_group(sys_root: Path = SYS) -> tuple[PciAddress, PciAddress, PciAddress
 def ids_of(address: PciAddress, sys_root: Path = SYS) -> tuple[int, int]:
     node = sys_root / "bus" / "pci" / "devices" / str(address)
     return int((node / "vendor").read_text(), 16), int((node / "device").read_text(), 16)
+
+
+def second_gpu_lookalike(sys_root: Path = SYS) -> PciAddress:
+    """virtio-gpu-pci: a second passable display controller."""
+    return find_one(VIRTIO_GPU, sys_root)
+
+
+def boot_gpu(sys_root: Path = SYS) -> PciAddress:
+    """cirrus-vga: the VGA device the firmware initialised (boot_vga=1)."""
+    return find_one(CIRRUS_VGA, sys_root)
+
+
+def virtio_disk(sys_root: Path = SYS) -> PciAddress:
+    """The virtio disk's PCI function (the guest's /dev/vda)."""
+    return find_one(VIRTIO_BLK, sys_root)
