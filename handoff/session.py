@@ -34,7 +34,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,10 +151,21 @@ def default_resources(
         from handoff.pci.resource import GpuHandoff
 
         resources.append(GpuHandoff(profile, paths, report=report))
+    live = None
+    if any(p.live for p in profile.passthrough):
+        from handoff.live.resource import LiveGpu
+
+        live = LiveGpu(profile, paths, report=report)
+        resources.append(live)
     if profile.input.backend is not InputBackend.NONE:
         from handoff.input.resource import InputHandoff
 
-        resources.append(InputHandoff(profile, paths))
+        inputs = InputHandoff(profile, paths)
+        resources.append(inputs)
+        if live is not None and profile.input.follow_gpu:
+            from handoff.live.state import LiveState
+
+            live.on_moved = lambda state: inputs.follow_gpu(state is LiveState.IN_GUEST)
     return resources
 
 
@@ -243,6 +254,19 @@ class SessionVm:
     def __init__(self, pid: int, qmp: QmpConnection) -> None:
         self._pid = pid
         self._qmp = qmp
+        from handoff.live.guest import EventHub  # trio only: no edge module
+
+        self._events = EventHub()
+
+    def subscribe(
+        self, names: Iterable[str]
+    ) -> contextlib.AbstractContextManager[trio.MemoryReceiveChannel[dict[str, Any]]]:
+        """QMP events named ``names`` from now on, while the context is open (typed
+        subscription for resources: the live GPU waits for DEVICE_DELETED)."""
+        return self._events.subscribe(names)
+
+    def deliver(self, event: QmpEvent) -> None:
+        self._events.deliver(event)
 
     @property
     def pid(self) -> int:
@@ -498,9 +522,9 @@ class Session:
         process = self._process
         assert process is not None
         state = self._state
-        vm: VmHandle = SessionVm(process.pid, qmp)
+        vm = SessionVm(process.pid, qmp)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._event_task, qmp)
+            nursery.start_soon(self._event_task, qmp, vm)
             nursery.start_soon(self._ladder_task, qmp)
             for resource in self._acquired:
                 await self._start_resource(resource, vm, nursery)
@@ -546,9 +570,10 @@ class Session:
 
     # ------------------------------------------------------------------ tasks
 
-    async def _event_task(self, qmp: QmpConnection) -> None:
+    async def _event_task(self, qmp: QmpConnection, vm: SessionVm) -> None:
         try:
             async for event in qmp.events:
+                vm.deliver(event)
                 name = event.get("event")
                 if name == "SHUTDOWN":
                     self._state.shutdown = dict(event.get("data") or {})

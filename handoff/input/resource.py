@@ -37,7 +37,7 @@ from typing import Any
 
 import trio
 
-from handoff.control_client import switch_target
+from handoff.control_client import SwitchTarget, switch_target
 from handoff.errors import HandoffError, InputError
 from handoff.host import HostPaths, qemu_account
 from handoff.input.devices import DeviceInfo, DeviceWatcher, Selection, classify_by_capabilities
@@ -191,6 +191,12 @@ class InputHandoff:
             )
         self._router.request(target)
         return self._mode()
+
+    async def follow_gpu(self, gpu_in_guest: bool) -> None:
+        """``input.follow_gpu``: keyboard and mouse go where the live GPU (the screen) went,
+        through the router as any switch (no key stays held on either side)."""
+        if self._router is not None and self._input.follow_gpu:
+            self._router.request(SwitchTarget.GUEST if gpu_in_guest else SwitchTarget.HOST)
 
     def _mode(self) -> JsonObject:
         if self._router is None:

@@ -177,11 +177,13 @@ class GpuHandoff:
         return "gpu"
 
     async def acquire(self) -> None:
-        if not self.profile.passthrough:
+        # live = true groups are handoff.live.resource.LiveGpu's (their own journal).
+        entries = [p for p in self.profile.passthrough if not p.live]
+        if not entries:
             return
         self.memlock_bytes = self._memlock_check(self.profile)
-        addresses = [p.address for p in self.profile.passthrough]
-        allowed = [a for p in self.profile.passthrough for a in p.allow_in_group]
+        addresses = [p.address for p in entries]
+        allowed = [a for p in entries for a in p.allow_in_group]
         owner = qemu_owner(self.profile.vm.user)
         groups = groups_of(self.paths, addresses)
         recovered = await recover(self.engine, kinds=(jr.Kind.SESSION,), groups=groups)
