@@ -5,7 +5,8 @@ makes every choice by pure rules (:mod:`handoff.init.choose`), renders the
 commented profile (:mod:`handoff.init.render`), checks that it loads, and
 only then writes: the profile (never over an existing file without
 ``--force``) and, for ``--disk-size``, a new qcow2 image made by qemu-img
-(never over an existing one). Nothing else on the host changes.
+(never over an existing one). The default profile directory is created when
+missing; nothing else on the host changes.
 
 ``--gpu none`` writes a profile without passthrough (an emulated display on
 a VNC socket): the way to a first VM on a host with no passable GPU.
