@@ -12,6 +12,7 @@ import os
 
 from handoff.errors import HostError
 from handoff.host import HostPaths, qemu_account
+from handoff.live.windows import Bar, parse_resource
 from handoff.pci.address import PciAddress
 from handoff.profile import Profile
 from handoff.qemu.accel import choose_accel
@@ -40,6 +41,22 @@ def _iommu_groups(
     return tuple((p.address, iommu_group_of(paths, p.address)) for p in profile.passthrough)
 
 
+def _live_bars(
+    profile: Profile, paths: HostPaths
+) -> tuple[tuple[PciAddress, tuple[Bar, ...]], ...]:
+    """Each live function's BARs from sysfs ``resource`` (absent device: none)."""
+    out: list[tuple[PciAddress, tuple[Bar, ...]]] = []
+    for entry in profile.passthrough:
+        if not entry.live:
+            continue
+        path = paths.sys / "bus" / "pci" / "devices" / str(entry.address) / "resource"
+        try:
+            out.append((entry.address, parse_resource(path.read_text(encoding="ascii"))))
+        except (OSError, ValueError):
+            continue
+    return tuple(out)
+
+
 def gather_host_facts(profile: Profile, paths: HostPaths, *, strict: bool = True) -> HostFacts:
     """The facts of this host for ``profile``; raises HostError (strict) to refuse."""
     choice = choose_accel(profile.vm.accel, paths, strict=strict)
@@ -49,4 +66,5 @@ def gather_host_facts(profile: Profile, paths: HostPaths, *, strict: bool = True
         supervisor_uid=os.geteuid(),
         qemu_owner=_qemu_owner(profile.vm.user, strict=strict),
         iommu_groups=_iommu_groups(profile, paths),
+        live_bars=_live_bars(profile, paths),
     )
