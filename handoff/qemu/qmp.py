@@ -280,7 +280,7 @@ async def _handshake(sock: socket.socket) -> Message:
     few asyncio layers sooner (bench/startup.py); qemu.qmp then takes over an
     already negotiated socket (``await_greeting``/``negotiate`` off).
     """
-    return await QmpWire(HandoverSocket(sock), "could not connect to QEMU's monitor").negotiate()
+    return await QmpWire(HandoverSocket(sock), "QEMU's monitor").negotiate()
 
 
 async def connect_qmp(
@@ -335,7 +335,7 @@ async def connect_qmp(
     if scope.cancelled_caught:
         _close(address)
         await thread.stop()
-        raise connect_timeout_error("could not connect to QEMU's monitor", greeting_timeout)
+        raise connect_timeout_error("QEMU's monitor", greeting_timeout)
     pump = thread.submit(_pump_events(client, token, send))
     return QmpConnection(client, thread, token, receive, pump)
 

@@ -207,7 +207,7 @@ def hung_up(
 def connect_timeout_error(where: str, seconds: float) -> QmpError:
     """QEMU did not greet (or negotiate) on a monitor in time."""
     return QmpError(
-        f"{where}: QEMU did not answer on its monitor within {seconds:g} s",
+        f"{where}: QEMU did not answer within {seconds:g} s",
         fix=f"{_FIX}; raise the limit if the host is slow",
     )
 
