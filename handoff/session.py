@@ -166,6 +166,10 @@ def default_resources(
             from handoff.live.state import LiveState
 
             live.on_moved = lambda state: inputs.follow_gpu(state is LiveState.IN_GUEST)
+    if profile.tuned:  # last: its pool and governors go back first, once QEMU is gone
+        from handoff.tune.resource import TuneResource
+
+        resources.append(TuneResource(profile, paths, report=report))
     return resources
 
 

@@ -10,7 +10,12 @@ a crash leaves either the old or the new record, never half of one.
 
 The journal records per-device state, not a session phase: detach and
 return are operations on devices, usable before boot and after exit today
-and during a live hand-off later.
+and during a live hand-off later. Host settings a session changes for
+performance (a hugepage pool's size, a CPU's governor: kernel files with a
+previous value to write back) are recorded the same way, as
+:class:`SettingRecord` s, by :mod:`handoff.tune.resource` in a journal of
+their own (``<name>+tune.json``, locked by ``<run>/locks/tune-<name>.lock``
+instead of group locks), and finished by the same ``handoff recover``.
 
 It lives in ``<run>/journal/`` on tmpfs: it survives the death of the
 supervisor but not a reboot, exactly like the bindings it describes. The
@@ -104,6 +109,23 @@ class NodeRecord:
     mode: int
 
 
+class SettingKind(enum.StrEnum):
+    """What a recorded setting is, i.e. how it is written back."""
+
+    SYSFS = "sysfs"  # a kernel file (nr_hugepages, scaling_governor): write the value back
+
+
+@dataclass
+class SettingRecord:
+    """A host setting before handoff changed it: written to the journal before the change."""
+
+    kind: SettingKind
+    target: str  # the file
+    previous: str
+    value: str
+    what: str  # for people: "the global 2M hugepage pool", "CPU 3's cpufreq governor"
+
+
 @dataclass
 class Journal:
     """One journal file: the devices and nodes a session (or a manual detach) changed."""
@@ -115,6 +137,8 @@ class Journal:
     supervisor_pid: int
     devices: list[DeviceRecord] = field(default_factory=list)
     nodes: list[NodeRecord] = field(default_factory=list)
+    settings: list[SettingRecord] = field(default_factory=list)
+    lock: str | None = None  # a named lock in <run>/locks/ (tuning journals), else group locks
     qemu_pid: int | None = None
     qemu_start_time: int | None = None
     # A live group's step (handoff.live.state.LiveStep): which way it was moving.
@@ -153,6 +177,8 @@ class Journal:
             "live": self.live,
             "devices": [{**vars(d), "step": d.step.value} for d in self.devices],
             "nodes": [vars(n).copy() for n in self.nodes],
+            "settings": [{**vars(r), "kind": r.kind.value} for r in self.settings],
+            "lock": self.lock,
         }
 
     @classmethod
@@ -171,6 +197,8 @@ class Journal:
                 live=data.get("live"),
                 devices=[_device_record(d) for d in data["devices"]],
                 nodes=[NodeRecord(**n) for n in data["nodes"]],
+                settings=[_setting_record(r) for r in data.get("settings", [])],
+                lock=data.get("lock"),
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise JournalError(
@@ -255,7 +283,23 @@ class Journal:
 
     @property
     def empty(self) -> bool:
-        return not self.devices and not self.nodes
+        return not self.devices and not self.nodes and not self.settings
+
+    def record_setting(self, record: SettingRecord) -> None:
+        """Write-ahead: persist a setting's previous value before it is changed."""
+        if not any(r.target == record.target for r in self.settings):
+            self.settings.append(record)
+            self.save()
+
+    def drop_setting(self, target: str) -> None:
+        self.settings = [r for r in self.settings if r.target != target]
+        self.save()
+
+
+def _setting_record(data: dict[str, Any]) -> SettingRecord:
+    record = SettingRecord(**data)
+    record.kind = SettingKind(record.kind)
+    return record
 
 
 def _device_record(data: dict[str, Any]) -> DeviceRecord:
@@ -416,6 +460,34 @@ def _lock_one(paths: HostPaths, group: int, owner: str) -> int:
         )
     record_holder(fd, owner)
     return fd
+
+
+def lock_named(paths: HostPaths, stem: str, owner: str, what: str) -> GroupLocks:
+    """Take ``<run>/locks/<stem>.lock`` without waiting, or refuse naming its holder.
+
+    A journal's named lock (:attr:`Journal.lock`) is what its group locks are
+    to a device journal: held by the live session, taken by recovery.
+    """
+    directory = locks_dir(paths)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = directory / f"{stem}.lock"
+    fd = flock_nowait(path)
+    if fd is None:
+        holder = read_holder(path)
+        who = holder.describe() if holder is not None else "unknown pid"
+        raise PreflightRefusedError(
+            f"another handoff ({who}) holds {what} (lock {path})",
+            fix="stop that session first (`handoff status`), or wait for it to end",
+        )
+    record_holder(fd, owner)
+    return GroupLocks({-1: fd})
+
+
+def lock_journal(paths: HostPaths, journal: Journal, owner: str) -> GroupLocks:
+    """The locks a journal's changes are made and undone under: its named lock or its groups."""
+    if journal.lock is not None:
+        return lock_named(paths, journal.lock, owner, f"the changes of {journal.path}")
+    return lock_groups(paths, journal.groups, owner)
 
 
 @contextlib.contextmanager

@@ -6,19 +6,24 @@ whether to discard it (an earlier boot: the reboot already reset every
 binding), leave it (its groups are locked by a live handoff, or its
 recorded QEMU still runs), or finish it (the engine returns its devices).
 It never writes sysfs itself: returning goes through
-:meth:`handoff.pci.engine.Engine.give_back`.
+:meth:`handoff.pci.engine.Engine.give_back`, and host settings a tuning
+journal records (hugepage pool, governors) go back through
+:func:`handoff.tune.settings.restore_settings`, under the same rules
+(earlier boot: discarded, the reboot reset them; locked or QEMU alive: left).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from handoff.errors import HandoffError
 from handoff.pci import journal as jr
 from handoff.pci.engine import Engine
 from handoff.pci.holders import vfio_group_users
 from handoff.pci.sysfs import read_boot_id, vfio_group_node
+from handoff.tune.settings import restore_settings
 
 
 @dataclass
@@ -47,6 +52,7 @@ async def recover(
     *,
     kinds: Iterable[jr.Kind] = tuple(jr.Kind),
     groups: set[int] | None = None,
+    only: Path | None = None,
 ) -> RecoveryReport:
     """Finish every journal left by a supervisor that died; return its devices.
 
@@ -54,13 +60,16 @@ async def recover(
     left alone; one whose recorded QEMU is still running is left alone too
     (its devices are in use: stop that QEMU first). A journal from an earlier
     boot is discarded: the reboot already reset every binding. Only journals
-    of ``kinds`` (and, given ``groups``, touching one of them) are finished.
+    of ``kinds`` (and, given ``groups``, touching one of them; given ``only``,
+    that one file) are finished.
     """
     report = RecoveryReport()
     wanted = frozenset(kinds)
     paths = engine.paths
     boot_id = read_boot_id(paths)
     for path in jr.list_journals(paths):
+        if only is not None and path != only:
+            continue
         try:
             journal = jr.Journal.load(path)
         except HandoffError as exc:
@@ -70,7 +79,8 @@ async def recover(
             journal.remove()
             report.discarded.append(
                 f"{path} is from an earlier boot ({journal.boot_id}): the reboot already "
-                "returned every device to the kernel's default driver"
+                "returned every device to the kernel's default driver (and every setting "
+                "to its boot value)"
             )
             continue
         if journal.kind not in wanted:
@@ -94,7 +104,7 @@ def _groups_open(engine: Engine, journal: jr.Journal) -> bool:
 async def _finish(engine: Engine, journal: jr.Journal, report: RecoveryReport) -> None:
     """Return one dead supervisor's devices, under its groups' locks."""
     try:
-        locks = jr.lock_groups(engine.paths, journal.groups, "handoff recover")
+        locks = jr.lock_journal(engine.paths, journal, "handoff recover")
     except HandoffError as exc:
         report.refused.append(f"{journal.path}: {exc.message}")
         return
@@ -112,6 +122,7 @@ async def _finish(engine: Engine, journal: jr.Journal, report: RecoveryReport) -
             )
             return
         try:
+            report.returned += restore_settings(journal, engine.writer)
             report.returned += await engine.give_back(journal)
         except HandoffError as exc:
             report.failed.append(f"{journal.path}: {exc}")

@@ -283,9 +283,10 @@ class Memory:
 
 def guest_topology(vm: Vm) -> GuestTopology:
     """The guest's -smp topology: sockets/cores/threads as given (unset = 1), or, with
-    none given, QEMU's default for a bare ``-smp N`` on q35 7.x: N sockets of one core."""
+    none given, QEMU's default for a bare ``-smp N`` on q35 since 6.2: one socket of N
+    cores (``query-cpus-fast`` on 7.2 reports core-id 0..N-1, socket-id 0)."""
     if vm.sockets is None and vm.cores is None and vm.threads is None:
-        return GuestTopology(sockets=vm.cpus)
+        return GuestTopology(cores=vm.cpus)
     return GuestTopology(vm.sockets or 1, vm.cores or 1, vm.threads or 1)
 
 

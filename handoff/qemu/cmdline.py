@@ -23,6 +23,7 @@ so a path with a comma cannot smuggle in an option.
 from __future__ import annotations
 
 import itertools
+import json
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ from handoff.profile import (
     SoundModel,
     Vga,
 )
+from handoff.tune.plan import MemoryBackend
 
 #: Under hide_hypervisor, the Hyper-V vendor id the guest sees instead of
 #: "Microsoft Hv"/"KVMKVMKVM" (at most 12 characters). NVIDIA's pre-465
@@ -96,6 +98,7 @@ class LaunchSpec:
     virtio_input: tuple[Path, Path] | None = None
     extra_args: tuple[str, ...] = ()
     start_paused: bool = False
+    memory_backend: MemoryBackend | None = None
 
 
 def escape(value: str) -> str:
@@ -151,10 +154,14 @@ def build_argv(profile: Profile, launch: LaunchSpec) -> list[str]:
         _opts(f"guest={escape(vm.name)}", process=process_name(profile), debug_threads="on"),
     ]
     argv += ["-msg", "timestamp=on"]
-    argv += ["-machine", _opts(vm.machine, accel=launch.accel)]
+    backend = launch.memory_backend
+    ram = RAM_BACKEND_ID if backend is not None else None
+    argv += ["-machine", _opts(vm.machine, accel=launch.accel, memory_backend=ram)]
     argv += ["-cpu", _cpu(profile, launch.accel)]
     argv += ["-smp", _smp(profile)]
     argv += ["-m", f"{vm.memory_mib}M"]
+    if backend is not None:
+        argv += ["-object", memory_backend_object(backend)]
     argv += _firmware(profile)
     argv += _monitor(launch)
     argv += _display(profile, launch)
@@ -172,6 +179,37 @@ def build_argv(profile: Profile, launch: LaunchSpec) -> list[str]:
     argv += launch.extra_args
     argv += vm.extra_args
     return argv
+
+
+#: The id of the hugetlb RAM backend ``-machine memory-backend=`` names.
+RAM_BACKEND_ID = "ram"
+
+
+def memory_backend_object(backend: MemoryBackend) -> str:
+    """``-object memory-backend-memfd,...,hugetlb=on,hugetlbsize=...,prealloc=on``.
+
+    QEMU 7.2 takes guest RAM from the backend ``-machine memory-backend=``
+    names (``-m`` must give the same size). Preallocation faults every page
+    in before the guest runs, so a pool that cannot hold the RAM fails QEMU's
+    start, not the guest later (SIGBUS). Host nodes that are not one range
+    (0,2) need the JSON form: the key=value form has no list syntax.
+    """
+    size = f"{backend.size_mib}M"
+    page = backend.page.label
+    nodes = backend.host_nodes
+    policy = backend.policy.value if backend.policy is not None else None
+    if nodes and list(nodes) != list(range(nodes[0], nodes[-1] + 1)):
+        return json.dumps({
+            "qom-type": "memory-backend-memfd", "id": RAM_BACKEND_ID,
+            "size": backend.size_mib << 20,
+            "hugetlb": True, "hugetlbsize": backend.page.kib << 10, "prealloc": True,
+            "policy": policy, "host-nodes": list(nodes),
+        }, separators=(",", ":"))  # fmt: skip
+    return _opts(
+        "memory-backend-memfd", id=RAM_BACKEND_ID, size=size, hugetlb="on", hugetlbsize=page,
+        prealloc="on", policy=policy,
+        host_nodes=f"{nodes[0]}-{nodes[-1]}" if nodes else None,
+    )
 
 
 def format_argv(argv: Sequence[str]) -> str:

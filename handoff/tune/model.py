@@ -146,6 +146,9 @@ class HostTuning:
     hugepages: tuple[HugepagePool, ...] = ()
     cpufreq: Mapping[int, CpuFreq] = field(default_factory=dict)  # CPUs without cpufreq absent
     cpu_flags: frozenset[str] = frozenset()  # /proc/cpuinfo flags (pdpe1gb for 1G pages)
+    init_system: str | None = None  # /proc/1/comm ("systemd"), for isolation
+    cgroup2: bool = False  # /sys/fs/cgroup/cgroup.controllers exists (unified hierarchy)
+    mem_available_kib: int | None = None  # /proc/meminfo MemAvailable (doctor: room for a pool)
 
 
 # --------------------------------------------------------------------------- requests

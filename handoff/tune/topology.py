@@ -189,6 +189,15 @@ def read_cpu_flags(paths: HostPaths) -> frozenset[str]:
     return frozenset()
 
 
+def read_mem_available(paths: HostPaths) -> int | None:
+    """``MemAvailable`` of /proc/meminfo in KiB (None without it)."""
+    for line in (_text(paths.proc / "meminfo") or "").splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key == "MemAvailable" and value.split() and value.split()[0].isdecimal():
+            return int(value.split()[0])
+    return None
+
+
 def read_host(paths: HostPaths) -> HostTuning:
     """Everything the planners need, read once."""
     topology = read_topology(paths)
@@ -197,4 +206,7 @@ def read_host(paths: HostPaths) -> HostTuning:
         hugepages=read_hugepages(paths),
         cpufreq=read_cpufreq(paths, sorted(topology.online)),
         cpu_flags=read_cpu_flags(paths),
+        init_system=_text(paths.proc / "1/comm"),
+        cgroup2=(paths.sys / "fs/cgroup/cgroup.controllers").is_file(),
+        mem_available_kib=read_mem_available(paths),
     )
