@@ -318,6 +318,10 @@ DELEGATED: tuple[Delegated, ...] = (
     _pci("detach", "move a device (its whole IOMMU group) to vfio-pci"),
     _pci("attach", "give a device back to its host driver"),
     _pci("recover", "return every device a crashed session left on vfio-pci"),
+    Delegated("gpu", "handoff.cli_live", "add_arguments", "cmd_gpu",
+              "move a live GPU between host and running guest",
+              "Move the live = true GPU of a running session to the host, to the guest, or "
+              "toggle it, while the VM keeps running."),
     Delegated("doctor", "handoff.doctor", "add_arguments", "cmd_doctor",
               "check this host for passthrough, with fixes",
               "Check this host for GPU passthrough: each check gives a verdict and a fix."),

@@ -37,7 +37,7 @@ _handoff() {
         esac
     done
     if [[ -z $cmd ]]; then
-        COMPREPLY=($(compgen -W "run argv status stop switch groups detach attach recover doctor init -h --help -v --verbose" -- "$cur"))
+        COMPREPLY=($(compgen -W "run argv status stop switch groups detach attach recover gpu doctor init -h --help -v --verbose" -- "$cur"))
         return 0
     fi
     case "$cmd" in
@@ -193,6 +193,29 @@ _handoff() {
                 COMPREPLY=($(compgen -W "-h --help" -- "$cur"))
                 return 0
             fi
+            ;;
+        gpu)
+            case "$prev" in
+                --timeout)
+                    COMPREPLY=()
+                    return 0 ;;
+            esac
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "-h --help --timeout --json" -- "$cur"))
+                return 0
+            fi
+            for ((i = i + 1; i < COMP_CWORD; i++)); do
+                if ((skip)); then skip=0; continue; fi
+                case "${COMP_WORDS[i]}" in
+                    --timeout) skip=1 ;;
+                    -*) ;;
+                    *) ((n++)) ;;
+                esac
+            done
+            case "$n" in
+                0) COMPREPLY=() ;;
+                1) COMPREPLY=($(compgen -W "host guest toggle" -- "$cur")) ;;
+            esac
             ;;
         doctor)
             case "$prev" in

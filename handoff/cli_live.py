@@ -1,0 +1,55 @@
+"""The argparse side of `handoff gpu NAME host|guest|toggle`: the live GPU over the control socket.
+
+The session's live GPU resource (:mod:`handoff.live.resource`) answers the
+control command ``{"command": "gpu", "to": "host"|"guest"|"toggle",
+"release_within": S}``; this module only parses, sends and prints. The
+request waits as long as the move may take: the guest's release (bounded by
+``--timeout``) plus the return to the host drivers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from handoff.errors import HandoffError
+from handoff.live.guest import RELEASE_TIMEOUT
+
+#: Seconds beyond the guest's release a move may take (vfio unbind, host driver probe).
+HOST_SIDE_BUDGET = 90.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("profile", metavar="NAME", help="profile name or file of a running session")
+    parser.add_argument("to", nargs="?", default="toggle", choices=["host", "guest", "toggle"],
+                        help="where the live GPU goes (default: toggle)")
+    parser.add_argument("--timeout", type=float, default=RELEASE_TIMEOUT, metavar="S",
+                        help="seconds the guest gets to let go of the GPU (default: %(default)g)")
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def cmd_gpu(args: argparse.Namespace) -> int:
+    from handoff.cli import _control_socket, _session_name
+    from handoff.control_client import ControlErrorCode, ControlRequestError, request
+
+    if args.timeout <= 0:
+        raise HandoffError(f"--timeout {args.timeout:g}: expected a positive number of seconds")
+    name = _session_name(args.profile)
+    message = {"command": "gpu", "to": args.to, "release_within": args.timeout}
+    try:
+        result = request(_control_socket(name), message,
+                         timeout=args.timeout + HOST_SIDE_BUDGET)
+    except ControlRequestError as exc:
+        if exc.code is not ControlErrorCode.UNKNOWN_COMMAND:
+            raise
+        raise HandoffError(
+            f"the session {name!r} has no live GPU",
+            fix="set live = true on its [[passthrough]] entries and restart it",
+        ) from exc
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    where = "the host" if result.get("state") == "host" else "the guest"
+    verb = "is now on" if result.get("changed") else "was already on"
+    print(f"{name}: the live GPU {verb} {where}")
+    return 0
