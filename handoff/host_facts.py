@@ -1,7 +1,8 @@
 """The edge half of :mod:`handoff.session_plan`: read the host facts a plan needs.
 
-Read-only: the accelerator choice, the account QEMU runs as, and the IOMMU
-group of each passthrough device. ``strict`` is ``handoff run``'s (an
+Read-only: the accelerator choice, the account QEMU runs as, the IOMMU
+group of each passthrough device, and for a tuned profile the CPU topology,
+hugepage pools and cpufreq state. ``strict`` is ``handoff run``'s (an
 impossible KVM request or a missing ``vm.user`` refuses); ``handoff argv``
 and doctor show what they can instead.
 """
@@ -17,6 +18,7 @@ from handoff.pci.address import PciAddress
 from handoff.profile import Profile
 from handoff.qemu.accel import choose_accel
 from handoff.session_plan import HostFacts, QemuOwner
+from handoff.tune.model import HostTuning
 
 
 def _qemu_owner(user: str | None, *, strict: bool) -> QemuOwner | None:
@@ -39,6 +41,14 @@ def _iommu_groups(
     from handoff.pci.sysfs import iommu_group_of  # only a passthrough profile reads sysfs
 
     return tuple((p.address, iommu_group_of(paths, p.address)) for p in profile.passthrough)
+
+
+def _tuning(profile: Profile, paths: HostPaths) -> HostTuning | None:
+    if not profile.tuned:
+        return None
+    from handoff.tune.topology import read_host  # only a tuned profile reads the topology
+
+    return read_host(paths)
 
 
 def _live_bars(
@@ -67,4 +77,5 @@ def gather_host_facts(profile: Profile, paths: HostPaths, *, strict: bool = True
         qemu_owner=_qemu_owner(profile.vm.user, strict=strict),
         iommu_groups=_iommu_groups(profile, paths),
         live_bars=_live_bars(profile, paths),
+        tuning=_tuning(profile, paths),
     )

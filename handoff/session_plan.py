@@ -38,6 +38,9 @@ from handoff.run_layout import (
     proxy_links,
     qemu_socket_dir,
 )
+from handoff.tune.cpulist import format_cpulist
+from handoff.tune.model import HostTuning
+from handoff.tune.plan import TunePlan, plan_tuning
 
 __all__ = [
     "MEMLOCK_HEADROOM",
@@ -83,7 +86,8 @@ class HostFacts:
     ``qemu_owner`` is None when QEMU runs as the supervisor's own user (no
     ``vm.user``, or an account ``handoff argv`` could not look up);
     ``iommu_groups`` maps each passthrough address to its group (None: not
-    known here, e.g. no such device on this machine).
+    known here, e.g. no such device on this machine); ``tuning`` is the CPU
+    topology, hugepage pools and cpufreq state (:mod:`handoff.tune.topology`).
     """
 
     accel: Literal["kvm", "tcg"]
@@ -93,6 +97,7 @@ class HostFacts:
     iommu_groups: tuple[tuple[PciAddress, int | None], ...] = ()
     # The BARs (sysfs resource) of each live = true function: its root port's windows.
     live_bars: tuple[tuple[PciAddress, tuple[Bar, ...]], ...] = ()
+    tuning: HostTuning | None = None  # read only when the profile asks for tuning
 
     def group_of(self, address: PciAddress) -> int | None:
         return dict(self.iommu_groups).get(address)
@@ -106,7 +111,12 @@ class ChangeKind(enum.Enum):
     CHOWN_NODE = "chown-node"
     CREATE_PROXY = "create-proxy"
     LINK_PROXY = "link-proxy"
+    RAISE_HUGEPAGES = "raise-hugepages"
+    SET_GOVERNOR = "set-governor"
+    ISOLATE_HOST = "isolate-host"
     RAISE_MEMLOCK = "raise-memlock"
+    PIN_VCPUS = "pin-vcpus"
+    SET_EMULATOR_AFFINITY = "set-emulator-affinity"
     GRAB_INPUT = "grab-input"
 
 
@@ -145,6 +155,7 @@ class SessionPlan:
     paths: SessionPaths
     changes: tuple[HostChange, ...]
     argv: tuple[str, ...]
+    tune: TunePlan | None = None
 
     def argv_with_monitor_fd(self, fd: int) -> tuple[str, ...]:
         """The argv QEMU runs when QMP is the inherited ``fd``; nothing else differs."""
@@ -184,7 +195,11 @@ def _session_paths(profile: Profile, paths: HostPaths) -> SessionPaths:
 
 
 def _launch(
-    facts: HostFacts, where: SessionPaths, binary: str, trace_file: Path | None
+    facts: HostFacts,
+    where: SessionPaths,
+    binary: str,
+    trace_file: Path | None,
+    tune: TunePlan | None = None,
 ) -> LaunchSpec:
     return LaunchSpec(
         binary=binary,
@@ -195,6 +210,7 @@ def _launch(
         input_monitor=where.input_monitor,
         virtio_input=where.proxy_links,
         start_paused=True,
+        memory_backend=tune.backend if tune is not None else None,
     )
 
 
@@ -275,6 +291,70 @@ def _input_changes(profile: Profile, facts: HostFacts, where: SessionPaths) -> l
     return changes
 
 
+def _tune_plan(profile: Profile, facts: HostFacts) -> TunePlan | None:
+    if not profile.tuned:
+        return None
+    if facts.tuning is None:
+        raise ValueError("HostFacts.tuning is needed for a profile with [cpu]/[memory] tuning")
+    return plan_tuning(profile.cpu, profile.memory, profile.vm, facts.tuning)
+
+
+def _tune_before(tune: TunePlan) -> list[HostChange]:
+    """The changes made before QEMU starts: pool, governors, host isolation."""
+    changes: list[HostChange] = []
+    pages = tune.hugepages
+    if pages is not None:
+        for t in pages.targets:
+            label = pages.size.label
+            detail = (
+                f"{t.before} -> {t.target} pages of {label} (compacted first), "
+                f"back to {t.before} after"
+                if t.target != t.before
+                else f"{t.before} pages of {label}, {t.wanted} of them free already: unchanged"
+            )
+            changes.append(HostChange(ChangeKind.RAISE_HUGEPAGES, t.where, detail))
+    governor = tune.governor
+    for cpu, name in sorted(governor.targets.items()):
+        changes.append(
+            HostChange(
+                ChangeKind.SET_GOVERNOR, f"CPU {cpu}",
+                f"{governor.restore[cpu]} -> {name}, back after",
+            )
+        )
+    if tune.isolation is not None:
+        for unit, value in tune.isolation.units:
+            changes.append(
+                HostChange(
+                    ChangeKind.ISOLATE_HOST, unit,
+                    f"AllowedCPUs={value} (systemctl set-property --runtime), previous value "
+                    "back after",
+                )
+            )
+    return changes
+
+
+def _tune_after_start(tune: TunePlan) -> list[HostChange]:
+    """Affinities set once QMP names the vCPU threads; they die with QEMU (not journaled)."""
+    pin = tune.pin
+    if not pin.active:
+        return []
+    changes = [
+        HostChange(
+            ChangeKind.PIN_VCPUS, f"vCPU {i}",
+            f"thread affinity CPUs {format_cpulist(cpus)} (query-cpus-fast thread-id), "
+            "gone with QEMU",
+        )
+        for i, cpus in enumerate(pin.vcpus)
+    ]
+    changes.append(
+        HostChange(
+            ChangeKind.SET_EMULATOR_AFFINITY, "QEMU's other threads",
+            f"affinity CPUs {format_cpulist(pin.emulator)} (/proc/<qemu>/task), gone with QEMU",
+        )
+    )
+    return changes
+
+
 #: A live group's hotplug: q35's ACPI PCI hotplug, pinned (QEMU's q35 default since 6.1).
 #: It answers device_del in 0.3-0.8 s with a guest OS (Linux measured; Windows ejects
 #: through ACPI too, "Safely Remove Hardware"), where native PCIe hotplug costs Linux
@@ -329,7 +409,8 @@ def plan_session(
     under the chosen accelerator (``cpu_model = "host"`` without KVM).
     """
     where = _session_paths(profile, paths)
-    launch = _launch(facts, where, binary, trace_file)
+    tune = _tune_plan(profile, facts)
+    launch = _launch(facts, where, binary, trace_file, tune)
     argv = live_argv(tuple(build_argv(profile, launch)), profile, facts)
     changes = _run_dir_changes(where, facts.qemu_owner)
     changes += _gpu_changes(profile, facts, paths.dev)
@@ -339,6 +420,8 @@ def plan_session(
         *proxies, grab = _input_changes(profile, facts, where)
         changes += proxies
         grabs.append(grab)
+    if tune is not None:
+        changes += _tune_before(tune)
     memlock = required_memlock(profile)
     if memlock is not None:
         changes.append(
@@ -347,8 +430,10 @@ def plan_session(
                 f"{memlock // _MIB} MiB (guest RAM + 1 GiB), for the QEMU process only",
             )
         )
+    if tune is not None:
+        changes += _tune_after_start(tune)
     changes += grabs  # devices are grabbed once the VM runs
-    return SessionPlan(profile, facts, launch, where, tuple(changes), argv)
+    return SessionPlan(profile, facts, launch, where, tuple(changes), argv, tune)
 
 
 def input_argv(profile: Profile, paths: HostPaths) -> tuple[str, ...]:
