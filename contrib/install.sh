@@ -24,8 +24,9 @@ log() { echo "[install] $*" >&2; }
 # Runtime: QEMU (x86 system emulator + firmware), kmod for modprobe, pciutils for lspci.
 apt_pkgs=(qemu-system-x86 qemu-utils ovmf kmod pciutils udev python3 python3-venv)
 # Tests: the testbed guest (busybox initramfs, the Debian kernel unpacked with dpkg,
-# systemd-udevd inside the guest from the host's udev package).
-[ "$dev" = 1 ] && apt_pkgs+=(busybox-static cpio)
+# systemd-udevd inside the guest from the host's udev package; the testbed's systemd
+# boot runs the host's /lib/systemd/systemd as the guest's PID 1).
+[ "$dev" = 1 ] && apt_pkgs+=(busybox-static cpio systemd)
 # Tests of the generated completions and man page run the real shells and groff.
 [ "$dev" = 1 ] && apt_pkgs+=(zsh fish groff-base)
 missing=()

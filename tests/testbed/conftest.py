@@ -17,6 +17,7 @@ missing and what to look at, whichever subset (``-k``, one file) is run.
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -90,6 +91,27 @@ def testbed_uinput() -> None:
     """The guest has /dev/uinput; the test fails saying what to look at when it has not."""
     guest.require_guest("the testbed_uinput fixture")
     fail_on_gaps("the input tests", uinput_gaps(HostPaths()))
+
+
+def systemd_gaps(comm: str) -> list[str]:
+    """What the systemd-boot tests need of PID 1 (``comm``: /proc/1/comm) and do not find."""
+    if comm == "systemd":
+        return []
+    return [
+        f"systemd as PID 1 (PID 1 is {comm!r}: mark the test "
+        '@pytest.mark.realkernel(init="systemd") so it runs in the systemd boot)'
+    ]
+
+
+@pytest.fixture(scope="session")
+def systemd_boot() -> str:
+    """systemd is PID 1 and its boot has finished; what ``is-system-running`` said then."""
+    guest.require_guest("the systemd_boot fixture")
+    fail_on_gaps("the systemd-boot tests", systemd_gaps(Path("/proc/1/comm").read_text().strip()))
+    return subprocess.run(
+        ["systemctl", "is-system-running", "--wait"],
+        capture_output=True, text=True, check=False, timeout=600,
+    ).stdout.strip()  # fmt: skip
 
 
 @pytest.fixture(scope="session")

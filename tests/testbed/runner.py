@@ -52,6 +52,8 @@ GUEST_DIR = HERE / "guest"
 
 #: Packages the runner needs on the host, by Debian name.
 HOST_PACKAGES = ("qemu-system-x86", "busybox-static", "cpio", "kmod", "udev")
+#: What the systemd boot needs besides: the guest's PID 1 is the host's systemd.
+SYSTEMD_PACKAGES = ("systemd",)
 #: Modules the initramfs loads to reach the 9p shares (dependencies are added).
 INITRAMFS_MODULES = ("virtio_pci", "9p", "9pnet_virtio", "overlay")
 #: The guest's kernel command line.
@@ -478,8 +480,12 @@ def missing_packages(names: Sequence[str]) -> list[str]:
     return missing
 
 
-def ensure_packages(install: bool) -> None:
-    missing = missing_packages(HOST_PACKAGES)
+def host_packages(init: Init) -> tuple[str, ...]:
+    return HOST_PACKAGES + (SYSTEMD_PACKAGES if init is Init.SYSTEMD else ())
+
+
+def ensure_packages(install: bool, init: Init = Init.CLASSIC) -> None:
+    missing = missing_packages(host_packages(init))
     if not missing:
         return
     if not install or os.geteuid() != 0:
@@ -624,7 +630,7 @@ def prepare(options: Options) -> Prepared:
     """Everything before the boot: packages, kernel, initramfs (idempotent, cached)."""
     started = time.monotonic()
     with cache_lock(options.cache):
-        ensure_packages(options.install)
+        ensure_packages(options.install, options.init)
         kernel = ensure_kernel(options.cache)
         initrd = ensure_initramfs(options.cache, kernel)
     return Prepared(kernel, initrd, time.monotonic() - started)
@@ -706,6 +712,13 @@ def _pump(
     stream: IO[bytes], console: IO[bytes], echo: IO[str] | None, marks: dict[str, float]
 ) -> None:
     """Copy QEMU's serial console to the console file (and the echo stream)."""
+    with contextlib.suppress(ValueError, OSError):  # the stream closed under a late pump
+        _pump_lines(stream, console, echo, marks)
+
+
+def _pump_lines(
+    stream: IO[bytes], console: IO[bytes], echo: IO[str] | None, marks: dict[str, float]
+) -> None:
     for line in iter(stream.readline, b""):
         console.write(line)
         console.flush()
@@ -790,6 +803,8 @@ def boot(
             pump.join(KILL_GRACE)
         finally:
             stop(process)
+            if process.stdout is not None:  # the pump has read it to its end
+                process.stdout.close()
     ended = time.monotonic()
     rc_file = run_dir / "rc"
     returncode = NO_EXIT_CODE

@@ -7,8 +7,10 @@ realkernel smoke suite (test_smoke.py), which runs in the one boot of the run.
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -356,3 +358,203 @@ def test_no_realkernel_module_skips_when_the_guest_lacks_something(name: str) ->
 def test_the_gpu_and_input_modules_ask_for_their_capabilities(name: str, fixture: str) -> None:
     marks = importlib.import_module(f"tests.testbed.{name}").pytestmark
     assert any(m.name == "usefixtures" and fixture in m.args for m in marks)
+
+
+# ---------------------------------------------------------------- the systemd boot
+
+
+def systemd_argv(accel: runner.Accel, smp: int = 4) -> list[str]:
+    return runner.qemu_command(
+        accel=accel,
+        kernel=KERNEL,
+        initrd=Path("/i"),
+        run_dir=Path("/r"),
+        rw_dir=None,
+        smp=smp,
+        memory="2048M",
+        init=runner.Init.SYSTEMD,
+    )
+
+
+def test_the_boot_mode_comes_from_testbed_init_and_a_misspelt_one_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("TESTBED_INIT", raising=False)
+    assert runner.Options().init is runner.Init.CLASSIC
+    monkeypatch.setenv("TESTBED_INIT", "systemd")
+    assert runner.Options().init is runner.Init.SYSTEMD
+    monkeypatch.setenv("TESTBED_INIT", "sysv")
+    with pytest.raises(runner.TestbedError, match="TESTBED_INIT='sysv': use classic or systemd"):
+        runner.Options()
+
+
+def test_the_systemd_boot_has_two_cores_of_two_threads_on_an_intel_max_cpu() -> None:
+    tcg = runner.choose_accel("tcg", pvm_host=False, kvm_opens=False)
+    accel = runner.accel_for(tcg, runner.Init.SYSTEMD, cpu_pinned=False)
+    argv = systemd_argv(accel, smp=runner.default_smp(runner.Init.SYSTEMD))
+    assert argv[argv.index("-smp") + 1] == "4,sockets=1,cores=2,threads=2"
+    assert argv[argv.index("-cpu") + 1] == "max,vendor=GenuineIntel"
+    cmdline = argv[argv.index("-append") + 1].split()
+    assert "systemd.unit=testbed.target" in cmdline
+    assert "intel_iommu=on" in cmdline
+    # TESTBED_CPU, KVM and the classic boot keep their CPU; the classic boot its flat -smp.
+    assert runner.accel_for(tcg, runner.Init.SYSTEMD, cpu_pinned=True) == tcg
+    kvm = runner.choose_accel("kvm", pvm_host=False, kvm_opens=True)
+    assert runner.accel_for(kvm, runner.Init.SYSTEMD, cpu_pinned=False) == kvm
+    assert runner.accel_for(tcg, runner.Init.CLASSIC, cpu_pinned=False) == tcg
+    assert runner.smp_topology(3, runner.Init.SYSTEMD) == "3"
+    assert runner.smp_topology(4, runner.Init.CLASSIC) == "4"
+    assert "systemd" not in runner.kernel_cmdline(runner.Init.CLASSIC)
+
+
+def test_the_systemd_overlay_runs_the_command_in_a_unit_that_powers_off_either_way() -> None:
+    files = runner.systemd_overlay()
+    target = files["etc/systemd/system/testbed.target"]
+    assert "Wants=testbed.service" in target.splitlines()
+    service = files["etc/systemd/system/testbed.service"].splitlines()
+    assert "ExecStart=/bin/sh /tb/testbed-service.sh" in service
+    # exec, not oneshot: a oneshot's start job would keep is-system-running "starting".
+    assert "Type=exec" in service
+    assert "SuccessAction=poweroff-force" in service
+    assert "FailureAction=poweroff-force" in service
+    assert "TTYPath=/dev/ttyS0" in service
+    for mode in ("emergency", "rescue"):  # a broken boot ends now, not at the timeout
+        unit = files[f"etc/systemd/system/{mode}.service"].splitlines()
+        assert "SuccessAction=poweroff-force" in unit
+        assert "FailureAction=poweroff-force" in unit
+        assert "ExecStart=-/bin/systemctl --no-pager --failed" in unit
+    journald = files["etc/systemd/journald.conf.d/testbed.conf"].splitlines()
+    assert {"Storage=volatile", "ForwardToConsole=yes", "TTYPath=/dev/ttyS0"} <= set(journald)
+    assert [line for line in files["etc/fstab"].splitlines() if not line.startswith("#")] == []
+
+
+def test_the_systemd_boot_masks_login_network_and_clock_and_defaults_to_its_target() -> None:
+    links = runner.systemd_links()
+    for unit in ("getty.target", "serial-getty@.service", "systemd-networkd.service",
+                 "systemd-timesyncd.service", "timers.target"):  # fmt: skip
+        assert links[f"etc/systemd/system/{unit}"] == "/dev/null"
+    assert links["etc/systemd/system/default.target"] == "testbed.target"
+
+
+def test_a_systemd_run_share_holds_the_overlay_and_the_service_script(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TESTBED_INIT", raising=False)
+    options = runner.Options(init=runner.Init.SYSTEMD, cwd=tmp_path)
+    runner.write_run_files(tmp_path, KERNEL, ["true"], options)
+    assert "INIT=systemd" in (tmp_path / "guest.conf").read_text().splitlines()
+    assert "export TESTBED_INIT=systemd" in (tmp_path / "env.sh").read_text().splitlines()
+    assert (tmp_path / "testbed-service.sh").read_bytes() == (
+        runner.GUEST_DIR / "testbed-service.sh"
+    ).read_bytes()
+    overlay = tmp_path / runner.OVERLAY / "etc" / "systemd" / "system"
+    assert (overlay / "testbed.service").is_file()
+    assert os.readlink(overlay / "systemd-timesyncd.service") == "/dev/null"
+    assert os.readlink(overlay / "default.target") == "testbed.target"
+    runner.write_run_files(tmp_path, KERNEL, ["true"], options)  # idempotent over its links
+
+    classic = tmp_path / "classic"
+    classic.mkdir()
+    runner.write_run_files(classic, KERNEL, ["true"], runner.Options(cwd=tmp_path))
+    assert "INIT=classic" in (classic / "guest.conf").read_text().splitlines()
+    assert not (classic / runner.OVERLAY).exists()
+
+
+def test_the_systemd_boot_needs_the_systemd_package_and_the_classic_one_does_not() -> None:
+    assert "systemd" in runner.host_packages(runner.Init.SYSTEMD)
+    assert "systemd" not in runner.host_packages(runner.Init.CLASSIC)
+    assert "systemd" in (runner.CHECKOUT / "contrib" / "install.sh").read_text()
+
+
+@pytest.mark.parametrize("script", ["init.sh", "stage2.sh", "testbed-service.sh"])
+def test_the_guest_scripts_parse(script: str) -> None:
+    subprocess.run(["sh", "-n", str(runner.GUEST_DIR / script)], check=True)
+
+
+SYSTEMD_GUEST_TESTS = """
+import pytest
+
+pytestmark = pytest.mark.realkernel
+
+def test_classic():
+    pass
+
+@pytest.mark.realkernel(init="systemd")
+def test_in_systemd():
+    pass
+"""
+
+
+def batch_of(pytester: pytest.Pytester, *args: str) -> plugin.HostBatch:
+    pytester.makeini("[pytest]\nmarkers =\n    realkernel: in the testbed\n")
+    pytester.makepyfile(test_guest=SYSTEMD_GUEST_TESTS)
+    recorder = pytester.inline_run("--collect-only", "-p", "tests.testbed.plugin", *args)
+    config = recorder.getcall("pytest_collection_finish").session.config
+    batch = config.pluginmanager.getplugin("testbed-batch")
+    assert isinstance(batch, plugin.HostBatch)
+    return batch
+
+
+def test_systemd_marked_tests_go_to_their_own_boot_which_waits_for_the_other(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TESTBED", raising=False)
+    runs = batch_of(pytester).runs
+    assert set(runs) == {runner.Init.CLASSIC, runner.Init.SYSTEMD}
+    assert runs[runner.Init.CLASSIC].nodeids == ["test_guest.py::test_classic"]
+    assert runs[runner.Init.SYSTEMD].nodeids == ["test_guest.py::test_in_systemd"]
+    assert runs[runner.Init.SYSTEMD].options.init is runner.Init.SYSTEMD
+    assert runs[runner.Init.CLASSIC].options.init is runner.Init.CLASSIC
+    assert runs[runner.Init.SYSTEMD].peers == [runs[runner.Init.CLASSIC]]
+    assert runs[runner.Init.CLASSIC].peers == [runs[runner.Init.SYSTEMD]]
+
+
+def test_no_systemd_test_selected_no_systemd_boot(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TESTBED", raising=False)
+    assert set(batch_of(pytester, "-k", "classic").runs) == {runner.Init.CLASSIC}
+
+
+def test_a_misspelt_boot_mode_on_a_mark_is_a_usage_error(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TESTBED", raising=False)
+    pytester.makeini("[pytest]\nmarkers =\n    realkernel: in the testbed\n")
+    pytester.makepyfile(
+        test_guest="import pytest\n"
+        "@pytest.mark.realkernel(init='upstart')\ndef test_x():\n    pass\n"
+    )
+    result = pytester.runpytest_inprocess("--collect-only", "-p", "tests.testbed.plugin")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*test_guest.py::test_x*TESTBED_INIT='upstart'*"])
+
+
+def test_the_summary_names_the_boots_that_ran() -> None:
+    assert plugin.boots_line([runner.Init.SYSTEMD]) == "testbed: 1 boot (systemd)"
+    both = plugin.boots_line([runner.Init.CLASSIC, runner.Init.SYSTEMD])
+    assert both == "testbed: 2 boots (classic, systemd)"
+
+
+def test_a_boot_starts_only_after_a_started_peer_has_ended(pytestconfig: pytest.Config) -> None:
+    peer = plugin.GuestRun(pytestconfig, ["a"], runner.Init.CLASSIC)
+    peer.wait_ended()  # never started: nothing to wait for
+    peer.started = True
+    ended = threading.Timer(0.2, peer._done.set)
+    ended.start()
+    peer.wait_ended()
+    assert peer._done.is_set()
+    ended.join()
+
+
+@pytest.mark.qemu
+def test_a_hung_systemd_boot_ends_at_the_timeout_with_125_and_the_console(
+    tmp_path: Path,
+) -> None:
+    if os.geteuid() != 0:
+        pytest.fail("the testbed runner needs root (9p shares): run the tests as root")
+    options = runner.Options(init=runner.Init.SYSTEMD, timeout=8.0, cwd=tmp_path, install=False)
+    result = runner.boot(["sleep", "infinity"], options, run_dir=tmp_path)
+    assert result.timed_out
+    assert result.returncode == runner.NO_EXIT_CODE
+    assert "TIMEOUT after 8 s" in result.console_tail()
