@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from handoff.control_client import SwitchTarget
+from handoff.control_protocol import SwitchTarget
 from handoff.errors import HandoffError, SessionNotRunningError
 from handoff.profile_lookup import is_path_argument, resolve_profile
 
@@ -262,7 +262,8 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def cmd_switch(args: argparse.Namespace) -> int:
     """``{"command": "switch", "mode": "host"|"guest"|"toggle"}`` → the input resource."""
-    from handoff.control_client import ControlErrorCode, ControlRequestError, request
+    from handoff.control_client import ControlRequestError, request
+    from handoff.control_protocol import ControlErrorCode
 
     name = _session_name(args.profile)
     target = SwitchTarget(args.to)

@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_gpu(args: argparse.Namespace) -> int:
     from handoff.cli import _control_socket, _session_name
-    from handoff.control_client import ControlErrorCode, ControlRequestError, request
+    from handoff.control_client import ControlRequestError, request
+    from handoff.control_protocol import ControlErrorCode
 
     if args.timeout <= 0:
         raise HandoffError(f"--timeout {args.timeout:g}: expected a positive number of seconds")

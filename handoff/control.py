@@ -19,12 +19,12 @@ protocol is JSON lines: the client writes one object per line with a
 
 The session registers ``status`` and ``stop``; resources register their own
 (the input resource registers ``switch``, whose ``mode`` string it parses
-into a :class:`~handoff.control_client.SwitchTarget` with
-:func:`~handoff.control_client.switch_target`) through :class:`ControlCommands`,
+into a :class:`~handoff.control_protocol.SwitchTarget` with
+:func:`~handoff.control_protocol.switch_target`) through :class:`ControlCommands`,
 which implements :class:`handoff.resources.ControlRegistry`. A handler
 raising a :class:`HandoffError` answers ``ok: false`` with its message and
 fix; the connection stays open for more requests. Every failure carries a
-``code`` (:class:`handoff.control_client.ControlErrorCode`) that clients
+``code`` (:class:`handoff.control_protocol.ControlErrorCode`) that clients
 decide by. The client half (:func:`request`) lives in
 :mod:`handoff.control_client`, which does not import trio.
 """
@@ -42,14 +42,8 @@ from typing import Any
 
 import trio
 
-from handoff.control_client import (
-    CLIENT_TIMEOUT,
-    MAX_LINE,
-    ControlErrorCode,
-    ControlRequestError,
-    SwitchTarget,
-    request,
-)
+from handoff.control_client import CLIENT_TIMEOUT, ControlRequestError, request
+from handoff.control_protocol import MAX_LINE, ControlErrorCode
 from handoff.errors import HandoffError
 from handoff.resources import ControlHandler, JsonObject
 
@@ -59,7 +53,6 @@ __all__ = [
     "SOCKET_MODE",
     "ControlCommands",
     "ControlRequestError",
-    "SwitchTarget",
     "request",
     "serve_control",
 ]

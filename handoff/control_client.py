@@ -15,55 +15,20 @@ import errno
 import json
 import socket
 from collections.abc import Mapping
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from handoff.errors import InputError, SessionError, SessionNotRunningError
+from handoff.control_protocol import MAX_LINE, ControlErrorCode
+from handoff.errors import SessionError, SessionNotRunningError
 
 __all__ = [
     "CLIENT_TIMEOUT",
-    "MAX_LINE",
-    "ControlErrorCode",
     "ControlRequestError",
-    "SwitchTarget",
     "request",
-    "switch_target",
 ]
-
-#: Longest request line accepted; a client sending more is disconnected.
-MAX_LINE = 64 * 1024
 
 #: How long the CLI waits for a session to answer.
 CLIENT_TIMEOUT = 15.0
-
-
-class ControlErrorCode(Enum):
-    """Why a session refused a request (the ``code`` of an ``ok: false`` answer)."""
-
-    UNKNOWN_COMMAND = "unknown-command"
-    BAD_REQUEST = "bad-request"
-    FAILED = "failed"
-
-
-class SwitchTarget(Enum):
-    """Where ``switch`` sends keyboard and mouse (its ``mode``; a string on the wire)."""
-
-    HOST = "host"
-    GUEST = "guest"
-    TOGGLE = "toggle"
-
-
-def switch_target(value: object) -> SwitchTarget:
-    """A request's ``mode`` → :class:`SwitchTarget`; raises InputError naming the choices."""
-    for target in SwitchTarget:
-        if value == target.value:
-            return target
-    choices = ", ".join(t.value for t in SwitchTarget)
-    raise InputError(
-        f"switch: mode {value!r} is not one of {choices}",
-        fix="handoff switch [host|guest|toggle]",
-    )
 
 
 class ControlRequestError(SessionError):

@@ -17,7 +17,7 @@ from typing import Protocol
 
 import trio
 
-from handoff.control_client import SwitchTarget
+from handoff.control_protocol import SwitchTarget
 from handoff.input.codes import INPUT_EVENT
 from handoff.input.router import (
     Action,

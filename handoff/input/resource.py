@@ -37,7 +37,7 @@ from typing import Any
 
 import trio
 
-from handoff.control_client import SwitchTarget, switch_target
+from handoff.control_protocol import SwitchTarget, switch_target
 from handoff.errors import HandoffError, InputError
 from handoff.host import HostPaths, qemu_account
 from handoff.input.devices import DeviceInfo, DeviceWatcher, Selection, classify_by_capabilities

@@ -21,7 +21,7 @@ import pytest
 import trio
 import trio.testing
 
-from handoff.control_client import SwitchTarget
+from handoff.control_protocol import SwitchTarget
 from handoff.input.codes import (
     BTN_EXTRA,
     BTN_LEFT,
