@@ -45,6 +45,7 @@ from handoff.checks.nodes import (
 )
 from handoff.checks.profile_files import check_profile_files
 from handoff.checks.qemu import DEFAULT_QEMU, Prober, check_ovmf, check_qemu
+from handoff.checks.tune import check_tuning
 from handoff.errors import HandoffError
 from handoff.pci.sysfs import groups_of
 from handoff.profile import Profile, load_profile
@@ -128,6 +129,7 @@ def _profile_checks(
         checks.append(skip("vfio-nodes", "no [[passthrough]]: /dev/vfio is not used"))
     checks.append(check_uinput(env, supervisor, profile))
     checks.append(check_input_devices(env, supervisor, profile))
+    checks.extend(check_tuning(env, profile))
     return checks
 
 

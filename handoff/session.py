@@ -224,8 +224,14 @@ def session_argv(
     QEMU starts paused (``-S``) so the supervisor's tasks are up before the
     guest's first instruction, and gets QMP on an inherited fd.
     """
+    tuning = None
+    if profile.tuned:  # the tuning's RAM backend is part of the argv
+        from handoff.tune.topology import read_host
+
+        tuning = read_host(paths)
     facts = HostFacts(
-        accel="kvm" if accel == "kvm" else "tcg", accel_reason="", supervisor_uid=os.geteuid()
+        accel="kvm" if accel == "kvm" else "tcg", accel_reason="", supervisor_uid=os.geteuid(),
+        tuning=tuning,
     )
     plan = session_plan(profile, paths, facts, binary=binary, trace_file=trace_file)
     return list(plan.argv_with_monitor_fd(monitor_fd))

@@ -14,7 +14,8 @@ vfio-pci ids), kvm (/dev/kvm, PVM hosts), access (who may open a node or
 file, pure), nodes (/dev/vfio, the udev rule, uinput and /dev/input),
 devices (a profile's passthrough functions, judged by the PCI engine's
 planner), profile_files (a profile's user and files), memlock, qemu
-(binary, version, devices, OVMF).
+(binary, version, devices, OVMF), tune (a profile's pinning, hugepages,
+governor and isolation, judged by the tuning planners).
 """
 
 from __future__ import annotations

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
 from handoff.checks import Check, DoctorEnv, fail, ok, skip
-from handoff.errors import ProfileError, QemuError
+from handoff.errors import ProfileError, QemuError, TuneError
 from handoff.host import HostPaths
 from handoff.host_facts import gather_host_facts
-from handoff.profile import FirmwareType, Profile
+from handoff.profile import Cpu, FirmwareType, Memory, Profile
 from handoff.qemu.capabilities import (
     MIN_VERSION,
     QemuCapabilities,
@@ -44,11 +45,26 @@ def needed_devices(
     Raises ProfileError when the profile cannot run under ``accel``
     (``cpu_model = "host"`` without KVM)."""
     facts = HostFacts(accel=accel, accel_reason="", supervisor_uid=os.geteuid())
-    return _devices(plan_session(profile, facts, paths or HostPaths()))
+    return _devices(plan_session(untuned(profile), facts, paths or HostPaths()))
+
+
+def untuned(profile: Profile) -> Profile:
+    """The profile without [cpu]/[memory] tuning: the same ``-device`` list, no host read.
+
+    The tuning checks (:mod:`handoff.checks.tune`) judge the tuning itself.
+    """
+    return replace(profile, cpu=Cpu(), memory=Memory())
 
 
 def _devices(plan: SessionPlan) -> list[str]:
     return list(dict.fromkeys(plan.devices))
+
+
+def _plan(profile: Profile, facts: HostFacts, paths: HostPaths) -> SessionPlan:
+    try:
+        return plan_session(profile, facts, paths)
+    except TuneError:  # a refused tuning is the tuning checks' failure, not QEMU's
+        return plan_session(untuned(profile), replace(facts, tuning=None), paths)
 
 
 def check_qemu(
@@ -72,7 +88,7 @@ def check_qemu(
     facts = gather_host_facts(profile, env.host, strict=False)
     accel = facts.accel
     try:
-        need = _devices(plan_session(profile, facts, env.host))
+        need = _devices(_plan(profile, facts, env.host))
         check_supported(profile, need, caps, accel=accel)
         check_bridges(profile)
     except (QemuError, ProfileError) as err:

@@ -1,0 +1,130 @@
+"""What a profile's ``[cpu]`` and ``[memory]`` tuning needs of this host (read-only).
+
+One check per thing asked for, each from the same planners the session
+uses (:mod:`handoff.tune`), so doctor shows the pinning ``handoff run``
+would apply and refuses what it would refuse:
+
+- ``cpu-pinning``: enough online CPUs, and the map (vCPU -> host CPUs,
+  emulator) with the reasons;
+- ``hugepages``: the page size offered by the kernel and the CPU
+  (``pdpe1gb`` for 1G), and room for the pool: the pages still missing
+  against ``MemAvailable`` (the kernel can only turn free memory into pages);
+- ``cpu-governor``: the governor offered by the pinned CPUs' cpufreq (absent
+  cpufreq is fine: nothing to set);
+- ``cpu-isolation``: systemd as PID 1 on cgroup v2.
+
+A profile without tuning gets none of them.
+"""
+
+from __future__ import annotations
+
+from handoff.checks import Check, DoctorEnv, fail, ok, warn
+from handoff.errors import TuneError
+from handoff.profile import Profile, guest_topology
+from handoff.tune.governor import plan_governor
+from handoff.tune.hugepages import HugepagePlan, plan_hugepages
+from handoff.tune.model import HostTuning, HugepageSize, PinMode
+from handoff.tune.pinning import PinPlan, plan_pinning
+from handoff.tune.plan import isolation_refusal
+from handoff.tune.topology import read_host
+
+
+def check_tuning(env: DoctorEnv, profile: Profile) -> list[Check]:
+    """The tuning checks for ``profile`` (none when it asks for no tuning)."""
+    if not profile.tuned:
+        return []
+    host = read_host(env.host)
+    checks: list[Check] = []
+    pin = _pinning(profile, host, checks)
+    pinned = pin.vcpu_cpus if pin is not None else frozenset()
+    if profile.memory.hugepages is not HugepageSize.NONE:
+        checks.append(_hugepages(profile, host, pinned))
+    if profile.cpu.governor:
+        checks.append(_governor(profile, host, pinned))
+    if profile.cpu.isolate:
+        checks.append(_isolation(host))
+    return checks
+
+
+def _pinning(profile: Profile, host: HostTuning, checks: list[Check]) -> PinPlan | None:
+    if profile.cpu.pin.mode is PinMode.NONE:
+        return None
+    online = len(host.topology.online)
+    guest = guest_topology(profile.vm)
+    try:
+        plan = plan_pinning(host.topology, guest, profile.cpu.pin, profile.cpu.emulator)
+    except TuneError as exc:
+        checks.append(
+            fail("cpu-pinning", f"{online} online CPUs, guest {guest.describe()}: {exc.message}",
+                 exc.fix or "change cpu.pin")
+        )
+        return None
+    checks.append(
+        ok("cpu-pinning", f"{online} online CPUs, guest {guest.describe()}: " + "; ".join(
+            plan.lines()))
+    )
+    return plan
+
+
+def _hugepages(profile: Profile, host: HostTuning, pinned: frozenset[int]) -> Check:
+    size = profile.memory.hugepages
+    offered = ", ".join(_label(p.size_kib) for p in host.hugepages) or "none"
+    try:
+        plan = plan_hugepages(
+            profile.vm.memory_mib, size, host.hugepages, host.cpu_flags, host.topology, pinned
+        )
+    except TuneError as exc:
+        return fail("hugepages", f"{exc.message} (pool sizes offered: {offered})",
+                    exc.fix or 'set memory.hugepages = "none"')
+    assert plan is not None
+    missing_kib = _missing_kib(plan)
+    available = host.mem_available_kib
+    what = f"{plan.pages} x {size.label} for {profile.vm.memory_mib} MiB; " + "; ".join(
+        plan.reasons[1:]
+    )
+    if available is not None and missing_kib > available:
+        return fail(
+            "hugepages",
+            f"{what}: the pool needs {missing_kib // 1024} MiB more but only "
+            f"{available // 1024} MiB is available (MemAvailable in /proc/meminfo)",
+            f"free memory, lower vm.memory, or reserve the pages at boot: "
+            f"hugepagesz={size.label} hugepages={plan.pages}",
+        )
+    if size is HugepageSize.SIZE_1G:
+        return warn(
+            "hugepages",
+            f"{what}; pdpe1gb present. 1G pages raised at run time often fail on a host that "
+            "has been up a while (fragmented memory): handoff refuses then, changing nothing",
+            f"reserve them at boot: hugepagesz=1G hugepages={plan.pages} on the kernel "
+            "command line",
+        )
+    room = f"; {available // 1024} MiB available" if available is not None else ""
+    return ok("hugepages", f"{what}{room}")
+
+
+def _missing_kib(plan: HugepagePlan) -> int:
+    return sum(t.target - t.before for t in plan.targets) * plan.size.kib
+
+
+def _label(kib: int) -> str:
+    return f"{kib // 1048576}G" if kib % 1048576 == 0 else f"{kib // 1024}M"
+
+
+def _governor(profile: Profile, host: HostTuning, pinned: frozenset[int]) -> Check:
+    try:
+        plan = plan_governor(profile.cpu.governor, sorted(pinned), host.cpufreq)
+    except TuneError as exc:
+        return fail("cpu-governor", exc.message, exc.fix or 'set cpu.governor = ""')
+    return ok("cpu-governor", "; ".join(plan.reasons) or "nothing to change")
+
+
+def _isolation(host: HostTuning) -> Check:
+    refusal = isolation_refusal(host)
+    if refusal is not None:
+        return fail("cpu-isolation", refusal.message, refusal.fix or "set cpu.isolate = false")
+    return warn(
+        "cpu-isolation",
+        "systemd is PID 1 on cgroup v2, but this handoff plans isolation without applying it "
+        "yet: `handoff run` refuses cpu.isolate = true",
+        "set cpu.isolate = false",
+    )
