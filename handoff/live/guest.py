@@ -42,6 +42,7 @@ __all__ = [
     "confirm",
     "guest_ids",
     "plug",
+    "qemu_ids",
     "unplug",
 ]
 
@@ -114,6 +115,17 @@ async def guest_ids(vm: VmHandle) -> frozenset[str]:
     return frozenset(_walk(await vm.execute("query-pci")))
 
 
+async def qemu_ids(vm: VmHandle) -> frozenset[str]:
+    """The ids of the devices QEMU has (``/machine/peripheral``), whether or not the
+    guest's firmware has numbered the bus behind their port yet (query-pci lists a
+    device behind a root port only once it has)."""
+    children = await vm.execute("qom-list", {"path": "/machine/peripheral"})
+    if not isinstance(children, list):
+        return frozenset()
+    return frozenset(str(c["name"]) for c in children
+                     if isinstance(c, dict) and str(c.get("type", "")).startswith("child<"))
+
+
 async def confirm(vm: VmHandle, ids: Iterable[str]) -> None:
     """query-pci lists every id, or :class:`PlugError` names the missing ones."""
     missing = sorted(set(ids) - await guest_ids(vm))
@@ -164,14 +176,14 @@ async def unplug(
 ) -> float:
     """device_del each slot and wait for every id's DEVICE_DELETED; seconds waited.
 
-    ``present``: the ids the guest still has (query-pci, asked when None);
+    ``present``: the ids QEMU still has (:func:`qemu_ids`, asked when None);
     the others are already gone. A slot whose function 0 is not there (a plug
     undone before function 0 came) gets a device_del per present function.
     Raises :class:`GuestHeldError` when the
     guest has not let go after ``release_within`` seconds.
     """
     if present is None:
-        present = await guest_ids(vm)
+        present = await qemu_ids(vm)
     wanted = {i for slot in slots for i in slot.ids if i in present}
     start = time.monotonic()
     if not wanted:
@@ -219,7 +231,7 @@ async def attach(
         await plug(vm, slots, driver=driver)
         await confirm(vm, (i for slot in slots for i in slot.ids))
     except PlugError as failure:
-        present = await guest_ids(vm)
+        present = await qemu_ids(vm)
         try:
             await unplug(vm, events, slots, release_within=release_within, present=present)
         except GuestHeldError as held:
