@@ -417,6 +417,7 @@ def systemd_overlay() -> dict[str, str]:
             "the journal in memory only, echoed to the serial console (console.log)",
         ),
         "etc/fstab": "# testbed: the initramfs mounted every file system\n",
+        "etc/hostname": "testbed\n",  # as in the classic boot, not the host's name
     }  # fmt: skip
 
 
