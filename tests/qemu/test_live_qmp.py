@@ -323,6 +323,9 @@ async def test_a_kill_at_any_journal_write_is_finished_by_recover(
                 pass
             monkeypatch.undo()
             in_guest = await guest_ids(vm) >= IDS
+            if writes == 1:  # write-ahead: the first record says which way it was going
+                first = LiveStep.RELEASING if direction == "host" else LiveStep.ATTACHING
+                assert jr.Journal.load(journal_path(fake)).live == first
             live._drop_locks()  # the kernel drops a killed process's flocks
             report = await recover(live.engine)
             if in_guest:
