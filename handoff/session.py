@@ -147,7 +147,7 @@ def default_resources(
     resources: list[HostResource] = []
     # Each resource's module (sysfs and journal code; evdev, pyudev) is imported
     # only when the profile uses it: a plain VM starts without them.
-    if profile.passthrough:
+    if any(not p.live for p in profile.passthrough):
         from handoff.pci.resource import GpuHandoff
 
         resources.append(GpuHandoff(profile, paths, report=report))

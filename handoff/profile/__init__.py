@@ -14,6 +14,7 @@ The TOML layout (see profiles/*.toml for commented examples)::
     [sound]       model = "hda" | "none", backend
     [display]     vga, frontend, tablet
     [[passthrough]]  address, x_vga, romfile, multifunction, allow_in_group
+    [host_display] handover, stop_units
     [input]       backend, hotkey, start_in, devices, exclude
     [cpu]         pin = "none" | "auto" | ["2,8", ...], emulator, isolate, governor
     [memory]      hugepages = "none" | "2M" | "1G"
@@ -45,6 +46,7 @@ from handoff.profile.model import (
     DisplayFrontend,
     Firmware,
     FirmwareType,
+    HostDisplay,
     Input,
     InputBackend,
     InputMode,
@@ -91,6 +93,7 @@ __all__ = [
     "DisplayFrontend",
     "Firmware",
     "FirmwareType",
+    "HostDisplay",
     "Input",
     "InputBackend",
     "InputMode",

@@ -200,6 +200,20 @@ class Passthrough:
     live: bool = False  # may move between host and running guest (`handoff gpu`)
 
 
+@dataclass(frozen=True)
+class HostDisplay:
+    """``[host_display]``: a single-GPU host hands its only (boot) GPU to the guest.
+
+    ``handover`` lifts the boot-GPU refusal: the host's display (``stop_units``,
+    the framebuffer consoles, the firmware framebuffer) is taken down before
+    the hand-off and brought back after it, each step journaled and verified
+    (:mod:`handoff.display`). Off by default.
+    """
+
+    handover: bool = False
+    stop_units: tuple[str, ...] = ()  # systemd units stopped before, started after
+
+
 class SelectorKind(Enum):
     """How an input device selector (``KIND:VALUE``) names a device."""
 
@@ -232,7 +246,8 @@ class Input:
 
     backend: InputBackend = InputBackend.NONE
     hotkey: tuple[str, ...] = ("KEY_LEFTCTRL", "KEY_RIGHTCTRL")
-    start_in: InputMode = InputMode.HOST
+    # Defaults to the guest with [host_display] handover (the host has no screen).
+    start_in: InputMode = field(default=InputMode.HOST, metadata={CONTEXT_DEFAULT: True})
     devices: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     gpu_hotkey: tuple[str, ...] = ()  # a chord that toggles the live GPU groups
@@ -305,6 +320,7 @@ class Profile:
     sound: Sound = field(default_factory=Sound)
     display: Display = field(default_factory=Display)
     passthrough: tuple[Passthrough, ...] = ()
+    host_display: HostDisplay = field(default_factory=HostDisplay)
     input: Input = field(default_factory=Input)
     cpu: Cpu = field(default_factory=Cpu)
     memory: Memory = field(default_factory=Memory)

@@ -45,6 +45,7 @@ from handoff.profile.model import (
     DisplayFrontend,
     Firmware,
     FirmwareType,
+    HostDisplay,
     Input,
     InputBackend,
     InputMode,
@@ -803,7 +804,45 @@ def selector_kind(text: str) -> SelectorKind | None:
     return kind
 
 
-def _parse_input(r: _Reader, data: Mapping[str, Any]) -> Input:
+_UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.@-]+\.(service|target|socket|scope|slice|mount)$")
+
+
+def _parse_host_display(
+    r: _Reader, data: Mapping[str, Any], passthrough: Sequence[Passthrough]
+) -> HostDisplay:
+    t = r.table(data, "host_display")
+    r.check_keys(t, "host_display", SECTION_KEYS["host_display"])
+    handover = r.boolean(t, "host_display", "handover", False)
+    units = r.strings(
+        t, "host_display", "stop_units", expected="systemd unit names",
+        example='["display-manager.service"]',
+    ) or ()
+    for index, unit in enumerate(units):
+        if not _UNIT_NAME.match(unit):
+            raise r.error(
+                f"host_display.stop_units[{index}]",
+                f"found {_show(unit)}; expected a systemd unit name with its suffix",
+                'write the full unit name, e.g. "display-manager.service" '
+                "(`systemctl list-units --type=service`)",
+            )
+    if units and not handover:
+        raise r.error(
+            "host_display.stop_units",
+            f"found {_show(list(units))} with handover = false; expected it only with "
+            "handover = true",
+            "add handover = true (single-GPU hosts only), or remove stop_units",
+        )
+    if handover and not any(not p.live for p in passthrough):
+        raise r.error(
+            "host_display.handover",
+            "found true with no [[passthrough]] GPU; expected the host's GPU in [[passthrough]]",
+            "add a [[passthrough]] entry with the GPU's address (`handoff groups`), or remove "
+            "[host_display]",
+        )
+    return HostDisplay(handover=handover, stop_units=tuple(units))
+
+
+def _parse_input(r: _Reader, data: Mapping[str, Any], handover: bool = False) -> Input:
     t = r.table(data, "input")
     r.check_keys(t, "input", SECTION_KEYS["input"])
     hotkey = r.strings(
@@ -873,7 +912,9 @@ def _parse_input(r: _Reader, data: Mapping[str, Any]) -> Input:
     return Input(
         backend=r.enum(t, "input", "backend", InputBackend, InputBackend.NONE),
         hotkey=hotkey,
-        start_in=r.enum(t, "input", "start_in", InputMode, InputMode.HOST),
+        start_in=r.enum(
+            t, "input", "start_in", InputMode, InputMode.GUEST if handover else InputMode.HOST
+        ),
         devices=selectors["devices"],
         exclude=selectors["exclude"],
         gpu_hotkey=tuple(gpu_hotkey),
@@ -1045,6 +1086,8 @@ def parse_profile(text: str, source: Path) -> Profile:
     reader.check_keys(data, "", tuple(s.name for s in SECTIONS))
     vm = _parse_vm(reader, data)
     display = _parse_display(reader, data)
+    passthrough = _parse_passthrough(reader, data, display)
+    host_display = _parse_host_display(reader, data, passthrough)
     return Profile(
         vm=vm,
         source=source,
@@ -1053,8 +1096,9 @@ def parse_profile(text: str, source: Path) -> Profile:
         networks=_parse_networks(reader, data),
         sound=_parse_sound(reader, data),
         display=display,
-        passthrough=_parse_passthrough(reader, data, display),
-        input=_parse_input(reader, data),
+        passthrough=passthrough,
+        host_display=host_display,
+        input=_parse_input(reader, data, host_display.handover),
         cpu=_parse_cpu(reader, data, vm),
         memory=_parse_memory_section(reader, data, vm),
     )
