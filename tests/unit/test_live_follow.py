@@ -1,0 +1,49 @@
+"""follow_gpu: keyboard and mouse go where the live GPU went (the session wires the hook)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from handoff.host import HostPaths
+from handoff.input.edge import InputRouter
+from handoff.input.resource import InputHandoff
+from handoff.input.router import RouterCore
+from handoff.live.resource import LiveGpu
+from handoff.live.state import LiveState
+from handoff.profile import InputMode, parse_profile
+from handoff.session import default_resources
+from tests.unit.test_input_resource import KEY_SCROLLLOCK, Guest
+
+PROFILE = (
+    '[vm]\nname = "p"\nmemory = "64M"\n'
+    '[[passthrough]]\naddress = "00:06.0"\nlive = true\n'
+    '[input]\nbackend = "qmp"\nfollow_gpu = {follow}\n'
+)
+
+
+def resources(tmp_path: Path, follow: bool) -> tuple[LiveGpu, InputHandoff]:
+    profile = parse_profile(PROFILE.format(follow=str(follow).lower()), tmp_path / "p.toml")
+    found = default_resources(profile, HostPaths(run=tmp_path / "run"))
+    assert [r.name for r in found] == ["live-gpu", "input"]
+    live, inputs = found
+    assert isinstance(live, LiveGpu)
+    assert isinstance(inputs, InputHandoff)
+    inputs._router = InputRouter(RouterCore(frozenset({KEY_SCROLLLOCK}), InputMode.HOST),
+                                 Guest())
+    return live, inputs
+
+
+async def test_input_follows_the_live_gpu_both_ways(tmp_path: Path) -> None:
+    live, inputs = resources(tmp_path, follow=True)
+    assert live.on_moved is not None
+    await live.on_moved(LiveState.IN_GUEST)
+    assert inputs.status()["mode"] == "guest"
+    await live.on_moved(LiveState.ON_HOST)
+    assert inputs.status()["mode"] == "host"
+
+
+async def test_without_follow_gpu_input_stays_where_it_is(tmp_path: Path) -> None:
+    live, inputs = resources(tmp_path, follow=False)
+    assert live.on_moved is None
+    await inputs.follow_gpu(True)
+    assert inputs.status()["mode"] == "host"
