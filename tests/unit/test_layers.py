@@ -127,7 +127,7 @@ MODULES = sorted(PACKAGE.rglob("*.py"))
 
 
 def handoff_target(name: str) -> str | None:
-    """The handoff module an import names (``from handoff.pci import sysfs`` → handoff.pci.sysfs)."""
+    """The handoff module an import names (``from handoff.pci import sysfs``: handoff.pci.sysfs)."""
     if name != "handoff" and not name.startswith("handoff."):
         return None
     candidate = PACKAGE.parent / Path(*name.split("."))
