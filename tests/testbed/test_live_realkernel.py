@@ -1,0 +1,218 @@
+"""Live GPU hand-off on a real kernel: the GPU lookalike (06.0 + 06.1, one IOMMU group)
+moves between the testbed's drivers and a nested QEMU that runs firmware only.
+
+- `handoff run` with the group ``live = true`` (q35's ACPI hotplug, the plan's
+  choice): with no guest OS nobody ejects the slot, so `handoff gpu NAME host`
+  is refused after its bound and nothing on the host changes; `handoff status
+  --json` says the group is in the guest; the session's end returns it.
+- The resource itself with native PCIe hotplug (which answers without an OS for
+  a function it hot-plugged): real vfio-pci functions device_add'ed into the
+  plan's root port, then to the host (bochs-drm and snd_hda_intel bind again,
+  QEMU closes /dev/vfio/N) and back (vfio-pci, query-pci lists both).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from handoff.control import ControlCommands
+from handoff.host import HostPaths
+from handoff.live.guest import attach, guest_ids
+from handoff.live.resource import GpuTarget, LiveGpu
+from handoff.live.sequence import live_slots
+from handoff.pci import journal as jr
+from handoff.pci.address import PciAddress
+from handoff.pci.sysfs import read_device
+from handoff.profile import Profile, load_profile
+from handoff.qemu.process import QemuProcess
+from handoff.qemu.qmp import open_qmp
+from handoff.session_plan import HostFacts, plan_session
+from tests.qemu.test_live_qmp import NATIVE, Vm
+from tests.testbed import devices, guest
+
+pytestmark = [pytest.mark.realkernel, pytest.mark.usefixtures("testbed_gpu")]
+
+CHECKOUT = Path(__file__).resolve().parents[2]
+NAME = "livetb"
+WAIT = 180.0  # a nested TCG QEMU inside TCG is slow; none of these is a timing assertion
+State = dict[str, str | None]
+
+
+def lookalike() -> tuple[PciAddress, PciAddress]:
+    return devices.find_one(devices.BOCHS_DISPLAY), devices.find_one(devices.ICH9_HDA)
+
+
+def drivers() -> State:
+    return {a.short: read_device(HostPaths(), a).driver for a in lookalike()}
+
+
+def host_drivers() -> State:
+    vga, audio = lookalike()
+    return {vga.short: "bochs-drm", audio.short: "snd_hda_intel"}
+
+
+def on_vfio() -> State:
+    return dict.fromkeys(drivers(), "vfio-pci")
+
+
+def write_profile(tmp_path: Path) -> Path:
+    vga, audio = lookalike()
+    path = tmp_path / f"{NAME}.toml"
+    path.write_text(
+        f'[vm]\nname = "{NAME}"\nmemory = "64M"\ncpus = 1\naccel = "tcg"\n'
+        'shutdown_timeout = 2\n'
+        '[display]\nvga = "none"\nfrontend = "none"\n'
+        f'[[passthrough]]\naddress = "{vga.short}"\nlive = true\n'
+        f'[[passthrough]]\naddress = "{audio.short}"\nlive = true\n'
+    )
+    return path
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Iterator[Path]:
+    run = tmp_path / "run"
+    yield run
+    for path in jr.list_journals(HostPaths(run=run)):
+        pid = jr.Journal.load(path).qemu_pid
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    handoff(run, "recover")
+
+
+def handoff(run: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "handoff", *argv], env={**os.environ, "HANDOFF_RUN_DIR": str(run)},
+        cwd=CHECKOUT, capture_output=True, text=True, check=False, timeout=WAIT,
+    )
+
+
+def wait_for_line(session: subprocess.Popen[str], text: str) -> list[str]:
+    assert session.stdout is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        line = session.stdout.readline()
+        if not line:
+            raise AssertionError(f"the session ended before {text!r}:\n" + "".join(seen))
+        seen.append(line)
+        if text in line:
+            return seen
+    raise AssertionError(f"no {text!r} within {WAIT:g} s:\n" + "".join(seen))
+
+
+def test_a_guest_without_an_os_keeps_the_gpu_and_the_host_is_unchanged(
+    tmp_path: Path, run_dir: Path
+) -> None:
+    before = drivers()
+    assert before == host_drivers()
+    session = subprocess.Popen(
+        [sys.executable, "-m", "handoff", "run", str(write_profile(tmp_path))],
+        env={**os.environ, "HANDOFF_RUN_DIR": str(run_dir)}, cwd=CHECKOUT,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        wait_for_line(session, "running")
+        assert drivers() == on_vfio()
+        refused = handoff(run_dir, "gpu", NAME, "host", "--timeout", "5")
+        assert refused.returncode == 2, refused
+        assert "did not release" in refused.stderr
+        assert "nothing on the host changed" in refused.stderr
+        assert drivers() == on_vfio()
+        status = json.loads(handoff(run_dir, "status", NAME, "--json").stdout)
+        live = status["resources"]["live-gpu"]
+        assert live["state"] == "guest"
+        assert "did not release" in live["last_error"]
+        assert handoff(run_dir, "stop", NAME).returncode == 0
+        out, _ = session.communicate(timeout=WAIT)
+        assert session.returncode == 0, out
+    finally:
+        if session.poll() is None:
+            session.kill()
+            session.wait()
+    assert drivers() == before  # a group in the guest returns at the end, as today
+
+
+def nested_argv(profile: Profile, fd: int, run: Path) -> list[str]:
+    """The plan's argv (vfio-pci functions hot-plugged later, see the module doc) with
+    native hotplug, running firmware only."""
+    facts = HostFacts(accel="tcg", accel_reason="testbed", supervisor_uid=0)
+    argv = list(plan_session(profile, facts, HostPaths(run=run)).argv_with_monitor_fd(fd))
+    out: list[str] = []
+    for value in argv:
+        if value.startswith("vfio-pci,"):
+            out.pop()
+            continue
+        out.append(value)
+    return [a for a in out if a != "-S"] + list(NATIVE)
+
+
+@contextlib.asynccontextmanager
+async def nested(profile: Profile, run: Path, log: Path) -> AsyncIterator[Vm]:
+    ours, theirs = socket.socketpair()
+    process = await QemuProcess.start(nested_argv(profile, theirs.fileno(), run), log_path=log,
+                                      pass_fds=[theirs.fileno()])
+    theirs.close()
+    try:
+        async with open_qmp(ours) as qmp, trio.open_nursery() as nursery:
+            vm = Vm(process.pid, qmp)
+            nursery.start_soon(vm.pump)
+            yield vm
+            with contextlib.suppress(Exception):
+                await qmp.execute("quit")
+            await process.wait()
+            nursery.cancel_scope.cancel()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        ours.close()
+
+
+async def test_the_group_goes_to_the_host_and_back_while_the_vm_runs(tmp_path: Path) -> None:
+    profile = load_profile(write_profile(tmp_path))
+    run = tmp_path / "run"
+    paths = dataclasses.replace(HostPaths.from_environment(), run=run)
+    slots = live_slots(profile.passthrough)
+    ids = {i for slot in slots for i in slot.ids}
+    live = LiveGpu(profile, paths, release_within=WAIT)
+    await live.acquire()
+    try:
+        assert drivers() == on_vfio()
+        async with nested(profile, run, tmp_path / "qemu.log") as vm:
+            with trio.fail_after(WAIT):
+                while "rp0" not in await guest_ids(vm):  # noqa: ASYNC110 (firmware numbering)
+                    await trio.sleep(0.5)
+                await trio.sleep(2)
+                await attach(vm, vm, slots)  # the group in the guest: real vfio-pci functions
+            live.note_qemu_pid(vm.pid)
+            async with trio.open_nursery() as nursery:
+                await live.vm_started(vm, nursery, ControlCommands())
+                with trio.fail_after(WAIT):
+                    await live.move(GpuTarget.HOST)
+                assert live.status()["state"] == "host"
+                assert drivers() == host_drivers()
+                assert not await guest_ids(vm) & ids
+                with trio.fail_after(WAIT):
+                    await live.move(GpuTarget.GUEST)
+                assert live.status()["state"] == "guest"
+                assert drivers() == on_vfio()
+                assert await guest_ids(vm) >= ids
+                nursery.cancel_scope.cancel()
+    finally:
+        await live.release()
+    assert drivers() == host_drivers()
+    guest.wait_for(lambda: drivers() == host_drivers(), "the lookalike back on its drivers")
