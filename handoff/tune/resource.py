@@ -188,6 +188,7 @@ class TuneResource:
         self._locks: jr.GroupLocks | None = None
         self._affinity: list[ThreadAffinity] = []
         self._pool: JsonObject | None = None
+        self._pin_seconds: float | None = None
         self._released: list[str] = []
 
     @property
@@ -269,7 +270,9 @@ class TuneResource:
         for t in pages.targets:
             if t.target == t.before:
                 continue
-            what = f"{t.where}'s {pages.size.label} hugepage pool"
+            label = pages.size.label
+            what = (f"the global {label} hugepage pool" if t.node is None
+                    else f"NUMA node {t.node}'s {label} hugepage pool")
             change_setting(journal, self.writer, pool_file(self.paths, t, pages.size.kib),
                            str(t.target), what)
         pool = next(p for p in read_hugepages(self.paths) if p.size_kib == pages.size.kib)
@@ -335,6 +338,7 @@ class TuneResource:
         plan = self.plan
         if plan is None or not plan.pin.active:
             return
+        started = time.monotonic()
         try:
             reply = await vm.execute("query-cpus-fast")
         except QmpError as exc:
@@ -343,6 +347,7 @@ class TuneResource:
             ) from exc
         targets = affinity_targets(plan.pin, vcpu_threads(reply), qemu_tasks(self.paths, vm.pid))
         self._affinity = self.pin_threads(vm.pid, targets)
+        self._pin_seconds = round(time.monotonic() - started, 4)
         for line in self.map_lines():
             self.report(f"pinned: {line}")
 
@@ -422,6 +427,7 @@ class TuneResource:
                     {"tid": t.tid, "role": t.role, "cpus": format_cpulist(t.cpus)}
                     for t in self._affinity
                 ],
+                "seconds": self._pin_seconds,
             },
             "hugepages": self._pool,
             "governor": dict(plan.governor.targets) if plan else {},
