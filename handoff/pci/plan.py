@@ -169,6 +169,8 @@ def _group_refusals(
     requested: frozenset[PciAddress],
     allowed: frozenset[PciAddress],
     snapshot: HostSnapshot,
+    *,
+    handover: bool = False,
 ) -> list[Refusal]:
     """Every reason ``group`` cannot move ``moved`` to vfio-pci right now."""
     refusals: list[Refusal] = []
@@ -224,7 +226,10 @@ def _group_refusals(
                     "desktop running on this GPU, then try again",
                 )
             )
-        if device.boot_vga and snapshot.fbcon_bound and device.driver != VFIO_DRIVER:
+        if (
+            device.boot_vga and snapshot.fbcon_bound and device.driver != VFIO_DRIVER
+            and not handover
+        ):
             refusals.append(
                 Refusal(
                     group,
@@ -233,7 +238,8 @@ def _group_refusals(
                     "the console with it, the classic single-GPU hang",
                     "unbind the console first (`echo 0 > /sys/class/vtconsole/vtcon1/bind`), "
                     "or boot with video=efifb:off / fbcon=map:<other fb>, or make the other "
-                    "GPU the primary one in the firmware setup",
+                    "GPU the primary one in the firmware setup; a host with no other GPU: "
+                    "[host_display] handover = true (profiles/single-gpu.md)",
                 )
             )
     vfio_users = snapshot.vfio_holders.get(group, ())
@@ -313,8 +319,14 @@ def plan_handoff(
     snapshot: HostSnapshot,
     *,
     allow_in_group: Iterable[PciAddress] = (),
+    handover: bool = False,
 ) -> HandoffPlan:
-    """Grow ``requested`` to whole groups and check every rule; refuse or return the plan."""
+    """Grow ``requested`` to whole groups and check every rule; refuse or return the plan.
+
+    ``handover``: the profile's [host_display] handover = true, which takes the
+    host's display off the boot GPU first (:mod:`handoff.display`); only it
+    lifts the boot-GPU refusal.
+    """
     wanted = frozenset(requested)
     allowed = frozenset(allow_in_group)
     refusals: list[Refusal] = []
@@ -373,7 +385,9 @@ def plan_handoff(
         )
         staying = tuple(d for d in members if d.is_bridge)
         moved = tuple(d for d in members if not d.is_bridge)
-        refusals.extend(_group_refusals(group, members, moved, wanted, allowed, snapshot))
+        refusals.extend(
+            _group_refusals(group, members, moved, wanted, allowed, snapshot, handover=handover)
+        )
         groups.append(
             GroupPlan(
                 group=group,

@@ -1,0 +1,1 @@
+"""Single-GPU hosts: the host display handed over with the only GPU, and brought back."""
