@@ -262,6 +262,7 @@ class LiveGpu:
             )
             plan = plan_handoff(addresses, snapshot,
                                 allow_in_group=[a for p in self.entries for a in p.allow_in_group])
+            checked = time.monotonic()
             journal = self._new_journal(LiveStep.ATTACHING)
             await self.engine.detach(plan, journal, vfio_owner=self._owner())
         except BaseException:
@@ -284,7 +285,8 @@ class LiveGpu:
             self._set(LiveState.ON_HOST)
             raise
         self._step(journal, LiveEvent.ATTACHED)
-        self.timings = {"to_vfio": on_vfio - start, "guest_attach": time.monotonic() - on_vfio}
+        self.timings = {"preflight": checked - start, "to_vfio": on_vfio - checked,
+                        "guest_attach": time.monotonic() - on_vfio}
         self.report("live GPU: in the guest")
 
     # ------------------------------------------------------------------ helpers
