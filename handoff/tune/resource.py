@@ -187,7 +187,7 @@ class TuneResource:
         self._journal: jr.Journal | None = None
         self._locks: jr.GroupLocks | None = None
         self._affinity: list[ThreadAffinity] = []
-        self._pool: JsonObject | None = None
+        self._pool: JsonObject | None = None  # the pools raised and the seconds it took
         self._pin_seconds: float | None = None
         self._released: list[str] = []
 
@@ -282,9 +282,10 @@ class TuneResource:
             raise refusal
         raised_s = time.monotonic() - started - compact_s
         self._pool = {
-            "size": pages.size.label,
-            "pages": pages.pages,
-            "pools": {t.where: {"before": t.before, "now": t.target} for t in pages.targets},
+            "pools": [
+                {"pool": t.where, "size": pages.size.label, "before": t.before, "now": t.target}
+                for t in pages.targets
+            ],
             "compact_seconds": round(compact_s, 3) if compacted else None,
             "raise_seconds": round(raised_s, 3),
         }
@@ -416,20 +417,27 @@ class TuneResource:
             self.report(f"restored {line}")
 
     def status(self) -> JsonObject:
+        """Flat fields and lists of flat objects: ``handoff status`` prints one line per item.
+
+        ``threads``: each pinned QEMU thread (tid, role, CPUs) as verified;
+        ``pools``: each hugepage pool raised (size, before, now); ``governors``:
+        each CPU whose governor was set; the ``*_seconds`` what each step took.
+        """
         plan = self.plan
+        pool = self._pool or {}
         return {
-            "pinning": {
-                "vcpus": [
-                    {"vcpu": i, "cpus": format_cpulist(c)} for i, c in enumerate(plan.pin.vcpus)
-                ] if plan else [],
-                "emulator": format_cpulist(plan.pin.emulator) if plan else None,
-                "threads": [
-                    {"tid": t.tid, "role": t.role, "cpus": format_cpulist(t.cpus)}
-                    for t in self._affinity
-                ],
-                "seconds": self._pin_seconds,
-            },
-            "hugepages": self._pool,
-            "governor": dict(plan.governor.targets) if plan else {},
+            "emulator": format_cpulist(plan.pin.emulator) if plan and plan.pin.active else None,
+            "threads": [
+                {"tid": t.tid, "role": t.role, "cpus": format_cpulist(t.cpus)}
+                for t in self._affinity
+            ],
+            "pools": pool.get("pools", []),
+            "governors": [
+                {"cpu": cpu, "governor": name}
+                for cpu, name in sorted(plan.governor.targets.items())
+            ] if plan else [],
+            "pin_seconds": self._pin_seconds,
+            "compact_seconds": pool.get("compact_seconds"),
+            "raise_seconds": pool.get("raise_seconds"),
             "journal": str(self._journal.path) if self._journal else None,
         }

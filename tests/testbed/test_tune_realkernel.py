@@ -178,7 +178,7 @@ def test_auto_pins_every_thread_and_the_pool_is_raised_while_it_runs_and_back_af
     assert set(others.values()) == {"0-1"}, threads
     assert pool() == before + 32  # 64 MiB in 2 MiB pages
     status = json.loads(sup.handoff("status", "tuned", "--json").stdout)
-    pinned = {t["tid"]: t["cpus"] for t in status["resources"]["tune"]["pinning"]["threads"]}
+    pinned = {t["tid"]: t["cpus"] for t in status["resources"]["tune"]["threads"]}
     assert {str(tid) for tid in pinned} == {k.split()[-1] for k in threads}
     sup.process.send_signal(signal.SIGINT)
     assert sup.process.wait(timeout=WAIT) == 130

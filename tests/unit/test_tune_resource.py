@@ -197,7 +197,9 @@ def test_the_pool_is_raised_journaled_first_and_returns_to_exactly_its_value(
     assert journaled[0]["previous"] == "3"
     assert journaled[0]["value"] == "32"
     assert kernel.writes[0][0].endswith("compact_memory")  # compaction before the raise
-    assert res.status()["hugepages"]["pools"] == {"the global pool": {"before": 3, "now": 32}}
+    assert res.status()["pools"] == [
+        {"pool": "the global pool", "size": "2M", "before": 3, "now": 32}
+    ]
     trio.run(res.release)
     assert pool(paths) == 3
     assert not journal_file(paths).exists()
@@ -310,7 +312,7 @@ def test_vcpu_and_emulator_threads_are_pinned_from_the_recorded_reply_and_verifi
     assert by_tid[15931] == frozenset({1})
     assert by_tid[15932] == frozenset({2})
     assert {by_tid[t] for t in EMULATOR_TIDS} == {frozenset({0, 3})}
-    threads = res.status()["pinning"]["threads"]
+    threads = res.status()["threads"]
     assert {t["tid"]: t["cpus"] for t in threads} == {
         15931: "1", 15932: "2", 15930: "0,3", 15933: "0,3", 15934: "0,3",
     }
