@@ -242,9 +242,24 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     if not statuses:
         print("no handoff session is running")
-        return 0
-    print("\n".join(format_status(s) for s in statuses))
+    else:
+        print("\n".join(format_status(s) for s in statuses))
+    _print_display_journals()
     return 0
+
+
+def _print_display_journals() -> None:
+    """A single-GPU host's display not brought back: what failed and the fix, at once."""
+    paths = _paths()
+    # The directory of handoff.display.journal, read without importing it (and the PCI
+    # package): `handoff status` stays light when there is nothing to report.
+    directory = paths.run / "journal" / "display"
+    if not directory.is_dir() or not any(p.suffix == ".json" for p in directory.iterdir()):
+        return
+    from handoff.display.resource import display_failures
+
+    for line in display_failures(paths):
+        print(f"host display: {line}")
 
 
 def cmd_stop(args: argparse.Namespace) -> int:

@@ -147,6 +147,10 @@ def default_resources(
     resources: list[HostResource] = []
     # Each resource's module (sysfs and journal code; evdev, pyudev) is imported
     # only when the profile uses it: a plain VM starts without them.
+    if profile.host_display.handover:  # before the GPU: the display leaves the card first
+        from handoff.display.resource import HostDisplay
+
+        resources.append(HostDisplay(profile, paths, report=report))
     if any(not p.live for p in profile.passthrough):
         from handoff.pci.resource import GpuHandoff
 

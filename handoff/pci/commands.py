@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from handoff.errors import PciError
 from handoff.host import HostPaths
@@ -30,6 +30,8 @@ from handoff.pci.resource import prepare, qemu_owner
 from handoff.pci.snapshot import take_snapshot
 
 Out = Callable[[str], None]
+if TYPE_CHECKING:
+    from handoff.display.units import Runner
 
 
 # --------------------------------------------------------------------------- groups
@@ -164,8 +166,19 @@ async def run_attach(
 # --------------------------------------------------------------------------- recover
 
 
-async def run_recover(paths: HostPaths, writer: SysfsWriter, *, out: Out) -> int:
+async def run_recover(
+    paths: HostPaths, writer: SysfsWriter, *, out: Out, runner: Runner | None = None
+) -> int:
+    """Every GPU journal first (the cards back on their drivers), then the host displays."""
     report = await recover(Engine(paths, writer))
     for line in report.lines():
         out(line)
-    return 0 if report.ok else 1
+    from handoff.display.journal import list_display_journals
+
+    if not list_display_journals(paths):
+        return 0 if report.ok else 1
+    from handoff.display.resource import recover_displays
+    from handoff.display.units import SubprocessRunner
+
+    displays_ok = await recover_displays(paths, writer, runner or SubprocessRunner(), out)
+    return 0 if report.ok and displays_ok else 1

@@ -102,6 +102,7 @@ async def prepare(
     *,
     allow_in_group: Iterable[PciAddress] = (),
     owner: str,
+    handover: bool = False,
 ) -> Prepared:
     """Preflight (read-only), then lock the groups and check again under the lock.
 
@@ -112,14 +113,14 @@ async def prepare(
     allowed = tuple(allow_in_group)
     groups = groups_of(paths, addresses)
     first = await settled_snapshot(paths, writer, groups=groups, addresses=addresses)
-    plan = plan_handoff(addresses, first, allow_in_group=allowed)
+    plan = plan_handoff(addresses, first, allow_in_group=allowed, handover=handover)
     locks = jr.lock_groups(paths, plan.group_ids, owner)
     try:
         # Again under the locks: nothing may have changed between check and lock.
         snapshot = await settled_snapshot(
             paths, writer, groups=plan.group_ids, addresses=addresses
         )
-        plan = plan_handoff(addresses, snapshot, allow_in_group=allowed)
+        plan = plan_handoff(addresses, snapshot, allow_in_group=allowed, handover=handover)
         _refuse_recorded_groups(paths, plan.group_ids)
     except BaseException:
         locks.release()
@@ -195,6 +196,7 @@ class GpuHandoff:
             addresses,
             allow_in_group=allowed,
             owner=f"handoff run {self.profile.name}",
+            handover=self.profile.host_display.handover,
         )
         self._locks = prepared.locks
         self.plan = prepared.plan
