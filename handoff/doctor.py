@@ -130,6 +130,10 @@ def _profile_checks(
     checks.append(check_uinput(env, supervisor, profile))
     checks.append(check_input_devices(env, supervisor, profile))
     checks.extend(check_tuning(env, profile))
+    if profile.host_display.handover:
+        from handoff.checks.display import check_host_display
+
+        checks.extend(check_host_display(env, profile))
     return checks
 
 

@@ -10,6 +10,8 @@ without changing anything.
 
 from __future__ import annotations
 
+import dataclasses
+
 from handoff.checks import Check, DoctorEnv, Verdict, fail, ok, warn
 from handoff.checks.kernel import ModuleState, module_state
 from handoff.errors import PciError, PreflightRefusedError
@@ -49,11 +51,17 @@ def check_passthrough_devices(env: DoctorEnv, profile: Profile) -> list[Check]:
         snapshot = profile_snapshot(env, profile)
     except PciError as err:
         return [fail("passthrough", err.message, err.fix or "check /sys/bus/pci")]
+    handover = profile.host_display.handover
+    if handover:
+        # The display hand-over stops the units holding the card and unbinds fbcon first
+        # (the host-display checks list them): judge the card as the GPU resource will.
+        snapshot = dataclasses.replace(snapshot, holders={}, fbcon_bound=False)
     allowed = [a for entry in profile.passthrough for a in entry.allow_in_group]
     plan_check: Check
     try:
         plan = plan_handoff(
-            [entry.address for entry in profile.passthrough], snapshot, allow_in_group=allowed
+            [entry.address for entry in profile.passthrough], snapshot, allow_in_group=allowed,
+            handover=handover,
         )
     except PreflightRefusedError as refused:
         plan_check = fail(
@@ -63,7 +71,10 @@ def check_passthrough_devices(env: DoctorEnv, profile: Profile) -> list[Check]:
         moved = ", ".join(d.address.short for d in plan.detach_order)
         plan_check = ok("passthrough-plan", f"handoff run would move {moved} to vfio-pci and back")
     planned = plan_check.verdict is Verdict.OK
-    checks = [_device_check(snapshot, entry.address, planned) for entry in profile.passthrough]
+    checks = [
+        _device_check(snapshot, entry.address, planned, handover=handover)
+        for entry in profile.passthrough
+    ]
     return [*checks, plan_check]
 
 
@@ -80,7 +91,9 @@ def _group_text(group: int, address: PciAddress, verdict: GroupVerdict) -> str:
     return f"IOMMU group {group}: {verdict.reason}"
 
 
-def _device_check(snapshot: HostSnapshot, address: PciAddress, planned: bool) -> Check:
+def _device_check(
+    snapshot: HostSnapshot, address: PciAddress, planned: bool, *, handover: bool = False
+) -> Check:
     """One passthrough function: found, its group's verdict, driver, holders, boot_vga,
     and the planner's warning about its compute driver's shared nodes.
 
@@ -123,7 +136,7 @@ def _device_check(snapshot: HostSnapshot, address: PciAddress, planned: bool) ->
     if caution is not None:
         detail += "; " + caution.reason
         fixes.append(caution.fix)
-    if device.boot_vga:
+    if device.boot_vga and not handover:
         fixes.append(
             "make the other GPU the primary display in the firmware setup, so the host keeps "
             "its console while the guest has this one"
