@@ -1,0 +1,36 @@
+"""contrib for single-GPU hosts: the unit's stop timeout with the display resource, and
+the desktop entry that starts the unit (never the VM inside the desktop session)."""
+
+from __future__ import annotations
+
+import configparser
+from pathlib import Path
+
+from handoff import ladder, session
+
+CONTRIB = Path(__file__).resolve().parents[2] / "contrib"
+UNIT = CONTRIB / "systemd" / "handoff@.service"
+DESKTOP = CONTRIB / "desktop" / "handoff-vm.desktop"
+
+
+def test_the_units_stop_timeout_covers_the_ladder_and_four_releases() -> None:
+    # display, GPU, input and tuning: a single-GPU profile with everything.
+    worst_case = (
+        120.0 + ladder.QUIT_TIMEOUT + ladder.SIGTERM_TIMEOUT
+        + ladder.SIGTERM_TIMEOUT_PER_DEVICE * 8 + ladder.SIGKILL_TIMEOUT
+        + session.RELEASE_TIMEOUT * 4
+    )
+    values = [line.split("=", 1)[1] for line in UNIT.read_text().splitlines()
+              if line.startswith("TimeoutStopSec=")]
+    assert values == ["520"]
+    assert float(values[0]) > worst_case
+
+
+def test_the_desktop_entry_starts_the_unit() -> None:
+    entry = configparser.ConfigParser(interpolation=None, comment_prefixes=("#",))
+    entry.optionxform = str  # type: ignore[assignment,method-assign]
+    entry.read_string(DESKTOP.read_text())
+    section = entry["Desktop Entry"]
+    assert section["Type"] == "Application"
+    assert section["Exec"] == "systemctl start handoff@win10.service"
+    assert section["Terminal"] == "false"
