@@ -298,7 +298,7 @@ def qemu_command(
     argv += share("tbshare", run_dir, 0x12, "security_model=passthrough")
     if rw_dir is not None:
         argv += share("rwdir", rw_dir, 0x13, "security_model=passthrough,multidevs=remap")
-    argv += devices.qemu_args()
+    argv += devices.qemu_args(std_vga=init is Init.SYSTEMD)
     argv += list(extra)
     return argv
 
@@ -415,6 +415,18 @@ def systemd_overlay() -> dict[str, str]:
                 "MaxLevelConsole=info",
             ]},
             "the journal in memory only, echoed to the serial console (console.log)",
+        ),
+        # Started by the single-GPU tests only (no target wants it): what a real display
+        # manager does to the boot GPU, holding its DRM card node open until stopped.
+        f"{system}/display-manager.service": _unit(
+            {"Unit": ["Description=testbed: a stand-in display manager on the boot GPU"],
+             "Service": [
+                 "Type=exec",
+                 "ExecStart=/bin/sh -c 'for v in /sys/bus/pci/devices/*/boot_vga; do "
+                 "[ \"$$(cat $$v)\" = 1 ] || continue; for n in $${v%%/boot_vga}/drm/card*; do "
+                 "exec sleep infinity < /dev/dri/$${n##*/}; done; done; exit 1'",
+             ]},
+            "a stand-in display manager: holds the boot GPU's /dev/dri/cardN open",
         ),
         "etc/fstab": "# testbed: the initramfs mounted every file system\n",
         "etc/hostname": "testbed\n",  # as in the classic boot, not the host's name
@@ -783,6 +795,9 @@ def boot(
     with console_path.open("wb") as console:
         process = subprocess.Popen(
             ["setpriv", "--pdeathsig", "KILL", "--", *argv],
+            # The boot outlives the test that started it: it must not carry
+            # that test's tag (tests/conftest.py kills what a test leaves).
+            env={k: v for k, v in os.environ.items() if k != "HANDOFF_TEST_TAG"},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
