@@ -57,6 +57,11 @@ LAYERS: dict[str, Layer] = {
     "handoff.live.guest": Layer.EDGE,
     "handoff.live.resource": Layer.EDGE,
     "handoff.init.": Layer.CORE,
+    "handoff.display.": Layer.CORE,
+    "handoff.display.journal": Layer.EDGE,
+    "handoff.display.resource": Layer.EDGE,
+    "handoff.display.sysfs": Layer.EDGE,
+    "handoff.display.units": Layer.EDGE,
     "handoff.init.gather": Layer.EDGE,
     # edges
     "handoff.pci.": Layer.EDGE,
