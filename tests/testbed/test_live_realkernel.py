@@ -216,3 +216,123 @@ async def test_the_group_goes_to_the_host_and_back_while_the_vm_runs(tmp_path: P
         await live.release()
     assert drivers() == host_drivers()
     guest.wait_for(lambda: drivers() == host_drivers(), "the lookalike back on its drivers")
+
+
+# --------------------------------------------------------------------------- a real guest OS
+
+# L2: the testbed's own kernel in a nested QEMU under `handoff run`, a busybox
+# initramfs with bochs-drm and snd-hda-intel loaded at boot, printing on its
+# serial console each change of what drives the lookalike's functions and
+# whether /dev/fb0 exists. Part of every realkernel run (L2 boots in 2.5-4 min
+# under TCG inside TCG); leave it out of a quick run with -k "not real_guest".
+L2_INIT = r"""#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+for m in $(cat /modules.order); do insmod /modules/$m 2>/dev/null; done
+echo L2READY
+prev=""
+while true; do
+  cur=""
+  for d in /sys/bus/pci/devices/*; do
+    id="$(cat $d/vendor 2>/dev/null):$(cat $d/device 2>/dev/null)"
+    case "$id" in
+      0x1234:0x1111|0x8086:0x293e)
+        drv="$(readlink $d/driver 2>/dev/null)"; cur="$cur $id=${drv##*/}";;
+    esac
+  done
+  fb=no; [ -e /sys/class/graphics/fb0 ] && fb=yes
+  cur="$cur fb0=$fb"
+  [ "$cur" != "$prev" ] && echo "L2STATE$cur" && prev="$cur"
+  sleep 1
+done
+"""
+L2_MODULES = ("bochs", "snd_hda_intel")
+GUEST_WAIT = 900.0  # L2's boot under TCG inside TCG on a loaded host
+
+
+def build_l2(workdir: Path) -> tuple[Path, Path]:
+    """The testbed kernel's vmlinuz and a busybox initramfs loading L2_MODULES."""
+    import gzip
+    import shutil
+
+    cache = Path(os.environ.get("TESTBED_CACHE", "/var/cache/handoff-testbed")) / "kernel"
+    (root,) = [p for p in cache.iterdir() if (p / "kernel.json").exists()]
+    release = json.loads((root / "kernel.json").read_text())["release"]
+    depends = subprocess.run(
+        ["modprobe", "-d", str(root), "-S", release, "-a", "--show-depends", *L2_MODULES],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    tree = workdir / "l2root"
+    for sub in ("bin", "proc", "sys", "dev", "modules"):
+        (tree / sub).mkdir(parents=True)
+    shutil.copy("/bin/busybox", tree / "bin" / "busybox")
+    order: list[str] = []
+    for line in depends.splitlines():
+        parts = line.split()
+        if parts and parts[0] == "insmod" and Path(parts[1]).name not in order:
+            shutil.copy(parts[1], tree / "modules" / Path(parts[1]).name)
+            order.append(Path(parts[1]).name)
+    (tree / "modules.order").write_text("\n".join(order) + "\n")
+    (tree / "init").write_text(L2_INIT)
+    (tree / "init").chmod(0o755)
+    files = subprocess.run(["find", "."], cwd=tree, check=True, capture_output=True).stdout
+    archive = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=tree, input=files,
+                             check=True, capture_output=True).stdout
+    initrd = workdir / "l2.gz"
+    initrd.write_bytes(gzip.compress(archive))
+    return root / "boot" / f"vmlinuz-{release}", initrd
+
+
+def l2_state(serial: Path) -> dict[str, str]:
+    """The last state L2 printed: vendor:device -> driver ('' none), and fb0 yes/no."""
+    lines = [line for line in serial.read_text(errors="replace").splitlines()
+             if line.startswith("L2STATE")]
+    if not lines:
+        return {}
+    return dict(item.split("=", 1) for item in lines[-1].split()[1:])
+
+
+IN_L2 = {"0x1234:0x1111": "bochs-drm", "0x8086:0x293e": "snd_hda_intel", "fb0": "yes"}
+
+
+def test_a_real_guest_gives_the_gpu_back_and_takes_it_again(
+    tmp_path: Path, run_dir: Path
+) -> None:
+    vmlinuz, initrd = build_l2(tmp_path)
+    serial = tmp_path / "l2-serial.log"
+    extra = ", ".join(json.dumps(a) for a in (
+        "-kernel", str(vmlinuz), "-initrd", str(initrd),
+        "-append", "console=ttyS0 quiet panic=-1", "-serial", f"file:{serial}"))
+    path = write_profile(tmp_path)
+    text = path.read_text().replace('memory = "64M"', 'memory = "192M"')
+    path.write_text(text.replace("shutdown_timeout = 2\n",
+                                 f"shutdown_timeout = 2\nextra_args = [{extra}]\n"))
+    before = drivers()
+    session = subprocess.Popen(
+        [sys.executable, "-m", "handoff", "run", str(path)],
+        env={**os.environ, "HANDOFF_RUN_DIR": str(run_dir)}, cwd=CHECKOUT,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        wait_for_line(session, "running")
+        guest.wait_for(lambda: l2_state(serial) == IN_L2, "L2 driving the lookalike (fb0)",
+                       GUEST_WAIT)
+        to_host = handoff(run_dir, "gpu", NAME, "host", "--timeout", "120")
+        assert to_host.returncode == 0, to_host
+        assert drivers() == host_drivers()  # the testbed's own drivers again
+        guest.wait_for(lambda: l2_state(serial) == {"fb0": "no"}, "L2 reporting it gone", 120)
+        status = json.loads(handoff(run_dir, "status", NAME, "--json").stdout)
+        assert status["resources"]["live-gpu"]["state"] == "host"
+        to_guest = handoff(run_dir, "gpu", NAME, "guest")
+        assert to_guest.returncode == 0, to_guest
+        assert drivers() == on_vfio()
+        guest.wait_for(lambda: l2_state(serial) == IN_L2, "L2 binding bochs-drm again", 300)
+        session.send_signal(signal.SIGINT)
+        out, _ = session.communicate(timeout=WAIT)
+        assert session.returncode == 130, out
+    finally:
+        if session.poll() is None:
+            session.kill()
+            session.wait()
+    assert drivers() == before
