@@ -68,9 +68,10 @@ hugepages = "2M"
 class TuneKernel:
     """The SysfsWriter: nr_hugepages, scaling_governor and compact_memory as the kernel does."""
 
-    def __init__(self, paths: HostPaths, *, grantable: int = 1 << 20) -> None:
+    def __init__(self, paths: HostPaths, *, grantable: int = 1 << 20, compaction: int = 0) -> None:
         self.paths = paths
-        self.grantable = grantable  # pages the kernel can find for a pool
+        self.grantable = grantable  # free pages the kernel can still find for a pool
+        self.compaction = compaction  # pages compact_memory makes findable besides
         self.writes: list[tuple[str, str, list[dict[str, object]]]] = []
 
     def _journal_now(self) -> list[dict[str, object]]:
@@ -86,6 +87,7 @@ class TuneKernel:
             now = int(path.read_text())
             wanted = int(value)
             granted = wanted if wanted <= now else min(wanted, now + self.grantable)
+            self.grantable -= granted - now  # pages taken from free memory, or given back
             free = path.parent / "free_hugepages"
             free.write_text(f"{int(free.read_text()) + granted - now}\n")
             path.write_text(f"{granted}\n")
@@ -95,7 +97,7 @@ class TuneKernel:
                 raise OSError(errno.EINVAL, "Invalid argument")
             path.write_text(value + "\n")
         elif path.name == "compact_memory":
-            return
+            self.grantable += self.compaction
         else:
             raise OSError(errno.EACCES, "Permission denied")
 
@@ -196,7 +198,7 @@ def test_the_pool_is_raised_journaled_first_and_returns_to_exactly_its_value(
     assert journaled
     assert journaled[0]["previous"] == "3"
     assert journaled[0]["value"] == "32"
-    assert kernel.writes[0][0].endswith("compact_memory")  # compaction before the raise
+    assert not any(w[0].endswith("compact_memory") for w in kernel.writes)  # not needed
     assert res.status()["pools"] == [
         {"pool": "the global pool", "size": "2M", "before": 3, "now": 32}
     ]
@@ -225,14 +227,28 @@ def test_governors_of_the_pinned_cpus_are_set_journaled_and_restored(tmp_path: P
     assert [governor(paths, c) for c in range(4)] == ["schedutil"] * 4
 
 
+def test_a_short_raise_compacts_memory_and_raises_again(tmp_path: Path) -> None:
+    paths = host(tmp_path)
+    kernel = TuneKernel(paths, grantable=10, compaction=40)  # fragmented until compacted
+    res = resource(paths, kernel)
+    trio.run(res.acquire)
+    written = [(Path(p).name, v) for p, v, _ in kernel.writes if "cpufreq" not in p]
+    assert written == [("nr_hugepages", "32"), ("compact_memory", "1"), ("nr_hugepages", "32")]
+    assert pool(paths) == 32
+    assert res.status()["compact_seconds"] is not None
+    trio.run(res.release)
+    assert pool(paths) == 3  # the value before the first write, not the short one
+
+
 def test_fewer_pages_than_asked_gives_them_back_and_refuses_with_the_numbers(
     tmp_path: Path,
 ) -> None:
     paths = host(tmp_path)
-    kernel = TuneKernel(paths, grantable=10)  # the kernel finds 10 more pages, not 29
+    kernel = TuneKernel(paths, grantable=10)  # 10 more pages, compacted or not; 29 needed
     res = resource(paths, kernel)
     with pytest.raises(HugepagesRefusedError) as caught:
         trio.run(res.acquire)
+    assert any(w[0].endswith("compact_memory") for w in kernel.writes)  # tried first
     assert "asked for 32 (was 3), the kernel gave 13" in caught.value.message
     assert "hugepagesz=2M hugepages=32" in (caught.value.fix or "")
     assert pool(paths) == 3
