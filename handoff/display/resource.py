@@ -25,6 +25,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import trio
 
@@ -34,6 +35,7 @@ from handoff.display.model import (
     ReturnFailure,
     Step,
     Takeover,
+    VtConsole,
     consoles_to_rebind,
     consoles_to_unbind,
     firmware_fb_on_card,
@@ -73,8 +75,24 @@ NODE_WAIT = 15.0
 _POLL = 0.1  # no event tells when a process closes a node or udev makes one: bounded polls
 
 
+#: Seconds a vtconsole's ``bind`` gets to show a (un)bind the write asked for.
+SETTLE_WAIT = 10.0
+
+
 def _log_report(line: str) -> None:
     log.info("%s", line)
+
+
+async def _settle(
+    left: Callable[[], tuple[VtConsole, ...]], wait: float = SETTLE_WAIT
+) -> tuple[VtConsole, ...]:
+    """Bounded poll until ``left()`` is empty (what is left after the wait otherwise)."""
+    found = left()
+    with trio.move_on_after(wait):
+        while found:
+            await trio.sleep(_POLL)
+            found = left()
+    return found
 
 
 class Restorer:
@@ -99,7 +117,7 @@ class Restorer:
             elif step is Step.REBIND_FRAMEBUFFER:
                 problems += self._rebind_framebuffer(journal)
             elif step is Step.REBIND_CONSOLES:
-                problems += self._rebind_consoles(journal)
+                problems += await self._rebind_consoles(journal)
             elif step is Step.START_UNITS:
                 problems += await self._start_units(journal)
         if problems:
@@ -199,13 +217,15 @@ class Restorer:
         self.report(f"{device} is back on {driver}")
         return []
 
-    def _rebind_consoles(self, journal: DisplayJournal) -> list[str]:
+    async def _rebind_consoles(self, journal: DisplayJournal) -> list[str]:
         for console in consoles_to_rebind(read_vtconsoles(self.paths), journal.consoles):
             try:
                 self.writer.write(vtconsole_dir(self.paths) / console.node / "bind", "1")
             except OSError as exc:
                 return [f"binding {console.node} ({console.name}) failed: {exc.strerror or exc}"]
-        left = consoles_to_rebind(read_vtconsoles(self.paths), journal.consoles)
+        left = await _settle(
+            lambda: consoles_to_rebind(read_vtconsoles(self.paths), journal.consoles)
+        )
         if left:
             return [f"{left[0].node} ({left[0].name}) is still unbound"]
         if journal.consoles:
@@ -240,8 +260,10 @@ class HostDisplay:
         environ: Mapping[str, str] | None = None,
         holder_wait: float = HOLDER_WAIT,
         node_wait: float = NODE_WAIT,
+        sessions: Path = sd.SESSIONS,
     ) -> None:
         self.profile = profile
+        self.sessions = sessions
         self.paths = paths
         self.writer = writer or KernelWriter()
         self.runner = runner or sd.SubprocessRunner()
@@ -279,7 +301,8 @@ class HostDisplay:
     def _check(self) -> Takeover:
         """Read-only: where it runs, the GPU hand-off's own checks, what will be taken."""
         settings = self.profile.host_display
-        facts = sd.where_facts(self.paths, self.runner, settings.stop_units, self.environ)
+        facts = sd.where_facts(self.paths, self.runner, settings.stop_units, self.environ,
+                               self.sessions)
         refusal = where_refusal(facts, self.profile.name)
         if refusal is not None:
             raise PreflightRefusedError(f"refusing the display hand-over: {refusal[0]}",
@@ -330,7 +353,7 @@ class HostDisplay:
             journal.save()
             await self._stop_units(journal)
             await self._wait_released()
-            self._unbind_consoles(journal, takeover)
+            await self._unbind_consoles(journal, takeover)
             self._unbind_framebuffer(journal, takeover)
         except BaseException:
             with trio.CancelScope(shield=True):
@@ -378,7 +401,7 @@ class HostDisplay:
                 "was brought back",
             )
 
-    def _unbind_consoles(self, journal: DisplayJournal, takeover: Takeover) -> None:
+    async def _unbind_consoles(self, journal: DisplayJournal, takeover: Takeover) -> None:
         if not takeover.consoles:
             return
         journal.begin_step(Step.UNBIND_CONSOLES)
@@ -390,7 +413,8 @@ class HostDisplay:
                     f"unbinding {console.node} ({console.name}) failed: {exc.strerror or exc}",
                     fix="check `dmesg`; the display was brought back",
                 ) from exc
-        left = consoles_to_unbind(read_vtconsoles(self.paths))
+        # The kernel reports the unbind in ``bind`` a moment after the write returns.
+        left = await _settle(lambda: consoles_to_unbind(read_vtconsoles(self.paths)))
         if left:
             raise HandoffError(
                 f"{left[0].node} ({left[0].name}) is still bound after the unbind",

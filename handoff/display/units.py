@@ -1,7 +1,7 @@
 """systemd and logind for the display hand-over: stop/start units, read cgroups.
 
 Every call goes through a :class:`Runner` (argv -> exit status and stdout),
-so the unit tests record the exact systemctl/loginctl command lines and
+so the unit tests record the exact systemctl command lines and
 answer them; :class:`SubprocessRunner` is the real one. Also the system
 journal report (``logger``) of a display that could not be restored.
 """
@@ -18,8 +18,10 @@ from typing import Protocol
 from handoff.display.where import WhereFacts
 from handoff.host import HostPaths
 
-#: Seconds a systemctl or loginctl call may take (a stop waits for the unit).
+#: Seconds a systemctl call may take (a stop waits for the unit).
 SYSTEMCTL_TIMEOUT = 120.0
+#: logind's session state files.
+SESSIONS = Path("/run/systemd/sessions")
 #: logind session types that own a display.
 GRAPHICAL_TYPES = frozenset({"x11", "wayland", "mir"})
 
@@ -96,36 +98,41 @@ def own_cgroup(paths: HostPaths) -> str:
     return fallback
 
 
-def graphical_cgroups(runner: Runner) -> list[str]:
-    """The scopes of logind's graphical sessions (Type x11/wayland/mir)."""
-    ran = runner(["loginctl", "list-sessions", "--no-legend"])
-    if ran.status != 0:
+def graphical_cgroups(sessions: Path = SESSIONS) -> list[str]:
+    """The cgroups of logind's graphical sessions (TYPE x11/wayland/mir).
+
+    Read from logind's own state files (``/run/systemd/sessions/ID``: TYPE=,
+    SCOPE=, UID=), not loginctl: no D-Bus call, nothing activated on a host
+    without logind (no sessions then).
+    """
+    try:
+        entries = sorted(sessions.iterdir())
+    except OSError:
         return []
     found = []
-    for line in ran.stdout.splitlines():
-        fields = line.split()
-        if not fields:
+    for entry in entries:
+        if entry.suffix:  # ID.ref pipes and other helpers
             continue
-        session = fields[0]
-        info = runner(["loginctl", "show-session", session, "-p", "Type", "-p", "Scope"])
-        props = dict(
-            (k, v) for k, _, v in (item.partition("=") for item in info.stdout.splitlines())
-        )
-        if props.get("Type") in GRAPHICAL_TYPES and props.get("Scope"):
-            group = show(runner, props["Scope"], "ControlGroup").get("ControlGroup")
-            if group:
-                found.append(group)
+        try:
+            text = entry.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        props = dict(line.partition("=")[::2] for line in text.splitlines())
+        if props.get("TYPE") in GRAPHICAL_TYPES and props.get("SCOPE") and props.get("UID"):
+            uid = props["UID"]
+            found.append(f"/user.slice/user-{uid}.slice/{props['SCOPE']}")
     return found
 
 
 def where_facts(
-    paths: HostPaths, runner: Runner, units: Sequence[str], environ: Mapping[str, str]
+    paths: HostPaths, runner: Runner, units: Sequence[str], environ: Mapping[str, str],
+    sessions: Path = SESSIONS,
 ) -> WhereFacts:
     """What :func:`handoff.display.where.where_refusal` decides from."""
     return WhereFacts(
         own_cgroup=own_cgroup(paths),
         unit_cgroups={u: show(runner, u, "ControlGroup").get("ControlGroup") for u in units},
-        graphical_cgroups=tuple(graphical_cgroups(runner)),
+        graphical_cgroups=tuple(graphical_cgroups(sessions)),
         display_env=environ.get("WAYLAND_DISPLAY") or environ.get("DISPLAY") or None,
     )
 

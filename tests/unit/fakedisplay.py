@@ -9,7 +9,7 @@ kernel's semantics: unbinding a device not bound is ENODEV); the card's
 ``resource`` BAR lines and ``reset``/``reset_method``; /proc/iomem with the
 firmware framebuffer's memory; /proc/self/cgroup.
 
-:class:`RecordedSystemd` answers systemctl/loginctl/logger command lines
+:class:`RecordedSystemd` answers systemctl/logger command lines
 (recorded in order) as a host with a stand-in display manager: a unit
 whose main process holds the card's /dev/dri/card0 open until it stops.
 """
@@ -158,13 +158,12 @@ class FakeUnit:
 
 @dataclass
 class RecordedSystemd:
-    """systemctl, loginctl and logger as a host answers them; every argv recorded."""
+    """systemctl and logger as a host answers them; every argv recorded."""
 
     display: DisplayHost
     units: dict[str, FakeUnit] = field(default_factory=dict)
     calls: list[list[str]] = field(default_factory=list)
     logged: list[str] = field(default_factory=list)
-    sessions: dict[str, tuple[str, str]] = field(default_factory=dict)  # id -> (Type, cgroup)
     holder_outlives_stop: bool = False
 
     def add_display_manager(self) -> None:
@@ -182,8 +181,6 @@ class RecordedSystemd:
         if tool == "logger":
             self.logged.append(argv[-1])
             return Ran(0, "")
-        if tool == "loginctl":
-            return self._loginctl(argv)
         verb = argv[1]
         if verb == "show":
             return self._show(argv[2], argv[4::2])
@@ -218,13 +215,4 @@ class RecordedSystemd:
             "ControlGroup": unit.cgroup if unit and unit.active else "",
             "ActiveState": "active" if unit and unit.active else "inactive",
         }
-        for _type, cgroup in self.sessions.values():
-            if name == cgroup.rsplit("/", 1)[-1]:
-                values["ControlGroup"] = cgroup
         return Ran(0, "".join(f"{p}={values.get(p, '')}\n" for p in props))
-
-    def _loginctl(self, argv: list[str]) -> Ran:
-        if argv[1] == "list-sessions":
-            return Ran(0, "".join(f"{s} 1000 user seat0\n" for s in self.sessions))
-        session_type, cgroup = self.sessions[argv[2]]
-        return Ran(0, f"Type={session_type}\nScope={cgroup.rsplit('/', 1)[-1]}\n")

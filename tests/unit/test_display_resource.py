@@ -61,7 +61,8 @@ def resources(
     display: DisplayHost, systemd: RecordedSystemd, lines: list[str]
 ) -> tuple[HostDisplay, GpuHandoff]:
     screen = HostDisplay(PROFILE, display.paths, writer=display, runner=systemd,
-                         report=lines.append, environ={}, holder_wait=0.5, node_wait=0.3)
+                         report=lines.append, environ={}, holder_wait=0.5, node_wait=0.3,
+                         sessions=display.paths.run / "systemd-sessions")
     gpu = GpuHandoff(
         PROFILE, display.paths, writer=display, report=lines.append,
         memlock_check=functools.partial(check_memlock, getrlimit=lambda _: (UNLIMITED, UNLIMITED)),
@@ -168,6 +169,25 @@ async def test_inside_the_units_cgroup_it_is_refused_and_nothing_changes(
     assert "systemctl start handoff@single" in (refused.value.fix or "")
     assert display.writes == []
     assert not any(call[1] in ("stop", "start") for call in systemd.calls if len(call) > 1)
+    host_as_before(display, systemd)
+
+
+async def test_inside_a_graphical_login_session_it_is_refused_and_nothing_changes(
+    display: DisplayHost, systemd: RecordedSystemd
+) -> None:
+    # logind's state file of a Wayland session (/run/systemd/sessions/2) and a shell in it.
+    sessions = display.paths.run / "systemd-sessions"
+    sessions.mkdir()
+    (sessions / "2").write_text("UID=1000\nTYPE=wayland\nSCOPE=session-2.scope\n")
+    (sessions / "2.ref").write_text("")
+    set_own_cgroup(display, "/user.slice/user-1000.slice/session-2.scope")
+    screen, _ = resources(display, systemd, [])
+    with pytest.raises(PreflightRefusedError) as refused:
+        await screen.acquire()
+    assert "inside a graphical session (/user.slice/user-1000.slice/session-2.scope)" in (
+        refused.value.message
+    )
+    assert display.writes == []
     host_as_before(display, systemd)
 
 
