@@ -12,6 +12,7 @@ import contextlib
 import errno
 import logging
 import os
+import signal
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -21,6 +22,7 @@ from handoff.control_protocol import SwitchTarget
 from handoff.input.codes import INPUT_EVENT
 from handoff.input.router import (
     Action,
+    EscapeChord,
     FrameAssembler,
     Grab,
     Resync,
@@ -67,13 +69,15 @@ class DeviceHandle(Protocol):
     def close(self) -> None: ...
 
 
-def read_queued(fd: int) -> list[Event] | None:
+def read_queued(fd: int, times: list[float] | None = None) -> list[Event] | None:
     """One read(2) of ``struct input_event`` records from an evdev fd, as (type, code, value).
 
     Reads the kernel's documented record layout (:data:`INPUT_EVENT`) into
     plain tuples: no per-event objects at thousands of events a second.
     None when the device is unplugged (ENODEV, or end of file); raises
-    BlockingIOError when nothing is queued.
+    BlockingIOError when nothing is queued. ``times``, when given, is
+    replaced by each event's kernel timestamp in seconds (the escape chord's
+    clock).
     """
     try:
         data = os.read(fd, INPUT_EVENT.size * READ_EVENTS)
@@ -83,15 +87,28 @@ def read_queued(fd: int) -> list[Event] | None:
         raise
     if not data:
         return None
+    if times is not None:
+        records = list(INPUT_EVENT.iter_unpack(data))
+        times[:] = [sec + usec / 1e6 for sec, usec, _, _, _ in records]
+        return [(etype, code, value) for _, _, etype, code, value in records]
     return [(etype, code, value) for _, _, etype, code, value in INPUT_EVENT.iter_unpack(data)]
 
 
-async def read_events(device: DeviceHandle, deliver: Callable[[list[Event]], None]) -> None:
-    """Drain ``device`` until it is unplugged, handing each read's events to ``deliver``."""
+def interrupt_self() -> None:
+    """What the escape chord does: SIGINT to this supervisor, i.e. the Ctrl-C ladder."""
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+async def read_events(
+    device: DeviceHandle, deliver: Callable[[list[Event]], None],
+    times: list[float] | None = None,
+) -> None:
+    """Drain ``device`` until it is unplugged, handing each read's events to ``deliver``
+    (their timestamps in ``times`` when given)."""
     while True:
         await trio.lowlevel.wait_readable(device.fd)
         try:
-            events = read_queued(device.fd)
+            events = read_queued(device.fd, times)
         except BlockingIOError:
             continue
         if events is None:
@@ -114,10 +131,15 @@ class InputRouter:
         core: RouterCore,
         sink: GuestSink,
         on_mode: Callable[[InputMode], None] | None = None,
+        *,
+        escape: EscapeChord | None = None,
+        on_escape: Callable[[], None] = interrupt_self,
     ) -> None:
         self.core = core
         self.sink = sink
         self._on_mode = on_mode
+        self.escape = escape
+        self._on_escape = on_escape
         self.devices: dict[str, DeviceHandle] = {}
         self._scopes: dict[str, trio.CancelScope] = {}
         self._drains: dict[str, Callable[[], None]] = {}
@@ -136,13 +158,14 @@ class InputRouter:
         try:
             with scope:
                 self._apply(self.core.add_device(identity, handle.active_keys()))
-                deliver = self._deliverer(identity, handle)
+                times: list[float] | None = [] if self.escape is not None else None
+                deliver = self._deliverer(identity, handle, times)
 
                 def drain() -> None:
                     """Route what the kernel still queues for us (EVIOCGKEY would flush it)."""
                     while True:
                         try:
-                            events = read_queued(handle.fd)
+                            events = read_queued(handle.fd, times)
                         except BlockingIOError:
                             return
                         if events is None:
@@ -150,7 +173,7 @@ class InputRouter:
                         deliver(events)
 
                 self._drains[identity] = drain
-                await read_events(handle, deliver)
+                await read_events(handle, deliver, times)
                 log.info("input device %s is gone", handle.name)
         finally:
             if self._scopes.get(identity) is scope:
@@ -158,16 +181,25 @@ class InputRouter:
             with contextlib.suppress(OSError):
                 handle.close()
 
-    def _deliverer(self, identity: str, handle: DeviceHandle) -> Callable[[list[Event]], None]:
-        """Cut ``identity``'s events into frames and feed them to the core."""
+    def _deliverer(
+        self, identity: str, handle: DeviceHandle, times: list[float] | None = None
+    ) -> Callable[[list[Event]], None]:
+        """Cut ``identity``'s events into frames and feed them to the core (and each key
+        event, with its timestamp, to the escape chord)."""
         assembler = FrameAssembler()
+        escape = self.escape
 
         def deliver(events: list[Event]) -> None:
-            for event in events:
+            for index, event in enumerate(events):
+                if escape is not None and times and escape.feed(identity, event, times[index]):
+                    log.warning("escape hotkey held %g s: stopping the VM", escape.hold)
+                    self._on_escape()
                 result = assembler.feed(event)
                 if result is None:
                     continue
                 if isinstance(result, Resync):
+                    if escape is not None:
+                        escape.forget(identity)
                     self.dropped += 1
                     actions = self.core.resync(identity, handle.active_keys())
                 else:
@@ -178,6 +210,8 @@ class InputRouter:
         return deliver
 
     def _forget(self, identity: str) -> None:
+        if self.escape is not None:
+            self.escape.forget(identity)
         self._scopes.pop(identity, None)
         self._drains.pop(identity, None)
         self.devices.pop(identity, None)

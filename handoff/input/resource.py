@@ -50,7 +50,7 @@ from handoff.input.keymap import (
     restrict_to,
     unsupported,
 )
-from handoff.input.router import RouterCore
+from handoff.input.router import EscapeChord, RouterCore
 from handoff.input.virtio import VirtioProxies
 from handoff.profile import InputBackend, Profile
 from handoff.resources import ControlRegistry, JsonObject, VmHandle
@@ -131,7 +131,10 @@ class InputHandoff:
             sink = backend
             proxy_nodes = ()
         core = RouterCore(self._hotkey, self._input.start_in)
-        self._router = InputRouter(core, sink)
+        escape = self._input.escape_hotkey
+        self._router = InputRouter(
+            core, sink, escape=EscapeChord(hotkey_codes(escape)) if escape else None
+        )
         selection = Selection.from_profile(self._input.devices, self._input.exclude, proxy_nodes)
         watcher = DeviceWatcher(selection, self._on_device, classify=_classify)
         nursery.start_soon(self._watch, watcher)

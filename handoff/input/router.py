@@ -275,3 +275,61 @@ class FrameAssembler:
         if not self._dropping:
             self._events.append(event)
         return None
+
+
+#: Seconds the escape chord must be held (by the events' own timestamps).
+ESCAPE_HOLD = 2.0
+
+
+class EscapeChord:
+    """The escape hotkey: every key of the chord held ``hold`` seconds stops the VM.
+
+    Decided from the events' kernel timestamps only (never a clock read
+    here): the chord counts from the event that completed it, and fires on
+    the first later key event (autorepeat keeps coming while keys are held)
+    at least ``hold`` seconds after. It fires once per press of the chord;
+    releasing any key of it starts over. Key state is per device and
+    counted over devices, like the hotkey's.
+    """
+
+    def __init__(self, keys: Iterable[int], hold: float = ESCAPE_HOLD) -> None:
+        self.keys = frozenset(keys)
+        if not self.keys:
+            raise ValueError("the escape chord needs at least one key")
+        self.hold = hold
+        self.held: dict[str, set[int]] = {}
+        self.since: float | None = None
+        self.fired = False
+
+    def _complete(self) -> bool:
+        return all(any(k in keys for keys in self.held.values()) for k in self.keys)
+
+    def feed(self, device: str, event: Event, when: float) -> bool:
+        """One event read from ``device`` at kernel time ``when``; True when the chord fires."""
+        etype, code, value = event
+        if etype != EV_KEY:
+            return False
+        held = self.held.setdefault(device, set())
+        if value == 1:
+            held.add(code)
+        elif value == 0:
+            held.discard(code)
+        if not self._complete():
+            self.since = None
+            self.fired = False
+            return False
+        if self.since is None:
+            self.since = when
+            return False
+        # Timestamps are whole microseconds: a float difference may miss by a rounding.
+        if not self.fired and when - self.since >= self.hold - 1e-6:
+            self.fired = True
+            return True
+        return False
+
+    def forget(self, device: str) -> None:
+        """A device is gone, or lost events (SYN_DROPPED): its keys count as released."""
+        self.held.pop(device, None)
+        if not self._complete():
+            self.since = None
+            self.fired = False

@@ -15,7 +15,7 @@ The TOML layout (see profiles/*.toml for commented examples)::
     [display]     vga, frontend, tablet
     [[passthrough]]  address, x_vga, romfile, multifunction, allow_in_group
     [host_display] handover, stop_units
-    [input]       backend, hotkey, start_in, devices, exclude
+    [input]       backend, hotkey, start_in, devices, exclude, escape_hotkey
     [cpu]         pin = "none" | "auto" | ["2,8", ...], emulator, isolate, governor
     [memory]      hugepages = "none" | "2M" | "1G"
 

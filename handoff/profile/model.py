@@ -252,6 +252,7 @@ class Input:
     exclude: tuple[str, ...] = ()
     gpu_hotkey: tuple[str, ...] = ()  # a chord that toggles the live GPU groups
     follow_gpu: bool = False  # keyboard and mouse go where the live GPU goes
+    escape_hotkey: tuple[str, ...] = ()  # held 2 s: stop the VM (the Ctrl-C ladder)
 
 
 @dataclass(frozen=True)

@@ -889,6 +889,7 @@ def _parse_input(r: _Reader, data: Mapping[str, Any], handover: bool = False) ->
                 "or \"KEY_SCROLLLOCK\"",
                 fix,
             )
+    escape = _parse_escape_hotkey(r, t, hotkey)
     if len(set(hotkey)) != len(hotkey):
         raise r.error(
             "input.hotkey", f"found {_show(list(hotkey))} with a repeated key; expected each key "
@@ -919,7 +920,38 @@ def _parse_input(r: _Reader, data: Mapping[str, Any], handover: bool = False) ->
         exclude=selectors["exclude"],
         gpu_hotkey=tuple(gpu_hotkey),
         follow_gpu=r.boolean(t, "input", "follow_gpu", False),
+        escape_hotkey=escape,
     )
+
+
+def _parse_escape_hotkey(
+    r: _Reader, t: Mapping[str, Any], hotkey: Sequence[str]
+) -> tuple[str, ...]:
+    """input.escape_hotkey: Linux key names, another chord than the hotkey, with a backend."""
+    escape = r.strings(
+        t, "input", "escape_hotkey", expected="Linux key names",
+        example='["KEY_LEFTCTRL", "KEY_RIGHTCTRL", "KEY_END"]',
+    ) or ()
+    for index, key_name in enumerate(escape):
+        if key_name not in KEY_CODES:
+            raise r.error(
+                f"input.escape_hotkey[{index}]",
+                f"found {_show(key_name)}; expected a Linux key name such as \"KEY_END\"",
+                "use a name from `evtest` or linux/input-event-codes.h",
+            )
+    if escape and set(escape) == set(hotkey):
+        raise r.error(
+            "input.escape_hotkey", "found the same keys as input.hotkey; expected another chord",
+            'add a key: ["KEY_LEFTCTRL", "KEY_RIGHTCTRL", "KEY_END"]',
+        )
+    if escape and t.get("backend", InputBackend.NONE.value) == InputBackend.NONE.value:
+        raise r.error(
+            "input.escape_hotkey",
+            'found a chord with backend = "none"; expected an input backend (handoff reads '
+            "the keyboards only with one)",
+            'add backend = "qmp" (or "virtio") to [input]',
+        )
+    return tuple(escape)
 
 
 _PIN_EXAMPLE = '["2,8", "3,9"]'
