@@ -14,7 +14,13 @@ from pathlib import Path
 
 from handoff.checks import Check, DoctorEnv, fail, ok, warn
 from handoff.display import units as sd
-from handoff.display.model import consoles_to_unbind, firmware_fb_on_card
+from handoff.display.model import (
+    NO_FALLBACK,
+    NO_FALLBACK_FIX,
+    console_fallback,
+    consoles_to_unbind,
+    firmware_fb_on_card,
+)
 from handoff.display.sysfs import read_bars, read_firmware_fbs, read_vtconsoles
 from handoff.errors import PciError
 from handoff.pci.address import PciAddress
@@ -67,7 +73,10 @@ def _boot_vga(short: str, boot_vga: bool) -> Check:
 
 
 def _consoles(env: DoctorEnv) -> Check:
-    found = consoles_to_unbind(read_vtconsoles(env.host))
+    consoles = read_vtconsoles(env.host)
+    found = consoles_to_unbind(consoles)
+    if found and not console_fallback(consoles):
+        return fail("host-display:consoles", NO_FALLBACK, NO_FALLBACK_FIX)
     if not found:
         return ok("host-display:consoles", "no vtconsole is bound to a framebuffer")
     names = ", ".join(f"{c.node} ({c.name})" for c in found)

@@ -54,6 +54,24 @@ def consoles_to_unbind(consoles: Iterable[VtConsole]) -> tuple[VtConsole, ...]:
     return tuple(c for c in consoles if c.framebuffer and c.bound)
 
 
+#: Why the kernel keeps fbcon bound when nothing can take the consoles over, and the fix.
+NO_FALLBACK = (
+    "the framebuffer console is the only console driver registered (no dummy or VGA "
+    "console in /sys/class/vtconsole), and the kernel does not unbind a console driver "
+    "without another one to hand the terminals to (the write to bind is silently ignored)"
+)
+NO_FALLBACK_FIX = (
+    "let the GPU's own driver be the first display driver at boot (another framebuffer "
+    "driver that probes first leaves fbcon alone: the kernel then drops its dummy "
+    "console), or make another GPU the primary display"
+)
+
+
+def console_fallback(consoles: Iterable[VtConsole]) -> bool:
+    """Whether another console driver (dummy, VGA text) can take the terminals from fbcon."""
+    return any(not c.framebuffer for c in consoles)
+
+
 def consoles_to_rebind(
     consoles: Iterable[VtConsole], unbound: Iterable[str]
 ) -> tuple[VtConsole, ...]:

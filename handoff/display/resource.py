@@ -32,10 +32,13 @@ import trio
 from handoff.display import units as sd
 from handoff.display.journal import DisplayJournal, list_display_journals, lock_stem
 from handoff.display.model import (
+    NO_FALLBACK,
+    NO_FALLBACK_FIX,
     ReturnFailure,
     Step,
     Takeover,
     VtConsole,
+    console_fallback,
     consoles_to_rebind,
     consoles_to_unbind,
     firmware_fb_on_card,
@@ -326,12 +329,15 @@ class HostDisplay:
             handover=True,
         )
         card = self._card()
+        consoles = read_vtconsoles(self.paths)
+        if consoles_to_unbind(consoles) and not console_fallback(consoles):
+            raise PreflightRefusedError(f"refusing the display hand-over: {NO_FALLBACK}",
+                                        fix=NO_FALLBACK_FIX)
         active = tuple(u for u in settings.stop_units if sd.is_active(self.runner, u))
         framebuffer = firmware_fb_on_card(
             read_firmware_fbs(self.paths), str(card.address), read_bars(self.paths, card.address)
         )
-        return Takeover(str(card.address), active,
-                        consoles_to_unbind(read_vtconsoles(self.paths)), framebuffer)
+        return Takeover(str(card.address), active, consoles_to_unbind(consoles), framebuffer)
 
     async def acquire(self) -> None:
         takeover = self._check()

@@ -15,6 +15,7 @@ from handoff.display.model import (
     Step,
     Takeover,
     VtConsole,
+    console_fallback,
     consoles_to_rebind,
     consoles_to_unbind,
     firmware_fb_on_card,
@@ -123,3 +124,11 @@ def test_only_handover_lifts_the_boot_gpu_refusal(tmp_path: Path) -> None:
     assert "[host_display] handover = true" in (refused.value.fix or "")
     plan = plan_handoff([card], snapshot, handover=True)
     assert [d.address.short for d in plan.detach_order] == ["0a:00.1", "0a:00.0"]
+
+
+def test_fbcon_without_another_console_driver_cannot_be_unbound() -> None:
+    # Measured in the testbed: fbcon alone in /sys/class/vtconsole ignores "echo 0 > bind".
+    alone = (VtConsole("vtcon1", FBCON, True),)
+    assert not console_fallback(alone)
+    assert console_fallback((VtConsole("vtcon0", FBCON, True),
+                             VtConsole("vtcon1", "(M) dummy device", False)))

@@ -191,6 +191,21 @@ async def test_inside_a_graphical_login_session_it_is_refused_and_nothing_change
     host_as_before(display, systemd)
 
 
+async def test_fbcon_as_the_only_console_driver_is_refused_before_any_change(
+    display: DisplayHost, systemd: RecordedSystemd
+) -> None:
+    import shutil
+
+    shutil.rmtree(display.paths.sys / "class/vtconsole/vtcon0")  # no dummy console left
+    screen, _ = resources(display, systemd, [])
+    with pytest.raises(PreflightRefusedError) as refused:
+        await screen.acquire()
+    assert "the framebuffer console is the only console driver" in refused.value.message
+    assert display.writes == []
+    assert systemd.units[DM].active
+    assert ["systemctl", "stop", DM] not in systemd.calls
+
+
 async def test_a_holder_that_stays_is_named_and_the_display_is_brought_back(
     display: DisplayHost, systemd: RecordedSystemd
 ) -> None:
