@@ -170,6 +170,12 @@ def default_resources(
             from handoff.live.state import LiveState
 
             live.on_moved = lambda state: inputs.follow_gpu(state is LiveState.IN_GUEST)
+        if live is not None and profile.input.gpu_hotkey:
+            from functools import partial
+
+            from handoff.live.resource import GpuTarget
+
+            inputs.on_gpu_hotkey = partial(live.move, GpuTarget.TOGGLE)  # `handoff gpu` toggle
     if profile.tuned:  # last: its pool and governors go back first, once QEMU is gone
         from handoff.tune.resource import TuneResource
 

@@ -24,6 +24,7 @@ from handoff.input.router import (
     Action,
     EscapeChord,
     FrameAssembler,
+    GpuToggle,
     Grab,
     Resync,
     RouterCore,
@@ -134,12 +135,14 @@ class InputRouter:
         *,
         escape: EscapeChord | None = None,
         on_escape: Callable[[], None] = interrupt_self,
+        on_gpu: Callable[[], None] | None = None,
     ) -> None:
         self.core = core
         self.sink = sink
         self._on_mode = on_mode
         self.escape = escape
         self._on_escape = on_escape
+        self._on_gpu = on_gpu  # the gpu chord; must not block (it starts a task)
         self.devices: dict[str, DeviceHandle] = {}
         self._scopes: dict[str, trio.CancelScope] = {}
         self._drains: dict[str, Callable[[], None]] = {}
@@ -253,6 +256,10 @@ class InputRouter:
                 if handle is not None:
                     with contextlib.suppress(OSError):
                         handle.ungrab()
+            elif isinstance(action, GpuToggle):
+                log.info("gpu hotkey: moving the live GPU to the other side")
+                if self._on_gpu is not None:
+                    self._on_gpu()
             else:
                 log.info("input now goes to the %s", action.mode.value)
                 if self._on_mode is not None:

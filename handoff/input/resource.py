@@ -23,6 +23,12 @@ the device watcher, the router and its forwarding, and the control command
 Control command ``switch``: request ``{"command": "switch", "mode":
 "host"|"guest"|"toggle"}``, result ``{"mode": "host"|"guest", "pending":
 "host"|"guest"|null}`` (a switch to the guest waits until no key is held).
+
+``input.gpu_hotkey``: the router answers the chord with
+:class:`~handoff.input.router.GpuToggle`; the resource starts
+``on_gpu_hotkey`` (the session sets it to the live GPU's toggle, the path of
+``handoff gpu NAME toggle``) in a task of its own, so reading the keyboards
+never waits for the hand-off; a refusal is logged.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +77,10 @@ class InputHandoff:
         self._paths = paths
         # Validate now, so a bad hotkey or selector fails before anything changes.
         self._hotkey = hotkey_codes(self._input.hotkey)
+        gpu = self._input.gpu_hotkey
+        self._gpu_hotkey = hotkey_codes(gpu) if gpu else frozenset[int]()
+        #: What the gpu chord starts (the session: the live GPU's toggle).
+        self.on_gpu_hotkey: Callable[[], Awaitable[object]] | None = None
         Selection.from_profile(self._input.devices, self._input.exclude)
         self._proxies: VirtioProxies | None = None
         self._router: InputRouter | None = None
@@ -130,15 +140,20 @@ class InputHandoff:
             nursery.start_soon(backend.run, self._transport)
             sink = backend
             proxy_nodes = ()
-        core = RouterCore(self._hotkey, self._input.start_in)
-        escape = self._input.escape_hotkey
-        self._router = InputRouter(
-            core, sink, escape=EscapeChord(hotkey_codes(escape)) if escape else None
-        )
+        self._router = self.make_router(sink, nursery)
         selection = Selection.from_profile(self._input.devices, self._input.exclude, proxy_nodes)
         watcher = DeviceWatcher(selection, self._on_device, classify=_classify)
         nursery.start_soon(self._watch, watcher)
         control.register("switch", self._switch)
+
+    def make_router(self, sink: GuestSink, nursery: trio.Nursery) -> InputRouter:
+        """The router for this profile's chords; the gpu chord's toggle runs in ``nursery``."""
+        core = RouterCore(self._hotkey, self._input.start_in, gpu_hotkey=self._gpu_hotkey)
+        escape = self._input.escape_hotkey
+        return InputRouter(
+            core, sink, escape=EscapeChord(hotkey_codes(escape)) if escape else None,
+            on_gpu=lambda: nursery.start_soon(self._toggle_gpu),
+        )
 
     async def _keymap(self, vm: VmHandle) -> Mapping[int, str]:
         try:
@@ -194,6 +209,16 @@ class InputHandoff:
             )
         self._router.request(target)
         return self._mode()
+
+    async def _toggle_gpu(self) -> None:
+        """The gpu chord: the live GPU's toggle, in its own task; a refusal is logged."""
+        if self.on_gpu_hotkey is None:
+            log.warning("gpu hotkey: this session has no live GPU group to move")
+            return
+        try:
+            await self.on_gpu_hotkey()
+        except HandoffError as exc:
+            log.warning("gpu hotkey: %s%s", exc.message, f" (fix: {exc.fix})" if exc.fix else "")
 
     async def follow_gpu(self, gpu_in_guest: bool) -> None:
         """``input.follow_gpu``: keyboard and mouse go where the live GPU (the screen) went,

@@ -42,7 +42,12 @@ class ModeChanged:
     mode: InputMode
 
 
-Action = ToGuest | Grab | Ungrab | ModeChanged
+@dataclass(frozen=True)
+class GpuToggle:
+    """The gpu chord completed: move the live GPU groups to the other side."""
+
+
+Action = ToGuest | Grab | Ungrab | ModeChanged | GpuToggle
 
 
 def _other(mode: InputMode) -> InputMode:
@@ -58,14 +63,22 @@ class RouterCore:
       switch to the host first releases in the guest what it holds.
     * The hotkey chord requests the other side and never reaches the guest
       whole; autorepeat is never forwarded.
+    * The gpu chord (``gpu_hotkey``) answers :class:`GpuToggle` and, like the
+      hotkey, never reaches the guest whole; input stays where it is.
     * After SYN_DROPPED the kernel's key state replaces ours; unplug
       releases in the guest what the device held.
     """
 
-    def __init__(self, hotkey: Iterable[int], start: InputMode = InputMode.HOST) -> None:
+    def __init__(
+        self, hotkey: Iterable[int], start: InputMode = InputMode.HOST,
+        *, gpu_hotkey: Iterable[int] = (),
+    ) -> None:
         self.hotkey = frozenset(hotkey)
         if not self.hotkey:
             raise ValueError("the hotkey chord needs at least one key")
+        self.gpu_hotkey = frozenset(gpu_hotkey)
+        if self.gpu_hotkey == self.hotkey:
+            raise ValueError("the gpu chord must differ from the hotkey")
         self.mode = InputMode.HOST
         self.pending: InputMode | None = InputMode.GUEST if start is InputMode.GUEST else None
         self.held: dict[str, set[int]] = {}
@@ -78,8 +91,8 @@ class RouterCore:
     def any_held(self) -> bool:
         return any(self.held.values())
 
-    def _chord_held(self) -> bool:
-        return all(any(k in keys for keys in self.held.values()) for k in self.hotkey)
+    def _chord_held(self, chord: frozenset[int]) -> bool:
+        return all(any(k in keys for keys in self.held.values()) for k in chord)
 
     # ------------------------------------------------------------------ inputs
 
@@ -105,14 +118,22 @@ class RouterCore:
             return [ToGuest(device, tuple(events))] if grabbed and events else []
         held = self.held.setdefault(device, set())
         out: list[Event] = []
+        toggles: list[Action] = []
         for event in events:
             etype, code, value = event
             if etype == EV_KEY:
                 if value == 1:
                     newly = code not in held
                     held.add(code)
-                    if newly and code in self.hotkey and self._chord_held():
-                        out.extend(self._chord_completed())
+                    switch = newly and code in self.hotkey and self._chord_held(self.hotkey)
+                    gpu = newly and code in self.gpu_hotkey and self._chord_held(self.gpu_hotkey)
+                    if switch:
+                        self.pending = _other(self.mode)
+                        out.extend(self._swallow(self.hotkey))
+                    if gpu:
+                        toggles.append(GpuToggle())
+                        out.extend(self._swallow(self.gpu_hotkey))
+                    if switch or gpu:
                         continue
                     if (device, code) in self.suppressed or not grabbed:
                         continue
@@ -131,7 +152,7 @@ class RouterCore:
             elif etype == EV_REL and grabbed:
                 out.append(event)
         actions: list[Action] = [ToGuest(device, tuple(out))] if out else []
-        return actions + self._settle()
+        return actions + toggles + self._settle()
 
     def resync(self, device: str, held: Iterable[int]) -> list[Action]:
         """After SYN_DROPPED: the kernel's key state (EVIOCGKEY) replaces ours.
@@ -180,14 +201,14 @@ class RouterCore:
 
     # ------------------------------------------------------------------ internals
 
-    def _chord_completed(self) -> list[Event]:
-        """Request the other side; release the chord keys the guest has seen."""
-        self.pending = _other(self.mode)
+    def _swallow(self, chord: frozenset[int]) -> list[Event]:
+        """A chord completed: its keys stay out of the guest until released; the guest
+        lets go of those it has seen."""
         out: list[Event] = []
         for device, keys in self.held.items():
-            for code in keys & self.hotkey:
+            for code in keys & chord:
                 self.suppressed.add((device, code))
-        for code in sorted(self.hotkey):
+        for code in sorted(chord):
             if self.guest_down.pop(code, None):
                 out.append((EV_KEY, code, 0))
         return out

@@ -8,7 +8,9 @@ acquire
     hotplug-capable root port.
 vm_started
     registers the control command ``gpu`` (``{"command": "gpu", "to":
-    "host"|"guest"|"toggle", "release_within": S}``).
+    "host"|"guest"|"toggle", "release_within": S}``). ``input.gpu_hotkey``
+    reaches :meth:`LiveGpu.move` (toggle) through the input resource (the
+    session wires it), as the command does.
 move to the host
     journal step RELEASING first; device_del and DEVICE_DELETED, bounded
     (:func:`handoff.live.guest.unplug`); a guest that does not let go
@@ -171,10 +173,6 @@ class LiveGpu:
             raise PciError("the live GPU needs QMP events from the session (a bug in handoff)")
         self._vm, self._events = vm, vm
         control.register("gpu", self._control)
-        if self.profile.input.gpu_hotkey:
-            # The input router knows one chord today; a second one is not wired yet.
-            self.report("input.gpu_hotkey is not acted on yet: bind `handoff gpu "
-                        f"{self.profile.name} toggle` to a desktop shortcut instead")
 
     async def release(self) -> None:
         journal = self._journal

@@ -842,7 +842,9 @@ def _parse_host_display(
     return HostDisplay(handover=handover, stop_units=tuple(units))
 
 
-def _parse_input(r: _Reader, data: Mapping[str, Any], handover: bool = False) -> Input:
+def _parse_input(
+    r: _Reader, data: Mapping[str, Any], handover: bool = False, live: bool = False
+) -> Input:
     t = r.table(data, "input")
     r.check_keys(t, "input", SECTION_KEYS["input"])
     hotkey = r.strings(
@@ -868,11 +870,6 @@ def _parse_input(r: _Reader, data: Mapping[str, Any], handover: bool = False) ->
                 f"found {_show(key_name)}; expected a Linux key name such as \"KEY_G\"",
                 "use a name from `evtest` or linux/input-event-codes.h",
             )
-    if gpu_hotkey and set(gpu_hotkey) == set(hotkey):
-        raise r.error(
-            "input.gpu_hotkey", "found the same keys as input.hotkey; expected another chord",
-            "choose a chord of its own, e.g. [\"KEY_LEFTCTRL\", \"KEY_LEFTALT\", \"KEY_G\"]",
-        )
     for index, key_name in enumerate(hotkey):
         if key_name not in names:
             upper = key_name.upper()
@@ -890,6 +887,7 @@ def _parse_input(r: _Reader, data: Mapping[str, Any], handover: bool = False) ->
                 fix,
             )
     escape = _parse_escape_hotkey(r, t, hotkey)
+    _check_gpu_hotkey(r, t, gpu_hotkey, hotkey, escape, live)
     if len(set(hotkey)) != len(hotkey):
         raise r.error(
             "input.hotkey", f"found {_show(list(hotkey))} with a repeated key; expected each key "
@@ -922,6 +920,41 @@ def _parse_input(r: _Reader, data: Mapping[str, Any], handover: bool = False) ->
         follow_gpu=r.boolean(t, "input", "follow_gpu", False),
         escape_hotkey=escape,
     )
+
+
+def _check_gpu_hotkey(
+    r: _Reader, t: Mapping[str, Any], gpu: Sequence[str], hotkey: Sequence[str],
+    escape: Sequence[str], live: bool,
+) -> None:
+    """input.gpu_hotkey: a chord of its own (neither contains the hotkey or the escape
+    chord nor is contained in one: pressing one would fire both), a live group to
+    move and an input backend to read it."""
+    if not gpu:
+        return
+    example = '["KEY_LEFTCTRL", "KEY_LEFTALT", "KEY_G"]'
+    for key, other in (("input.hotkey", hotkey), ("input.escape_hotkey", escape)):
+        if other and (set(gpu) <= set(other) or set(other) <= set(gpu)):
+            raise r.error(
+                "input.gpu_hotkey",
+                f"found {_show(list(gpu))}, which overlaps {key} {_show(list(other))} (one "
+                "chord inside the other: pressing one would fire both); expected a chord of "
+                "its own",
+                f"choose keys of its own, e.g. gpu_hotkey = {example}",
+            )
+    if not live:
+        raise r.error(
+            "input.gpu_hotkey",
+            "found a chord with no [[passthrough]] live = true; expected a live group for "
+            "it to move",
+            "add live = true to the GPU's [[passthrough]] entries, or remove gpu_hotkey",
+        )
+    if t.get("backend", InputBackend.NONE.value) == InputBackend.NONE.value:
+        raise r.error(
+            "input.gpu_hotkey",
+            'found a chord with backend = "none"; expected an input backend (handoff reads '
+            "the keyboards only with one)",
+            'add backend = "qmp" (or "virtio") to [input]',
+        )
 
 
 def _parse_escape_hotkey(
@@ -1130,7 +1163,8 @@ def parse_profile(text: str, source: Path) -> Profile:
         display=display,
         passthrough=passthrough,
         host_display=host_display,
-        input=_parse_input(reader, data, host_display.handover),
+        input=_parse_input(reader, data, host_display.handover,
+                           any(p.live for p in passthrough)),
         cpu=_parse_cpu(reader, data, vm),
         memory=_parse_memory_section(reader, data, vm),
     )
