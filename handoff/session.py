@@ -474,6 +474,7 @@ class Session:
                 pass_fds=[theirs.fileno()],
                 user=self.profile.vm.user,
                 memlock_bytes=memlock,
+                scoped=checks.plan.scoped,
             )
         except BaseException:
             ours.close()

@@ -39,6 +39,7 @@ from handoff.run_layout import (
     qemu_socket_dir,
 )
 from handoff.tune.cpulist import format_cpulist
+from handoff.tune.isolation import qemu_scope_unit, scope_argv
 from handoff.tune.model import HostTuning
 from handoff.tune.plan import TunePlan, plan_tuning
 
@@ -113,8 +114,9 @@ class ChangeKind(enum.Enum):
     LINK_PROXY = "link-proxy"
     RAISE_HUGEPAGES = "raise-hugepages"
     SET_GOVERNOR = "set-governor"
-    ISOLATE_HOST = "isolate-host"
     RAISE_MEMLOCK = "raise-memlock"
+    QEMU_SCOPE = "qemu-scope"
+    ISOLATE_HOST = "isolate-host"
     PIN_VCPUS = "pin-vcpus"
     SET_EMULATOR_AFFINITY = "set-emulator-affinity"
     GRAB_INPUT = "grab-input"
@@ -159,10 +161,16 @@ class SessionPlan:
 
     def argv_with_monitor_fd(self, fd: int) -> tuple[str, ...]:
         """The argv QEMU runs when QMP is the inherited ``fd``; nothing else differs."""
-        return live_argv(
+        argv = live_argv(
             tuple(build_argv(self.profile, replace(self.launch, monitor_fd=fd))), self.profile,
             self.facts,
         )
+        return scoped_argv(self.profile, self.tune, argv)
+
+    @property
+    def scoped(self) -> bool:
+        """QEMU starts in a scope of its own (cpu.isolate): the argv begins with systemd-run."""
+        return self.tune is not None and self.tune.isolation is not None
 
     @property
     def devices(self) -> tuple[str, ...]:
@@ -321,15 +329,36 @@ def _tune_before(tune: TunePlan) -> list[HostChange]:
                 f"{governor.restore[cpu]} -> {name}, back after",
             )
         )
-    if tune.isolation is not None:
-        for unit, value in tune.isolation.units:
-            changes.append(
-                HostChange(
-                    ChangeKind.ISOLATE_HOST, unit,
-                    f"AllowedCPUs={value} (systemctl set-property --runtime), previous value "
-                    "back after",
-                )
-            )
+    return changes
+
+
+def scoped_argv(profile: Profile, tune: TunePlan | None, argv: tuple[str, ...]) -> tuple[str, ...]:
+    """QEMU's argv, wrapped in ``systemd-run --scope`` when the tuning isolates the host."""
+    if tune is None or tune.isolation is None:
+        return argv
+    return scope_argv(profile.name, tune.isolation, argv, profile.vm.user)
+
+
+def _isolation_changes(name: str, tune: TunePlan) -> list[HostChange]:
+    """QEMU's scope (made by systemd-run as QEMU starts), then the host's units confined."""
+    iso = tune.isolation
+    if iso is None:
+        return []
+    changes = [
+        HostChange(
+            ChangeKind.QEMU_SCOPE, qemu_scope_unit(name),
+            f"QEMU started in it (systemd-run --scope, machine.slice), AllowedCPUs="
+            f"{iso.qemu_scope}, gone with QEMU",
+        )
+    ]
+    changes += [
+        HostChange(
+            ChangeKind.ISOLATE_HOST, unit,
+            f"AllowedCPUs={value} (systemctl set-property --runtime) once QEMU is in its "
+            "scope, previous value back after",
+        )
+        for unit, value in iso.units
+    ]
     return changes
 
 
@@ -411,7 +440,7 @@ def plan_session(
     where = _session_paths(profile, paths)
     tune = _tune_plan(profile, facts)
     launch = _launch(facts, where, binary, trace_file, tune)
-    argv = live_argv(tuple(build_argv(profile, launch)), profile, facts)
+    argv = scoped_argv(profile, tune, live_argv(tuple(build_argv(profile, launch)), profile, facts))
     changes = _run_dir_changes(where, facts.qemu_owner)
     changes += _gpu_changes(profile, facts, paths.dev)
     backend = profile.input.backend
@@ -431,7 +460,7 @@ def plan_session(
             )
         )
     if tune is not None:
-        changes += _tune_after_start(tune)
+        changes += _isolation_changes(profile.name, tune) + _tune_after_start(tune)
     changes += grabs  # devices are grabbed once the VM runs
     return SessionPlan(profile, facts, launch, where, tuple(changes), argv, tune)
 

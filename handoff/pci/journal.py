@@ -12,8 +12,8 @@ The journal records per-device state, not a session phase: detach and
 return are operations on devices, usable before boot and after exit today
 and during a live hand-off later. Host settings a session changes for
 performance (a hugepage pool's size, a CPU's governor: kernel files with a
-previous value to write back) are recorded the same way, as
-:class:`SettingRecord` s, by :mod:`handoff.tune.resource` in a journal of
+previous value to write back; a systemd slice's AllowedCPUs=) are recorded
+the same way, as :class:`SettingRecord` s, by :mod:`handoff.tune.resource` in a journal of
 their own (``<name>+tune.json``, locked by ``<run>/locks/tune-<name>.lock``
 instead of group locks), and finished by the same ``handoff recover``.
 
@@ -113,6 +113,10 @@ class SettingKind(enum.StrEnum):
     """What a recorded setting is, i.e. how it is written back."""
 
     SYSFS = "sysfs"  # a kernel file (nr_hugepages, scaling_governor): write the value back
+    # A systemd unit's AllowedCPUs= (cpu.isolate): target is the unit,
+    # previous the value `systemctl show -p AllowedCPUs` gave ("" = unset);
+    # set back with `systemctl set-property --runtime`.
+    ALLOWED_CPUS = "allowed-cpus"
 
 
 @dataclass
@@ -120,7 +124,7 @@ class SettingRecord:
     """A host setting before handoff changed it: written to the journal before the change."""
 
     kind: SettingKind
-    target: str  # the file
+    target: str  # the file (SYSFS), the unit (ALLOWED_CPUS)
     previous: str
     value: str
     what: str  # for people: "the global 2M hugepage pool", "CPU 3's cpufreq governor"

@@ -7,7 +7,7 @@ binding), leave it (its groups are locked by a live handoff, or its
 recorded QEMU still runs), or finish it (the engine returns its devices).
 It never writes sysfs itself: returning goes through
 :meth:`handoff.pci.engine.Engine.give_back`, and host settings a tuning
-journal records (hugepage pool, governors) go back through
+journal records (hugepage pool, governors, units' AllowedCPUs) go back through
 :func:`handoff.tune.settings.restore_settings`, under the same rules
 (earlier boot: discarded, the reboot reset them; locked or QEMU alive: left).
 """
@@ -23,7 +23,7 @@ from handoff.pci import journal as jr
 from handoff.pci.engine import Engine
 from handoff.pci.holders import vfio_group_users
 from handoff.pci.sysfs import read_boot_id, vfio_group_node
-from handoff.tune.settings import restore_settings
+from handoff.tune.settings import Systemd, restore_settings
 
 
 @dataclass
@@ -122,7 +122,7 @@ async def _finish(engine: Engine, journal: jr.Journal, report: RecoveryReport) -
             )
             return
         try:
-            report.returned += restore_settings(journal, engine.writer)
+            report.returned += restore_settings(journal, engine.writer, Systemd(engine.paths))
             report.returned += await engine.give_back(journal)
         except HandoffError as exc:
             report.failed.append(f"{journal.path}: {exc}")

@@ -132,14 +132,19 @@ class QemuProcess:
         pass_fds: Sequence[int] = (),
         user: str | None = None,
         memlock_bytes: int | None = None,
+        scoped: bool = False,
     ) -> QemuProcess:
         """Spawn QEMU in its own session with its output appended to ``log_path``.
 
         ``pass_fds`` are inherited under the same numbers (the QMP socketpair
-        end). Raises QemuNotFoundError when the binary is missing.
+        end). Raises QemuNotFoundError when the binary is missing. ``scoped``:
+        ``argv`` is QEMU wrapped in ``systemd-run --scope`` (``cpu.isolate``),
+        which must start as root and switches to ``user`` itself (``--uid``)
+        after making the scope; the child only sets the user's groups.
         """
         argv = tuple(argv)
         identity = _identity(user)
+        switch = None if identity is None or scoped else identity
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
             if identity is not None:
@@ -153,8 +158,8 @@ class QemuProcess:
                     stderr=subprocess.STDOUT,
                     pass_fds=tuple(pass_fds),
                     start_new_session=True,
-                    user=None if identity is None else identity.uid,
-                    group=None if identity is None else identity.gid,
+                    user=None if switch is None else switch.uid,
+                    group=None if switch is None else switch.gid,
                     extra_groups=None if identity is None else identity.groups,
                 )
         except FileNotFoundError as exc:

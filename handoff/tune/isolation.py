@@ -15,6 +15,13 @@ protects is the vCPUs' cores. It is the split the usual libvirt hook scripts
 make (``systemctl set-property --runtime -- system.slice AllowedCPUs=...`` with
 the host's CPUs while the guest runs, all CPUs again at release), which leave
 ``<emulatorpin>`` on the host's CPUs.
+
+QEMU itself runs in a transient scope of its own, in machine.slice (never
+under a confined slice, whose cpuset would cap the scope's): the session
+starts it through :func:`scope_argv` (``systemd-run --scope``), which
+creates the scope with ``AllowedCPUs=`` and then execs QEMU under the same
+pid, so QEMU never runs a single instruction outside it. The wrapper is part
+of the argv ``handoff argv`` prints: it is what ``handoff run`` starts.
 """
 
 from __future__ import annotations
@@ -25,6 +32,40 @@ from handoff.errors import IsolationRefusedError
 from handoff.tune.cpulist import format_cpulist
 
 HOST_UNITS = ("system.slice", "user.slice", "init.scope")
+#: The slice QEMU's scope goes to: the one libvirt uses for VMs; never confined.
+QEMU_SLICE = "machine.slice"
+SYSTEMD_RUN = "systemd-run"
+
+
+def qemu_scope_unit(profile_name: str) -> str:
+    """``handoff-NAME-qemu.scope`` (profile names are valid unit-name characters)."""
+    return f"handoff-{profile_name}-qemu.scope"
+
+
+def scope_argv(
+    profile_name: str, plan: IsolationPlan, qemu_argv: tuple[str, ...], user: str | None = None
+) -> tuple[str, ...]:
+    """``qemu_argv`` started in QEMU's own scope with the VM's CPUs (systemd-run execs it).
+
+    With ``vm.user``, systemd-run switches to that user after creating the
+    scope (creating it needs root): ``--uid``; the supervisor's child sets the
+    user's supplementary groups before it execs systemd-run.
+    """
+    unit = qemu_scope_unit(profile_name).removesuffix(".scope")
+    wrapper = [
+        SYSTEMD_RUN, "--scope", "--quiet", "--collect", f"--unit={unit}",
+        f"--slice={QEMU_SLICE}", f"--property=AllowedCPUs={plan.qemu_scope}",
+    ]  # fmt: skip
+    if user is not None:
+        wrapper.append(f"--uid={user}")
+    return (*wrapper, "--", *qemu_argv)
+
+
+def scope_prefix_length(argv: tuple[str, ...]) -> int:
+    """How many leading words of ``argv`` are the scope wrapper (0: none); QEMU's follow."""
+    if not argv or argv[0] != SYSTEMD_RUN or "--" not in argv:
+        return 0
+    return argv.index("--") + 1
 
 
 @dataclass(frozen=True)

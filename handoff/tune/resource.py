@@ -22,9 +22,15 @@ release (QEMU gone)
     the journal removed. ``handoff recover`` does the same from the journal
     after a supervisor SIGKILL (:mod:`handoff.pci.recovery`).
 
-``cpu.isolate`` is planned and checked (:mod:`handoff.tune.isolation`,
-:func:`handoff.tune.plan.isolation_refusal`) but not applied yet: acquire
-refuses it rather than run without it.
+``cpu.isolate`` (systemd as PID 1 on cgroup v2, else refused when planned)
+    QEMU starts in its own scope (the plan's argv wraps it in ``systemd-run
+    --scope``, :mod:`handoff.tune.isolation`). At vm_started, before the
+    pinning, the scope is verified (``/proc/<qemu>/cgroup`` names it, its
+    ``cpuset.cpus`` holds the VM's CPUs), then system.slice, user.slice and
+    init.scope get ``AllowedCPUs=<host CPUs>``, each journaled with its
+    previous value first and verified from its ``cpuset.cpus``; release and
+    ``handoff recover`` set them back like every other setting. The scope
+    needs nothing: systemd collects it when QEMU exits.
 """
 
 from __future__ import annotations
@@ -52,10 +58,17 @@ from handoff.profile import Profile
 from handoff.resources import ControlRegistry, JsonObject, VmHandle
 from handoff.tune.cpulist import format_cpulist, parse_cpulist
 from handoff.tune.hugepages import HugepagePlan, PoolTarget, check_raised
+from handoff.tune.isolation import IsolationPlan, qemu_scope_unit
 from handoff.tune.model import HugepagePool
 from handoff.tune.pinning import PinPlan
 from handoff.tune.plan import TunePlan, plan_tuning
-from handoff.tune.settings import change_setting, restore_settings
+from handoff.tune.settings import (
+    Runner,
+    Systemd,
+    change_setting,
+    confine_unit,
+    restore_settings,
+)
 from handoff.tune.topology import cpu_root, read_host, read_hugepages
 
 log = logging.getLogger("handoff.tune")
@@ -160,6 +173,18 @@ def qemu_tasks(paths: HostPaths, pid: int) -> list[int]:
         ) from exc
 
 
+def qemu_cgroup(paths: HostPaths, pid: int) -> str | None:
+    """QEMU's cgroup v2 path (``machine.slice/x.scope``) from ``/proc/<pid>/cgroup``."""
+    try:
+        text = (paths.proc / str(pid) / "cgroup").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("0::"):
+            return line[3:].strip("/") or None
+    return None
+
+
 def _real_setaffinity(tid: int, cpus: frozenset[int]) -> None:
     os.sched_setaffinity(tid, cpus)
 
@@ -178,11 +203,15 @@ class TuneResource:
         writer: SysfsWriter | None = None,
         setaffinity: SetAffinity = _real_setaffinity,
         report: Report = _log_report,
+        runner: Runner | None = None,
     ) -> None:
         self.profile = profile
         self.paths = paths
         self.writer: SysfsWriter = writer or KernelWriter()
         self.setaffinity = setaffinity
+        self.systemd = Systemd(paths, runner)
+        self._isolated: list[tuple[str, str]] = []  # (unit, AllowedCPUs) confined and verified
+        self._scope: str | None = None  # QEMU's scope's cgroup, verified
         self.report = report
         self.plan: TunePlan | None = None
         self.memlock_bytes: int | None = None
@@ -205,13 +234,6 @@ class TuneResource:
 
     async def acquire(self) -> None:
         plan = self._plan()
-        if plan.isolation is not None:
-            raise IsolationRefusedError(
-                "cpu.isolate = true is planned (" + "; ".join(plan.isolation.reasons) + ") but "
-                "this handoff does not apply it yet: host tasks would not be kept off the "
-                "vCPUs' CPUs",
-                fix="set cpu.isolate = false (pinning still keeps each vCPU on its own CPUs)",
-            )
         # A leftover's raised pool would look like free pages already there:
         # undo it first, then plan from the host as it really is.
         if await self._finish_left_behind():
@@ -243,7 +265,7 @@ class TuneResource:
     def _needs_journal(plan: TunePlan) -> bool:
         pages = plan.hugepages
         raise_pool = pages is not None and any(t.target != t.before for t in pages.targets)
-        return raise_pool or bool(plan.governor.targets)
+        return raise_pool or bool(plan.governor.targets) or plan.isolation is not None
 
     async def _finish_left_behind(self) -> bool:
         """A tuning journal of this profile left by a SIGKILLed supervisor: undo it first."""
@@ -339,7 +361,7 @@ class TuneResource:
 
     def _undo(self, journal: jr.Journal) -> None:
         try:
-            restore_settings(journal, self.writer)
+            restore_settings(journal, self.writer, self.systemd)
         finally:
             if journal.empty:
                 journal.remove()
@@ -354,6 +376,8 @@ class TuneResource:
         self, vm: VmHandle, nursery: trio.Nursery, control: ControlRegistry
     ) -> None:
         plan = self.plan
+        if plan is not None and plan.isolation is not None:
+            await trio.to_thread.run_sync(self.isolate, vm.pid, plan.isolation)
         if plan is None or not plan.pin.active:
             return
         started = time.monotonic()
@@ -368,6 +392,36 @@ class TuneResource:
         self._pin_seconds = round(time.monotonic() - started, 4)
         for line in self.map_lines():
             self.report(f"pinned: {line}")
+
+    def isolate(self, pid: int, iso: IsolationPlan) -> None:
+        """QEMU's scope verified, then each host unit confined (journaled first, verified)."""
+        journal = self._journal
+        assert journal is not None, "acquire opens the journal when isolation is planned"
+        unit = qemu_scope_unit(self.profile.name)
+        cgroup = qemu_cgroup(self.paths, pid)
+        if cgroup is None or cgroup.rsplit("/", 1)[-1] != unit:
+            raise IsolationRefusedError(
+                f"QEMU (pid {pid}) runs in cgroup {cgroup or '(unknown)'}, not in its scope "
+                f"{unit}: host tasks are not confined without it",
+                fix="start the session with `handoff run` (its argv begins with systemd-run "
+                "--scope); `handoff argv PROFILE` prints it",
+            )
+        cpus = self.systemd.cpuset(cgroup)
+        if cpus != iso.vm_cpus:
+            raise IsolationRefusedError(
+                f"QEMU's scope {unit} has CPUs {format_cpulist(cpus) or '(all)'}, the plan "
+                f"gives it {iso.qemu_scope} (/sys/fs/cgroup/{cgroup}/cpuset.cpus)",
+                fix="check the cpuset controller (/sys/fs/cgroup/cgroup.controllers) and "
+                "machine.slice's AllowedCPUs=; or set cpu.isolate = false",
+            )
+        self._scope = cgroup
+        for name, value in iso.units:
+            confine_unit(journal, self.systemd, name, iso.host_cpus)
+            self._isolated.append((name, value))
+        self.report(
+            f"isolated: {', '.join(n for n, _ in iso.units)} on CPUs "
+            f"{format_cpulist(iso.host_cpus)}; QEMU in {unit} on CPUs {iso.qemu_scope}"
+        )
 
     def pin_threads(self, pid: int, targets: Sequence[ThreadAffinity]) -> list[ThreadAffinity]:
         """Set and verify each thread's affinity; threads that exited meanwhile are skipped."""
@@ -423,7 +477,7 @@ class TuneResource:
         if journal is None:
             return
         try:
-            self._released = restore_settings(journal, self.writer)
+            self._released = restore_settings(journal, self.writer, self.systemd)
             journal.remove()
             self._journal = None
         finally:
@@ -453,6 +507,11 @@ class TuneResource:
                 {"cpu": cpu, "governor": name}
                 for cpu, name in sorted(plan.governor.targets.items())
             ] if plan else [],
+            "isolated_units": [
+                {"unit": unit, "allowed_cpus": value} for unit, value in self._isolated
+            ],
+            "qemu_scope": self._scope,
+            "qemu_scope_cpus": plan.isolation.qemu_scope if plan and plan.isolation else None,
             "pin_seconds": self._pin_seconds,
             "compact_seconds": pool.get("compact_seconds"),
             "raise_seconds": pool.get("raise_seconds"),

@@ -12,15 +12,28 @@ The kernel may accept a write yet hold another value (a hugepage pool it
 could not fill): the read-back is the caller's to judge for the new value
 (:func:`handoff.tune.hugepages.check_raised`), and must equal the previous
 value exactly when restoring.
+
+A systemd unit's ``AllowedCPUs=`` (``cpu.isolate``) is a setting too, made
+through systemd's own interface (:class:`Systemd`: ``systemctl show`` /
+``systemctl set-property --runtime``; runtime only, so a reboot forgets it)
+and verified from the unit's ``cpuset.cpus`` in /sys/fs/cgroup.
 """
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
 from handoff.errors import HandoffError, SysfsWriteError, TuneError
+from handoff.host import HostPaths
 from handoff.pci import journal as jr
+from handoff.tune.cpulist import format_cpulist, parse_cpulist
+
+#: Runs a command, returns its stdout; raises TuneError when it fails.
+Runner = Callable[[Sequence[str]], str]
+COMMAND_TIMEOUT = 120.0  # systemctl waits for PID 1, which may be busy on a loaded host
 
 
 class SettingWriter(Protocol):
@@ -66,29 +79,158 @@ def change_setting(
     return write_setting(writer, path, value, what)
 
 
-def restore_settings(journal: jr.Journal, writer: SettingWriter) -> list[str]:
+def run_command(argv: Sequence[str]) -> str:
+    """Run ``argv`` (systemctl); its stdout, or a TuneError with its stderr."""
+    try:
+        done = subprocess.run(
+            list(argv), capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise TuneError(
+            f"cannot run {' '.join(argv)}: {exc}",
+            fix="cpu.isolate needs systemd's systemctl, run as root; or set cpu.isolate = false",
+        ) from exc
+    if done.returncode != 0:
+        raise TuneError(
+            f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}",
+            fix="run handoff as root on a host whose PID 1 is systemd; or set "
+            "cpu.isolate = false",
+        )
+    return done.stdout
+
+
+class Systemd:
+    """AllowedCPUs= of systemd units through systemctl, read back from the cgroup tree."""
+
+    def __init__(self, paths: HostPaths, runner: Runner | None = None) -> None:
+        self.sys = paths.sys
+        self.cgroup_root = paths.sys / "fs/cgroup"
+        self._runner = runner
+
+    def run(self, argv: Sequence[str]) -> str:
+        return (self._runner or run_command)(argv)
+
+    def allowed_cpus(self, unit: str) -> str:
+        """The unit's AllowedCPUs= as systemd holds it ("" when unset: every CPU)."""
+        return self.run(["systemctl", "show", "-p", "AllowedCPUs", "--value", unit]).strip()
+
+    def set_allowed_cpus(self, unit: str, value: str) -> None:
+        self.run(["systemctl", "set-property", "--runtime", unit, f"AllowedCPUs={value}"])
+
+    def online(self) -> frozenset[int]:
+        """/sys/devices/system/cpu/online."""
+        try:
+            return parse_cpulist((self.sys / "devices/system/cpu/online").read_text().strip())
+        except OSError as exc:
+            raise TuneError(
+                f"cannot read the online CPUs: {exc.strerror or exc}", fix="mount sysfs"
+            ) from exc
+
+    def has_cgroup(self, cgroup: str) -> bool:
+        return (self.cgroup_root / cgroup).is_dir()
+
+    def cpuset(self, cgroup: str) -> frozenset[int]:
+        """``cpuset.cpus`` of a cgroup (a top-level unit's is its name); absent or "": none set."""
+        try:
+            text = (self.cgroup_root / cgroup / "cpuset.cpus").read_text()
+        except FileNotFoundError:
+            return frozenset()
+        except OSError as exc:
+            raise TuneError(
+                f"cannot read {self.cgroup_root / cgroup / 'cpuset.cpus'}: {exc.strerror or exc}",
+                fix="mount cgroup v2 on /sys/fs/cgroup",
+            ) from exc
+        return parse_cpulist(text.strip())
+
+
+def confine_unit(journal: jr.Journal, systemd: Systemd, unit: str, cpus: frozenset[int]) -> None:
+    """Journal ``unit``'s AllowedCPUs=, then set it to ``cpus``, verified from cpuset.cpus."""
+    value = format_cpulist(cpus)
+    previous = systemd.allowed_cpus(unit)
+    what = f"{unit}'s AllowedCPUs"
+    journal.record_setting(
+        jr.SettingRecord(jr.SettingKind.ALLOWED_CPUS, unit, previous, value, what)
+    )
+    systemd.set_allowed_cpus(unit, value)
+    if not systemd.has_cgroup(unit):
+        # No tasks, no cgroup (user.slice with nobody logged in): systemd applies
+        # the property when the unit starts; what it holds is what can be checked.
+        held = systemd.allowed_cpus(unit)
+        if parse_cpulist(held) != cpus:
+            raise TuneError(
+                f"{unit} holds AllowedCPUs={held} after setting {value}",
+                fix=f"check `systemctl show -p AllowedCPUs {unit}`; or set cpu.isolate = false",
+            )
+        return
+    now = systemd.cpuset(unit)
+    if now != cpus:
+        raise TuneError(
+            f"{unit} runs on CPUs {format_cpulist(now) or '(all)'} after AllowedCPUs={value} "
+            f"({systemd.cgroup_root / unit / 'cpuset.cpus'})",
+            fix="the cpuset controller must be available (cgroup v2, `cat "
+            "/sys/fs/cgroup/cgroup.controllers`); or set cpu.isolate = false",
+        )
+
+
+def _restore_unit(systemd: Systemd, record: jr.SettingRecord) -> str | None:
+    """The unit's AllowedCPUs= back; None when verified, else what is wrong.
+
+    Unset (""): first every online CPU, then unset. systemd writes a unit's
+    cpuset.cpus only while the unit itself asks for CPUs; unsetting alone
+    may leave the confined value in the file while a sibling (QEMU's scope)
+    keeps the controller on. So "unset" is verified as: no cpuset.cpus, an
+    empty one, or one holding every online CPU.
+    """
+    unit, previous = record.target, record.previous
+    online = systemd.online()
+    if not previous:
+        systemd.set_allowed_cpus(unit, format_cpulist(online))
+    systemd.set_allowed_cpus(unit, previous)
+    held = systemd.allowed_cpus(unit)
+    now = systemd.cpuset(unit)
+    free = not previous and (not now or now >= online)
+    if held != previous or not (free or now == parse_cpulist(previous)):
+        return (
+            f"{record.what} reads {held!r} (cpuset.cpus {format_cpulist(now)!r}) after "
+            f"setting back {previous!r}"
+        )
+    return None
+
+
+def _restore_file(writer: SettingWriter, record: jr.SettingRecord) -> str | None:
+    path = Path(record.target)
+    now = write_setting(writer, path, record.previous, record.what)
+    if now != record.previous:
+        return f"{record.what} ({path}) reads {now} after writing back {record.previous}"
+    return None
+
+
+def restore_settings(
+    journal: jr.Journal, writer: SettingWriter, systemd: Systemd | None = None
+) -> list[str]:
     """Every recorded setting back to its previous value, newest first, verified.
 
     A setting that does not go back stays in the journal (``handoff
     recover`` tries again) and a TuneError lists it after the others were
-    handled. Returns one line per restored setting.
+    handled. Returns one line per restored setting. ``systemd`` is needed
+    only for AllowedCPUs records (None: systemctl on the real host).
     """
     notes: list[str] = []
     failures: list[str] = []
     for record in reversed(list(journal.settings)):
-        path = Path(record.target)
         try:
-            now = write_setting(writer, path, record.previous, record.what)
+            if record.kind is jr.SettingKind.ALLOWED_CPUS:
+                wrong = _restore_unit(systemd or Systemd(HostPaths()), record)
+            else:
+                wrong = _restore_file(writer, record)
         except HandoffError as exc:
             failures.append(exc.message)
             continue
-        if now != record.previous:
-            failures.append(
-                f"{record.what} ({path}) reads {now} after writing back {record.previous}"
-            )
+        if wrong is not None:
+            failures.append(wrong)
             continue
         journal.drop_setting(record.target)
-        notes.append(f"{record.what} back to {record.previous}")
+        notes.append(f"{record.what} back to {record.previous or '(unset: every CPU)'}")
     if failures:
         raise TuneError(
             "could not restore every host setting:\n" + "\n".join(f"  - {f}" for f in failures),

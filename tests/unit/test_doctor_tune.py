@@ -102,4 +102,5 @@ def test_isolation_needs_systemd_on_cgroup_v2(tmp_path: Path) -> None:
     v1 = checks(env_for(tmp_path / "b", ryzen_8c16t_2ccx(), cgroup2=False), profile)
     assert "not cgroup v2" in v1["cpu-isolation"][1]
     ready = checks(env_for(tmp_path / "c", ryzen_8c16t_2ccx()), profile)
-    assert ready["cpu-isolation"][0] is Verdict.WARN  # planned, not applied yet
+    assert ready["cpu-isolation"][0] is Verdict.OK
+    assert "systemd-run --scope" in ready["cpu-isolation"][1]

@@ -269,20 +269,6 @@ def test_absent_cpufreq_is_one_status_line_and_nothing_is_journaled(tmp_path: Pa
     assert not journal_file(paths).exists()
 
 
-def test_isolation_is_refused_before_anything_changes(tmp_path: Path) -> None:
-    paths = host(tmp_path)
-    (paths.proc / "1").mkdir(parents=True)
-    (paths.proc / "1/comm").write_text("systemd\n")
-    (paths.sys / "fs/cgroup").mkdir(parents=True)
-    (paths.sys / "fs/cgroup/cgroup.controllers").write_text("cpuset cpu\n")
-    kernel = TuneKernel(paths)
-    res = resource(paths, kernel, PROFILE.replace("[cpu]", "[cpu]\nisolate = true"))
-    with pytest.raises(IsolationRefusedError, match="does not apply it yet"):
-        trio.run(res.acquire)
-    assert kernel.writes == []
-    assert pool(paths) == 3
-
-
 def test_isolation_without_systemd_is_refused_saying_why(tmp_path: Path) -> None:
     paths = host(tmp_path)
     (paths.proc / "1").mkdir(parents=True)
