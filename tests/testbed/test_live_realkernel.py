@@ -9,6 +9,10 @@ moves between the testbed's drivers and a nested QEMU that runs firmware only.
   a function it hot-plugged): real vfio-pci functions device_add'ed into the
   plan's root port, then to the host (bochs-drm and snd_hda_intel bind again,
   QEMU closes /dev/vfio/N) and back (vfio-pci, query-pci lists both).
+- The same with the session's resources (live GPU and input, wired as
+  ``handoff run`` wires them): a uinput keyboard types ``input.gpu_hotkey``
+  and the group goes to the host, typed again back to the guest; with
+  ``follow_gpu`` the input mode follows each move.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -30,6 +34,7 @@ import trio
 
 from handoff.control import ControlCommands
 from handoff.host import HostPaths
+from handoff.input.resource import InputHandoff
 from handoff.live.guest import attach, guest_ids
 from handoff.live.resource import GpuTarget, LiveGpu
 from handoff.live.sequence import live_slots
@@ -39,11 +44,14 @@ from handoff.pci.sysfs import read_device
 from handoff.profile import Profile, load_profile
 from handoff.qemu.process import QemuProcess
 from handoff.qemu.qmp import open_qmp
+from handoff.run_layout import qemu_socket_dir
+from handoff.session import default_resources
 from handoff.session_plan import HostFacts, plan_session
 from tests.qemu.test_live_qmp import NATIVE, Vm
 from tests.testbed import devices, guest
+from tests.testbed.test_input_realkernel import KBD_NAME, make_keyboard, tap
 
-pytestmark = [pytest.mark.realkernel, pytest.mark.usefixtures("testbed_gpu")]
+pytestmark = [pytest.mark.realkernel, pytest.mark.usefixtures("testbed_gpu", "testbed_uinput")]
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 NAME = "livetb"
@@ -215,6 +223,77 @@ async def test_the_group_goes_to_the_host_and_back_while_the_vm_runs(tmp_path: P
     finally:
         await live.release()
     assert drivers() == host_drivers()
+    guest.wait_for(lambda: drivers() == host_drivers(), "the lookalike back on its drivers")
+
+
+KEY_LEFTCTRL, KEY_LEFTALT, KEY_G = 29, 56, 34
+HOTKEY_INPUT = (
+    '[input]\nbackend = "qmp"\nstart_in = "guest"\nfollow_gpu = true\n'
+    'hotkey = ["KEY_SCROLLLOCK"]\ngpu_hotkey = ["KEY_LEFTCTRL", "KEY_LEFTALT", "KEY_G"]\n'
+    f'devices = ["name:{KBD_NAME}"]\n'
+)
+
+
+async def wait_until(probe: Callable[[], bool], what: str) -> None:
+    """Poll ``probe()`` (state of other tasks and of the kernel), bounded by WAIT."""
+    with trio.move_on_after(WAIT):
+        while not probe():  # noqa: ASYNC110 (state of other tasks and of the kernel)
+            await trio.sleep(0.1)
+        return
+    raise AssertionError(f"no {what} within {WAIT:g} s")
+
+
+async def test_the_gpu_hotkey_on_a_uinput_keyboard_moves_the_group_and_input_follows(
+    tmp_path: Path,
+) -> None:
+    path = write_profile(tmp_path)
+    path.write_text(path.read_text() + HOTKEY_INPUT)
+    profile = load_profile(path)
+    run = tmp_path / "run"
+    paths = dataclasses.replace(HostPaths.from_environment(), run=run)
+    slots = live_slots(profile.passthrough)
+    ids = {i for slot in slots for i in slot.ids}
+    live, inputs = default_resources(profile, paths)  # wired as `handoff run` wires them
+    assert isinstance(live, LiveGpu)
+    assert isinstance(inputs, InputHandoff)
+    live.release_within = WAIT
+    qemu_socket_dir(paths, NAME).mkdir(parents=True, exist_ok=True)  # the session's job
+    keyboard = make_keyboard()
+    await live.acquire()
+    try:
+        await inputs.acquire()
+        async with nested(profile, run, tmp_path / "qemu.log") as vm:
+            with trio.fail_after(WAIT):
+                while "rp0" not in await guest_ids(vm):  # noqa: ASYNC110 (firmware numbering)
+                    await trio.sleep(0.5)
+                await trio.sleep(2)
+                await attach(vm, vm, slots)  # the group in the guest: real vfio-pci functions
+            live.note_qemu_pid(vm.pid)
+            async with trio.open_nursery() as nursery:
+                control = ControlCommands()
+                await live.vm_started(vm, nursery, control)
+                await inputs.vm_started(vm, nursery, control)
+                await wait_until(lambda: inputs.status()["mode"] == "guest"
+                                 and bool(inputs.status()["devices"]), "the keyboard grabbed")
+
+                tap(keyboard, KEY_LEFTCTRL, KEY_LEFTALT, KEY_G)
+                await wait_until(lambda: live.status()["state"] == "host", "the group on the host")
+                assert drivers() == host_drivers()
+                assert not await guest_ids(vm) & ids
+                await wait_until(lambda: inputs.status()["mode"] == "host", "input on the host")
+
+                tap(keyboard, KEY_LEFTCTRL, KEY_LEFTALT, KEY_G)
+                await wait_until(lambda: live.status()["state"] == "guest",
+                                 "the group in the guest")
+                assert drivers() == on_vfio()
+                assert await guest_ids(vm) >= ids
+                await wait_until(lambda: inputs.status()["mode"] == "guest", "input in the guest")
+                assert live.status()["last_error"] is None
+                nursery.cancel_scope.cancel()
+    finally:
+        keyboard.close()
+        await inputs.release()
+        await live.release()
     guest.wait_for(lambda: drivers() == host_drivers(), "the lookalike back on its drivers")
 
 
