@@ -161,7 +161,8 @@ async def test_a_journal_from_another_boot_is_discarded_and_nothing_changes(
     assert await run_recover(host_paths, KernelWriter(), out=lines.append) == 0, lines
     assert lines == [
         f"discarded: {path} is from an earlier boot (00000000-0000-4000-8000-000000000000): "
-        "the reboot already returned every device to the kernel's default driver"
+        "the reboot already returned every device to the kernel's default driver (and every "
+        "setting to its boot value)"
     ]
     # Not this boot's journal: the devices stay where they are (the fixture returns them).
     assert state(gpu) == on_vfio(gpu)
