@@ -20,6 +20,13 @@ IOMMU group, a NIC, and the chipset group that must never go to a VM):
   so every lookup by bochs-display's id still finds one device.
 - The boot GPU, cirrus-vga (1013:00b8, VGA class) at 0b.0: SeaBIOS runs its
   option ROM, so the kernel marks it boot_vga=1; handoff never takes it.
+- The systemd boot (runner.Init.SYSTEMD) has a std VGA (``-device VGA``, 1234:1111 like
+  bochs-display but VGA class 0x030000, driver bochs-drm with fbcon on it) at 05.0
+  instead of cirrus-vga: the boot GPU a single-GPU host hands over. At 05.0 its driver
+  probes before bochs-display's, so the kernel keeps the dummy console fbcon took over
+  from (measured: with the VGA at 0b.0, bochs-display's fbcon came first, vgacon was
+  then unregistered and fbcon was the only console driver, which the kernel never
+  unbinds).
 - A 64 MiB virtio disk (1af4:1001, serial testbed-disk) at 09.0, backed by
   QEMU's null-co driver with snapshot=on: writable (a throw-away overlay),
   nothing on the host to create or clean up; tests make a file system on it
@@ -64,8 +71,18 @@ HOST_DRIVERS: dict[tuple[int, int], str | None] = {
 SYS = Path("/sys")
 
 
-def qemu_args() -> list[str]:
-    """QEMU arguments adding the standard device set to a q35 machine."""
+#: PCI class of a VGA-compatible controller (std VGA) and of bochs-display's "other display".
+VGA_CLASS = 0x030000
+OTHER_DISPLAY_CLASS = 0x038000
+
+
+def qemu_args(*, std_vga: bool = False) -> list[str]:
+    """QEMU arguments adding the standard device set to a q35 machine.
+
+    ``std_vga``: the boot GPU is a std VGA at 05.0 (the systemd boot) instead of cirrus-vga
+    at 0b.0.
+    """
+    boot_gpu = "VGA,addr=05.0" if std_vga else "cirrus-vga,addr=0b.0"
     return [
         "-device", "bochs-display,addr=06.0,multifunction=on",
         "-device", "ich9-intel-hda,addr=06.1",
@@ -73,7 +90,7 @@ def qemu_args() -> list[str]:
         "-netdev", "user,id=n0,restrict=on",
         "-device", "e1000e,netdev=n0,addr=08.0",
         "-device", "virtio-gpu-pci,addr=0a.0",
-        "-device", "cirrus-vga,addr=0b.0",
+        "-device", boot_gpu,
         "-drive", "if=none,id=tbdisk,driver=null-co,size=64M,read-zeroes=on,snapshot=on",
         "-device", f"virtio-blk-pci,drive=tbdisk,addr=09.0,serial={DISK_SERIAL}",
     ]  # fmt: skip
@@ -133,9 +150,30 @@ def find_one(ids: tuple[int, int], sys_root: Path = SYS) -> PciAddress:
     return found[0]
 
 
+def _of_class(found: list[PciAddress], class_code: int, sys_root: Path) -> list[PciAddress]:
+    node = sys_root / "bus" / "pci" / "devices"
+    return [a for a in found if int((node / str(a) / "class").read_text(), 16) == class_code]
+
+
 def gpu_lookalike(sys_root: Path = SYS) -> tuple[PciAddress, PciAddress]:
-    """(VGA function, its audio function): bochs-display and ich9-intel-hda."""
-    return find_one(BOCHS_DISPLAY, sys_root), find_one(ICH9_HDA, sys_root)
+    """(VGA function, its audio function): bochs-display and ich9-intel-hda.
+
+    By id and class: the systemd boot's std VGA has bochs-display's id.
+    """
+    found = _of_class(find(BOCHS_DISPLAY, sys_root), OTHER_DISPLAY_CLASS, sys_root)
+    if len(found) != 1:
+        raise DeviceNotFoundError(f"expected one bochs-display in the testbed, found {found}")
+    return found[0], find_one(ICH9_HDA, sys_root)
+
+
+def std_vga(sys_root: Path = SYS) -> PciAddress:
+    """The systemd boot's std VGA (bochs-drm, fbcon): the boot GPU of the single-GPU tests."""
+    found = _of_class(find(BOCHS_DISPLAY, sys_root), VGA_CLASS, sys_root)
+    if len(found) != 1:
+        raise DeviceNotFoundError(
+            f"expected one std VGA in the testbed, found {found}: the systemd boot has it"
+        )
+    return found[0]
 
 
 def edu(sys_root: Path = SYS) -> PciAddress:
