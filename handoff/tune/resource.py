@@ -212,6 +212,7 @@ class TuneResource:
         self.systemd = Systemd(paths, runner)
         self._isolated: list[tuple[str, str]] = []  # (unit, AllowedCPUs) confined and verified
         self._scope: str | None = None  # QEMU's scope's cgroup, verified
+        self._isolate_seconds: float | None = None
         self.report = report
         self.plan: TunePlan | None = None
         self.memlock_bytes: int | None = None
@@ -377,7 +378,9 @@ class TuneResource:
     ) -> None:
         plan = self.plan
         if plan is not None and plan.isolation is not None:
+            started = time.monotonic()
             await trio.to_thread.run_sync(self.isolate, vm.pid, plan.isolation)
+            self._isolate_seconds = round(time.monotonic() - started, 4)
         if plan is None or not plan.pin.active:
             return
         started = time.monotonic()
@@ -512,6 +515,7 @@ class TuneResource:
             ],
             "qemu_scope": self._scope,
             "qemu_scope_cpus": plan.isolation.qemu_scope if plan and plan.isolation else None,
+            "isolate_seconds": self._isolate_seconds,
             "pin_seconds": self._pin_seconds,
             "compact_seconds": pool.get("compact_seconds"),
             "raise_seconds": pool.get("raise_seconds"),

@@ -8,12 +8,17 @@ kernel: /proc/<qemu>/task/<tid>/status and
 /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages. A supervisor
 SIGKILLed mid-session leaves the pool raised; once its QEMU is gone (and
 with it the affinities) `handoff recover` puts the pool back. Each refusal
-changes nothing. No wall-clock assertion: waits are on conditions with
-generous limits.
+changes nothing. With ``isolate = true`` (the real systemd as PID 1):
+system.slice, user.slice and init.scope have AllowedCPUs=0-1 (systemctl)
+and cpuset.cpus 0-1 (the kernel) while the VM runs, QEMU runs in
+machine.slice/handoff-NAME-qemu.scope with CPUs 0-3, and all is back after
+Ctrl-C, and after a supervisor SIGKILL + `handoff recover`. No wall-clock
+assertion: waits are on conditions with generous limits.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -129,7 +134,13 @@ def start(profiles: Path) -> Iterator[Callable[[Path], Supervisor]]:
 
     yield run
     for sup in started:
+        killed = sup.process.poll() is None
         sup.close()
+        qemu = next((int(line.split("pid ")[1].split()[0]) for line in sup.lines
+                     if "QEMU started, pid" in line), None)  # fmt: skip
+        if killed and qemu is not None:  # a failed test: its QEMU and host changes go too
+            stop(qemu)
+            sup.handoff("recover")
 
 
 def write(directory: Path, name: str, text: str = PROFILE) -> Path:
@@ -157,6 +168,12 @@ def gone(pid: int) -> bool:
     except ProcessLookupError:
         return True
     return False
+
+
+def stop(qemu: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(qemu, signal.SIGKILL)
+    guest.wait_for(lambda: gone(qemu) or None, "QEMU to be gone", timeout=WAIT)
 
 
 def test_the_guest_has_smt_siblings_to_pin_to() -> None:
@@ -212,16 +229,131 @@ def test_recover_restores_the_pool_after_the_supervisor_is_sigkilled(
     assert not list((profiles / "run" / "journal").glob("*+tune.json"))
 
 
+UNITS = ("system.slice", "user.slice", "init.scope")
+ISOLATED = PROFILE.replace('pin = "auto"', 'pin = "auto"\nisolate = true')
+
+
+def allowed(unit: str) -> str:
+    return subprocess.run(
+        ["systemctl", "show", "-p", "AllowedCPUs", "--value", unit],
+        capture_output=True, text=True, check=True, timeout=WAIT,
+    ).stdout.strip()  # fmt: skip
+
+
+def cpuset(cgroup: str) -> str | None:
+    """The cgroup's cpuset.cpus (None: no cpuset controller there)."""
+    path = Path("/sys/fs/cgroup") / cgroup / "cpuset.cpus"
+    return path.read_text().strip() if path.exists() else None
+
+
+def host_units() -> dict[str, tuple[str, str | None]]:
+    return {unit: (allowed(unit), cpuset(unit)) for unit in UNITS}
+
+
+def unconfined(state: dict[str, tuple[str, str | None]]) -> bool:
+    """Every unit's AllowedCPUs unset and its cpuset.cpus absent, empty or every CPU."""
+    return all(a == "" and c in (None, "", "0-3") for a, c in state.values())
+
+
+def qemu_cgroup(pid: int) -> str:
+    return Path(f"/proc/{pid}/cgroup").read_text().strip()
+
+
+def test_isolate_confines_the_host_units_while_the_vm_runs_and_not_after(
+    profiles: Path, start: Callable[[Path], Supervisor]
+) -> None:
+    before = host_units()
+    assert unconfined(before), before
+    profile = write(profiles, "iso", ISOLATED)
+    printed = subprocess.run(
+        [sys.executable, "-m", "handoff", "argv", str(profile)], cwd=CHECKOUT,
+        capture_output=True, text=True, timeout=WAIT, check=True,
+    ).stdout  # fmt: skip
+    assert printed.startswith("systemd-run --scope "), printed
+    sup = start(profile)
+    sup.wait_for("handoff: running")
+    qemu = sup.qemu_pid
+    during = host_units()
+    assert {u: a for u, (a, _) in during.items()} == {u: "0-1" for u in UNITS}, during
+    # A unit without tasks has no cgroup (user.slice without logins): systemd applies it later.
+    assert {u: c for u, (_, c) in during.items() if Path("/sys/fs/cgroup", u).is_dir()} == {
+        u: "0-1" for u in UNITS if Path("/sys/fs/cgroup", u).is_dir()
+    }, during
+    assert during["system.slice"][1] == "0-1", during
+    assert during["init.scope"][1] == "0-1", during
+    assert qemu_cgroup(qemu) == "0::/machine.slice/handoff-iso-qemu.scope"
+    assert cpuset("machine.slice/handoff-iso-qemu.scope") == "0-3"
+    # systemd-run execs QEMU under the same pid, by its absolute path; the rest is the argv's.
+    cmdline = Path(f"/proc/{qemu}/cmdline").read_bytes().decode().split("\0")[:-1]
+    assert cmdline[0].endswith("/qemu-system-x86_64"), cmdline
+    assert cmdline[1:4] == printed.split("-- qemu-system-x86_64 ", 1)[1].split()[:3], cmdline
+    threads = affinities(qemu)
+    vcpus = sorted((k.split()[1], v) for k, v in threads.items() if k.startswith("CPU "))
+    assert vcpus == [("0/TCG", "2"), ("1/TCG", "3")], threads
+    status = json.loads(sup.handoff("status", "iso", "--json").stdout)["resources"]["tune"]
+    assert status["isolated_units"] == [{"unit": u, "allowed_cpus": "0-1"} for u in UNITS]
+    assert status["qemu_scope"] == "machine.slice/handoff-iso-qemu.scope"
+    assert any("isolated: system.slice, user.slice, init.scope on CPUs 0-1" in line
+               for line in sup.lines), sup.lines
+    sup.process.send_signal(signal.SIGINT)
+    assert sup.process.wait(timeout=WAIT) == 130
+    sup.close()
+    assert unconfined(host_units()), host_units()
+    assert "restored system.slice's AllowedCPUs back to (unset: every CPU)" in "\n".join(sup.lines)
+
+
+def test_recover_unconfines_the_host_after_the_supervisor_is_sigkilled(
+    profiles: Path, start: Callable[[Path], Supervisor]
+) -> None:
+    sup = start(write(profiles, "isokill", ISOLATED))
+    sup.wait_for("handoff: running")
+    qemu = sup.qemu_pid
+    sup.process.send_signal(signal.SIGKILL)
+    sup.process.wait(timeout=WAIT)
+    assert {u: a for u, (a, _) in host_units().items()} == {u: "0-1" for u in UNITS}
+    left = sup.handoff("recover")  # its QEMU still runs: the journal is left alone
+    assert left.returncode == 1, left.stdout + left.stderr
+    assert {u: a for u, (a, _) in host_units().items()} == {u: "0-1" for u in UNITS}
+    os.kill(qemu, signal.SIGKILL)
+    guest.wait_for(lambda: gone(qemu) or None, "QEMU to be gone", timeout=WAIT)
+    done = sup.handoff("recover")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "user.slice's AllowedCPUs back to" in done.stdout
+    assert unconfined(host_units()), host_units()
+    assert not list((profiles / "run" / "journal").glob("*+tune.json"))
+
+
+def test_a_refused_isolated_start_changes_nothing(
+    profiles: Path, start: Callable[[Path], Supervisor]
+) -> None:
+    """QEMU's scope name is taken (another QEMU of the profile, say): nothing is confined."""
+    before, pages = host_units(), pool()
+    squatter = subprocess.Popen(
+        ["systemd-run", "--scope", "--quiet", "--unit=handoff-isotaken-qemu", "sleep", "600"]
+    )
+    try:
+        guest.wait_for(
+            lambda: "handoff-isotaken-qemu.scope" in qemu_cgroup(squatter.pid) or None,
+            "the squatting scope", timeout=WAIT,
+        )
+        sup = start(write(profiles, "isotaken", ISOLATED))
+        assert sup.process.wait(timeout=WAIT) == 2
+        sup.close()
+    finally:
+        squatter.kill()
+        squatter.wait(timeout=WAIT)
+    out = "\n".join(sup.lines)
+    assert "Failed to start transient scope unit: Unit handoff-isotaken-qemu.scope" in out, out
+    assert host_units() == before
+    assert pool() == pages
+
+
 def test_each_refusal_changes_nothing(
     profiles: Path, start: Callable[[Path], Supervisor]
 ) -> None:
     before = pool()
     too_big = PROFILE.replace("cpus = 2", "cpus = 4").replace("cores = 1", "cores = 2")
-    isolated = PROFILE.replace('pin = "auto"', 'pin = "auto"\nisolate = true')
-    for name, text, expected in (
-        ("toobig", too_big, "physical cores"),
-        ("isolated", isolated, "does not apply it yet"),
-    ):
+    for name, text, expected in (("toobig", too_big, "physical cores"),):
         sup = start(write(profiles, name, text))
         assert sup.process.wait(timeout=WAIT) == 2
         sup.close()

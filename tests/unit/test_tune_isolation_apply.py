@@ -140,6 +140,7 @@ def test_each_host_unit_is_confined_journaled_first_verified_and_restored_in_rev
     assert status["isolated_units"] == [{"unit": u, "allowed_cpus": "0,3"} for u in UNITS]
     assert status["qemu_scope"] == SCOPE
     assert status["qemu_scope_cpus"] == "0-3"
+    assert isinstance(status["isolate_seconds"], float)
     assert "isolated: system.slice, user.slice, init.scope on CPUs 0,3; QEMU in " \
         "handoff-tuned-qemu.scope on CPUs 0-3" in res.lines  # type: ignore[attr-defined]
     assert res.pins  # type: ignore[attr-defined]  # pinned after the units were confined
