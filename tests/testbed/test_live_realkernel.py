@@ -240,7 +240,7 @@ async def wait_until(probe: Callable[[], bool], what: str) -> None:
         while not probe():  # noqa: ASYNC110 (state of other tasks and of the kernel)
             await trio.sleep(0.1)
         return
-    raise AssertionError(f"no {what} within {WAIT:g} s")
+    raise AssertionError(f"timed out after {WAIT:g} s waiting for {what}")
 
 
 async def test_the_gpu_hotkey_on_a_uinput_keyboard_moves_the_group_and_input_follows(
