@@ -23,6 +23,11 @@ The shutdown ladder is :mod:`handoff.ladder`; how an end becomes an exit
 status and a sentence (and a failed launch a fix) is :mod:`handoff.session_end`.
 Errors before the VM runs are raised as HandoffError (the CLI prints them and
 exits 2).
+
+Why it stays over 500 lines: it is one state machine (:class:`Session`), whose
+steps share the state that makes every exit path safe (the phase, the stop
+request, the acquired resources, QEMU's process and monitor); the parts that
+can stand alone already do (plan, ladder, end classification, resources).
 """
 
 from __future__ import annotations

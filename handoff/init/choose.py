@@ -19,6 +19,10 @@ Rules (each stated again in the profile and on the terminal):
 - Memory: the host keeps max(2 GiB, a quarter of its RAM); the guest gets the
   rest, rounded down to 256 MiB. On a host where that leaves the guest less
   than 1 GiB, the guest gets half.
+
+Over 500 lines because each rule carries its own reasons and refusals (the
+text `init` prints and writes as comments); they are one decision, read in
+the order the profile is written.
 """
 
 from __future__ import annotations

@@ -11,6 +11,13 @@ Never: touch the host beyond :func:`load_profile` reading the one file it is
 given (no user lookups, no existence checks: that is
 handoff.checks.profile_files), and never import evdev (key names come from
 handoff.input.keynames).
+
+Why one long module: it is one reader (:class:`_Reader`) and one function per
+section, and every error text a person can meet is here, pinned byte for byte
+by tests/unit/bad_profiles/. Split per section, the shared reader and the
+cross-section checks (cdrom vs interface, the input chords against each other,
+[cpu] against [vm]'s topology) would be spread over files that cannot be read
+alone.
 """
 
 from __future__ import annotations
