@@ -83,7 +83,12 @@ class Init(enum.Enum):
 SYSTEMD_TARGET = "testbed.target"
 SYSTEMD_SERVICE = "testbed.service"
 #: Added to the kernel command line in the systemd boot.
-SYSTEMD_CMDLINE = f"systemd.unit={SYSTEMD_TARGET} systemd.show_status=error"
+#: virtio_gpu is kept off in it: its fbdev, registered first or not by udev's module load
+#: order, decides whether the kernel keeps the dummy console fbcon can hand the terminals
+#: to (the single-GPU tests unbind fbcon); without it the std VGA's bochs-drm probes first.
+SYSTEMD_CMDLINE = (
+    f"systemd.unit={SYSTEMD_TARGET} systemd.show_status=error module_blacklist=virtio_gpu"
+)
 #: The systemd boot's vCPUs: two cores of two threads (SMT siblings for CPU isolation).
 SYSTEMD_SMP = 4
 #: Under TCG, -cpu max is AMD-flavoured: every vCPU its own core. Intel shows the threads.
