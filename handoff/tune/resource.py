@@ -235,6 +235,8 @@ class TuneResource:
 
     async def acquire(self) -> None:
         plan = self._plan()
+        if plan.isolation is not None:
+            await trio.to_thread.run_sync(self._check_scope_free)
         # A leftover's raised pool would look like free pages already there:
         # undo it first, then plan from the host as it really is.
         if await self._finish_left_behind():
@@ -395,6 +397,18 @@ class TuneResource:
         self._pin_seconds = round(time.monotonic() - started, 4)
         for line in self.map_lines():
             self.report(f"pinned: {line}")
+
+    def _check_scope_free(self) -> None:
+        """Refuse before any change when QEMU's scope name is taken (another QEMU runs in it)."""
+        unit = qemu_scope_unit(self.profile.name)
+        state = self.systemd.run(["systemctl", "show", "-p", "ActiveState", "--value", unit])
+        if state.strip() in {"active", "activating", "deactivating", "reloading"}:
+            raise IsolationRefusedError(
+                f"QEMU's scope {unit} already exists ({state.strip()}): another QEMU of "
+                f"profile {self.profile.name} still runs in it",
+                fix=f"`systemctl status {unit}` names it; stop it (`systemctl stop {unit}`), "
+                "then run again",
+            )
 
     def isolate(self, pid: int, iso: IsolationPlan) -> None:
         """QEMU's scope verified, then each host unit confined (journaled first, verified)."""

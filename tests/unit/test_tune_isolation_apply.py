@@ -53,6 +53,7 @@ class FakeSystemd:
         self.props: dict[str, str] = {}
         self.calls: list[tuple[tuple[str, ...], list[dict[str, object]]]] = []
         self.fail_on = fail_on
+        self.running: set[str] = set()  # units active already
 
     def _journal_now(self) -> list[dict[str, object]]:
         path = jr.journal_path(self.paths, tune_journal_name("tuned"))
@@ -66,6 +67,8 @@ class FakeSystemd:
         self.calls.append((argv, self._journal_now()))
         if argv[:5] == ("systemctl", "show", "-p", "AllowedCPUs", "--value"):
             return self.props.get(argv[5], "") + "\n"
+        if argv[:5] == ("systemctl", "show", "-p", "ActiveState", "--value"):
+            return ("active" if argv[5] in self.running else "inactive") + "\n"
         assert argv[:3] == ("systemctl", "set-property", "--runtime"), argv
         unit, value = argv[3], argv[4].removeprefix("AllowedCPUs=")
         if unit == self.fail_on:
@@ -183,6 +186,18 @@ def test_qemu_outside_its_scope_is_refused_before_any_unit_is_touched(tmp_path: 
     trio.run(res.release)
     assert pool(paths) == 3
     assert not jr.journal_path(paths, tune_journal_name("tuned")).exists()
+
+
+def test_a_taken_scope_name_is_refused_before_anything_changes(tmp_path: Path) -> None:
+    paths = systemd_host(tmp_path)
+    fake = FakeSystemd(paths)
+    fake.running.add("handoff-tuned-qemu.scope")
+    res = isolated(paths, fake)
+    with pytest.raises(IsolationRefusedError, match="another QEMU of profile tuned still runs"):
+        trio.run(res.acquire)
+    assert fake.sets == []
+    assert res.writer.writes == []  # type: ignore[attr-defined]  # no pool raised
+    assert pool(paths) == 3
 
 
 def test_a_scope_without_the_vms_cpus_is_refused(tmp_path: Path) -> None:
