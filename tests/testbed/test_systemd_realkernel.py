@@ -47,8 +47,8 @@ backend = "none"
 """
 #: Generous bounds: a nested TCG QEMU under a loaded 2-core host is slow.
 START_TIMEOUT = 600.0
-#: The shipped unit's TimeoutStopSec is 400 s; systemctl stop waits for it at most.
-STOP_TIMEOUT = 500.0
+#: The shipped unit's TimeoutStopSec is 520 s; systemctl stop waits for it at most.
+STOP_TIMEOUT = 600.0
 
 
 def run(*argv: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
