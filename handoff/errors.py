@@ -149,6 +149,14 @@ class CpuListError(TuneError):
     """A string is not a CPU list in the kernel's syntax ("0-3,8,10-11")."""
 
 
+class PinListError(CpuListError):
+    """One vCPU's entry of cpu.pin is not a usable CPU list; ``index`` is that vCPU."""
+
+    def __init__(self, message: str, *, index: int, fix: str | None = None) -> None:
+        super().__init__(message, fix=fix)
+        self.index = index
+
+
 class PinningRefusedError(TuneError):
     """The vCPU pinning asked for does not fit this host or the guest topology."""
 

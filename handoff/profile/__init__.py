@@ -30,6 +30,7 @@ OVMF vars copy is handoff.firmware. This package must never gain either.
 """
 
 from handoff.errors import ProfileError
+from handoff.profile.input_section import selector_kind
 from handoff.profile.model import (
     RESERVED_NAMES,
     SECTIONS,
@@ -71,7 +72,6 @@ from handoff.profile.parse import (
     load_profile,
     parse_memory,
     parse_profile,
-    selector_kind,
 )
 from handoff.profile.render import profile_to_toml
 
