@@ -58,6 +58,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import trio
 
@@ -83,7 +84,7 @@ def _read_json_line(sock: socket.socket, buffer: bytearray) -> dict[str, object]
     return value
 
 
-def bare_round(profile: Profile, paths: HostPaths, accel: str) -> float:
+def bare_round(profile: Profile, paths: HostPaths, accel: Literal["kvm", "tcg"]) -> float:
     """Seconds from spawn to a negotiated QMP monitor, with nothing else around QEMU."""
     ours, theirs = socket.socketpair()
     argv = session_argv(profile, paths, accel, monitor_fd=theirs.fileno())

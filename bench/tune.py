@@ -48,8 +48,10 @@ from startup import bare_round
 
 from handoff.host import HostPaths
 from handoff.profile import Profile, parse_profile
+from handoff.resources import HostResource
 from handoff.session import Session, default_resources
 from handoff.session_end import StopRequest
+from handoff.session_plan import SessionPlan
 
 POOL = Path("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")
 PAGES = 512  # 1 GiB of 2 MiB pages
@@ -87,7 +89,11 @@ class Round:
 def session_round(p: Profile, paths: HostPaths) -> Round:
     """One session from Session.run() to the running line, then a forced stop."""
     marks: dict[str, float] = {}
-    resources = default_resources(p, paths, report=lambda _: None)
+    built: list[HostResource] = []
+
+    def resources(plan: SessionPlan) -> list[HostResource]:
+        built.extend(default_resources(plan, paths, report=lambda _: None))
+        return built
 
     async def main() -> None:
         def report(line: str) -> None:
@@ -106,7 +112,7 @@ def session_round(p: Profile, paths: HostPaths) -> Round:
     return Round(
         marks["running"] - marks["start"],
         marks["QMP connected"] - marks["QEMU started"],
-        resources[0].status() if resources else {},
+        built[0].status() if built else {},
     )
 
 

@@ -38,11 +38,14 @@ import termios
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from handoff.control_protocol import SwitchTarget
 from handoff.errors import HandoffError, SessionNotRunningError
 from handoff.profile_lookup import is_path_argument, resolve_profile
+
+if TYPE_CHECKING:  # the plan's modules load only for the commands that plan
+    from handoff.session_plan import SessionPlan
 
 __all__ = ["DELEGATED", "EXIT_ERROR", "EXIT_INTERRUPTED", "build_parser", "main"]
 
@@ -118,21 +121,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     import trio
 
     from handoff.profile import load_profile
-    from handoff.qemu.cmdline import format_argv
     from handoff.session import Session, default_resources, preflight
 
     profile = load_profile(resolve_profile(args.profile))
     paths = _paths()
     if args.dry_run:
-        plan = preflight(profile, paths, binary=args.qemu, trace_file=args.trace_input).plan
-        print(format_argv(plan.argv))
-        for change in plan.changes:  # stderr: stdout stays the command alone
-            print(f"handoff: would: {change.describe()}", file=sys.stderr)
+        _print_plan(preflight(profile, paths, binary=args.qemu, trace_file=args.trace_input).plan)
         return 0
     session = Session(
         profile,
         paths,
-        default_resources(profile, paths),
+        lambda plan: default_resources(plan, paths),  # built from the preflight's plan
         binary=args.qemu,
         trace_file=args.trace_input,
     )
@@ -149,7 +148,6 @@ def cmd_argv(args: argparse.Namespace) -> int:
     from handoff.host_facts import gather_host_facts
     from handoff.profile import load_profile
     from handoff.qemu.accel import kvm_problem
-    from handoff.qemu.cmdline import format_argv
     from handoff.session_plan import plan_session
 
     profile = load_profile(resolve_profile(args.profile))
@@ -159,8 +157,17 @@ def cmd_argv(args: argparse.Namespace) -> int:
     facts = gather_host_facts(profile, paths, strict=False)
     if facts.accel == "kvm" and kvm_problem(paths) is not None:
         print(f"handoff: note: {facts.accel_reason}", file=sys.stderr)
-    print(format_argv(plan_session(profile, facts, paths, binary=args.qemu).argv))
+    _print_plan(plan_session(profile, facts, paths, binary=args.qemu))
     return 0
+
+
+def _print_plan(plan: SessionPlan) -> None:
+    """The plan's argv on stdout (the command alone), its host changes on stderr."""
+    from handoff.qemu.cmdline import format_argv
+
+    print(format_argv(plan.argv), flush=True)
+    for change in plan.changes:
+        print(f"handoff: would: {change.describe()}", file=sys.stderr)
 
 
 def _running_sessions() -> list[str]:

@@ -45,15 +45,12 @@ from typing import Any
 
 import trio
 
-from handoff.checks.profile_files import check_profile_on_host
 from handoff.control import ControlCommands, serve_control
 from handoff.errors import HandoffError, QemuLaunchError, QmpError, SessionError
 from handoff.firmware import ensure_firmware_vars
 from handoff.host import HostPaths
-from handoff.host_facts import gather_host_facts
 from handoff.ladder import LadderTimeouts, Rung, shutdown_ladder
 from handoff.profile import Profile
-from handoff.qemu.capabilities import check_bridges, check_supported, probe
 from handoff.qemu.cmdline import format_argv
 from handoff.qemu.process import QemuProcess, read_log_tail
 from handoff.qemu.qmp import (
@@ -71,7 +68,15 @@ from handoff.session_end import (
     classify_end,
     launch_failure_fix,
 )
-from handoff.session_plan import MONITOR_FD_PLACEHOLDER, HostFacts, SessionPlan, plan_session
+from handoff.session_plan import SessionPlan
+from handoff.session_start import (
+    Preflight,
+    default_resources,
+    preflight,
+    print_line,
+    session_argv,
+    session_plan,
+)
 
 __all__ = [
     "LAUNCH_EXIT_GRACE",
@@ -93,9 +98,6 @@ log = logging.getLogger(__name__)
 RELEASE_TIMEOUT = 60.0
 #: Seconds a QEMU whose monitor hung up gets to exit, to report its exit code.
 LAUNCH_EXIT_GRACE = 5.0
-#: The fd number ``handoff argv`` / ``--dry-run`` shows for the QMP socketpair end.
-DRY_RUN_MONITOR_FD = MONITOR_FD_PLACEHOLDER
-
 
 class Phase(enum.Enum):
     PREFLIGHT = "preflight"
@@ -115,141 +117,6 @@ class Outcome:
     summary: str
     qemu_returncode: int | None = None
     log_tail: str = ""
-
-
-@dataclass(frozen=True)
-class Preflight:
-    """What the read-only checks decided: the session plan they passed."""
-
-    plan: SessionPlan
-
-    @property
-    def accel(self) -> str:
-        return self.plan.facts.accel
-
-    @property
-    def accel_reason(self) -> str:
-        return self.plan.facts.accel_reason
-
-
-def _print_line(line: str) -> None:
-    print(f"handoff: {line}", flush=True)
-
-
-def default_resources(
-    profile: Profile, paths: HostPaths, *, report: Callable[[str], None] | None = None
-) -> list[HostResource]:
-    """The host resources a profile needs, in acquisition order.
-
-    GPU hand-off and input hand-off each add one line here (the GPU first:
-    it must be on vfio-pci before QEMU opens it; releasing in reverse gives
-    keyboard and mouse back to the host first). ``report`` is the session's
-    status-line printer, for resources that report their own steps.
-    """
-    from handoff.profile import InputBackend
-
-    report = report or _print_line
-    resources: list[HostResource] = []
-    # Each resource's module (sysfs and journal code; evdev, pyudev) is imported
-    # only when the profile uses it: a plain VM starts without them.
-    if profile.host_display.handover:  # before the GPU: the display leaves the card first
-        from handoff.display.resource import HostDisplay
-
-        resources.append(HostDisplay(profile, paths, report=report))
-    if any(not p.live for p in profile.passthrough):
-        from handoff.pci.resource import GpuHandoff
-
-        resources.append(GpuHandoff(profile, paths, report=report))
-    live = None
-    if any(p.live for p in profile.passthrough):
-        from handoff.live.resource import LiveGpu
-
-        live = LiveGpu(profile, paths, report=report)
-        resources.append(live)
-    if profile.input.backend is not InputBackend.NONE:
-        from handoff.input.resource import InputHandoff
-
-        inputs = InputHandoff(profile, paths)
-        resources.append(inputs)
-        if live is not None and profile.input.follow_gpu:
-            from handoff.live.state import LiveState
-
-            live.on_moved = lambda state: inputs.follow_gpu(state is LiveState.IN_GUEST)
-        if live is not None and profile.input.gpu_hotkey:
-            from functools import partial
-
-            from handoff.live.resource import GpuTarget
-
-            inputs.on_gpu_hotkey = partial(live.move, GpuTarget.TOGGLE)  # `handoff gpu` toggle
-    if profile.tuned:  # last: its pool and governors go back first, once QEMU is gone
-        from handoff.tune.resource import TuneResource
-
-        resources.append(TuneResource(profile, paths, report=report))
-    return resources
-
-
-def preflight(
-    profile: Profile,
-    paths: HostPaths,
-    *,
-    binary: str = "qemu-system-x86_64",
-    trace_file: os.PathLike[str] | None = None,
-) -> Preflight:
-    """The read-only checks before anything changes; raises HandoffError to refuse.
-
-    Plans the session (which refuses profile/accelerator combinations such as
-    ``cpu_model = "host"`` without KVM) and checks every QEMU device of the
-    plan's argv, the input backend's included, against the binary.
-    """
-    check_profile_on_host(profile)
-    plan = session_plan(profile, paths, gather_host_facts(profile, paths), binary=binary,
-                        trace_file=trace_file)
-    caps = probe(binary)
-    check_supported(profile, plan.devices, caps, accel=plan.facts.accel)
-    check_bridges(profile)
-    return Preflight(plan)
-
-
-def session_plan(
-    profile: Profile,
-    paths: HostPaths,
-    facts: HostFacts,
-    *,
-    binary: str = "qemu-system-x86_64",
-    trace_file: os.PathLike[str] | None = None,
-) -> SessionPlan:
-    """:func:`handoff.session_plan.plan_session` with the session's argument types."""
-    from pathlib import Path
-
-    trace = Path(trace_file) if trace_file is not None else None
-    return plan_session(profile, facts, paths, binary=binary, trace_file=trace)
-
-
-def session_argv(
-    profile: Profile,
-    paths: HostPaths,
-    accel: str,
-    *,
-    binary: str = "qemu-system-x86_64",
-    monitor_fd: int = DRY_RUN_MONITOR_FD,
-    trace_file: os.PathLike[str] | None = None,
-) -> list[str]:
-    """The plan's argv for ``accel``, with QMP on ``monitor_fd`` (benchmarks, tools).
-
-    QEMU starts paused (``-S``) so the supervisor's tasks are up before the
-    guest's first instruction, and gets QMP on an inherited fd.
-    """
-    tuning = None
-    if profile.tuned:  # the tuning's RAM backend is part of the argv
-        from handoff.tune.topology import read_host
-
-        tuning = read_host(paths)
-    facts = HostFacts(
-        accel="kvm" if accel == "kvm" else "tcg", accel_reason="", supervisor_uid=os.geteuid(),
-        tuning=tuning,
-    )
-    plan = session_plan(profile, paths, facts, binary=binary, trace_file=trace_file)
-    return list(plan.argv_with_monitor_fd(monitor_fd))
 
 
 def describe_event(event: QmpEvent) -> str | None:
@@ -317,8 +184,9 @@ class _State:
 class Session:
     """One foreground VM session. ``await Session(...).run()`` returns its Outcome.
 
-    ``resources`` are acquired in order and released in reverse (pass
-    ``default_resources(profile, paths)``, or test doubles). ``report`` gets
+    ``resources`` are acquired in order and released in reverse: a function
+    that builds them from the preflight's plan (``handoff run`` passes
+    :func:`handoff.session_start.default_resources`), or a list (test doubles). ``report`` gets
     one status line per phase and per QMP event that matters. ``timeouts``
     overrides the ladder's bounds (tests); ``handle_signals`` installs the
     SIGINT/SIGTERM/SIGHUP handlers (the CLI; off for in-process tests that
@@ -330,10 +198,10 @@ class Session:
         self,
         profile: Profile,
         paths: HostPaths,
-        resources: Sequence[HostResource],
+        resources: Sequence[HostResource] | Callable[[SessionPlan], Sequence[HostResource]],
         *,
         binary: str = "qemu-system-x86_64",
-        report: Callable[[str], None] = _print_line,
+        report: Callable[[str], None] = print_line,
         timeouts: LadderTimeouts | None = None,
         handle_signals: bool = True,
         trace_file: os.PathLike[str] | None = None,
@@ -343,7 +211,8 @@ class Session:
     ) -> None:
         self.profile = profile
         self.paths = paths
-        self.resources = tuple(resources)
+        self._build = resources if callable(resources) else None
+        self.resources: tuple[HostResource, ...] = () if callable(resources) else tuple(resources)
         self.binary = binary
         self.report = report
         self.timeouts = timeouts or LadderTimeouts.for_profile(profile)
@@ -420,6 +289,8 @@ class Session:
             self.profile, self.paths, binary=self.binary, trace_file=self.trace_file
         )
         state.accel, state.accel_reason = checks.accel, checks.accel_reason
+        if self._build is not None:
+            self.resources = tuple(self._build(checks.plan))
         self.report(f"preflight ok: accelerator {checks.accel} ({checks.accel_reason})")
         rundir = RunDir.acquire(self.paths, self.profile.name, qemu_user=self.profile.vm.user)
         try:

@@ -20,7 +20,7 @@ what it touches. Nothing here imports trio, evdev, pyudev or an edge module.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -29,7 +29,13 @@ from handoff.live.sequence import live_slots
 from handoff.live.windows import Bar, size_windows
 from handoff.pci.address import PciAddress
 from handoff.profile import InputBackend, InputMode, Profile
-from handoff.qemu.cmdline import LaunchSpec, argv_devices, build_argv, input_args
+from handoff.qemu.cmdline import (
+    LaunchSpec,
+    argv_devices,
+    build_argv,
+    input_args,
+    monitor_chardev,
+)
 from handoff.run_layout import (
     CONTROL_SOCKET,
     QEMU_LOG,
@@ -160,12 +166,10 @@ class SessionPlan:
     tune: TunePlan | None = None
 
     def argv_with_monitor_fd(self, fd: int) -> tuple[str, ...]:
-        """The argv QEMU runs when QMP is the inherited ``fd``; nothing else differs."""
-        argv = live_argv(
-            tuple(build_argv(self.profile, replace(self.launch, monitor_fd=fd))), self.profile,
-            self.facts,
-        )
-        return scoped_argv(self.profile, self.tune, argv)
+        """The argv QEMU runs when QMP is the inherited ``fd``: the plan's argv with that
+        one value filled in (the QMP ``-chardev``); nothing else differs."""
+        at = self.argv.index(monitor_chardev(MONITOR_FD_PLACEHOLDER))
+        return (*self.argv[:at], monitor_chardev(fd), *self.argv[at + 1:])
 
     @property
     def scoped(self) -> bool:

@@ -68,8 +68,11 @@ def _plan(profile: Profile, facts: HostFacts, paths: HostPaths) -> SessionPlan:
 
 
 def check_qemu(
-    env: DoctorEnv, profile: Profile | None, binary: str = DEFAULT_QEMU, prober: Prober = probe
+    env: DoctorEnv, profile: Profile | None, binary: str = DEFAULT_QEMU, prober: Prober = probe,
+    *, facts: HostFacts | None = None,
 ) -> Check:
+    """The binary, its version, and the session plan's devices (``facts``: doctor's one
+    read of the host, gathered here when not given)."""
     name = "qemu"
     try:
         caps = prober(binary)
@@ -85,7 +88,8 @@ def check_qemu(
         )
     if profile is None:
         return ok(name, detail)
-    facts = gather_host_facts(profile, env.host, strict=False)
+    if facts is None:
+        facts = gather_host_facts(profile, env.host, strict=False)
     accel = facts.accel
     try:
         need = _devices(_plan(profile, facts, env.host))

@@ -258,9 +258,14 @@ def _firmware(profile: Profile) -> list[str]:
     ]
 
 
+def monitor_chardev(fd: int) -> str:
+    """The ``-chardev`` value of QMP on the inherited socket ``fd``."""
+    return _opts("socket", id="qmp", fd=fd)
+
+
 def _monitor(launch: LaunchSpec) -> list[str]:
     if launch.monitor_fd is not None:
-        chardev = _opts("socket", id="qmp", fd=launch.monitor_fd)
+        chardev = monitor_chardev(launch.monitor_fd)
     elif launch.monitor_path is not None:
         chardev = _opts("socket", id="qmp", path=str(launch.monitor_path), server="on", wait="off")
     else:

@@ -1,8 +1,10 @@
 """Performance tuning as a session resource (see :mod:`handoff.resources`).
 
 acquire (before QEMU starts)
-    the plan (:func:`handoff.tune.plan.plan_tuning`, from the host read now);
-    a tuning journal a dead supervisor left for this profile finished first;
+    the session plan's tuning (``SessionPlan.tune``, planned once from the
+    host facts the whole plan used; planned again from a fresh read only
+    after a tuning journal a dead supervisor left for this profile is
+    finished first, since that changed the pools and governors it counted);
     then, each change journaled before it is made: the hugepage pool(s)
     raised and the count verified (short: memory compacted and the pool
     raised again; still fewer pages than asked: the pool is given back and
@@ -199,6 +201,7 @@ class TuneResource:
         self,
         profile: Profile,
         paths: HostPaths,
+        plan: TunePlan,
         *,
         writer: SysfsWriter | None = None,
         setaffinity: SetAffinity = _real_setaffinity,
@@ -214,7 +217,8 @@ class TuneResource:
         self._scope: str | None = None  # QEMU's scope's cgroup, verified
         self._isolate_seconds: float | None = None
         self.report = report
-        self.plan: TunePlan | None = None
+        self.planned = plan  # the session plan's tuning
+        self.plan: TunePlan | None = None  # what acquire applied
         self.memlock_bytes: int | None = None
         self._journal: jr.Journal | None = None
         self._locks: jr.GroupLocks | None = None
@@ -229,18 +233,19 @@ class TuneResource:
 
     # ------------------------------------------------------------------ acquire
 
-    def _plan(self) -> TunePlan:
+    def _replan(self) -> TunePlan:
+        """The tuning planned again from the host as it is now (after a leftover's undo)."""
         p = self.profile
         return plan_tuning(p.cpu, p.memory, p.vm, read_host(self.paths))
 
     async def acquire(self) -> None:
-        plan = self._plan()
+        plan = self.planned
         if plan.isolation is not None:
             await trio.to_thread.run_sync(self._check_scope_free)
         # A leftover's raised pool would look like free pages already there:
         # undo it first, then plan from the host as it really is.
         if await self._finish_left_behind():
-            plan = self._plan()
+            plan = self._replan()
         self.plan = plan
         for line in plan.lines():
             self.report(f"tuning: {line}")

@@ -598,7 +598,7 @@ def test_preflight_checks_the_input_backends_devices_against_qemu_too(
     """The virtio proxies are in the plan's argv, so a QEMU without them is refused up front."""
     import dataclasses
 
-    from handoff import session as session_module
+    from handoff import session_start as session_module
     from handoff.errors import QemuUnsupportedError
     from handoff.qemu.capabilities import QemuCapabilities, probe
 

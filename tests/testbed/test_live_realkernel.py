@@ -34,6 +34,7 @@ import trio
 
 from handoff.control import ControlCommands
 from handoff.host import HostPaths
+from handoff.host_facts import gather_host_facts
 from handoff.input.resource import InputHandoff
 from handoff.live.guest import attach, guest_ids
 from handoff.live.resource import GpuTarget, LiveGpu
@@ -253,7 +254,8 @@ async def test_the_gpu_hotkey_on_a_uinput_keyboard_moves_the_group_and_input_fol
     paths = dataclasses.replace(HostPaths.from_environment(), run=run)
     slots = live_slots(profile.passthrough)
     ids = {i for slot in slots for i in slot.ids}
-    live, inputs = default_resources(profile, paths)  # wired as `handoff run` wires them
+    plan = plan_session(profile, gather_host_facts(profile, paths, strict=False), paths)
+    live, inputs = default_resources(plan, paths)  # wired as `handoff run` wires them
     assert isinstance(live, LiveGpu)
     assert isinstance(inputs, InputHandoff)
     live.release_within = WAIT

@@ -287,12 +287,17 @@ async def test_recover_leaves_a_live_sessions_display_alone(
 def test_a_handover_profile_takes_the_display_before_the_gpu(display: DisplayHost) -> None:
     from dataclasses import replace
 
+    from handoff.host_facts import gather_host_facts
     from handoff.session import default_resources
+    from handoff.session_plan import plan_session
 
-    names = [r.name for r in default_resources(PROFILE, display.paths, report=print)]
-    assert names[:2] == ["display", "gpu"]
-    plain = replace(PROFILE, host_display=HostDisplaySettings())
-    assert "display" not in [r.name for r in default_resources(plain, display.paths)]
+    def names(profile: Profile) -> list[str]:
+        facts = gather_host_facts(profile, display.paths, strict=False)
+        plan = plan_session(profile, facts, display.paths)
+        return [r.name for r in default_resources(plan, display.paths, report=print)]
+
+    assert names(PROFILE)[:2] == ["display", "gpu"]
+    assert "display" not in names(replace(PROFILE, host_display=HostDisplaySettings()))
 
 
 async def test_status_without_a_session_shows_a_failed_return(

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from handoff.control_protocol import SwitchTarget
 from handoff.host import HostPaths
+from handoff.host_facts import gather_host_facts
 from handoff.input.codes import EV_KEY, EV_REL, EV_SYN, REL_X, SYN_REPORT
 from handoff.input.resource import InputHandoff
 from handoff.input.router import Action, GpuToggle, Grab, ModeChanged, RouterCore, ToGuest
@@ -25,6 +26,7 @@ from handoff.input.translate import Event
 from handoff.live.resource import GpuTarget, LiveGpu
 from handoff.profile import InputMode, parse_profile
 from handoff.session import default_resources
+from handoff.session_plan import plan_session
 from tests.unit.test_input_escape import PipeKeyboard
 from tests.unit.test_input_router import DEVICES, World, op, press, release
 
@@ -158,7 +160,9 @@ PROFILE = (
 
 def wired(tmp_path: Path) -> tuple[LiveGpu, InputHandoff]:
     profile = parse_profile(PROFILE, tmp_path / "p.toml")
-    live, inputs = default_resources(profile, HostPaths(run=tmp_path / "run"))
+    paths = HostPaths(run=tmp_path / "run")
+    plan = plan_session(profile, gather_host_facts(profile, paths, strict=False), paths)
+    live, inputs = default_resources(plan, paths)
     assert isinstance(live, LiveGpu)
     assert isinstance(inputs, InputHandoff)
     return live, inputs

@@ -79,6 +79,7 @@ LAYERS: dict[str, Layer] = {
     # orchestration
     "handoff.ladder": Layer.SESSION,
     "handoff.session": Layer.SESSION,
+    "handoff.session_start": Layer.SESSION,
     "handoff.doctor": Layer.COMMAND,
     # commands
     "handoff.cli": Layer.COMMAND,

@@ -257,9 +257,12 @@ def test_a_session_without_passthrough_or_input_imports_neither_resource() -> No
         "from pathlib import Path\n"
         "from handoff.host import HostPaths\n"
         "from handoff.profile import load_profile\n"
+        "from handoff.host_facts import gather_host_facts\n"
         "from handoff.session import Session, default_resources\n"
+        "from handoff.session_plan import plan_session\n"
         "p = load_profile(Path('profiles/demo.toml'))\n"
-        "assert default_resources(p, HostPaths()) == []\n"
+        "plan = plan_session(p, gather_host_facts(p, HostPaths(), strict=False), HostPaths())\n"
+        "assert default_resources(plan, HostPaths()) == []\n"
     )
     assert "handoff.session" in loaded
     assert sorted(m for m in loaded if is_one_of(m, RESOURCE_MODULES)) == []
@@ -272,9 +275,12 @@ def test_only_the_resource_a_profile_uses_is_imported(tmp_path: Path) -> None:
         "from pathlib import Path\n"
         "from handoff.host import HostPaths\n"
         "from handoff.profile import load_profile\n"
+        "from handoff.host_facts import gather_host_facts\n"
         "from handoff.session import default_resources\n"
+        "from handoff.session_plan import plan_session\n"
         f"p = load_profile(Path({str(profile)!r}))\n"
-        "assert [r.name for r in default_resources(p, HostPaths())] == ['gpu']\n"
+        "plan = plan_session(p, gather_host_facts(p, HostPaths(), strict=False), HostPaths())\n"
+        "assert [r.name for r in default_resources(plan, HostPaths())] == ['gpu']\n"
     )
     assert "handoff.pci.resource" in loaded
     assert sorted(m for m in loaded if is_one_of(m, ("handoff.input.resource", "evdev"))) == []

@@ -36,6 +36,7 @@ from tests.unit.test_tune_resource import (
     TuneKernel,
     fake_setaffinity,
     host,
+    planned_tuning,
     pool,
 )
 
@@ -102,7 +103,8 @@ def isolated(paths: HostPaths, fake: FakeSystemd, text: str = ISOLATED) -> TuneR
     calls: list[tuple[int, frozenset[int]]] = []
     lines: list[str] = []
     res = TuneResource(
-        profile, paths, writer=TuneKernel(paths), runner=fake, report=lines.append,
+        profile, paths, planned_tuning(profile, paths), writer=TuneKernel(paths), runner=fake,
+        report=lines.append,
         setaffinity=fake_setaffinity(paths, calls),
     )  # fmt: skip
     res.lines = lines  # type: ignore[attr-defined]

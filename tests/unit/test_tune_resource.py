@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -29,9 +30,11 @@ from handoff.host import HostPaths
 from handoff.pci import journal as jr
 from handoff.pci.engine import Engine
 from handoff.pci.recovery import recover
-from handoff.profile import parse_profile
+from handoff.profile import Profile, parse_profile
+from handoff.session_plan import HostFacts, plan_session
 from handoff.tune.cpulist import format_cpulist
 from handoff.tune.model import CpuFreq
+from handoff.tune.plan import TunePlan
 from handoff.tune.resource import (
     TuneResource,
     affinity_targets,
@@ -39,6 +42,7 @@ from handoff.tune.resource import (
     tune_lock_stem,
     vcpu_threads,
 )
+from handoff.tune.topology import read_host
 from tests.unit.fakecpu import SIZE_2M, CoreDef, machine, write_sysfs
 
 #: QEMU 7.2's real reply to query-cpus-fast for -smp 2 (recorded on this project's host).
@@ -166,12 +170,23 @@ def governor(paths: HostPaths, cpu: int) -> str:
     return (paths.sys / f"devices/system/cpu/cpu{cpu}/cpufreq/scaling_governor").read_text().strip()
 
 
+def planned_tuning(profile: Profile, paths: HostPaths) -> TunePlan:
+    """The session plan's tuning for ``profile`` on the fake host (as `handoff run` plans)."""
+    facts = HostFacts(
+        accel="tcg", accel_reason="", supervisor_uid=os.geteuid(), tuning=read_host(paths)
+    )
+    planned = plan_session(profile, facts, paths).tune
+    assert planned is not None
+    return planned
+
+
 def resource(
     paths: HostPaths, kernel: TuneKernel, text: str = PROFILE, **kw: object
 ) -> TuneResource:
     profile = parse_profile(text, Path("/etc/handoff/tuned.toml"))
     lines: list[str] = []
-    res = TuneResource(profile, paths, writer=kernel, report=lines.append, **kw)  # type: ignore[arg-type]
+    planned = planned_tuning(profile, paths)
+    res = TuneResource(profile, paths, planned, writer=kernel, report=lines.append, **kw)  # type: ignore[arg-type]
     res.lines = lines  # type: ignore[attr-defined]
     return res
 
@@ -274,9 +289,8 @@ def test_isolation_without_systemd_is_refused_saying_why(tmp_path: Path) -> None
     (paths.proc / "1").mkdir(parents=True)
     (paths.proc / "1/comm").write_text("init\n")
     kernel = TuneKernel(paths)
-    res = resource(paths, kernel, PROFILE.replace("[cpu]", "[cpu]\nisolate = true"))
-    with pytest.raises(IsolationRefusedError) as caught:
-        trio.run(res.acquire)
+    with pytest.raises(IsolationRefusedError) as caught:  # the session plan refuses
+        resource(paths, kernel, PROFILE.replace("[cpu]", "[cpu]\nisolate = true"))
     assert "needs systemd as PID 1" in caught.value.message
     assert "'init'" in caught.value.message
     assert kernel.writes == []
@@ -286,9 +300,8 @@ def test_a_pinning_the_host_cannot_give_changes_nothing(tmp_path: Path) -> None:
     paths = host(tmp_path)
     kernel = TuneKernel(paths)
     text = PROFILE.replace("cpus = 2", "cpus = 4")  # 4 cores, one kept: 3 for 4 vCPUs
-    res = resource(paths, kernel, text)
-    with pytest.raises(PinningRefusedError):
-        trio.run(res.acquire)
+    with pytest.raises(PinningRefusedError):  # the session plan refuses
+        resource(paths, kernel, text)
     assert kernel.writes == []
     assert pool(paths) == 3
 
