@@ -20,7 +20,7 @@ Rules (each stated again in the profile and on the terminal):
   rest, rounded down to 256 MiB. On a host where that leaves the guest less
   than 1 GiB, the guest gets half.
 
-Over 500 lines because each rule carries its own reasons and refusals (the
+Why it stays over 500 lines: each rule carries its own reasons and refusals (the
 text `init` prints and writes as comments); they are one decision, read in
 the order the profile is written.
 """

@@ -28,6 +28,10 @@ same as a run directory's lock. The kernel drops
 a flock when its holder dies, so a lock that cannot be taken always means a
 live process owns the group; recovery never touches a group whose lock it
 cannot take.
+
+Why it stays over 500 lines: the record format, its atomic write and the
+locks that guard it are one contract (a record is only read under the lock
+it names); split, that contract would be spread over files.
 """
 
 from __future__ import annotations
