@@ -154,8 +154,12 @@ def default_resources(
     # only when the profile uses it: a plain VM starts without them.
     if profile.host_display.handover:  # before the GPU: the display leaves the card first
         from handoff.display.resource import HostDisplay
+        from handoff.pci.ops import KernelWriter
+        from handoff.recovery import card_return
 
-        resources.append(HostDisplay(profile, paths, report=report))
+        resources.append(HostDisplay(
+            profile, paths, report=report, return_card=card_return(paths, KernelWriter())
+        ))
     if any(not p.live for p in profile.passthrough):
         from handoff.pci.resource import GpuHandoff
 

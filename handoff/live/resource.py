@@ -38,17 +38,19 @@ from typing import Any
 
 import trio
 
+from handoff import journal as jr
 from handoff.errors import HandoffError, PciError
 from handoff.host import HostPaths
+from handoff.journal.recover import recover
 from handoff.live.guest import RELEASE_TIMEOUT, EventSource, GuestHeldError, attach, unplug
+from handoff.live.recovery import live_recoverer
 from handoff.live.sequence import live_slots
 from handoff.live.state import LiveEvent, LiveState, LiveStep, transition
 from handoff.memlock import check_memlock
-from handoff.pci import journal as jr
 from handoff.pci.engine import WRITE_TIMEOUT, Engine
 from handoff.pci.ops import KernelWriter, SysfsWriter
 from handoff.pci.plan import HandoffPlan, plan_handoff
-from handoff.pci.recovery import recover
+from handoff.pci.recovery import gpu_recoverer, selecting
 from handoff.pci.resource import prepare, qemu_owner, settled_snapshot
 from handoff.pci.sysfs import groups_of
 from handoff.profile import Profile
@@ -121,7 +123,7 @@ class LiveGpu:
         self.plan: HandoffPlan | None = None
         self.last_error: str | None = None
         self.timings: dict[str, float] = {}
-        self._locks: jr.GroupLocks | None = None
+        self._locks: jr.Locks | None = None
         self._journal: jr.Journal | None = None
         self._vm: VmHandle | None = None
         self._events: EventSource | None = None
@@ -139,7 +141,10 @@ class LiveGpu:
         self.memlock_bytes = self._memlock_check(self.profile)
         addresses = [p.address for p in self.entries]
         groups = groups_of(self.paths, addresses)
-        recovered = await recover(self.engine, kinds=(jr.Kind.SESSION,), groups=groups)
+        recovered = await recover(
+            self.paths, [gpu_recoverer(self.engine), live_recoverer(self.engine)],
+            select=selecting((jr.Kind.SESSION,), groups),
+        )
         for line in recovered.returned + recovered.discarded:
             self.report(f"recovered from an earlier session: {line}")
         prepared = await prepare(

@@ -24,15 +24,19 @@ from typing import Any
 import pytest
 import trio
 
+from handoff import journal as jr
 from handoff.control import ControlCommands
 from handoff.errors import QmpError
 from handoff.host import HostPaths
+from handoff.journal.recover import RecoveryReport
+from handoff.journal.recover import recover as recover_journals
 from handoff.live.guest import EventHub, GuestHeldError, PlugError, attach, guest_ids, unplug
+from handoff.live.recovery import live_recoverer
 from handoff.live.resource import GpuTarget, LiveGpu, live_journal_name
 from handoff.live.sequence import guest_slots, live_slots
 from handoff.live.state import LiveState, LiveStep
-from handoff.pci import journal as jr
-from handoff.pci.recovery import recover
+from handoff.pci.engine import Engine
+from handoff.pci.recovery import gpu_recoverer
 from handoff.pci.sysfs import vfio_group_node
 from handoff.profile import Profile, parse_profile
 from handoff.qemu.process import QemuProcess
@@ -51,6 +55,12 @@ PROFILE = (
 IDS = {"hostdev-0000-00-06-0", "hostdev-0000-00-06-1"}
 LOOKALIKE = {"00:06.0": "bochs-drm", "00:06.1": "snd_hda_intel"}
 BOUND = 60.0  # generous limit on any wait here (2 busy cores); none is a timing assertion
+
+
+async def recover(engine: Engine) -> RecoveryReport:
+    """`handoff recover`'s device part: the GPU's and the live groups' recoverers."""
+    return await recover_journals(engine.paths, [gpu_recoverer(engine), live_recoverer(engine)])
+
 
 
 class Vm:

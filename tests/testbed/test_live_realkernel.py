@@ -32,13 +32,13 @@ from pathlib import Path
 import pytest
 import trio
 
+from handoff import journal as jr
 from handoff.control import ControlCommands
 from handoff.host import HostPaths
 from handoff.input.resource import InputHandoff
 from handoff.live.guest import attach, guest_ids
 from handoff.live.resource import GpuTarget, LiveGpu
 from handoff.live.sequence import live_slots
-from handoff.pci import journal as jr
 from handoff.pci.address import PciAddress
 from handoff.pci.sysfs import read_device
 from handoff.profile import Profile, load_profile

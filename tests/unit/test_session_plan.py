@@ -248,7 +248,7 @@ def test_the_plan_module_imports_no_edge_module() -> None:
     assert sorted(m for m in loaded if is_one_of(m, EDGES)) == []
 
 
-RESOURCE_MODULES = ("handoff.pci.resource", "handoff.pci.journal", "handoff.input.resource",
+RESOURCE_MODULES = ("handoff.pci.resource", "handoff.journal", "handoff.input.resource",
                     "handoff.input.devices", "evdev", "pyudev")
 
 

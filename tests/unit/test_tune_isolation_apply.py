@@ -18,16 +18,15 @@ from pathlib import Path
 import pytest
 import trio
 
+from handoff import journal as jr
 from handoff.errors import IsolationRefusedError, TuneError
 from handoff.host import HostPaths
-from handoff.pci import journal as jr
-from handoff.pci.engine import Engine
-from handoff.pci.recovery import recover
 from handoff.profile import parse_profile
 from handoff.session_plan import ChangeKind, plan_session
 from handoff.tune import settings
 from handoff.tune.isolation import plan_isolation, scope_argv, scope_prefix_length
-from handoff.tune.resource import TuneResource, tune_journal_name
+from handoff.tune.recovery import recover_tuning, tune_journal_name
+from handoff.tune.resource import TuneResource
 from tests.unit.test_tune_plan import facts, ryzen
 from tests.unit.test_tune_resource import (
     PROFILE,
@@ -232,7 +231,7 @@ def test_recover_leaves_the_units_while_qemu_runs_and_restores_them_after(
     res._locks.release()  # the supervisor is SIGKILLed: its flock goes, no release
     monkeypatch.setattr(settings, "run_command", fake)
     path = jr.journal_path(paths, tune_journal_name("tuned"))
-    report = trio.run(lambda: recover(Engine(paths, TuneKernel(paths))))
+    report = trio.run(lambda: recover_tuning(paths, TuneKernel(paths)))
     assert not report.ok
     assert f"its QEMU (pid {QEMU_PID}) is still running" in report.refused[0]
     assert fake.props["system.slice"] == "0,3"
@@ -242,7 +241,7 @@ def test_recover_leaves_the_units_while_qemu_runs_and_restores_them_after(
     for d in sorted((paths.proc / str(QEMU_PID)).rglob("*"), reverse=True):
         d.rmdir()
     (paths.proc / str(QEMU_PID)).rmdir()
-    report = trio.run(lambda: recover(Engine(paths, TuneKernel(paths))))
+    report = trio.run(lambda: recover_tuning(paths, TuneKernel(paths)))
     assert report.ok, report.lines()
     assert "system.slice's AllowedCPUs back to (unset: every CPU)" in report.returned
     assert all(fake.props[u] == "" for u in UNITS)
