@@ -29,15 +29,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 import logging
 import os
 import sys
 import termios
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from handoff.control_protocol import SwitchTarget
@@ -305,27 +305,53 @@ def cmd_switch(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- parser
 
+# Each delegated module, imported only when its subcommand is the one given: plain
+# import statements (the layering test sees them), no importlib.
+def _cli_gpu() -> ModuleType:
+    from handoff import cli_gpu
+
+    return cli_gpu
+
+
+def _cli_live() -> ModuleType:
+    from handoff import cli_live
+
+    return cli_live
+
+
+def _doctor() -> ModuleType:
+    from handoff import doctor
+
+    return doctor
+
+
+def _cli_init() -> ModuleType:
+    from handoff import cli_init
+
+    return cli_init
+
+
 @dataclass(frozen=True)
 class Delegated:
     """A subcommand another module implements: ``adder(parser)`` and ``handler(args)``."""
 
     name: str
-    module: str
+    load: Callable[[], ModuleType]
     adder: str
     handler: str
     help: str
     description: str
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        getattr(importlib.import_module(self.module), self.adder)(parser)
+        getattr(self.load(), self.adder)(parser)
 
     def run(self, args: argparse.Namespace) -> int:
-        status: int = getattr(importlib.import_module(self.module), self.handler)(args)
+        status: int = getattr(self.load(), self.handler)(args)
         return status
 
 
 def _pci(name: str, help_text: str) -> Delegated:
-    return Delegated(name, "handoff.cli_gpu", f"add_{name}_arguments", f"cmd_{name}",
+    return Delegated(name, _cli_gpu, f"add_{name}_arguments", f"cmd_{name}",
                      help_text, help_text[0].upper() + help_text[1:])
 
 
@@ -334,14 +360,14 @@ DELEGATED: tuple[Delegated, ...] = (
     _pci("detach", "move a device (its whole IOMMU group) to vfio-pci"),
     _pci("attach", "give a device back to its host driver"),
     _pci("recover", "return every device a crashed session left on vfio-pci"),
-    Delegated("gpu", "handoff.cli_live", "add_arguments", "cmd_gpu",
+    Delegated("gpu", _cli_live, "add_arguments", "cmd_gpu",
               "move a live GPU between host and running guest",
               "Move the live = true GPU of a running session to the host, to the guest, or "
               "toggle it, while the VM keeps running."),
-    Delegated("doctor", "handoff.doctor", "add_arguments", "cmd_doctor",
+    Delegated("doctor", _doctor, "add_arguments", "cmd_doctor",
               "check this host for passthrough, with fixes",
               "Check this host for GPU passthrough: each check gives a verdict and a fix."),
-    Delegated("init", "handoff.cli_init", "add_arguments", "cmd_init",
+    Delegated("init", _cli_init, "add_arguments", "cmd_init",
               "write a working profile from this host's hardware",
               "Write a commented profile for NAME from this host's GPU, IOMMU groups, CPUs, "
               "RAM, firmware and input devices, and say why each was chosen."),
