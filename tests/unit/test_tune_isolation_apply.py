@@ -24,7 +24,7 @@ from handoff.host import HostPaths
 from handoff.profile import parse_profile
 from handoff.session_plan import ChangeKind, plan_session
 from handoff.tune import settings
-from handoff.tune.isolation import plan_isolation, scope_argv, scope_prefix_length
+from handoff.tune.isolation import plan_isolation, scope_argv
 from handoff.tune.recovery import recover_tuning, tune_journal_name
 from handoff.tune.resource import TuneResource
 from tests.unit.test_tune_plan import facts, ryzen
@@ -260,8 +260,7 @@ def test_the_scope_wrapper_names_the_unit_slice_and_cpus_and_ends_before_qemu() 
         "--slice=machine.slice", "--property=AllowedCPUs=0-5", "--uid=qemu", "--",
         "qemu-system-x86_64", "-S",
     )  # fmt: skip
-    assert argv[scope_prefix_length(argv):] == ("qemu-system-x86_64", "-S")
-    assert scope_prefix_length(("qemu-system-x86_64", "--", "x")) == 0
+    assert argv[argv.index("--") + 1 :] == ("qemu-system-x86_64", "-S")
 
 
 def test_the_plan_starts_qemu_in_its_scope_and_confines_the_units_after() -> None:
@@ -275,7 +274,7 @@ def test_the_plan_starts_qemu_in_its_scope_and_confines_the_units_after() -> Non
     p = plan_session(parse_profile(text, Path("/etc/handoff/tuned.toml")), systemd, HostPaths())
     assert p.scoped
     assert p.argv[:2] == ("systemd-run", "--scope")
-    assert p.argv[scope_prefix_length(p.argv)] == "qemu-system-x86_64"
+    assert p.argv[p.argv.index("--") + 1] == "qemu-system-x86_64"
     assert p.argv_with_monitor_fd(7)[0] == "systemd-run"
     kinds = [c.kind for c in p.changes]
     assert kinds.index(ChangeKind.QEMU_SCOPE) < kinds.index(ChangeKind.ISOLATE_HOST)
