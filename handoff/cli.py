@@ -42,7 +42,7 @@ from typing import Any
 
 from handoff.control_protocol import SwitchTarget
 from handoff.errors import HandoffError, SessionNotRunningError
-from handoff.profile_lookup import is_path_argument, resolve_profile
+from handoff.profile_lookup import resolve_profile
 
 __all__ = ["DELEGATED", "EXIT_ERROR", "EXIT_INTERRUPTED", "build_parser", "main"]
 
@@ -55,26 +55,10 @@ log = logging.getLogger("handoff")
 # --------------------------------------------------------------------------- helpers
 
 
-def _session_name(argument: str) -> str:
-    """The session name for status/stop/switch: a bare name, or the name inside a profile."""
-    if is_path_argument(argument):
-        from handoff.profile import load_profile
-
-        return load_profile(Path(argument)).name
-    return argument
-
-
 def _paths() -> Any:
     from handoff.host import HostPaths
 
     return HostPaths.from_environment()
-
-
-def _control_socket(name: str) -> Path:
-    from handoff.run_layout import CONTROL_SOCKET
-
-    path: Path = _paths().session_dir(name) / CONTROL_SOCKET
-    return path
 
 
 @contextlib.contextmanager
@@ -224,13 +208,13 @@ def _duration(seconds: float) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from handoff.control_client import request
+    from handoff.control_client import control_socket, request, session_name
 
-    names = [_session_name(args.profile)] if args.profile else _running_sessions()
+    names = [session_name(args.profile)] if args.profile else _running_sessions()
     statuses: list[dict[str, Any]] = []
     for name in names:
         try:
-            statuses.append(request(_control_socket(name), {"command": "status"}))
+            statuses.append(request(control_socket(name), {"command": "status"}))
         except SessionNotRunningError:
             if args.profile:
                 raise
@@ -263,10 +247,10 @@ def _print_display_journals() -> None:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from handoff.control_client import request
+    from handoff.control_client import control_socket, request, session_name
 
-    name = _session_name(args.profile)
-    result = request(_control_socket(name), {"command": "stop", "force": args.force})
+    name = session_name(args.profile)
+    result = request(control_socket(name), {"command": "stop", "force": args.force})
     if args.json:
         print(json.dumps(result))
     else:
@@ -277,13 +261,18 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def cmd_switch(args: argparse.Namespace) -> int:
     """``{"command": "switch", "mode": "host"|"guest"|"toggle"}`` → the input resource."""
-    from handoff.control_client import ControlRequestError, request
+    from handoff.control_client import (
+        ControlRequestError,
+        control_socket,
+        request,
+        session_name,
+    )
     from handoff.control_protocol import ControlErrorCode
 
-    name = _session_name(args.profile)
+    name = session_name(args.profile)
     target = SwitchTarget(args.to)
     try:
-        result = request(_control_socket(name), {"command": "switch", "mode": target.value})
+        result = request(control_socket(name), {"command": "switch", "mode": target.value})
     except ControlRequestError as exc:
         if exc.code is not ControlErrorCode.UNKNOWN_COMMAND:
             raise

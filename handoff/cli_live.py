@@ -29,16 +29,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_gpu(args: argparse.Namespace) -> int:
-    from handoff.cli import _control_socket, _session_name
-    from handoff.control_client import ControlRequestError, request
+    from handoff.control_client import ControlRequestError, control_socket, request, session_name
     from handoff.control_protocol import ControlErrorCode
 
     if args.timeout <= 0:
         raise HandoffError(f"--timeout {args.timeout:g}: expected a positive number of seconds")
-    name = _session_name(args.profile)
+    name = session_name(args.profile)
     message = {"command": "gpu", "to": args.to, "release_within": args.timeout}
     try:
-        result = request(_control_socket(name), message,
+        result = request(control_socket(name), message,
                          timeout=args.timeout + HOST_SIDE_BUDGET)
     except ControlRequestError as exc:
         if exc.code is not ControlErrorCode.UNKNOWN_COMMAND:

@@ -20,7 +20,6 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 from handoff.errors import QemuError, QemuNotFoundError, QemuUnsupportedError
@@ -35,6 +34,7 @@ from handoff.profile import (
 )
 from handoff.qemu import probe_cache
 from handoff.qemu.cmdline import NIC_DEVICE, VGA_DEVICE
+from handoff.qemu.probe_cache import QemuCapabilities
 
 #: The oldest QEMU whose option syntax build_argv uses throughout (-blockdev,
 #: -audiodev with hda-duplex,audiodev=, socket chardev fd=, on/off booleans).
@@ -45,23 +45,6 @@ PROBE_TIMEOUT = 20.0
 
 _INSTALL_QEMU = "apt-get install qemu-system-x86 (or your distribution's qemu-system package)"
 _GUI_PACKAGE = "apt-get install qemu-system-gui (Debian/Ubuntu ship it as a separate package)"
-
-
-@dataclass(frozen=True)
-class QemuCapabilities:
-    """The answers of one QEMU binary about itself."""
-
-    binary: Path
-    version: tuple[int, int, int]
-    devices: frozenset[str]
-    accelerators: frozenset[str]
-    audio_drivers: frozenset[str]
-    display_backends: frozenset[str]
-    machines: frozenset[str]
-
-    @property
-    def version_text(self) -> str:
-        return ".".join(str(part) for part in self.version)
 
 
 _cache: dict[tuple[str, int, int], QemuCapabilities] = {}

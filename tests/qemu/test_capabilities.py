@@ -17,12 +17,12 @@ from handoff.firmware import ensure_firmware_vars
 from handoff.profile import Profile, load_profile, parse_profile
 from handoff.qemu.capabilities import (
     MIN_VERSION,
-    QemuCapabilities,
     check_bridges,
     check_supported,
     probe,
 )
 from handoff.qemu.cmdline import LaunchSpec, argv_devices, build_argv
+from handoff.qemu.probe_cache import QemuCapabilities
 
 from .conftest import QEMU
 
