@@ -146,7 +146,14 @@ class TuneError(HandoffError):
 
 
 class CpuListError(TuneError):
-    """A string is not a CPU list in the kernel's syntax ("0-3,8,10-11")."""
+    """A string is not a CPU list in the kernel's syntax ("0-3,8,10-11").
+
+    ``index``: which list of several (``cpu.pin[i]``) is wrong, None for a single list.
+    """
+
+    def __init__(self, message: str, *, fix: str | None = None, index: int | None = None) -> None:
+        super().__init__(message, fix=fix)
+        self.index = index
 
 
 class PinningRefusedError(TuneError):

@@ -1023,7 +1023,7 @@ def _parse_pin(r: _Reader, t: Mapping[str, Any], vm: Vm) -> PinSpec:
     try:
         spec = PinSpec.explicit(value)
     except CpuListError as exc:
-        at = _pin_index(value, exc)
+        at = exc.index
         raise r.error(
             f"cpu.pin[{at}]" if at is not None else "cpu.pin",
             f"found {_show(value[at] if at is not None else value)}; {exc.message}",
@@ -1037,12 +1037,6 @@ def _parse_pin(r: _Reader, t: Mapping[str, Any], vm: Vm) -> PinSpec:
             f"give exactly {vm.cpus} lists, one per vCPU in order, or use pin = \"auto\"",
         )
     return spec
-
-
-def _pin_index(value: Sequence[str], exc: CpuListError) -> int | None:
-    """Which list PinSpec.explicit refused (its message names ``cpu.pin[i]``)."""
-    found = re.search(r"cpu\.pin\[(\d+)\]", exc.message)
-    return int(found[1]) if found and int(found[1]) < len(value) else None
 
 
 def _parse_emulator(r: _Reader, t: Mapping[str, Any]) -> EmulatorSpec:

@@ -211,11 +211,14 @@ class PinSpec:
         parsed: list[frozenset[int]] = []
         for index, text in enumerate(lists):
             what = f"cpu.pin[{index}] (vCPU {index})"
-            cpus = parse_cpulist(text, what=what)
+            try:
+                cpus = parse_cpulist(text, what=what)
+            except CpuListError as exc:
+                raise CpuListError(exc.message, fix=exc.fix, index=index) from None
             if not cpus:
                 raise CpuListError(
                     f"{what} is empty: every vCPU needs at least one host CPU",
-                    fix='give it a CPU list such as "2,8", or use pin = "auto"',
+                    fix='give it a CPU list such as "2,8", or use pin = "auto"', index=index,
                 )
             parsed.append(cpus)
         return cls(PinMode.EXPLICIT, tuple(parsed))
