@@ -40,7 +40,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from handoff.control_protocol import SwitchTarget
+from handoff.control_protocol import Command, Field, Side
 from handoff.errors import HandoffError, SessionNotRunningError
 from handoff.profile_lookup import resolve_profile
 
@@ -214,7 +214,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     statuses: list[dict[str, Any]] = []
     for name in names:
         try:
-            statuses.append(request(control_socket(name), {"command": "status"}))
+            statuses.append(request(control_socket(name), {Field.COMMAND: Command.STATUS}))
         except SessionNotRunningError:
             if args.profile:
                 raise
@@ -250,11 +250,13 @@ def cmd_stop(args: argparse.Namespace) -> int:
     from handoff.control_client import control_socket, request, session_name
 
     name = session_name(args.profile)
-    result = request(control_socket(name), {"command": "stop", "force": args.force})
+    result = request(
+        control_socket(name), {Field.COMMAND: Command.STOP, Field.FORCE: args.force}
+    )
     if args.json:
         print(json.dumps(result))
     else:
-        how = "forcing QEMU to quit" if result.get("force") else "asking the guest to power off"
+        how = "forcing QEMU to quit" if result.get(Field.FORCE) else "asking the guest to power off"
         print(f"{name}: stopping ({how}); the supervisor reports the end")
     return 0
 
@@ -270,9 +272,11 @@ def cmd_switch(args: argparse.Namespace) -> int:
     from handoff.control_protocol import ControlErrorCode
 
     name = session_name(args.profile)
-    target = SwitchTarget(args.to)
+    side = Side(args.to)
     try:
-        result = request(control_socket(name), {"command": "switch", "mode": target.value})
+        result = request(
+            control_socket(name), {Field.COMMAND: Command.SWITCH, Field.MODE: side.value}
+        )
     except ControlRequestError as exc:
         if exc.code is not ControlErrorCode.UNKNOWN_COMMAND:
             raise
@@ -283,7 +287,7 @@ def cmd_switch(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    mode, pending = result.get("mode"), result.get("pending")
+    mode, pending = result.get(Field.MODE), result.get(Field.PENDING)
     if pending and pending != mode:
         print(f"{name}: input goes to the {pending} once every key is released "
               f"(now: {mode})")
@@ -423,8 +427,8 @@ def build_parser(arguments_for: Collection[str] | None = None) -> argparse.Argum
                             description="Hand the grabbed keyboard and mouse to the guest or "
                             "back to the host (toggle when no side is given).")
     switch.add_argument("profile", metavar="PROFILE", help="profile name or file")
-    switch.add_argument("to", nargs="?", choices=[t.value for t in SwitchTarget],
-                        default=SwitchTarget.TOGGLE.value,
+    switch.add_argument("to", nargs="?", choices=[t.value for t in Side],
+                        default=Side.TOGGLE.value,
                         help="where input goes (default: toggle)")
     switch.add_argument("--json", action="store_true", help="print JSON for scripts")
     switch.set_defaults(handler=cmd_switch)

@@ -47,6 +47,7 @@ import trio
 
 from handoff.checks.profile_files import check_profile_on_host
 from handoff.control import ControlCommands, serve_control
+from handoff.control_protocol import Command, Field
 from handoff.errors import HandoffError, QemuLaunchError, QmpError, SessionError
 from handoff.firmware import ensure_firmware_vars
 from handoff.host import HostPaths
@@ -182,9 +183,9 @@ def default_resources(
         if live is not None and profile.input.gpu_hotkey:
             from functools import partial
 
-            from handoff.live.resource import GpuTarget
+            from handoff.control_protocol import Side
 
-            inputs.on_gpu_hotkey = partial(live.move, GpuTarget.TOGGLE)  # `handoff gpu` toggle
+            inputs.on_gpu_hotkey = partial(live.move, Side.TOGGLE)  # `handoff gpu` toggle
     if profile.tuned:  # last: its pool and governors go back first, once QEMU is gone
         from handoff.tune.resource import TuneResource
 
@@ -357,8 +358,8 @@ class Session:
         self.greeting_timeout = greeting_timeout
         self.on_qmp_ready = on_qmp_ready
         self.commands = ControlCommands()
-        self.commands.register("status", self._control_status)
-        self.commands.register("stop", self._control_stop)
+        self.commands.register(Command.STATUS, self._control_status)
+        self.commands.register(Command.STOP, self._control_stop)
         self._state = _State()
         self._process: QemuProcess | None = None
         self._acquired: list[HostResource] = []
@@ -637,10 +638,10 @@ class Session:
         return self.status()
 
     async def _control_stop(self, message: Mapping[str, Any]) -> JsonObject:
-        force = bool(message.get("force", False))
+        force = bool(message.get(Field.FORCE, False))
         self.report("stop requested through the control socket" + (" (force)" if force else ""))
         self.request_stop(StopRequest("control"), force=force)
-        return {"stopping": True, "force": self._state.force}
+        return {"stopping": True, Field.FORCE: self._state.force}
 
     # ------------------------------------------------------------------ ladder
 

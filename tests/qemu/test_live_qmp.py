@@ -26,13 +26,14 @@ import trio
 
 from handoff import journal as jr
 from handoff.control import ControlCommands
+from handoff.control_protocol import Side
 from handoff.errors import QmpError
 from handoff.host import HostPaths
 from handoff.journal.recover import RecoveryReport
 from handoff.journal.recover import recover as recover_journals
 from handoff.live.guest import EventHub, GuestHeldError, PlugError, attach, guest_ids, unplug
 from handoff.live.recovery import live_recoverer
-from handoff.live.resource import GpuTarget, LiveGpu, live_journal_name
+from handoff.live.resource import LiveGpu, live_journal_name
 from handoff.live.sequence import guest_slots, live_slots
 from handoff.live.state import LiveState, LiveStep
 from handoff.pci.engine import Engine
@@ -246,7 +247,7 @@ async def test_the_resource_moves_the_group_both_ways_and_journals_it(
         assert drivers(host) == dict.fromkeys(LOOKALIKE, "vfio-pci")
         assert jr.Journal.load(journal_path(host)).live == LiveStep.IN_GUEST
         with trio.fail_after(BOUND):
-            result = await live.move(GpuTarget.HOST)
+            result = await live.move(Side.HOST)
         assert result["state"] == "host"
         assert live.state is LiveState.ON_HOST
         assert drivers(host) == LOOKALIKE
@@ -322,12 +323,12 @@ async def test_a_kill_at_any_journal_write_is_finished_by_recover(
         async with running(sub, *NATIVE) as vm, trio.open_nursery() as nursery:
             live = await started(fake, vm, nursery)
             if direction == "guest":
-                await live.move(GpuTarget.HOST)
+                await live.move(Side.HOST)
             monkeypatch.setattr(jr.Journal, "save", killing_save(jr.Journal.save, writes))
             finished = False
             try:
                 with trio.fail_after(BOUND):
-                    await live.move(GpuTarget(direction))
+                    await live.move(Side(direction))
                 finished = True
             except Killed:
                 pass
