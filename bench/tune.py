@@ -148,7 +148,7 @@ def main() -> int:
     plain, tuned = profile("plain", False), profile("tuned", True)
     before = int(POOL.read_text())
     # The run directory on tmpfs, like the default /run/handoff: there a journal
-    # save is a rename, not an fsync (handoff.pci.journal._volatile).
+    # save is a rename, not an fsync (handoff.journal.store.volatile).
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
     with tempfile.TemporaryDirectory(prefix="handoff-bench-", dir=shm) as tmp:
         paths = HostPaths(run=Path(tmp) / "run")

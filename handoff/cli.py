@@ -29,20 +29,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 import logging
 import os
 import sys
 import termios
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from handoff.control_protocol import SwitchTarget
+from handoff.control_protocol import Command, Field, Side
 from handoff.errors import HandoffError, SessionNotRunningError
-from handoff.profile_lookup import is_path_argument, resolve_profile
+from handoff.profile_lookup import resolve_profile
 
 if TYPE_CHECKING:  # the plan's modules load only for the commands that plan
     from handoff.session_plan import SessionPlan
@@ -58,26 +58,10 @@ log = logging.getLogger("handoff")
 # --------------------------------------------------------------------------- helpers
 
 
-def _session_name(argument: str) -> str:
-    """The session name for status/stop/switch: a bare name, or the name inside a profile."""
-    if is_path_argument(argument):
-        from handoff.profile import load_profile
-
-        return load_profile(Path(argument)).name
-    return argument
-
-
 def _paths() -> Any:
     from handoff.host import HostPaths
 
     return HostPaths.from_environment()
-
-
-def _control_socket(name: str) -> Path:
-    from handoff.run_layout import CONTROL_SOCKET
-
-    path: Path = _paths().session_dir(name) / CONTROL_SOCKET
-    return path
 
 
 @contextlib.contextmanager
@@ -231,13 +215,13 @@ def _duration(seconds: float) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from handoff.control_client import request
+    from handoff.control_client import control_socket, request, session_name
 
-    names = [_session_name(args.profile)] if args.profile else _running_sessions()
+    names = [session_name(args.profile)] if args.profile else _running_sessions()
     statuses: list[dict[str, Any]] = []
     for name in names:
         try:
-            statuses.append(request(_control_socket(name), {"command": "status"}))
+            statuses.append(request(control_socket(name), {Field.COMMAND: Command.STATUS}))
         except SessionNotRunningError:
             if args.profile:
                 raise
@@ -270,27 +254,36 @@ def _print_display_journals() -> None:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from handoff.control_client import request
+    from handoff.control_client import control_socket, request, session_name
 
-    name = _session_name(args.profile)
-    result = request(_control_socket(name), {"command": "stop", "force": args.force})
+    name = session_name(args.profile)
+    result = request(
+        control_socket(name), {Field.COMMAND: Command.STOP, Field.FORCE: args.force}
+    )
     if args.json:
         print(json.dumps(result))
     else:
-        how = "forcing QEMU to quit" if result.get("force") else "asking the guest to power off"
+        how = "forcing QEMU to quit" if result.get(Field.FORCE) else "asking the guest to power off"
         print(f"{name}: stopping ({how}); the supervisor reports the end")
     return 0
 
 
 def cmd_switch(args: argparse.Namespace) -> int:
     """``{"command": "switch", "mode": "host"|"guest"|"toggle"}`` → the input resource."""
-    from handoff.control_client import ControlRequestError, request
+    from handoff.control_client import (
+        ControlRequestError,
+        control_socket,
+        request,
+        session_name,
+    )
     from handoff.control_protocol import ControlErrorCode
 
-    name = _session_name(args.profile)
-    target = SwitchTarget(args.to)
+    name = session_name(args.profile)
+    side = Side(args.to)
     try:
-        result = request(_control_socket(name), {"command": "switch", "mode": target.value})
+        result = request(
+            control_socket(name), {Field.COMMAND: Command.SWITCH, Field.MODE: side.value}
+        )
     except ControlRequestError as exc:
         if exc.code is not ControlErrorCode.UNKNOWN_COMMAND:
             raise
@@ -301,7 +294,7 @@ def cmd_switch(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    mode, pending = result.get("mode"), result.get("pending")
+    mode, pending = result.get(Field.MODE), result.get(Field.PENDING)
     if pending and pending != mode:
         print(f"{name}: input goes to the {pending} once every key is released "
               f"(now: {mode})")
@@ -312,27 +305,53 @@ def cmd_switch(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- parser
 
+# Each delegated module, imported only when its subcommand is the one given: plain
+# import statements (the layering test sees them), no importlib.
+def _cli_gpu() -> ModuleType:
+    from handoff import cli_gpu
+
+    return cli_gpu
+
+
+def _cli_live() -> ModuleType:
+    from handoff import cli_live
+
+    return cli_live
+
+
+def _doctor() -> ModuleType:
+    from handoff import doctor
+
+    return doctor
+
+
+def _cli_init() -> ModuleType:
+    from handoff import cli_init
+
+    return cli_init
+
+
 @dataclass(frozen=True)
 class Delegated:
     """A subcommand another module implements: ``adder(parser)`` and ``handler(args)``."""
 
     name: str
-    module: str
+    load: Callable[[], ModuleType]
     adder: str
     handler: str
     help: str
     description: str
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        getattr(importlib.import_module(self.module), self.adder)(parser)
+        getattr(self.load(), self.adder)(parser)
 
     def run(self, args: argparse.Namespace) -> int:
-        status: int = getattr(importlib.import_module(self.module), self.handler)(args)
+        status: int = getattr(self.load(), self.handler)(args)
         return status
 
 
 def _pci(name: str, help_text: str) -> Delegated:
-    return Delegated(name, "handoff.cli_gpu", f"add_{name}_arguments", f"cmd_{name}",
+    return Delegated(name, _cli_gpu, f"add_{name}_arguments", f"cmd_{name}",
                      help_text, help_text[0].upper() + help_text[1:])
 
 
@@ -341,14 +360,14 @@ DELEGATED: tuple[Delegated, ...] = (
     _pci("detach", "move a device (its whole IOMMU group) to vfio-pci"),
     _pci("attach", "give a device back to its host driver"),
     _pci("recover", "return every device a crashed session left on vfio-pci"),
-    Delegated("gpu", "handoff.cli_live", "add_arguments", "cmd_gpu",
+    Delegated("gpu", _cli_live, "add_arguments", "cmd_gpu",
               "move a live GPU between host and running guest",
               "Move the live = true GPU of a running session to the host, to the guest, or "
               "toggle it, while the VM keeps running."),
-    Delegated("doctor", "handoff.doctor", "add_arguments", "cmd_doctor",
+    Delegated("doctor", _doctor, "add_arguments", "cmd_doctor",
               "check this host for passthrough, with fixes",
               "Check this host for GPU passthrough: each check gives a verdict and a fix."),
-    Delegated("init", "handoff.cli_init", "add_arguments", "cmd_init",
+    Delegated("init", _cli_init, "add_arguments", "cmd_init",
               "write a working profile from this host's hardware",
               "Write a commented profile for NAME from this host's GPU, IOMMU groups, CPUs, "
               "RAM, firmware and input devices, and say why each was chosen."),
@@ -415,8 +434,8 @@ def build_parser(arguments_for: Collection[str] | None = None) -> argparse.Argum
                             description="Hand the grabbed keyboard and mouse to the guest or "
                             "back to the host (toggle when no side is given).")
     switch.add_argument("profile", metavar="PROFILE", help="profile name or file")
-    switch.add_argument("to", nargs="?", choices=[t.value for t in SwitchTarget],
-                        default=SwitchTarget.TOGGLE.value,
+    switch.add_argument("to", nargs="?", choices=[t.value for t in Side],
+                        default=Side.TOGGLE.value,
                         help="where input goes (default: toggle)")
     switch.add_argument("--json", action="store_true", help="print JSON for scripts")
     switch.set_defaults(handler=cmd_switch)

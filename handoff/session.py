@@ -46,6 +46,7 @@ from typing import Any
 import trio
 
 from handoff.control import ControlCommands, serve_control
+from handoff.control_protocol import Command, Field
 from handoff.errors import HandoffError, QemuLaunchError, QmpError, SessionError
 from handoff.firmware import ensure_firmware_vars
 from handoff.host import HostPaths
@@ -222,8 +223,8 @@ class Session:
         self.greeting_timeout = greeting_timeout
         self.on_qmp_ready = on_qmp_ready
         self.commands = ControlCommands()
-        self.commands.register("status", self._control_status)
-        self.commands.register("stop", self._control_stop)
+        self.commands.register(Command.STATUS, self._control_status)
+        self.commands.register(Command.STOP, self._control_stop)
         self._state = _State()
         self._process: QemuProcess | None = None
         self._acquired: list[HostResource] = []
@@ -504,10 +505,10 @@ class Session:
         return self.status()
 
     async def _control_stop(self, message: Mapping[str, Any]) -> JsonObject:
-        force = bool(message.get("force", False))
+        force = bool(message.get(Field.FORCE, False))
         self.report("stop requested through the control socket" + (" (force)" if force else ""))
         self.request_stop(StopRequest("control"), force=force)
-        return {"stopping": True, "force": self._state.force}
+        return {"stopping": True, Field.FORCE: self._state.force}
 
     # ------------------------------------------------------------------ ladder
 

@@ -186,9 +186,6 @@ class SessionPlan:
         """The RLIMIT_MEMLOCK QEMU gets (None: left as it is)."""
         return required_memlock(self.profile)
 
-    def of_kind(self, kind: ChangeKind) -> tuple[HostChange, ...]:
-        return tuple(change for change in self.changes if change.kind is kind)
-
 
 def _session_paths(profile: Profile, paths: HostPaths) -> SessionPaths:
     name = profile.name

@@ -79,8 +79,12 @@ def default_resources(
     # only when the profile uses it: a plain VM starts without them.
     if profile.host_display.handover:
         from handoff.display.resource import HostDisplay
+        from handoff.pci.ops import KernelWriter
+        from handoff.recovery import card_return
 
-        resources.append(HostDisplay(profile, paths, report=report))
+        resources.append(HostDisplay(
+            profile, paths, report=report, return_card=card_return(paths, KernelWriter())
+        ))
     if any(not p.live for p in profile.passthrough):
         from handoff.pci.resource import GpuHandoff
 
@@ -103,9 +107,9 @@ def default_resources(
         if live is not None and profile.input.gpu_hotkey:
             from functools import partial
 
-            from handoff.live.resource import GpuTarget
+            from handoff.control_protocol import Side
 
-            inputs.on_gpu_hotkey = partial(live.move, GpuTarget.TOGGLE)  # `handoff gpu` toggle
+            inputs.on_gpu_hotkey = partial(live.move, Side.TOGGLE)  # `handoff gpu` toggle
     if plan.tune is not None:
         from handoff.tune.resource import TuneResource
 

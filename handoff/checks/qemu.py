@@ -23,11 +23,11 @@ from handoff.host_facts import gather_host_facts
 from handoff.profile import Cpu, FirmwareType, Memory, Profile
 from handoff.qemu.capabilities import (
     MIN_VERSION,
-    QemuCapabilities,
     check_bridges,
     check_supported,
     probe,
 )
+from handoff.qemu.probe_cache import QemuCapabilities
 from handoff.session_plan import HostFacts, SessionPlan, plan_session
 
 _INSTALL = "apt-get install qemu-system-x86 (Debian/Ubuntu), emerge app-emulation/qemu (Gentoo)"

@@ -28,11 +28,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 import trio
 
+from handoff import journal as jr
 from handoff.display import units as sd
 from handoff.display.journal import DisplayJournal, list_display_journals, lock_stem
 from handoff.display.model import (
@@ -59,21 +60,23 @@ from handoff.display.sysfs import (
 from handoff.display.where import where_refusal
 from handoff.errors import BindError, HandoffError, PreflightRefusedError
 from handoff.host import HostPaths
-from handoff.pci import journal as jr
 from handoff.pci.address import PciAddress
-from handoff.pci.engine import Engine
 from handoff.pci.holders import find_holders, nodes_of
 from handoff.pci.model import Holder, PciDevice
 from handoff.pci.ops import KernelWriter, SysfsWriter
 from handoff.pci.plan import plan_handoff
 from handoff.pci.snapshot import take_snapshot
-from handoff.pci.sysfs import device_dir, groups_of, read_boot_id, read_device
+from handoff.pci.sysfs import device_dir, groups_of, read_device
 from handoff.profile import Profile
 from handoff.resources import ControlRegistry, JsonObject, VmHandle
 
 log = logging.getLogger("handoff.display")
 
 Report = Callable[[str], None]
+#: Finishes the GPU journal of a profile again, if one is left (after a reset): its lines.
+#: The GPU hand-off's own recovery, passed in by whoever composes the two
+#: (:mod:`handoff.recovery`): the display never imports it.
+ReturnCard = Callable[[str], Awaitable[list[str]]]
 
 #: Seconds the units' processes get to let go of the card's nodes once stopped.
 HOLDER_WAIT = 15.0
@@ -107,12 +110,13 @@ class Restorer:
 
     def __init__(
         self, paths: HostPaths, writer: SysfsWriter, runner: sd.Runner, report: Report,
-        *, node_wait: float = NODE_WAIT,
+        return_card: ReturnCard, *, node_wait: float = NODE_WAIT,
     ) -> None:
         self.paths = paths
         self.writer = writer
         self.runner = runner
         self.report = report
+        self.return_card = return_card
         self.node_wait = node_wait
 
     async def restore(self, journal: DisplayJournal) -> None:
@@ -193,13 +197,7 @@ class Restorer:
 
     async def _return_group_again(self, journal: DisplayJournal) -> None:
         """After a reset: finish the GPU journal of this profile again, if it is left."""
-        from handoff.pci.recovery import recover
-
-        path = jr.journal_path(self.paths, journal.profile)
-        if not path.exists():
-            return
-        result = await recover(Engine(self.paths, self.writer), only=path)
-        for line in result.lines():
+        for line in await self.return_card(journal.profile):
             self.report(f"after the reset: {line}")
 
     # ------------------------------------------------------------------ framebuffer, consoles
@@ -263,6 +261,7 @@ class HostDisplay:
         *,
         writer: SysfsWriter | None = None,
         runner: sd.Runner | None = None,
+        return_card: ReturnCard,
         report: Report = _log_report,
         environ: Mapping[str, str] | None = None,
         holder_wait: float = HOLDER_WAIT,
@@ -277,11 +276,13 @@ class HostDisplay:
         self.report = report
         self.environ = os.environ if environ is None else environ
         self.holder_wait = holder_wait
-        self.restorer = Restorer(paths, self.writer, self.runner, report, node_wait=node_wait)
+        self.restorer = Restorer(
+            paths, self.writer, self.runner, report, return_card, node_wait=node_wait
+        )
         self.memlock_bytes: int | None = None
         self.takeover: Takeover | None = None
         self._journal: DisplayJournal | None = None
-        self._lock: jr.GroupLocks | None = None
+        self._lock: jr.Locks | None = None
         self._failure: str | None = None
 
     @property
@@ -496,49 +497,6 @@ def _group_members(paths: HostPaths, group: int) -> list[PciAddress]:
         return [PciAddress.parse(name) for name in sorted(os.listdir(directory))]
     except (OSError, ValueError):
         return []
-
-
-# --------------------------------------------------------------------------- recover
-
-
-async def recover_displays(
-    paths: HostPaths, writer: SysfsWriter, runner: sd.Runner, report: Report
-) -> bool:
-    """`handoff recover`'s display part: every journal a dead supervisor left; False on failure.
-
-    Runs after the GPU journals were finished (the card's group is back).
-    A journal from an earlier boot is discarded (the boot brought the display
-    back); one whose lock a live session holds is left alone.
-    """
-    ok = True
-    boot_id = read_boot_id(paths)
-    for path in list_display_journals(paths):
-        try:
-            journal = DisplayJournal.load(path)
-        except HandoffError as exc:
-            report(f"FAILED: {exc}")
-            ok = False
-            continue
-        if journal.boot_id != boot_id:
-            journal.remove()
-            report(f"discarded: {path} is from an earlier boot (the boot restored the display)")
-            continue
-        try:
-            lock = jr.lock_named(paths, lock_stem(journal.profile), "handoff recover",
-                                 f"the host display of {journal.profile}")
-        except HandoffError as exc:
-            report(f"left alone: {path}: {exc.message}")
-            ok = False
-            continue
-        try:
-            await Restorer(paths, writer, runner, report).restore(journal)
-            report(f"returned: the host display of {journal.profile} ({journal.card})")
-        except HandoffError as exc:
-            report(f"FAILED: {exc}")
-            ok = False
-        finally:
-            lock.release()
-    return ok
 
 
 def display_failures(paths: HostPaths) -> Sequence[str]:

@@ -8,7 +8,6 @@ journal report (``logger``) of a display that could not be restored.
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -140,7 +139,3 @@ def where_facts(
 def system_journal(runner: Runner, text: str) -> None:
     """One error-priority entry in the system journal (syslog), tagged handoff."""
     runner(["logger", "--tag", "handoff", "--priority", "daemon.err", "--", text])
-
-
-def pid_alive(paths: HostPaths, pid: int) -> bool:
-    return Path(paths.proc, str(pid)).exists() and pid != os.getpid()

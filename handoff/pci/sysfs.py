@@ -245,14 +245,3 @@ def framebuffer_console_bound(paths: HostPaths) -> bool:
         if "frame buffer" in label and _read_text(root / name / "bind") == "1":
             return True
     return False
-
-
-def read_boot_id(paths: HostPaths) -> str:
-    """This boot's random id: journals from another boot are stale."""
-    text = _read_text(paths.proc / "sys" / "kernel" / "random" / "boot_id")
-    if not text:
-        raise PciError(
-            f"cannot read {paths.proc / 'sys/kernel/random/boot_id'}",
-            fix="mount /proc (handoff needs it to recognise journals from an earlier boot)",
-        )
-    return text

@@ -22,7 +22,7 @@ vm_started (QMP connected, QEMU still paused under ``-S``)
 release (QEMU gone)
     governors and pools back to exactly their previous values, verified;
     the journal removed. ``handoff recover`` does the same from the journal
-    after a supervisor SIGKILL (:mod:`handoff.pci.recovery`).
+    after a supervisor SIGKILL (:mod:`handoff.tune.recovery`).
 
 ``cpu.isolate`` (systemd as PID 1 on cgroup v2, else refused when planned)
     QEMU starts in its own scope (the plan's argv wraps it in ``systemd-run
@@ -50,6 +50,7 @@ from pathlib import Path
 
 import trio
 
+from handoff import journal as jr
 from handoff.errors import (
     GovernorRefusedError,
     IsolationRefusedError,
@@ -58,7 +59,6 @@ from handoff.errors import (
     TuneError,
 )
 from handoff.host import HostPaths
-from handoff.pci import journal as jr
 from handoff.pci.ops import KernelWriter, SysfsWriter
 from handoff.profile import Profile
 from handoff.resources import ControlRegistry, JsonObject, VmHandle
@@ -68,6 +68,7 @@ from handoff.tune.isolation import IsolationPlan, qemu_scope_unit
 from handoff.tune.model import HugepagePool
 from handoff.tune.pinning import PinPlan
 from handoff.tune.plan import TunePlan, plan_tuning
+from handoff.tune.recovery import recover_tuning, tune_journal_name, tune_lock_stem
 from handoff.tune.settings import (
     Runner,
     Systemd,
@@ -85,15 +86,6 @@ SetAffinity = Callable[[int, frozenset[int]], None]
 
 def _log_report(line: str) -> None:
     log.info("%s", line)
-
-
-def tune_journal_name(profile_name: str) -> str:
-    """``<name>+tune``: "+" is not allowed in a profile name, so no other journal has it."""
-    return f"{profile_name}+tune"
-
-
-def tune_lock_stem(profile_name: str) -> str:
-    return f"tune-{profile_name}"
 
 
 def pool_file(paths: HostPaths, target: PoolTarget, size_kib: int) -> Path:
@@ -225,7 +217,7 @@ class TuneResource:
         self.plan: TunePlan | None = None  # what acquire applied
         self.memlock_bytes: int | None = None
         self._journal: jr.Journal | None = None
-        self._locks: jr.GroupLocks | None = None
+        self._locks: jr.Locks | None = None
         self._affinity: list[ThreadAffinity] = []
         self._pool: JsonObject | None = None  # the pools raised and the seconds it took
         self._pin_seconds: float | None = None
@@ -284,10 +276,7 @@ class TuneResource:
         path = jr.journal_path(self.paths, tune_journal_name(self.profile.name))
         if not path.exists():
             return False
-        from handoff.pci.engine import Engine  # recovery's policy, one implementation
-        from handoff.pci.recovery import recover
-
-        report = await recover(Engine(self.paths, self.writer), only=path)
+        report = await recover_tuning(self.paths, self.writer, self.systemd, only=path)
         for line in report.returned + report.discarded:
             self.report(f"recovered from an earlier session: {line}")
         if not report.ok:

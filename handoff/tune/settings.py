@@ -2,7 +2,7 @@
 
 A setting (``nr_hugepages`` of a pool, a CPU's ``scaling_governor``) is a
 kernel file with a value. :func:`change_setting` records its previous value
-in the journal (write-ahead, :class:`handoff.pci.journal.SettingRecord`),
+in the journal (write-ahead, :class:`handoff.journal.SettingRecord`),
 writes the new one through the same :class:`handoff.pci.ops.SysfsWriter`
 the PCI engine uses, and reads it back. :func:`restore_settings` writes each
 previous value back, newest first, verifies it and drops the record; it is
@@ -26,9 +26,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from handoff import journal as jr
 from handoff.errors import HandoffError, SysfsWriteError, TuneError
 from handoff.host import HostPaths
-from handoff.pci import journal as jr
 from handoff.tune.cpulist import format_cpulist, parse_cpulist
 
 #: Runs a command, returns its stdout; raises TuneError when it fails.

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from handoff import journal as jr
 from handoff.host import HostPaths
-from handoff.pci import journal as jr
 from handoff.pci.address import PciAddress
 from handoff.pci.ops import CRASH_AFTER_SYSFS_ENV
 from handoff.pci.sysfs import read_device

@@ -32,14 +32,15 @@ from pathlib import Path
 import pytest
 import trio
 
+from handoff import journal as jr
 from handoff.control import ControlCommands
+from handoff.control_protocol import Side
 from handoff.host import HostPaths
 from handoff.host_facts import gather_host_facts
 from handoff.input.resource import InputHandoff
 from handoff.live.guest import attach, guest_ids
-from handoff.live.resource import GpuTarget, LiveGpu
+from handoff.live.resource import LiveGpu
 from handoff.live.sequence import live_slots
-from handoff.pci import journal as jr
 from handoff.pci.address import PciAddress
 from handoff.pci.sysfs import read_device
 from handoff.profile import Profile, load_profile
@@ -211,12 +212,12 @@ async def test_the_group_goes_to_the_host_and_back_while_the_vm_runs(tmp_path: P
             async with trio.open_nursery() as nursery:
                 await live.vm_started(vm, nursery, ControlCommands())
                 with trio.fail_after(WAIT):
-                    await live.move(GpuTarget.HOST)
+                    await live.move(Side.HOST)
                 assert live.status()["state"] == "host"
                 assert drivers() == host_drivers()
                 assert not await guest_ids(vm) & ids
                 with trio.fail_after(WAIT):
-                    await live.move(GpuTarget.GUEST)
+                    await live.move(Side.GUEST)
                 assert live.status()["state"] == "guest"
                 assert drivers() == on_vfio()
                 assert await guest_ids(vm) >= ids

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import pytest
 
+from handoff import journal as jr
 from handoff.host import HostPaths
 from handoff.input.devices import PROXY_NAME_PREFIX
-from handoff.pci import journal as jr
 from handoff.pci.sysfs import read_device
 from handoff.rundir import qemu_socket_dir
 from tests.testbed.devices import GpuLookalike

@@ -12,17 +12,17 @@ from pathlib import Path
 
 import pytest
 
+from handoff import journal as jr
 from handoff.display.journal import DisplayJournal, list_display_journals
 from handoff.display.model import Step
 from handoff.display.resource import HostDisplay, display_failures
 from handoff.errors import BindError, PreflightRefusedError
 from handoff.memlock import UNLIMITED, check_memlock
-from handoff.pci import journal as jr
 from handoff.pci.address import PciAddress
-from handoff.pci.commands import run_recover
 from handoff.pci.resource import GpuHandoff
 from handoff.profile import HostDisplay as HostDisplaySettings
 from handoff.profile import Passthrough, Profile, Vm
+from handoff.recovery import card_return, run_recover
 from tests.unit.fakedisplay import (
     CARD,
     CARD_DRIVER,
@@ -61,7 +61,8 @@ def resources(
     display: DisplayHost, systemd: RecordedSystemd, lines: list[str]
 ) -> tuple[HostDisplay, GpuHandoff]:
     screen = HostDisplay(PROFILE, display.paths, writer=display, runner=systemd,
-                         report=lines.append, environ={}, holder_wait=0.5, node_wait=0.3,
+                         return_card=card_return(display.paths, display), report=lines.append,
+                         environ={}, holder_wait=0.5, node_wait=0.3,
                          sessions=display.paths.run / "systemd-sessions")
     gpu = GpuHandoff(
         PROFILE, display.paths, writer=display, report=lines.append,

@@ -28,7 +28,8 @@ from handoff.checks.nodes import (
 )
 from handoff.checks.qemu import check_ovmf, check_qemu, needed_devices
 from handoff.profile import Profile, parse_profile
-from handoff.qemu.capabilities import QemuCapabilities, probe
+from handoff.qemu.capabilities import probe
+from handoff.qemu.probe_cache import QemuCapabilities
 from tests.unit.doctor_fakes import RELEASE, FakeHost
 from tests.unit.fakesysfs import nvidia_driver_files
 

@@ -22,6 +22,7 @@ from handoff.pci.address import PciAddress
 from handoff.profile import load_profile, parse_profile
 from handoff.session_plan import (
     ChangeKind,
+    HostChange,
     HostFacts,
     QemuOwner,
     SessionPlan,
@@ -152,6 +153,10 @@ def test_a_plain_vm_changes_only_its_own_run_directories() -> None:
     assert p.memlock_bytes is None
 
 
+def of_kind(p: SessionPlan, kind: ChangeKind) -> tuple[HostChange, ...]:
+    return tuple(change for change in p.changes if change.kind is kind)
+
+
 def test_passthrough_moves_each_device_chowns_its_group_once_and_raises_memlock() -> None:
     facts = HostFacts(
         accel="tcg", accel_reason="test", supervisor_uid=0, qemu_owner=NOBODY,
@@ -162,14 +167,14 @@ def test_passthrough_moves_each_device_chowns_its_group_once_and_raises_memlock(
         ChangeKind.DEVICE_TO_VFIO, ChangeKind.DEVICE_TO_VFIO, ChangeKind.CHOWN_NODE,
         ChangeKind.RAISE_MEMLOCK,
     ]  # fmt: skip
-    moves = p.of_kind(ChangeKind.DEVICE_TO_VFIO)
+    moves = of_kind(p, ChangeKind.DEVICE_TO_VFIO)
     assert [m.target for m in moves] == ["0000:00:06.0", "0000:00:06.1"]
     assert all("IOMMU group 7" in m.detail for m in moves)
-    (chown,) = p.of_kind(ChangeKind.CHOWN_NODE)
+    (chown,) = of_kind(p, ChangeKind.CHOWN_NODE)
     assert chown.target == "/dev/vfio/7"
     assert "65534:65534 (nobody)" in chown.detail
     assert p.memlock_bytes == (64 << 20) + (1 << 30)
-    assert p.of_kind(ChangeKind.RAISE_MEMLOCK)[0].detail.startswith("1088 MiB")
+    assert of_kind(p, ChangeKind.RAISE_MEMLOCK)[0].detail.startswith("1088 MiB")
 
 
 def test_the_memlock_the_plan_raises_is_the_one_preflight_checks() -> None:
@@ -181,8 +186,8 @@ def test_an_unknown_group_is_named_as_such_not_guessed() -> None:
     facts = HostFacts(accel="tcg", accel_reason="t", supervisor_uid=0, qemu_owner=NOBODY,
                       iommu_groups=((GPU, None),))
     p = plan('[[passthrough]]\naddress = "00:06.0"\n', facts)
-    assert "its IOMMU group" in p.of_kind(ChangeKind.DEVICE_TO_VFIO)[0].detail
-    assert p.of_kind(ChangeKind.CHOWN_NODE)[0].target == "/dev/vfio/<group>"
+    assert "its IOMMU group" in of_kind(p, ChangeKind.DEVICE_TO_VFIO)[0].detail
+    assert of_kind(p, ChangeKind.CHOWN_NODE)[0].target == "/dev/vfio/<group>"
 
 
 def test_virtio_input_creates_chowns_and_links_the_proxies_then_grabs_after_boot() -> None:
@@ -193,9 +198,9 @@ def test_virtio_input_creates_chowns_and_links_the_proxies_then_grabs_after_boot
         ChangeKind.CREATE_PROXY, ChangeKind.CHOWN_NODE, ChangeKind.LINK_PROXY,
         ChangeKind.GRAB_INPUT,
     ]  # fmt: skip
-    links = [c.target for c in p.of_kind(ChangeKind.LINK_PROXY)]
+    links = [c.target for c in of_kind(p, ChangeKind.LINK_PROXY)]
     assert links == [str(path) for path in p.paths.proxy_links or ()]
-    (grab,) = p.of_kind(ChangeKind.GRAB_INPUT)
+    (grab,) = of_kind(p, ChangeKind.GRAB_INPUT)
     assert grab.target == "every keyboard and mouse except name:Yubikey"
 
 
@@ -248,7 +253,7 @@ def test_the_plan_module_imports_no_edge_module() -> None:
     assert sorted(m for m in loaded if is_one_of(m, EDGES)) == []
 
 
-RESOURCE_MODULES = ("handoff.pci.resource", "handoff.pci.journal", "handoff.input.resource",
+RESOURCE_MODULES = ("handoff.pci.resource", "handoff.journal", "handoff.input.resource",
                     "handoff.input.devices", "evdev", "pyudev")
 
 

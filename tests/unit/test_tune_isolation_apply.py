@@ -18,16 +18,15 @@ from pathlib import Path
 import pytest
 import trio
 
+from handoff import journal as jr
 from handoff.errors import IsolationRefusedError, TuneError
 from handoff.host import HostPaths
-from handoff.pci import journal as jr
-from handoff.pci.engine import Engine
-from handoff.pci.recovery import recover
 from handoff.profile import parse_profile
 from handoff.session_plan import ChangeKind, plan_session
 from handoff.tune import settings
-from handoff.tune.isolation import plan_isolation, scope_argv, scope_prefix_length
-from handoff.tune.resource import TuneResource, tune_journal_name
+from handoff.tune.isolation import plan_isolation, scope_argv
+from handoff.tune.recovery import recover_tuning, tune_journal_name
+from handoff.tune.resource import TuneResource
 from tests.unit.test_tune_plan import facts, ryzen
 from tests.unit.test_tune_resource import (
     PROFILE,
@@ -234,7 +233,7 @@ def test_recover_leaves_the_units_while_qemu_runs_and_restores_them_after(
     res._locks.release()  # the supervisor is SIGKILLed: its flock goes, no release
     monkeypatch.setattr(settings, "run_command", fake)
     path = jr.journal_path(paths, tune_journal_name("tuned"))
-    report = trio.run(lambda: recover(Engine(paths, TuneKernel(paths))))
+    report = trio.run(lambda: recover_tuning(paths, TuneKernel(paths)))
     assert not report.ok
     assert f"its QEMU (pid {QEMU_PID}) is still running" in report.refused[0]
     assert fake.props["system.slice"] == "0,3"
@@ -244,7 +243,7 @@ def test_recover_leaves_the_units_while_qemu_runs_and_restores_them_after(
     for d in sorted((paths.proc / str(QEMU_PID)).rglob("*"), reverse=True):
         d.rmdir()
     (paths.proc / str(QEMU_PID)).rmdir()
-    report = trio.run(lambda: recover(Engine(paths, TuneKernel(paths))))
+    report = trio.run(lambda: recover_tuning(paths, TuneKernel(paths)))
     assert report.ok, report.lines()
     assert "system.slice's AllowedCPUs back to (unset: every CPU)" in report.returned
     assert all(fake.props[u] == "" for u in UNITS)
@@ -263,8 +262,7 @@ def test_the_scope_wrapper_names_the_unit_slice_and_cpus_and_ends_before_qemu() 
         "--slice=machine.slice", "--property=AllowedCPUs=0-5", "--uid=qemu", "--",
         "qemu-system-x86_64", "-S",
     )  # fmt: skip
-    assert argv[scope_prefix_length(argv):] == ("qemu-system-x86_64", "-S")
-    assert scope_prefix_length(("qemu-system-x86_64", "--", "x")) == 0
+    assert argv[argv.index("--") + 1 :] == ("qemu-system-x86_64", "-S")
 
 
 def test_the_plan_starts_qemu_in_its_scope_and_confines_the_units_after() -> None:
@@ -278,7 +276,7 @@ def test_the_plan_starts_qemu_in_its_scope_and_confines_the_units_after() -> Non
     p = plan_session(parse_profile(text, Path("/etc/handoff/tuned.toml")), systemd, HostPaths())
     assert p.scoped
     assert p.argv[:2] == ("systemd-run", "--scope")
-    assert p.argv[scope_prefix_length(p.argv)] == "qemu-system-x86_64"
+    assert p.argv[p.argv.index("--") + 1] == "qemu-system-x86_64"
     assert p.argv_with_monitor_fd(7)[0] == "systemd-run"
     kinds = [c.kind for c in p.changes]
     assert kinds.index(ChangeKind.QEMU_SCOPE) < kinds.index(ChangeKind.ISOLATE_HOST)

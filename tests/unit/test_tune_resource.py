@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from handoff import journal as jr
 from handoff.errors import (
     HugepagesRefusedError,
     IsolationRefusedError,
@@ -27,19 +28,15 @@ from handoff.errors import (
     PreflightRefusedError,
 )
 from handoff.host import HostPaths
-from handoff.pci import journal as jr
-from handoff.pci.engine import Engine
-from handoff.pci.recovery import recover
 from handoff.profile import Profile, parse_profile
 from handoff.session_plan import HostFacts, plan_session
 from handoff.tune.cpulist import format_cpulist
 from handoff.tune.model import CpuFreq
 from handoff.tune.plan import TunePlan
+from handoff.tune.recovery import recover_tuning, tune_journal_name, tune_lock_stem
 from handoff.tune.resource import (
     TuneResource,
     affinity_targets,
-    tune_journal_name,
-    tune_lock_stem,
     vcpu_threads,
 )
 from handoff.tune.topology import read_host
@@ -374,7 +371,7 @@ def test_recover_finishes_a_killed_supervisors_pool_and_governors(tmp_path: Path
     _abandon(paths, kernel)
     assert pool(paths) == 32
     assert governor(paths, 1) == "performance"
-    report = trio.run(recover, Engine(paths, kernel))
+    report = trio.run(recover_tuning, paths, kernel)
     assert report.ok, report.lines()
     assert pool(paths) == 3
     assert [governor(paths, c) for c in range(4)] == ["schedutil"] * 4
@@ -400,7 +397,7 @@ def test_recover_discards_a_journal_of_an_earlier_boot_without_writing(tmp_path:
     data = json.loads(journal_file(paths).read_text())
     journal_file(paths).write_text(json.dumps({**data, "boot_id": "another-boot"}))
     before = len(kernel.writes)
-    report = trio.run(recover, Engine(paths, kernel))
+    report = trio.run(recover_tuning, paths, kernel)
     assert report.discarded
     assert len(kernel.writes) == before
     assert not journal_file(paths).exists()
@@ -411,7 +408,7 @@ def test_recover_leaves_a_live_sessions_tuning_alone(tmp_path: Path) -> None:
     kernel = TuneKernel(paths)
     res = resource(paths, kernel)
     trio.run(res.acquire)  # holds its lock, as a live supervisor does
-    report = trio.run(recover, Engine(paths, kernel))
+    report = trio.run(recover_tuning, paths, kernel)
     assert report.refused
     assert pool(paths) == 32
     with pytest.raises(PreflightRefusedError):
