@@ -53,7 +53,7 @@ from handoff.firmware import ensure_firmware_vars
 from handoff.host import HostPaths
 from handoff.host_facts import gather_host_facts
 from handoff.ladder import LadderTimeouts, Rung, shutdown_ladder
-from handoff.profile import Profile
+from handoff.profile import Accelerator, Profile
 from handoff.qemu.capabilities import check_bridges, check_supported, probe
 from handoff.qemu.cmdline import format_argv
 from handoff.qemu.process import QemuProcess, read_log_tail
@@ -125,7 +125,7 @@ class Preflight:
     plan: SessionPlan
 
     @property
-    def accel(self) -> str:
+    def accel(self) -> Accelerator:
         return self.plan.facts.accel
 
     @property
@@ -233,7 +233,7 @@ def session_plan(
 def session_argv(
     profile: Profile,
     paths: HostPaths,
-    accel: str,
+    accel: Accelerator,
     *,
     binary: str = "qemu-system-x86_64",
     monitor_fd: int = DRY_RUN_MONITOR_FD,
@@ -250,7 +250,7 @@ def session_argv(
 
         tuning = read_host(paths)
     facts = HostFacts(
-        accel="kvm" if accel == "kvm" else "tcg", accel_reason="", supervisor_uid=os.geteuid(),
+        accel=accel, accel_reason="", supervisor_uid=os.geteuid(),
         tuning=tuning,
     )
     plan = session_plan(profile, paths, facts, binary=binary, trace_file=trace_file)
@@ -315,7 +315,7 @@ class _State:
     shutdown: dict[str, Any] | None = None
     panicked: bool = False
     killed_by_ladder: bool = False
-    accel: str | None = None
+    accel: Accelerator | None = None
     accel_reason: str | None = None
 
 

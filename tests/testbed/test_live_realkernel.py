@@ -42,7 +42,7 @@ from handoff.live.resource import LiveGpu
 from handoff.live.sequence import live_slots
 from handoff.pci.address import PciAddress
 from handoff.pci.sysfs import read_device
-from handoff.profile import Profile, load_profile
+from handoff.profile import Accelerator, Profile, load_profile
 from handoff.qemu.process import QemuProcess
 from handoff.qemu.qmp import open_qmp
 from handoff.run_layout import qemu_socket_dir
@@ -158,7 +158,7 @@ def test_a_guest_without_an_os_keeps_the_gpu_and_the_host_is_unchanged(
 def nested_argv(profile: Profile, fd: int, run: Path) -> list[str]:
     """The plan's argv (vfio-pci functions hot-plugged later, see the module doc) with
     native hotplug, running firmware only."""
-    facts = HostFacts(accel="tcg", accel_reason="testbed", supervisor_uid=0)
+    facts = HostFacts(accel=Accelerator.TCG, accel_reason="testbed", supervisor_uid=0)
     argv = list(plan_session(profile, facts, HostPaths(run=run)).argv_with_monitor_fd(fd))
     out: list[str] = []
     for value in argv:
