@@ -25,7 +25,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -48,6 +47,7 @@ from handoff.qemu.qmp import open_qmp
 from handoff.run_layout import qemu_socket_dir
 from handoff.session import default_resources
 from handoff.session_plan import HostFacts, plan_session
+from tests.lines import wait_for_line as read_lines
 from tests.qemu.test_live_qmp import NATIVE, Vm
 from tests.testbed import devices, guest
 from tests.testbed.test_input_realkernel import KBD_NAME, make_keyboard, tap
@@ -110,17 +110,7 @@ def handoff(run: Path, *argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def wait_for_line(session: subprocess.Popen[str], text: str) -> list[str]:
-    assert session.stdout is not None
-    seen: list[str] = []
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        line = session.stdout.readline()
-        if not line:
-            raise AssertionError(f"the session ended before {text!r}:\n" + "".join(seen))
-        seen.append(line)
-        if text in line:
-            return seen
-    raise AssertionError(f"no {text!r} within {WAIT:g} s:\n" + "".join(seen))
+    return read_lines(session, text, wait=WAIT)
 
 
 def test_a_guest_without_an_os_keeps_the_gpu_and_the_host_is_unchanged(
