@@ -57,7 +57,11 @@ from handoff.live.resource import LiveGpu  # noqa: E402
 from handoff.live.sequence import add_arguments, live_slots  # noqa: E402
 from handoff.pci.address import PciAddress  # noqa: E402
 from handoff.pci.sysfs import read_device, read_iommu  # noqa: E402
-from handoff.profile import Profile, parse_profile  # noqa: E402
+from handoff.profile import (  # noqa: E402
+    Accelerator,
+    Profile,
+    parse_profile,
+)
 from handoff.qemu.process import QemuProcess  # noqa: E402
 from handoff.qemu.qmp import QmpConnection, open_qmp  # noqa: E402
 from handoff.session_plan import HostFacts, plan_session  # noqa: E402
@@ -116,7 +120,7 @@ def profile_for(vga: PciAddress, audio: PciAddress, directory: Path) -> Profile:
 
 def argv_for(profile: Profile, fd: int, run: Path) -> list[str]:
     """The plan's argv without the cold-plugged functions (hot-plugged once firmware ran)."""
-    facts = HostFacts(accel="tcg", accel_reason="bench", supervisor_uid=0)
+    facts = HostFacts(accel=Accelerator.TCG, accel_reason="bench", supervisor_uid=0)
     out: list[str] = []
     for value in plan_session(profile, facts, HostPaths(run=run)).argv_with_monitor_fd(fd):
         if value.startswith("vfio-pci,"):

@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from startup import bare_round
 
 from handoff.host import HostPaths
-from handoff.profile import Profile, parse_profile
+from handoff.profile import Accelerator, Profile, parse_profile
 from handoff.resources import HostResource
 from handoff.session import Session, default_resources
 from handoff.session_end import StopRequest
@@ -123,10 +123,10 @@ def bare_prealloc(plain: Profile, tuned: Profile, paths: HostPaths) -> float:
     try:
         if int(POOL.read_text()) < before + PAGES:
             raise SystemExit(f"the kernel could not give {PAGES} 2M pages: free some memory")
-        with_backend = bare_round(tuned, paths, "tcg")
+        with_backend = bare_round(tuned, paths, Accelerator.TCG)
     finally:
         POOL.write_text(str(before))
-    return with_backend - bare_round(plain, paths, "tcg")
+    return with_backend - bare_round(plain, paths, Accelerator.TCG)
 
 
 def line(label: str, values: list[float], base: list[float] | None = None, goal: str = "") -> str:

@@ -130,7 +130,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_argv(args: argparse.Namespace) -> int:
     from handoff.host_facts import gather_host_facts
-    from handoff.profile import load_profile
+    from handoff.profile import Accelerator, load_profile
     from handoff.qemu.accel import kvm_problem
     from handoff.session_plan import plan_session
 
@@ -139,7 +139,7 @@ def cmd_argv(args: argparse.Namespace) -> int:
     # Showing a command changes nothing, so a KVM profile is shown as written
     # even on a host where `run` would refuse it; the reason goes to stderr.
     facts = gather_host_facts(profile, paths, strict=False)
-    if facts.accel == "kvm" and kvm_problem(paths) is not None:
+    if facts.accel is Accelerator.KVM and kvm_problem(paths) is not None:
         print(f"handoff: note: {facts.accel_reason}", file=sys.stderr)
     _print_plan(plan_session(profile, facts, paths, binary=args.qemu))
     return 0

@@ -138,6 +138,18 @@ class HostError(HandoffError):
     """The host lacks something handoff needs (permissions, limits, modules)."""
 
 
+class SystemdError(HostError):
+    """A systemctl command that had to succeed failed; the argv and status are kept."""
+
+    def __init__(
+        self, message: str, *, fix: str | None = None, argv: tuple[str, ...] = (),
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message, fix=fix)
+        self.argv = argv
+        self.status = status
+
+
 # --------------------------------------------------------------------------- performance tuning
 
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from handoff import journal as jr
-from handoff.display import units as sd
+from handoff import systemctl
 from handoff.display.recovery import display_recoverer
 from handoff.display.resource import ReturnCard
 from handoff.host import HostPaths
@@ -55,19 +55,20 @@ def recoverers(
     paths: HostPaths,
     writer: SysfsWriter,
     *,
-    runner: sd.Runner | None = None,
-    systemd: Systemd | None = None,
+    runner: systemctl.Runner | None = None,
     report: Callable[[str], None] = print,
 ) -> list[Recoverer[Any]]:
-    """Every capability's recoverer, in the order of the module docstring."""
+    """Every capability's recoverer, in the order of the module docstring.
+
+    ``runner``: the systemctl edge (the tuning's AllowedCPUs=, the display's units).
+    """
     engine = Engine(paths, writer)
+    systemd = runner or systemctl.SubprocessRunner()
     return [
         gpu_recoverer(engine),
         live_recoverer(engine),
-        tuning_recoverer(paths, writer, systemd),
-        display_recoverer(
-            paths, writer, runner or sd.SubprocessRunner(), report, card_return(paths, writer)
-        ),
+        tuning_recoverer(paths, writer, Systemd(paths, systemd)),
+        display_recoverer(paths, writer, systemd, report, card_return(paths, writer)),
     ]
 
 
@@ -75,12 +76,11 @@ async def recover_host(
     paths: HostPaths,
     writer: SysfsWriter,
     *,
-    runner: sd.Runner | None = None,
-    systemd: Systemd | None = None,
+    runner: systemctl.Runner | None = None,
     report: Callable[[str], None] = print,
 ) -> RecoveryReport:
     """Finish every journal a dead supervisor left, every capability in order."""
-    found = recoverers(paths, writer, runner=runner, systemd=systemd, report=report)
+    found = recoverers(paths, writer, runner=runner, report=report)
     return await recover(paths, found)
 
 
@@ -89,11 +89,10 @@ async def run_recover(
     writer: SysfsWriter,
     *,
     out: Callable[[str], None],
-    runner: sd.Runner | None = None,
-    systemd: Systemd | None = None,
+    runner: systemctl.Runner | None = None,
 ) -> int:
     """`handoff recover`: its lines to ``out``; 0 when nothing was left alone or failed."""
-    result = await recover_host(paths, writer, runner=runner, systemd=systemd, report=out)
+    result = await recover_host(paths, writer, runner=runner, report=out)
     for line in result.lines():
         out(line)
     return 0 if result.ok else 1

@@ -51,7 +51,7 @@ from handoff.errors import HandoffError, QemuLaunchError, QmpError, SessionError
 from handoff.firmware import ensure_firmware_vars
 from handoff.host import HostPaths
 from handoff.ladder import LadderTimeouts, Rung, shutdown_ladder
-from handoff.profile import Profile
+from handoff.profile import Accelerator, Profile
 from handoff.qemu.cmdline import format_argv
 from handoff.qemu.process import QemuProcess, read_log_tail
 from handoff.qemu.qmp import (
@@ -178,7 +178,7 @@ class _State:
     shutdown: dict[str, Any] | None = None
     panicked: bool = False
     killed_by_ladder: bool = False
-    accel: str | None = None
+    accel: Accelerator | None = None
     accel_reason: str | None = None
 
 

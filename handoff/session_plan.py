@@ -22,13 +22,12 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from handoff.host import HostPaths
 from handoff.live.sequence import live_slots
 from handoff.live.windows import Bar, size_windows
 from handoff.pci.address import PciAddress
-from handoff.profile import InputBackend, InputMode, Profile
+from handoff.profile import Accelerator, InputBackend, InputMode, Profile
 from handoff.qemu.cmdline import (
     LaunchSpec,
     argv_devices,
@@ -97,7 +96,7 @@ class HostFacts:
     topology, hugepage pools and cpufreq state (:mod:`handoff.tune.topology`).
     """
 
-    accel: Literal["kvm", "tcg"]
+    accel: Accelerator
     accel_reason: str
     supervisor_uid: int
     qemu_owner: QemuOwner | None = None

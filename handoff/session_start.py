@@ -17,12 +17,11 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
 
 from handoff.checks.profile_files import check_profile_on_host
 from handoff.host import HostPaths
 from handoff.host_facts import gather_host_facts
-from handoff.profile import InputBackend, Profile
+from handoff.profile import Accelerator, InputBackend, Profile
 from handoff.qemu.capabilities import check_bridges, check_supported, probe
 from handoff.resources import HostResource
 from handoff.session_plan import MONITOR_FD_PLACEHOLDER, HostFacts, SessionPlan, plan_session
@@ -48,7 +47,7 @@ class Preflight:
     plan: SessionPlan
 
     @property
-    def accel(self) -> str:
+    def accel(self) -> Accelerator:
         return self.plan.facts.accel
 
     @property
@@ -156,7 +155,7 @@ def session_plan(
 def session_argv(
     profile: Profile,
     paths: HostPaths,
-    accel: Literal["kvm", "tcg"],
+    accel: Accelerator,
     *,
     binary: str = "qemu-system-x86_64",
     monitor_fd: int = DRY_RUN_MONITOR_FD,

@@ -14,13 +14,12 @@ import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal
 
 from handoff.checks import Check, DoctorEnv, fail, ok, skip
 from handoff.errors import ProfileError, QemuError, TuneError
 from handoff.host import HostPaths
 from handoff.host_facts import gather_host_facts
-from handoff.profile import Cpu, FirmwareType, Memory, Profile
+from handoff.profile import Accelerator, Cpu, FirmwareType, Memory, Profile
 from handoff.qemu.capabilities import (
     MIN_VERSION,
     check_bridges,
@@ -38,7 +37,7 @@ Prober = Callable[[str], QemuCapabilities]
 
 
 def needed_devices(
-    profile: Profile, accel: Literal["kvm", "tcg"] = "kvm", paths: HostPaths | None = None
+    profile: Profile, accel: Accelerator = Accelerator.KVM, paths: HostPaths | None = None
 ) -> list[str]:
     """The ``-device`` names of the session plan's argv under ``accel``, each once.
 

@@ -12,7 +12,7 @@ card's group must be back on the host first.
 from __future__ import annotations
 
 from handoff import journal as jr
-from handoff.display import units as sd
+from handoff import systemctl
 from handoff.display.journal import DisplayJournal, list_display_journals, lock_stem
 from handoff.display.resource import Report, Restorer, ReturnCard
 from handoff.host import HostPaths
@@ -21,7 +21,7 @@ from handoff.pci.ops import SysfsWriter
 
 
 def display_recoverer(
-    paths: HostPaths, writer: SysfsWriter, runner: sd.Runner, report: Report,
+    paths: HostPaths, writer: SysfsWriter, runner: systemctl.Runner, report: Report,
     return_card: ReturnCard,
 ) -> Recoverer[DisplayJournal]:
     """The host display's recoverer; ``report`` gets the restore's steps as they happen."""

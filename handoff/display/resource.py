@@ -34,6 +34,7 @@ from pathlib import Path
 import trio
 
 from handoff import journal as jr
+from handoff import systemctl
 from handoff.display import units as sd
 from handoff.display.journal import DisplayJournal, list_display_journals, lock_stem
 from handoff.display.model import (
@@ -109,7 +110,7 @@ class Restorer:
     """Brings the host's display back from a :class:`DisplayJournal` (session and recover)."""
 
     def __init__(
-        self, paths: HostPaths, writer: SysfsWriter, runner: sd.Runner, report: Report,
+        self, paths: HostPaths, writer: SysfsWriter, runner: systemctl.Runner, report: Report,
         return_card: ReturnCard, *, node_wait: float = NODE_WAIT,
     ) -> None:
         self.paths = paths
@@ -179,7 +180,7 @@ class Restorer:
         failure = ReturnFailure(journal.card, journal.card_driver or "its driver", why, reset)
         journal.failure = failure.text()
         journal.save()
-        sd.system_journal(self.runner, failure.text())
+        systemctl.system_journal(self.runner, failure.text())
         self.report(failure.text())
         raise BindError(failure.message(), fix=failure.fix)
 
@@ -242,8 +243,8 @@ class Restorer:
     async def _start_units(self, journal: DisplayJournal) -> list[str]:
         if not journal.units:
             return []
-        ran = await trio.to_thread.run_sync(sd.start_units, self.runner, journal.units)
-        down = [u for u in journal.units if not sd.is_active(self.runner, u)]
+        ran = await trio.to_thread.run_sync(systemctl.start_units, self.runner, journal.units)
+        down = [u for u in journal.units if not systemctl.is_active(self.runner, u)]
         if ran.status != 0 or down:
             return [f"`systemctl start {' '.join(journal.units)}` left "
                     f"{', '.join(down) or 'an error'} (exit {ran.status})"]
@@ -260,7 +261,7 @@ class HostDisplay:
         paths: HostPaths,
         *,
         writer: SysfsWriter | None = None,
-        runner: sd.Runner | None = None,
+        runner: systemctl.Runner | None = None,
         return_card: ReturnCard,
         report: Report = _log_report,
         environ: Mapping[str, str] | None = None,
@@ -272,7 +273,7 @@ class HostDisplay:
         self.sessions = sessions
         self.paths = paths
         self.writer = writer or KernelWriter()
-        self.runner = runner or sd.SubprocessRunner()
+        self.runner = runner or systemctl.SubprocessRunner()
         self.report = report
         self.environ = os.environ if environ is None else environ
         self.holder_wait = holder_wait
@@ -338,7 +339,7 @@ class HostDisplay:
         if consoles_to_unbind(consoles) and not console_fallback(consoles):
             raise PreflightRefusedError(f"refusing the display hand-over: {NO_FALLBACK}",
                                         fix=NO_FALLBACK_FIX)
-        active = tuple(u for u in settings.stop_units if sd.is_active(self.runner, u))
+        active = tuple(u for u in settings.stop_units if systemctl.is_active(self.runner, u))
         framebuffer = firmware_fb_on_card(
             read_firmware_fbs(self.paths), str(card.address), read_bars(self.paths, card.address)
         )
@@ -375,8 +376,8 @@ class HostDisplay:
         if not journal.units:
             return
         journal.begin_step(Step.STOP_UNITS)
-        ran = await trio.to_thread.run_sync(sd.stop_units, self.runner, journal.units)
-        still = [u for u in journal.units if sd.is_active(self.runner, u)]
+        ran = await trio.to_thread.run_sync(systemctl.stop_units, self.runner, journal.units)
+        still = [u for u in journal.units if systemctl.is_active(self.runner, u)]
         if ran.status != 0 or still:
             raise HandoffError(
                 f"`systemctl stop {' '.join(journal.units)}` failed (exit {ran.status}); still "

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from handoff.errors import QemuError, QemuNotFoundError, QemuUnsupportedError
 from handoff.profile import (
+    Accelerator,
     AudioBackend,
     DiskInterface,
     DiskMedia,
@@ -209,7 +210,7 @@ def check_supported(
     argv_devices: Iterable[str],
     caps: QemuCapabilities,
     *,
-    accel: str | None = None,
+    accel: Accelerator | None = None,
 ) -> None:
     """Refuse a profile the installed QEMU cannot run. Pure: ``caps`` holds the facts.
 

@@ -51,6 +51,7 @@ from pathlib import Path
 import trio
 
 from handoff import journal as jr
+from handoff import systemctl
 from handoff.errors import (
     GovernorRefusedError,
     IsolationRefusedError,
@@ -70,7 +71,6 @@ from handoff.tune.pinning import PinPlan
 from handoff.tune.plan import TunePlan, plan_tuning
 from handoff.tune.recovery import recover_tuning, tune_journal_name, tune_lock_stem
 from handoff.tune.settings import (
-    Runner,
     Systemd,
     change_setting,
     confine_unit,
@@ -202,7 +202,7 @@ class TuneResource:
         writer: SysfsWriter | None = None,
         setaffinity: SetAffinity = _real_setaffinity,
         report: Report = _log_report,
-        runner: Runner | None = None,
+        runner: systemctl.Runner | None = None,
     ) -> None:
         self.profile = profile
         self.paths = paths
@@ -399,10 +399,10 @@ class TuneResource:
     def _check_scope_free(self) -> None:
         """Refuse before any change when QEMU's scope name is taken (another QEMU runs in it)."""
         unit = qemu_scope_unit(self.profile.name)
-        state = self.systemd.run(["systemctl", "show", "-p", "ActiveState", "--value", unit])
-        if state.strip() in {"active", "activating", "deactivating", "reloading"}:
+        state = self.systemd.active_state(unit)
+        if state in {"active", "activating", "deactivating", "reloading"}:
             raise IsolationRefusedError(
-                f"QEMU's scope {unit} already exists ({state.strip()}): another QEMU of "
+                f"QEMU's scope {unit} already exists ({state}): another QEMU of "
                 f"profile {self.profile.name} still runs in it",
                 fix=f"`systemctl status {unit}` names it; stop it (`systemctl stop {unit}`), "
                 "then run again",

@@ -14,7 +14,7 @@ import pytest
 
 from handoff.errors import QemuNotFoundError, QemuUnsupportedError
 from handoff.firmware import ensure_firmware_vars
-from handoff.profile import Profile, load_profile, parse_profile
+from handoff.profile import Accelerator, Profile, load_profile, parse_profile
 from handoff.qemu.capabilities import (
     MIN_VERSION,
     check_bridges,
@@ -150,7 +150,7 @@ def test_a_file_that_is_not_executable_is_qemu_not_found(tmp_path: Path) -> None
 
 
 def check_profile(
-    profile: Profile, *, accel: str = "tcg", extra_args: tuple[str, ...] = ()
+    profile: Profile, *, accel: Accelerator = Accelerator.TCG, extra_args: tuple[str, ...] = ()
 ) -> QemuCapabilities:
     """What the session's preflight checks, against this host's QEMU: the argv's devices
     (with ``extra_args`` standing for devices host resources add), the bridges."""
@@ -173,7 +173,7 @@ BASE = '[vm]\nname = "w"\nmemory = "64M"\n'
 
 def test_the_shipped_demo_passes_the_check(caps: QemuCapabilities) -> None:
     demo = load_profile(REPO / "profiles" / "demo.toml")
-    assert check_profile(demo, accel="tcg") is caps
+    assert check_profile(demo, accel=Accelerator.TCG) is caps
 
 
 def test_a_device_from_extra_args_that_qemu_lacks_names_vm_extra_args(
@@ -241,7 +241,7 @@ def test_a_gui_display_this_qemu_lacks_names_display_frontend(caps: QemuCapabili
 def test_an_accelerator_this_qemu_was_built_without_is_refused(caps: QemuCapabilities) -> None:
     tcg_only = dataclasses.replace(caps, accelerators=frozenset({"tcg"}))
     with pytest.raises(QemuUnsupportedError, match=r"vm\.accel"):
-        check_supported(parse(BASE), (), tcg_only, accel="kvm")
+        check_supported(parse(BASE), (), tcg_only, accel=Accelerator.KVM)
 
 
 def test_a_qemu_older_than_the_minimum_is_refused_with_upgrade_advice(

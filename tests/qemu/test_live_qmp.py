@@ -39,7 +39,7 @@ from handoff.live.state import LiveState, LiveStep
 from handoff.pci.engine import Engine
 from handoff.pci.recovery import gpu_recoverer
 from handoff.pci.sysfs import vfio_group_node
-from handoff.profile import Profile, parse_profile
+from handoff.profile import Accelerator, Profile, parse_profile
 from handoff.qemu.process import QemuProcess
 from handoff.qemu.qmp import QmpConnection, open_qmp
 from handoff.session_plan import HostFacts, plan_session
@@ -111,7 +111,7 @@ def edu_argv(profile: Profile, fd: int, tmp_path: Path) -> list[str]:
     in each one's place (same bus, addr, id). Not cold-plugged: without a guest OS
     native hotplug answers device_del at once only for a device whose hot-add no OS
     has acknowledged; a cold-plugged one waits for the OS like ACPI."""
-    facts = HostFacts(accel="tcg", accel_reason="test", supervisor_uid=0)
+    facts = HostFacts(accel=Accelerator.TCG, accel_reason="test", supervisor_uid=0)
     argv = list(plan_session(profile, facts, HostPaths(run=tmp_path / "run"))
                 .argv_with_monitor_fd(fd))
     out: list[str] = []

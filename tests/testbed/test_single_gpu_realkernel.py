@@ -34,6 +34,7 @@ from handoff import journal as jr
 from handoff.host import HostPaths
 from handoff.pci.address import PciAddress
 from handoff.pci.sysfs import read_device
+from tests.lines import wait_for_line as read_lines
 from tests.testbed import devices, guest
 
 pytestmark = [pytest.mark.realkernel(init="systemd"), pytest.mark.usefixtures("systemd_boot")]
@@ -139,17 +140,7 @@ def start(
 
 
 def wait_for_line(session: subprocess.Popen[str], text: str) -> list[str]:
-    assert session.stdout is not None
-    seen: list[str] = []
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        line = session.stdout.readline()
-        if not line:
-            raise AssertionError(f"the session ended before {text!r}:\n" + "".join(seen))
-        seen.append(line)
-        if text in line:
-            return seen
-    raise AssertionError(f"no {text!r} within {WAIT:g} s:\n" + "".join(seen))
+    return read_lines(session, text, wait=WAIT)
 
 
 def finish(session: subprocess.Popen[str]) -> tuple[int, str]:

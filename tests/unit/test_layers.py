@@ -149,6 +149,7 @@ LAYERS: dict[str, Layer] = {
     "handoff.checks.qemu": E,
     "handoff.checks.tune": E,
     "handoff.rundir": E,
+    "handoff.systemctl": E,
     "handoff.control": E,
     "handoff.control_client": E,
     "handoff.memlock": E,

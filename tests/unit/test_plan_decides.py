@@ -22,7 +22,7 @@ from handoff.checks.tune import check_tuning
 from handoff.errors import PinningRefusedError
 from handoff.host import HostPaths
 from handoff.host_facts import gather_host_facts
-from handoff.profile import parse_profile
+from handoff.profile import Accelerator, parse_profile
 from handoff.session_plan import HostFacts, plan_session
 from handoff.session_start import default_resources
 from handoff.tune.plan import plan_tuning
@@ -62,7 +62,7 @@ def test_the_tuning_resource_applies_the_plans_tuning_from_one_host_read(
 def test_the_printed_argv_is_the_run_argv_with_only_the_qmp_fd_filled_in(tmp_path: Path) -> None:
     profile = parse_profile(PROFILE, SOURCE)
     paths = host(tmp_path)
-    facts = HostFacts("tcg", "", os.geteuid(), tuning=topology.read_host(paths))
+    facts = HostFacts(Accelerator.TCG, "", os.geteuid(), tuning=topology.read_host(paths))
     plan = plan_session(profile, facts, paths)
     ran = plan.argv_with_monitor_fd(42)
     differ = [i for i, (a, b) in enumerate(zip(ran, plan.argv, strict=True)) if a != b]

@@ -19,7 +19,7 @@ from handoff.errors import ProfileError
 from handoff.host import HostPaths
 from handoff.memlock import required_memlock as memlock_module_required
 from handoff.pci.address import PciAddress
-from handoff.profile import load_profile, parse_profile
+from handoff.profile import Accelerator, load_profile, parse_profile
 from handoff.session_plan import (
     ChangeKind,
     HostChange,
@@ -32,7 +32,7 @@ from handoff.session_plan import (
 REPO = Path(__file__).resolve().parents[2]
 RUN = Path("/run/handoff")
 PATHS = HostPaths(run=RUN)
-TCG = HostFacts(accel="tcg", accel_reason="test", supervisor_uid=0)
+TCG = HostFacts(accel=Accelerator.TCG, accel_reason="test", supervisor_uid=0)
 NOBODY = QemuOwner("nobody", 65534, 65534)
 GPU = PciAddress.parse("00:06.0")
 AUDIO = PciAddress.parse("00:06.1")
@@ -139,7 +139,7 @@ def test_the_run_s_argv_differs_from_the_printed_one_only_in_the_qmp_fd() -> Non
 def test_a_host_cpu_without_kvm_is_refused_by_the_plan() -> None:
     with pytest.raises(ProfileError, match="cpu_model"):
         plan('cpu_model = "host"\n')
-    kvm = HostFacts(accel="kvm", accel_reason="test", supervisor_uid=0)
+    kvm = HostFacts(accel=Accelerator.KVM, accel_reason="test", supervisor_uid=0)
     assert "host" in plan('cpu_model = "host"\n', kvm).argv
 
 
@@ -159,7 +159,7 @@ def of_kind(p: SessionPlan, kind: ChangeKind) -> tuple[HostChange, ...]:
 
 def test_passthrough_moves_each_device_chowns_its_group_once_and_raises_memlock() -> None:
     facts = HostFacts(
-        accel="tcg", accel_reason="test", supervisor_uid=0, qemu_owner=NOBODY,
+        accel=Accelerator.TCG, accel_reason="test", supervisor_uid=0, qemu_owner=NOBODY,
         iommu_groups=((GPU, 7), (AUDIO, 7)),
     )
     p = plan('[[passthrough]]\naddress = "00:06.0"\n[[passthrough]]\naddress = "00:06.1"\n', facts)
@@ -183,7 +183,7 @@ def test_the_memlock_the_plan_raises_is_the_one_preflight_checks() -> None:
 
 
 def test_an_unknown_group_is_named_as_such_not_guessed() -> None:
-    facts = HostFacts(accel="tcg", accel_reason="t", supervisor_uid=0, qemu_owner=NOBODY,
+    facts = HostFacts(accel=Accelerator.TCG, accel_reason="t", supervisor_uid=0, qemu_owner=NOBODY,
                       iommu_groups=((GPU, None),))
     p = plan('[[passthrough]]\naddress = "00:06.0"\n', facts)
     assert "its IOMMU group" in of_kind(p, ChangeKind.DEVICE_TO_VFIO)[0].detail
@@ -191,7 +191,7 @@ def test_an_unknown_group_is_named_as_such_not_guessed() -> None:
 
 
 def test_virtio_input_creates_chowns_and_links_the_proxies_then_grabs_after_boot() -> None:
-    facts = HostFacts(accel="tcg", accel_reason="t", supervisor_uid=0, qemu_owner=NOBODY)
+    facts = HostFacts(accel=Accelerator.TCG, accel_reason="t", supervisor_uid=0, qemu_owner=NOBODY)
     p = plan('[input]\nbackend = "virtio"\nexclude = ["name:Yubikey"]\n', facts)
     assert kinds(p)[2:] == [
         ChangeKind.CREATE_PROXY, ChangeKind.CHOWN_NODE, ChangeKind.LINK_PROXY,
@@ -205,7 +205,9 @@ def test_virtio_input_creates_chowns_and_links_the_proxies_then_grabs_after_boot
 
 
 def test_proxy_nodes_stay_udev_s_when_qemu_runs_as_the_supervisor_s_user() -> None:
-    same = HostFacts(accel="tcg", accel_reason="t", supervisor_uid=65534, qemu_owner=NOBODY)
+    same = HostFacts(
+        accel=Accelerator.TCG, accel_reason="t", supervisor_uid=65534, qemu_owner=NOBODY
+    )
     assert ChangeKind.CHOWN_NODE not in kinds(plan('[input]\nbackend = "virtio"\n', same))
     assert ChangeKind.CHOWN_NODE not in kinds(plan('[input]\nbackend = "virtio"\n'))
 

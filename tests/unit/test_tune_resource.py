@@ -28,7 +28,7 @@ from handoff.errors import (
     PreflightRefusedError,
 )
 from handoff.host import HostPaths
-from handoff.profile import Profile, parse_profile
+from handoff.profile import Accelerator, Profile, parse_profile
 from handoff.session_plan import HostFacts, plan_session
 from handoff.tune.cpulist import format_cpulist
 from handoff.tune.model import CpuFreq
@@ -170,7 +170,7 @@ def governor(paths: HostPaths, cpu: int) -> str:
 def planned_tuning(profile: Profile, paths: HostPaths) -> TunePlan:
     """The session plan's tuning for ``profile`` on the fake host (as `handoff run` plans)."""
     facts = HostFacts(
-        accel="tcg", accel_reason="", supervisor_uid=os.geteuid(), tuning=read_host(paths)
+        accel=Accelerator.TCG, accel_reason="", supervisor_uid=os.geteuid(), tuning=read_host(paths)
     )
     planned = plan_session(profile, facts, paths).tune
     assert planned is not None
