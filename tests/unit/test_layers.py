@@ -57,6 +57,7 @@ LAYERS: dict[str, Layer] = {
     "handoff.live.guest": Layer.EDGE,
     "handoff.live.resource": Layer.EDGE,
     "handoff.init.": Layer.CORE,
+    "handoff.interop.": Layer.CORE,
     "handoff.display.": Layer.CORE,
     "handoff.display.journal": Layer.EDGE,
     "handoff.display.resource": Layer.EDGE,
@@ -84,6 +85,7 @@ LAYERS: dict[str, Layer] = {
     "handoff.cli": Layer.COMMAND,
     "handoff.cli_gpu": Layer.COMMAND,
     "handoff.cli_init": Layer.COMMAND,
+    "handoff.cli_interop": Layer.COMMAND,
     "handoff.cli_live": Layer.COMMAND,
     "handoff.__main__": Layer.COMMAND,
 }
