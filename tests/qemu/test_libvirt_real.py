@@ -121,6 +121,17 @@ def test_libvirtd_defines_starts_and_destroys_the_exported_demo(
         assert b"-accel" in argv or any(b"accel=" in a for a in argv)
         destroyed = run("virsh", "-c", libvirtd, "destroy", name)
         assert destroyed.returncode == 0, destroyed.stderr
+        # and back: `handoff import --domain` reads what libvirt stored (virsh dumpxml)
+        back = tmp_path / "back.toml"
+        imported = subprocess.run(
+            [sys.executable, "-m", "handoff", "import", "--domain", name, "--output", str(back)],
+            capture_output=True, text=True, timeout=120, check=False,
+            env={**os.environ, "LIBVIRT_DEFAULT_URI": libvirtd},
+        )
+        assert imported.returncode == 0, imported.stderr
+        again = load_profile(back)
+        assert (again.name, again.vm.memory_mib, again.vm.cpus) == ("demo", 256, 1)
+        assert again.vm.accel is Accel.AUTO  # handoff's metadata survived libvirt's storage
     finally:
         run("virsh", "-c", libvirtd, "destroy", name)
         run("virsh", "-c", libvirtd, "undefine", "--nvram", name)
