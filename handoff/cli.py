@@ -331,6 +331,12 @@ def _cli_init() -> ModuleType:
     return cli_init
 
 
+def _cli_interop() -> ModuleType:
+    from handoff import cli_interop
+
+    return cli_interop
+
+
 @dataclass(frozen=True)
 class Delegated:
     """A subcommand another module implements: ``adder(parser)`` and ``handler(args)``."""
@@ -367,6 +373,14 @@ DELEGATED: tuple[Delegated, ...] = (
     Delegated("doctor", _doctor, "add_arguments", "cmd_doctor",
               "check this host for passthrough, with fixes",
               "Check this host for GPU passthrough: each check gives a verdict and a fix."),
+    Delegated("import", _cli_interop, "add_import_arguments", "cmd_import",
+              "write a profile from a libvirt domain's XML",
+              "Write a commented profile from a libvirt domain (virsh dumpxml, virt-manager, "
+              "virt-install): every element that does not map is listed with the reason."),
+    Delegated("export", _cli_interop, "add_export_arguments", "cmd_export",
+              "write a profile as libvirt domain XML or a KubeVirt VirtualMachine",
+              "Write the VM of PROFILE as libvirt domain XML (--libvirt) or as a KubeVirt "
+              "VirtualMachine manifest (--kubevirt), for libvirt's tools or a cluster."),
     Delegated("init", _cli_init, "add_arguments", "cmd_init",
               "write a working profile from this host's hardware",
               "Write a commented profile for NAME from this host's GPU, IOMMU groups, CPUs, "

@@ -183,3 +183,18 @@ class GovernorRefusedError(TuneError):
 
 class IsolationRefusedError(TuneError):
     """Confining host tasks away from the VM's CPUs would leave the host no CPU."""
+
+
+# --------------------------------------------------------------------------- import / export
+
+
+class InteropError(HandoffError):
+    """A libvirt domain or KubeVirt manifest cannot be read or written as asked."""
+
+
+class DomainImportError(InteropError):
+    """A libvirt domain's XML is not a QEMU domain handoff can run."""
+
+
+class ExportError(InteropError):
+    """A profile cannot be written in the asked format (or to the asked file)."""
