@@ -44,6 +44,7 @@ LAYERS: dict[str, Layer] = {
     "handoff.pci.address": Layer.CORE,
     "handoff.pci.model": Layer.CORE,
     "handoff.pci.plan": Layer.CORE,
+    "handoff.pci.rules": Layer.CORE,
     "handoff.input.codes": Layer.CORE,
     "handoff.input.keynames": Layer.CORE,
     "handoff.input.keymap": Layer.CORE,
