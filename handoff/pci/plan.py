@@ -197,8 +197,11 @@ def _group_refusals(
     if not handover:
         for device in moved:
             if holds_boot_gpu(device):
+                own_card = any(
+                    a.slot_address == device.address.slot_address for a in requested
+                )
                 reason, fix = boot_gpu_reason(
-                    group, device, device.address in requested, fbcon_bound=snapshot.fbcon_bound
+                    group, device, own_card, fbcon_bound=snapshot.fbcon_bound
                 )
                 refusals.append(Refusal(group, reason, fix))
     for device in moved:
@@ -472,6 +475,12 @@ def group_verdict(group: int, snapshot: HostSnapshot) -> GroupVerdict:
             f"every device in it is one the host needs: {needs}",
             "list such a device in [[passthrough]] only if the host can really do without it",
         )
+    boot_slots = {d.address.slot_address for d in candidates if holds_boot_gpu(d)}
+    other_cards = [d for d in candidates if d.address.slot_address not in boot_slots]
+    if boot_slots and other_cards:
+        # Two cards in one group, one the host's boot GPU: judge the other card, so the
+        # refusal names the boot GPU as what the group would take from the host.
+        candidates = other_cards
     elsewhere = _card_elsewhere(candidates, group, snapshot)
     try:
         plan_handoff([d.address for d in candidates + elsewhere], snapshot)

@@ -135,7 +135,9 @@ def holds_boot_gpu(device: PciDevice) -> bool:
 def boot_gpu_reason(
     group: int, device: PciDevice, requested: bool, *, fbcon_bound: bool
 ) -> tuple[str, str]:
-    """The refusal (reason, fix) for a group holding the host's boot GPU."""
+    """The refusal (reason, fix) for a group holding the host's boot GPU; ``requested``:
+    the boot GPU's own card was asked for (a single-GPU host), else another card shares
+    its group."""
     console = (
         "the host's text console runs on a framebuffer (a bound vtconsole): unbinding it "
         "takes the console with it, the classic single-GPU hang"
