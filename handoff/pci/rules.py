@@ -153,11 +153,6 @@ def boot_gpu_reason(
             "card is no longer the boot GPU); a host with no other GPU hands its display over "
             "with it: [host_display] handover = true (profiles/single-gpu.md)"
         )
-        if fbcon_bound:
-            fix = (
-                "unbind the console first (`echo 0 > /sys/class/vtconsole/vtcon1/bind`), or "
-                "boot with video=efifb:off / fbcon=map:<other fb>, and " + fix
-            )
         return reason, fix
     reason = (
         f"IOMMU group {group} also holds the host's boot GPU {device.describe()} "
