@@ -63,11 +63,13 @@ def verdict_json(verdict: GroupVerdict) -> dict[str, Any]:
 
 def render_groups(verdicts: Sequence[GroupVerdict]) -> str:
     lines: list[str] = []
+    # 10 columns fit 0000's short form; a VMD domain's 10000:e1:00.0 widens the column.
+    width = max([10, *(len(d.address.short) + 1 for v in verdicts for d in v.members)])
     for verdict in verdicts:
         lines.append(f"IOMMU group {verdict.group}: {verdict.verdict.value}: {verdict.reason}")
         for device in verdict.members:
             lines.append(
-                f"  {device.address.short:<10} {device.class_name:<28} [{device.ids}]  "
+                f"  {device.address.short:<{width}} {device.class_name:<28} [{device.ids}]  "
                 f"{device.driver or '-'}"
             )
         if verdict.fix:

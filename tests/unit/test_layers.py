@@ -64,6 +64,7 @@ LAYERS: dict[str, Layer] = {
     "handoff.pci.address": C,
     "handoff.pci.model": C,
     "handoff.pci.plan": C,
+    "handoff.pci.rules": C,
     "handoff.input.codes": C,
     "handoff.input.keynames": C,
     "handoff.input.keymap": C,

@@ -141,7 +141,7 @@ def test_the_planner_and_the_model_import_no_edge_module() -> None:
     ).stdout
     assert json.loads(out) == [
         "handoff", "handoff.errors", "handoff.pci", "handoff.pci.address", "handoff.pci.model",
-        "handoff.pci.plan",
+        "handoff.pci.plan", "handoff.pci.rules",
     ]  # fmt: skip
 
 
