@@ -27,6 +27,10 @@ apt_pkgs=(qemu-system-x86 qemu-utils ovmf kmod pciutils udev python3 python3-ven
 # systemd-udevd inside the guest from the host's udev package; the testbed's systemd
 # boot runs the host's /lib/systemd/systemd as the guest's PID 1).
 [ "$dev" = 1 ] && apt_pkgs+=(busybox-static cpio systemd)
+# [tpm] type = "emulated": swtpm runs the guest's TPM 2.0, swtpm_setup creates its state.
+apt_pkgs+=(swtpm swtpm-tools)
+# Tests: the guest agent test's Linux guest runs Debian's qemu-ga (tests/qemu/linux_guest.py).
+[ "$dev" = 1 ] && apt_pkgs+=(qemu-guest-agent)
 # Tests of the generated completions and man page run the real shells and groff.
 [ "$dev" = 1 ] && apt_pkgs+=(zsh fish groff-base)
 # Tests of `handoff import`/`export` against libvirt's own tools: virt-install --print-xml,

@@ -174,6 +174,12 @@ def format_status(status: dict[str, Any]) -> str:
         f"  accelerator {status.get('accel')} ({status.get('accel_reason')})",
         f"  up {_duration(float(status.get('uptime') or 0))}",
     ]
+    agent = status.get("guest_agent")
+    if isinstance(agent, dict):
+        if agent.get("answers"):
+            lines.append(f"  guest agent: answers; guest OS {agent.get('os')}")
+        else:
+            lines.append(f"  guest agent: does not answer ({agent.get('reason')})")
     resources = status.get("resources") or {}
     for name, detail in resources.items():
         lines.extend(_format_resource(name, detail))

@@ -198,3 +198,14 @@ class DomainImportError(InteropError):
 
 class ExportError(InteropError):
     """A profile cannot be written in the asked format (or to the asked file)."""
+
+
+# --------------------------------------------------------------------------- TPM and guest agent
+
+
+class TpmError(HandoffError):
+    """The emulated TPM (swtpm) cannot be set up or started."""
+
+
+class GuestAgentError(HandoffError):
+    """The guest agent's channel cannot be used (its socket, its answers)."""

@@ -52,6 +52,7 @@ from handoff.firmware import ensure_firmware_vars
 from handoff.host import HostPaths
 from handoff.ladder import LadderTimeouts, Rung, shutdown_ladder
 from handoff.profile import Accelerator, Profile
+from handoff.qemu.agent import GuestAgent
 from handoff.qemu.cmdline import format_argv
 from handoff.qemu.process import QemuProcess, read_log_tail
 from handoff.qemu.qmp import (
@@ -232,6 +233,7 @@ class Session:
         self._startup_scope: trio.CancelScope | None = None
         self._graceful_scope: trio.CancelScope | None = None
         self._events_done = trio.Event()
+        self._agent: GuestAgent | None = None
 
     # ------------------------------------------------------------------ public
 
@@ -321,6 +323,9 @@ class Session:
             with trio.CancelScope() as self._startup_scope:
                 if state.stop is not None:  # stopped while preflight ran
                     self._startup_scope.cancel()
+                agent_socket = checks.plan.paths.agent_socket
+                if agent_socket is not None:
+                    self._agent = GuestAgent(agent_socket)
                 ensure_firmware_vars(self.profile)
                 state.phase = Phase.ACQUIRING
                 for resource in self.resources:
@@ -502,7 +507,11 @@ class Session:
                     self.report(f"{name}: already forcing; QEMU is being stopped")
 
     async def _control_status(self, _: Mapping[str, Any]) -> JsonObject:
-        return self.status()
+        status = self.status()
+        agent = self._agent
+        if agent is not None and self._state.phase is Phase.RUNNING:
+            status["guest_agent"] = await agent.status()
+        return status
 
     async def _control_stop(self, message: Mapping[str, Any]) -> JsonObject:
         force = bool(message.get(Field.FORCE, False))
@@ -527,7 +536,7 @@ class Session:
         try:
             await shutdown_ladder(
                 process, qmp, self.timeouts, grace=grace, report=self.report,
-                on_rung=self._on_rung,
+                on_rung=self._on_rung, agent=self._agent,
             )
         finally:
             self._graceful_scope = None

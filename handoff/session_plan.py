@@ -27,7 +27,7 @@ from handoff.host import HostPaths
 from handoff.live.sequence import live_slots
 from handoff.live.windows import Bar, size_windows
 from handoff.pci.address import PciAddress
-from handoff.profile import Accelerator, InputBackend, InputMode, Profile
+from handoff.profile import Accelerator, InputBackend, InputMode, Profile, TpmType
 from handoff.qemu.cmdline import (
     LaunchSpec,
     argv_devices,
@@ -39,9 +39,11 @@ from handoff.run_layout import (
     CONTROL_SOCKET,
     QEMU_LOG,
     VNC_SOCKET,
+    agent_socket_path,
     input_monitor_path,
     proxy_links,
     qemu_socket_dir,
+    tpm_socket_path,
 )
 from handoff.tune.cpulist import format_cpulist
 from handoff.tune.isolation import qemu_scope_unit, scope_argv
@@ -125,6 +127,8 @@ class ChangeKind(enum.Enum):
     PIN_VCPUS = "pin-vcpus"
     SET_EMULATOR_AFFINITY = "set-emulator-affinity"
     GRAB_INPUT = "grab-input"
+    CREATE_TPM_STATE = "create-tpm-state"
+    START_SWTPM = "start-swtpm"
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,8 @@ class SessionPaths:
     input_monitor: Path | None
     vnc_socket: Path | None
     proxy_links: tuple[Path, Path] | None
+    tpm_socket: Path | None = None
+    agent_socket: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -199,6 +205,10 @@ def _session_paths(profile: Profile, paths: HostPaths) -> SessionPaths:
         # The VNC path is always given: build_argv uses it only for frontend = "vnc".
         vnc_socket=qemu_socket_dir(paths, name) / VNC_SOCKET,
         proxy_links=proxy_links(paths, name) if backend is InputBackend.VIRTIO else None,
+        tpm_socket=(
+            tpm_socket_path(paths, name) if profile.tpm.type is TpmType.EMULATED else None
+        ),
+        agent_socket=agent_socket_path(paths, name) if profile.guest_agent.enabled else None,
     )
 
 
@@ -219,6 +229,8 @@ def _launch(
         virtio_input=where.proxy_links,
         start_paused=True,
         memory_backend=tune.backend if tune is not None else None,
+        tpm_socket=where.tpm_socket,
+        agent_socket=where.agent_socket,
     )
 
 
@@ -233,6 +245,27 @@ def _run_dir_changes(where: SessionPaths, owner: QemuOwner | None) -> list[HostC
         HostChange(
             ChangeKind.CREATE_RUN_DIR, str(where.qemu_socket_dir),
             f"0700 {who}, for QEMU's sockets; removed after",
+        ),
+    ]
+
+
+def _tpm_changes(
+    profile: Profile, where: SessionPaths, owner: QemuOwner | None
+) -> list[HostChange]:
+    """The VM's TPM state (created once, kept) and swtpm, started before QEMU."""
+    state = profile.tpm.state
+    if where.tpm_socket is None or state is None:
+        return []
+    who = f"{owner.user} ({owner.uid}:{owner.gid})" if owner else "you"
+    return [
+        HostChange(
+            ChangeKind.CREATE_TPM_STATE, str(state),
+            f"swtpm_setup --tpm2 with EK and platform certificates, 0700 owned by {who}, "
+            "on first use only; kept (the VM's own, like its OVMF vars)",
+        ),
+        HostChange(
+            ChangeKind.START_SWTPM, str(where.tpm_socket),
+            f"swtpm socket --terminate as {who}, before QEMU; ends when QEMU hangs up",
         ),
     ]
 
@@ -459,6 +492,7 @@ def plan_session(
                 f"{memlock // _MIB} MiB (guest RAM + 1 GiB), for the QEMU process only",
             )
         )
+    changes += _tpm_changes(profile, where, facts.qemu_owner)
     if tune is not None:
         changes += _isolation_changes(profile.name, tune) + _tune_after_start(tune)
     changes += grabs  # devices are grabbed once the VM runs

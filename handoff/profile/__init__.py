@@ -18,6 +18,8 @@ The TOML layout (see profiles/*.toml for commented examples)::
     [input]       backend, hotkey, start_in, devices, exclude, escape_hotkey
     [cpu]         pin = "none" | "auto" | ["2,8", ...], emulator, isolate, governor
     [memory]      hugepages = "none" | "2M" | "1G"
+    [tpm]         type = "none" | "emulated", state
+    [guest_agent] enabled
 
 One job per module: :mod:`.model` (the frozen dataclasses and enums, and the
 key table derived from them), :mod:`.parse` (TOML text → Profile, or a
@@ -48,6 +50,7 @@ from handoff.profile.model import (
     DisplayFrontend,
     Firmware,
     FirmwareType,
+    GuestAgent,
     HostDisplay,
     Input,
     InputBackend,
@@ -62,6 +65,8 @@ from handoff.profile.model import (
     SelectorKind,
     Sound,
     SoundModel,
+    Tpm,
+    TpmType,
     Vga,
     Vm,
     default_vga,
@@ -95,6 +100,7 @@ __all__ = [
     "DisplayFrontend",
     "Firmware",
     "FirmwareType",
+    "GuestAgent",
     "HostDisplay",
     "Input",
     "InputBackend",
@@ -110,6 +116,8 @@ __all__ = [
     "SelectorKind",
     "Sound",
     "SoundModel",
+    "Tpm",
+    "TpmType",
     "Vga",
     "Vm",
     "default_vga",

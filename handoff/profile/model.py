@@ -304,6 +304,33 @@ class Memory:
     hugepages: HugepageSize = HugepageSize.NONE
 
 
+class TpmType(Enum):
+    """``[tpm] type``: no TPM, or a TPM 2.0 emulated by swtpm (:mod:`handoff.tpm`)."""
+
+    NONE = "none"
+    EMULATED = "emulated"
+
+
+@dataclass(frozen=True)
+class Tpm:
+    """``[tpm]``: the guest's TPM 2.0. ``state`` is the VM's own swtpm state directory
+    (kept across runs like the OVMF vars copy; left out: ``<name>.tpm`` next to the
+    profile)."""
+
+    type: TpmType = TpmType.NONE
+    state: Path | None = None
+
+
+@dataclass(frozen=True)
+class GuestAgent:
+    """``[guest_agent]``: a virtio-serial port for qemu-ga (org.qemu.guest_agent.0).
+
+    handoff asks it only guest-sync, guest-ping, guest-get-osinfo and
+    guest-shutdown (the shutdown ladder's first rung)."""
+
+    enabled: bool = False
+
+
 def guest_topology(vm: Vm) -> GuestTopology:
     """The guest's -smp topology: sockets/cores/threads as given (unset = 1), or, with
     none given, QEMU's default for a bare ``-smp N`` on q35 since 6.2: one socket of N
@@ -332,6 +359,8 @@ class Profile:
     input: Input = field(default_factory=Input)
     cpu: Cpu = field(default_factory=Cpu)
     memory: Memory = field(default_factory=Memory)
+    tpm: Tpm = field(default_factory=Tpm)
+    guest_agent: GuestAgent = field(default_factory=GuestAgent)
 
     @property
     def tuned(self) -> bool:

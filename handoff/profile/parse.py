@@ -38,6 +38,7 @@ from typing import Any
 
 from handoff.errors import ProfileError
 from handoff.pci.address import PciAddress
+from handoff.profile.guest_agent import parse_guest_agent
 from handoff.profile.input_section import INPUT_KEYS, parse_input
 from handoff.profile.model import (
     RESERVED_NAMES,
@@ -77,6 +78,7 @@ from handoff.profile.reader import (
     required,
     show,
 )
+from handoff.profile.tpm import parse_tpm
 from handoff.profile.tune_section import (
     CPU_KEYS,
     MEMORY_KEYS,
@@ -636,6 +638,8 @@ def parse_profile(text: str, source: Path) -> Profile:
                            any(p.live for p in passthrough)),
         cpu=parse_cpu(reader, data, vm),
         memory=parse_memory_section(reader, data, vm),
+        tpm=parse_tpm(reader, data, vm.name),
+        guest_agent=parse_guest_agent(reader, data),
     )
 
 

@@ -99,6 +99,8 @@ class LaunchSpec:
     extra_args: tuple[str, ...] = ()
     start_paused: bool = False
     memory_backend: MemoryBackend | None = None
+    tpm_socket: Path | None = None  # swtpm's control socket ([tpm] type = "emulated")
+    agent_socket: Path | None = None  # the guest agent's channel ([guest_agent])
 
 
 def escape(value: str) -> str:
@@ -168,6 +170,8 @@ def build_argv(profile: Profile, launch: LaunchSpec) -> list[str]:
     argv += _disks(profile.disks)
     argv += _networks(profile)
     argv += _sound(profile)
+    argv += tpm_args(launch)
+    argv += agent_args(launch)
     if profile.display.tablet:
         argv += ["-device", "qemu-xhci,id=xhci", "-device", "usb-tablet,bus=xhci.0"]
     argv += passthrough_args(profile.passthrough)
@@ -271,6 +275,34 @@ def _monitor(launch: LaunchSpec) -> list[str]:
     else:
         return []
     return ["-chardev", chardev, "-mon", "chardev=qmp,mode=control"]
+
+
+#: The virtio-serial port name qemu-ga and the virtio-win agent look for.
+GUEST_AGENT_PORT = "org.qemu.guest_agent.0"
+
+
+def tpm_args(launch: LaunchSpec) -> list[str]:
+    """A TPM 2.0 on swtpm's control socket, as a CRB interface (libvirt's choice for
+    TPM 2.0 on q35; Windows 11 accepts it). QEMU connects to the socket swtpm made."""
+    if launch.tpm_socket is None:
+        return []
+    return [
+        "-chardev", _opts("socket", id="chrtpm", path=str(launch.tpm_socket)),
+        "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
+        "-device", "tpm-crb,tpmdev=tpm0",
+    ]
+
+
+def agent_args(launch: LaunchSpec) -> list[str]:
+    """The guest agent's virtio-serial port on a socket QEMU listens on (never waits)."""
+    if launch.agent_socket is None:
+        return []
+    return [
+        "-chardev",
+        _opts("socket", id="qga0", path=str(launch.agent_socket), server="on", wait="off"),
+        "-device", "virtio-serial-pci,id=vser0",
+        "-device", f"virtserialport,bus=vser0.0,chardev=qga0,name={GUEST_AGENT_PORT}",
+    ]
 
 
 #: QEMU ids of the input monitor's chardev and of the virtio input proxies.
