@@ -15,6 +15,11 @@ symlink like any open).
 
 The changes are listed in the order the session makes them; each names
 what it touches. Nothing here imports trio, evdev, pyudev or an edge module.
+
+Why it stays over 500 lines: every host change a session makes is listed
+here, one short function per capability, in the order the session makes
+them; that one list is what ``--dry-run`` and ``handoff argv`` show, so it
+must not be assembled from several modules that could disagree.
 """
 
 from __future__ import annotations

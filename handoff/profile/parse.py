@@ -38,7 +38,7 @@ from typing import Any
 
 from handoff.errors import ProfileError
 from handoff.pci.address import PciAddress
-from handoff.profile.guest_agent import parse_guest_agent
+from handoff.profile.guest_agent import GUEST_AGENT_KEYS, parse_guest_agent
 from handoff.profile.input_section import INPUT_KEYS, parse_input
 from handoff.profile.model import (
     RESERVED_NAMES,
@@ -78,7 +78,7 @@ from handoff.profile.reader import (
     required,
     show,
 )
-from handoff.profile.tpm import parse_tpm
+from handoff.profile.tpm import TPM_KEYS, parse_tpm
 from handoff.profile.tune_section import (
     CPU_KEYS,
     MEMORY_KEYS,
@@ -593,7 +593,7 @@ KEY_TABLES: Mapping[str, Mapping[str, FieldParser]] = {
     "vm": VM_KEYS, "firmware": FIRMWARE_KEYS, "disk": DISK_KEYS, "network": NETWORK_KEYS,
     "sound": {}, "display": {}, "passthrough": PASSTHROUGH_KEYS,
     "host_display": HOST_DISPLAY_KEYS, "input": INPUT_KEYS, "cpu": CPU_KEYS,
-    "memory": MEMORY_KEYS,
+    "memory": MEMORY_KEYS, "tpm": TPM_KEYS, "guest_agent": GUEST_AGENT_KEYS,
 }
 
 
