@@ -30,6 +30,7 @@ from handoff.profile.model import (
     NetworkType,
     Profile,
     SoundModel,
+    TpmType,
     Vga,
 )
 from handoff.qemu.cmdline import HIDDEN_HV_VENDOR_ID
@@ -94,6 +95,7 @@ def domain_xml(profile: Profile, accel: Accelerator) -> str:
     _sound(devices, profile)
     _hostdevs(devices, profile)
     _input(devices, profile)
+    _tpm_and_agent(devices, profile)
     _qemu(domain, profile)
     ET.indent(domain, space="  ")
     return ET.tostring(domain, encoding="unicode") + "\n"
@@ -272,6 +274,16 @@ def _input(devices: ET.Element, profile: Profile) -> None:
             attributes |= {"grab": "all", "repeat": "on"}
         attributes["grabToggle"] = toggle or "ctrl-ctrl"
         ET.SubElement(element, "source", attributes)
+
+
+def _tpm_and_agent(devices: ET.Element, profile: Profile) -> None:
+    if profile.tpm.type is TpmType.EMULATED:
+        tpm = ET.SubElement(devices, "tpm", {"model": "tpm-crb"})
+        ET.SubElement(tpm, "backend", {"type": "emulator", "version": "2.0"})
+    if profile.guest_agent.enabled:
+        channel = ET.SubElement(devices, "channel", {"type": "unix"})
+        ET.SubElement(channel, "source", {"mode": "bind"})
+        ET.SubElement(channel, "target", {"type": "virtio", "name": "org.qemu.guest_agent.0"})
 
 
 def _qemu(domain: ET.Element, profile: Profile) -> None:

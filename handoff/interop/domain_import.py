@@ -83,6 +83,8 @@ class _Mapper(DeviceMapping):
             self._display(devices)
             self._hostdevs(devices)
             self._inputs(devices)
+            self._tpm(devices)
+            self._guest_agent(devices)
         self._qemu_commandline(vm)
         self._metadata_settings()
         unmapped = tuple(self.seen.notes) + tuple(self._leftovers())

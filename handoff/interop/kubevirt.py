@@ -25,6 +25,7 @@ from handoff.profile.model import (
     NetworkType,
     Profile,
     SoundModel,
+    TpmType,
     Vga,
     guest_topology,
 )
@@ -154,6 +155,8 @@ def _devices(profile: Profile, ids: Mapping[PciAddress, PciIds]) -> dict[str, An
         devices["inputs"] = [{"name": "tablet", "type": "tablet", "bus": "usb"}]
     if profile.sound.model is SoundModel.HDA:
         devices["sound"] = {"name": "sound", "model": "ich9"}
+    if profile.tpm.type is TpmType.EMULATED:
+        devices["tpm"] = {"persistent": True}  # KubeVirt keeps its state in a PVC
     gpus, host_devices = _passthrough(profile, ids)
     if gpus:
         devices["gpus"] = gpus

@@ -50,6 +50,7 @@ METADATA_KEYS: frozenset[tuple[str, str]] = frozenset(
         ("cpu", "emulator"),
         ("cpu", "isolate"),
         ("cpu", "governor"),
+        ("tpm", "state"),  # libvirt keeps swtpm's state where it likes
     }
 )
 

@@ -71,6 +71,7 @@ DOMAIN = obj({
         "inputs": array(obj({"name": STRING, "type": {"enum": ["tablet"]},
                              "bus": {"enum": ["usb", "virtio"]}}, ("name", "type"))),
         "sound": obj({"name": STRING, "model": {"enum": ["ich9", "ac97"]}}, ("name",)),
+        "tpm": obj({"enabled": BOOLEAN, "persistent": BOOLEAN}),
         "gpus": array(DEVICE),
         "hostDevices": array(DEVICE),
     }),
