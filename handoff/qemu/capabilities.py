@@ -87,6 +87,8 @@ def probe(binary: str = "qemu-system-x86_64") -> QemuCapabilities:
         display_backends=parse_listing(_ask(path, "-display", "help"))
         | ({"vnc"} if re.search(r"^-vnc ", _ask(path, "-help"), re.MULTILINE) else set()),
         machines=parse_machine_help(_ask(path, "-machine", "help")),
+        cpu_properties=parse_option_help(_ask(path, "-device", "max-x86_64-cpu,help")),
+        machine_options=parse_option_help(_ask(path, "-machine", "q35,help")),
     )
     _cache[key] = caps
     probe_cache.store(path, caps)
@@ -148,6 +150,11 @@ def parse_listing(text: str) -> frozenset[str]:
         for line in text.splitlines()
         if line.strip() and not line.rstrip().endswith(":")
     )
+
+
+def parse_option_help(text: str) -> frozenset[str]:
+    """Property names from ``-device TYPE,help`` / ``-machine M,help`` (``  name=<type> ...``)."""
+    return frozenset(re.findall(r"^\s+([A-Za-z0-9_.-]+)=", text, re.MULTILINE))
 
 
 def parse_machine_help(text: str) -> frozenset[str]:
