@@ -293,6 +293,8 @@ class Session:
         if self._build is not None:
             self.resources = tuple(self._build(checks.plan))
         self.report(f"preflight ok: accelerator {checks.accel} ({checks.accel_reason})")
+        for warning in checks.plan.warnings:
+            self.report(f"warning: {warning}")
         rundir = RunDir.acquire(self.paths, self.profile.name, qemu_user=self.profile.vm.user)
         try:
             with _collapse_groups():
@@ -321,7 +323,7 @@ class Session:
             with trio.CancelScope() as self._startup_scope:
                 if state.stop is not None:  # stopped while preflight ran
                     self._startup_scope.cancel()
-                ensure_firmware_vars(self.profile)
+                ensure_firmware_vars(checks.plan.profile)  # the firmware the plan chose
                 state.phase = Phase.ACQUIRING
                 for resource in self.resources:
                     await resource.acquire()
