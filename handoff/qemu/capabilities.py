@@ -5,7 +5,8 @@ on stderr; distributions also split QEMU into modules (Debian's
 qemu-system-gui holds the GTK/SDL displays and the PulseAudio backend), so
 a profile that works on one machine fails on the next. handoff asks the
 binary up front (``-version``, ``-device help``, ``-accel help``,
-``-audiodev help``, ``-display help``, ``-machine help``, ``-help``) and
+``-audiodev help``, ``-display help``, ``-machine help``, ``-help``, the CPU
+and q35 machine properties for the Hyper-V flags) and
 refuses before any host change, naming the profile key and what to install.
 
 Probing is I/O and costs a few QEMU starts, so the answer is cached per

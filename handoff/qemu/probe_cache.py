@@ -1,6 +1,6 @@
 """A persistent cache of QEMU capability probes, so a CLI start does not pay several QEMU starts.
 
-:func:`handoff.qemu.capabilities.probe` asks the binary seven questions
+:func:`handoff.qemu.capabilities.probe` asks the binary nine questions
 (``-version``, ``-device help``, ...): a few hundred milliseconds that every
 ``handoff run`` would pay again. The answers are stored as JSON, one file per
 binary, in ``/var/cache/handoff`` (root) or ``$XDG_CACHE_HOME/handoff``
