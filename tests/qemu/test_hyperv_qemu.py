@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from handoff.profile import Accelerator
 from handoff.qemu.capabilities import probe
 from handoff.qemu.hyperv import ENLIGHTENMENTS, HOST_ENLIGHTENMENTS, KVM_ONLY, enlightenments
 
@@ -45,7 +46,7 @@ def test_the_probe_knows_every_flag_handoff_can_give() -> None:
 
 def test_what_the_probe_keeps_under_tcg_starts_with_the_windows_clock() -> None:
     caps = probe(QEMU)
-    flags, warnings = enlightenments("tcg", caps.cpu_properties)
+    flags, warnings = enlightenments(Accelerator.TCG, caps.cpu_properties)
     assert len(warnings) == 1
     assert "hv-vpindex" in warnings[0]
     done = start_and_quit(
@@ -58,7 +59,7 @@ def test_what_the_probe_keeps_under_tcg_starts_with_the_windows_clock() -> None:
 
 def test_the_kvm_set_but_vpindex_is_accepted_and_vpindex_needs_kvm() -> None:
     caps = probe(QEMU)
-    flags, warnings = enlightenments("kvm", caps.cpu_properties, host_evmcs=True)
+    flags, warnings = enlightenments(Accelerator.KVM, caps.cpu_properties, host_evmcs=True)
     assert warnings == ()
     assert "hv-evmcs" in flags
     assert "hv-stimer-direct" in flags
