@@ -97,6 +97,6 @@ def test_hide_hypervisor_keeps_its_vendor_id_beside_the_enlightenments() -> None
     facts = HostFacts(accel=KVM, accel_reason="test", supervisor_uid=0)
     argv = plan_session(p, facts, HostPaths(run=Path("/run/handoff"))).argv
     cpu = argv[argv.index("-cpu") + 1]
-    assert cpu.startswith("max,kvm=off,hv-vendor-id=handoffvm,hv-relaxed,hv-vapic,")
+    assert cpu.startswith("host,kvm=off,hv-vendor-id=handoffvm,hv-relaxed,hv-vapic,")
     assert cpu.endswith(",hv-ipi,hv-stimer-direct,+invtsc")
     assert "q35,accel=kvm,hpet=off" in argv
