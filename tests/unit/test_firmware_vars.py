@@ -74,3 +74,14 @@ def test_doctor_fails_secure_boot_without_a_descriptor_with_the_features(tmp_pat
         check.detail
     )
     assert "apt-get install ovmf" in (check.fix or "")
+
+
+def test_doctor_fails_a_vars_file_copied_from_another_template(tmp_path: Path) -> None:
+    code, plain, ms = tmp_path / "CODE.fd", tmp_path / "VARS.fd", tmp_path / "VARS.ms.fd"
+    for f in (code, plain, ms):
+        f.write_bytes(b"x")
+    ensure_firmware_vars(profile(tmp_path, plain))
+    check = check_ovmf(profile(tmp_path, ms, secure=True), descriptors=())
+    assert check.verdict is Verdict.FAIL
+    assert f"was copied from {plain}" in check.detail
+    assert "mv " in (check.fix or "")
