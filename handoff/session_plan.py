@@ -106,11 +106,9 @@ class HostFacts:
     # The BARs (sysfs resource) of each live = true function: its root port's windows.
     live_bars: tuple[tuple[PciAddress, tuple[Bar, ...]], ...] = ()
     tuning: HostTuning | None = None  # read only when the profile asks for tuning
-    # QEMU's firmware descriptors, in priority order (read for an OVMF profile).
+    # QEMU's firmware descriptors (OVMF); its CPU/q35 properties (None: not probed,
+    # every Hyper-V flag kept); Intel KVM with nesting (hv-evmcs).
     firmware_descriptors: tuple[FirmwareDescriptor, ...] = ()
-    # The installed QEMU's CPU and q35 machine properties (None: not probed, every
-    # flag kept), read for a Windows or Hyper-V profile; and whether the host has
-    # Intel KVM with nesting (hv-evmcs).
     cpu_properties: frozenset[str] | None = None
     machine_options: frozenset[str] | None = None
     host_evmcs: bool = False
@@ -457,10 +455,8 @@ def plan_session(
     """
     where = _session_paths(profile, paths)
     tune = _tune_plan(profile, facts)
-    firmware = choose_firmware(
-        profile.firmware, profile.vm.machine, facts.firmware_descriptors,
-        source=str(profile.source),
-    )
+    firmware = choose_firmware(profile.firmware, profile.vm.machine,
+                               facts.firmware_descriptors, source=str(profile.source))
     if firmware is not None:
         profile = replace(profile, firmware=firmware.firmware)
     guest = platform(

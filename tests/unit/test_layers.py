@@ -90,6 +90,7 @@ LAYERS: dict[str, Layer] = {
     "handoff.init.facts": C,
     "handoff.init.pciids": C,
     "handoff.init.render": C,
+    "handoff.init.guest_os": C,
     "handoff.interop": C,
     "handoff.interop.draft": C,
     "handoff.interop.domain_reader": C,
