@@ -138,7 +138,7 @@ def cmd_argv(args: argparse.Namespace) -> int:
     paths = _paths()
     # Showing a command changes nothing, so a KVM profile is shown as written
     # even on a host where `run` would refuse it; the reason goes to stderr.
-    facts = gather_host_facts(profile, paths, strict=False)
+    facts = gather_host_facts(profile, paths, strict=False, binary=args.qemu)
     if facts.accel is Accelerator.KVM and kvm_problem(paths) is not None:
         print(f"handoff: note: {facts.accel_reason}", file=sys.stderr)
     _print_plan(plan_session(profile, facts, paths, binary=args.qemu))
@@ -150,6 +150,8 @@ def _print_plan(plan: SessionPlan) -> None:
     from handoff.qemu.cmdline import format_argv
 
     print(format_argv(plan.argv), flush=True)
+    for warning in plan.warnings:  # Hyper-V flags this QEMU lacks
+        print(f"handoff: warning: {warning}", file=sys.stderr)
     for change in plan.changes:
         print(f"handoff: would: {change.describe()}", file=sys.stderr)
 

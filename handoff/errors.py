@@ -55,6 +55,14 @@ class ProfileError(HandoffError):
         self.key = key
 
 
+# --------------------------------------------------------------------------- firmware
+
+
+class FirmwareError(HandoffError):
+    """No UEFI firmware fits the profile (QEMU's descriptors), or the VM's vars file
+    came from another template than the one the profile now asks for."""
+
+
 # --------------------------------------------------------------------------- QEMU
 
 

@@ -295,6 +295,8 @@ class Session:
         if self._build is not None:
             self.resources = tuple(self._build(checks.plan))
         self.report(f"preflight ok: accelerator {checks.accel} ({checks.accel_reason})")
+        for warning in checks.plan.warnings:
+            self.report(f"warning: {warning}")
         rundir = RunDir.acquire(self.paths, self.profile.name, qemu_user=self.profile.vm.user)
         try:
             with _collapse_groups():
@@ -326,7 +328,7 @@ class Session:
                 agent_socket = checks.plan.paths.agent_socket
                 if agent_socket is not None:
                     self._agent = GuestAgent(agent_socket)
-                ensure_firmware_vars(self.profile)
+                ensure_firmware_vars(checks.plan.profile)  # the firmware the plan chose
                 state.phase = Phase.ACQUIRING
                 for resource in self.resources:
                     await resource.acquire()

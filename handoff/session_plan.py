@@ -25,7 +25,7 @@ must not be assembled from several modules that could disagree.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from handoff.host import HostPaths
@@ -40,6 +40,8 @@ from handoff.qemu.cmdline import (
     input_args,
     monitor_chardev,
 )
+from handoff.qemu.firmware_descriptors import FirmwareChoice, FirmwareDescriptor, choose_firmware
+from handoff.qemu.hyperv import NO_PLATFORM, Platform, platform
 from handoff.run_layout import (
     CONTROL_SOCKET,
     QEMU_LOG,
@@ -111,6 +113,12 @@ class HostFacts:
     # The BARs (sysfs resource) of each live = true function: its root port's windows.
     live_bars: tuple[tuple[PciAddress, tuple[Bar, ...]], ...] = ()
     tuning: HostTuning | None = None  # read only when the profile asks for tuning
+    # QEMU's firmware descriptors (OVMF); its CPU/q35 properties (None: not probed,
+    # every Hyper-V flag kept); Intel KVM with nesting (hv-evmcs).
+    firmware_descriptors: tuple[FirmwareDescriptor, ...] = ()
+    cpu_properties: frozenset[str] | None = None
+    machine_options: frozenset[str] | None = None
+    host_evmcs: bool = False
 
     def group_of(self, address: PciAddress) -> int | None:
         return dict(self.iommu_groups).get(address)
@@ -174,6 +182,8 @@ class SessionPlan:
     changes: tuple[HostChange, ...]
     argv: tuple[str, ...]
     tune: TunePlan | None = None
+    # Lines to show before the session starts (Hyper-V flags this QEMU lacks).
+    warnings: tuple[str, ...] = ()
 
     def argv_with_monitor_fd(self, fd: int) -> tuple[str, ...]:
         """The argv QEMU runs when QMP is the inherited ``fd``: the plan's argv with that
@@ -223,6 +233,8 @@ def _launch(
     binary: str,
     trace_file: Path | None,
     tune: TunePlan | None = None,
+    firmware: FirmwareChoice | None = None,
+    guest: Platform = NO_PLATFORM,
 ) -> LaunchSpec:
     return LaunchSpec(
         binary=binary,
@@ -236,6 +248,8 @@ def _launch(
         memory_backend=tune.backend if tune is not None else None,
         tpm_socket=where.tpm_socket,
         agent_socket=where.agent_socket,
+        firmware=firmware,
+        platform=guest,
     )
 
 
@@ -473,11 +487,21 @@ def plan_session(
     """The session ``profile`` gives on a host with ``facts``.
 
     Raises :class:`handoff.errors.ProfileError` for a profile that cannot run
-    under the chosen accelerator (``cpu_model = "host"`` without KVM).
+    under the chosen accelerator (``cpu_model = "host"`` without KVM), and
+    :class:`handoff.errors.FirmwareError` when no UEFI build fits. The plan's
+    profile has the chosen firmware's code and vars template filled in.
     """
     where = _session_paths(profile, paths)
     tune = _tune_plan(profile, facts)
-    launch = _launch(facts, where, binary, trace_file, tune)
+    firmware = choose_firmware(profile.firmware, profile.vm.machine,
+                               facts.firmware_descriptors, source=str(profile.source))
+    if firmware is not None:
+        profile = replace(profile, firmware=firmware.firmware)
+    guest = platform(
+        profile, facts.accel, cpu_properties=facts.cpu_properties,
+        machine_options=facts.machine_options, host_evmcs=facts.host_evmcs,
+    )
+    launch = _launch(facts, where, binary, trace_file, tune, firmware, guest)
     argv = scoped_argv(profile, tune, live_argv(tuple(build_argv(profile, launch)), profile, facts))
     changes = _run_dir_changes(where, facts.qemu_owner)
     changes += _gpu_changes(profile, facts, paths.dev)
@@ -501,7 +525,9 @@ def plan_session(
     if tune is not None:
         changes += _isolation_changes(profile.name, tune) + _tune_after_start(tune)
     changes += grabs  # devices are grabbed once the VM runs
-    return SessionPlan(profile, facts, launch, where, tuple(changes), argv, tune)
+    return SessionPlan(
+        profile, facts, launch, where, tuple(changes), argv, tune, warnings=guest.warnings
+    )
 
 
 def input_argv(profile: Profile, paths: HostPaths) -> tuple[str, ...]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from handoff.checks.profile_files import check_profile_on_host
+from handoff.firmware import vars_origin_refusal
 from handoff.host import HostPaths
 from handoff.host_facts import gather_host_facts
 from handoff.profile import Accelerator, InputBackend, Profile, TpmType
@@ -139,11 +140,16 @@ def preflight(
         from handoff.tpm.resource import require_swtpm
 
         require_swtpm(profile)  # the packages named before anything changes
-    plan = session_plan(profile, paths, gather_host_facts(profile, paths), binary=binary,
-                        trace_file=trace_file)
+    plan = session_plan(profile, paths, gather_host_facts(profile, paths, binary=binary),
+                        binary=binary, trace_file=trace_file)
     caps = probe(binary)
     check_supported(profile, plan.devices, caps, accel=plan.facts.accel)
     check_bridges(profile)
+    if plan.profile.firmware != profile.firmware:  # chosen from QEMU's descriptors
+        check_profile_on_host(plan.profile)
+    refusal = vars_origin_refusal(plan.profile)
+    if refusal is not None:
+        raise refusal
     return Preflight(plan)
 
 

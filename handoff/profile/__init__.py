@@ -7,8 +7,9 @@ functions, so the profile must be complete and checked before anything runs.
 The TOML layout (see profiles/*.toml for commented examples)::
 
     [vm]          name, memory, cpus, cpu model and flags, accel, machine,
-                  user (QEMU runs unprivileged), shutdown_timeout, extra_args
-    [firmware]    type = "seabios" | "ovmf", code, vars, vars_template
+                  user (QEMU runs unprivileged), shutdown_timeout, extra_args,
+                  os (windows: Hyper-V and its clock), hyperv
+    [firmware]    type = "seabios" | "ovmf", code, vars, vars_template, secure_boot
     [[disk]]      path, format, interface, cache, aio, media, readonly
     [[network]]   type = "user" | "tap" | "bridge", model, mac, ifname, bridge
     [sound]       model = "hda" | "none", backend
@@ -51,7 +52,9 @@ from handoff.profile.model import (
     Firmware,
     FirmwareType,
     GuestAgent,
+    GuestOs,
     HostDisplay,
+    HyperV,
     Input,
     InputBackend,
     InputMode,
@@ -101,7 +104,9 @@ __all__ = [
     "Firmware",
     "FirmwareType",
     "GuestAgent",
+    "GuestOs",
     "HostDisplay",
+    "HyperV",
     "Input",
     "InputBackend",
     "InputMode",

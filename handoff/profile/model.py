@@ -60,15 +60,36 @@ class FirmwareType(Enum):
     OVMF = "ovmf"
 
 
+class GuestOs(Enum):
+    """``vm.os``: what the guest runs; "windows" gets Hyper-V enlightenments and
+    the clock libvirt gives Windows (:mod:`handoff.qemu.hyperv`)."""
+
+    OTHER = "other"
+    WINDOWS = "windows"
+    LINUX = "linux"
+
+
+class HyperV(Enum):
+    """``vm.hyperv``: the Hyper-V enlightenments; AUTO is ON for a Windows guest."""
+
+    AUTO = "auto"
+    ON = "on"
+    OFF = "off"
+
+
 @dataclass(frozen=True)
 class Firmware:
     """BIOS or UEFI. For OVMF, ``code`` is read-only and ``vars`` is the VM's
-    own writable copy, created from ``vars_template`` on first use."""
+    own writable copy, created from ``vars_template`` on first use. Left out,
+    ``code`` and ``vars_template`` come from QEMU's firmware descriptors
+    (:mod:`handoff.qemu.firmware_descriptors`); ``secure_boot`` picks one with
+    Secure Boot and Microsoft's keys enrolled."""
 
     type: FirmwareType = FirmwareType.SEABIOS
     code: Path | None = None
     vars: Path | None = None
     vars_template: Path | None = None
+    secure_boot: bool = False
 
 
 class DiskFormat(Enum):
@@ -273,6 +294,8 @@ class Vm:
     cpu_model: str | None = None  # None: "host" under KVM, "max" under TCG
     cpu_flags: tuple[str, ...] = ()  # e.g. ("kvm=off",) to hide the hypervisor
     hide_hypervisor: bool = False  # adds kvm=off and hv-vendor-id for guest drivers
+    os: GuestOs = GuestOs.OTHER
+    hyperv: HyperV = HyperV.AUTO
     accel: Accel = Accel.AUTO
     machine: str = "q35"
     user: str | None = None  # run QEMU as this unprivileged user

@@ -38,6 +38,7 @@ from typing import Any
 
 from handoff.errors import ProfileError
 from handoff.pci.address import PciAddress
+from handoff.profile.guest import check_secure_boot
 from handoff.profile.guest_agent import GUEST_AGENT_KEYS, parse_guest_agent
 from handoff.profile.input_section import INPUT_KEYS, parse_input
 from handoff.profile.model import (
@@ -282,20 +283,8 @@ def _parse_firmware(r: Reader, data: Mapping[str, Any], vm_name: str) -> Firmwar
                     f'remove {name}, or set type = "ovmf" for UEFI',
                 )
         return Firmware()
-    if v["code"] is None:
-        raise r.error(
-            "firmware.code",
-            'missing for type = "ovmf"; expected the read-only OVMF code file',
-            'add code = "/usr/share/OVMF/OVMF_CODE_4M.fd" (Debian: apt-get install ovmf)',
-        )
-    if v["vars"] is None and v["vars_template"] is None:
-        raise r.error(
-            "firmware.vars",
-            'missing for type = "ovmf"; expected the VM\'s own writable vars file or a '
-            "vars_template to copy it from",
-            'add vars_template = "/usr/share/OVMF/OVMF_VARS_4M.fd" (handoff copies it to '
-            f'{vm_name}.OVMF_VARS.fd next to the profile) or vars = "/path/to/own_VARS.fd"',
-        )
+    # code and vars_template left out come from QEMU's firmware descriptors
+    # (handoff.qemu.firmware_descriptors); vars defaults to a copy next to the profile.
     if v["vars"] is None:
         v["vars"] = r.base / f"{vm_name}.OVMF_VARS.fd"
     if v["vars"] in (v["code"], v["vars_template"]):
@@ -627,7 +616,7 @@ def parse_profile(text: str, source: Path) -> Profile:
     return Profile(
         vm=vm,
         source=source,
-        firmware=_parse_firmware(reader, data, vm.name),
+        firmware=check_secure_boot(reader, data, _parse_firmware(reader, data, vm.name)),
         disks=_parse_disks(reader, data),
         networks=_parse_networks(reader, data),
         sound=_parse_sound(reader, data),
