@@ -8,9 +8,8 @@ Windows clock), the install ISO and the virtio-win driver ISO as CD-ROMs,
 and the emulated VGA in a window for the install, with what to change once
 the guest's GPU driver is in.
 
-TPM 2.0 and the guest agent (``[tpm] type = "emulated"``, ``[guest_agent]
-enabled = true``) are written commented until this handoff has those
-sections (:data:`PENDING_SECTIONS`).
+It also turns on TPM 2.0 (``[tpm] type = "emulated"``: swtpm, run by
+handoff) and the guest agent (``[guest_agent] enabled = true``).
 """
 
 from __future__ import annotations
@@ -44,9 +43,8 @@ class InitOs(enum.Enum):
         ]
 
 
-#: The sections the guest OS asks for that another part of handoff adds; written
-#: commented (uncomment once `handoff run` knows them).
-PENDING_SECTIONS: tuple[tuple[str, ...], ...] = (
+#: The sections every guest OS init writes gets besides its firmware.
+TPM_AND_AGENT: tuple[tuple[str, ...], ...] = (
     ("[tpm]", 'type = "emulated"'),
     ("[guest_agent]", "enabled = true"),
 )
@@ -127,17 +125,18 @@ def firmware_lines(choice: OsChoice) -> list[str]:
     ]
 
 
-def pending_lines(choice: OsChoice) -> list[str]:
+def tpm_and_agent_lines(choice: OsChoice) -> list[str]:
     tpm = ("Windows 11 requires a TPM 2.0" if choice.os is InitOs.WINDOWS11
            else "a TPM 2.0 for BitLocker and measured boot")
     text = (
-        f"{tpm}, and a guest agent (clean shutdown, `handoff status` shows the OS): uncomment "
-        "these once your handoff has [tpm] and [guest_agent]."
+        f"{tpm}: swtpm emulates it, started and stopped by handoff, its state kept next to "
+        "this profile (NAME.tpm). The guest agent (qemu-ga; in Windows from the virtio-win "
+        "CD) gives a clean shutdown and the OS name in `handoff status`."
     )
     lines = [f"# {line}" for line in _wrap(text)]
-    for section in PENDING_SECTIONS:
-        lines += [f"# {line}" for line in section]
-    return lines
+    for section in TPM_AND_AGENT:
+        lines += [*section, ""]
+    return lines[:-1]
 
 
 def cdrom_lines(choice: OsChoice) -> list[str]:

@@ -118,7 +118,7 @@ def _tuning(plan: InitPlan) -> list[str]:
 def _firmware(plan: InitPlan) -> list[str]:
     if plan.guest_os is not None:
         return [*guest_os.firmware_lines(plan.guest_os), "",
-                *guest_os.pending_lines(plan.guest_os)]
+                *guest_os.tpm_and_agent_lines(plan.guest_os)]
     fw = plan.firmware
     if fw.type is FirmwareType.SEABIOS:
         lines = _comment(f"Firmware: {fw.reason}.")

@@ -20,6 +20,7 @@ from handoff.profile import (
     FirmwareType,
     GuestOs,
     HyperV,
+    TpmType,
     Vga,
 )
 from tests.unit.fakesysfs import igpu_dgpu_host
@@ -53,9 +54,10 @@ def test_windows11_gets_secure_boot_hyperv_the_isos_and_the_install_window(
     assert profile.display.frontend is DisplayFrontend.GTK
     assert profile.display.tablet
     assert [str(p.address) for p in profile.passthrough] == ["0000:01:00.0", "0000:01:00.1"]
-    # What to change after installing, and the TPM and agent sections to turn on.
+    # What to change after installing; TPM 2.0 and the guest agent are on.
     assert 'set vga = "none" and frontend = "none"' in text.replace("\n# ", " ")
-    assert '# [tpm]\n# type = "emulated"\n# [guest_agent]\n# enabled = true' in text
+    assert profile.tpm.type is TpmType.EMULATED
+    assert profile.guest_agent.enabled
 
 
 def test_linux_gets_secure_boot_without_hyperv_or_a_virtio_win_cd(tmp_path: Path) -> None:
