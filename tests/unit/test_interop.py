@@ -26,6 +26,8 @@ from handoff.pci.address import PciAddress
 from handoff.profile import (
     Accel,
     Accelerator,
+    GuestOs,
+    HyperV,
     Profile,
     TpmType,
     load_profile,
@@ -194,6 +196,8 @@ def test_a_vfio_guides_domain_becomes_a_profile_that_loads() -> None:
         "by-id:usb-Logitech_USB_Receiver-event-mouse",
     )
     assert vm.extra_args == ("-device", "ivshmem-plain,memdev=ivshmem")
+    assert profile.vm.hyperv is HyperV.ON  # <hyperv> with an enlightenment on
+    assert profile.vm.os is GuestOs.WINDOWS  # Hyper-V and a local-time clock
     assert profile.tpm.type is TpmType.EMULATED
     assert profile.guest_agent.enabled
 
@@ -204,9 +208,7 @@ def test_nothing_is_dropped_silently_each_left_out_element_is_listed_with_its_re
         "uuid: handoff names a VM by vm.name",
         "currentMemory: memory ballooning",
         "os/boot: boot order",
-        "features/hyperv: Hyper-V enlightenments",
         "features/vmport: ",
-        "clock: ",
         "on_poweroff: ",
         "devices/emulator: ",
         "devices/disk[1]/address: handoff places devices",
@@ -382,3 +384,25 @@ def test_the_yaml_reads_back_as_the_manifest() -> None:
     ids = {PciAddress.parse("0a:00.0"): GPU, PciAddress.parse("0a:00.1"): AUDIO}
     document = manifest(profile, ids)
     assert yaml.safe_load(to_yaml(document, ["a comment"])) == document
+
+
+def test_a_windows_11_profile_travels_with_secure_boot_hyperv_clock_and_tpm() -> None:
+    profile = load_profile(REPO / "profiles" / "windows11.toml")
+    root = ET.fromstring(domain_xml(profile, Accelerator.KVM))
+    assert root.find("os").get("firmware") == "efi"  # type: ignore[union-attr]
+    features = {f.get("name") for f in root.findall("os/firmware/feature")}
+    assert features == {"secure-boot", "enrolled-keys"}
+    assert root.find("os/loader").get("secure") == "yes"  # type: ignore[union-attr]
+    assert root.find("features/smm").get("state") == "on"  # type: ignore[union-attr]
+    assert root.find("features/hyperv/stimer/direct") is not None
+    assert root.find("clock").get("offset") == "localtime"  # type: ignore[union-attr]
+    back = parse_profile(parse_domain(ET.tostring(root, encoding="unicode"), "w").text(),
+                         profile.source)
+    assert back.firmware.secure_boot
+    assert (back.vm.os, back.vm.hyperv) == (profile.vm.os, profile.vm.hyperv)
+    document = manifest(profile, {})
+    domain = document["spec"]["template"]["spec"]["domain"]
+    assert domain["firmware"]["bootloader"]["efi"]["secureBoot"] is True
+    assert domain["features"]["smm"] == {"enabled": True}
+    assert domain["features"]["hyperv"]["synictimer"] == {"direct": {}}
+    assert domain["devices"]["tpm"] == {"persistent": True}

@@ -56,9 +56,23 @@ DOMAIN = obj({
         "efi": obj({"secureBoot": BOOLEAN, "persistent": BOOLEAN}),
     })}),
     "features": obj({"acpi": obj({"enabled": BOOLEAN}), "apic": obj({"enabled": BOOLEAN}),
-                     "kvm": obj({"hidden": BOOLEAN}),
-                     "hyperv": obj({"vendorid": obj({"enabled": BOOLEAN,
-                                                      "vendorid": STRING})})}),
+                     "kvm": obj({"hidden": BOOLEAN}), "smm": obj({"enabled": BOOLEAN}),
+                     "hyperv": obj({
+                         **{name: obj({"enabled": BOOLEAN}) for name in (
+                             "relaxed", "vapic", "vpindex", "runtime", "synic", "reset",
+                             "frequencies", "tlbflush", "ipi")},
+                         "spinlocks": obj({"enabled": BOOLEAN, "spinlocks": INTEGER}),
+                         "synictimer": obj({"enabled": BOOLEAN,
+                                            "direct": obj({"enabled": BOOLEAN})}),
+                         "vendorid": obj({"enabled": BOOLEAN, "vendorid": STRING})})}),
+    "clock": obj({"utc": obj({"offsetSeconds": INTEGER}), "timezone": STRING,
+                  "timer": obj({
+                      "rtc": obj({"tickPolicy": {"enum": ["delay", "catchup"]},
+                                  "present": BOOLEAN}),
+                      "pit": obj({"tickPolicy": {"enum": ["delay", "catchup", "discard"]},
+                                  "present": BOOLEAN}),
+                      "hpet": obj({"present": BOOLEAN}),
+                      "hyperv": obj({"present": BOOLEAN})})}),
     "machine": obj({"type": STRING}),
     "devices": obj({
         "disks": array(obj({"name": STRING, "disk": DISK_TARGET, "cdrom": DISK_TARGET,
