@@ -39,6 +39,7 @@ from handoff.pci.rules import (
     class_need,
     holds_boot_gpu,
     is_gpu_own,
+    need_fix,
     split_card_reason,
     stay_reason,
     stays,
@@ -188,7 +189,8 @@ def _group_refusals(
                     group,
                     f"{label} holds {device.address.short} {device.class_name}, "
                     f"{need}; passing the group would take it from the host",
-                    f'only if the host can live without it: add allow_in_group = ["'
+                    need_fix(device)
+                    + f'only if the host can live without it: add allow_in_group = ["'
                     f'{device.address.short}"] to that [[passthrough]] entry; otherwise the '
                     "card needs another slot (its own IOMMU group, an ACS-capable port); "
                     + ACS_FIX,
@@ -473,7 +475,8 @@ def group_verdict(group: int, snapshot: HostSnapshot) -> GroupVerdict:
             members,
             Verdict.REFUSED,
             f"every device in it is one the host needs: {needs}",
-            "list such a device in [[passthrough]] only if the host can really do without it",
+            "".join(dict.fromkeys(need_fix(d) for d in endpoints))
+            + "list such a device in [[passthrough]] only if the host can really do without it",
         )
     boot_slots = {d.address.slot_address for d in candidates if holds_boot_gpu(d)}
     other_cards = [d for d in candidates if d.address.slot_address not in boot_slots]

@@ -64,6 +64,18 @@ def class_need(device: PciDevice) -> str | None:
     )
 
 
+USB_FIX = (
+    "see what hangs off it first (`lsusb -t`): a USB controller the host's keyboard, mouse "
+    "or disks use cannot go; to give the guest single USB devices instead, pass them with "
+    "QEMU's usb-host (extra_args)"
+)
+
+
+def need_fix(device: PciDevice) -> str:
+    """What to check before giving this host-needed device away (empty: nothing special)."""
+    return USB_FIX + "; " if device.class_prefix == USB_CONTROLLER else ""
+
+
 def card_functions(
     device: PciDevice, devices: Mapping[PciAddress, PciDevice]
 ) -> tuple[PciDevice, ...]:

@@ -146,6 +146,7 @@ def test_z170_gtx960_passes_with_its_audio_and_the_chipset_usb_stays(tmp_path: P
     # The chipset's xHCI carries the host's keyboard: host-needed, with the fix.
     assert v[3].verdict is G.REFUSED
     assert "USB controller" in v[3].reason
+    assert "lsusb -t" in (v[3].fix or "")
     assert shorts(init_gpu(host)) == ["01:00.0", "01:00.1"]
     checks = doctor(host, tmp_path, "01:00.0", "01:00.1")
     assert device_check(checks, "01:00.0").verdict is Verdict.OK
