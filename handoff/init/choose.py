@@ -38,8 +38,8 @@ from handoff.init.facts import CpuTopology, DiskFact, DiskKind, HostFacts, PciNa
 from handoff.init.guest_os import InitOs, OsChoice
 from handoff.pci.address import PciAddress
 from handoff.pci.model import PciDevice
-from handoff.pci.plan import HostSnapshot, Verdict, group_verdict, host_need, plan_handoff
-from handoff.pci.rules import ACS_FIX, card_functions, stays
+from handoff.pci.plan import HostSnapshot, Verdict, group_verdict, plan_handoff
+from handoff.pci.rules import ACS_FIX, card_functions, host_need, stays
 from handoff.profile import FirmwareType, InputBackend, parse_memory
 
 SINGLE_GPU_DOC = "profiles/single-gpu.md"

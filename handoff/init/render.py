@@ -21,7 +21,7 @@ from handoff.init.choose import (
     NoGpu,
 )
 from handoff.init.facts import InputDeviceFact
-from handoff.pci.plan import host_need
+from handoff.pci.rules import host_need
 from handoff.profile import FirmwareType, InputBackend
 
 

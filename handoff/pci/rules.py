@@ -28,7 +28,7 @@ This module must never touch the host: it decides from frozen
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from handoff.pci.address import PciAddress
 from handoff.pci.model import VFIO_DRIVER, PciDevice
@@ -194,3 +194,35 @@ def split_card_reason(
         f"(its IOMMU group {sibling.iommu_group} then moves to vfio-pci as well)"
     )
     return reason, fix
+
+
+def split_cards(
+    wanted: Iterable[PciAddress],
+    group_ids: Collection[int],
+    devices: Mapping[PciAddress, PciDevice],
+) -> list[tuple[int | None, str, str]]:
+    """(group, reason, fix) for each requested GPU card's function in a group not handed
+    over: QEMU cannot reset the card."""
+    found: list[tuple[int | None, str, str]] = []
+    for address in sorted(wanted):
+        device = devices.get(address)
+        if device is None or not is_gpu_own(device, devices):
+            continue
+        for sibling in card_functions(device, devices):
+            if sibling.iommu_group is not None and sibling.iommu_group not in group_ids:
+                found.append((device.iommu_group, *split_card_reason(device, sibling)))
+    return found
+
+
+def card_elsewhere(
+    candidates: Sequence[PciDevice], group: int, devices: Mapping[PciAddress, PciDevice]
+) -> list[PciDevice]:
+    """The other functions of the candidates' GPU cards that sit in other groups."""
+    found: dict[PciAddress, PciDevice] = {}
+    for device in candidates:
+        if not is_gpu_own(device, devices):
+            continue
+        for sibling in card_functions(device, devices):
+            if sibling.iommu_group not in (None, group):
+                found[sibling.address] = sibling
+    return [found[a] for a in sorted(found)]
