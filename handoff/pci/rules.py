@@ -171,9 +171,8 @@ def boot_gpu_reason(
         f"(boot_vga=1): passing the group would take the host's display; {console}"
     )
     fix = (
-        "put the guest's card in a slot with an IOMMU group of its own (a CPU-attached slot), "
-        "or make the guest's card the primary one in the firmware setup and give the host "
-        "another GPU; " + ACS_FIX
+        "put the guest's card in a slot with an IOMMU group of its own (another CPU-attached "
+        "slot, or swap the two cards), so the two GPUs no longer share a group; " + ACS_FIX
     )
     return reason, fix
 
