@@ -13,7 +13,6 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from handoff.input.keynames import KEY_CODES
 from handoff.profile.model import Input, InputBackend, InputMode, SelectorKind
 from handoff.profile.reader import Custom, FieldParser, Item, Reader, Texts, show
 
@@ -35,6 +34,17 @@ _FORMS = [f"{kind.value}:{_SELECTOR_PLACEHOLDER[kind]}" for kind in SelectorKind
 _SELECTOR_FORMS = f"{', '.join(_FORMS[:-1])} or {_FORMS[-1]}"
 
 
+def _key_codes() -> Mapping[str, int]:
+    """The Linux key-name table, loaded when a profile names keys (not on every run)."""
+    from handoff.input.keynames import KEY_CODES
+
+    return KEY_CODES
+
+
+def _is_key_name(name: str) -> bool:
+    return name in _key_codes()
+
+
 def selector_kind(text: str) -> SelectorKind | None:
     """The kind of an input device selector ``KIND:VALUE``; None when it is not one."""
     prefix, sep, value = text.partition(":")
@@ -48,7 +58,7 @@ def selector_kind(text: str) -> SelectorKind | None:
 
 
 def _hotkey_fix(key_name: str) -> str:
-    names = KEY_CODES.keys()
+    names = _key_codes().keys()
     upper = key_name.upper()
     guess = upper if upper in names else f"KEY_{upper}" if f"KEY_{upper}" in names else None
     close = [guess] if guess else difflib.get_close_matches(upper, sorted(names), n=1)
@@ -71,7 +81,7 @@ def _hotkey(r: Reader, t: Mapping[str, Any], prefix: str, key: str, default: Any
 def _key_names(example: str, such_as: str, fix: str | Callable[[str], str]) -> Texts:
     return Texts(
         "Linux key names", example,
-        Item(KEY_CODES.__contains__, f"a Linux key name such as {such_as}", fix),
+        Item(_is_key_name, f"a Linux key name such as {such_as}", fix),
     )
 
 
