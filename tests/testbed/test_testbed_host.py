@@ -625,3 +625,26 @@ def test_a_watchdog_sentence_stops_the_boot_and_is_the_timeout_reason() -> None:
         assert runner._wait(process, 3600.0, watchdog) == "t.py::test_x ran past its budget of 1 s"
     finally:
         runner.stop(process)
+
+
+def test_a_budget_that_runs_out_fails_the_unreported_tests_naming_the_one_that_ran(
+    tmp_path: Path, pytestconfig: pytest.Config
+) -> None:
+    run = plugin.GuestRun(pytestconfig, ["t.py::test_slow", "t.py::test_next"],
+                          budgets={"t.py::test_next": 3600.0})
+    run.reader.budgets.default = 0.0  # test_slow's budget runs out at once
+    run.run_dir = tmp_path
+    (tmp_path / plugin.REPORTS).write_text(json.dumps({"start": "t.py::test_slow"}) + "\n")
+    reason = run.watchdog()  # what the runner asks every second while the guest runs
+    assert reason is not None
+    assert reason.startswith("t.py::test_slow ran past its budget of 0 s")
+    kernel = runner.Kernel("linux-image-x", "1", "x", tmp_path)
+    run.result = runner.Result(
+        returncode=runner.NO_EXIT_CODE, run_dir=tmp_path, console_path=tmp_path / "console.log",
+        accel=runner.Accel("tcg", "q35", "max", ""), kernel=kernel, timed_out=True,
+        init=runner.Init.CLASSIC, setup_seconds=0.0, ready_seconds=None,
+        command_start_seconds=None, vm_seconds=1.0, qemu_argv=[], timeout_reason=reason,
+    )
+    missing = run.why_missing("t.py::test_next")
+    assert "the testbed guest did not report t.py::test_next" in missing
+    assert f"the guest was stopped: {reason}" in missing
