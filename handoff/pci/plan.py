@@ -14,10 +14,6 @@ The rules are ARCHITECTURE.md's "The hand-off planner's rules" (from libvirt's
 virpci.c, driverctl, users' reports of what went wrong with hook scripts and
 the published layouts in tests/data/layouts); the per-device questions are
 :mod:`handoff.pci.rules`.
-
-Why it stays over 500 lines: growing a request to its groups, the refusals
-and the move order are one decision over one snapshot; each refusal's text
-sits next to the rule that raises it.
 """
 
 from __future__ import annotations
