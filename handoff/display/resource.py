@@ -51,23 +51,27 @@ from handoff.display.model import (
     plan_return,
 )
 from handoff.display.sysfs import (
-    platform_driver_dir,
     read_bars,
     read_firmware_fbs,
     read_vtconsoles,
     reset_methods,
-    vtconsole_dir,
 )
 from handoff.display.where import where_refusal
-from handoff.errors import BindError, HandoffError, PreflightRefusedError
+from handoff.errors import BindError, HandoffError, PreflightRefusedError, SysfsWriteError
 from handoff.host import HostPaths
 from handoff.pci.address import PciAddress
 from handoff.pci.holders import find_holders, nodes_of
 from handoff.pci.model import Holder, PciDevice
-from handoff.pci.ops import KernelWriter, SysfsWriter
+from handoff.pci.ops import (
+    KernelWriter,
+    SysfsWriter,
+    platform_bind,
+    reset_function,
+    vtconsole_bind,
+)
 from handoff.pci.plan import plan_handoff
 from handoff.pci.snapshot import take_snapshot
-from handoff.pci.sysfs import device_dir, groups_of, read_device
+from handoff.pci.sysfs import group_members, groups_of, read_device
 from handoff.profile import Profile
 from handoff.resources import ControlRegistry, JsonObject, VmHandle
 
@@ -191,9 +195,9 @@ class Restorer:
         if not methods:
             return "it has no reset method (reset_method is empty)"
         try:
-            self.writer.write(device_dir(self.paths, address) / "reset", "1")
-        except OSError as exc:
-            return f"its reset ({' '.join(methods)}) failed: {exc.strerror or exc}"
+            reset_function(self.paths, self.writer, address)
+        except SysfsWriteError as exc:
+            return f"its reset ({' '.join(methods)}) failed: {exc.message}"
         return f"its reset ({' '.join(methods)}) was done, the card still did not come back"
 
     async def _return_group_again(self, journal: DisplayJournal) -> None:
@@ -214,9 +218,9 @@ class Restorer:
             return []
         if now.driver is None:
             try:
-                self.writer.write(platform_driver_dir(self.paths, driver) / "bind", device)
-            except OSError as exc:
-                return [f"binding {device} to {driver} failed: {exc.strerror or exc}"]
+                platform_bind(self.paths, self.writer, driver, device, bind=True)
+            except SysfsWriteError as exc:
+                return [f"binding {device} to {driver} failed: {exc.message}"]
             now = {fb.device: fb for fb in read_firmware_fbs(self.paths)}.get(device)
         if now is None or now.driver != driver:
             return [f"{device} is not on {driver} after the bind"]
@@ -226,9 +230,9 @@ class Restorer:
     async def _rebind_consoles(self, journal: DisplayJournal) -> list[str]:
         for console in consoles_to_rebind(read_vtconsoles(self.paths), journal.consoles):
             try:
-                self.writer.write(vtconsole_dir(self.paths) / console.node / "bind", "1")
-            except OSError as exc:
-                return [f"binding {console.node} ({console.name}) failed: {exc.strerror or exc}"]
+                vtconsole_bind(self.paths, self.writer, console.node, bind=True)
+            except SysfsWriteError as exc:
+                return [f"binding {console.node} ({console.name}) failed: {exc.message}"]
         left = await _settle(
             lambda: consoles_to_rebind(read_vtconsoles(self.paths), journal.consoles)
         )
@@ -390,7 +394,7 @@ class HostDisplay:
         addresses = self._addresses()
         members = [
             a for g in sorted(groups_of(self.paths, addresses))
-            for a in _group_members(self.paths, g)
+            for a in group_members(self.paths, g)
         ] or addresses
         nodes = [n for a in members for n in nodes_of(self.paths, read_device(self.paths, a))]
         return find_holders(self.paths, nodes)
@@ -419,10 +423,10 @@ class HostDisplay:
         journal.begin_step(Step.UNBIND_CONSOLES)
         for console in takeover.consoles:
             try:
-                self.writer.write(vtconsole_dir(self.paths) / console.node / "bind", "0")
-            except OSError as exc:
+                vtconsole_bind(self.paths, self.writer, console.node, bind=False)
+            except SysfsWriteError as exc:
                 raise HandoffError(
-                    f"unbinding {console.node} ({console.name}) failed: {exc.strerror or exc}",
+                    f"unbinding {console.node} ({console.name}) failed: {exc.message}",
                     fix="check `dmesg`; the display was brought back",
                 ) from exc
         # The kernel reports the unbind in ``bind`` a moment after the write returns.
@@ -440,10 +444,10 @@ class HostDisplay:
             return
         journal.begin_step(Step.UNBIND_FRAMEBUFFER)
         try:
-            self.writer.write(platform_driver_dir(self.paths, fb.driver) / "unbind", fb.device)
-        except OSError as exc:
+            platform_bind(self.paths, self.writer, fb.driver, fb.device, bind=False)
+        except SysfsWriteError as exc:
             raise HandoffError(
-                f"unbinding {fb.device} from {fb.driver} failed: {exc.strerror or exc}",
+                f"unbinding {fb.device} from {fb.driver} failed: {exc.message}",
                 fix="check `dmesg`; the display was brought back",
             ) from exc
         now = {f.device: f for f in read_firmware_fbs(self.paths)}.get(fb.device)
@@ -490,14 +494,6 @@ class HostDisplay:
             "journal": str(self._journal.path) if self._journal else None,
             "failure": self._failure,
         }
-
-
-def _group_members(paths: HostPaths, group: int) -> list[PciAddress]:
-    directory = paths.sys / "kernel" / "iommu_groups" / str(group) / "devices"
-    try:
-        return [PciAddress.parse(name) for name in sorted(os.listdir(directory))]
-    except (OSError, ValueError):
-        return []
 
 
 def display_failures(paths: HostPaths) -> Sequence[str]:
