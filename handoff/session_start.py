@@ -144,7 +144,7 @@ def preflight(
                         binary=binary, trace_file=trace_file)
     caps = probe(binary)
     check_supported(profile, plan.devices, caps, accel=plan.facts.accel)
-    check_bridges(profile)
+    check_bridges(profile, paths)
     if plan.profile.firmware != profile.firmware:  # chosen from QEMU's descriptors
         check_profile_on_host(plan.profile)
     refusal = vars_origin_refusal(plan.profile)

@@ -29,7 +29,6 @@ import dataclasses
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from pathlib import Path
 
 import trio
 
@@ -271,10 +270,8 @@ class HostDisplay:
         environ: Mapping[str, str] | None = None,
         holder_wait: float = HOLDER_WAIT,
         node_wait: float = NODE_WAIT,
-        sessions: Path = sd.SESSIONS,
     ) -> None:
         self.profile = profile
-        self.sessions = sessions
         self.paths = paths
         self.writer = writer or KernelWriter()
         self.runner = runner or systemctl.SubprocessRunner()
@@ -314,8 +311,7 @@ class HostDisplay:
     def _check(self) -> Takeover:
         """Read-only: where it runs, the GPU hand-off's own checks, what will be taken."""
         settings = self.profile.host_display
-        facts = sd.where_facts(self.paths, self.runner, settings.stop_units, self.environ,
-                               self.sessions)
+        facts = sd.where_facts(self.paths, self.runner, settings.stop_units, self.environ)
         refusal = where_refusal(facts, self.profile.name)
         if refusal is not None:
             raise PreflightRefusedError(f"refusing the display hand-over: {refusal[0]}",

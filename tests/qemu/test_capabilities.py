@@ -14,6 +14,7 @@ import pytest
 
 from handoff.errors import QemuNotFoundError, QemuUnsupportedError
 from handoff.firmware import ensure_firmware_vars
+from handoff.host import HostPaths
 from handoff.profile import Accelerator, Profile, load_profile, parse_profile
 from handoff.qemu.capabilities import (
     MIN_VERSION,
@@ -161,7 +162,7 @@ def check_profile(
         extra_args=extra_args,
     )
     check_supported(profile, argv_devices(build_argv(profile, launch)), caps, accel=accel)
-    check_bridges(profile)
+    check_bridges(profile, HostPaths())
     return caps
 
 

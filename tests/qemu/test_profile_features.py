@@ -333,10 +333,11 @@ def test_a_bridge_the_acl_allows_but_the_host_lacks_is_refused(tmp_path: Path) -
     profile = parse_profile(
         vm_table("b") + '[[network]]\ntype = "bridge"\nbridge = "hobr0"\n', tmp_path / "b.toml"
     )
+    paths = HostPaths(sys=tmp_path / "sys")
     with pytest.raises(QemuUnsupportedError, match="no bridge of that name"):
-        check_bridges(profile, acl=conf, net=tmp_path)
-    (tmp_path / "hobr0" / "bridge").mkdir(parents=True)  # as /sys/class/net shows a bridge
-    check_bridges(profile, acl=conf, net=tmp_path)
+        check_bridges(profile, paths, acl=conf)
+    (paths.sys / "class/net/hobr0/bridge").mkdir(parents=True)  # as /sys/class/net shows a bridge
+    check_bridges(profile, paths, acl=conf)
 
 
 # --------------------------------------------------------------------------- sound

@@ -6,6 +6,7 @@ acquired, released in reverse; `handoff recover` after a supervisor died.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,10 +61,10 @@ def systemd(display: DisplayHost) -> RecordedSystemd:
 def resources(
     display: DisplayHost, systemd: RecordedSystemd, lines: list[str]
 ) -> tuple[HostDisplay, GpuHandoff]:
-    screen = HostDisplay(PROFILE, display.paths, writer=display, runner=systemd,
+    paths = dataclasses.replace(display.paths, logind=display.paths.run / "systemd-sessions")
+    screen = HostDisplay(PROFILE, paths, writer=display, runner=systemd,
                          return_card=card_return(display.paths, display), report=lines.append,
-                         environ={}, holder_wait=0.5, node_wait=0.3,
-                         sessions=display.paths.run / "systemd-sessions")
+                         environ={}, holder_wait=0.5, node_wait=0.3)
     gpu = GpuHandoff(
         PROFILE, display.paths, writer=display, report=lines.append,
         memlock_check=functools.partial(check_memlock, getrlimit=lambda _: (UNLIMITED, UNLIMITED)),
