@@ -39,8 +39,8 @@ from handoff.display.journal import DisplayJournal, list_display_journals, lock_
 from handoff.display.model import (
     NO_FALLBACK,
     NO_FALLBACK_FIX,
+    DisplayStep,
     ReturnFailure,
-    Step,
     Takeover,
     VtConsole,
     console_fallback,
@@ -127,13 +127,13 @@ class Restorer:
         """Every undo step in order; raises BindError (journal kept) when the card stays away."""
         problems: list[str] = []
         for step in plan_return(journal.made):
-            if step is Step.CARD_BACK:
+            if step is DisplayStep.CARD_BACK:
                 await self._card_back(journal)
-            elif step is Step.REBIND_FRAMEBUFFER:
+            elif step is DisplayStep.REBIND_FRAMEBUFFER:
                 problems += self._rebind_framebuffer(journal)
-            elif step is Step.REBIND_CONSOLES:
+            elif step is DisplayStep.REBIND_CONSOLES:
                 problems += await self._rebind_consoles(journal)
-            elif step is Step.START_UNITS:
+            elif step is DisplayStep.START_UNITS:
                 problems += await self._start_units(journal)
         if problems:
             journal.failure = "; ".join(problems)
@@ -255,7 +255,7 @@ class Restorer:
         return []
 
 
-class HostDisplay:
+class DisplayHandover:
     """Session resource: the host's display taken off the only GPU while the VM runs."""
 
     def __init__(
@@ -375,7 +375,7 @@ class HostDisplay:
     async def _stop_units(self, journal: DisplayJournal) -> None:
         if not journal.units:
             return
-        journal.begin_step(Step.STOP_UNITS)
+        journal.begin_step(DisplayStep.STOP_UNITS)
         ran = await trio.to_thread.run_sync(systemctl.stop_units, self.runner, journal.units)
         still = [u for u in journal.units if systemctl.is_active(self.runner, u)]
         if ran.status != 0 or still:
@@ -416,7 +416,7 @@ class HostDisplay:
     async def _unbind_consoles(self, journal: DisplayJournal, takeover: Takeover) -> None:
         if not takeover.consoles:
             return
-        journal.begin_step(Step.UNBIND_CONSOLES)
+        journal.begin_step(DisplayStep.UNBIND_CONSOLES)
         for console in takeover.consoles:
             try:
                 vtconsole_bind(self.paths, self.writer, console.node, bind=False)
@@ -438,7 +438,7 @@ class HostDisplay:
         fb = takeover.framebuffer
         if fb is None or fb.driver is None:
             return
-        journal.begin_step(Step.UNBIND_FRAMEBUFFER)
+        journal.begin_step(DisplayStep.UNBIND_FRAMEBUFFER)
         try:
             platform_bind(self.paths, self.writer, fb.driver, fb.device, bind=False)
         except SysfsWriteError as exc:

@@ -107,7 +107,7 @@ class OvmfFiles:
 
 
 @dataclass(frozen=True)
-class HostFacts:
+class InitFacts:
     """Everything `handoff init` decides from, gathered read-only by :mod:`.gather`."""
 
     pci: HostSnapshot
