@@ -85,7 +85,6 @@ def _key_names(example: str, such_as: str, fix: str | Callable[[str], str]) -> T
     )
 
 
-_EVTEST = "use a name from `evtest` or linux/input-event-codes.h"
 _HOTKEY = _key_names(
     '["KEY_LEFTCTRL", "KEY_RIGHTCTRL"]', '"KEY_LEFTCTRL" or "KEY_SCROLLLOCK"', _hotkey_fix
 )
@@ -107,9 +106,10 @@ INPUT_KEYS: Mapping[str, FieldParser] = {
     "hotkey": Custom(_hotkey),
     "devices": _selectors(),
     "exclude": _selectors(),
-    "gpu_hotkey": _key_names('["KEY_LEFTCTRL", "KEY_LEFTALT", "KEY_G"]', '"KEY_G"', _EVTEST),
+    # Every chord alike: a wrong name gets "did you mean", a repeated key is refused.
+    "gpu_hotkey": _key_names('["KEY_LEFTCTRL", "KEY_LEFTALT", "KEY_G"]', '"KEY_G"', _hotkey_fix),
     "escape_hotkey": _key_names(
-        '["KEY_LEFTCTRL", "KEY_RIGHTCTRL", "KEY_END"]', '"KEY_END"', _EVTEST
+        '["KEY_LEFTCTRL", "KEY_RIGHTCTRL", "KEY_END"]', '"KEY_END"', _hotkey_fix
     ),
 }
 
@@ -120,13 +120,15 @@ def parse_input(
     t = r.section(data, "input")
     start_in = InputMode.GUEST if handover else InputMode.HOST
     chosen = Input(**r.fields(t, "input", Input, INPUT_KEYS, defaults={"start_in": start_in}))
+    for key, chord in (("input.hotkey", chosen.hotkey), ("input.gpu_hotkey", chosen.gpu_hotkey),
+                       ("input.escape_hotkey", chosen.escape_hotkey)):
+        if len(set(chord)) != len(chord):
+            raise r.error(
+                key, f"found {show(list(chord))} with a repeated key; expected each key once",
+                "remove the repeated key name",
+            )
     _check_escape_hotkey(r, chosen)
     _check_gpu_hotkey(r, chosen, live)
-    if len(set(chosen.hotkey)) != len(chosen.hotkey):
-        raise r.error(
-            "input.hotkey", f"found {show(list(chosen.hotkey))} with a repeated key; expected "
-            "each key once", "remove the repeated key name",
-        )
     return chosen
 
 
