@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from handoff.qemu.accel import (
     diagnose_kvm,
     kvm_problem,
 )
+from tests.unprivileged import open_directory, run_as_nobody
 
 
 def host(tmp_path: Path, *, kvm: bool = True, pvm: bool = False, mode: int = 0o660) -> HostPaths:
@@ -86,11 +86,16 @@ def test_kvm_requested_where_it_works_is_granted(tmp_path: Path) -> None:
     assert choose_accel(Accel.KVM, host(tmp_path)).accel == "kvm"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root opens any file read-write")
-def test_a_dev_kvm_without_write_permission_is_not_kvm(tmp_path: Path) -> None:
-    problem = kvm_problem(host(tmp_path, mode=0o444))
-    assert problem is not None
-    assert "permission denied" in problem
+def test_a_dev_kvm_without_write_permission_is_not_kvm() -> None:
+    with open_directory() as root:  # checked as an ordinary user: root opens any file
+        paths = host(root, mode=0o444)
+
+        def check() -> None:
+            problem = kvm_problem(paths)
+            assert problem is not None
+            assert "permission denied" in problem
+
+        run_as_nobody(check)
 
 
 def test_the_real_host_answer_is_consistent_with_its_dev_kvm() -> None:

@@ -53,6 +53,7 @@ from handoff.profile import (
 )
 from handoff.tune.model import HugepageSize, PinMode
 from tests.host_requirements import is_root, requires
+from tests.unprivileged import open_directory, run_as_nobody
 
 HERE = Path(__file__).parent
 BAD = sorted((HERE / "bad_profiles").glob("*.toml"))
@@ -469,13 +470,17 @@ def test_a_binary_file_is_refused_as_not_utf8(tmp_path: Path) -> None:
         load_profile(path)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
-def test_an_unreadable_profile_names_the_permission_problem(tmp_path: Path) -> None:
-    path = tmp_path / "w.toml"
-    path.write_text(MINIMAL)
-    path.chmod(0)
-    with pytest.raises(ProfileError, match="cannot be read"):
-        load_profile(path)
+def test_an_unreadable_profile_names_the_permission_problem() -> None:
+    with open_directory() as directory:  # loaded as an ordinary user: root reads every file
+        path = directory / "w.toml"
+        path.write_text(MINIMAL)
+        path.chmod(0)
+
+        def check() -> None:
+            with pytest.raises(ProfileError, match="cannot be read"):
+                load_profile(path)
+
+        run_as_nobody(check)
 
 
 # --------------------------------------------------------------------------- host checks
