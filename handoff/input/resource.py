@@ -147,13 +147,17 @@ class InputHandoff:
         control.register("switch", self._switch)
 
     def make_router(self, sink: GuestSink, nursery: trio.Nursery) -> InputRouter:
-        """The router for this profile's chords; the gpu chord's toggle runs in ``nursery``."""
+        """The router for this profile's chords; the gpu chord's toggle and the escape
+        chord's deadline run in ``nursery``."""
         core = RouterCore(self._hotkey, self._input.start_in, gpu_hotkey=self._gpu_hotkey)
         escape = self._input.escape_hotkey
-        return InputRouter(
+        router = InputRouter(
             core, sink, escape=EscapeChord(hotkey_codes(escape)) if escape else None,
             on_gpu=lambda: nursery.start_soon(self._toggle_gpu),
         )
+        if escape:
+            nursery.start_soon(router.run_escape)  # the chord's deadline
+        return router
 
     async def _keymap(self, vm: VmHandle) -> Mapping[int, str]:
         try:

@@ -305,12 +305,14 @@ ESCAPE_HOLD = 2.0
 class EscapeChord:
     """The escape hotkey: every key of the chord held ``hold`` seconds stops the VM.
 
-    Decided from the events' kernel timestamps only (never a clock read
-    here): the chord counts from the event that completed it, and fires on
-    the first later key event (autorepeat keeps coming while keys are held)
-    at least ``hold`` seconds after. It fires once per press of the chord;
-    releasing any key of it starts over. Key state is per device and
-    counted over devices, like the hotkey's.
+    Decided from the events' kernel timestamps and a "now" the edge passes in
+    (never a clock read here): the chord counts from the event that completed
+    it and fires ``hold`` seconds later, whether or not the keyboard repeats:
+    the edge asks :meth:`tick` at :meth:`deadline`, and a later key event
+    (autorepeat, or the release of a chord held long enough and read late)
+    decides too. It fires once per press of the chord; releasing any key of it
+    before the deadline starts over. Key state is per device and counted over
+    devices, like the hotkey's.
     """
 
     def __init__(self, keys: Iterable[int], hold: float = ESCAPE_HOLD) -> None:
@@ -325,11 +327,21 @@ class EscapeChord:
     def _complete(self) -> bool:
         return all(any(k in keys for keys in self.held.values()) for k in self.keys)
 
+    def _due(self, when: float) -> bool:
+        """Held long enough at ``when`` (and not fired yet): fire now."""
+        # Timestamps are whole microseconds: a float difference may miss by a rounding.
+        if self.since is None or self.fired or when - self.since < self.hold - 1e-6:
+            return False
+        self.fired = True
+        return True
+
     def feed(self, device: str, event: Event, when: float) -> bool:
         """One event read from ``device`` at kernel time ``when``; True when the chord fires."""
         etype, code, value = event
         if etype != EV_KEY:
             return False
+        if self._due(when):  # the chord was held long enough before this event
+            return True
         held = self.held.setdefault(device, set())
         if value == 1:
             held.add(code)
@@ -341,12 +353,17 @@ class EscapeChord:
             return False
         if self.since is None:
             self.since = when
-            return False
-        # Timestamps are whole microseconds: a float difference may miss by a rounding.
-        if not self.fired and when - self.since >= self.hold - 1e-6:
-            self.fired = True
-            return True
         return False
+
+    def deadline(self) -> float | None:
+        """When (kernel time) the chord fires if nothing changes; None when it cannot."""
+        if self.since is None or self.fired:
+            return None
+        return self.since + self.hold
+
+    def tick(self, now: float) -> bool:
+        """The edge's clock says ``now`` (the events' clock): True when the chord fires."""
+        return self._due(now)
 
     def forget(self, device: str) -> None:
         """A device is gone, or lost events (SYN_DROPPED): its keys count as released."""
