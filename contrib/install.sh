@@ -44,6 +44,15 @@ py=python3
 if ! "$py" -c 'import sys, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
   py=/usr/bin/python3
 fi
+# The system install's venv links its interpreter: it must be one every user can run
+# (a desktop user's `handoff switch`), never one in root's private home (pyenv).
+runs_for_everyone() {
+  setpriv --reuid=65534 --regid=65534 --clear-groups -- "$1" -c 'import sys, venv' 2>/dev/null
+}
+if [ "$dev" = 0 ] && ! runs_for_everyone "$(command -v "$py")"; then
+  log "$(command -v "$py") is not usable by other users: the system install uses /usr/bin/python3"
+  py=/usr/bin/python3
+fi
 
 if [ "$dev" = 1 ]; then
   venv=$here/.venv
@@ -51,6 +60,10 @@ if [ "$dev" = 1 ]; then
   "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$here[dev]"
   log "handoff (editable, with test tools) in $venv"
 else
+  if [ -x "$prefix/bin/python" ] && ! runs_for_everyone "$prefix/bin/python"; then
+    log "$prefix links an interpreter other users cannot run: recreating it"
+    "$py" -m venv --clear "$prefix"
+  fi
   [ -x "$prefix/bin/python" ] || "$py" -m venv "$prefix"
   "$prefix/bin/python" -m pip install -q --disable-pip-version-check "$here"
   ln -sf "$prefix/bin/handoff" /usr/local/bin/handoff

@@ -71,10 +71,11 @@ def _paths() -> Any:
 
 
 def _control_socket(name: str) -> Path:
-    from handoff.run_layout import CONTROL_SOCKET
+    """The session's own run root first; a root session's socket for this user after."""
+    from handoff.control_find import locate, system_run_root
 
-    path: Path = _paths().session_dir(name) / CONTROL_SOCKET
-    return path
+    own: Path = _paths().run
+    return locate(name, own, system_run_root(os.environ), os.geteuid())
 
 
 @contextlib.contextmanager
@@ -164,14 +165,18 @@ def cmd_argv(args: argparse.Namespace) -> int:
 
 
 def _running_sessions() -> list[str]:
+    from handoff.control_find import root_sessions, system_run_root
     from handoff.run_layout import CONTROL_SOCKET
 
     run: Path = _paths().run
     try:
         entries = sorted(run.iterdir())
     except OSError:
-        return []
-    return [entry.name for entry in entries if (entry / CONTROL_SOCKET).exists()]
+        entries = []
+    own = [entry.name for entry in entries if (entry / CONTROL_SOCKET).exists()]
+    system = root_sessions(system_run_root(os.environ), os.geteuid()) if run != Path(
+        system_run_root(os.environ)) else []
+    return own + [name for name in system if name not in own]
 
 
 def format_status(status: dict[str, Any]) -> str:

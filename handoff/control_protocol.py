@@ -23,6 +23,7 @@ class ControlErrorCode(Enum):
     UNKNOWN_COMMAND = "unknown-command"
     BAD_REQUEST = "bad-request"
     FAILED = "failed"
+    NOT_ALLOWED = "not-allowed"
 
 
 class SwitchTarget(Enum):

@@ -37,7 +37,7 @@ CONTEXT_DEFAULT = "context_default"
 
 #: vm.name becomes ``<run root>/<name>``; these names under the run root hold
 #: other things (QEMU's socket directories, the GPU journals), never a session.
-RESERVED_NAMES = frozenset({"qemu", "journal"})
+RESERVED_NAMES = frozenset({"qemu", "journal", "control"})
 
 
 class Accel(Enum):
@@ -307,6 +307,17 @@ def guest_topology(vm: Vm) -> GuestTopology:
 
 
 @dataclass(frozen=True)
+class Control:
+    """``[control]``: who besides root may run status/switch/gpu/stop for a root session.
+
+    ``users`` are account names (the systemd unit has no SUDO_UID to go by);
+    members of a ``handoff`` group, and the user who ran ``sudo``/``pkexec``,
+    may too (handoff.control_users)."""
+
+    users: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Profile:
     """A whole, validated VM description. ``source`` is the file it came from.
 
@@ -325,6 +336,7 @@ class Profile:
     input: Input = field(default_factory=Input)
     cpu: Cpu = field(default_factory=Cpu)
     memory: Memory = field(default_factory=Memory)
+    control: Control = field(default_factory=Control)
 
     @property
     def tuned(self) -> bool:

@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 from handoff.errors import CpuListError, PciAddressError, ProfileError
 from handoff.input.keynames import KEY_CODES
 from handoff.pci.address import PciAddress
+from handoff.profile.control import parse_control
 from handoff.profile.model import (
     RESERVED_NAMES,
     SECTION_KEYS,
@@ -1174,6 +1175,7 @@ def parse_profile(text: str, source: Path) -> Profile:
                            any(p.live for p in passthrough)),
         cpu=_parse_cpu(reader, data, vm),
         memory=_parse_memory_section(reader, data, vm),
+        control=parse_control(reader, data),
     )
 
 

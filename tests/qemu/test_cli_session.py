@@ -356,3 +356,75 @@ async def test_the_qemu_handoff_run_starts_is_the_command_handoff_argv_prints(
     assert without_fd_numbers(ran) == without_fd_numbers(argv)
     if which == "qmp-input":
         assert "chardev=handoff-input,mode=control" in ran
+
+
+#: An interpreter every user can run (the venv's may live in root's private home); the
+#: light commands (status, switch, stop) need only the standard library.
+USER_PYTHON = "/usr/bin/python3"
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+async def as_user(user: str, system_run: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """`handoff ARGS` run by another user from their own session (own run root empty)."""
+    import pwd
+
+    entry = pwd.getpwnam(user)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": str(CHECKOUT),
+        "XDG_RUNTIME_DIR": f"/nonexistent-{entry.pw_uid}",
+        "HANDOFF_SYSTEM_RUN_DIR": str(system_run),
+    }
+    return await trio.run_process(
+        [USER_PYTHON, "-m", "handoff", *args], env=env, cwd="/", capture_stdout=True,
+        capture_stderr=True, check=False, user=entry.pw_uid, group=entry.pw_gid,
+        extra_groups=[],
+    )  # fmt: skip
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a root session and other users need root")
+async def test_the_user_who_ran_sudo_controls_the_root_session_a_third_user_is_refused(
+    tmp_path: Path,
+) -> None:
+    """`sudo handoff run` (SUDO_UID=daemon's uid): daemon's `handoff status NAME` and
+    `stop NAME` reach the session from daemon's own session; nobody's are refused."""
+    import pwd
+    import tempfile
+
+    desktop = pwd.getpwnam("daemon").pw_uid
+    profile = write_profile(tmp_path, "desk", shutdown_timeout=0.5)
+    with tempfile.TemporaryDirectory(prefix="handoff-sudo-") as top:
+        os.chmod(top, 0o755)  # the system run root's parent: every user passes through
+        run = Path(top) / "run"
+        env = {**cli_env(run), "SUDO_UID": str(desktop)}
+        with trio.fail_after(120):
+            async with trio.open_nursery() as nursery:
+                process = await trio.lowlevel.open_process(
+                    [sys.executable, "-m", "handoff", "run", str(profile)],
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                )  # fmt: skip
+                cli = RunningCli(process, env)
+                nursery.start_soon(cli.pump)
+                try:
+                    await cli.wait_for("^handoff: running")
+                    status = await as_user("daemon", run, "status", "desk", "--json")
+                    listed = await as_user("daemon", run, "status")
+                    third = await as_user("nobody", run, "status", "desk")
+                    third_stop = await as_user("nobody", run, "stop", "desk")
+                    stop = await as_user("daemon", run, "stop", "desk")
+                    assert await process.wait() == 0
+                finally:
+                    if process.returncode is None:
+                        process.kill()
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["pid"] == process.pid
+        assert listed.stdout.decode().startswith("desk: running\n")
+        for refused in (third, third_stop):
+            assert refused.returncode == 2
+            assert refused.stderr.decode().startswith(
+                "handoff: the session 'desk' runs as root and does not let nobody control it"
+            )
+        assert stop.returncode == 0, stop.stderr
+        assert "stop requested through the control socket" in cli.text()
+        assert not (run / "control").exists()
+        assert not (run / "desk").exists()

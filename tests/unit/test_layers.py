@@ -36,6 +36,7 @@ LAYERS: dict[str, Layer] = {
     "handoff.host": Layer.FOUNDATION,
     "handoff.run_layout": Layer.FOUNDATION,
     "handoff.control_protocol": Layer.FOUNDATION,
+    "handoff.control_access": Layer.CORE,
     # pure cores
     "handoff.profile.": Layer.CORE,
     "handoff.session_plan": Layer.CORE,
@@ -71,6 +72,8 @@ LAYERS: dict[str, Layer] = {
     "handoff.rundir": Layer.EDGE,
     "handoff.control": Layer.EDGE,
     "handoff.control_client": Layer.EDGE,
+    "handoff.control_users": Layer.EDGE,
+    "handoff.control_find": Layer.EDGE,
     "handoff.memlock": Layer.EDGE,
     "handoff.firmware": Layer.EDGE,
     "handoff.host_facts": Layer.EDGE,
