@@ -251,3 +251,22 @@ def test_peer_uid_is_the_kernels_word() -> None:
             right.close()
 
     assert trio.run(main) == os.geteuid()
+
+
+def test_control_users_are_checked(tmp_path: Path) -> None:
+    from handoff.control_users import resolve_access
+    from handoff.errors import ProfileError
+    from handoff.profile import parse_profile
+
+    base = '[vm]\nname = "w"\nmemory = "1G"\n[control]\n'
+    source = tmp_path / "w.toml"
+    profile = parse_profile(base + 'users = ["daemon"]\n', source)
+    assert profile.control.users == ("daemon",)
+    assert pwd.getpwnam("daemon").pw_uid in resolve_access(profile, {}).uids
+    with pytest.raises(ProfileError, match=r"control\.users\[0\].*expected an account name"):
+        parse_profile(base + 'users = ["1000"]\n', source)
+    with pytest.raises(ProfileError, match='did you mean "users"'):
+        parse_profile(base + 'user = ["daemon"]\n', source)
+    missing = parse_profile(base + 'users = ["no-such-user-here"]\n', source)
+    with pytest.raises(ProfileError, match="does not exist on this host"):
+        resolve_access(missing, {})
