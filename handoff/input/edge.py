@@ -32,6 +32,7 @@ from handoff.input.router import (
     Resync,
     RouterCore,
     ToGuest,
+    ToHost,
     Ungrab,
 )
 from handoff.input.translate import Event
@@ -152,6 +153,7 @@ class InputRouter:
         on_escape: Callable[[], None] = interrupt_self,
         on_gpu: Callable[[], None] | None = None,
         now: Callable[[], float] = time.monotonic,
+        to_host: Callable[[Sequence[Event]], None] | None = None,
     ) -> None:
         self.core = core
         self.sink = sink
@@ -159,6 +161,7 @@ class InputRouter:
         self.escape = escape
         self._on_escape = on_escape
         self._on_gpu = on_gpu  # the gpu chord; must not block (it starts a task)
+        self._to_host = to_host  # the "handoff host keys" device's write
         self.devices: dict[str, DeviceHandle] = {}
         self._scopes: dict[str, trio.CancelScope] = {}
         self._drains: dict[str, Callable[[], None]] = {}
@@ -308,6 +311,10 @@ class InputRouter:
                 if handle is not None:
                     with contextlib.suppress(OSError):
                         handle.ungrab()
+            elif isinstance(action, ToHost):
+                if self._to_host is not None:
+                    with contextlib.suppress(OSError):
+                        self._to_host(action.events)
             elif isinstance(action, GpuToggle):
                 log.info("gpu hotkey: moving the live GPU to the other side")
                 if self._on_gpu is not None:

@@ -28,6 +28,14 @@ class ToGuest:
 
 
 @dataclass(frozen=True)
+class ToHost:
+    """Key events (one frame) for the "handoff host keys" device: ``[input] host_keys``
+    typed while the guest has the keyboard."""
+
+    events: tuple[Event, ...]
+
+
+@dataclass(frozen=True)
 class Grab:
     device: str
 
@@ -47,7 +55,7 @@ class GpuToggle:
     """The gpu chord completed: move the live GPU groups to the other side."""
 
 
-Action = ToGuest | Grab | Ungrab | ModeChanged | GpuToggle
+Action = ToGuest | ToHost | Grab | Ungrab | ModeChanged | GpuToggle
 
 
 def _other(mode: InputMode) -> InputMode:
@@ -67,11 +75,16 @@ class RouterCore:
       hotkey, never reaches the guest whole; input stays where it is.
     * After SYN_DROPPED the kernel's key state replaces ours; unplug
       releases in the guest what the device held.
+    * ``host_keys`` typed on a grabbed device go to the host's "handoff host
+      keys" device (:class:`ToHost`: press, autorepeat, release), never to the
+      guest; that device, too, only gets a release for a press it saw, and
+      lets go of everything when input goes back to the host (the host then
+      reads the real keyboard again).
     """
 
     def __init__(
         self, hotkey: Iterable[int], start: InputMode = InputMode.HOST,
-        *, gpu_hotkey: Iterable[int] = (),
+        *, gpu_hotkey: Iterable[int] = (), host_keys: Iterable[int] = (),
     ) -> None:
         self.hotkey = frozenset(hotkey)
         if not self.hotkey:
@@ -79,6 +92,11 @@ class RouterCore:
         self.gpu_hotkey = frozenset(gpu_hotkey)
         if self.gpu_hotkey == self.hotkey:
             raise ValueError("the gpu chord must differ from the hotkey")
+        self.host_keys = frozenset(host_keys)
+        if self.host_keys & (self.hotkey | self.gpu_hotkey):
+            raise ValueError("a host key cannot be part of a chord")
+        #: Host key → devices whose press the host-keys device saw (it holds it down).
+        self.host_down: dict[int, set[str]] = {}
         self.mode = InputMode.HOST
         self.pending: InputMode | None = InputMode.GUEST if start is InputMode.GUEST else None
         self.held: dict[str, set[int]] = {}
@@ -103,7 +121,7 @@ class RouterCore:
 
     def remove_device(self, device: str) -> list[Action]:
         """A device is gone (unplugged, ENODEV): the guest lets go of its keys."""
-        actions = self._release_in_guest(device)
+        actions = self._release_in_guest(device) + self._release_on_host(device)
         self.held.pop(device, None)
         self.grabbed.discard(device)
         self.suppressed = {(d, c) for d, c in self.suppressed if d != device}
@@ -118,10 +136,17 @@ class RouterCore:
             return [ToGuest(device, tuple(events))] if grabbed and events else []
         held = self.held.setdefault(device, set())
         out: list[Event] = []
+        host: list[Event] = []
         toggles: list[Action] = []
         for event in events:
             etype, code, value = event
-            if etype == EV_KEY:
+            if etype == EV_KEY and code in self.host_keys:
+                if value == 1:
+                    held.add(code)
+                elif value == 0:
+                    held.discard(code)
+                host.extend(self._host_key(device, code, value, grabbed))
+            elif etype == EV_KEY:
                 if value == 1:
                     newly = code not in held
                     held.add(code)
@@ -152,6 +177,8 @@ class RouterCore:
             elif etype == EV_REL and grabbed:
                 out.append(event)
         actions: list[Action] = [ToGuest(device, tuple(out))] if out else []
+        if host:
+            actions.append(ToHost(tuple(host)))
         return actions + toggles + self._settle()
 
     def resync(self, device: str, held: Iterable[int]) -> list[Action]:
@@ -164,11 +191,15 @@ class RouterCore:
         now = set(held)
         before = self.held.setdefault(device, set())
         out: list[Event] = []
+        host: list[Event] = []
         for code in sorted(before - now):
             self.suppressed.discard((device, code))
             out.extend(self._guest_release(device, code))
+            host.extend(self._host_release(device, code))
         self.held[device] = now
         actions: list[Action] = [ToGuest(device, tuple(out))] if out else []
+        if host:
+            actions.append(ToHost(tuple(host)))
         return actions + self._settle()
 
     def grab_refused(self, device: str, held: Iterable[int]) -> list[Action]:
@@ -223,6 +254,38 @@ class RouterCore:
         del self.guest_down[code]
         return [(EV_KEY, code, 0)]
 
+    def _host_key(self, device: str, code: int, value: int, grabbed: bool) -> list[Event]:
+        """A host key on ``device``: to the host-keys device while the guest has it
+        (a device not grabbed reaches the host by itself)."""
+        if value == 0:
+            return self._host_release(device, code)
+        holders = self.host_down.get(code)
+        if value == 1 and grabbed:
+            if holders is None:
+                self.host_down[code] = {device}
+                return [(EV_KEY, code, 1)]
+            holders.add(device)
+            return []
+        if value == 2 and holders is not None and device in holders:
+            return [(EV_KEY, code, 2)]  # the keyboard's own autorepeat
+        return []
+
+    def _host_release(self, device: str, code: int) -> list[Event]:
+        holders = self.host_down.get(code)
+        if holders is None or device not in holders:
+            return []
+        holders.discard(device)
+        if holders:
+            return []
+        del self.host_down[code]
+        return [(EV_KEY, code, 0)]
+
+    def _release_on_host(self, device: str) -> list[Action]:
+        out: list[Event] = []
+        for code in sorted(self.host_down):
+            out.extend(self._host_release(device, code))
+        return [ToHost(tuple(out))] if out else []
+
     def _release_in_guest(self, device: str) -> list[Action]:
         out: list[Event] = []
         for code in sorted(self.guest_down):
@@ -234,6 +297,9 @@ class RouterCore:
         for device in sorted({d for holders in self.guest_down.values() for d in holders}):
             actions.extend(self._release_in_guest(device))
         self.guest_down.clear()
+        if self.host_down:  # the host reads the real keyboards again
+            actions.append(ToHost(tuple((EV_KEY, code, 0) for code in sorted(self.host_down))))
+            self.host_down.clear()
         actions.extend(Ungrab(d) for d in sorted(self.grabbed))
         self.grabbed.clear()
         if self.mode is not InputMode.HOST:

@@ -253,6 +253,7 @@ class Input:
     gpu_hotkey: tuple[str, ...] = ()  # a chord that toggles the live GPU groups
     follow_gpu: bool = False  # keyboard and mouse go where the live GPU goes
     escape_hotkey: tuple[str, ...] = ()  # held 2 s: stop the VM (the Ctrl-C ladder)
+    host_keys: tuple[str, ...] = ()  # in guest mode to the host ("handoff host keys")
 
 
 @dataclass(frozen=True)

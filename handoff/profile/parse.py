@@ -37,6 +37,7 @@ from handoff.errors import CpuListError, PciAddressError, ProfileError
 from handoff.input.keynames import KEY_CODES
 from handoff.pci.address import PciAddress
 from handoff.profile.control import parse_control
+from handoff.profile.host_keys import with_host_keys
 from handoff.profile.model import (
     RESERVED_NAMES,
     SECTION_KEYS,
@@ -1171,8 +1172,8 @@ def parse_profile(text: str, source: Path) -> Profile:
         display=display,
         passthrough=passthrough,
         host_display=host_display,
-        input=_parse_input(reader, data, host_display.handover,
-                           any(p.live for p in passthrough)),
+        input=with_host_keys(reader, data, _parse_input(
+            reader, data, host_display.handover, any(p.live for p in passthrough))),
         cpu=_parse_cpu(reader, data, vm),
         memory=_parse_memory_section(reader, data, vm),
         control=parse_control(reader, data),
