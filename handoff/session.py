@@ -39,7 +39,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,6 +151,12 @@ def default_resources(
 
     report = report or _print_line
     resources: list[HostResource] = []
+    hooks = None
+    if profile.hooks:  # first: released last, its stop hooks see the host put back
+        from handoff.hooks.runner import HookRunner
+
+        hooks = HookRunner(profile)
+        resources.append(hooks)
     # Each resource's module (sysfs and journal code; evdev, pyudev) is imported
     # only when the profile uses it: a plain VM starts without them.
     if profile.host_display.handover:  # before the GPU: the display leaves the card first
@@ -176,17 +182,35 @@ def default_resources(
             from handoff.live.state import LiveState
 
             live.on_moved = lambda state: inputs.follow_gpu(state is LiveState.IN_GUEST)
+        if hooks is not None:
+            inputs.on_mode = hooks.on_input_mode
         if live is not None and profile.input.gpu_hotkey:
             from functools import partial
 
             from handoff.live.resource import GpuTarget
 
             inputs.on_gpu_hotkey = partial(live.move, GpuTarget.TOGGLE)  # `handoff gpu` toggle
+    if live is not None and hooks is not None:
+        live.on_moved = _gpu_hooks(live.on_moved, hooks.on_gpu_moved)
     if profile.tuned:  # last: its pool and governors go back first, once QEMU is gone
         from handoff.tune.resource import TuneResource
 
         resources.append(TuneResource(profile, paths, report=report))
     return resources
+
+
+def _gpu_hooks(
+    follow: Callable[[Any], Awaitable[None]] | None, fire: Callable[[bool], None]
+) -> Callable[[Any], Awaitable[None]]:
+    """A live GPU moved: queue the gpu-guest/gpu-host hooks, then let input follow."""
+    from handoff.live.state import LiveState
+
+    async def moved(state: Any) -> None:
+        fire(state is LiveState.IN_GUEST)
+        if follow is not None:
+            await follow(state)
+
+    return moved
 
 
 def preflight(

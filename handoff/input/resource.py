@@ -59,7 +59,7 @@ from handoff.input.keymap import (
 )
 from handoff.input.router import EscapeChord, RouterCore
 from handoff.input.virtio import VirtioProxies
-from handoff.profile import InputBackend, Profile
+from handoff.profile import InputBackend, InputMode, Profile
 from handoff.resources import ControlRegistry, JsonObject, VmHandle
 from handoff.run_layout import input_monitor_path, proxy_links
 from handoff.session_plan import input_argv
@@ -84,6 +84,8 @@ class InputHandoff:
         self._host_device: HostKeysDevice | None = None
         #: What the gpu chord starts (the session: the live GPU's toggle).
         self.on_gpu_hotkey: Callable[[], Awaitable[object]] | None = None
+        #: Told every change of side (the session: the [[hook]] runner's queue; must not block).
+        self.on_mode: Callable[[InputMode], None] | None = None
         Selection.from_profile(self._input.devices, self._input.exclude)
         self._proxies: VirtioProxies | None = None
         self._router: InputRouter | None = None
@@ -170,12 +172,17 @@ class InputHandoff:
         escape = self._input.escape_hotkey
         router = InputRouter(
             core, sink, escape=EscapeChord(hotkey_codes(escape)) if escape else None,
+            on_mode=self._mode_changed,
             on_gpu=lambda: nursery.start_soon(self._toggle_gpu),
             to_host=self._host_device.write if self._host_device is not None else None,
         )
         if escape:
             nursery.start_soon(router.run_escape)  # the chord's deadline
         return router
+
+    def _mode_changed(self, mode: InputMode) -> None:
+        if self.on_mode is not None:
+            self.on_mode(mode)
 
     async def _keymap(self, vm: VmHandle) -> Mapping[int, str]:
         try:

@@ -307,6 +307,26 @@ def guest_topology(vm: Vm) -> GuestTopology:
     return GuestTopology(vm.sockets or 1, vm.cores or 1, vm.threads or 1)
 
 
+class HookEvent(Enum):
+    """When a ``[[hook]]`` runs: input moved, a live GPU moved, the VM started or stopped."""
+
+    GUEST = "guest"
+    HOST = "host"
+    GPU_GUEST = "gpu-guest"
+    GPU_HOST = "gpu-host"
+    START = "start"
+    STOP = "stop"
+
+
+@dataclass(frozen=True)
+class Hook:
+    """``[[hook]]``: a program run (argv, no shell) on an event, killed after ``timeout`` s."""
+
+    on: HookEvent
+    run: tuple[str, ...]
+    timeout: float = 5.0
+
+
 @dataclass(frozen=True)
 class Control:
     """``[control]``: who besides root may run status/switch/gpu/stop for a root session.
@@ -338,6 +358,7 @@ class Profile:
     cpu: Cpu = field(default_factory=Cpu)
     memory: Memory = field(default_factory=Memory)
     control: Control = field(default_factory=Control)
+    hooks: tuple[Hook, ...] = field(default=(), metadata={TOML_KEY: "hook"})
 
     @property
     def tuned(self) -> bool:

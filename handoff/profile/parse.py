@@ -37,6 +37,7 @@ from handoff.errors import CpuListError, PciAddressError, ProfileError
 from handoff.input.keynames import KEY_CODES
 from handoff.pci.address import PciAddress
 from handoff.profile.control import parse_control
+from handoff.profile.hooks import parse_hooks
 from handoff.profile.host_keys import with_host_keys
 from handoff.profile.model import (
     RESERVED_NAMES,
@@ -1177,6 +1178,7 @@ def parse_profile(text: str, source: Path) -> Profile:
         cpu=_parse_cpu(reader, data, vm),
         memory=_parse_memory_section(reader, data, vm),
         control=parse_control(reader, data),
+        hooks=parse_hooks(reader, data),
     )
 
 

@@ -428,3 +428,50 @@ async def test_the_user_who_ran_sudo_controls_the_root_session_a_third_user_is_r
         assert "stop requested through the control socket" in cli.text()
         assert not (run / "control").exists()
         assert not (run / "desk").exists()
+
+
+async def test_hooks_run_on_start_on_each_switch_and_on_stop_and_a_slow_one_is_killed(
+    tmp_path: Path, start_cli: StartCli
+) -> None:
+    """A real session: `handoff switch` to the guest and back runs the hooks of each side
+    with the VM's name and the new side in their environment; a hook sleeping past its
+    timeout is killed and shown in `handoff status`; the VM runs on; stop hooks at the end."""
+    out = tmp_path / "hooks.out"
+    record = f"echo $HANDOFF_EVENT $HANDOFF_MODE $HANDOFF_VM >> {out}"
+    profile = qmp_input_profile_file(tmp_path)
+    profile.write_text(
+        profile.read_text()
+        + f'[[hook]]\non = "start"\nrun = ["sh", "-c", "{record}"]\n'
+        + '[[hook]]\non = "guest"\nrun = ["sleep", "60"]\ntimeout = 0.5\n'
+        + f'[[hook]]\non = "guest"\nrun = ["sh", "-c", "{record}"]\n'
+        + f'[[hook]]\non = "host"\nrun = ["sh", "-c", "{record}"]\n'
+        + f'[[hook]]\non = "stop"\nrun = ["sh", "-c", "{record}"]\n'
+    )
+    env = cli_env(tmp_path / "run")
+
+    async def lines(count: int) -> list[str]:
+        while not out.exists() or len(out.read_text().splitlines()) < count:  # noqa: ASYNC110
+            await trio.sleep(0.05)
+        return out.read_text().splitlines()
+
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            cli = await start_cli(profile, nursery)
+            await cli.wait_for("^handoff: running")
+            assert await lines(1) == ["start qmpin"]
+            guest = await handoff(env, "switch", "qmpin", "guest", "--json")
+            assert json.loads(guest.stdout) == {"mode": "guest", "pending": None}
+            assert await lines(2) == ["start qmpin", "guest guest qmpin"]
+            host = await handoff(env, "switch", "qmpin", "host", "--json")
+            assert json.loads(host.stdout) == {"mode": "host", "pending": None}
+            assert (await lines(3))[2] == "host host qmpin"
+            status = json.loads((await handoff(env, "status", "qmpin", "--json")).stdout)
+            hooks = status["resources"]["hooks"]["hooks"]
+            assert hooks[1] == {"on": "guest", "run": "sleep",
+                                "last": "killed at its timeout (0.5 s)"}
+            assert status["phase"] == "running"
+            cli.process.send_signal(signal.SIGINT)
+            assert await cli.process.wait() == 130
+    assert out.read_text().splitlines() == [
+        "start qmpin", "guest guest qmpin", "host host qmpin", "stop qmpin",
+    ]

@@ -64,6 +64,8 @@ LAYERS: dict[str, Layer] = {
     "handoff.display.sysfs": Layer.EDGE,
     "handoff.display.units": Layer.EDGE,
     "handoff.init.gather": Layer.EDGE,
+    "handoff.hooks.": Layer.CORE,
+    "handoff.hooks.runner": Layer.EDGE,
     # edges
     "handoff.pci.": Layer.EDGE,
     "handoff.input.": Layer.EDGE,
