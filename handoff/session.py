@@ -152,10 +152,11 @@ def default_resources(
     report = report or _print_line
     resources: list[HostResource] = []
     hooks = None
-    if profile.hooks:  # first: released last, its stop hooks see the host put back
+    if profile.hooks or profile.monitor.configured:  # first: released last
         from handoff.hooks.runner import HookRunner
+        from handoff.monitor.plan import monitor_hooks
 
-        hooks = HookRunner(profile)
+        hooks = HookRunner(profile, owned=monitor_hooks(profile.monitor))
         resources.append(hooks)
     # Each resource's module (sysfs and journal code; evdev, pyudev) is imported
     # only when the profile uses it: a plain VM starts without them.

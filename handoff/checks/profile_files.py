@@ -59,6 +59,13 @@ def check_profile_on_host(profile: Profile) -> None:
         _check_user_access(profile, qemu_user)
     for index, hook in enumerate(profile.hooks):
         _check_hook_program(src, f"hook[{index}].run[0]", hook.run[0])
+    if profile.monitor.configured and shutil.which("ddcutil") is None:
+        raise ProfileError(
+            "found a [monitor] section, but ddcutil is not installed (not on PATH)",
+            path=src, key="monitor",
+            fix="apt-get install ddcutil (handoff runs it to switch the input), or remove "
+            "[monitor]",
+        )
 
 
 def check_profile_files(profile: Profile) -> Check:

@@ -43,9 +43,13 @@ class HookRunner:
 
     name = "hooks"
 
-    def __init__(self, profile: Profile, *, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, profile: Profile, *, environ: Mapping[str, str] | None = None,
+        owned: tuple[Hook, ...] = (),
+    ) -> None:
         self._profile = profile
-        self._hooks = profile.hooks
+        # handoff's own hooks ([monitor]'s ddcutil) first: the screen switches first.
+        self._hooks = owned + profile.hooks
         self._environ = dict(os.environ if environ is None else environ)
         self._send, self._receive = trio.open_memory_channel[HookEvent](math.inf)
         self._queued = 0

@@ -307,6 +307,32 @@ def guest_topology(vm: Vm) -> GuestTopology:
     return GuestTopology(vm.sockets or 1, vm.cores or 1, vm.threads or 1)
 
 
+class MonitorFollow(Enum):
+    """What the monitor's input follows: keyboard and mouse, or a live GPU."""
+
+    INPUT = "input"
+    GPU = "gpu"
+
+
+@dataclass(frozen=True)
+class Monitor:
+    """``[monitor]``: switch the monitor's input (DDC/CI VCP 0x60, through ddcutil).
+
+    ``ddc_bus`` is /dev/i2c-N, ``ddc_display`` ddcutil's display number (one of
+    them); ``guest_input``/``host_input`` are VCP 0x60 values (names in the
+    profile are MCCS names, handoff.monitor.mccs)."""
+
+    ddc_bus: int | None = None
+    ddc_display: int | None = None
+    guest_input: int | None = None
+    host_input: int | None = None
+    follow: MonitorFollow = MonitorFollow.INPUT
+
+    @property
+    def configured(self) -> bool:
+        return self.guest_input is not None or self.host_input is not None
+
+
 class HookEvent(Enum):
     """When a ``[[hook]]`` runs: input moved, a live GPU moved, the VM started or stopped."""
 
@@ -359,6 +385,7 @@ class Profile:
     memory: Memory = field(default_factory=Memory)
     control: Control = field(default_factory=Control)
     hooks: tuple[Hook, ...] = field(default=(), metadata={TOML_KEY: "hook"})
+    monitor: Monitor = field(default_factory=Monitor)
 
     @property
     def tuned(self) -> bool:

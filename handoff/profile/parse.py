@@ -73,6 +73,7 @@ from handoff.profile.model import (
 )
 from handoff.profile.model import Cpu as CpuSection
 from handoff.profile.model import Memory as MemorySection
+from handoff.profile.monitor import parse_monitor
 from handoff.tune.cpulist import parse_cpulist
 from handoff.tune.model import (
     EMULATOR_AUTO,
@@ -1179,6 +1180,7 @@ def parse_profile(text: str, source: Path) -> Profile:
         memory=_parse_memory_section(reader, data, vm),
         control=parse_control(reader, data),
         hooks=parse_hooks(reader, data),
+        monitor=parse_monitor(reader, data, any(p.live for p in passthrough)),
     )
 
 

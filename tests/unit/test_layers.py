@@ -65,6 +65,7 @@ LAYERS: dict[str, Layer] = {
     "handoff.display.units": Layer.EDGE,
     "handoff.init.gather": Layer.EDGE,
     "handoff.hooks.": Layer.CORE,
+    "handoff.monitor.": Layer.CORE,
     "handoff.hooks.runner": Layer.EDGE,
     # edges
     "handoff.pci.": Layer.EDGE,

@@ -69,7 +69,7 @@ async def test_hooks_hear_of_every_gpu_move_and_input_move_and_input_still_follo
     inputs._router = InputRouter(RouterCore(frozenset({KEY_SCROLLLOCK}), InputMode.HOST),
                                  Guest(), on_mode=inputs._mode_changed)
     fired: list[HookEvent] = []
-    hooks.fire = fired.append  # type: ignore[method-assign]
+    hooks.fire = fired.append  # type: ignore[method-assign,assignment]
     assert live.on_moved is not None
     await live.on_moved(LiveState.IN_GUEST)
     assert inputs.status()["mode"] == "guest"
