@@ -76,6 +76,15 @@ class OvmfFiles:
 
 
 @dataclass(frozen=True)
+class MonitorFact:
+    """A monitor ``ddcutil detect`` found: its display number, I2C bus and model."""
+
+    display: int | None
+    bus: int | None
+    model: str
+
+
+@dataclass(frozen=True)
 class HostFacts:
     """Everything `handoff init` decides from, gathered read-only by :mod:`.gather`."""
 
@@ -87,3 +96,5 @@ class HostFacts:
     pci_ids: Path | None = None  # the database the names came from
     inputs: tuple[InputDeviceFact, ...] = ()
     disk: DiskFact | None = None
+    #: What ``ddcutil detect`` found; None when ddcutil is not installed.
+    monitors: tuple[MonitorFact, ...] | None = None

@@ -211,3 +211,59 @@ def test_doctor_probe_reads_the_input_as_value_and_0xff(
     assert (probed.name, probed.verdict) == ("monitor-input", verdict)
     assert detail in probed.detail
     assert _lines(calls) == ["--bus 5 --sleep-multiplier 0.5 --terse getvcp 60"]
+
+
+# ------------------------------------------------------------------ handoff init
+
+DETECT = """Display 1
+   I2C bus:  /dev/i2c-5
+   Monitor:             DEL:DELL U2415:7MT0167B2YNL
+
+Invalid display
+   I2C bus:  /dev/i2c-7
+   Monitor:             GSM:LG HDR 4K:
+
+Display 2
+   I2C bus:  /dev/i2c-9
+   Monitor:             AUS:VG27A:M3LMQS370969
+"""
+
+
+def test_init_lists_the_monitors_ddcutil_detects_in_a_comment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    from handoff.init.choose import InitRequest, plan_init
+    from handoff.init.facts import MonitorFact
+    from handoff.init.gather import ddcutil_monitors, parse_detect
+    from handoff.init.render import render_profile
+    from tests.unit.fakesysfs import igpu_dgpu_host
+    from tests.unit.test_init_choose import facts_of
+    from tests.unit.test_init_render import written
+
+    assert parse_detect(DETECT) == (
+        MonitorFact(1, 5, "DEL:DELL U2415:7MT0167B2YNL"),
+        MonitorFact(None, 7, "GSM:LG HDR 4K:"),
+        MonitorFact(2, 9, "AUS:VG27A:M3LMQS370969"),
+    )
+    calls = fake_ddcutil(tmp_path / "bin", answer="")
+    (tmp_path / "bin" / "ddcutil").write_text(
+        f'#!/bin/sh\necho "$*" >> {calls}\ncat <<EOF\n{DETECT}EOF\n'
+    )
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    monitors = ddcutil_monitors()
+    assert _lines(calls) == ["detect --terse"]
+    assert monitors is not None
+    assert len(monitors) == 3
+    facts = dataclasses.replace(facts_of(igpu_dgpu_host, tmp_path), monitors=monitors)
+    text = render_profile(plan_init(facts, InitRequest("win10")))
+    assert "#   ddc_bus = 5 (display 1): DEL:DELL U2415:7MT0167B2YNL" in text
+    assert "# [monitor]\n# ddc_bus = 5\n" in text
+    assert written(tmp_path, text).monitor == Monitor()  # only a comment
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert ddcutil_monitors() is None  # not installed: nothing listed
+    (tmp_path / "again").mkdir()
+    again = facts_of(igpu_dgpu_host, tmp_path / "again")
+    plain = render_profile(plan_init(again, InitRequest("win10")))
+    assert "ddc_bus" not in plain
