@@ -62,8 +62,9 @@ import trio
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from handoff import journal as jr  # noqa: E402
 from handoff.host import HostPaths  # noqa: E402
-from handoff.pci import journal as jr  # noqa: E402
+from handoff.journal.store import volatile  # noqa: E402
 from handoff.pci.address import PciAddress  # noqa: E402
 from handoff.pci.commands import run_attach, run_detach  # noqa: E402
 from handoff.pci.engine import Engine  # noqa: E402
@@ -115,7 +116,7 @@ async def timed(run: Callable[[], Awaitable[None]]) -> float:
 async def bench(rounds: int) -> None:
     vga, audio = find(0x1234, 0x1111), find(0x8086, 0x293E)
     # The journal lives where production keeps it: a tmpfs (/run/handoff).
-    tmpfs = next((d for d in ("/run", "/dev/shm") if jr._volatile(d)), None)
+    tmpfs = next((d for d in ("/run", "/dev/shm") if volatile(d, "/proc/self/mountinfo")), None)
     run_dir = Path(tempfile.mkdtemp(prefix="handoff-bench-", dir=tmpfs))
     paths = HostPaths(run=run_dir)
     print(f"journal in {run_dir} ({'tmpfs' if tmpfs else 'a disk: every save fsyncs'})")

@@ -49,14 +49,19 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from handoff.control import ControlCommands  # noqa: E402
+from handoff.control_protocol import Side  # noqa: E402
 from handoff.host import HostPaths  # noqa: E402
+from handoff.journal.store import volatile  # noqa: E402
 from handoff.live.guest import EventHub, attach, guest_ids  # noqa: E402
-from handoff.live.resource import GpuTarget, LiveGpu  # noqa: E402
+from handoff.live.resource import LiveGpu  # noqa: E402
 from handoff.live.sequence import add_arguments, live_slots  # noqa: E402
-from handoff.pci import journal as jr  # noqa: E402
 from handoff.pci.address import PciAddress  # noqa: E402
 from handoff.pci.sysfs import read_device, read_iommu  # noqa: E402
-from handoff.profile import Profile, parse_profile  # noqa: E402
+from handoff.profile import (  # noqa: E402
+    Accelerator,
+    Profile,
+    parse_profile,
+)
 from handoff.qemu.process import QemuProcess  # noqa: E402
 from handoff.qemu.qmp import QmpConnection, open_qmp  # noqa: E402
 from handoff.session_plan import HostFacts, plan_session  # noqa: E402
@@ -115,7 +120,7 @@ def profile_for(vga: PciAddress, audio: PciAddress, directory: Path) -> Profile:
 
 def argv_for(profile: Profile, fd: int, run: Path) -> list[str]:
     """The plan's argv without the cold-plugged functions (hot-plugged once firmware ran)."""
-    facts = HostFacts(accel="tcg", accel_reason="bench", supervisor_uid=0)
+    facts = HostFacts(accel=Accelerator.TCG, accel_reason="bench", supervisor_uid=0)
     out: list[str] = []
     for value in plan_session(profile, facts, HostPaths(run=run)).argv_with_monitor_fd(fd):
         if value.startswith("vfio-pci,"):
@@ -181,7 +186,7 @@ async def bare_round(vm: Vm, profile: Profile, functions: list[PciAddress],
 
 async def bench(rounds: int) -> None:
     vga, audio = find(0x1234, 0x1111), find(0x8086, 0x293E)
-    tmpfs = next((d for d in ("/run", "/dev/shm") if jr._volatile(d)), None)
+    tmpfs = next((d for d in ("/run", "/dev/shm") if volatile(d, "/proc/self/mountinfo")), None)
     run = Path(tempfile.mkdtemp(prefix="handoff-livebench-", dir=tmpfs))
     paths = dataclasses.replace(HostPaths.from_environment(), run=run)
     profile = profile_for(vga, audio, run)
@@ -200,12 +205,12 @@ async def bench(rounds: int) -> None:
                 await live.vm_started(vm, nursery, ControlCommands())
                 for _ in range(rounds):
                     with clock(times, "handoff: to host"):
-                        await live.move(GpuTarget.HOST)
+                        await live.move(Side.HOST)
                     times.setdefault("handoff: guest release", []).append(
                         live.timings["guest_release"])
                     times.setdefault("handoff: host side", []).append(live.timings["host_return"])
                     with clock(times, "handoff: to guest"):
-                        await live.move(GpuTarget.GUEST)
+                        await live.move(Side.GUEST)
                     times.setdefault("handoff: preflight", []).append(live.timings["preflight"])
                     times.setdefault("handoff: to vfio-pci", []).append(live.timings["to_vfio"])
                     times.setdefault("handoff: device_add", []).append(

@@ -62,7 +62,7 @@ from pathlib import Path
 import trio
 
 from handoff.host import HostPaths
-from handoff.profile import Profile, load_profile
+from handoff.profile import Accelerator, Profile, load_profile
 from handoff.qemu.accel import choose_accel
 from handoff.session import Session, session_argv
 from handoff.session_end import StopRequest
@@ -83,7 +83,7 @@ def _read_json_line(sock: socket.socket, buffer: bytearray) -> dict[str, object]
     return value
 
 
-def bare_round(profile: Profile, paths: HostPaths, accel: str) -> float:
+def bare_round(profile: Profile, paths: HostPaths, accel: Accelerator) -> float:
     """Seconds from spawn to a negotiated QMP monitor, with nothing else around QEMU."""
     ours, theirs = socket.socketpair()
     argv = session_argv(profile, paths, accel, monitor_fd=theirs.fileno())

@@ -47,9 +47,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from startup import bare_round
 
 from handoff.host import HostPaths
-from handoff.profile import Profile, parse_profile
+from handoff.profile import Accelerator, Profile, parse_profile
+from handoff.resources import HostResource
 from handoff.session import Session, default_resources
 from handoff.session_end import StopRequest
+from handoff.session_plan import SessionPlan
 
 POOL = Path("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")
 PAGES = 512  # 1 GiB of 2 MiB pages
@@ -87,7 +89,11 @@ class Round:
 def session_round(p: Profile, paths: HostPaths) -> Round:
     """One session from Session.run() to the running line, then a forced stop."""
     marks: dict[str, float] = {}
-    resources = default_resources(p, paths, report=lambda _: None)
+    built: list[HostResource] = []
+
+    def resources(plan: SessionPlan) -> list[HostResource]:
+        built.extend(default_resources(plan, paths, report=lambda _: None))
+        return built
 
     async def main() -> None:
         def report(line: str) -> None:
@@ -106,7 +112,7 @@ def session_round(p: Profile, paths: HostPaths) -> Round:
     return Round(
         marks["running"] - marks["start"],
         marks["QMP connected"] - marks["QEMU started"],
-        resources[0].status() if resources else {},
+        built[0].status() if built else {},
     )
 
 
@@ -117,10 +123,10 @@ def bare_prealloc(plain: Profile, tuned: Profile, paths: HostPaths) -> float:
     try:
         if int(POOL.read_text()) < before + PAGES:
             raise SystemExit(f"the kernel could not give {PAGES} 2M pages: free some memory")
-        with_backend = bare_round(tuned, paths, "tcg")
+        with_backend = bare_round(tuned, paths, Accelerator.TCG)
     finally:
         POOL.write_text(str(before))
-    return with_backend - bare_round(plain, paths, "tcg")
+    return with_backend - bare_round(plain, paths, Accelerator.TCG)
 
 
 def line(label: str, values: list[float], base: list[float] | None = None, goal: str = "") -> str:
@@ -142,7 +148,7 @@ def main() -> int:
     plain, tuned = profile("plain", False), profile("tuned", True)
     before = int(POOL.read_text())
     # The run directory on tmpfs, like the default /run/handoff: there a journal
-    # save is a rename, not an fsync (handoff.pci.journal._volatile).
+    # save is a rename, not an fsync (handoff.journal.store.volatile).
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
     with tempfile.TemporaryDirectory(prefix="handoff-bench-", dir=shm) as tmp:
         paths = HostPaths(run=Path(tmp) / "run")

@@ -51,6 +51,10 @@ apt_pkgs=(qemu-system-x86 qemu-utils ovmf kmod pciutils udev python3 python3-ven
 [ "$dev" = 1 ] && apt_pkgs+=(busybox-static cpio systemd)
 # Tests of the generated completions and man page run the real shells and groff.
 [ "$dev" = 1 ] && apt_pkgs+=(zsh fish groff-base)
+# Tests of `handoff import`/`export` against libvirt's own tools: virt-install --print-xml,
+# virt-xml-validate, and a libvirtd (QEMU driver) the tests start for define/start/
+# domxml-to-native. handoff itself never needs libvirt.
+[ "$dev" = 1 ] && apt_pkgs+=(libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients virtinst)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

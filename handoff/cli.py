@@ -29,20 +29,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 import logging
 import os
 import sys
 import termios
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-from handoff.control_protocol import SwitchTarget
+from handoff.control_protocol import Command, Field, Side
 from handoff.errors import HandoffError, SessionNotRunningError
-from handoff.profile_lookup import is_path_argument, resolve_profile
+from handoff.profile_lookup import resolve_profile
+
+if TYPE_CHECKING:  # the plan's modules load only for the commands that plan
+    from handoff.session_plan import SessionPlan
 
 __all__ = ["DELEGATED", "EXIT_ERROR", "EXIT_INTERRUPTED", "build_parser", "main"]
 
@@ -55,27 +58,10 @@ log = logging.getLogger("handoff")
 # --------------------------------------------------------------------------- helpers
 
 
-def _session_name(argument: str) -> str:
-    """The session name for status/stop/switch: a bare name, or the name inside a profile."""
-    if is_path_argument(argument):
-        from handoff.profile import load_profile
-
-        return load_profile(Path(argument)).name
-    return argument
-
-
 def _paths() -> Any:
     from handoff.host import HostPaths
 
     return HostPaths.from_environment()
-
-
-def _control_socket(name: str) -> Path:
-    """The session's own run root first; a root session's socket for this user after."""
-    from handoff.control_find import locate, system_run_root
-
-    own: Path = _paths().run
-    return locate(name, own, system_run_root(os.environ), os.geteuid())
 
 
 @contextlib.contextmanager
@@ -119,21 +105,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     import trio
 
     from handoff.profile import load_profile
-    from handoff.qemu.cmdline import format_argv
     from handoff.session import Session, default_resources, preflight
 
     profile = load_profile(resolve_profile(args.profile))
     paths = _paths()
     if args.dry_run:
-        plan = preflight(profile, paths, binary=args.qemu, trace_file=args.trace_input).plan
-        print(format_argv(plan.argv))
-        for change in plan.changes:  # stderr: stdout stays the command alone
-            print(f"handoff: would: {change.describe()}", file=sys.stderr)
+        _print_plan(preflight(profile, paths, binary=args.qemu, trace_file=args.trace_input).plan)
         return 0
     session = Session(
         profile,
         paths,
-        default_resources(profile, paths),
+        lambda plan: default_resources(plan, paths),  # built from the preflight's plan
         binary=args.qemu,
         trace_file=args.trace_input,
     )
@@ -148,9 +130,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_argv(args: argparse.Namespace) -> int:
     from handoff.host_facts import gather_host_facts
-    from handoff.profile import load_profile
+    from handoff.profile import Accelerator, load_profile
     from handoff.qemu.accel import kvm_problem
-    from handoff.qemu.cmdline import format_argv
     from handoff.session_plan import plan_session
 
     profile = load_profile(resolve_profile(args.profile))
@@ -158,10 +139,19 @@ def cmd_argv(args: argparse.Namespace) -> int:
     # Showing a command changes nothing, so a KVM profile is shown as written
     # even on a host where `run` would refuse it; the reason goes to stderr.
     facts = gather_host_facts(profile, paths, strict=False)
-    if facts.accel == "kvm" and kvm_problem(paths) is not None:
+    if facts.accel is Accelerator.KVM and kvm_problem(paths) is not None:
         print(f"handoff: note: {facts.accel_reason}", file=sys.stderr)
-    print(format_argv(plan_session(profile, facts, paths, binary=args.qemu).argv))
+    _print_plan(plan_session(profile, facts, paths, binary=args.qemu))
     return 0
+
+
+def _print_plan(plan: SessionPlan) -> None:
+    """The plan's argv on stdout (the command alone), its host changes on stderr."""
+    from handoff.qemu.cmdline import format_argv
+
+    print(format_argv(plan.argv), flush=True)
+    for change in plan.changes:
+        print(f"handoff: would: {change.describe()}", file=sys.stderr)
 
 
 def _running_sessions() -> list[str]:
@@ -229,13 +219,13 @@ def _duration(seconds: float) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from handoff.control_client import request
+    from handoff.control_client import control_socket, request, session_name
 
-    names = [_session_name(args.profile)] if args.profile else _running_sessions()
+    names = [session_name(args.profile)] if args.profile else _running_sessions()
     statuses: list[dict[str, Any]] = []
     for name in names:
         try:
-            statuses.append(request(_control_socket(name), {"command": "status"}))
+            statuses.append(request(control_socket(name), {Field.COMMAND: Command.STATUS}))
         except SessionNotRunningError:
             if args.profile:
                 raise
@@ -268,27 +258,36 @@ def _print_display_journals() -> None:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from handoff.control_client import request
+    from handoff.control_client import control_socket, request, session_name
 
-    name = _session_name(args.profile)
-    result = request(_control_socket(name), {"command": "stop", "force": args.force})
+    name = session_name(args.profile)
+    result = request(
+        control_socket(name), {Field.COMMAND: Command.STOP, Field.FORCE: args.force}
+    )
     if args.json:
         print(json.dumps(result))
     else:
-        how = "forcing QEMU to quit" if result.get("force") else "asking the guest to power off"
+        how = "forcing QEMU to quit" if result.get(Field.FORCE) else "asking the guest to power off"
         print(f"{name}: stopping ({how}); the supervisor reports the end")
     return 0
 
 
 def cmd_switch(args: argparse.Namespace) -> int:
     """``{"command": "switch", "mode": "host"|"guest"|"toggle"}`` → the input resource."""
-    from handoff.control_client import ControlRequestError, request
+    from handoff.control_client import (
+        ControlRequestError,
+        control_socket,
+        request,
+        session_name,
+    )
     from handoff.control_protocol import ControlErrorCode
 
-    name = _session_name(args.profile)
-    target = SwitchTarget(args.to)
+    name = session_name(args.profile)
+    side = Side(args.to)
     try:
-        result = request(_control_socket(name), {"command": "switch", "mode": target.value})
+        result = request(
+            control_socket(name), {Field.COMMAND: Command.SWITCH, Field.MODE: side.value}
+        )
     except ControlRequestError as exc:
         if exc.code is not ControlErrorCode.UNKNOWN_COMMAND:
             raise
@@ -299,7 +298,7 @@ def cmd_switch(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    mode, pending = result.get("mode"), result.get("pending")
+    mode, pending = result.get(Field.MODE), result.get(Field.PENDING)
     if pending and pending != mode:
         print(f"{name}: input goes to the {pending} once every key is released "
               f"(now: {mode})")
@@ -310,27 +309,59 @@ def cmd_switch(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- parser
 
+# Each delegated module, imported only when its subcommand is the one given: plain
+# import statements (the layering test sees them), no importlib.
+def _cli_gpu() -> ModuleType:
+    from handoff import cli_gpu
+
+    return cli_gpu
+
+
+def _cli_live() -> ModuleType:
+    from handoff import cli_live
+
+    return cli_live
+
+
+def _doctor() -> ModuleType:
+    from handoff import doctor
+
+    return doctor
+
+
+def _cli_init() -> ModuleType:
+    from handoff import cli_init
+
+    return cli_init
+
+
+def _cli_interop() -> ModuleType:
+    from handoff import cli_interop
+
+    return cli_interop
+
+
 @dataclass(frozen=True)
 class Delegated:
     """A subcommand another module implements: ``adder(parser)`` and ``handler(args)``."""
 
     name: str
-    module: str
+    load: Callable[[], ModuleType]
     adder: str
     handler: str
     help: str
     description: str
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        getattr(importlib.import_module(self.module), self.adder)(parser)
+        getattr(self.load(), self.adder)(parser)
 
     def run(self, args: argparse.Namespace) -> int:
-        status: int = getattr(importlib.import_module(self.module), self.handler)(args)
+        status: int = getattr(self.load(), self.handler)(args)
         return status
 
 
 def _pci(name: str, help_text: str) -> Delegated:
-    return Delegated(name, "handoff.cli_gpu", f"add_{name}_arguments", f"cmd_{name}",
+    return Delegated(name, _cli_gpu, f"add_{name}_arguments", f"cmd_{name}",
                      help_text, help_text[0].upper() + help_text[1:])
 
 
@@ -339,14 +370,22 @@ DELEGATED: tuple[Delegated, ...] = (
     _pci("detach", "move a device (its whole IOMMU group) to vfio-pci"),
     _pci("attach", "give a device back to its host driver"),
     _pci("recover", "return every device a crashed session left on vfio-pci"),
-    Delegated("gpu", "handoff.cli_live", "add_arguments", "cmd_gpu",
+    Delegated("gpu", _cli_live, "add_arguments", "cmd_gpu",
               "move a live GPU between host and running guest",
               "Move the live = true GPU of a running session to the host, to the guest, or "
               "toggle it, while the VM keeps running."),
-    Delegated("doctor", "handoff.doctor", "add_arguments", "cmd_doctor",
+    Delegated("doctor", _doctor, "add_arguments", "cmd_doctor",
               "check this host for passthrough, with fixes",
               "Check this host for GPU passthrough: each check gives a verdict and a fix."),
-    Delegated("init", "handoff.cli_init", "add_arguments", "cmd_init",
+    Delegated("import", _cli_interop, "add_import_arguments", "cmd_import",
+              "write a profile from a libvirt domain's XML",
+              "Write a commented profile from a libvirt domain (virsh dumpxml, virt-manager, "
+              "virt-install): every element that does not map is listed with the reason."),
+    Delegated("export", _cli_interop, "add_export_arguments", "cmd_export",
+              "write a profile as libvirt domain XML or a KubeVirt VirtualMachine",
+              "Write the VM of PROFILE as libvirt domain XML (--libvirt) or as a KubeVirt "
+              "VirtualMachine manifest (--kubevirt), for libvirt's tools or a cluster."),
+    Delegated("init", _cli_init, "add_arguments", "cmd_init",
               "write a working profile from this host's hardware",
               "Write a commented profile for NAME from this host's GPU, IOMMU groups, CPUs, "
               "RAM, firmware and input devices, and say why each was chosen."),
@@ -413,8 +452,8 @@ def build_parser(arguments_for: Collection[str] | None = None) -> argparse.Argum
                             description="Hand the grabbed keyboard and mouse to the guest or "
                             "back to the host (toggle when no side is given).")
     switch.add_argument("profile", metavar="PROFILE", help="profile name or file")
-    switch.add_argument("to", nargs="?", choices=[t.value for t in SwitchTarget],
-                        default=SwitchTarget.TOGGLE.value,
+    switch.add_argument("to", nargs="?", choices=[t.value for t in Side],
+                        default=Side.TOGGLE.value,
                         help="where input goes (default: toggle)")
     switch.add_argument("--json", action="store_true", help="print JSON for scripts")
     switch.set_defaults(handler=cmd_switch)

@@ -2,7 +2,8 @@
 
 Each command is an ``add_<name>_arguments(parser)`` / ``cmd_<name>(args)``
 pair that :mod:`handoff.cli` imports lazily (its ``DELEGATED`` table), over
-the ``run_<name>`` functions of :mod:`handoff.pci.commands`: here only the
+the ``run_<name>`` functions of :mod:`handoff.pci.commands` (and
+:mod:`handoff.recovery` for `recover`): here only the
 options are parsed, the real kernel writer and the host roots chosen, and
 the lines printed. No hand-off logic lives here.
 """
@@ -17,7 +18,7 @@ import trio
 
 from handoff.host import HostPaths
 from handoff.pci.address import PciAddress
-from handoff.pci.commands import run_attach, run_detach, run_groups, run_recover
+from handoff.pci.commands import run_attach, run_detach, run_groups
 from handoff.pci.ops import KernelWriter
 
 
@@ -81,4 +82,6 @@ def add_recover_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_recover(args: argparse.Namespace) -> int:
     del args
+    from handoff.recovery import run_recover  # every capability's recoverer
+
     return trio.run(lambda: run_recover(HostPaths.from_environment(), KernelWriter(), out=_stdout))

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from handoff.errors import HandoffError
 from handoff.host import HostPaths
 from handoff.init.choose import NO_GPU, DiskSource, InitError, InitPlan, InitRequest, plan_init
 from handoff.init.facts import HostFacts
@@ -112,7 +113,7 @@ def run_init(
         sys.stdout.write(text)
         sys.stdout.flush()
     else:
-        _write(target.path, text, force=force)
+        write_file(target.path, text, force=force)
     for line in render_summary(plan, str(target.path or "stdout"), profile_arg):
         out(line)
     return 0
@@ -132,7 +133,10 @@ def _make_disk(plan: InitPlan, make_image: MakeImage) -> None:
         make_image(disk.path, disk.size_bytes)
 
 
-def _write(path: Path, text: str, *, force: bool) -> None:
+def write_file(
+    path: Path, text: str, *, force: bool, command: str = "handoff init",
+    error: type[HandoffError] = InitError,
+) -> None:
     """Create ``path`` (exclusively unless ``force``); a crash never leaves half a file."""
     tmp = path.with_name(f".{path.name}.init-tmp")
     with contextlib.suppress(FileNotFoundError):
@@ -144,8 +148,8 @@ def _write(path: Path, text: str, *, force: bool) -> None:
         else:
             os.link(tmp, path)  # fails if path appeared meanwhile
     except FileExistsError:
-        raise InitError(f"{path} exists already; handoff init never overwrites a profile",
-                        fix="pass --force to replace it") from None
+        raise error(f"{path} exists already; {command} never overwrites a file",
+                    fix="pass --force to replace it") from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -208,6 +212,6 @@ def cmd_init(args: argparse.Namespace) -> int:
     return run_init(request_from(args), target, force=args.force, gather=gather, out=out)
 
 
-__all__ = ["add_arguments", "cmd_init", "run_init"]
+__all__ = ["add_arguments", "cmd_init", "run_init", "write_file"]
 
 

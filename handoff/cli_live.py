@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from handoff.control_protocol import Command, ControlErrorCode, Field, Side
 from handoff.errors import HandoffError
 from handoff.live.guest import RELEASE_TIMEOUT
 
@@ -21,7 +22,7 @@ HOST_SIDE_BUDGET = 90.0
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("profile", metavar="NAME", help="profile name or file of a running session")
-    parser.add_argument("to", nargs="?", default="toggle", choices=["host", "guest", "toggle"],
+    parser.add_argument("to", nargs="?", default="toggle", choices=[s.value for s in Side],
                         help="where the live GPU goes (default: toggle)")
     parser.add_argument("--timeout", type=float, default=RELEASE_TIMEOUT, metavar="S",
                         help="seconds the guest gets to let go of the GPU (default: %(default)g)")
@@ -29,16 +30,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_gpu(args: argparse.Namespace) -> int:
-    from handoff.cli import _control_socket, _session_name
-    from handoff.control_client import ControlRequestError, request
-    from handoff.control_protocol import ControlErrorCode
+    from handoff.control_client import ControlRequestError, control_socket, request, session_name
 
     if args.timeout <= 0:
         raise HandoffError(f"--timeout {args.timeout:g}: expected a positive number of seconds")
-    name = _session_name(args.profile)
-    message = {"command": "gpu", "to": args.to, "release_within": args.timeout}
+    name = session_name(args.profile)
+    message: dict[str, object] = {
+        Field.COMMAND: Command.GPU, Field.TO: args.to, Field.RELEASE_WITHIN: args.timeout
+    }
     try:
-        result = request(_control_socket(name), message,
+        result = request(control_socket(name), message,
                          timeout=args.timeout + HOST_SIDE_BUDGET)
     except ControlRequestError as exc:
         if exc.code is not ControlErrorCode.UNKNOWN_COMMAND:

@@ -19,7 +19,7 @@ protocol is JSON lines: the client writes one object per line with a
 
 The session registers ``status`` and ``stop``; resources register their own
 (the input resource registers ``switch``, whose ``mode`` string it parses
-into a :class:`~handoff.control_protocol.SwitchTarget` with
+into a :class:`~handoff.control_protocol.Side` with
 :func:`~handoff.control_protocol.switch_target`) through :class:`ControlCommands`,
 which implements :class:`handoff.resources.ControlRegistry`. A handler
 raising a :class:`HandoffError` answers ``ok: false`` with its message and

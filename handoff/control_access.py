@@ -16,8 +16,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-#: The control commands a desktop user may run for a root session.
-USER_COMMANDS = frozenset({"status", "switch", "gpu", "stop"})
+from handoff.control_protocol import Command
+
+#: The control commands a desktop user may run for a root session (today: all of them;
+#: a command added to the vocabulary later is root's until it is listed here).
+USER_COMMANDS = frozenset({Command.STATUS, Command.SWITCH, Command.GPU, Command.STOP})
 #: The group whose members may control every root session (the systemd unit's case).
 CONTROL_GROUP = "handoff"
 #: Environment variables that name the user who started a root session.
@@ -73,4 +76,4 @@ def peer_allowed(access: ControlAccess, socket_uid: int | None, peer_uid: int) -
 
 def user_may(command: object) -> bool:
     """Whether a desktop user may run ``command`` (the rest is root's)."""
-    return isinstance(command, str) and command in USER_COMMANDS
+    return isinstance(command, str) and command in {c.value for c in USER_COMMANDS}

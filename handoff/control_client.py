@@ -115,3 +115,26 @@ def _read_line(client: socket.socket) -> bytes:
         if len(data) > 16 * MAX_LINE:
             raise SessionError("the session's answer is too long")
     return data.split(b"\n", 1)[0]
+
+
+def session_name(argument: str) -> str:
+    """The session a light command means: a bare name, or the name inside a profile file."""
+    from handoff.profile_lookup import is_path_argument
+
+    if is_path_argument(argument):
+        from handoff.profile import load_profile
+
+        return load_profile(Path(argument)).name
+    return argument
+
+
+def control_socket(name: str) -> Path:
+    """The control socket of the session ``name``: under this user's own run root first,
+    else a root session's socket for this user (:mod:`handoff.control_find`)."""
+    import os
+
+    from handoff.control_find import locate, system_run_root
+    from handoff.host import HostPaths
+
+    return locate(name, HostPaths.from_environment().run, system_run_root(os.environ),
+                  os.geteuid())

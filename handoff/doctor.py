@@ -48,10 +48,12 @@ from handoff.checks.profile_files import check_profile_files
 from handoff.checks.qemu import DEFAULT_QEMU, Prober, check_ovmf, check_qemu
 from handoff.checks.tune import check_tuning
 from handoff.errors import HandoffError
+from handoff.host_facts import gather_host_facts
 from handoff.pci.sysfs import groups_of
 from handoff.profile import Profile, load_profile
 from handoff.profile_lookup import resolve_profile
 from handoff.qemu.capabilities import probe
+from handoff.session_plan import HostFacts
 
 EXIT_OK = 0
 EXIT_WARN = 1
@@ -96,11 +98,13 @@ def run_checks(
                 )
             )
     checks.append(check_kvm(env, cpu, qemu_user, profile))
-    if profile is not None:
-        checks.extend(_profile_checks(env, profile, supervisor, qemu_user))
+    # The host facts a session plan reads, read once for every check that plans.
+    facts = gather_host_facts(profile, env.host, strict=False) if profile is not None else None
+    if profile is not None and facts is not None:
+        checks.extend(_profile_checks(env, profile, supervisor, qemu_user, facts))
         checks.extend(check_monitor(env, profile, probe=probe_devices))
     checks.append(check_udev_rule(env))
-    checks.append(check_qemu(env, profile, qemu_binary, prober))
+    checks.append(check_qemu(env, profile, qemu_binary, prober, facts=facts))
     if profile is not None:
         checks.append(check_ovmf(profile))
     return checks
@@ -116,7 +120,8 @@ def _not_needed(check: Check) -> Check:
 
 
 def _profile_checks(
-    env: DoctorEnv, profile: Profile, supervisor: Identity, qemu_user: Identity
+    env: DoctorEnv, profile: Profile, supervisor: Identity, qemu_user: Identity,
+    facts: HostFacts,
 ) -> list[Check]:
     # Imported here: the PCI engine is only needed when a profile passes devices through.
     from handoff.checks.devices import check_passthrough_devices
@@ -132,7 +137,7 @@ def _profile_checks(
         checks.append(skip("vfio-nodes", "no [[passthrough]]: /dev/vfio is not used"))
     checks.append(check_uinput(env, supervisor, profile))
     checks.append(check_input_devices(env, supervisor, profile))
-    checks.extend(check_tuning(env, profile))
+    checks.extend(check_tuning(env, profile, facts.tuning))
     if profile.host_display.handover:
         from handoff.checks.display import check_host_display
 

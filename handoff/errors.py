@@ -138,6 +138,18 @@ class HostError(HandoffError):
     """The host lacks something handoff needs (permissions, limits, modules)."""
 
 
+class SystemdError(HostError):
+    """A systemctl command that had to succeed failed; the argv and status are kept."""
+
+    def __init__(
+        self, message: str, *, fix: str | None = None, argv: tuple[str, ...] = (),
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message, fix=fix)
+        self.argv = argv
+        self.status = status
+
+
 # --------------------------------------------------------------------------- performance tuning
 
 
@@ -147,6 +159,14 @@ class TuneError(HandoffError):
 
 class CpuListError(TuneError):
     """A string is not a CPU list in the kernel's syntax ("0-3,8,10-11")."""
+
+
+class PinListError(CpuListError):
+    """One vCPU's entry of cpu.pin is not a usable CPU list; ``index`` is that vCPU."""
+
+    def __init__(self, message: str, *, index: int, fix: str | None = None) -> None:
+        super().__init__(message, fix=fix)
+        self.index = index
 
 
 class PinningRefusedError(TuneError):
@@ -163,3 +183,18 @@ class GovernorRefusedError(TuneError):
 
 class IsolationRefusedError(TuneError):
     """Confining host tasks away from the VM's CPUs would leave the host no CPU."""
+
+
+# --------------------------------------------------------------------------- import / export
+
+
+class InteropError(HandoffError):
+    """A libvirt domain or KubeVirt manifest cannot be read or written as asked."""
+
+
+class DomainImportError(InteropError):
+    """A libvirt domain's XML is not a QEMU domain handoff can run."""
+
+
+class ExportError(InteropError):
+    """A profile cannot be written in the asked format (or to the asked file)."""

@@ -39,22 +39,20 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
-from handoff.checks.profile_files import check_profile_on_host
 from handoff.control import ControlCommands, serve_control
+from handoff.control_protocol import Command, Field
 from handoff.control_users import resolve_access, serve_user_control
 from handoff.errors import HandoffError, QemuLaunchError, QmpError, SessionError
 from handoff.firmware import ensure_firmware_vars
 from handoff.host import HostPaths
-from handoff.host_facts import gather_host_facts
 from handoff.ladder import LadderTimeouts, Rung, shutdown_ladder
-from handoff.profile import Profile
-from handoff.qemu.capabilities import check_bridges, check_supported, probe
+from handoff.profile import Accelerator, Profile
 from handoff.qemu.cmdline import format_argv
 from handoff.qemu.process import QemuProcess, read_log_tail
 from handoff.qemu.qmp import (
@@ -72,7 +70,15 @@ from handoff.session_end import (
     classify_end,
     launch_failure_fix,
 )
-from handoff.session_plan import MONITOR_FD_PLACEHOLDER, HostFacts, SessionPlan, plan_session
+from handoff.session_plan import SessionPlan
+from handoff.session_start import (
+    Preflight,
+    default_resources,
+    preflight,
+    print_line,
+    session_argv,
+    session_plan,
+)
 
 __all__ = [
     "LAUNCH_EXIT_GRACE",
@@ -94,9 +100,6 @@ log = logging.getLogger(__name__)
 RELEASE_TIMEOUT = 60.0
 #: Seconds a QEMU whose monitor hung up gets to exit, to report its exit code.
 LAUNCH_EXIT_GRACE = 5.0
-#: The fd number ``handoff argv`` / ``--dry-run`` shows for the QMP socketpair end.
-DRY_RUN_MONITOR_FD = MONITOR_FD_PLACEHOLDER
-
 
 class Phase(enum.Enum):
     PREFLIGHT = "preflight"
@@ -116,166 +119,6 @@ class Outcome:
     summary: str
     qemu_returncode: int | None = None
     log_tail: str = ""
-
-
-@dataclass(frozen=True)
-class Preflight:
-    """What the read-only checks decided: the session plan they passed."""
-
-    plan: SessionPlan
-
-    @property
-    def accel(self) -> str:
-        return self.plan.facts.accel
-
-    @property
-    def accel_reason(self) -> str:
-        return self.plan.facts.accel_reason
-
-
-def _print_line(line: str) -> None:
-    print(f"handoff: {line}", flush=True)
-
-
-def default_resources(
-    profile: Profile, paths: HostPaths, *, report: Callable[[str], None] | None = None
-) -> list[HostResource]:
-    """The host resources a profile needs, in acquisition order.
-
-    GPU hand-off and input hand-off each add one line here (the GPU first:
-    it must be on vfio-pci before QEMU opens it; releasing in reverse gives
-    keyboard and mouse back to the host first). ``report`` is the session's
-    status-line printer, for resources that report their own steps.
-    """
-    from handoff.profile import InputBackend
-
-    report = report or _print_line
-    resources: list[HostResource] = []
-    hooks = None
-    if profile.hooks or profile.monitor.configured:  # first: released last
-        from handoff.hooks.runner import HookRunner
-        from handoff.monitor.plan import monitor_hooks
-
-        hooks = HookRunner(profile, owned=monitor_hooks(profile.monitor))
-        resources.append(hooks)
-    # Each resource's module (sysfs and journal code; evdev, pyudev) is imported
-    # only when the profile uses it: a plain VM starts without them.
-    if profile.host_display.handover:  # before the GPU: the display leaves the card first
-        from handoff.display.resource import HostDisplay
-
-        resources.append(HostDisplay(profile, paths, report=report))
-    if any(not p.live for p in profile.passthrough):
-        from handoff.pci.resource import GpuHandoff
-
-        resources.append(GpuHandoff(profile, paths, report=report))
-    live = None
-    if any(p.live for p in profile.passthrough):
-        from handoff.live.resource import LiveGpu
-
-        live = LiveGpu(profile, paths, report=report)
-        resources.append(live)
-    if profile.input.backend is not InputBackend.NONE:
-        from handoff.input.resource import InputHandoff
-
-        inputs = InputHandoff(profile, paths)
-        resources.append(inputs)
-        if live is not None and profile.input.follow_gpu:
-            from handoff.live.state import LiveState
-
-            live.on_moved = lambda state: inputs.follow_gpu(state is LiveState.IN_GUEST)
-        if hooks is not None:
-            inputs.on_mode = hooks.on_input_mode
-        if live is not None and profile.input.gpu_hotkey:
-            from functools import partial
-
-            from handoff.live.resource import GpuTarget
-
-            inputs.on_gpu_hotkey = partial(live.move, GpuTarget.TOGGLE)  # `handoff gpu` toggle
-    if live is not None and hooks is not None:
-        live.on_moved = _gpu_hooks(live.on_moved, hooks.on_gpu_moved)
-    if profile.tuned:  # last: its pool and governors go back first, once QEMU is gone
-        from handoff.tune.resource import TuneResource
-
-        resources.append(TuneResource(profile, paths, report=report))
-    return resources
-
-
-def _gpu_hooks(
-    follow: Callable[[Any], Awaitable[None]] | None, fire: Callable[[bool], None]
-) -> Callable[[Any], Awaitable[None]]:
-    """A live GPU moved: queue the gpu-guest/gpu-host hooks, then let input follow."""
-    from handoff.live.state import LiveState
-
-    async def moved(state: Any) -> None:
-        fire(state is LiveState.IN_GUEST)
-        if follow is not None:
-            await follow(state)
-
-    return moved
-
-
-def preflight(
-    profile: Profile,
-    paths: HostPaths,
-    *,
-    binary: str = "qemu-system-x86_64",
-    trace_file: os.PathLike[str] | None = None,
-) -> Preflight:
-    """The read-only checks before anything changes; raises HandoffError to refuse.
-
-    Plans the session (which refuses profile/accelerator combinations such as
-    ``cpu_model = "host"`` without KVM) and checks every QEMU device of the
-    plan's argv, the input backend's included, against the binary.
-    """
-    check_profile_on_host(profile)
-    plan = session_plan(profile, paths, gather_host_facts(profile, paths), binary=binary,
-                        trace_file=trace_file)
-    caps = probe(binary)
-    check_supported(profile, plan.devices, caps, accel=plan.facts.accel)
-    check_bridges(profile)
-    return Preflight(plan)
-
-
-def session_plan(
-    profile: Profile,
-    paths: HostPaths,
-    facts: HostFacts,
-    *,
-    binary: str = "qemu-system-x86_64",
-    trace_file: os.PathLike[str] | None = None,
-) -> SessionPlan:
-    """:func:`handoff.session_plan.plan_session` with the session's argument types."""
-    from pathlib import Path
-
-    trace = Path(trace_file) if trace_file is not None else None
-    return plan_session(profile, facts, paths, binary=binary, trace_file=trace)
-
-
-def session_argv(
-    profile: Profile,
-    paths: HostPaths,
-    accel: str,
-    *,
-    binary: str = "qemu-system-x86_64",
-    monitor_fd: int = DRY_RUN_MONITOR_FD,
-    trace_file: os.PathLike[str] | None = None,
-) -> list[str]:
-    """The plan's argv for ``accel``, with QMP on ``monitor_fd`` (benchmarks, tools).
-
-    QEMU starts paused (``-S``) so the supervisor's tasks are up before the
-    guest's first instruction, and gets QMP on an inherited fd.
-    """
-    tuning = None
-    if profile.tuned:  # the tuning's RAM backend is part of the argv
-        from handoff.tune.topology import read_host
-
-        tuning = read_host(paths)
-    facts = HostFacts(
-        accel="kvm" if accel == "kvm" else "tcg", accel_reason="", supervisor_uid=os.geteuid(),
-        tuning=tuning,
-    )
-    plan = session_plan(profile, paths, facts, binary=binary, trace_file=trace_file)
-    return list(plan.argv_with_monitor_fd(monitor_fd))
 
 
 def describe_event(event: QmpEvent) -> str | None:
@@ -336,15 +179,16 @@ class _State:
     shutdown: dict[str, Any] | None = None
     panicked: bool = False
     killed_by_ladder: bool = False
-    accel: str | None = None
+    accel: Accelerator | None = None
     accel_reason: str | None = None
 
 
 class Session:
     """One foreground VM session. ``await Session(...).run()`` returns its Outcome.
 
-    ``resources`` are acquired in order and released in reverse (pass
-    ``default_resources(profile, paths)``, or test doubles). ``report`` gets
+    ``resources`` are acquired in order and released in reverse: a function
+    that builds them from the preflight's plan (``handoff run`` passes
+    :func:`handoff.session_start.default_resources`), or a list (test doubles). ``report`` gets
     one status line per phase and per QMP event that matters. ``timeouts``
     overrides the ladder's bounds (tests); ``handle_signals`` installs the
     SIGINT/SIGTERM/SIGHUP handlers (the CLI; off for in-process tests that
@@ -356,10 +200,10 @@ class Session:
         self,
         profile: Profile,
         paths: HostPaths,
-        resources: Sequence[HostResource],
+        resources: Sequence[HostResource] | Callable[[SessionPlan], Sequence[HostResource]],
         *,
         binary: str = "qemu-system-x86_64",
-        report: Callable[[str], None] = _print_line,
+        report: Callable[[str], None] = print_line,
         timeouts: LadderTimeouts | None = None,
         handle_signals: bool = True,
         trace_file: os.PathLike[str] | None = None,
@@ -369,7 +213,8 @@ class Session:
     ) -> None:
         self.profile = profile
         self.paths = paths
-        self.resources = tuple(resources)
+        self._build = resources if callable(resources) else None
+        self.resources: tuple[HostResource, ...] = () if callable(resources) else tuple(resources)
         self.binary = binary
         self.report = report
         self.timeouts = timeouts or LadderTimeouts.for_profile(profile)
@@ -379,8 +224,8 @@ class Session:
         self.greeting_timeout = greeting_timeout
         self.on_qmp_ready = on_qmp_ready
         self.commands = ControlCommands()
-        self.commands.register("status", self._control_status)
-        self.commands.register("stop", self._control_stop)
+        self.commands.register(Command.STATUS, self._control_status)
+        self.commands.register(Command.STOP, self._control_stop)
         self._state = _State()
         self._process: QemuProcess | None = None
         self._acquired: list[HostResource] = []
@@ -446,6 +291,8 @@ class Session:
             self.profile, self.paths, binary=self.binary, trace_file=self.trace_file
         )
         state.accel, state.accel_reason = checks.accel, checks.accel_reason
+        if self._build is not None:
+            self.resources = tuple(self._build(checks.plan))
         self.report(f"preflight ok: accelerator {checks.accel} ({checks.accel_reason})")
         access = resolve_access(self.profile, os.environ)  # [control] users exist
         rundir = RunDir.acquire(self.paths, self.profile.name, qemu_user=self.profile.vm.user)
@@ -664,10 +511,10 @@ class Session:
         return self.status()
 
     async def _control_stop(self, message: Mapping[str, Any]) -> JsonObject:
-        force = bool(message.get("force", False))
+        force = bool(message.get(Field.FORCE, False))
         self.report("stop requested through the control socket" + (" (force)" if force else ""))
         self.request_stop(StopRequest("control"), force=force)
-        return {"stopping": True, "force": self._state.force}
+        return {"stopping": True, Field.FORCE: self._state.force}
 
     # ------------------------------------------------------------------ ladder
 

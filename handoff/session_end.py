@@ -15,11 +15,11 @@ Nothing here does I/O: the session passes in what it observed.
 from __future__ import annotations
 
 import enum
-import os
 import re
 import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any
 
 __all__ = [
@@ -85,7 +85,7 @@ def _first_path(line: str) -> str | None:
 
 
 def launch_failure_fix(
-    returncode: int, log_tail: str, *, user: str | None, run_dir: os.PathLike[str] | str
+    returncode: int, log_tail: str, *, user: str | None, run_dir: PurePath | str
 ) -> str:
     """Pure: the fix for QEMU dying before its monitor answered, from how and why it died.
 

@@ -20,16 +20,21 @@ what it touches. Nothing here imports trio, evdev, pyudev or an edge module.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from handoff.host import HostPaths
 from handoff.live.sequence import live_slots
 from handoff.live.windows import Bar, size_windows
 from handoff.pci.address import PciAddress
-from handoff.profile import InputBackend, InputMode, Profile
-from handoff.qemu.cmdline import LaunchSpec, argv_devices, build_argv, input_args
+from handoff.profile import Accelerator, InputBackend, InputMode, Profile
+from handoff.qemu.cmdline import (
+    LaunchSpec,
+    argv_devices,
+    build_argv,
+    input_args,
+    monitor_chardev,
+)
 from handoff.run_layout import (
     CONTROL_SOCKET,
     QEMU_LOG,
@@ -91,7 +96,7 @@ class HostFacts:
     topology, hugepage pools and cpufreq state (:mod:`handoff.tune.topology`).
     """
 
-    accel: Literal["kvm", "tcg"]
+    accel: Accelerator
     accel_reason: str
     supervisor_uid: int
     qemu_owner: QemuOwner | None = None
@@ -160,12 +165,10 @@ class SessionPlan:
     tune: TunePlan | None = None
 
     def argv_with_monitor_fd(self, fd: int) -> tuple[str, ...]:
-        """The argv QEMU runs when QMP is the inherited ``fd``; nothing else differs."""
-        argv = live_argv(
-            tuple(build_argv(self.profile, replace(self.launch, monitor_fd=fd))), self.profile,
-            self.facts,
-        )
-        return scoped_argv(self.profile, self.tune, argv)
+        """The argv QEMU runs when QMP is the inherited ``fd``: the plan's argv with that
+        one value filled in (the QMP ``-chardev``); nothing else differs."""
+        at = self.argv.index(monitor_chardev(MONITOR_FD_PLACEHOLDER))
+        return (*self.argv[:at], monitor_chardev(fd), *self.argv[at + 1:])
 
     @property
     def scoped(self) -> bool:
@@ -181,9 +184,6 @@ class SessionPlan:
     def memlock_bytes(self) -> int | None:
         """The RLIMIT_MEMLOCK QEMU gets (None: left as it is)."""
         return required_memlock(self.profile)
-
-    def of_kind(self, kind: ChangeKind) -> tuple[HostChange, ...]:
-        return tuple(change for change in self.changes if change.kind is kind)
 
 
 def _session_paths(profile: Profile, paths: HostPaths) -> SessionPaths:

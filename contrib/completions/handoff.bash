@@ -37,7 +37,7 @@ _handoff() {
         esac
     done
     if [[ -z $cmd ]]; then
-        COMPREPLY=($(compgen -W "run argv status stop switch groups detach attach recover gpu doctor init -h --help -v --verbose" -- "$cur"))
+        COMPREPLY=($(compgen -W "run argv status stop switch groups detach attach recover gpu doctor import export init -h --help -v --verbose" -- "$cur"))
         return 0
     fi
     case "$cmd" in
@@ -231,6 +231,62 @@ _handoff() {
                 if ((skip)); then skip=0; continue; fi
                 case "${COMP_WORDS[i]}" in
                     --qemu) skip=1 ;;
+                    -*) ;;
+                    *) ((n++)) ;;
+                esac
+            done
+            case "$n" in
+                0) _handoff_profiles "$cur" ;;
+            esac
+            ;;
+        import)
+            case "$prev" in
+                --domain)
+                    COMPREPLY=()
+                    return 0 ;;
+                --name)
+                    COMPREPLY=()
+                    return 0 ;;
+                --output)
+                    COMPREPLY=($(compgen -f -- "$cur"))
+                    return 0 ;;
+            esac
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "-h --help --domain --name --output --force" -- "$cur"))
+                return 0
+            fi
+            for ((i = i + 1; i < COMP_CWORD; i++)); do
+                if ((skip)); then skip=0; continue; fi
+                case "${COMP_WORDS[i]}" in
+                    --domain|--name|--output) skip=1 ;;
+                    -*) ;;
+                    *) ((n++)) ;;
+                esac
+            done
+            case "$n" in
+                0) COMPREPLY=() ;;
+            esac
+            ;;
+        export)
+            case "$prev" in
+                --output)
+                    COMPREPLY=($(compgen -f -- "$cur"))
+                    return 0 ;;
+                --claim)
+                    COMPREPLY=()
+                    return 0 ;;
+                --device)
+                    COMPREPLY=()
+                    return 0 ;;
+            esac
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "-h --help --libvirt --kubevirt --output --force --claim --device" -- "$cur"))
+                return 0
+            fi
+            for ((i = i + 1; i < COMP_CWORD; i++)); do
+                if ((skip)); then skip=0; continue; fi
+                case "${COMP_WORDS[i]}" in
+                    --output|--claim|--device) skip=1 ;;
                     -*) ;;
                     *) ((n++)) ;;
                 esac

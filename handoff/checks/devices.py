@@ -22,6 +22,7 @@ from handoff.pci.plan import (
     HostSnapshot,
     compute_warning,
     group_verdict,
+    host_need,
     plan_handoff,
 )
 from handoff.pci.plan import Verdict as GroupVerdictKind
@@ -34,8 +35,12 @@ def profile_snapshot(env: DoctorEnv, profile: Profile) -> HostSnapshot:
     """Preflight's own snapshot (:func:`handoff.pci.snapshot.take_snapshot`), holders
     scanned for the groups of the profile's devices only; vfio-pci's availability
     from the modules of the tree doctor looks at."""
-    groups = groups_of(env.host, (entry.address for entry in profile.passthrough))
-    return take_snapshot(env.host, lambda module: _module_available(env, module), groups=groups)
+    addresses = [entry.address for entry in profile.passthrough]
+    groups = groups_of(env.host, addresses)
+    return take_snapshot(
+        env.host, lambda module: _module_available(env, module), groups=groups,
+        addresses=addresses,
+    )
 
 
 def _module_available(env: DoctorEnv, module: str) -> bool:
@@ -130,7 +135,11 @@ def _device_check(
     if verdict.verdict is GroupVerdictKind.REFUSED and not planned:
         return fail(name, detail, verdict.fix or "see `handoff groups`")
     if verdict.verdict is GroupVerdictKind.REFUSED:
-        detail += " (accepted by the profile's allow_in_group)"
+        detail += (
+            " (the profile asks for it by address: the host goes without it while the VM runs)"
+            if host_need(device, snapshot.devices) is not None
+            else " (accepted by the profile's allow_in_group)"
+        )
     fixes: list[str] = []
     caution = compute_warning(device, snapshot)
     if caution is not None:

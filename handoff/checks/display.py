@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from handoff import systemctl
 from handoff.checks import Check, DoctorEnv, fail, ok, warn
-from handoff.display import units as sd
 from handoff.display.model import (
     NO_FALLBACK,
     NO_FALLBACK_FIX,
@@ -34,12 +34,12 @@ UNIT = "handoff@.service"
 
 
 def check_host_display(
-    env: DoctorEnv, profile: Profile, runner: sd.Runner | None = None,
+    env: DoctorEnv, profile: Profile, runner: systemctl.Runner | None = None,
     unit_dirs: tuple[Path, ...] = UNIT_DIRS,
 ) -> list[Check]:
     if not profile.host_display.handover:
         return []
-    runner = runner or sd.SubprocessRunner()
+    runner = runner or systemctl.SubprocessRunner()
     entries = [p for p in profile.passthrough if not p.live]
     cards = []
     for entry in entries:
@@ -92,15 +92,15 @@ def _framebuffer(env: DoctorEnv, card: str, address: PciAddress) -> Check:
               f"{fb.device} ({fb.driver}) sits on the card: unbound during the VM")
 
 
-def _units(runner: sd.Runner, units: tuple[str, ...]) -> Check:
+def _units(runner: systemctl.Runner, units: tuple[str, ...]) -> Check:
     if not units:
         return warn("host-display:units", "stop_units is empty: nothing is stopped",
                     'add the display manager: stop_units = ["display-manager.service"]')
-    missing = [u for u in units if not sd.unit_exists(runner, u)]
+    missing = [u for u in units if not systemctl.unit_exists(runner, u)]
     if missing:
         return warn("host-display:units", f"no such unit: {', '.join(missing)}",
                     "check the names with `systemctl list-units --type=service`")
-    states = ", ".join(f"{u} ({'active' if sd.is_active(runner, u) else 'inactive'})"
+    states = ", ".join(f"{u} ({'active' if systemctl.is_active(runner, u) else 'inactive'})"
                        for u in units)
     return ok("host-display:units", f"stopped before, started after: {states}")
 

@@ -14,20 +14,19 @@ import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal
 
 from handoff.checks import Check, DoctorEnv, fail, ok, skip
 from handoff.errors import ProfileError, QemuError, TuneError
 from handoff.host import HostPaths
 from handoff.host_facts import gather_host_facts
-from handoff.profile import Cpu, FirmwareType, Memory, Profile
+from handoff.profile import Accelerator, Cpu, FirmwareType, Memory, Profile
 from handoff.qemu.capabilities import (
     MIN_VERSION,
-    QemuCapabilities,
     check_bridges,
     check_supported,
     probe,
 )
+from handoff.qemu.probe_cache import QemuCapabilities
 from handoff.session_plan import HostFacts, SessionPlan, plan_session
 
 _INSTALL = "apt-get install qemu-system-x86 (Debian/Ubuntu), emerge app-emulation/qemu (Gentoo)"
@@ -38,7 +37,7 @@ Prober = Callable[[str], QemuCapabilities]
 
 
 def needed_devices(
-    profile: Profile, accel: Literal["kvm", "tcg"] = "kvm", paths: HostPaths | None = None
+    profile: Profile, accel: Accelerator = Accelerator.KVM, paths: HostPaths | None = None
 ) -> list[str]:
     """The ``-device`` names of the session plan's argv under ``accel``, each once.
 
@@ -68,8 +67,11 @@ def _plan(profile: Profile, facts: HostFacts, paths: HostPaths) -> SessionPlan:
 
 
 def check_qemu(
-    env: DoctorEnv, profile: Profile | None, binary: str = DEFAULT_QEMU, prober: Prober = probe
+    env: DoctorEnv, profile: Profile | None, binary: str = DEFAULT_QEMU, prober: Prober = probe,
+    *, facts: HostFacts | None = None,
 ) -> Check:
+    """The binary, its version, and the session plan's devices (``facts``: doctor's one
+    read of the host, gathered here when not given)."""
     name = "qemu"
     try:
         caps = prober(binary)
@@ -85,7 +87,8 @@ def check_qemu(
         )
     if profile is None:
         return ok(name, detail)
-    facts = gather_host_facts(profile, env.host, strict=False)
+    if facts is None:
+        facts = gather_host_facts(profile, env.host, strict=False)
     accel = facts.accel
     try:
         need = _devices(_plan(profile, facts, env.host))

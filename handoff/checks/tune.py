@@ -1,8 +1,9 @@
 """What a profile's ``[cpu]`` and ``[memory]`` tuning needs of this host (read-only).
 
-One check per thing asked for, each from the same planners the session
-uses (:mod:`handoff.tune`), so doctor shows the pinning ``handoff run``
-would apply and refuses what it would refuse:
+One check per thing asked for, each a part of the same attempt the session
+plan raises from (:func:`handoff.tune.plan.attempt_tuning`, on the host
+facts doctor read once), so doctor shows the pinning ``handoff run`` would
+apply and refuses what it would refuse:
 
 - ``cpu-pinning``: enough online CPUs, and the map (vCPU -> host CPUs,
   emulator) with the reasons;
@@ -21,61 +22,57 @@ from __future__ import annotations
 from handoff.checks import Check, DoctorEnv, fail, ok, warn
 from handoff.errors import TuneError
 from handoff.profile import Profile, guest_topology
-from handoff.tune.governor import plan_governor
-from handoff.tune.hugepages import HugepagePlan, plan_hugepages
+from handoff.tune.governor import GovernorPlan
+from handoff.tune.hugepages import HugepagePlan
+from handoff.tune.isolation import IsolationPlan
 from handoff.tune.model import HostTuning, HugepageSize, PinMode
-from handoff.tune.pinning import PinPlan, plan_pinning
-from handoff.tune.plan import isolation_refusal
-from handoff.tune.topology import read_host
+from handoff.tune.pinning import PinPlan
+from handoff.tune.plan import attempt_tuning
 
 
-def check_tuning(env: DoctorEnv, profile: Profile) -> list[Check]:
-    """The tuning checks for ``profile`` (none when it asks for no tuning)."""
+def check_tuning(env: DoctorEnv, profile: Profile, host: HostTuning | None = None) -> list[Check]:
+    """The tuning checks for ``profile`` (none when it asks for no tuning).
+
+    ``host`` is the tuning facts doctor gathered once for the whole report
+    (read here when not given); the verdicts are the parts of the very
+    attempt the session plan raises from (:func:`handoff.tune.plan.attempt_tuning`).
+    """
     if not profile.tuned:
         return []
-    host = read_host(env.host)
+    if host is None:
+        from handoff.tune.topology import read_host
+
+        host = read_host(env.host)
+    attempt = attempt_tuning(profile.cpu, profile.memory, profile.vm, host)
     checks: list[Check] = []
-    pin = _pinning(profile, host, checks)
-    pinned = pin.vcpu_cpus if pin is not None else frozenset()
+    if profile.cpu.pin.mode is not PinMode.NONE:
+        checks.append(_pinning(profile, host, attempt.pin))
     if profile.memory.hugepages is not HugepageSize.NONE:
-        checks.append(_hugepages(profile, host, pinned))
+        checks.append(_hugepages(profile, host, attempt.hugepages))
     if profile.cpu.governor:
-        checks.append(_governor(profile, host, pinned))
+        checks.append(_governor(attempt.governor))
     if profile.cpu.isolate:
-        checks.append(_isolation(host))
+        checks.append(_isolation(attempt.isolation))
     return checks
 
 
-def _pinning(profile: Profile, host: HostTuning, checks: list[Check]) -> PinPlan | None:
-    if profile.cpu.pin.mode is PinMode.NONE:
-        return None
+def _pinning(profile: Profile, host: HostTuning, pin: PinPlan | TuneError) -> Check:
     online = len(host.topology.online)
     guest = guest_topology(profile.vm)
-    try:
-        plan = plan_pinning(host.topology, guest, profile.cpu.pin, profile.cpu.emulator)
-    except TuneError as exc:
-        checks.append(
-            fail("cpu-pinning", f"{online} online CPUs, guest {guest.describe()}: {exc.message}",
-                 exc.fix or "change cpu.pin")
-        )
-        return None
-    checks.append(
-        ok("cpu-pinning", f"{online} online CPUs, guest {guest.describe()}: " + "; ".join(
-            plan.lines()))
+    if isinstance(pin, TuneError):
+        return fail("cpu-pinning", f"{online} online CPUs, guest {guest.describe()}: {pin.message}",
+                    pin.fix or "change cpu.pin")
+    return ok(
+        "cpu-pinning", f"{online} online CPUs, guest {guest.describe()}: " + "; ".join(pin.lines())
     )
-    return plan
 
 
-def _hugepages(profile: Profile, host: HostTuning, pinned: frozenset[int]) -> Check:
+def _hugepages(profile: Profile, host: HostTuning, plan: HugepagePlan | TuneError | None) -> Check:
     size = profile.memory.hugepages
     offered = ", ".join(_label(p.size_kib) for p in host.hugepages) or "none"
-    try:
-        plan = plan_hugepages(
-            profile.vm.memory_mib, size, host.hugepages, host.cpu_flags, host.topology, pinned
-        )
-    except TuneError as exc:
-        return fail("hugepages", f"{exc.message} (pool sizes offered: {offered})",
-                    exc.fix or 'set memory.hugepages = "none"')
+    if isinstance(plan, TuneError):
+        return fail("hugepages", f"{plan.message} (pool sizes offered: {offered})",
+                    plan.fix or 'set memory.hugepages = "none"')
     assert plan is not None
     missing_kib = _missing_kib(plan)
     available = host.mem_available_kib
@@ -110,18 +107,15 @@ def _label(kib: int) -> str:
     return f"{kib // 1048576}G" if kib % 1048576 == 0 else f"{kib // 1024}M"
 
 
-def _governor(profile: Profile, host: HostTuning, pinned: frozenset[int]) -> Check:
-    try:
-        plan = plan_governor(profile.cpu.governor, sorted(pinned), host.cpufreq)
-    except TuneError as exc:
-        return fail("cpu-governor", exc.message, exc.fix or 'set cpu.governor = ""')
+def _governor(plan: GovernorPlan | TuneError) -> Check:
+    if isinstance(plan, TuneError):
+        return fail("cpu-governor", plan.message, plan.fix or 'set cpu.governor = ""')
     return ok("cpu-governor", "; ".join(plan.reasons) or "nothing to change")
 
 
-def _isolation(host: HostTuning) -> Check:
-    refusal = isolation_refusal(host)
-    if refusal is not None:
-        return fail("cpu-isolation", refusal.message, refusal.fix or "set cpu.isolate = false")
+def _isolation(plan: IsolationPlan | TuneError | None) -> Check:
+    if isinstance(plan, TuneError):
+        return fail("cpu-isolation", plan.message, plan.fix or "set cpu.isolate = false")
     return ok(
         "cpu-isolation",
         "systemd is PID 1 on cgroup v2: `handoff run` starts QEMU in a scope of its own "

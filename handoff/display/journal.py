@@ -7,7 +7,8 @@ host driver, the units it stopped, the consoles and the firmware
 framebuffer it unbound, the steps it began. A failed return is recorded
 too (``failure``), for `handoff status` and `handoff recover` to show. A
 sub-directory of the GPU journals' directory, so their listing never
-reads it; same tmpfs, same boot-id rule.
+reads it; same tmpfs, same boot-id rule, the same durable writer
+(:mod:`handoff.journal.store`, with its crash-injection hook).
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ from typing import Any
 from handoff.display.model import Step
 from handoff.errors import JournalError
 from handoff.host import HostPaths
-from handoff.pci import journal as jr
-from handoff.pci.sysfs import read_boot_id
+from handoff.journal import store
+from handoff.journal.liveness import read_boot_id
 
 VERSION = 1
+WHAT = "the host display journal"
 
 
 def display_dir(paths: HostPaths) -> Path:
-    return jr.journal_dir(paths) / "display"
+    return store.journal_dir(paths) / "display"
 
 
 def lock_stem(profile: str) -> str:
@@ -50,6 +52,7 @@ class DisplayJournal:
     framebuffer_driver: str | None = None
     made: list[Step] = field(default_factory=list)  # steps begun (write-ahead), in order
     failure: str | None = None  # the report of a return that failed
+    proc: Path = field(default=HostPaths.proc, repr=False, compare=False)
 
     @classmethod
     def begin(cls, paths: HostPaths, profile: str, card: str, driver: str | None) -> DisplayJournal:
@@ -60,16 +63,17 @@ class DisplayJournal:
             supervisor_pid=os.getpid(),
             card=card,
             card_driver=driver,
+            proc=paths.proc,
         )
 
     def to_json(self) -> dict[str, Any]:
-        data = {k: v for k, v in vars(self).items() if k != "path"}
+        data = {k: v for k, v in vars(self).items() if k not in ("path", "proc")}
         data["made"] = [s.value for s in self.made]
         data["version"] = VERSION
         return data
 
     @classmethod
-    def load(cls, path: Path) -> DisplayJournal:
+    def load(cls, path: Path, proc: Path = HostPaths.proc) -> DisplayJournal:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             _check_version(data)
@@ -86,6 +90,7 @@ class DisplayJournal:
                 framebuffer_driver=data.get("framebuffer_driver"),
                 made=[Step(s) for s in data["made"]],
                 failure=data.get("failure"),
+                proc=proc,
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise JournalError(
@@ -95,23 +100,8 @@ class DisplayJournal:
             ) from exc
 
     def save(self) -> None:
-        """Atomically replace the file (temp, fsync, rename)."""
-        directory = self.path.parent
-        tmp = directory / f".{self.path.name}.tmp"
-        try:
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, json.dumps(self.to_json()).encode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            raise JournalError(
-                f"cannot write the host display journal {self.path}: {exc}",
-                fix=f"make {directory} writable (tmpfs under the run directory)",
-            ) from exc
+        """Atomically replace the file (:func:`handoff.journal.store.write_atomic`)."""
+        store.write_atomic(self.path, self.to_json(), what=WHAT, proc=self.proc)
 
     def begin_step(self, step: Step) -> None:
         """Write-ahead: record ``step`` before it is made."""
@@ -120,15 +110,7 @@ class DisplayJournal:
         self.save()
 
     def remove(self) -> None:
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise JournalError(
-                f"cannot delete the host display journal {self.path}: {exc}",
-                fix=f"delete it by hand: rm {self.path}",
-            ) from exc
+        store.remove_file(self.path, what=WHAT)
 
 
 def _check_version(data: dict[str, Any]) -> None:
@@ -137,7 +119,4 @@ def _check_version(data: dict[str, Any]) -> None:
 
 
 def list_display_journals(paths: HostPaths) -> list[Path]:
-    try:
-        return sorted(p for p in display_dir(paths).iterdir() if p.suffix == ".json")
-    except FileNotFoundError:
-        return []
+    return store.list_files(display_dir(paths))

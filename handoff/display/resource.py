@@ -17,6 +17,10 @@ after the VM (and in `handoff recover`)
     started. A card that does not come back keeps the journal and the units
     stopped, and the failure goes to the system journal, `handoff status`
     and `handoff recover`.
+
+Why it stays over 500 lines: acquire, release and recover walk the same
+journaled steps in opposite directions; each step's undo sits next to it so
+that a reader can check the two agree.
 """
 
 from __future__ import annotations
@@ -24,11 +28,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 import trio
 
+from handoff import journal as jr
+from handoff import systemctl
 from handoff.display import units as sd
 from handoff.display.journal import DisplayJournal, list_display_journals, lock_stem
 from handoff.display.model import (
@@ -55,21 +61,23 @@ from handoff.display.sysfs import (
 from handoff.display.where import where_refusal
 from handoff.errors import BindError, HandoffError, PreflightRefusedError
 from handoff.host import HostPaths
-from handoff.pci import journal as jr
 from handoff.pci.address import PciAddress
-from handoff.pci.engine import Engine
 from handoff.pci.holders import find_holders, nodes_of
 from handoff.pci.model import Holder, PciDevice
 from handoff.pci.ops import KernelWriter, SysfsWriter
 from handoff.pci.plan import plan_handoff
 from handoff.pci.snapshot import take_snapshot
-from handoff.pci.sysfs import device_dir, groups_of, read_boot_id, read_device
+from handoff.pci.sysfs import device_dir, groups_of, read_device
 from handoff.profile import Profile
 from handoff.resources import ControlRegistry, JsonObject, VmHandle
 
 log = logging.getLogger("handoff.display")
 
 Report = Callable[[str], None]
+#: Finishes the GPU journal of a profile again, if one is left (after a reset): its lines.
+#: The GPU hand-off's own recovery, passed in by whoever composes the two
+#: (:mod:`handoff.recovery`): the display never imports it.
+ReturnCard = Callable[[str], Awaitable[list[str]]]
 
 #: Seconds the units' processes get to let go of the card's nodes once stopped.
 HOLDER_WAIT = 15.0
@@ -102,13 +110,14 @@ class Restorer:
     """Brings the host's display back from a :class:`DisplayJournal` (session and recover)."""
 
     def __init__(
-        self, paths: HostPaths, writer: SysfsWriter, runner: sd.Runner, report: Report,
-        *, node_wait: float = NODE_WAIT,
+        self, paths: HostPaths, writer: SysfsWriter, runner: systemctl.Runner, report: Report,
+        return_card: ReturnCard, *, node_wait: float = NODE_WAIT,
     ) -> None:
         self.paths = paths
         self.writer = writer
         self.runner = runner
         self.report = report
+        self.return_card = return_card
         self.node_wait = node_wait
 
     async def restore(self, journal: DisplayJournal) -> None:
@@ -171,7 +180,7 @@ class Restorer:
         failure = ReturnFailure(journal.card, journal.card_driver or "its driver", why, reset)
         journal.failure = failure.text()
         journal.save()
-        sd.system_journal(self.runner, failure.text())
+        systemctl.system_journal(self.runner, failure.text())
         self.report(failure.text())
         raise BindError(failure.message(), fix=failure.fix)
 
@@ -189,13 +198,7 @@ class Restorer:
 
     async def _return_group_again(self, journal: DisplayJournal) -> None:
         """After a reset: finish the GPU journal of this profile again, if it is left."""
-        from handoff.pci.recovery import recover
-
-        path = jr.journal_path(self.paths, journal.profile)
-        if not path.exists():
-            return
-        result = await recover(Engine(self.paths, self.writer), only=path)
-        for line in result.lines():
+        for line in await self.return_card(journal.profile):
             self.report(f"after the reset: {line}")
 
     # ------------------------------------------------------------------ framebuffer, consoles
@@ -240,8 +243,8 @@ class Restorer:
     async def _start_units(self, journal: DisplayJournal) -> list[str]:
         if not journal.units:
             return []
-        ran = await trio.to_thread.run_sync(sd.start_units, self.runner, journal.units)
-        down = [u for u in journal.units if not sd.is_active(self.runner, u)]
+        ran = await trio.to_thread.run_sync(systemctl.start_units, self.runner, journal.units)
+        down = [u for u in journal.units if not systemctl.is_active(self.runner, u)]
         if ran.status != 0 or down:
             return [f"`systemctl start {' '.join(journal.units)}` left "
                     f"{', '.join(down) or 'an error'} (exit {ran.status})"]
@@ -258,7 +261,8 @@ class HostDisplay:
         paths: HostPaths,
         *,
         writer: SysfsWriter | None = None,
-        runner: sd.Runner | None = None,
+        runner: systemctl.Runner | None = None,
+        return_card: ReturnCard,
         report: Report = _log_report,
         environ: Mapping[str, str] | None = None,
         holder_wait: float = HOLDER_WAIT,
@@ -269,15 +273,17 @@ class HostDisplay:
         self.sessions = sessions
         self.paths = paths
         self.writer = writer or KernelWriter()
-        self.runner = runner or sd.SubprocessRunner()
+        self.runner = runner or systemctl.SubprocessRunner()
         self.report = report
         self.environ = os.environ if environ is None else environ
         self.holder_wait = holder_wait
-        self.restorer = Restorer(paths, self.writer, self.runner, report, node_wait=node_wait)
+        self.restorer = Restorer(
+            paths, self.writer, self.runner, report, return_card, node_wait=node_wait
+        )
         self.memlock_bytes: int | None = None
         self.takeover: Takeover | None = None
         self._journal: DisplayJournal | None = None
-        self._lock: jr.GroupLocks | None = None
+        self._lock: jr.Locks | None = None
         self._failure: str | None = None
 
     @property
@@ -333,7 +339,7 @@ class HostDisplay:
         if consoles_to_unbind(consoles) and not console_fallback(consoles):
             raise PreflightRefusedError(f"refusing the display hand-over: {NO_FALLBACK}",
                                         fix=NO_FALLBACK_FIX)
-        active = tuple(u for u in settings.stop_units if sd.is_active(self.runner, u))
+        active = tuple(u for u in settings.stop_units if systemctl.is_active(self.runner, u))
         framebuffer = firmware_fb_on_card(
             read_firmware_fbs(self.paths), str(card.address), read_bars(self.paths, card.address)
         )
@@ -370,8 +376,8 @@ class HostDisplay:
         if not journal.units:
             return
         journal.begin_step(Step.STOP_UNITS)
-        ran = await trio.to_thread.run_sync(sd.stop_units, self.runner, journal.units)
-        still = [u for u in journal.units if sd.is_active(self.runner, u)]
+        ran = await trio.to_thread.run_sync(systemctl.stop_units, self.runner, journal.units)
+        still = [u for u in journal.units if systemctl.is_active(self.runner, u)]
         if ran.status != 0 or still:
             raise HandoffError(
                 f"`systemctl stop {' '.join(journal.units)}` failed (exit {ran.status}); still "
@@ -492,49 +498,6 @@ def _group_members(paths: HostPaths, group: int) -> list[PciAddress]:
         return [PciAddress.parse(name) for name in sorted(os.listdir(directory))]
     except (OSError, ValueError):
         return []
-
-
-# --------------------------------------------------------------------------- recover
-
-
-async def recover_displays(
-    paths: HostPaths, writer: SysfsWriter, runner: sd.Runner, report: Report
-) -> bool:
-    """`handoff recover`'s display part: every journal a dead supervisor left; False on failure.
-
-    Runs after the GPU journals were finished (the card's group is back).
-    A journal from an earlier boot is discarded (the boot brought the display
-    back); one whose lock a live session holds is left alone.
-    """
-    ok = True
-    boot_id = read_boot_id(paths)
-    for path in list_display_journals(paths):
-        try:
-            journal = DisplayJournal.load(path)
-        except HandoffError as exc:
-            report(f"FAILED: {exc}")
-            ok = False
-            continue
-        if journal.boot_id != boot_id:
-            journal.remove()
-            report(f"discarded: {path} is from an earlier boot (the boot restored the display)")
-            continue
-        try:
-            lock = jr.lock_named(paths, lock_stem(journal.profile), "handoff recover",
-                                 f"the host display of {journal.profile}")
-        except HandoffError as exc:
-            report(f"left alone: {path}: {exc.message}")
-            ok = False
-            continue
-        try:
-            await Restorer(paths, writer, runner, report).restore(journal)
-            report(f"returned: the host display of {journal.profile} ({journal.card})")
-        except HandoffError as exc:
-            report(f"FAILED: {exc}")
-            ok = False
-        finally:
-            lock.release()
-    return ok
 
 
 def display_failures(paths: HostPaths) -> Sequence[str]:

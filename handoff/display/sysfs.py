@@ -51,10 +51,6 @@ def platform_driver_dir(paths: HostPaths, driver: str) -> Path:
     return paths.sys / "bus" / "platform" / "drivers" / driver
 
 
-def platform_device_dir(paths: HostPaths, device: str) -> Path:
-    return paths.sys / "bus" / "platform" / "devices" / device
-
-
 def _fb_memory(paths: HostPaths) -> MemoryRange | None:
     """The firmware framebuffer's range from /proc/iomem (root sees real addresses)."""
     text = _read(paths.proc / "iomem") or ""

@@ -1,84 +1,24 @@
-"""systemd and logind for the display hand-over: stop/start units, read cgroups.
+"""logind and cgroups for the display hand-over: where the supervisor runs.
 
-Every call goes through a :class:`Runner` (argv -> exit status and stdout),
-so the unit tests record the exact systemctl command lines and
-answer them; :class:`SubprocessRunner` is the real one. Also the system
-journal report (``logger``) of a display that could not be restored.
+systemctl itself (units stopped and started, the system journal report) is
+:mod:`handoff.systemctl`'s, the one systemd edge; this module reads this
+process's cgroup and logind's graphical sessions for
+:func:`handoff.display.where.where_refusal`.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from handoff.display.where import WhereFacts
 from handoff.host import HostPaths
+from handoff.systemctl import Runner, show
 
-#: Seconds a systemctl call may take (a stop waits for the unit).
-SYSTEMCTL_TIMEOUT = 120.0
 #: logind's session state files.
 SESSIONS = Path("/run/systemd/sessions")
 #: logind session types that own a display.
 GRAPHICAL_TYPES = frozenset({"x11", "wayland", "mir"})
-
-
-@dataclass(frozen=True)
-class Ran:
-    status: int
-    stdout: str
-
-
-class Runner(Protocol):
-    def __call__(self, argv: Sequence[str]) -> Ran: ...
-
-
-class SubprocessRunner:
-    """Runs the command for real (no shell), output captured, bounded."""
-
-    def __call__(self, argv: Sequence[str]) -> Ran:
-        try:
-            done = subprocess.run(
-                list(argv), capture_output=True, text=True, timeout=SYSTEMCTL_TIMEOUT, check=False
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return Ran(127, str(exc))
-        return Ran(done.returncode, done.stdout)
-
-
-def show(runner: Runner, unit: str, *props: str) -> dict[str, str]:
-    """``systemctl show UNIT -p A -p B``: the properties as a dict (empty on failure)."""
-    argv = ["systemctl", "show", unit]
-    for prop in props:
-        argv += ["-p", prop]
-    ran = runner(argv)
-    if ran.status != 0:
-        return {}
-    values: dict[str, str] = {}
-    for line in ran.stdout.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            values[key] = value
-    return values
-
-
-def unit_exists(runner: Runner, unit: str) -> bool:
-    return show(runner, unit, "LoadState").get("LoadState") not in (None, "not-found")
-
-
-def is_active(runner: Runner, unit: str) -> bool:
-    return runner(["systemctl", "is-active", "--quiet", unit]).status == 0
-
-
-def stop_units(runner: Runner, units: Sequence[str]) -> Ran:
-    return runner(["systemctl", "stop", *units])
-
-
-def start_units(runner: Runner, units: Sequence[str]) -> Ran:
-    return runner(["systemctl", "start", *units])
 
 
 def own_cgroup(paths: HostPaths) -> str:
@@ -135,12 +75,3 @@ def where_facts(
         graphical_cgroups=tuple(graphical_cgroups(sessions)),
         display_env=environ.get("WAYLAND_DISPLAY") or environ.get("DISPLAY") or None,
     )
-
-
-def system_journal(runner: Runner, text: str) -> None:
-    """One error-priority entry in the system journal (syslog), tagged handoff."""
-    runner(["logger", "--tag", "handoff", "--priority", "daemon.err", "--", text])
-
-
-def pid_alive(paths: HostPaths, pid: int) -> bool:
-    return Path(paths.proc, str(pid)).exists() and pid != os.getpid()

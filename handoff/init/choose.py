@@ -20,7 +20,7 @@ Rules (each stated again in the profile and on the terminal):
   rest, rounded down to 256 MiB. On a host where that leaves the guest less
   than 1 GiB, the guest gets half.
 
-Over 500 lines because each rule carries its own reasons and refusals (the
+Why it stays over 500 lines: each rule carries its own reasons and refusals (the
 text `init` prints and writes as comments); they are one decision, read in
 the order the profile is written.
 """
@@ -38,6 +38,7 @@ from handoff.init.facts import CpuTopology, DiskFact, DiskKind, HostFacts, PciNa
 from handoff.pci.address import PciAddress
 from handoff.pci.model import PciDevice
 from handoff.pci.plan import HostSnapshot, Verdict, group_verdict, host_need, plan_handoff
+from handoff.pci.rules import ACS_FIX, card_functions, stays
 from handoff.profile import FirmwareType, InputBackend, parse_memory
 
 SINGLE_GPU_DOC = "profiles/single-gpu.md"
@@ -134,6 +135,8 @@ class CpuChoice:
 class MemoryChoice:
     mib: int
     reason: str
+    hugepages: bool = False  # guest RAM on 2 MiB hugepages ([memory] hugepages = "2M")
+    hugepages_reason: str = ""
 
     @property
     def text(self) -> str:
@@ -193,11 +196,24 @@ def structural(snapshot: HostSnapshot) -> HostSnapshot:
 
 
 def _endpoints(snapshot: HostSnapshot, group: int) -> tuple[PciDevice, ...]:
+    """The members that move with the group: not bridges, not a driverless host bridge
+    (:func:`handoff.pci.rules.stays`: VFIO needs nothing done to them)."""
     return tuple(
         snapshot.devices[a]
         for a in snapshot.iommu.groups.get(group, ())
-        if a in snapshot.devices and not snapshot.devices[a].is_bridge
+        if a in snapshot.devices and not stays(snapshot.devices[a])
     )
+
+
+def _card_groups(device: PciDevice, snapshot: HostSnapshot) -> tuple[int, ...]:
+    """The other IOMMU groups holding functions of ``device``'s card (a GPU's audio the
+    IOMMU put apart): they are passed with it, or QEMU cannot reset the card."""
+    groups = {
+        f.iommu_group
+        for f in card_functions(device, snapshot.devices)
+        if f.iommu_group is not None and f.iommu_group != device.iommu_group
+    }
+    return tuple(sorted(groups))
 
 
 def _passable_with_allowed(
@@ -206,8 +222,8 @@ def _passable_with_allowed(
     """The host-needed co-members whose acceptance makes the group passable, or None."""
     assert device.iommu_group is not None
     members = _endpoints(snapshot, device.iommu_group)
-    needed = tuple(d for d in members if host_need(d) is not None)
-    wanted = [d.address for d in members if host_need(d) is None]
+    needed = tuple(d for d in members if host_need(d, snapshot.devices) is not None)
+    wanted = [d.address for d in members if host_need(d, snapshot.devices) is None]
     if not needed:
         return None
     try:
@@ -240,14 +256,17 @@ def judge_gpu(device: PciDevice, facts: HostFacts) -> GpuCandidate:
         return GpuCandidate(device, name, True)
     allowed = _passable_with_allowed(device, snapshot)
     if allowed is not None:
-        lost = ", ".join(f"{d.address.short} {d.class_name} ({host_need(d)})" for d in allowed)
+        lost = ", ".join(
+            f"{d.address.short} {d.class_name} ({host_need(d, snapshot.devices)})"
+            for d in allowed
+        )
         return GpuCandidate(
             device, name, False, GpuReason.HOST_NEEDED_CO_MEMBER,
             f"its IOMMU group {device.iommu_group} also holds {lost}, which the host loses "
             "while the VM runs",
             f"put the card in another slot (its own IOMMU group), or, if the host can do "
             f"without that, pass --gpu {device.address.short} (the profile then lists it in "
-            "allow_in_group)",
+            f"allow_in_group); {ACS_FIX}",
             allowed,
         )
     return GpuCandidate(
@@ -297,7 +316,10 @@ def _take(candidate: GpuCandidate, facts: HostFacts, reason: str) -> GpuChoice:
     device = candidate.device
     assert device.iommu_group is not None
     allowed = {d.address for d in candidate.allow_in_group}
-    members = [d for d in _endpoints(facts.pci, device.iommu_group) if d.address not in allowed]
+    groups = (device.iommu_group, *_card_groups(device, facts.pci))
+    members = [
+        d for g in groups for d in _endpoints(facts.pci, g) if d.address not in allowed
+    ]
     functions = tuple(sorted(members, key=lambda d: (d.address != device.address, d.address)))
     notes = [
         f"{d.address.short} is in use now: {h.describe()}; close it before `handoff run`"
@@ -375,23 +397,34 @@ def _requested_gpu(facts: HostFacts, text: str) -> GpuChoice:
 
 
 def choose_cpu(facts: HostFacts, requested: int | None) -> CpuChoice:
-    """Leave the host one physical core; the guest's topology follows the host's SMT."""
+    """Leave the host one physical core; the guest's topology follows the host's SMT
+    (on a hybrid Intel: the guest gets P-cores, never SMT claimed on E-cores)."""
     cpu = facts.cpu
-    threads = cpu.threads_per_core
+    threads = cpu.p_threads if cpu.hybrid else cpu.threads_per_core
+    limit = cpu.p_cores * cpu.p_threads if cpu.hybrid else cpu.logical
     if requested is not None:
         if requested < 1 or requested > cpu.logical:
             raise InitError(
                 f"--cpus {requested}: this host has {cpu.logical} logical CPUs",
                 fix=f"pass --cpus between 1 and {cpu.logical} (leave it out: {_auto_cpus(cpu)})",
             )
-        if requested % threads == 0:
+        if requested % threads == 0 and requested <= limit:
             return CpuChoice(requested, 1, requested // threads, threads,
                              f"--cpus {requested}: {requested // threads} cores x {threads} "
                              "threads, like the host's SMT")
         return CpuChoice(requested, 1, requested, 1,
                          f"--cpus {requested}: not a multiple of the host's {threads} threads "
-                         "per core, so one thread per core")
+                         "per core" + (" on its P-cores" if cpu.hybrid else "")
+                         + ", so one thread per core")
     cpus = _auto_cpus(cpu)
+    if cpu.hybrid:
+        return CpuChoice(
+            cpus, 1, cpus // threads, threads,
+            f"host: {cpu.logical} logical CPUs = {cpu.cores} cores ({cpu.p_cores} P-cores x "
+            f"{threads} threads + {cpu.e_cores} E-cores x 1 thread); a guest's cores are all "
+            f"alike, so it gets {cpus // threads} P-cores x {threads} threads (pin = \"auto\" "
+            "puts them on P-cores) and the host keeps one P-core and the E-cores",
+        )
     if cpu.cores <= 1:
         return CpuChoice(cpus, 1, cpus, 1,
                          f"the host has one physical core: the guest shares it ({cpus} vCPU)")
@@ -403,9 +436,11 @@ def choose_cpu(facts: HostFacts, requested: int | None) -> CpuChoice:
 
 
 def _auto_cpus(cpu: CpuTopology) -> int:
+    if cpu.hybrid:
+        return max(1, cpu.p_cores - 1) * cpu.p_threads
     if cpu.cores <= 1:
         return 1
-    return max(cpu.threads_per_core, cpu.logical - cpu.threads_per_core)
+    return max(cpu.threads_per_core, (cpu.cores - 1) * cpu.threads_per_core)
 
 
 def choose_memory(facts: HostFacts, requested: str | None) -> MemoryChoice:
@@ -424,9 +459,35 @@ def choose_memory(facts: HostFacts, requested: str | None) -> MemoryChoice:
                 fix=f"leave the host some: at most {_max_memory(total)}M (leave it out: "
                 f"{_auto_memory(total)[0]} MiB)",
             )
-        return MemoryChoice(mib, f"--memory {requested}: {mib} MiB of the host's {total} MiB")
+        return _with_hugepages(
+            facts, MemoryChoice(mib, f"--memory {requested}: {mib} MiB of the host's {total} MiB")
+        )
     mib, rule = _auto_memory(total)
-    return MemoryChoice(mib, rule)
+    return _with_hugepages(facts, MemoryChoice(mib, rule))
+
+
+HUGEPAGE_2M_KIB = 2048
+
+
+def _with_hugepages(facts: HostFacts, choice: MemoryChoice) -> MemoryChoice:
+    """2 MiB hugepages where the host allows: the kernel offers them and the memory free
+    now (MemAvailable) holds the guest's pool; `handoff run` raises the pool for the
+    session and gives it back after."""
+    if HUGEPAGE_2M_KIB not in facts.hugepage_sizes_kib:
+        return replace(choice, hugepages_reason=(
+            "no 2 MiB hugepages: this kernel offers none (/sys/kernel/mm/hugepages has no "
+            "hugepages-2048kB), so guest RAM stays on normal pages"))
+    available = facts.mem_available_mib
+    if available is None or available < choice.mib:
+        now = "unknown" if available is None else f"{available} MiB"
+        return replace(choice, hugepages_reason=(
+            f"no hugepages yet: the guest's {choice.mib} MiB do not fit in the memory free now "
+            f"(MemAvailable {now}), so the pool could not be filled at start; reserve it at "
+            f"boot (hugepagesz=2M hugepages={choice.mib // 2}) and set hugepages = \"2M\""))
+    return replace(choice, hugepages=True, hugepages_reason=(
+        f"guest RAM on 2 MiB hugepages: the kernel offers them and {available} MiB are free "
+        f"now; `handoff run` raises the pool by {choice.mib // 2} pages for the session and "
+        "gives them back after"))
 
 
 def _max_memory(total: int) -> int:

@@ -33,6 +33,7 @@ from handoff.init.facts import (
 from handoff.init.pciids import pci_names
 from handoff.input.devices import DeviceInfo, describe
 from handoff.pci.snapshot import take_snapshot
+from handoff.tune.topology import read_hugepages, read_mem_available, read_topology
 
 PCI_IDS_CANDIDATES: tuple[Path, ...] = (
     Path("/usr/share/hwdata/pci.ids"),
@@ -60,6 +61,7 @@ def gather_facts(
     ``module_loadable``: whether vfio-pci could be loaded (it must load nothing).
     """
     snapshot = take_snapshot(paths, module_loadable)
+    available = read_mem_available(paths)
     ids_file = next((p for p in pci_ids if p.is_file()), None)
     names: Mapping[tuple[int, int], PciName] = {}
     if ids_file is not None:
@@ -68,13 +70,15 @@ def gather_facts(
             names = pci_names(handle, wanted)
     return HostFacts(
         pci=snapshot,
-        cpu=read_cpu_topology(paths),
+        cpu=read_cpu(paths),
         memory_mib=read_memory_mib(paths),
         ovmf=find_ovmf(ovmf_candidates),
         names=names,
         pci_ids=ids_file,
         inputs=(inputs or udev_inputs)(),
         disk=None if disk is None else read_disk(paths, disk),
+        hugepage_sizes_kib=tuple(pool.size_kib for pool in read_hugepages(paths)),
+        mem_available_mib=None if available is None else available // 1024,
         monitors=(monitors or ddcutil_monitors)(),
     )
 
@@ -125,36 +129,13 @@ def parse_detect(text: str) -> tuple[MonitorFact, ...]:
 # --------------------------------------------------------------------------- CPU and RAM
 
 
-def _cpu_list(text: str) -> list[int]:
-    """``0-3,8`` → [0, 1, 2, 3, 8] (the kernel's cpulist format)."""
-    cpus: list[int] = []
-    for part in text.strip().split(","):
-        if not part:
-            continue
-        first, _, last = part.partition("-")
-        cpus.extend(range(int(first), int(last or first) + 1))
-    return cpus
-
-
-def read_cpu_topology(paths: HostPaths) -> CpuTopology:
-    """Online CPUs, SMT threads per core and packages from /sys/devices/system/cpu."""
-    base = paths.sys / "devices" / "system" / "cpu"
-    try:
-        online = _cpu_list((base / "online").read_text())
-    except OSError:
-        online = []
-    if not online:
+def read_cpu(paths: HostPaths) -> CpuTopology:
+    """The CPU summary init words its choice in, from tuning's topology reader
+    (:func:`handoff.tune.topology.read_topology`: P/E cores, SMT per core)."""
+    topology = read_topology(paths)
+    if not topology.cpus:
         return CpuTopology(logical=os.cpu_count() or 1)
-    threads = 1
-    packages: set[str] = set()
-    for cpu in online:
-        topology = base / f"cpu{cpu}" / "topology"
-        try:
-            threads = max(threads, len(_cpu_list((topology / "thread_siblings_list").read_text())))
-            packages.add((topology / "physical_package_id").read_text().strip())
-        except OSError:
-            continue
-    return CpuTopology(logical=len(online), threads_per_core=threads, sockets=len(packages) or 1)
+    return CpuTopology.of(topology)
 
 
 def read_memory_mib(paths: HostPaths) -> int:

@@ -47,6 +47,7 @@ def render_profile(plan: InitPlan, profile_arg: str | None = None) -> str:
     parts = [
         _header(plan, profile_arg or plan.name),
         _vm(plan),
+        _tuning(plan),
         _firmware(plan),
         _disk(plan.disk),
         _network(),
@@ -84,9 +85,6 @@ def _vm(plan: InitPlan) -> list[str]:
         f"sockets = {cpu.sockets}",
         f"cores = {cpu.cores}",
         f"threads = {cpu.threads}",
-        "# CPU pinning: vCPUs are placed by the host's scheduler. Pinning them to the",
-        "# cores the host does not keep (pin = \"auto\") comes with handoff's performance",
-        "# settings; until then leave it out.",
         "",
         "# accel is left to \"auto\": KVM where /dev/kvm works, else TCG emulation (slow).",
         "# A gaming VM without KVM is pointless: accel = \"kvm\" refuses to start without it.",
@@ -99,6 +97,20 @@ def _vm(plan: InitPlan) -> list[str]:
         "shutdown_timeout = 120",
     ]
     return lines
+
+
+def _tuning(plan: InitPlan) -> list[str]:
+    """[cpu] pin = "auto" and, where the host allows, [memory] hugepages (README
+    "Performance"); `handoff doctor` shows the pinning it would use."""
+    lines = _comment(
+        "Each vCPU runs only on its own host CPUs, away from the core the host keeps, "
+        "whole cores for the guest's SMT pairs (`handoff doctor` shows the placement); "
+        "QEMU's other threads stay on the host's CPUs."
+    )
+    lines += ["[cpu]", 'pin = "auto"', "", *_comment(plan.memory.hugepages_reason)]
+    if plan.memory.hugepages:
+        return [*lines, "[memory]", 'hugepages = "2M"']
+    return [*lines, "# [memory]", '# hugepages = "2M"']
 
 
 def _firmware(plan: InitPlan) -> list[str]:

@@ -21,7 +21,7 @@ from typing import Protocol
 
 import trio
 
-from handoff.control_protocol import SwitchTarget
+from handoff.control_protocol import Side
 from handoff.input.codes import INPUT_EVENT
 from handoff.input.router import (
     Action,
@@ -276,7 +276,7 @@ class InputRouter:
         self._apply(self.core.remove_device(identity))
         self.sink.forget(identity)
 
-    def request(self, target: SwitchTarget) -> None:
+    def request(self, target: Side) -> None:
         """A switch from the control socket.
 
         What the devices queued is routed first, then the kernel's key state

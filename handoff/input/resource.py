@@ -43,7 +43,7 @@ from typing import Any
 
 import trio
 
-from handoff.control_protocol import SwitchTarget, switch_target
+from handoff.control_protocol import Command, Field, Side, requested_side
 from handoff.errors import HandoffError, InputError
 from handoff.host import HostPaths, qemu_account
 from handoff.input.devices import DeviceInfo, DeviceWatcher, Selection, classify_by_capabilities
@@ -160,7 +160,7 @@ class InputHandoff:
         selection = Selection.from_profile(self._input.devices, self._input.exclude, proxy_nodes)
         watcher = DeviceWatcher(selection, self._on_device, classify=_classify)
         nursery.start_soon(self._watch, watcher)
-        control.register("switch", self._switch)
+        control.register(Command.SWITCH, self._switch)
 
     def make_router(self, sink: GuestSink, nursery: trio.Nursery) -> InputRouter:
         """The router for this profile's chords; the gpu chord's toggle and the escape
@@ -229,7 +229,7 @@ class InputHandoff:
                 del self._identities[identity]
 
     async def _switch(self, message: Mapping[str, Any]) -> JsonObject:
-        target = switch_target(message.get("mode", "toggle"))
+        target = requested_side(message, Command.SWITCH)
         if self._router is None:
             raise InputError(
                 "switch: input hand-off is not running (the profile's input.backend is "
@@ -253,13 +253,16 @@ class InputHandoff:
         """``input.follow_gpu``: keyboard and mouse go where the live GPU (the screen) went,
         through the router as any switch (no key stays held on either side)."""
         if self._router is not None and self._input.follow_gpu:
-            self._router.request(SwitchTarget.GUEST if gpu_in_guest else SwitchTarget.HOST)
+            self._router.request(Side.GUEST if gpu_in_guest else Side.HOST)
 
     def _mode(self) -> JsonObject:
         if self._router is None:
-            return {"mode": "host", "pending": None}
+            return {Field.MODE: Side.HOST.value, Field.PENDING: None}
         core = self._router.core
-        return {"mode": core.mode.value, "pending": core.pending.value if core.pending else None}
+        return {
+            Field.MODE: core.mode.value,
+            Field.PENDING: core.pending.value if core.pending else None,
+        }
 
     async def release(self) -> None:
         if self._released:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from handoff.control_protocol import SwitchTarget
+from handoff.control_protocol import Side
 from handoff.input.codes import EV_KEY, EV_REL, EV_SYN, SYN_DROPPED, SYN_REPORT
 from handoff.input.translate import Event
 from handoff.profile import InputMode
@@ -207,15 +207,15 @@ class RouterCore:
         self.grabbed.discard(device)
         return self.resync(device, held)
 
-    def request(self, target: SwitchTarget) -> list[Action]:
+    def request(self, target: Side) -> list[Action]:
         """A switch asked for over the control socket."""
-        if target is SwitchTarget.TOGGLE:
+        if target is Side.TOGGLE:
             if self.pending is not None:
                 self.pending = None
                 return []
             side = _other(self.mode)
         else:
-            side = InputMode.HOST if target is SwitchTarget.HOST else InputMode.GUEST
+            side = InputMode.HOST if target is Side.HOST else InputMode.GUEST
         if side is InputMode.HOST:
             self.pending = None
             return self._to_host() if self.mode is InputMode.GUEST else []

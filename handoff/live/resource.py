@@ -30,7 +30,6 @@ release
 
 from __future__ import annotations
 
-import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -38,17 +37,20 @@ from typing import Any
 
 import trio
 
+from handoff import journal as jr
+from handoff.control_protocol import Command, Field, Side, requested_side
 from handoff.errors import HandoffError, PciError
 from handoff.host import HostPaths
+from handoff.journal.recover import recover
 from handoff.live.guest import RELEASE_TIMEOUT, EventSource, GuestHeldError, attach, unplug
+from handoff.live.recovery import live_recoverer
 from handoff.live.sequence import live_slots
 from handoff.live.state import LiveEvent, LiveState, LiveStep, transition
 from handoff.memlock import check_memlock
-from handoff.pci import journal as jr
 from handoff.pci.engine import WRITE_TIMEOUT, Engine
 from handoff.pci.ops import KernelWriter, SysfsWriter
 from handoff.pci.plan import HandoffPlan, plan_handoff
-from handoff.pci.recovery import recover
+from handoff.pci.recovery import gpu_recoverer, selecting
 from handoff.pci.resource import prepare, qemu_owner, settled_snapshot
 from handoff.pci.sysfs import groups_of
 from handoff.profile import Profile
@@ -56,23 +58,7 @@ from handoff.resources import ControlRegistry, JsonObject, VmHandle
 
 log = logging.getLogger("handoff.live")
 
-__all__ = ["GpuTarget", "LiveGpu", "gpu_target", "live_journal_name"]
-
-
-class GpuTarget(enum.Enum):
-    HOST = "host"
-    GUEST = "guest"
-    TOGGLE = "toggle"
-
-
-def gpu_target(value: object) -> GpuTarget:
-    for target in GpuTarget:
-        if value == target.value:
-            return target
-    raise PciError(
-        f"gpu: {value!r} is not one of host, guest, toggle",
-        fix="handoff gpu NAME host|guest|toggle",
-    )
+__all__ = ["LiveGpu", "live_journal_name"]
 
 
 def live_journal_name(profile_name: str) -> str:
@@ -121,7 +107,7 @@ class LiveGpu:
         self.plan: HandoffPlan | None = None
         self.last_error: str | None = None
         self.timings: dict[str, float] = {}
-        self._locks: jr.GroupLocks | None = None
+        self._locks: jr.Locks | None = None
         self._journal: jr.Journal | None = None
         self._vm: VmHandle | None = None
         self._events: EventSource | None = None
@@ -139,7 +125,10 @@ class LiveGpu:
         self.memlock_bytes = self._memlock_check(self.profile)
         addresses = [p.address for p in self.entries]
         groups = groups_of(self.paths, addresses)
-        recovered = await recover(self.engine, kinds=(jr.Kind.SESSION,), groups=groups)
+        recovered = await recover(
+            self.paths, [gpu_recoverer(self.engine), live_recoverer(self.engine)],
+            select=selecting((jr.Kind.SESSION,), groups),
+        )
         for line in recovered.returned + recovered.discarded:
             self.report(f"recovered from an earlier session: {line}")
         prepared = await prepare(
@@ -172,7 +161,7 @@ class LiveGpu:
         if not isinstance(vm, EventSource):
             raise PciError("the live GPU needs QMP events from the session (a bug in handoff)")
         self._vm, self._events = vm, vm
-        control.register("gpu", self._control)
+        control.register(Command.GPU, self._control)
 
     async def release(self) -> None:
         journal = self._journal
@@ -199,13 +188,13 @@ class LiveGpu:
 
     # ------------------------------------------------------------------ moves
 
-    async def move(self, target: GpuTarget, *, release_within: float | None = None) -> JsonObject:
+    async def move(self, target: Side, *, release_within: float | None = None) -> JsonObject:
         """Move the live groups to ``target``; the status afterwards. HandoffError to refuse."""
         if self._vm is None:
             raise PciError("gpu: the VM is not running yet", fix="wait for `running`, retry")
-        if target is GpuTarget.TOGGLE:
-            target = GpuTarget.HOST if self.state is LiveState.IN_GUEST else GpuTarget.GUEST
-        event = LiveEvent.TO_HOST if target is GpuTarget.HOST else LiveEvent.TO_GUEST
+        if target is Side.TOGGLE:
+            target = Side.HOST if self.state is LiveState.IN_GUEST else Side.GUEST
+        event = LiveEvent.TO_HOST if target is Side.HOST else LiveEvent.TO_GUEST
         if transition(self.state, event) is None:
             if self.state.value == target.value:
                 return {**self.status(), "changed": False}
@@ -319,8 +308,8 @@ class LiveGpu:
             self._locks = None
 
     async def _control(self, message: Mapping[str, Any]) -> JsonObject:
-        within = message.get("release_within")
+        within = message.get(Field.RELEASE_WITHIN)
         if within is not None and (not isinstance(within, int | float) or within <= 0):
             raise PciError(f"gpu: release_within {within!r} is not a positive number of seconds")
-        return await self.move(gpu_target(message.get("to", "toggle")),
+        return await self.move(requested_side(message, Command.GPU),
                                release_within=float(within) if within is not None else None)

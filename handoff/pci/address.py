@@ -1,7 +1,10 @@
 """PCI addresses: parse what people type, print what the kernel uses.
 
 People copy addresses from ``lspci`` (``01:00.0``) and from sysfs
-(``0000:01:00.0``); both mean the same function. Everything inside handoff
+(``0000:01:00.0``); both mean the same function. The domain is 16 bits on
+most hosts but not all: Intel VMD puts the NVMe drives behind it in domain
+``10000`` and up (the kernel prints the domain as ``%04x``, so it grows to
+five digits), and Hyper-V uses 32-bit domains, so any width is accepted. Everything inside handoff
 uses the normalised, sysfs form, so comparisons and paths never disagree.
 """
 
@@ -13,7 +16,7 @@ from dataclasses import dataclass
 from handoff.errors import PciAddressError
 
 _ADDRESS = re.compile(
-    r"^(?:(?P<domain>[0-9a-fA-F]{4}):)?"
+    r"^(?:(?P<domain>[0-9a-fA-F]{4,8}):)?"
     r"(?P<bus>[0-9a-fA-F]{2}):(?P<slot>[0-9a-fA-F]{2})\.(?P<function>[0-7])$"
 )
 
@@ -29,13 +32,14 @@ class PciAddress:
 
     @classmethod
     def parse(cls, text: str) -> PciAddress:
-        """Accept ``DDDD:BB:SS.F`` or ``BB:SS.F`` (domain 0000), any hex case."""
+        """Accept ``DDDD:BB:SS.F`` (4 to 8 domain digits) or ``BB:SS.F`` (domain 0000),
+        any hex case."""
         match = _ADDRESS.match(text.strip())
         if match is None:
             raise PciAddressError(
                 f"{text!r} is not a PCI address",
                 fix="write it as lspci prints it, e.g. 01:00.0, or as sysfs does, "
-                "e.g. 0000:01:00.0 (see `handoff groups`)",
+                "e.g. 0000:01:00.0 or 10000:e1:00.0 (see `handoff groups`)",
             )
         slot = int(match["slot"], 16)
         if slot > 0x1F:

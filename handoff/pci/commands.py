@@ -1,4 +1,4 @@
-"""`handoff groups`, `detach`, `attach`, `recover`: the GPU engine by hand.
+"""`handoff groups`, `detach`, `attach`: the GPU engine by hand.
 
 One ``run_<name>`` function per command, taking the host roots and the
 :class:`SysfsWriter` explicitly and writing its lines to ``out``, so the
@@ -15,23 +15,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from handoff import journal as jr
 from handoff.errors import PciError
 from handoff.host import HostPaths
-from handoff.pci import journal as jr
 from handoff.pci.address import PciAddress
 from handoff.pci.engine import Engine
 from handoff.pci.model import PciDevice
 from handoff.pci.ops import SysfsWriter
 from handoff.pci.plan import GroupVerdict, group_verdicts
-from handoff.pci.recovery import recover
 from handoff.pci.resource import prepare, qemu_owner
 from handoff.pci.snapshot import take_snapshot
 
 Out = Callable[[str], None]
-if TYPE_CHECKING:
-    from handoff.display.units import Runner
 
 
 # --------------------------------------------------------------------------- groups
@@ -66,11 +63,13 @@ def verdict_json(verdict: GroupVerdict) -> dict[str, Any]:
 
 def render_groups(verdicts: Sequence[GroupVerdict]) -> str:
     lines: list[str] = []
+    # 10 columns fit 0000's short form; a VMD domain's 10000:e1:00.0 widens the column.
+    width = max([10, *(len(d.address.short) + 1 for v in verdicts for d in v.members)])
     for verdict in verdicts:
         lines.append(f"IOMMU group {verdict.group}: {verdict.verdict.value}: {verdict.reason}")
         for device in verdict.members:
             lines.append(
-                f"  {device.address.short:<10} {device.class_name:<28} [{device.ids}]  "
+                f"  {device.address.short:<{width}} {device.class_name:<28} [{device.ids}]  "
                 f"{device.driver or '-'}"
             )
         if verdict.fix:
@@ -161,24 +160,3 @@ async def run_attach(
             for line in await engine.give_back(journal):
                 out(line)
     return 0
-
-
-# --------------------------------------------------------------------------- recover
-
-
-async def run_recover(
-    paths: HostPaths, writer: SysfsWriter, *, out: Out, runner: Runner | None = None
-) -> int:
-    """Every GPU journal first (the cards back on their drivers), then the host displays."""
-    report = await recover(Engine(paths, writer))
-    for line in report.lines():
-        out(line)
-    from handoff.display.journal import list_display_journals
-
-    if not list_display_journals(paths):
-        return 0 if report.ok else 1
-    from handoff.display.resource import recover_displays
-    from handoff.display.units import SubprocessRunner
-
-    displays_ok = await recover_displays(paths, writer, runner or SubprocessRunner(), out)
-    return 0 if report.ok and displays_ok else 1

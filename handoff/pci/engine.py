@@ -40,9 +40,9 @@ from typing import TypeVar
 
 import trio
 
+from handoff import journal as jr
 from handoff.errors import BindError, HandoffError, HostError, SysfsTimeoutError
 from handoff.host import HostPaths
-from handoff.pci import journal as jr
 from handoff.pci.address import PciAddress
 from handoff.pci.holders import vfio_group_users
 from handoff.pci.model import VFIO_DRIVER, VFIO_MODULE
@@ -103,7 +103,7 @@ class Engine:
         return DeviceOps(self.paths, self.writer, ticket, address)
 
     @staticmethod
-    def _step(ticket: Ticket, journal: jr.Journal, address: str, step: jr.Step) -> None:
+    def _step(ticket: Ticket, journal: jr.Journal, address: str, step: jr.DeviceStep) -> None:
         """Write-ahead: the step a device is about to take, unless the caller gave up."""
         ticket.check()
         ticket.path, ticket.value = journal.path, "the journal"
@@ -183,15 +183,15 @@ class Engine:
         ops = self._ops(ticket, address)
         current = ops.binding()
         if current.driver == VFIO_DRIVER and current.driver_override == VFIO_DRIVER:
-            self._step(ticket, journal, name, jr.Step.ON_VFIO)
+            self._step(ticket, journal, name, jr.DeviceStep.ON_VFIO)
             return
-        self._step(ticket, journal, name, jr.Step.DETACHING)
+        self._step(ticket, journal, name, jr.DeviceStep.DETACHING)
         ops.set_override(VFIO_DRIVER)
         if current.driver != VFIO_DRIVER:
             if current.driver is not None:
                 ops.unbind(current.driver)
             ops.probe_to(VFIO_DRIVER)
-        self._step(ticket, journal, name, jr.Step.ON_VFIO)
+        self._step(ticket, journal, name, jr.DeviceStep.ON_VFIO)
 
     async def _wait_vfio_node(self, group: int) -> None:
         """/dev/vfio/N appears when the group's first device binds (devtmpfs: at once)."""

@@ -106,6 +106,12 @@ class PciDevice:
     fb_nodes: tuple[str, ...] = ()
     sound_cards: tuple[int, ...] = ()
     netdevs: tuple[str, ...] = ()
+    physfn: PciAddress | None = None  # an SR-IOV virtual function's physical function
+
+    @property
+    def is_virtfn(self) -> bool:
+        """An SR-IOV virtual function (it has a ``physfn`` link): made to be given to guests."""
+        return self.physfn is not None
 
     @property
     def ids(self) -> str:

@@ -10,8 +10,10 @@ changes nothing: this module must never read or write the host (of the PCI
 package it imports only :mod:`handoff.pci.model` and the address type). A
 refusal is a :class:`PreflightRefusedError` naming the group, its members,
 the reason and the fix, raised before any host change.
-The rules are DESIGN.md's "GPU handoff rules" (from libvirt's virpci.c,
-driverctl and users' reports of what went wrong with hook scripts).
+The rules are ARCHITECTURE.md's "The hand-off planner's rules" (from libvirt's
+virpci.c, driverctl, users' reports of what went wrong with hook scripts and
+the published layouts in tests/data/layouts); the per-device questions are
+:mod:`handoff.pci.rules`.
 """
 
 from __future__ import annotations
@@ -30,25 +32,28 @@ from handoff.pci.model import (
     PciDevice,
     compute_stack,
 )
+from handoff.pci.rules import (
+    ACS_FIX,
+    boot_gpu_reason,
+    card_functions,
+    class_need,
+    holds_boot_gpu,
+    is_gpu_own,
+    split_card_reason,
+    stay_reason,
+    stays,
+)
+from handoff.pci.rules import (
+    host_need as _rules_host_need,
+)
 
-# Endpoints the host needs to keep running: giving them away takes the disk,
-# the chipset or the network from under the host. (class prefix → why)
-_HOST_NEEDED_PREFIXES: Mapping[int, str] = {
-    0x0600: "the host bridge (the CPU's path to memory and every device)",
-    0x0601: "the ISA/LPC bridge (keyboard controller, RTC, firmware flash, fans)",
-    0x0C05: "the SMBus controller (sensors, memory SPD)",
-}
-_HOST_NEEDED_BASES: Mapping[int, str] = {
-    0x01: "a storage controller (the host's disks)",
-    0x02: "a network controller (the host's network)",
-}
 
-
-def host_need(device: PciDevice) -> str | None:
-    """Why the host needs this endpoint, or None when it can be given away."""
-    return _HOST_NEEDED_PREFIXES.get(device.class_prefix) or _HOST_NEEDED_BASES.get(
-        device.base_class
-    )
+def host_need(
+    device: PciDevice, devices: Mapping[PciAddress, PciDevice] | None = None
+) -> str | None:
+    """Why the host needs this endpoint, or None when it can be given away
+    (:func:`handoff.pci.rules.host_need`; ``devices`` lets a GPU's own USB go with it)."""
+    return _rules_host_need(device, devices)
 
 
 @dataclass(frozen=True)
@@ -125,7 +130,7 @@ class HandoffPlan:
             lines.append(f"IOMMU group {group.group}:")
             for member in group.members:
                 if member in group.staying:
-                    action = "stays with the host (PCI bridge)"
+                    action = stay_reason(member)
                 elif member.driver == VFIO_DRIVER:
                     action = f"already on vfio-pci (step {position[member.address]})"
                 else:
@@ -176,7 +181,7 @@ def _group_refusals(
     refusals: list[Refusal] = []
     label = f"IOMMU group {group} ({_members(members)})"
     for device in moved:
-        need = host_need(device)
+        need = host_need(device, snapshot.devices)
         if need and device.address not in requested and device.address not in allowed:
             refusals.append(
                 Refusal(
@@ -185,9 +190,20 @@ def _group_refusals(
                     f"{need}; passing the group would take it from the host",
                     f'only if the host can live without it: add allow_in_group = ["'
                     f'{device.address.short}"] to that [[passthrough]] entry; otherwise the '
-                    "card needs another slot (its own IOMMU group), or an ACS-capable port",
+                    "card needs another slot (its own IOMMU group, an ACS-capable port); "
+                    + ACS_FIX,
                 )
             )
+    if not handover:
+        for device in moved:
+            if holds_boot_gpu(device):
+                own_card = any(
+                    a.slot_address == device.address.slot_address for a in requested
+                )
+                reason, fix = boot_gpu_reason(
+                    group, device, own_card, fbcon_bound=snapshot.fbcon_bound
+                )
+                refusals.append(Refusal(group, reason, fix))
     for device in moved:
         if device.is_dead:
             header = "unreadable" if device.header_type is None else f"{device.header_type:#04x}"
@@ -226,22 +242,6 @@ def _group_refusals(
                     "desktop running on this GPU, then try again",
                 )
             )
-        if (
-            device.boot_vga and snapshot.fbcon_bound and device.driver != VFIO_DRIVER
-            and not handover
-        ):
-            refusals.append(
-                Refusal(
-                    group,
-                    f"{device.address.short} is the boot GPU (boot_vga=1) and the host's text "
-                    "console runs on a framebuffer (a bound vtconsole): unbinding it takes "
-                    "the console with it, the classic single-GPU hang",
-                    "unbind the console first (`echo 0 > /sys/class/vtconsole/vtcon1/bind`), "
-                    "or boot with video=efifb:off / fbcon=map:<other fb>, or make the other "
-                    "GPU the primary one in the firmware setup; a host with no other GPU: "
-                    "[host_display] handover = true (profiles/single-gpu.md)",
-                )
-            )
     vfio_users = snapshot.vfio_holders.get(group, ())
     if vfio_users:
         who = ", ".join(h.describe() for h in vfio_users)
@@ -252,6 +252,23 @@ def _group_refusals(
                 "stop the VM that uses this group first (another QEMU or handoff session)",
             )
         )
+    return refusals
+
+
+def _split_cards(
+    wanted: frozenset[PciAddress], group_ids: Sequence[int], snapshot: HostSnapshot
+) -> list[Refusal]:
+    """A GPU card's functions in a group not handed over: QEMU cannot reset the card."""
+    refusals: list[Refusal] = []
+    for address in sorted(wanted):
+        device = snapshot.devices.get(address)
+        if device is None or not is_gpu_own(device, snapshot.devices):
+            continue
+        for sibling in card_functions(device, snapshot.devices):
+            if sibling.iommu_group is None or sibling.iommu_group in group_ids:
+                continue
+            reason, fix = split_card_reason(device, sibling)
+            refusals.append(Refusal(device.iommu_group, reason, fix))
     return refusals
 
 
@@ -383,8 +400,8 @@ def plan_handoff(
             for a in snapshot.iommu.groups.get(group, ())
             if a in snapshot.devices
         )
-        staying = tuple(d for d in members if d.is_bridge)
-        moved = tuple(d for d in members if not d.is_bridge)
+        staying = tuple(d for d in members if stays(d, wanted))
+        moved = tuple(d for d in members if not stays(d, wanted))
         refusals.extend(
             _group_refusals(group, members, moved, wanted, allowed, snapshot, handover=handover)
         )
@@ -397,6 +414,7 @@ def plan_handoff(
                 requested=tuple(sorted(a for a in wanted if a in {d.address for d in members})),
             )
         )
+    refusals.extend(_split_cards(wanted, group_ids, snapshot))
     if groups and not snapshot.vfio_available:
         refusals.append(
             Refusal(
@@ -436,7 +454,8 @@ class GroupVerdict:
 
 
 def group_verdict(group: int, snapshot: HostSnapshot) -> GroupVerdict:
-    """Judge a group as if its non-host-needed endpoints were requested."""
+    """Judge a group as if its non-host-needed endpoints were requested, together with
+    the rest of their cards in other groups (a GPU's audio the IOMMU put apart)."""
     members = tuple(
         snapshot.devices[a] for a in snapshot.iommu.groups.get(group, ()) if a in snapshot.devices
     )
@@ -445,9 +464,10 @@ def group_verdict(group: int, snapshot: HostSnapshot) -> GroupVerdict:
         return GroupVerdict(
             group, members, Verdict.BRIDGES_ONLY, "only PCI bridges, which stay with the host"
         )
-    candidates = [d for d in endpoints if host_need(d) is None]
+    movable = [d for d in endpoints if not stays(d)]
+    candidates = [d for d in movable if host_need(d, snapshot.devices) is None]
     if not candidates:
-        needs = "; ".join(f"{d.address.short} is {host_need(d)}" for d in endpoints)
+        needs = "; ".join(f"{d.address.short} is {class_need(d)}" for d in endpoints)
         return GroupVerdict(
             group,
             members,
@@ -455,23 +475,51 @@ def group_verdict(group: int, snapshot: HostSnapshot) -> GroupVerdict:
             f"every device in it is one the host needs: {needs}",
             "list such a device in [[passthrough]] only if the host can really do without it",
         )
+    boot_slots = {d.address.slot_address for d in candidates if holds_boot_gpu(d)}
+    other_cards = [d for d in candidates if d.address.slot_address not in boot_slots]
+    if boot_slots and other_cards:
+        # Two cards in one group, one the host's boot GPU: judge the other card, so the
+        # refusal names the boot GPU as what the group would take from the host.
+        candidates = other_cards
+    elsewhere = _card_elsewhere(candidates, group, snapshot)
     try:
-        plan_handoff([d.address for d in candidates], snapshot)
+        plan_handoff([d.address for d in candidates + elsewhere], snapshot)
     except PreflightRefusedError as refused:
         return GroupVerdict(group, members, Verdict.REFUSED, refused.message, refused.fix)
-    if len(endpoints) == 1:
+    if len(movable) == 1 and not elsewhere:
         return GroupVerdict(group, members, Verdict.PASSABLE, "passable on its own")
-    first = sorted(endpoints, key=lambda d: (0 if d.is_display else 1, d.address))[0]
-    others = tuple(d.address for d in endpoints if d is not first)
+    first = sorted(movable, key=lambda d: (0 if d.is_display else 1, d.address))[0]
+    others = tuple(d.address for d in movable + elsewhere if d is not first)
+    text = "passable together with " + ", ".join(
+        f"{a.short}" for a in others if a not in {d.address for d in elsewhere}
+    )
+    if elsewhere:
+        apart = ", ".join(f"{d.address.short} (IOMMU group {d.iommu_group})" for d in elsewhere)
+        joined = " and " if len(movable) > 1 else ""
+        text = (text if len(movable) > 1 else "passable") + (
+            f"{joined} together with the rest of its card in another group: {apart}"
+        )
     return GroupVerdict(
         group,
         members,
         Verdict.PASSABLE_WITH_CO_MEMBERS,
-        "passable together with "
-        + ", ".join(f"{a.short}" for a in others)
-        + " (the whole group moves to vfio-pci)",
+        text + " (the whole group moves to vfio-pci)",
         co_members=others,
     )
+
+
+def _card_elsewhere(
+    candidates: Sequence[PciDevice], group: int, snapshot: HostSnapshot
+) -> list[PciDevice]:
+    """The other functions of the candidates' GPU cards that sit in other groups."""
+    found: dict[PciAddress, PciDevice] = {}
+    for device in candidates:
+        if not is_gpu_own(device, snapshot.devices):
+            continue
+        for sibling in card_functions(device, snapshot.devices):
+            if sibling.iommu_group not in (None, group):
+                found[sibling.address] = sibling
+    return [found[a] for a in sorted(found)]
 
 
 def group_verdicts(snapshot: HostSnapshot) -> tuple[GroupVerdict, ...]:

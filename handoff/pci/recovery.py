@@ -1,50 +1,65 @@
-"""`handoff recover`'s policy: which journals left behind to finish, and which to leave.
+"""The GPU hand-off's part of `handoff recover`: its journals, finished by the engine.
 
-A journal is what a supervisor that died (SIGKILL, a crash, a power cut
-without reboot) left of a hand-off. This module decides, per journal,
-whether to discard it (an earlier boot: the reboot already reset every
-binding), leave it (its groups are locked by a live handoff, or its
-recorded QEMU still runs), or finish it (the engine returns its devices).
-It never writes sysfs itself: returning goes through
-:meth:`handoff.pci.engine.Engine.give_back`, and host settings a tuning
-journal records (hugepage pool, governors, units' AllowedCPUs) go back through
-:func:`handoff.tune.settings.restore_settings`, under the same rules
-(earlier boot: discarded, the reboot reset them; locked or QEMU alive: left).
+A device journal (``<run>/journal/<name>.json``, a session's or a manual
+`handoff detach`'s) is finished by returning its devices through
+:meth:`handoff.pci.engine.Engine.give_back` under its groups' locks, by
+:mod:`handoff.journal.recover`'s policy (earlier boot: discarded; locked:
+left; its recorded QEMU still running: left, its devices are in use).
+A live group's journal (``live`` set) is :mod:`handoff.live.recovery`'s,
+a capability's own journal (``<profile>+<tag>``) that capability's. It never
+writes sysfs itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from handoff.errors import HandoffError
-from handoff.pci import journal as jr
+from handoff import journal as jr
+from handoff.host import HostPaths
+from handoff.journal.recover import Recoverer, RecoveryReport
+from handoff.journal.recover import recover as recover_journals
 from handoff.pci.engine import Engine
-from handoff.pci.holders import vfio_group_users
-from handoff.pci.sysfs import read_boot_id, vfio_group_node
-from handoff.tune.settings import Systemd, restore_settings
+
+AFTER_REBOOT = (
+    "the reboot already returned every device to the kernel's default driver (and every "
+    "setting to its boot value)"
+)
 
 
-@dataclass
-class RecoveryReport:
-    """What `handoff recover` did: devices returned, journals it had to leave alone."""
+def device_journals(paths: HostPaths) -> list[Path]:
+    """The files of ``<run>/journal/`` that hold device journals (no capability tag)."""
+    return [p for p in jr.list_journals(paths) if jr.capability_of(p) is None]
 
-    returned: list[str] = field(default_factory=list)
-    discarded: list[str] = field(default_factory=list)
-    refused: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
 
-    @property
-    def ok(self) -> bool:
-        return not self.refused and not self.failed
+def qemu_in_use(engine: Engine, journal: jr.Journal) -> str | None:
+    """Why a journal whose recorded QEMU still runs is left alone (None: it is gone)."""
+    pid = journal.qemu_pid
+    if pid is None or not jr.process_alive(engine.paths, pid, journal.qemu_start_time):
+        return None
+    return (
+        f"its QEMU (pid {pid}) is still running and uses the devices; stop it (`kill {pid}`), "
+        "then run `handoff recover` again"
+    )
 
-    def lines(self) -> list[str]:
-        out = [f"returned: {note}" for note in self.returned]
-        out += [f"discarded: {note}" for note in self.discarded]
-        out += [f"left alone: {note}" for note in self.refused]
-        out += [f"FAILED: {note}" for note in self.failed]
-        return out or ["nothing to recover: no hand-off journal"]
+
+def gpu_recoverer(engine: Engine) -> Recoverer[jr.Journal]:
+    """The GPU hand-off's recoverer: device journals without a live step."""
+    paths = engine.paths
+
+    async def finish(journal: jr.Journal) -> list[str]:
+        return await engine.give_back(journal)
+
+    return Recoverer(
+        name="GPU hand-off",
+        journals=lambda: device_journals(paths),
+        load=lambda path: jr.Journal.load(path, paths.proc),
+        wants=lambda journal: journal.live is None,
+        lock=lambda journal: jr.lock_journal(paths, journal, "handoff recover"),
+        in_use=lambda journal: qemu_in_use(engine, journal),
+        finish=finish,
+        after_reboot=AFTER_REBOOT,
+    )
 
 
 async def recover(
@@ -54,77 +69,24 @@ async def recover(
     groups: set[int] | None = None,
     only: Path | None = None,
 ) -> RecoveryReport:
-    """Finish every journal left by a supervisor that died; return its devices.
+    """Finish the GPU journals a dead supervisor left: of ``kinds``, touching ``groups``.
 
-    A journal whose groups are still locked belongs to a live handoff and is
-    left alone; one whose recorded QEMU is still running is left alone too
-    (its devices are in use: stop that QEMU first). A journal from an earlier
-    boot is discarded: the reboot already reset every binding. Only journals
-    of ``kinds`` (and, given ``groups``, touching one of them; given ``only``,
-    that one file) are finished.
+    What a session's acquire runs before it takes its own groups; `handoff
+    recover` runs every capability's recoverer (:mod:`handoff.recovery`).
     """
-    report = RecoveryReport()
-    wanted = frozenset(kinds)
-    paths = engine.paths
-    boot_id = read_boot_id(paths)
-    for path in jr.list_journals(paths):
-        if only is not None and path != only:
-            continue
-        try:
-            journal = jr.Journal.load(path)
-        except HandoffError as exc:
-            report.failed.append(str(exc))
-            continue
-        if journal.boot_id != boot_id:
-            journal.remove()
-            report.discarded.append(
-                f"{path} is from an earlier boot ({journal.boot_id}): the reboot already "
-                "returned every device to the kernel's default driver (and every setting "
-                "to its boot value)"
-            )
-            continue
-        if journal.kind not in wanted:
-            continue
-        if groups is not None and not groups.intersection(journal.groups):
-            continue
-        await _finish(engine, journal, report)
-    return report
-
-
-def _groups_open(engine: Engine, journal: jr.Journal) -> bool:
-    from handoff.live.recovery import LiveRecovery, decide
-
-    open_ = any(
-        vfio_group_users(engine.paths, vfio_group_node(engine.paths, group)) is not None
-        for group in journal.groups
+    return await recover_journals(
+        engine.paths, [gpu_recoverer(engine)], only=only, select=selecting(kinds, groups)
     )
-    return decide(qemu_alive=True, group_open=open_) is LiveRecovery.LEAVE_IN_GUEST
 
 
-async def _finish(engine: Engine, journal: jr.Journal, report: RecoveryReport) -> None:
-    """Return one dead supervisor's devices, under its groups' locks."""
-    try:
-        locks = jr.lock_journal(engine.paths, journal, "handoff recover")
-    except HandoffError as exc:
-        report.refused.append(f"{journal.path}: {exc.message}")
-        return
-    try:
-        pid = journal.qemu_pid
-        alive = pid is not None and jr.process_alive(engine.paths, pid, journal.qemu_start_time)
-        if alive and journal.live is not None and not _groups_open(engine, journal):
-            # A live group QEMU no longer holds (deleted from the guest, or never
-            # added): nothing uses it, it goes to the host (handoff.live.recovery).
-            alive = False
-        if alive:
-            report.refused.append(
-                f"{journal.path}: its QEMU (pid {pid}) is still running and uses the devices; "
-                f"stop it (`kill {pid}`), then run `handoff recover` again"
-            )
-            return
-        try:
-            report.returned += restore_settings(journal, engine.writer, Systemd(engine.paths))
-            report.returned += await engine.give_back(journal)
-        except HandoffError as exc:
-            report.failed.append(f"{journal.path}: {exc}")
-    finally:
-        locks.release()
+def selecting(
+    kinds: Iterable[jr.Kind] = tuple(jr.Kind), groups: set[int] | None = None
+) -> Callable[[jr.Journal], bool]:
+    """Journals of ``kinds`` touching one of ``groups`` (None: any)."""
+    wanted = frozenset(kinds)
+
+    def select(journal: jr.Journal) -> bool:
+        touches = groups is None or bool(groups.intersection(journal.groups))
+        return journal.kind in wanted and touches
+
+    return select

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 
 import trio
 
+from handoff import journal as jr
 from handoff.errors import HandoffError, PreflightRefusedError
 from handoff.host import HostPaths, qemu_account
 from handoff.memlock import check_memlock
-from handoff.pci import journal as jr
 from handoff.pci.address import PciAddress
 from handoff.pci.engine import WRITE_TIMEOUT, Engine
 from handoff.pci.ops import KernelWriter, SysfsWriter
@@ -58,7 +58,7 @@ class Prepared:
     """A checked plan whose groups this process has locked."""
 
     plan: HandoffPlan
-    locks: jr.GroupLocks
+    locks: jr.Locks
 
 
 # udev opens a DRM or sound node for a moment after the device appears or
@@ -169,7 +169,7 @@ class GpuHandoff:
         self._memlock_check = memlock_check
         self.memlock_bytes: int | None = None
         self.plan: HandoffPlan | None = None
-        self._locks: jr.GroupLocks | None = None
+        self._locks: jr.Locks | None = None
         self._journal: jr.Journal | None = None
         self._returned: list[str] = []
 

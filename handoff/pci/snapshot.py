@@ -22,6 +22,7 @@ from handoff.pci.plan import HostSnapshot
 from handoff.pci.sysfs import (
     driver_loaded,
     framebuffer_console_bound,
+    list_addresses,
     read_device,
     read_devices,
     read_iommu,
@@ -52,7 +53,13 @@ def take_snapshot(
         wanted = set(iommu.groups)
     else:
         wanted = set(groups)
-        scope = {a for g in wanted for a in iommu.groups.get(g, ())} | set(addresses)
+        requested = set(addresses)
+        scope = {a for g in wanted for a in iommu.groups.get(g, ())} | requested
+        # The other functions of the requested cards, wherever the IOMMU put them: the
+        # planner refuses a GPU whose audio sits in a group not handed over.
+        slots = {a.slot_address for a in requested}
+        if slots:
+            scope |= {a for a in list_addresses(paths) if a.slot_address in slots}
         devices = {}
         for address in sorted(scope):
             try:

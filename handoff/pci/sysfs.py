@@ -133,6 +133,7 @@ def read_device(paths: HostPaths, address: PciAddress) -> PciDevice:
         int(name[4:]) for name in _children(dev / "sound", "card") if name[4:].isdigit()
     )
     driver = _link_name(dev / "driver")
+    physfn = _link_name(dev / "physfn")
     return PciDevice(
         address=address,
         class_code=class_code,
@@ -151,7 +152,17 @@ def read_device(paths: HostPaths, address: PciAddress) -> PciDevice:
         fb_nodes=_children(dev / "graphics", "fb"),
         sound_cards=sound,
         netdevs=_children(dev / "net", ""),
+        physfn=_parse_or_none(physfn),
     )
+
+
+def _parse_or_none(name: str | None) -> PciAddress | None:
+    if name is None:
+        return None
+    try:
+        return PciAddress.parse(name)
+    except PciError:
+        return None
 
 
 def read_binding(paths: HostPaths, address: PciAddress) -> Binding | None:
@@ -196,7 +207,7 @@ def groups_of(paths: HostPaths, addresses: Iterable[PciAddress]) -> set[int]:
 def list_addresses(paths: HostPaths) -> tuple[PciAddress, ...]:
     """Every PCI function the kernel knows, sorted."""
     names = _children(pci_devices_dir(paths), "")
-    return tuple(sorted(PciAddress.parse(name) for name in names))
+    return tuple(sorted(a for name in names if (a := _parse_or_none(name)) is not None))
 
 
 def read_devices(paths: HostPaths) -> dict[PciAddress, PciDevice]:
@@ -245,14 +256,3 @@ def framebuffer_console_bound(paths: HostPaths) -> bool:
         if "frame buffer" in label and _read_text(root / name / "bind") == "1":
             return True
     return False
-
-
-def read_boot_id(paths: HostPaths) -> str:
-    """This boot's random id: journals from another boot are stale."""
-    text = _read_text(paths.proc / "sys" / "kernel" / "random" / "boot_id")
-    if not text:
-        raise PciError(
-            f"cannot read {paths.proc / 'sys/kernel/random/boot_id'}",
-            fix="mount /proc (handoff needs it to recognise journals from an earlier boot)",
-        )
-    return text

@@ -30,10 +30,12 @@ OVMF vars copy is handoff.firmware. This package must never gain either.
 """
 
 from handoff.errors import ProfileError
+from handoff.profile.input_section import selector_kind
 from handoff.profile.model import (
     RESERVED_NAMES,
     SECTIONS,
     Accel,
+    Accelerator,
     AudioBackend,
     Control,
     Cpu,
@@ -76,7 +78,6 @@ from handoff.profile.parse import (
     load_profile,
     parse_memory,
     parse_profile,
-    selector_kind,
 )
 from handoff.profile.render import profile_to_toml
 
@@ -86,6 +87,7 @@ __all__ = [
     "RESERVED_NAMES",
     "SECTIONS",
     "Accel",
+    "Accelerator",
     "AudioBackend",
     "Control",
     "Cpu",

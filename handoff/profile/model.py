@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
-from enum import Enum
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
@@ -44,6 +44,13 @@ class Accel(Enum):
     """Which accelerator QEMU uses; AUTO picks KVM only where it really works."""
 
     AUTO = "auto"
+    KVM = "kvm"
+    TCG = "tcg"
+
+
+class Accelerator(StrEnum):
+    """The accelerator QEMU gets (``vm.accel`` resolved on this host): ``-machine accel=``."""
+
     KVM = "kvm"
     TCG = "tcg"
 

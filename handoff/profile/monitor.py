@@ -8,54 +8,18 @@ or raw VCP 0x60 numbers 1-255; ``follow`` input or gpu (a live GPU).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from handoff.monitor.mccs import INPUT_SOURCES, closest_input, input_value
-from handoff.profile.model import SECTION_KEYS, Monitor, MonitorFollow
-
-if TYPE_CHECKING:
-    from handoff.profile.parse import _Reader
+from handoff.profile.model import Monitor, MonitorFollow
+from handoff.profile.reader import Custom, FieldParser, Reader, Whole
 
 
-def parse_monitor(r: _Reader, data: Mapping[str, Any], live: bool) -> Monitor:
-    """``[monitor]``; ``live``: the profile has a live GPU group (for follow = "gpu")."""
-    t = r.table(data, "monitor")
-    r.check_keys(t, "monitor", SECTION_KEYS["monitor"])
-    if not t:
-        return Monitor()
-    bus = r.integer(t, "monitor", "ddc_bus", 0, 1023)
-    display = r.integer(t, "monitor", "ddc_display", 1, 64)
-    if (bus is None) == (display is None):
-        raise r.error(
-            "monitor.ddc_bus",
-            "found " + ("both ddc_bus and ddc_display" if bus is not None else "neither ddc_bus "
-                        "nor ddc_display") + "; expected exactly one",
-            "write ddc_bus = N for /dev/i2c-N (`ddcutil detect` lists it), or ddc_display = N",
-        )
-    guest = _input(r, t, "guest_input")
-    host = _input(r, t, "host_input")
-    if guest is None and host is None:
-        raise r.error(
-            "monitor.guest_input", "is missing; expected the input the guest's GPU drives",
-            'write guest_input = "DisplayPort1" and host_input = "HDMI1" (your monitor\'s '
-            "inputs; `ddcutil capabilities` lists them)",
-        )
-    follow = r.enum(t, "monitor", "follow", MonitorFollow, MonitorFollow.INPUT)
-    if follow is MonitorFollow.GPU and not live:
-        raise r.error(
-            "monitor.follow",
-            'found "gpu" with no [[passthrough]] live = true; expected a live GPU to follow',
-            'write follow = "input", or mark the GPU live = true',
-        )
-    return Monitor(ddc_bus=bus, ddc_display=display, guest_input=guest, host_input=host,
-                   follow=follow)
-
-
-def _input(r: _Reader, t: Mapping[str, Any], name: str) -> int | None:
+def _input(r: Reader, t: Mapping[str, Any], prefix: str, name: str, default: Any) -> Any:
     if name not in t:
         return None
     value = t[name]
-    key = f"monitor.{name}"
+    key = f"{prefix}.{name}"
     names = ", ".join(INPUT_SOURCES)
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise r.error(key, f"found {value!r}; expected an input name or a number 1-255",
@@ -74,3 +38,39 @@ def _input(r: _Reader, t: Mapping[str, Any], name: str) -> int | None:
             "number (`ddcutil getvcp 60` shows the current one)",
         )
     return found
+
+
+MONITOR_KEYS: Mapping[str, FieldParser] = {
+    "ddc_bus": Whole(0, 1023),
+    "ddc_display": Whole(1, 64),
+    "guest_input": Custom(_input),
+    "host_input": Custom(_input),
+}
+
+
+def parse_monitor(r: Reader, data: Mapping[str, Any], live: bool) -> Monitor:
+    """``[monitor]``; ``live``: the profile has a live GPU group (for follow = "gpu")."""
+    t = r.section(data, "monitor")
+    if not t:
+        return Monitor()
+    chosen = Monitor(**r.fields(t, "monitor", Monitor, MONITOR_KEYS))
+    if (chosen.ddc_bus is None) == (chosen.ddc_display is None):
+        raise r.error(
+            "monitor.ddc_bus",
+            "found " + ("both ddc_bus and ddc_display" if chosen.ddc_bus is not None
+                        else "neither ddc_bus nor ddc_display") + "; expected exactly one",
+            "write ddc_bus = N for /dev/i2c-N (`ddcutil detect` lists it), or ddc_display = N",
+        )
+    if chosen.guest_input is None and chosen.host_input is None:
+        raise r.error(
+            "monitor.guest_input", "is missing; expected the input the guest's GPU drives",
+            'write guest_input = "DisplayPort1" and host_input = "HDMI1" (your monitor\'s '
+            "inputs; `ddcutil capabilities` lists them)",
+        )
+    if chosen.follow is MonitorFollow.GPU and not live:
+        raise r.error(
+            "monitor.follow",
+            'found "gpu" with no [[passthrough]] live = true; expected a live GPU to follow',
+            'write follow = "input", or mark the GPU live = true',
+        )
+    return chosen

@@ -53,14 +53,14 @@ def _key_lines(entry: object) -> list[str]:
         default = field_default(f)
         if default is not MISSING and value == default and not f.metadata.get(CONTEXT_DEFAULT):
             continue
-        lines.append(f"{name} = {_toml_value(value)}")
+        lines.append(f"{name} = {toml_value(value)}")
     return lines
 
 
-def _toml_value(value: object) -> str:
+def toml_value(value: object) -> str:
     if isinstance(value, PinSpec):
         if value.mode is PinMode.EXPLICIT:
-            return _toml_value([format_cpulist(cpus) for cpus in value.lists])
+            return toml_value([format_cpulist(cpus) for cpus in value.lists])
         return json.dumps(value.mode.value)
     if isinstance(value, EmulatorSpec):
         return json.dumps("auto" if value.cpus is None else format_cpulist(value.cpus))
@@ -75,5 +75,5 @@ def _toml_value(value: object) -> str:
     if isinstance(value, str | Path | PciAddress):
         return json.dumps(str(value), ensure_ascii=False)
     if isinstance(value, tuple | list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot render {value!r} as TOML")

@@ -14,18 +14,17 @@ import errno
 import os
 from dataclasses import dataclass
 from enum import Enum
-from typing import Literal
 
 from handoff.errors import HostError
 from handoff.host import HostPaths
-from handoff.profile import Accel
+from handoff.profile import Accel, Accelerator
 
 
 @dataclass(frozen=True)
 class AccelChoice:
     """The accelerator QEMU gets, and one sentence saying why."""
 
-    accel: Literal["kvm", "tcg"]
+    accel: Accelerator
     reason: str
 
 
@@ -112,13 +111,14 @@ def choose_accel(requested: Accel, paths: HostPaths, *, strict: bool = True) -> 
     is kept and the reason says that a real run would refuse.
     """
     if requested is Accel.TCG:
-        return AccelChoice("tcg", 'the profile asks for TCG (vm.accel = "tcg")')
+        return AccelChoice(Accelerator.TCG, 'the profile asks for TCG (vm.accel = "tcg")')
     problem = diagnose_kvm(paths)
     if problem is None:
-        return AccelChoice("kvm", f"{paths.dev / 'kvm'} opens read-write")
+        return AccelChoice(Accelerator.KVM, f"{paths.dev / 'kvm'} opens read-write")
     if requested is Accel.KVM and not strict:
         return AccelChoice(
-            "kvm", f'the profile asks for KVM; `handoff run` would refuse here: {problem.text}'
+            Accelerator.KVM,
+            f"the profile asks for KVM; `handoff run` would refuse here: {problem.text}",
         )
     if requested is Accel.KVM:
         raise HostError(
@@ -126,5 +126,5 @@ def choose_accel(requested: Accel, paths: HostPaths, *, strict: bool = True) -> 
             fix=problem.fix
             + '; or set vm.accel = "auto" to fall back to TCG emulation (slow)',
         )
-    return AccelChoice("tcg", f"TCG emulation because {problem.text}")
+    return AccelChoice(Accelerator.TCG, f"TCG emulation because {problem.text}")
 

@@ -19,12 +19,12 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 
 from handoff.errors import QemuError, QemuNotFoundError, QemuUnsupportedError
 from handoff.profile import (
+    Accelerator,
     AudioBackend,
     DiskInterface,
     DiskMedia,
@@ -34,7 +34,8 @@ from handoff.profile import (
     SoundModel,
 )
 from handoff.qemu import probe_cache
-from handoff.qemu.cmdline import NIC_DEVICE, VGA_DEVICE, LaunchSpec, argv_devices, build_argv
+from handoff.qemu.cmdline import NIC_DEVICE, VGA_DEVICE
+from handoff.qemu.probe_cache import QemuCapabilities
 
 #: The oldest QEMU whose option syntax build_argv uses throughout (-blockdev,
 #: -audiodev with hda-duplex,audiodev=, socket chardev fd=, on/off booleans).
@@ -45,23 +46,6 @@ PROBE_TIMEOUT = 20.0
 
 _INSTALL_QEMU = "apt-get install qemu-system-x86 (or your distribution's qemu-system package)"
 _GUI_PACKAGE = "apt-get install qemu-system-gui (Debian/Ubuntu ship it as a separate package)"
-
-
-@dataclass(frozen=True)
-class QemuCapabilities:
-    """The answers of one QEMU binary about itself."""
-
-    binary: Path
-    version: tuple[int, int, int]
-    devices: frozenset[str]
-    accelerators: frozenset[str]
-    audio_drivers: frozenset[str]
-    display_backends: frozenset[str]
-    machines: frozenset[str]
-
-    @property
-    def version_text(self) -> str:
-        return ".".join(str(part) for part in self.version)
 
 
 _cache: dict[tuple[str, int, int], QemuCapabilities] = {}
@@ -226,7 +210,7 @@ def check_supported(
     argv_devices: Iterable[str],
     caps: QemuCapabilities,
     *,
-    accel: str | None = None,
+    accel: Accelerator | None = None,
 ) -> None:
     """Refuse a profile the installed QEMU cannot run. Pure: ``caps`` holds the facts.
 
@@ -357,27 +341,3 @@ def check_bridges(
                 "and add the LAN interface to it, or use type = \"user\"",
             )
 
-
-def check_profile(
-    profile: Profile,
-    *,
-    binary: str = "qemu-system-x86_64",
-    accel: str = "tcg",
-    extra_args: Sequence[str] = (),
-) -> QemuCapabilities:
-    """Probe ``binary`` and refuse ``profile`` if it cannot run there (the session's preflight).
-
-    Builds the argv the session will run (with ``extra_args`` from host
-    resources) so the device list checked is exactly the one QEMU gets.
-    """
-    caps = probe(binary)
-    launch = LaunchSpec(
-        binary=binary,
-        accel="kvm" if accel == "kvm" else "tcg",
-        monitor_fd=3,
-        vnc_socket=Path("/run/handoff/check/vnc.sock"),
-        extra_args=tuple(extra_args),
-    )
-    check_supported(profile, argv_devices(build_argv(profile, launch)), caps, accel=accel)
-    check_bridges(profile)
-    return caps

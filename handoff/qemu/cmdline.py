@@ -28,11 +28,11 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from handoff.errors import ProfileError
 from handoff.pci.address import PciAddress
 from handoff.profile import (
+    Accelerator,
     AudioBackend,
     Disk,
     DiskAio,
@@ -89,7 +89,7 @@ class LaunchSpec:
     """
 
     binary: str = "qemu-system-x86_64"
-    accel: Literal["kvm", "tcg"] = "tcg"
+    accel: Accelerator = Accelerator.TCG
     monitor_fd: int | None = None
     monitor_path: Path | None = None
     vnc_socket: Path | None = None
@@ -131,11 +131,11 @@ def process_name(profile: Profile) -> str:
     return f"handoff-{profile.vm.name}"
 
 
-def cpu_model(profile: Profile, accel: str) -> str:
+def cpu_model(profile: Profile, accel: Accelerator) -> str:
     """``host`` under KVM, ``max`` under TCG, unless the profile names one."""
     if profile.vm.cpu_model is not None:
         return profile.vm.cpu_model
-    return "host" if accel == "kvm" else "max"
+    return "host" if accel is Accelerator.KVM else "max"
 
 
 def build_argv(profile: Profile, launch: LaunchSpec) -> list[str]:
@@ -217,9 +217,9 @@ def format_argv(argv: Sequence[str]) -> str:
     return shlex.join(argv)
 
 
-def _cpu(profile: Profile, accel: str) -> str:
+def _cpu(profile: Profile, accel: Accelerator) -> str:
     model = cpu_model(profile, accel)
-    if model == "host" and accel != "kvm":
+    if model == "host" and accel is not Accelerator.KVM:
         raise ProfileError(
             'found the string "host"; expected a CPU model QEMU can emulate without KVM '
             '("host" passes the real CPU through and needs KVM)',
@@ -258,9 +258,14 @@ def _firmware(profile: Profile) -> list[str]:
     ]
 
 
+def monitor_chardev(fd: int) -> str:
+    """The ``-chardev`` value of QMP on the inherited socket ``fd``."""
+    return _opts("socket", id="qmp", fd=fd)
+
+
 def _monitor(launch: LaunchSpec) -> list[str]:
     if launch.monitor_fd is not None:
-        chardev = _opts("socket", id="qmp", fd=launch.monitor_fd)
+        chardev = monitor_chardev(launch.monitor_fd)
     elif launch.monitor_path is not None:
         chardev = _opts("socket", id="qmp", path=str(launch.monitor_path), server="on", wait="off")
     else:

@@ -29,12 +29,27 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import handoff
 
-if TYPE_CHECKING:
-    from handoff.qemu.capabilities import QemuCapabilities
+
+@dataclass(frozen=True)
+class QemuCapabilities:
+    """The answers of one QEMU binary about itself."""
+
+    binary: Path
+    version: tuple[int, int, int]
+    devices: frozenset[str]
+    accelerators: frozenset[str]
+    audio_drivers: frozenset[str]
+    display_backends: frozenset[str]
+    machines: frozenset[str]
+
+    @property
+    def version_text(self) -> str:
+        return ".".join(str(part) for part in self.version)
+
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +123,6 @@ def encode(key: CacheKey, caps: QemuCapabilities) -> dict[str, Any]:
 
 def decode(document: object, key: CacheKey) -> QemuCapabilities:
     """The capabilities ``document`` holds for ``key``; UnusableCacheError if unusable."""
-    from handoff.qemu.capabilities import QemuCapabilities
-
     if not isinstance(document, dict):
         raise UnusableCacheError("not a JSON object")
     if document.get("schema") != SCHEMA:

@@ -61,13 +61,6 @@ def scope_argv(
     return (*wrapper, "--", *qemu_argv)
 
 
-def scope_prefix_length(argv: tuple[str, ...]) -> int:
-    """How many leading words of ``argv`` are the scope wrapper (0: none); QEMU's follow."""
-    if not argv or argv[0] != SYSTEMD_RUN or "--" not in argv:
-        return 0
-    return argv.index("--") + 1
-
-
 @dataclass(frozen=True)
 class IsolationPlan:
     """unit -> AllowedCPUs value for the host's units, and the VM scope's value."""

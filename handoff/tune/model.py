@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from handoff.errors import CpuListError
+from handoff.errors import CpuListError, PinListError
 from handoff.tune.cpulist import format_cpulist, parse_cpulist
 
 # --------------------------------------------------------------------------- host
@@ -211,11 +211,14 @@ class PinSpec:
         parsed: list[frozenset[int]] = []
         for index, text in enumerate(lists):
             what = f"cpu.pin[{index}] (vCPU {index})"
-            cpus = parse_cpulist(text, what=what)
+            try:
+                cpus = parse_cpulist(text, what=what)
+            except CpuListError as exc:
+                raise PinListError(exc.message, index=index, fix=exc.fix) from None
             if not cpus:
-                raise CpuListError(
+                raise PinListError(
                     f"{what} is empty: every vCPU needs at least one host CPU",
-                    fix='give it a CPU list such as "2,8", or use pin = "auto"',
+                    index=index, fix='give it a CPU list such as "2,8", or use pin = "auto"',
                 )
             parsed.append(cpus)
         return cls(PinMode.EXPLICIT, tuple(parsed))

@@ -17,15 +17,19 @@ one node it binds there; unpinned or on a one-node host no policy is given.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
-from handoff.errors import IsolationRefusedError
+from handoff.errors import IsolationRefusedError, TuneError
 from handoff.profile.model import Cpu, Memory, Vm, guest_topology
 from handoff.tune.governor import GovernorPlan, plan_governor
 from handoff.tune.hugepages import HugepagePlan, plan_hugepages
 from handoff.tune.isolation import IsolationPlan, plan_isolation
 from handoff.tune.model import HostTuning, HugepageSize
 from handoff.tune.pinning import PinPlan, plan_pinning
+
+_T = TypeVar("_T")
 
 
 class NumaPolicy(enum.Enum):
@@ -103,23 +107,66 @@ def isolation_refusal(host: HostTuning) -> IsolationRefusedError | None:
     return None
 
 
+@dataclass(frozen=True)
+class TuneAttempt:
+    """Each part of the tuning planned on its own: the part, or the TuneError refusing it.
+
+    :func:`plan_tuning` (the session plan's) raises the first refusal; doctor
+    (:mod:`handoff.checks.tune`) shows each part's verdict from the same
+    attempt. A refused pinning leaves the other parts planned for no pinned CPUs.
+    """
+
+    pin: PinPlan | TuneError
+    hugepages: HugepagePlan | TuneError | None
+    governor: GovernorPlan | TuneError
+    isolation: IsolationPlan | TuneError | None
+    memory_mib: int
+    page: HugepageSize
+
+    def plan(self) -> TunePlan:
+        """The whole plan; raises the first part's refusal (pin, pages, governor, isolation)."""
+        pin, pages, governor, isolation = self.pin, self.hugepages, self.governor, self.isolation
+        for part in (pin, pages, governor, isolation):
+            if isinstance(part, TuneError):
+                raise part
+        assert not isinstance(pin, TuneError)
+        assert not isinstance(pages, TuneError)
+        assert not isinstance(governor, TuneError)
+        assert not isinstance(isolation, TuneError)
+        backend = None
+        if pages is not None:
+            nodes = tuple(t.node for t in pages.targets if t.node is not None)
+            backend = MemoryBackend(self.memory_mib, self.page, nodes)
+        return TunePlan(pin, pages, governor, isolation, backend)
+
+
+def _attempt(plan: Callable[[], _T]) -> _T | TuneError:
+    try:
+        return plan()
+    except TuneError as exc:
+        return exc
+
+
+def attempt_tuning(cpu: Cpu, memory: Memory, vm: Vm, host: HostTuning) -> TuneAttempt:
+    """Every part of the tuning for ``vm`` on ``host``, each planned or refused."""
+    topology = host.topology
+    pin = _attempt(lambda: plan_pinning(topology, guest_topology(vm), cpu.pin, cpu.emulator))
+    pinned = pin.vcpu_cpus if isinstance(pin, PinPlan) else frozenset[int]()
+    pages = _attempt(lambda: plan_hugepages(
+        vm.memory_mib, memory.hugepages, host.hugepages, host.cpu_flags, topology, pinned
+    ))
+    governor = _attempt(lambda: plan_governor(cpu.governor, sorted(pinned), host.cpufreq))
+    isolation: IsolationPlan | TuneError | None = None
+    if cpu.isolate:
+        refusal = isolation_refusal(host)
+        if isinstance(pin, PinPlan):
+            emulator = pin.emulator
+            isolation = _attempt(lambda: plan_isolation(topology.online, pinned, emulator))
+        if refusal is not None and not isinstance(isolation, TuneError):
+            isolation = refusal
+    return TuneAttempt(pin, pages, governor, isolation, vm.memory_mib, memory.hugepages)
+
+
 def plan_tuning(cpu: Cpu, memory: Memory, vm: Vm, host: HostTuning) -> TunePlan:
     """The tuning for ``vm`` on ``host``; raises a TuneError naming the numbers."""
-    topology = host.topology
-    pin = plan_pinning(topology, guest_topology(vm), cpu.pin, cpu.emulator)
-    pinned = pin.vcpu_cpus
-    pages = plan_hugepages(
-        vm.memory_mib, memory.hugepages, host.hugepages, host.cpu_flags, topology, pinned
-    )
-    governor = plan_governor(cpu.governor, sorted(pinned), host.cpufreq)
-    isolation = None
-    if cpu.isolate:
-        isolation = plan_isolation(topology.online, pinned, pin.emulator)
-        refusal = isolation_refusal(host)
-        if refusal is not None:
-            raise refusal
-    backend = None
-    if pages is not None:
-        nodes = tuple(t.node for t in pages.targets if t.node is not None)
-        backend = MemoryBackend(vm.memory_mib, memory.hugepages, nodes)
-    return TunePlan(pin, pages, governor, isolation, backend)
+    return attempt_tuning(cpu, memory, vm, host).plan()

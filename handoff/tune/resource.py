@@ -1,8 +1,10 @@
 """Performance tuning as a session resource (see :mod:`handoff.resources`).
 
 acquire (before QEMU starts)
-    the plan (:func:`handoff.tune.plan.plan_tuning`, from the host read now);
-    a tuning journal a dead supervisor left for this profile finished first;
+    the session plan's tuning (``SessionPlan.tune``, planned once from the
+    host facts the whole plan used; planned again from a fresh read only
+    after a tuning journal a dead supervisor left for this profile is
+    finished first, since that changed the pools and governors it counted);
     then, each change journaled before it is made: the hugepage pool(s)
     raised and the count verified (short: memory compacted and the pool
     raised again; still fewer pages than asked: the pool is given back and
@@ -20,7 +22,7 @@ vm_started (QMP connected, QEMU still paused under ``-S``)
 release (QEMU gone)
     governors and pools back to exactly their previous values, verified;
     the journal removed. ``handoff recover`` does the same from the journal
-    after a supervisor SIGKILL (:mod:`handoff.pci.recovery`).
+    after a supervisor SIGKILL (:mod:`handoff.tune.recovery`).
 
 ``cpu.isolate`` (systemd as PID 1 on cgroup v2, else refused when planned)
     QEMU starts in its own scope (the plan's argv wraps it in ``systemd-run
@@ -31,6 +33,10 @@ release (QEMU gone)
     previous value first and verified from its ``cpuset.cpus``; release and
     ``handoff recover`` set them back like every other setting. The scope
     needs nothing: systemd collects it when QEMU exits.
+
+Why it stays over 500 lines: pool, governors, isolation and pinning share one
+journal and one lock, and release undoes them in the reverse of acquire's
+order; apart, that order would live in no one place.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ from pathlib import Path
 
 import trio
 
+from handoff import journal as jr
+from handoff import systemctl
 from handoff.errors import (
     GovernorRefusedError,
     IsolationRefusedError,
@@ -52,7 +60,6 @@ from handoff.errors import (
     TuneError,
 )
 from handoff.host import HostPaths
-from handoff.pci import journal as jr
 from handoff.pci.ops import KernelWriter, SysfsWriter
 from handoff.profile import Profile
 from handoff.resources import ControlRegistry, JsonObject, VmHandle
@@ -62,8 +69,8 @@ from handoff.tune.isolation import IsolationPlan, qemu_scope_unit
 from handoff.tune.model import HugepagePool
 from handoff.tune.pinning import PinPlan
 from handoff.tune.plan import TunePlan, plan_tuning
+from handoff.tune.recovery import recover_tuning, tune_journal_name, tune_lock_stem
 from handoff.tune.settings import (
-    Runner,
     Systemd,
     change_setting,
     confine_unit,
@@ -79,15 +86,6 @@ SetAffinity = Callable[[int, frozenset[int]], None]
 
 def _log_report(line: str) -> None:
     log.info("%s", line)
-
-
-def tune_journal_name(profile_name: str) -> str:
-    """``<name>+tune``: "+" is not allowed in a profile name, so no other journal has it."""
-    return f"{profile_name}+tune"
-
-
-def tune_lock_stem(profile_name: str) -> str:
-    return f"tune-{profile_name}"
 
 
 def pool_file(paths: HostPaths, target: PoolTarget, size_kib: int) -> Path:
@@ -199,11 +197,12 @@ class TuneResource:
         self,
         profile: Profile,
         paths: HostPaths,
+        plan: TunePlan,
         *,
         writer: SysfsWriter | None = None,
         setaffinity: SetAffinity = _real_setaffinity,
         report: Report = _log_report,
-        runner: Runner | None = None,
+        runner: systemctl.Runner | None = None,
     ) -> None:
         self.profile = profile
         self.paths = paths
@@ -214,10 +213,11 @@ class TuneResource:
         self._scope: str | None = None  # QEMU's scope's cgroup, verified
         self._isolate_seconds: float | None = None
         self.report = report
-        self.plan: TunePlan | None = None
+        self.planned = plan  # the session plan's tuning
+        self.plan: TunePlan | None = None  # what acquire applied
         self.memlock_bytes: int | None = None
         self._journal: jr.Journal | None = None
-        self._locks: jr.GroupLocks | None = None
+        self._locks: jr.Locks | None = None
         self._affinity: list[ThreadAffinity] = []
         self._pool: JsonObject | None = None  # the pools raised and the seconds it took
         self._pin_seconds: float | None = None
@@ -229,18 +229,19 @@ class TuneResource:
 
     # ------------------------------------------------------------------ acquire
 
-    def _plan(self) -> TunePlan:
+    def _replan(self) -> TunePlan:
+        """The tuning planned again from the host as it is now (after a leftover's undo)."""
         p = self.profile
         return plan_tuning(p.cpu, p.memory, p.vm, read_host(self.paths))
 
     async def acquire(self) -> None:
-        plan = self._plan()
+        plan = self.planned
         if plan.isolation is not None:
             await trio.to_thread.run_sync(self._check_scope_free)
         # A leftover's raised pool would look like free pages already there:
         # undo it first, then plan from the host as it really is.
         if await self._finish_left_behind():
-            plan = self._plan()
+            plan = self._replan()
         self.plan = plan
         for line in plan.lines():
             self.report(f"tuning: {line}")
@@ -275,10 +276,7 @@ class TuneResource:
         path = jr.journal_path(self.paths, tune_journal_name(self.profile.name))
         if not path.exists():
             return False
-        from handoff.pci.engine import Engine  # recovery's policy, one implementation
-        from handoff.pci.recovery import recover
-
-        report = await recover(Engine(self.paths, self.writer), only=path)
+        report = await recover_tuning(self.paths, self.writer, self.systemd, only=path)
         for line in report.returned + report.discarded:
             self.report(f"recovered from an earlier session: {line}")
         if not report.ok:
@@ -401,10 +399,10 @@ class TuneResource:
     def _check_scope_free(self) -> None:
         """Refuse before any change when QEMU's scope name is taken (another QEMU runs in it)."""
         unit = qemu_scope_unit(self.profile.name)
-        state = self.systemd.run(["systemctl", "show", "-p", "ActiveState", "--value", unit])
-        if state.strip() in {"active", "activating", "deactivating", "reloading"}:
+        state = self.systemd.active_state(unit)
+        if state in {"active", "activating", "deactivating", "reloading"}:
             raise IsolationRefusedError(
-                f"QEMU's scope {unit} already exists ({state.strip()}): another QEMU of "
+                f"QEMU's scope {unit} already exists ({state}): another QEMU of "
                 f"profile {self.profile.name} still runs in it",
                 fix=f"`systemctl status {unit}` names it; stop it (`systemctl stop {unit}`), "
                 "then run again",

@@ -2,7 +2,7 @@
 
 A setting (``nr_hugepages`` of a pool, a CPU's ``scaling_governor``) is a
 kernel file with a value. :func:`change_setting` records its previous value
-in the journal (write-ahead, :class:`handoff.pci.journal.SettingRecord`),
+in the journal (write-ahead, :class:`handoff.journal.SettingRecord`),
 writes the new one through the same :class:`handoff.pci.ops.SysfsWriter`
 the PCI engine uses, and reads it back. :func:`restore_settings` writes each
 previous value back, newest first, verifies it and drops the record; it is
@@ -14,26 +14,22 @@ could not fill): the read-back is the caller's to judge for the new value
 value exactly when restoring.
 
 A systemd unit's ``AllowedCPUs=`` (``cpu.isolate``) is a setting too, made
-through systemd's own interface (:class:`Systemd`: ``systemctl show`` /
-``systemctl set-property --runtime``; runtime only, so a reboot forgets it)
+through systemd's own interface (:class:`Systemd` over :mod:`handoff.systemctl`:
+``systemctl show`` / ``systemctl set-property --runtime``; runtime only, so a
+reboot forgets it)
 and verified from the unit's ``cpuset.cpus`` in /sys/fs/cgroup.
 """
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from handoff import journal as jr
+from handoff import systemctl
 from handoff.errors import HandoffError, SysfsWriteError, TuneError
 from handoff.host import HostPaths
-from handoff.pci import journal as jr
 from handoff.tune.cpulist import format_cpulist, parse_cpulist
-
-#: Runs a command, returns its stdout; raises TuneError when it fails.
-Runner = Callable[[Sequence[str]], str]
-COMMAND_TIMEOUT = 120.0  # systemctl waits for PID 1, which may be busy on a loaded host
 
 
 class SettingWriter(Protocol):
@@ -79,43 +75,24 @@ def change_setting(
     return write_setting(writer, path, value, what)
 
 
-def run_command(argv: Sequence[str]) -> str:
-    """Run ``argv`` (systemctl); its stdout, or a TuneError with its stderr."""
-    try:
-        done = subprocess.run(
-            list(argv), capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise TuneError(
-            f"cannot run {' '.join(argv)}: {exc}",
-            fix="cpu.isolate needs systemd's systemctl, run as root; or set cpu.isolate = false",
-        ) from exc
-    if done.returncode != 0:
-        raise TuneError(
-            f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}",
-            fix="run handoff as root on a host whose PID 1 is systemd; or set "
-            "cpu.isolate = false",
-        )
-    return done.stdout
-
-
 class Systemd:
-    """AllowedCPUs= of systemd units through systemctl, read back from the cgroup tree."""
+    """AllowedCPUs= of systemd units through :mod:`handoff.systemctl`, read back from the
+    cgroup tree. A systemctl that fails raises :class:`handoff.errors.SystemdError`."""
 
-    def __init__(self, paths: HostPaths, runner: Runner | None = None) -> None:
+    def __init__(self, paths: HostPaths, runner: systemctl.Runner | None = None) -> None:
         self.sys = paths.sys
         self.cgroup_root = paths.sys / "fs/cgroup"
-        self._runner = runner
-
-    def run(self, argv: Sequence[str]) -> str:
-        return (self._runner or run_command)(argv)
+        self.runner: systemctl.Runner = runner or systemctl.SubprocessRunner()
 
     def allowed_cpus(self, unit: str) -> str:
         """The unit's AllowedCPUs= as systemd holds it ("" when unset: every CPU)."""
-        return self.run(["systemctl", "show", "-p", "AllowedCPUs", "--value", unit]).strip()
+        return systemctl.allowed_cpus(self.runner, unit)
 
     def set_allowed_cpus(self, unit: str, value: str) -> None:
-        self.run(["systemctl", "set-property", "--runtime", unit, f"AllowedCPUs={value}"])
+        systemctl.set_allowed_cpus(self.runner, unit, value)
+
+    def active_state(self, unit: str) -> str:
+        return systemctl.active_state(self.runner, unit)
 
     def online(self) -> frozenset[int]:
         """/sys/devices/system/cpu/online."""

@@ -14,15 +14,15 @@ import pytest
 
 from handoff.errors import QemuNotFoundError, QemuUnsupportedError
 from handoff.firmware import ensure_firmware_vars
-from handoff.profile import Profile, load_profile, parse_profile
+from handoff.profile import Accelerator, Profile, load_profile, parse_profile
 from handoff.qemu.capabilities import (
     MIN_VERSION,
-    QemuCapabilities,
-    check_profile,
+    check_bridges,
     check_supported,
     probe,
 )
 from handoff.qemu.cmdline import LaunchSpec, argv_devices, build_argv
+from handoff.qemu.probe_cache import QemuCapabilities
 
 from .conftest import QEMU
 
@@ -149,6 +149,21 @@ def test_a_file_that_is_not_executable_is_qemu_not_found(tmp_path: Path) -> None
 # --------------------------------------------------------------------------- check_supported
 
 
+def check_profile(
+    profile: Profile, *, accel: Accelerator = Accelerator.TCG, extra_args: tuple[str, ...] = ()
+) -> QemuCapabilities:
+    """What the session's preflight checks, against this host's QEMU: the argv's devices
+    (with ``extra_args`` standing for devices host resources add), the bridges."""
+    caps = probe(QEMU)
+    launch = LaunchSpec(
+        binary=QEMU, monitor_fd=3, vnc_socket=Path("/run/handoff/check/vnc.sock"),
+        extra_args=extra_args,
+    )
+    check_supported(profile, argv_devices(build_argv(profile, launch)), caps, accel=accel)
+    check_bridges(profile)
+    return caps
+
+
 def parse(text: str) -> Profile:
     return parse_profile(text, Path("/vms/w.toml"))
 
@@ -158,7 +173,7 @@ BASE = '[vm]\nname = "w"\nmemory = "64M"\n'
 
 def test_the_shipped_demo_passes_the_check(caps: QemuCapabilities) -> None:
     demo = load_profile(REPO / "profiles" / "demo.toml")
-    assert check_profile(demo, binary=QEMU, accel="tcg") is caps
+    assert check_profile(demo, accel=Accelerator.TCG) is caps
 
 
 def test_a_device_from_extra_args_that_qemu_lacks_names_vm_extra_args(
@@ -166,7 +181,7 @@ def test_a_device_from_extra_args_that_qemu_lacks_names_vm_extra_args(
 ) -> None:
     profile = parse(BASE + 'extra_args = ["-device", "no-such-device,id=x"]\n')
     with pytest.raises(QemuUnsupportedError) as caught:
-        check_profile(profile, binary=QEMU)
+        check_profile(profile)
     assert "/vms/w.toml: vm.extra_args:" in caught.value.message
     assert "'no-such-device'" in caught.value.message
     assert caps.version_text in caught.value.message
@@ -176,7 +191,7 @@ def test_a_device_from_extra_args_that_qemu_lacks_names_vm_extra_args(
 
 def test_a_device_added_by_a_host_resource_is_named_as_such() -> None:
     with pytest.raises(QemuUnsupportedError, match="host resources"):
-        check_profile(parse(BASE), binary=QEMU, extra_args=("-device", "no-such-proxy"))
+        check_profile(parse(BASE), extra_args=("-device", "no-such-proxy"))
 
 
 def test_a_device_the_profile_asks_for_is_reported_against_its_key(
@@ -195,7 +210,7 @@ def test_a_device_the_profile_asks_for_is_reported_against_its_key(
 def test_a_machine_this_qemu_does_not_have_is_refused() -> None:
     profile = parse(BASE + 'machine = "pc-q35-99.0"\n')
     with pytest.raises(QemuUnsupportedError) as caught:
-        check_profile(profile, binary=QEMU)
+        check_profile(profile)
     assert "vm.machine" in caught.value.message
     assert "pc-q35-99.0" in caught.value.message
 
@@ -226,7 +241,7 @@ def test_a_gui_display_this_qemu_lacks_names_display_frontend(caps: QemuCapabili
 def test_an_accelerator_this_qemu_was_built_without_is_refused(caps: QemuCapabilities) -> None:
     tcg_only = dataclasses.replace(caps, accelerators=frozenset({"tcg"}))
     with pytest.raises(QemuUnsupportedError, match=r"vm\.accel"):
-        check_supported(parse(BASE), (), tcg_only, accel="kvm")
+        check_supported(parse(BASE), (), tcg_only, accel=Accelerator.KVM)
 
 
 def test_a_qemu_older_than_the_minimum_is_refused_with_upgrade_advice(
@@ -266,7 +281,7 @@ def test_qemu_starts_with_the_argv_of_every_local_feature(tmp_path: Path) -> Non
     profile = load_profile(profile_file)
     if not Path("/usr/share/OVMF/OVMF_CODE_4M.fd").exists():
         pytest.skip("OVMF is not installed (apt-get install ovmf)")
-    check_profile(profile, binary=QEMU)
+    check_profile(profile)
     ensure_firmware_vars(profile)
     ours, theirs = socket.socketpair()
     argv = build_argv(

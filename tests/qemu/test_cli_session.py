@@ -265,6 +265,7 @@ async def test_dry_run_prints_the_command_and_starts_nothing(tmp_path: Path) -> 
     assert out.rstrip().endswith("-S")
     argv = await handoff(cli_env(tmp_path / "run"), "argv", str(profile))
     assert argv.stdout == result.stdout
+    assert argv.stderr == result.stderr  # the same plan's host changes, from the same object
     changes = result.stderr.decode().splitlines()  # the plan's host changes, in order
     assert changes[0] == f"handoff: would: create-run-dir: {tmp_path / 'run' / 'dry'}: " \
         "0700, locked; removed after"

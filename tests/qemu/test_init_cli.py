@@ -13,12 +13,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from handoff.profile import DiskFormat, FirmwareType, load_profile
+from tests.lines import wait_for_line as read_lines
 
 REPO = Path(__file__).resolve().parents[2]
 WAIT = 120.0
@@ -109,14 +109,4 @@ def test_the_profile_init_wrote_passes_doctor_and_runs_until_ctrl_c(tmp_path: Pa
 
 
 def wait_for_line(session: subprocess.Popen[str], text: str) -> list[str]:
-    assert session.stdout is not None
-    seen: list[str] = []
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        line = session.stdout.readline()
-        if not line:
-            raise AssertionError(f"the session ended before {text!r}:\n" + "".join(seen))
-        seen.append(line)
-        if text in line:
-            return seen
-    raise AssertionError(f"no {text!r} within {WAIT:g} s:\n" + "".join(seen))
+    return read_lines(session, text, wait=WAIT)

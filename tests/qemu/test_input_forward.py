@@ -21,7 +21,7 @@ import pytest
 import trio
 import trio.testing
 
-from handoff.control_protocol import SwitchTarget
+from handoff.control_protocol import Side
 from handoff.input.codes import (
     BTN_EXTRA,
     BTN_LEFT,
@@ -373,7 +373,7 @@ async def test_typing_through_the_router_reaches_qemu_and_the_hotkey_hands_back(
             assert not keyboard.is_grabbed()
             keyboard.tap(KEY_X)  # the host's
             await settle(backend, transport)
-            router.request(SwitchTarget.GUEST)
+            router.request(Side.GUEST)
             assert keyboard.is_grabbed()
             keyboard.tap(KEY_Y)
             await settle(backend, transport)
@@ -444,7 +444,7 @@ async def test_switching_to_the_host_releases_in_the_guest_every_key_and_button_
             keyboard.frame((EV_KEY, KEY_H, 1), (EV_KEY, KEY_LEFTSHIFT, 1))
             mouse.frame((EV_KEY, BTN_LEFT, 1))
             await settle(backend, transport)
-            router.request(SwitchTarget.HOST)  # immediate, with all three still held
+            router.request(Side.HOST)  # immediate, with all three still held
             await settle(backend, transport)
             assert not keyboard.is_grabbed()
             assert not mouse.is_grabbed()
@@ -479,7 +479,7 @@ async def test_keys_typed_just_before_a_switch_to_the_host_still_reach_the_guest
             await settle(backend, transport)
             keyboard.tap(KEY_H)  # still queued: the router has not read it yet
             keyboard.frame((EV_KEY, KEY_I, 1))
-            router.request(SwitchTarget.HOST)
+            router.request(Side.HOST)
             await settle(backend, transport)
             assert not keyboard.is_grabbed()
             keyboard.frame((EV_KEY, KEY_I, 0))

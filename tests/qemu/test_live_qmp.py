@@ -24,17 +24,22 @@ from typing import Any
 import pytest
 import trio
 
+from handoff import journal as jr
 from handoff.control import ControlCommands
+from handoff.control_protocol import Side
 from handoff.errors import QmpError
 from handoff.host import HostPaths
+from handoff.journal.recover import RecoveryReport
+from handoff.journal.recover import recover as recover_journals
 from handoff.live.guest import EventHub, GuestHeldError, PlugError, attach, guest_ids, unplug
-from handoff.live.resource import GpuTarget, LiveGpu, live_journal_name
+from handoff.live.recovery import live_recoverer
+from handoff.live.resource import LiveGpu, live_journal_name
 from handoff.live.sequence import guest_slots, live_slots
 from handoff.live.state import LiveState, LiveStep
-from handoff.pci import journal as jr
-from handoff.pci.recovery import recover
+from handoff.pci.engine import Engine
+from handoff.pci.recovery import gpu_recoverer
 from handoff.pci.sysfs import vfio_group_node
-from handoff.profile import Profile, parse_profile
+from handoff.profile import Accelerator, Profile, parse_profile
 from handoff.qemu.process import QemuProcess
 from handoff.qemu.qmp import QmpConnection, open_qmp
 from handoff.session_plan import HostFacts, plan_session
@@ -51,6 +56,12 @@ PROFILE = (
 IDS = {"hostdev-0000-00-06-0", "hostdev-0000-00-06-1"}
 LOOKALIKE = {"00:06.0": "bochs-drm", "00:06.1": "snd_hda_intel"}
 BOUND = 60.0  # generous limit on any wait here (2 busy cores); none is a timing assertion
+
+
+async def recover(engine: Engine) -> RecoveryReport:
+    """`handoff recover`'s device part: the GPU's and the live groups' recoverers."""
+    return await recover_journals(engine.paths, [gpu_recoverer(engine), live_recoverer(engine)])
+
 
 
 class Vm:
@@ -100,7 +111,7 @@ def edu_argv(profile: Profile, fd: int, tmp_path: Path) -> list[str]:
     in each one's place (same bus, addr, id). Not cold-plugged: without a guest OS
     native hotplug answers device_del at once only for a device whose hot-add no OS
     has acknowledged; a cold-plugged one waits for the OS like ACPI."""
-    facts = HostFacts(accel="tcg", accel_reason="test", supervisor_uid=0)
+    facts = HostFacts(accel=Accelerator.TCG, accel_reason="test", supervisor_uid=0)
     argv = list(plan_session(profile, facts, HostPaths(run=tmp_path / "run"))
                 .argv_with_monitor_fd(fd))
     out: list[str] = []
@@ -236,7 +247,7 @@ async def test_the_resource_moves_the_group_both_ways_and_journals_it(
         assert drivers(host) == dict.fromkeys(LOOKALIKE, "vfio-pci")
         assert jr.Journal.load(journal_path(host)).live == LiveStep.IN_GUEST
         with trio.fail_after(BOUND):
-            result = await live.move(GpuTarget.HOST)
+            result = await live.move(Side.HOST)
         assert result["state"] == "host"
         assert live.state is LiveState.ON_HOST
         assert drivers(host) == LOOKALIKE
@@ -312,12 +323,12 @@ async def test_a_kill_at_any_journal_write_is_finished_by_recover(
         async with running(sub, *NATIVE) as vm, trio.open_nursery() as nursery:
             live = await started(fake, vm, nursery)
             if direction == "guest":
-                await live.move(GpuTarget.HOST)
+                await live.move(Side.HOST)
             monkeypatch.setattr(jr.Journal, "save", killing_save(jr.Journal.save, writes))
             finished = False
             try:
                 with trio.fail_after(BOUND):
-                    await live.move(GpuTarget(direction))
+                    await live.move(Side(direction))
                 finished = True
             except Killed:
                 pass

@@ -20,7 +20,8 @@ import pytest
 
 import handoff
 from handoff.qemu import capabilities, probe_cache
-from handoff.qemu.capabilities import QemuCapabilities, probe
+from handoff.qemu.capabilities import probe
+from handoff.qemu.probe_cache import QemuCapabilities
 
 from .conftest import QEMU
 

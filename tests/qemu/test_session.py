@@ -598,9 +598,10 @@ def test_preflight_checks_the_input_backends_devices_against_qemu_too(
     """The virtio proxies are in the plan's argv, so a QEMU without them is refused up front."""
     import dataclasses
 
-    from handoff import session as session_module
+    from handoff import session_start as session_module
     from handoff.errors import QemuUnsupportedError
-    from handoff.qemu.capabilities import QemuCapabilities, probe
+    from handoff.qemu.capabilities import probe
+    from handoff.qemu.probe_cache import QemuCapabilities
 
     real = probe("qemu-system-x86_64")  # the real binary's answers, minus one device
 

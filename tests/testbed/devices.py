@@ -20,6 +20,9 @@ IOMMU group, a NIC, and the chipset group that must never go to a VM):
   so every lookup by bochs-display's id still finds one device.
 - The boot GPU, cirrus-vga (1013:00b8, VGA class) at 0b.0: SeaBIOS runs its
   option ROM, so the kernel marks it boot_vga=1; handoff never takes it.
+  Multifunction, with pci-testdev (1b36:0005, no driver) at 0b.1: same slot,
+  so one IOMMU group, like a wanted card sharing the boot GPU's group on an old
+  board without ACS; passing that group is refused, console bound or not.
 - The systemd boot (runner.Init.SYSTEMD) has a std VGA (``-device VGA``, 1234:1111 like
   bochs-display but VGA class 0x030000, driver bochs-drm with fbcon on it) at 05.0
   instead of cirrus-vga: the boot GPU a single-GPU host hands over. At 05.0 its driver
@@ -54,6 +57,7 @@ ICH9_SATA = (0x8086, 0x2922)
 ICH9_SMBUS = (0x8086, 0x2930)
 VIRTIO_GPU = (0x1AF4, 0x1050)
 CIRRUS_VGA = (0x1013, 0x00B8)
+PCI_TESTDEV = (0x1B36, 0x0005)
 VIRTIO_BLK = (0x1AF4, 0x1001)
 DISK_SERIAL = "testbed-disk"
 
@@ -82,7 +86,8 @@ def qemu_args(*, std_vga: bool = False) -> list[str]:
     ``std_vga``: the boot GPU is a std VGA at 05.0 (the systemd boot) instead of cirrus-vga
     at 0b.0.
     """
-    boot_gpu = "VGA,addr=05.0" if std_vga else "cirrus-vga,addr=0b.0"
+    boot_gpu = "VGA,addr=05.0" if std_vga else "cirrus-vga,addr=0b.0,multifunction=on"
+    beside_boot_gpu = [] if std_vga else ["-device", "pci-testdev,addr=0b.1"]
     return [
         "-device", "bochs-display,addr=06.0,multifunction=on",
         "-device", "ich9-intel-hda,addr=06.1",
@@ -91,6 +96,7 @@ def qemu_args(*, std_vga: bool = False) -> list[str]:
         "-device", "e1000e,netdev=n0,addr=08.0",
         "-device", "virtio-gpu-pci,addr=0a.0",
         "-device", boot_gpu,
+        *beside_boot_gpu,
         "-drive", "if=none,id=tbdisk,driver=null-co,size=64M,read-zeroes=on,snapshot=on",
         "-device", f"virtio-blk-pci,drive=tbdisk,addr=09.0,serial={DISK_SERIAL}",
     ]  # fmt: skip
@@ -206,6 +212,11 @@ def second_gpu_lookalike(sys_root: Path = SYS) -> PciAddress:
 def boot_gpu(sys_root: Path = SYS) -> PciAddress:
     """cirrus-vga: the VGA device the firmware initialised (boot_vga=1)."""
     return find_one(CIRRUS_VGA, sys_root)
+
+
+def boot_gpu_companion(sys_root: Path = SYS) -> PciAddress:
+    """pci-testdev: the function sharing the boot GPU's slot, and so its IOMMU group."""
+    return find_one(PCI_TESTDEV, sys_root)
 
 
 def virtio_disk(sys_root: Path = SYS) -> PciAddress:

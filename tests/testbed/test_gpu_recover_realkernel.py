@@ -20,11 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from handoff import journal as jr
 from handoff.host import HostPaths
-from handoff.pci import journal as jr
-from handoff.pci.commands import run_detach, run_recover
+from handoff.pci.commands import run_detach
 from handoff.pci.ops import CRASH_AFTER_SYSFS_ENV, PAUSE_AFTER_SYSFS_ENV, KernelWriter
 from handoff.pci.sysfs import read_device
+from handoff.recovery import run_recover
 from tests.testbed import guest
 from tests.testbed.devices import GpuLookalike
 

@@ -22,11 +22,12 @@ from pathlib import Path
 
 import pytest
 
+from handoff import journal as jr
 from handoff.host import HostPaths
-from handoff.pci import journal as jr
 from handoff.pci.address import PciAddress
 from handoff.pci.ops import CRASH_AFTER_SYSFS_ENV
 from handoff.pci.sysfs import read_device
+from tests.lines import wait_for_line as read_lines
 from tests.testbed import devices, guest
 
 pytestmark = [
@@ -129,18 +130,7 @@ def start(run: Path, profile_path: Path, crash_after: int | None = None) -> subp
 
 
 def wait_for_line(session: subprocess.Popen[str], text: str) -> list[str]:
-    """Read the supervisor's output up to a line containing ``text`` (bounded by WAIT)."""
-    assert session.stdout is not None
-    seen: list[str] = []
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        line = session.stdout.readline()
-        if not line:
-            raise AssertionError(f"the session ended before {text!r}:\n" + "".join(seen))
-        seen.append(line)
-        if text in line:
-            return seen
-    raise AssertionError(f"no {text!r} within {WAIT:g} s:\n" + "".join(seen))
+    return read_lines(session, text, wait=WAIT)
 
 
 def finish(session: subprocess.Popen[str]) -> tuple[int, str]:

@@ -24,17 +24,17 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from handoff import journal as jr
 from handoff.host import HostPaths
-from handoff.pci import journal as jr
 from handoff.pci.address import PciAddress
 from handoff.pci.sysfs import read_device
 from handoff.profile import load_profile
+from tests.lines import wait_for_line
 from tests.testbed import devices, guest
 from tests.testbed.devices import GpuLookalike
 
@@ -205,14 +205,4 @@ def test_init_picks_the_lookalike_and_its_audio_and_the_profile_runs(
 
 
 def _wait_for_line(session: subprocess.Popen[str], text: str) -> list[str]:
-    assert session.stdout is not None
-    seen: list[str] = []
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        line = session.stdout.readline()
-        if not line:
-            raise AssertionError(f"the session ended before {text!r}:\n" + "".join(seen))
-        seen.append(line)
-        if text in line:
-            return seen
-    raise AssertionError(f"no {text!r} within {WAIT:g} s:\n" + "".join(seen))
+    return wait_for_line(session, text, wait=WAIT)

@@ -373,7 +373,7 @@ async def test_a_whole_session_forwards_uinput_typing_and_switches_over_the_cont
     session = Session(
         profile,
         paths,
-        default_resources(profile, paths),
+        lambda plan: default_resources(plan, paths),
         report=lines.append,
         handle_signals=False,
         trace_file=trace,

@@ -25,28 +25,30 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 import trio
 
+from handoff import journal as jr
 from handoff.control import ControlCommands
+from handoff.control_protocol import Side
 from handoff.host import HostPaths
+from handoff.host_facts import gather_host_facts
 from handoff.input.resource import InputHandoff
 from handoff.live.guest import attach, guest_ids
-from handoff.live.resource import GpuTarget, LiveGpu
+from handoff.live.resource import LiveGpu
 from handoff.live.sequence import live_slots
-from handoff.pci import journal as jr
 from handoff.pci.address import PciAddress
 from handoff.pci.sysfs import read_device
-from handoff.profile import Profile, load_profile
+from handoff.profile import Accelerator, Profile, load_profile
 from handoff.qemu.process import QemuProcess
 from handoff.qemu.qmp import open_qmp
 from handoff.run_layout import qemu_socket_dir
 from handoff.session import default_resources
 from handoff.session_plan import HostFacts, plan_session
+from tests.lines import wait_for_line as read_lines
 from tests.qemu.test_live_qmp import NATIVE, Vm
 from tests.testbed import devices, guest
 from tests.testbed.test_input_realkernel import KBD_NAME, make_keyboard, tap
@@ -109,17 +111,7 @@ def handoff(run: Path, *argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def wait_for_line(session: subprocess.Popen[str], text: str) -> list[str]:
-    assert session.stdout is not None
-    seen: list[str] = []
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        line = session.stdout.readline()
-        if not line:
-            raise AssertionError(f"the session ended before {text!r}:\n" + "".join(seen))
-        seen.append(line)
-        if text in line:
-            return seen
-    raise AssertionError(f"no {text!r} within {WAIT:g} s:\n" + "".join(seen))
+    return read_lines(session, text, wait=WAIT)
 
 
 def test_a_guest_without_an_os_keeps_the_gpu_and_the_host_is_unchanged(
@@ -157,7 +149,7 @@ def test_a_guest_without_an_os_keeps_the_gpu_and_the_host_is_unchanged(
 def nested_argv(profile: Profile, fd: int, run: Path) -> list[str]:
     """The plan's argv (vfio-pci functions hot-plugged later, see the module doc) with
     native hotplug, running firmware only."""
-    facts = HostFacts(accel="tcg", accel_reason="testbed", supervisor_uid=0)
+    facts = HostFacts(accel=Accelerator.TCG, accel_reason="testbed", supervisor_uid=0)
     argv = list(plan_session(profile, facts, HostPaths(run=run)).argv_with_monitor_fd(fd))
     out: list[str] = []
     for value in argv:
@@ -210,12 +202,12 @@ async def test_the_group_goes_to_the_host_and_back_while_the_vm_runs(tmp_path: P
             async with trio.open_nursery() as nursery:
                 await live.vm_started(vm, nursery, ControlCommands())
                 with trio.fail_after(WAIT):
-                    await live.move(GpuTarget.HOST)
+                    await live.move(Side.HOST)
                 assert live.status()["state"] == "host"
                 assert drivers() == host_drivers()
                 assert not await guest_ids(vm) & ids
                 with trio.fail_after(WAIT):
-                    await live.move(GpuTarget.GUEST)
+                    await live.move(Side.GUEST)
                 assert live.status()["state"] == "guest"
                 assert drivers() == on_vfio()
                 assert await guest_ids(vm) >= ids
@@ -253,7 +245,8 @@ async def test_the_gpu_hotkey_on_a_uinput_keyboard_moves_the_group_and_input_fol
     paths = dataclasses.replace(HostPaths.from_environment(), run=run)
     slots = live_slots(profile.passthrough)
     ids = {i for slot in slots for i in slot.ids}
-    live, inputs = default_resources(profile, paths)  # wired as `handoff run` wires them
+    plan = plan_session(profile, gather_host_facts(profile, paths, strict=False), paths)
+    live, inputs = default_resources(plan, paths)  # wired as `handoff run` wires them
     assert isinstance(live, LiveGpu)
     assert isinstance(inputs, InputHandoff)
     live.release_within = WAIT

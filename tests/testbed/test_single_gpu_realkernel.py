@@ -30,10 +30,11 @@ from pathlib import Path
 
 import pytest
 
+from handoff import journal as jr
 from handoff.host import HostPaths
-from handoff.pci import journal as jr
 from handoff.pci.address import PciAddress
 from handoff.pci.sysfs import read_device
+from tests.lines import wait_for_line as read_lines
 from tests.testbed import devices, guest
 
 pytestmark = [pytest.mark.realkernel(init="systemd"), pytest.mark.usefixtures("systemd_boot")]
@@ -111,9 +112,10 @@ def run(*argv: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=timeout)
 
 
-def env(run_dir: Path) -> dict[str, str]:
+def env(run_dir: Path, crash_after: int | None = None) -> dict[str, str]:
     clean = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
-    return {**clean, "HANDOFF_RUN_DIR": str(run_dir)}
+    crash = {} if crash_after is None else {jr.CRASH_AFTER_ENV: str(crash_after)}
+    return {**clean, "HANDOFF_RUN_DIR": str(run_dir), **crash}
 
 
 def handoff(run_dir: Path, *argv: str) -> subprocess.CompletedProcess[str]:
@@ -123,29 +125,22 @@ def handoff(run_dir: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def start(run_dir: Path, profile: Path, *, cgroup: Path | None = None) -> subprocess.Popen[str]:
-    """`handoff run PROFILE`, optionally moved into ``cgroup`` before it starts."""
+def start(
+    run_dir: Path, profile: Path, *, cgroup: Path | None = None, crash_after: int | None = None
+) -> subprocess.Popen[str]:
+    """`handoff run PROFILE`, optionally moved into ``cgroup`` before it starts, optionally
+    SIGKILLing itself right after its ``crash_after``-th journal write (any capability's)."""
     argv = [sys.executable, "-m", "handoff", "run", str(profile)]
     if cgroup is not None:
         argv = ["/bin/sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh", *argv]
     return subprocess.Popen(
-        argv, env=env(run_dir), cwd=CHECKOUT, stdout=subprocess.PIPE,
+        argv, env=env(run_dir, crash_after), cwd=CHECKOUT, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
 
 
 def wait_for_line(session: subprocess.Popen[str], text: str) -> list[str]:
-    assert session.stdout is not None
-    seen: list[str] = []
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        line = session.stdout.readline()
-        if not line:
-            raise AssertionError(f"the session ended before {text!r}:\n" + "".join(seen))
-        seen.append(line)
-        if text in line:
-            return seen
-    raise AssertionError(f"no {text!r} within {WAIT:g} s:\n" + "".join(seen))
+    return read_lines(session, text, wait=WAIT)
 
 
 def finish(session: subprocess.Popen[str]) -> tuple[int, str]:
@@ -290,6 +285,31 @@ def test_supervisor_sigkilled_then_recover_brings_the_display_back(
     assert recovered.returncode == 0, recovered.stdout + recovered.stderr
     assert f"returned: the host display of {NAME} ({vga()})" in recovered.stdout
     assert wait_display_back() == AS_BEFORE, recovered.stdout
+
+
+# The display journal's writes come first (the display is taken before the GPU):
+# begun, stop-units, unbind-consoles; then the GPU journal's: the device recorded,
+# its detaching step. Every one of them, SIGKILLed right after.
+DISPLAY_WRITES = 3
+WRITES_BEFORE_QEMU = DISPLAY_WRITES + 2
+
+
+@pytest.mark.parametrize("writes", range(1, WRITES_BEFORE_QEMU + 1))
+def test_a_supervisor_sigkilled_after_any_journal_write_is_finished_by_recover(
+    tmp_path: Path, host_display: Path, writes: int
+) -> None:
+    code, out = finish(start(host_display, profile(tmp_path), crash_after=writes))
+    assert code == -signal.SIGKILL, out
+    paths = HostPaths(run=host_display)
+    display_journal = paths.run / "journal" / "display" / f"{NAME}.json"
+    assert display_journal.exists(), out  # the display's journal is written first
+    if writes <= DISPLAY_WRITES:  # killed inside a display journal write: no GPU journal yet
+        assert not jr.journal_path(paths, NAME).exists(), out
+    recovered = handoff(host_display, "recover")
+    assert recovered.returncode == 0, recovered.stdout + recovered.stderr
+    assert f"returned: the host display of {NAME} ({vga()})" in recovered.stdout
+    assert wait_display_back() == AS_BEFORE, recovered.stdout
+    assert not list(paths.run.glob("journal/**/*.json"))
 
 
 def input_grabbed(run_dir: Path) -> bool:

@@ -22,17 +22,17 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from handoff import journal as jr
 from handoff.host import HostPaths
 from handoff.input.devices import PROXY_NAME_PREFIX
-from handoff.pci import journal as jr
 from handoff.pci.sysfs import read_device
 from handoff.rundir import qemu_socket_dir
+from tests.lines import wait_for_line
 from tests.testbed.devices import GpuLookalike
 
 pytestmark = pytest.mark.realkernel
@@ -113,17 +113,7 @@ def drivers(gpu: GpuLookalike) -> Drivers:
 
 def read_until(session: subprocess.Popen[str], text: str) -> str:
     """The supervisor's output up to a line containing ``text`` (bounded by WAIT)."""
-    assert session.stdout is not None
-    seen: list[str] = []
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        line = session.stdout.readline()
-        if not line:
-            raise AssertionError(f"the session ended before {text!r}:\n" + "".join(seen))
-        seen.append(line)
-        if text in line:
-            return "".join(seen)
-    raise AssertionError(f"no {text!r} within {WAIT:g} s:\n" + "".join(seen))
+    return "".join(wait_for_line(session, text, wait=WAIT))
 
 
 def open_files(pid: int) -> set[str]:

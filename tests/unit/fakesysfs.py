@@ -32,9 +32,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from handoff import journal as jr
 from handoff.errors import PciAddressError
 from handoff.host import HostPaths
-from handoff.pci import journal as jr
 from handoff.pci.address import PciAddress
 
 DRM_MAJOR, FB_MAJOR, SND_MAJOR = 226, 29, 116
@@ -149,7 +149,9 @@ class FakeHost:
     def device_dir(self, address: PciAddress) -> Path:
         dev = self.devices[address]
         if dev.parent is None:
-            return self.paths.sys / "devices/pci0000:00" / str(address)
+            # The root bus of the device's domain (pci0000:00; a VMD domain's pci10000:e0).
+            root = f"pci{address.domain:04x}:{address.bus:02x}" if address.domain else "pci0000:00"
+            return self.paths.sys / "devices" / root / str(address)
         return self.device_dir(dev.parent) / str(address)
 
     def add_device(
@@ -330,7 +332,7 @@ class FakeHost:
         """bus_find_device_by_name: sysfs_streq ignores one trailing newline."""
         text = value[:-1] if value.endswith("\n") else value
         try:
-            dev = self.devices.get(PciAddress.parse(text)) if len(text) == 12 else None
+            dev = self.devices.get(PciAddress.parse(text)) if len(text) >= 12 else None
         except PciAddressError:
             dev = None
         if dev is None:

@@ -29,7 +29,7 @@ def subcommands() -> set[str]:
 def test_every_documented_subcommand_exists() -> None:
     assert subcommands() == {
         "run", "argv", "status", "stop", "switch", "groups", "detach", "attach", "recover",
-        "gpu", "doctor", "init",
+        "gpu", "doctor", "init", "import", "export",
     }
 
 
@@ -152,7 +152,7 @@ def test_every_delegated_subcommand_gets_its_module_s_arguments() -> None:
     parser = build_parser()
     for command in DELEGATED:
         operands = {"detach": ["01:00.0"], "attach": ["01:00.0"], "init": ["vm"],
-                    "gpu": ["vm"]}
+                    "gpu": ["vm"], "export": ["vm", "--libvirt"]}
         args = parser.parse_args([command.name, *operands.get(command.name, [])])
         assert args.handler == command.run
     assert parser.parse_args(["doctor", "--json", "--qemu", "q"]).qemu == "q"

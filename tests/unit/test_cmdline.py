@@ -19,7 +19,7 @@ import pytest
 
 from handoff.errors import ProfileError
 from handoff.host import HostPaths
-from handoff.profile import Profile, load_profile, parse_profile, profile_to_toml
+from handoff.profile import Accelerator, Profile, load_profile, parse_profile, profile_to_toml
 from handoff.qemu.cmdline import (
     LaunchSpec,
     argv_devices,
@@ -35,7 +35,7 @@ GOLDEN = HERE / "golden"
 SOURCE = Path("/vms/w.toml")
 BASE = '[vm]\nname = "w"\nmemory = "1G"\n'
 TCG = LaunchSpec()
-KVM = LaunchSpec(accel="kvm")
+KVM = LaunchSpec(accel=Accelerator.KVM)
 
 
 def profile(extra: str = "", base: str = BASE) -> Profile:
@@ -458,7 +458,7 @@ def test_resource_arguments_then_the_profiles_own_come_last() -> None:
 
 def test_no_network_port_is_ever_opened() -> None:
     everything = load_profile(REPO / "profiles" / "seed-two-gpu.toml")
-    argv = build_argv(everything, LaunchSpec(accel="kvm", monitor_fd=3))
+    argv = build_argv(everything, LaunchSpec(accel=Accelerator.KVM, monitor_fd=3))
     assert "-vnc" not in argv
     assert "-spice" not in argv
     assert not any("tcp:" in a or "port=" in a for a in argv)
@@ -478,7 +478,7 @@ def test_argv_devices_lists_every_device_in_order() -> None:
 
 def test_the_same_profile_always_gives_the_same_argv() -> None:
     seed = load_profile(REPO / "profiles" / "seed-two-gpu.toml")
-    launch = LaunchSpec(accel="kvm", monitor_fd=3)
+    launch = LaunchSpec(accel=Accelerator.KVM, monitor_fd=3)
     assert build_argv(seed, launch) == build_argv(seed, launch)
 
 
@@ -487,7 +487,7 @@ def test_the_same_profile_always_gives_the_same_argv() -> None:
 
 def test_the_seed_profile_carries_every_option_of_the_seeds_command_line() -> None:
     seed = load_profile(REPO / "profiles" / "seed-two-gpu.toml")
-    argv = build_argv(seed, LaunchSpec(accel="kvm", monitor_fd=3))
+    argv = build_argv(seed, LaunchSpec(accel=Accelerator.KVM, monitor_fd=3))
     assert has(argv, "-machine", "q35,accel=kvm")  # -enable-kvm
     assert has(argv, "-m", "8192M")  # -m 8192
     assert has(argv, "-cpu", "host,kvm=off,hv-vendor-id=handoffvm")  # -cpu host,kvm=off
@@ -530,7 +530,8 @@ SHIPPED = sorted((REPO / "profiles").glob("*.toml"))
 def shipped_plan(p: Profile) -> SessionPlan:
     """The session plan of a shipped profile on a host whose accelerator it asks for."""
     kvm = p.vm.cpu_model == "host" or p.vm.accel.value == "kvm"
-    facts = HostFacts(accel="kvm" if kvm else "tcg", accel_reason="golden", supervisor_uid=0)
+    accel = Accelerator.KVM if kvm else Accelerator.TCG
+    facts = HostFacts(accel=accel, accel_reason="golden", supervisor_uid=0)
     return plan_session(p, facts, HostPaths(run=Path("/run/handoff")))
 
 

@@ -120,3 +120,15 @@ def test_a_socket_nobody_listens_on_is_not_running(tmp_path: Path) -> None:
     with pytest.raises(SessionNotRunningError):
         request(path, {"command": "status"})
     os.unlink(path)
+
+
+def test_switch_and_gpu_name_their_side_in_their_own_field_with_one_vocabulary() -> None:
+    from handoff.control_protocol import Command, Field, Side, requested_side
+    from handoff.errors import SessionError
+
+    assert requested_side({Field.MODE: "guest"}, Command.SWITCH) is Side.GUEST
+    assert requested_side({Field.TO: "host"}, Command.GPU) is Side.HOST
+    assert requested_side({}, Command.GPU) is Side.TOGGLE
+    with pytest.raises(SessionError) as caught:
+        requested_side({Field.TO: "sideways"}, Command.GPU)
+    assert caught.value.message == "gpu: to 'sideways' is not one of host, guest, toggle"

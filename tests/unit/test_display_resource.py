@@ -12,17 +12,17 @@ from pathlib import Path
 
 import pytest
 
+from handoff import journal as jr
 from handoff.display.journal import DisplayJournal, list_display_journals
 from handoff.display.model import Step
 from handoff.display.resource import HostDisplay, display_failures
 from handoff.errors import BindError, PreflightRefusedError
 from handoff.memlock import UNLIMITED, check_memlock
-from handoff.pci import journal as jr
 from handoff.pci.address import PciAddress
-from handoff.pci.commands import run_recover
 from handoff.pci.resource import GpuHandoff
 from handoff.profile import HostDisplay as HostDisplaySettings
 from handoff.profile import Passthrough, Profile, Vm
+from handoff.recovery import card_return, run_recover
 from tests.unit.fakedisplay import (
     CARD,
     CARD_DRIVER,
@@ -61,7 +61,8 @@ def resources(
     display: DisplayHost, systemd: RecordedSystemd, lines: list[str]
 ) -> tuple[HostDisplay, GpuHandoff]:
     screen = HostDisplay(PROFILE, display.paths, writer=display, runner=systemd,
-                         report=lines.append, environ={}, holder_wait=0.5, node_wait=0.3,
+                         return_card=card_return(display.paths, display), report=lines.append,
+                         environ={}, holder_wait=0.5, node_wait=0.3,
                          sessions=display.paths.run / "systemd-sessions")
     gpu = GpuHandoff(
         PROFILE, display.paths, writer=display, report=lines.append,
@@ -287,12 +288,17 @@ async def test_recover_leaves_a_live_sessions_display_alone(
 def test_a_handover_profile_takes_the_display_before_the_gpu(display: DisplayHost) -> None:
     from dataclasses import replace
 
+    from handoff.host_facts import gather_host_facts
     from handoff.session import default_resources
+    from handoff.session_plan import plan_session
 
-    names = [r.name for r in default_resources(PROFILE, display.paths, report=print)]
-    assert names[:2] == ["display", "gpu"]
-    plain = replace(PROFILE, host_display=HostDisplaySettings())
-    assert "display" not in [r.name for r in default_resources(plain, display.paths)]
+    def names(profile: Profile) -> list[str]:
+        facts = gather_host_facts(profile, display.paths, strict=False)
+        plan = plan_session(profile, facts, display.paths)
+        return [r.name for r in default_resources(plan, display.paths, report=print)]
+
+    assert names(PROFILE)[:2] == ["display", "gpu"]
+    assert "display" not in names(replace(PROFILE, host_display=HostDisplaySettings()))
 
 
 async def test_status_without_a_session_shows_a_failed_return(

@@ -28,7 +28,8 @@ from handoff.checks.nodes import (
 )
 from handoff.checks.qemu import check_ovmf, check_qemu, needed_devices
 from handoff.profile import Profile, parse_profile
-from handoff.qemu.capabilities import QemuCapabilities, probe
+from handoff.qemu.capabilities import probe
+from handoff.qemu.probe_cache import QemuCapabilities
 from tests.unit.doctor_fakes import RELEASE, FakeHost
 from tests.unit.fakesysfs import nvidia_driver_files
 
@@ -164,7 +165,7 @@ def test_a_cuda_program_on_dev_nvidia0_fails_like_the_run_would(
     assert f"pid 4444 (python3) has {host.dev}/nvidia0" in plan.detail
 
 
-def test_the_boot_gpu_under_a_bound_framebuffer_console_fails_with_the_unbind(
+def test_the_boot_gpu_under_a_bound_framebuffer_console_fails_and_unbinding_is_no_fix(
     host: FakeHost, tmp_path: Path
 ) -> None:
     seed_gpu(host, boot_vga=True)
@@ -173,14 +174,20 @@ def test_the_boot_gpu_under_a_bound_framebuffer_console_fails_with_the_unbind(
     gpu = check_passthrough_devices(host.env(), profile(tmp_path, GPU))[0]
     assert gpu.verdict is Verdict.FAIL
     assert "boot_vga=1 with a framebuffer console bound" in gpu.detail
-    assert "echo 0 > /sys/class/vtconsole/vtcon1/bind" in (gpu.fix or "")
+    # Unbinding the console would not make the boot GPU the guest's: not offered as a fix.
+    assert "echo 0 > /sys/class/vtconsole/vtcon1/bind" not in (gpu.fix or "")
+    assert "[host_display] handover = true" in (gpu.fix or "")
 
 
-def test_the_boot_gpu_without_fbcon_only_warns(host: FakeHost, tmp_path: Path) -> None:
+def test_the_boot_gpu_without_fbcon_fails_too(host: FakeHost, tmp_path: Path) -> None:
+    # video=efifb:off unbinds the console, not the host's display: the boot GPU is still
+    # the card the host starts and comes back on, so only [host_display] handover takes it.
     seed_gpu(host, boot_vga=True)
     gpu = check_passthrough_devices(host.env(), profile(tmp_path, GPU))[0]
-    assert gpu.verdict is Verdict.WARN
-    assert "primary display in the firmware setup" in (gpu.fix or "")
+    assert gpu.verdict is Verdict.FAIL
+    assert "boot GPU" in gpu.detail
+    assert "primary in the firmware setup" in (gpu.fix or "")
+    assert "[host_display] handover = true" in (gpu.fix or "")
 
 
 def test_no_passthrough_means_no_device_lines(host: FakeHost, tmp_path: Path) -> None:

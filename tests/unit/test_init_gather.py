@@ -16,7 +16,7 @@ import pytest
 
 from handoff.init.choose import DiskSource, InitError, InitRequest, choose_disk
 from handoff.init.facts import DiskKind, PciName
-from handoff.init.gather import find_ovmf, input_fact, read_cpu_topology, read_disk
+from handoff.init.gather import find_ovmf, input_fact, read_cpu, read_disk
 from handoff.init.pciids import pci_names
 from handoff.input.devices import DeviceInfo
 from tests.unit.fakesysfs import (
@@ -137,7 +137,7 @@ def test_an_existing_image_is_never_overwritten(tmp_path: Path) -> None:
 def test_cpu_topology_from_sysfs(tmp_path: Path) -> None:
     host = FakeHost(tmp_path)
     add_cpus(host, cores=8, threads=2, sockets=2)
-    topology = read_cpu_topology(host.paths)
+    topology = read_cpu(host.paths)
     assert (topology.logical, topology.threads_per_core, topology.sockets, topology.cores) == (
         32, 2, 2, 16)
 

@@ -64,7 +64,8 @@ def test_each_choice_is_explained_in_the_file(tmp_path: Path) -> None:
     assert "the host keeps one core" in text
     assert "00:02.0 not: it is the boot GPU" in text
     assert "# 01:00.1 Audio device [1002:aac8] (snd_hda_intel): in IOMMU group 1" in text
-    assert "pin = \"auto\")" in text  # pinning is a commented line until the key exists
+    assert "\n[cpu]\npin = \"auto\"\n" in text  # pinning has shipped: init uses it
+    assert "until then leave it out" not in text
     assert "# hide_hypervisor = true" in text
     assert '# type = "tap"' in text
     assert "# [sound]" in text

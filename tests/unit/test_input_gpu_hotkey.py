@@ -16,15 +16,17 @@ import trio.testing
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from handoff.control_protocol import SwitchTarget
+from handoff.control_protocol import Side
 from handoff.host import HostPaths
+from handoff.host_facts import gather_host_facts
 from handoff.input.codes import EV_KEY, EV_REL, EV_SYN, REL_X, SYN_REPORT
 from handoff.input.resource import InputHandoff
 from handoff.input.router import Action, GpuToggle, Grab, ModeChanged, RouterCore, ToGuest
 from handoff.input.translate import Event
-from handoff.live.resource import GpuTarget, LiveGpu
+from handoff.live.resource import LiveGpu
 from handoff.profile import InputMode, parse_profile
 from handoff.session import default_resources
+from handoff.session_plan import plan_session
 from tests.unit.test_input_escape import PipeKeyboard
 from tests.unit.test_input_router import DEVICES, World, op, press, release
 
@@ -69,7 +71,7 @@ def test_the_gpu_chord_pressed_while_a_switch_waits_never_goes_in() -> None:
     core = RouterCore((SCROLL,), gpu_hotkey=GPU)
     core.add_device("kbd")
     core.add_device("kbd2", held=[A])
-    assert core.request(SwitchTarget.GUEST) == []  # waits for A
+    assert core.request(Side.GUEST) == []  # waits for A
     assert core.frame("kbd", [press(LCTRL), press(LALT), press(G)]) == [GpuToggle()]
     assert core.frame("kbd2", [release(A)]) == []  # the chord is still held
     assert core.frame("kbd", [release(LCTRL), release(LALT), release(G)]) == [
@@ -116,7 +118,7 @@ def test_no_interleaving_with_the_gpu_chord_leaks_it_or_leaves_a_key_stuck(
         world.plug(device)
     for kind, target, arg in ops:
         if kind == "control":
-            world.apply(world.core.request(SwitchTarget(target)))
+            world.apply(world.core.request(Side(target)))
             continue
         if target not in world.kernel:
             world.plug(target)
@@ -158,7 +160,9 @@ PROFILE = (
 
 def wired(tmp_path: Path) -> tuple[LiveGpu, InputHandoff]:
     profile = parse_profile(PROFILE, tmp_path / "p.toml")
-    live, inputs = default_resources(profile, HostPaths(run=tmp_path / "run"))
+    paths = HostPaths(run=tmp_path / "run")
+    plan = plan_session(profile, gather_host_facts(profile, paths, strict=False), paths)
+    live, inputs = default_resources(plan, paths)
     assert isinstance(live, LiveGpu)
     assert isinstance(inputs, InputHandoff)
     return live, inputs
@@ -171,7 +175,7 @@ async def test_the_session_routes_the_chord_to_the_live_gpus_toggle(
     hook = inputs.on_gpu_hotkey
     assert isinstance(hook, functools.partial)
     assert hook.func == live.move
-    assert hook.args == (GpuTarget.TOGGLE,)
+    assert hook.args == (Side.TOGGLE,)
     caplog.set_level(logging.WARNING, "handoff.input.resource")
     await inputs._toggle_gpu()  # before the VM runs, move refuses: logged, never raised
     assert "gpu hotkey: gpu: the VM is not running yet" in caplog.text
@@ -207,7 +211,7 @@ async def test_the_chord_starts_the_toggle_in_a_task_and_input_keeps_flowing(
 
     async with trio.open_nursery() as nursery:
         router = inputs.make_router(sink, nursery)
-        router.request(SwitchTarget.GUEST)
+        router.request(Side.GUEST)
         nursery.start_soon(router.run_device, "kbd", keyboard)
         await trio.testing.wait_all_tasks_blocked()
         assert router.core.grabbed == {"kbd"}

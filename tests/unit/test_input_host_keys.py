@@ -25,7 +25,7 @@ def test_host_keys_are_linux_key_names_outside_every_chord_with_a_backend() -> N
 @pytest.mark.parametrize(
     ("lines", "message", "fix"),
     [
-        ('host_keys = ["KEY_VOLUMUP"]', r"input\.host_keys\[0\]: found \"KEY_VOLUMUP\"",
+        ('host_keys = ["KEY_VOLUMUP"]', r"input\.host_keys\[0\]: found the string \"KEY_VOLUMUP\"",
          'did you mean "KEY_VOLUMEUP"'),
         ('host_keys = ["mute"]', r"expected a Linux key name", 'did you mean "KEY_MUTE"'),
         ('host_keys = ["BTN_LEFT"]', r"expected a Linux key name", "button cannot stay"),

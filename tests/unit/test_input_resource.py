@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from handoff.errors import InputError
+from handoff.errors import InputError, SessionError
 from handoff.host import HostPaths
 from handoff.input.codes import EV_KEY
 from handoff.input.edge import InputRouter
@@ -76,9 +76,9 @@ def test_a_bad_hotkey_or_selector_is_refused_before_anything_changes(tmp_path: P
 
 async def test_switch_names_the_modes_it_accepts(tmp_path: Path) -> None:
     handoff = resource(tmp_path, backend=InputBackend.QMP, start_in=InputMode.GUEST)
-    with pytest.raises(InputError) as caught:
+    with pytest.raises(SessionError) as caught:
         await handoff._switch({"command": "switch", "mode": "sideways"})
-    assert caught.value.fix == "handoff switch [host|guest|toggle]"
+    assert caught.value.fix == "handoff switch NAME [host|guest|toggle]"
     with pytest.raises(InputError, match="not running"):
         await handoff._switch({"command": "switch", "mode": "host"})
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from handoff.control_protocol import SwitchTarget
+from handoff.control_protocol import Side
 from handoff.input.codes import EV_KEY, EV_REL, EV_SYN, REL_X, SYN_DROPPED, SYN_REPORT
 from handoff.input.router import (
     Action,
@@ -100,7 +100,7 @@ def test_switching_to_host_releases_what_the_guest_still_holds() -> None:
     core.add_device("mouse")
     core.frame("kbd", [press(A)])
     core.frame("mouse", [press(BTN)])
-    actions = core.request(SwitchTarget.HOST)
+    actions = core.request(Side.HOST)
     assert sorted(guest_events(actions)) == sorted([release(A), release(BTN)])
     assert Ungrab("kbd") in actions
     assert Ungrab("mouse") in actions
@@ -133,7 +133,7 @@ def test_a_resync_after_dropped_events_releases_keys_let_go_in_the_gap() -> None
 def test_a_refused_grab_is_retried_once_the_keys_are_up() -> None:
     core = RouterCore((LCTRL, RCTRL))
     core.add_device("kbd")
-    assert core.request(SwitchTarget.GUEST) == [ModeChanged(InputMode.GUEST), Grab("kbd")]
+    assert core.request(Side.GUEST) == [ModeChanged(InputMode.GUEST), Grab("kbd")]
     assert core.grab_refused("kbd", [A]) == []
     assert core.frame("kbd", [release(A)]) == [Grab("kbd")]
 
@@ -141,9 +141,9 @@ def test_a_refused_grab_is_retried_once_the_keys_are_up() -> None:
 def test_toggle_cancels_a_pending_switch() -> None:
     core = RouterCore((LCTRL, RCTRL))
     core.add_device("kbd", held=[A])
-    assert core.request(SwitchTarget.TOGGLE) == []
+    assert core.request(Side.TOGGLE) == []
     assert core.pending is InputMode.GUEST
-    assert core.request(SwitchTarget.TOGGLE) == []
+    assert core.request(Side.TOGGLE) == []
     assert core.frame("kbd", [release(A)]) == []
     assert core.mode is InputMode.HOST
 
@@ -152,7 +152,7 @@ def test_motion_reaches_the_guest_only_from_grabbed_devices() -> None:
     core = RouterCore((LCTRL, RCTRL))
     core.add_device("mouse")
     assert core.frame("mouse", [(EV_REL, REL_X, 5)]) == []
-    core.request(SwitchTarget.GUEST)
+    core.request(Side.GUEST)
     assert core.frame("mouse", [(EV_REL, REL_X, 5)]) == [ToGuest("mouse", ((EV_REL, REL_X, 5),))]
 
 
@@ -199,7 +199,7 @@ def test_in_host_mode_host_keys_are_left_alone() -> None:
 def test_a_host_key_held_across_a_switch_is_released_on_the_host_device() -> None:
     core = guest_router(host_keys=(VOLUMEUP,))
     assert host_events(core.frame("kbd", [press(VOLUMEUP)])) == [press(VOLUMEUP)]
-    actions = core.request(SwitchTarget.HOST)
+    actions = core.request(Side.HOST)
     assert host_events(actions) == [release(VOLUMEUP)]
     assert Ungrab("kbd") in actions
     # The real release now reaches the host from the real keyboard: nothing more here.
@@ -323,7 +323,7 @@ def test_no_interleaving_leaves_a_key_stuck_or_leaks_the_chord_or_loses_motion(
     world.switches = 0
     for kind, target, arg in ops:
         if kind == "control":
-            world.apply(world.core.request(SwitchTarget(target)))
+            world.apply(world.core.request(Side(target)))
             continue
         device = target
         if device not in world.kernel:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from handoff.host import HostPaths
+from handoff.host_facts import gather_host_facts
 from handoff.input.edge import InputRouter
 from handoff.input.resource import InputHandoff
 from handoff.input.router import RouterCore
@@ -12,6 +13,7 @@ from handoff.live.resource import LiveGpu
 from handoff.live.state import LiveState
 from handoff.profile import InputMode, parse_profile
 from handoff.session import default_resources
+from handoff.session_plan import plan_session
 from tests.unit.test_input_resource import KEY_SCROLLLOCK, Guest
 
 PROFILE = (
@@ -23,7 +25,9 @@ PROFILE = (
 
 def resources(tmp_path: Path, follow: bool) -> tuple[LiveGpu, InputHandoff]:
     profile = parse_profile(PROFILE.format(follow=str(follow).lower()), tmp_path / "p.toml")
-    found = default_resources(profile, HostPaths(run=tmp_path / "run"))
+    paths = HostPaths(run=tmp_path / "run")
+    plan = plan_session(profile, gather_host_facts(profile, paths, strict=False), paths)
+    found = default_resources(plan, paths)
     assert [r.name for r in found] == ["live-gpu", "input"]
     live, inputs = found
     assert isinstance(live, LiveGpu)
@@ -62,7 +66,9 @@ async def test_hooks_hear_of_every_gpu_move_and_input_move_and_input_still_follo
         for on in ("gpu-guest", "gpu-host", "guest", "host")
     )
     profile = parse_profile(text, tmp_path / "p.toml")
-    hooks, live, inputs = default_resources(profile, HostPaths(run=tmp_path / "run"))
+    paths = HostPaths(run=tmp_path / "run")
+    plan = plan_session(profile, gather_host_facts(profile, paths, strict=False), paths)
+    hooks, live, inputs = default_resources(plan, paths)
     assert isinstance(hooks, HookRunner)
     assert isinstance(live, LiveGpu)
     assert isinstance(inputs, InputHandoff)

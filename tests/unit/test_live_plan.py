@@ -8,7 +8,7 @@ from handoff.host import HostPaths
 from handoff.host_facts import gather_host_facts
 from handoff.live.windows import parse_resource
 from handoff.pci.address import PciAddress
-from handoff.profile import parse_profile
+from handoff.profile import Accelerator, parse_profile
 from handoff.session_plan import LIVE_HOTPLUG_GLOBAL, HostFacts, SessionPlan, plan_session
 from tests.unit.fakesysfs import lookalike_host
 from tests.unit.test_live_core import BOCHS_RESOURCE, HDA_RESOURCE
@@ -22,7 +22,7 @@ PROFILE = (
     '[[passthrough]]\naddress = "00:06.1"\nlive = {live}\n'
 )
 FACTS = HostFacts(
-    accel="tcg", accel_reason="test", supervisor_uid=0,
+    accel=Accelerator.TCG, accel_reason="test", supervisor_uid=0,
     live_bars=((GPU, parse_resource(BOCHS_RESOURCE)), (AUDIO, parse_resource(HDA_RESOURCE))),
 )
 

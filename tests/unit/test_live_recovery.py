@@ -9,17 +9,25 @@ from pathlib import Path
 
 import pytest
 
+from handoff import journal as jr
+from handoff.journal.recover import RecoveryReport
+from handoff.journal.recover import recover as recover_journals
+from handoff.live.recovery import live_recoverer
 from handoff.live.state import LiveStep
-from handoff.pci import journal as jr
 from handoff.pci.address import PciAddress
 from handoff.pci.engine import Engine
 from handoff.pci.plan import plan_handoff
-from handoff.pci.recovery import recover
+from handoff.pci.recovery import gpu_recoverer
 from handoff.pci.snapshot import take_snapshot
 from handoff.pci.sysfs import vfio_group_node
 from tests.unit.fakesysfs import FakeHost, seed_machine, session_journal
 
 QEMU = 4321
+
+async def recover(engine: Engine) -> RecoveryReport:
+    """`handoff recover`'s device part: the GPU's and the live groups' recoverers."""
+    return await recover_journals(engine.paths, [gpu_recoverer(engine), live_recoverer(engine)])
+
 
 
 @pytest.fixture

@@ -20,10 +20,12 @@ from handoff.checks.profile_files import check_profile_on_host
 from handoff.errors import ProfileError
 from handoff.hooks.runner import HookRunner
 from handoff.host import HostPaths
+from handoff.host_facts import gather_host_facts
 from handoff.monitor.mccs import input_value, same_input
 from handoff.monitor.plan import getvcp_argv, monitor_hooks, parse_getvcp, setvcp_argv
 from handoff.profile import HookEvent, InputMode, Monitor, MonitorFollow, Profile, parse_profile
 from handoff.session import default_resources
+from handoff.session_plan import plan_session
 from tests.unit.doctor_fakes import FakeHost
 
 BASE = '[vm]\nname = "w"\nmemory = "1G"\n'
@@ -109,7 +111,9 @@ async def test_a_switch_runs_ddcutil_with_exactly_these_arguments(tmp_path: Path
         tmp_path, 'ddc_bus = 5\nguest_input = "DisplayPort1"\nhost_input = "HDMI1"',
         extra='[input]\nbackend = "qmp"\n',
     )
-    (runner,) = [r for r in default_resources(profile, _paths(tmp_path)) if r.name == "hooks"]
+    paths = _paths(tmp_path)
+    plan = plan_session(profile, gather_host_facts(profile, paths, strict=False), paths)
+    (runner,) = [r for r in default_resources(plan, paths) if r.name == "hooks"]
     assert isinstance(runner, HookRunner)
     runner._environ["PATH"] = f"{tmp_path / 'bin'}:/usr/bin:/bin"
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from handoff import journal as jr
 from handoff.errors import BindError, SysfsTimeoutError, SysfsWriteError
-from handoff.pci import journal as jr
 from handoff.pci.address import PciAddress
 from handoff.pci.engine import Engine
 from handoff.pci.ops import CRASH_AFTER_SYSFS_ENV, PAUSE_AFTER_SYSFS_ENV, WriteFaults
@@ -112,8 +112,8 @@ async def test_the_journal_records_original_drivers_before_anything_changes(
     on_disk = jr.Journal.load(journal.path)
     records = [(d.address, d.original_driver, d.original_override, d.step) for d in on_disk.devices]
     assert records == [
-        ("0000:01:00.1", "snd_hda_intel", None, jr.Step.ON_VFIO),
-        ("0000:01:00.0", "amdgpu", None, jr.Step.ON_VFIO),
+        ("0000:01:00.1", "snd_hda_intel", None, jr.DeviceStep.ON_VFIO),
+        ("0000:01:00.0", "amdgpu", None, jr.DeviceStep.ON_VFIO),
     ]
     assert on_disk.boot_id == FakeHost.BOOT_ID
     assert on_disk.devices[1].ids == "1002:67b0"

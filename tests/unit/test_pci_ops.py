@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from handoff import journal as jr
 from handoff.errors import BindError, JournalError
 from handoff.memlock import can_raise_hard, cap_effective
-from handoff.pci import journal as jr
 from handoff.pci.address import PciAddress
 from handoff.pci.engine import Engine
 from handoff.pci.plan import HandoffPlan, plan_handoff
@@ -141,7 +141,7 @@ def test_the_planner_and_the_model_import_no_edge_module() -> None:
     ).stdout
     assert json.loads(out) == [
         "handoff", "handoff.errors", "handoff.pci", "handoff.pci.address", "handoff.pci.model",
-        "handoff.pci.plan",
+        "handoff.pci.plan", "handoff.pci.rules",
     ]  # fmt: skip
 
 
@@ -153,14 +153,14 @@ def test_journal_kinds_and_steps_round_trip_as_enums(host: FakeHost) -> None:
     journal.devices.append(
         jr.DeviceRecord("0000:01:00.0", "1002:67b0", 1, "amdgpu", "amdgpu", None)
     )
-    journal.set_step("0000:01:00.0", jr.Step.ON_VFIO)
+    journal.set_step("0000:01:00.0", jr.DeviceStep.ON_VFIO)
     on_disk = json.loads(journal.path.read_text())
     assert (on_disk["kind"], on_disk["devices"][0]["step"]) == ("manual", "on-vfio")
     assert journal.boot_id == FakeHost.BOOT_ID
     assert journal.supervisor_pid == os.getpid()
     loaded = jr.Journal.load(journal.path)
     assert loaded.kind is jr.Kind.MANUAL
-    assert loaded.devices[0].step is jr.Step.ON_VFIO
+    assert loaded.devices[0].step is jr.DeviceStep.ON_VFIO
 
 
 def test_a_journal_with_an_unknown_step_is_refused_with_the_way_out(host: FakeHost) -> None:

@@ -74,7 +74,9 @@ def test_group_verdicts_describe_the_seed_machine(host: FakeHost) -> None:
     verdicts = {v.group: v for v in group_verdicts(snap(host))}
     assert verdicts[1].verdict is Verdict.PASSABLE_WITH_CO_MEMBERS
     assert verdicts[1].co_members == (A("01:00.1"),)
-    assert verdicts[2].verdict is Verdict.PASSABLE
+    # The HD 4600 is the boot GPU: its group is the host's display, console or not.
+    assert verdicts[2].verdict is Verdict.REFUSED
+    assert "boot GPU" in verdicts[2].reason
     assert verdicts[7].verdict is Verdict.PASSABLE
     assert verdicts[9].verdict is Verdict.BRIDGES_ONLY
     assert verdicts[13].verdict is Verdict.REFUSED

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import trio
 
+from handoff import journal as jr
 from handoff.errors import PreflightRefusedError
 from handoff.memlock import UNLIMITED, check_memlock
-from handoff.pci import journal as jr
 from handoff.pci.address import PciAddress
 from handoff.pci.resource import GpuHandoff
 from handoff.profile import Passthrough, Profile, Vm

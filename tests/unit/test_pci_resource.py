@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from handoff import journal as jr
 from handoff.memlock import UNLIMITED, check_memlock
-from handoff.pci import journal as jr
 from handoff.pci.address import PciAddress
 from handoff.pci.engine import Engine
 from handoff.pci.plan import plan_handoff

@@ -5,12 +5,12 @@ from pathlib import Path
 import pytest
 
 from handoff.errors import PciError
+from handoff.journal import read_boot_id
 from handoff.pci.address import PciAddress
 from handoff.pci.holders import find_holders, nodes_of
 from handoff.pci.model import Holder
 from handoff.pci.sysfs import (
     framebuffer_console_bound,
-    read_boot_id,
     read_device,
     read_devices,
     read_iommu,

@@ -19,9 +19,10 @@ from handoff.errors import ProfileError
 from handoff.host import HostPaths
 from handoff.memlock import required_memlock as memlock_module_required
 from handoff.pci.address import PciAddress
-from handoff.profile import load_profile, parse_profile
+from handoff.profile import Accelerator, load_profile, parse_profile
 from handoff.session_plan import (
     ChangeKind,
+    HostChange,
     HostFacts,
     QemuOwner,
     SessionPlan,
@@ -31,7 +32,7 @@ from handoff.session_plan import (
 REPO = Path(__file__).resolve().parents[2]
 RUN = Path("/run/handoff")
 PATHS = HostPaths(run=RUN)
-TCG = HostFacts(accel="tcg", accel_reason="test", supervisor_uid=0)
+TCG = HostFacts(accel=Accelerator.TCG, accel_reason="test", supervisor_uid=0)
 NOBODY = QemuOwner("nobody", 65534, 65534)
 GPU = PciAddress.parse("00:06.0")
 AUDIO = PciAddress.parse("00:06.1")
@@ -138,7 +139,7 @@ def test_the_run_s_argv_differs_from_the_printed_one_only_in_the_qmp_fd() -> Non
 def test_a_host_cpu_without_kvm_is_refused_by_the_plan() -> None:
     with pytest.raises(ProfileError, match="cpu_model"):
         plan('cpu_model = "host"\n')
-    kvm = HostFacts(accel="kvm", accel_reason="test", supervisor_uid=0)
+    kvm = HostFacts(accel=Accelerator.KVM, accel_reason="test", supervisor_uid=0)
     assert "host" in plan('cpu_model = "host"\n', kvm).argv
 
 
@@ -152,9 +153,13 @@ def test_a_plain_vm_changes_only_its_own_run_directories() -> None:
     assert p.memlock_bytes is None
 
 
+def of_kind(p: SessionPlan, kind: ChangeKind) -> tuple[HostChange, ...]:
+    return tuple(change for change in p.changes if change.kind is kind)
+
+
 def test_passthrough_moves_each_device_chowns_its_group_once_and_raises_memlock() -> None:
     facts = HostFacts(
-        accel="tcg", accel_reason="test", supervisor_uid=0, qemu_owner=NOBODY,
+        accel=Accelerator.TCG, accel_reason="test", supervisor_uid=0, qemu_owner=NOBODY,
         iommu_groups=((GPU, 7), (AUDIO, 7)),
     )
     p = plan('[[passthrough]]\naddress = "00:06.0"\n[[passthrough]]\naddress = "00:06.1"\n', facts)
@@ -162,14 +167,14 @@ def test_passthrough_moves_each_device_chowns_its_group_once_and_raises_memlock(
         ChangeKind.DEVICE_TO_VFIO, ChangeKind.DEVICE_TO_VFIO, ChangeKind.CHOWN_NODE,
         ChangeKind.RAISE_MEMLOCK,
     ]  # fmt: skip
-    moves = p.of_kind(ChangeKind.DEVICE_TO_VFIO)
+    moves = of_kind(p, ChangeKind.DEVICE_TO_VFIO)
     assert [m.target for m in moves] == ["0000:00:06.0", "0000:00:06.1"]
     assert all("IOMMU group 7" in m.detail for m in moves)
-    (chown,) = p.of_kind(ChangeKind.CHOWN_NODE)
+    (chown,) = of_kind(p, ChangeKind.CHOWN_NODE)
     assert chown.target == "/dev/vfio/7"
     assert "65534:65534 (nobody)" in chown.detail
     assert p.memlock_bytes == (64 << 20) + (1 << 30)
-    assert p.of_kind(ChangeKind.RAISE_MEMLOCK)[0].detail.startswith("1088 MiB")
+    assert of_kind(p, ChangeKind.RAISE_MEMLOCK)[0].detail.startswith("1088 MiB")
 
 
 def test_the_memlock_the_plan_raises_is_the_one_preflight_checks() -> None:
@@ -178,29 +183,31 @@ def test_the_memlock_the_plan_raises_is_the_one_preflight_checks() -> None:
 
 
 def test_an_unknown_group_is_named_as_such_not_guessed() -> None:
-    facts = HostFacts(accel="tcg", accel_reason="t", supervisor_uid=0, qemu_owner=NOBODY,
+    facts = HostFacts(accel=Accelerator.TCG, accel_reason="t", supervisor_uid=0, qemu_owner=NOBODY,
                       iommu_groups=((GPU, None),))
     p = plan('[[passthrough]]\naddress = "00:06.0"\n', facts)
-    assert "its IOMMU group" in p.of_kind(ChangeKind.DEVICE_TO_VFIO)[0].detail
-    assert p.of_kind(ChangeKind.CHOWN_NODE)[0].target == "/dev/vfio/<group>"
+    assert "its IOMMU group" in of_kind(p, ChangeKind.DEVICE_TO_VFIO)[0].detail
+    assert of_kind(p, ChangeKind.CHOWN_NODE)[0].target == "/dev/vfio/<group>"
 
 
 def test_virtio_input_creates_chowns_and_links_the_proxies_then_grabs_after_boot() -> None:
-    facts = HostFacts(accel="tcg", accel_reason="t", supervisor_uid=0, qemu_owner=NOBODY)
+    facts = HostFacts(accel=Accelerator.TCG, accel_reason="t", supervisor_uid=0, qemu_owner=NOBODY)
     p = plan('[input]\nbackend = "virtio"\nexclude = ["name:Yubikey"]\n', facts)
     assert kinds(p)[2:] == [
         ChangeKind.CREATE_PROXY, ChangeKind.CHOWN_NODE, ChangeKind.LINK_PROXY,
         ChangeKind.CREATE_PROXY, ChangeKind.CHOWN_NODE, ChangeKind.LINK_PROXY,
         ChangeKind.GRAB_INPUT,
     ]  # fmt: skip
-    links = [c.target for c in p.of_kind(ChangeKind.LINK_PROXY)]
+    links = [c.target for c in of_kind(p, ChangeKind.LINK_PROXY)]
     assert links == [str(path) for path in p.paths.proxy_links or ()]
-    (grab,) = p.of_kind(ChangeKind.GRAB_INPUT)
+    (grab,) = of_kind(p, ChangeKind.GRAB_INPUT)
     assert grab.target == "every keyboard and mouse except name:Yubikey"
 
 
 def test_proxy_nodes_stay_udev_s_when_qemu_runs_as_the_supervisor_s_user() -> None:
-    same = HostFacts(accel="tcg", accel_reason="t", supervisor_uid=65534, qemu_owner=NOBODY)
+    same = HostFacts(
+        accel=Accelerator.TCG, accel_reason="t", supervisor_uid=65534, qemu_owner=NOBODY
+    )
     assert ChangeKind.CHOWN_NODE not in kinds(plan('[input]\nbackend = "virtio"\n', same))
     assert ChangeKind.CHOWN_NODE not in kinds(plan('[input]\nbackend = "virtio"\n'))
 
@@ -248,7 +255,7 @@ def test_the_plan_module_imports_no_edge_module() -> None:
     assert sorted(m for m in loaded if is_one_of(m, EDGES)) == []
 
 
-RESOURCE_MODULES = ("handoff.pci.resource", "handoff.pci.journal", "handoff.input.resource",
+RESOURCE_MODULES = ("handoff.pci.resource", "handoff.journal", "handoff.input.resource",
                     "handoff.input.devices", "evdev", "pyudev")
 
 
@@ -257,9 +264,12 @@ def test_a_session_without_passthrough_or_input_imports_neither_resource() -> No
         "from pathlib import Path\n"
         "from handoff.host import HostPaths\n"
         "from handoff.profile import load_profile\n"
+        "from handoff.host_facts import gather_host_facts\n"
         "from handoff.session import Session, default_resources\n"
+        "from handoff.session_plan import plan_session\n"
         "p = load_profile(Path('profiles/demo.toml'))\n"
-        "assert default_resources(p, HostPaths()) == []\n"
+        "plan = plan_session(p, gather_host_facts(p, HostPaths(), strict=False), HostPaths())\n"
+        "assert default_resources(plan, HostPaths()) == []\n"
     )
     assert "handoff.session" in loaded
     assert sorted(m for m in loaded if is_one_of(m, RESOURCE_MODULES)) == []
@@ -272,9 +282,12 @@ def test_only_the_resource_a_profile_uses_is_imported(tmp_path: Path) -> None:
         "from pathlib import Path\n"
         "from handoff.host import HostPaths\n"
         "from handoff.profile import load_profile\n"
+        "from handoff.host_facts import gather_host_facts\n"
         "from handoff.session import default_resources\n"
+        "from handoff.session_plan import plan_session\n"
         f"p = load_profile(Path({str(profile)!r}))\n"
-        "assert [r.name for r in default_resources(p, HostPaths())] == ['gpu']\n"
+        "plan = plan_session(p, gather_host_facts(p, HostPaths(), strict=False), HostPaths())\n"
+        "assert [r.name for r in default_resources(plan, HostPaths())] == ['gpu']\n"
     )
     assert "handoff.pci.resource" in loaded
     assert sorted(m for m in loaded if is_one_of(m, ("handoff.input.resource", "evdev"))) == []

@@ -12,9 +12,11 @@ import trio
 import trio.testing
 
 from handoff.host import HostPaths
+from handoff.host_facts import gather_host_facts
 from handoff.ladder import LadderTimeouts, Rung, shutdown_ladder
 from handoff.profile import Profile, parse_profile
 from handoff.session import Session, default_resources
+from handoff.session_plan import plan_session
 
 BASE = """
 [vm]
@@ -25,7 +27,9 @@ memory = "1G"
 
 def _resources(extra: str, tmp_path: Path) -> list[str]:
     profile = parse_profile(BASE + extra, tmp_path / "t.toml")
-    return [r.name for r in default_resources(profile, HostPaths(run=tmp_path / "run"))]
+    paths = HostPaths(run=tmp_path / "run")
+    plan = plan_session(profile, gather_host_facts(profile, paths, strict=False), paths)
+    return [r.name for r in default_resources(plan, paths)]
 
 
 def test_a_profile_without_passthrough_or_input_changes_nothing_on_the_host(

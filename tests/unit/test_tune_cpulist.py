@@ -68,3 +68,24 @@ def test_a_backwards_range_gets_the_right_spelling_as_fix() -> None:
 @given(st.frozensets(st.integers(0, 300), max_size=40))
 def test_format_then_parse_is_the_identity(cpus: frozenset[int]) -> None:
     assert parse_cpulist(format_cpulist(cpus)) == cpus
+
+
+@pytest.mark.parametrize(("lists", "index"), [(["2,8", "x"], 1), (["", "3"], 0)])
+def test_a_refused_pin_list_carries_its_index_not_only_in_the_text(
+    lists: list[str], index: int
+) -> None:
+    from handoff.errors import PinListError
+    from handoff.tune.model import PinSpec
+
+    with pytest.raises(PinListError) as caught:
+        PinSpec.explicit(lists)
+    assert caught.value.index == index
+    assert f"cpu.pin[{index}]" in caught.value.message
+
+
+def test_a_single_cpu_list_has_no_index() -> None:
+    from handoff.errors import PinListError
+
+    with pytest.raises(CpuListError) as caught:
+        parse_cpulist("1-x", what="cpu.emulator")
+    assert not isinstance(caught.value, PinListError)

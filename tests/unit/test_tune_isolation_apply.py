@@ -18,16 +18,16 @@ from pathlib import Path
 import pytest
 import trio
 
-from handoff.errors import IsolationRefusedError, TuneError
+from handoff import journal as jr
+from handoff.errors import IsolationRefusedError, SystemdError, TuneError
 from handoff.host import HostPaths
-from handoff.pci import journal as jr
-from handoff.pci.engine import Engine
-from handoff.pci.recovery import recover
 from handoff.profile import parse_profile
 from handoff.session_plan import ChangeKind, plan_session
-from handoff.tune import settings
-from handoff.tune.isolation import plan_isolation, scope_argv, scope_prefix_length
-from handoff.tune.resource import TuneResource, tune_journal_name
+from handoff.systemctl import Ran
+from handoff.tune.isolation import plan_isolation, scope_argv
+from handoff.tune.recovery import recover_tuning, tune_journal_name
+from handoff.tune.resource import TuneResource
+from handoff.tune.settings import Systemd
 from tests.unit.test_tune_plan import facts, ryzen
 from tests.unit.test_tune_resource import (
     PROFILE,
@@ -36,6 +36,7 @@ from tests.unit.test_tune_resource import (
     TuneKernel,
     fake_setaffinity,
     host,
+    planned_tuning,
     pool,
 )
 
@@ -62,21 +63,21 @@ class FakeSystemd:
         found: list[dict[str, object]] = json.loads(path.read_text())["settings"]
         return found
 
-    def __call__(self, argv: Sequence[str]) -> str:
+    def __call__(self, argv: Sequence[str]) -> Ran:
         argv = tuple(argv)
         self.calls.append((argv, self._journal_now()))
         if argv[:5] == ("systemctl", "show", "-p", "AllowedCPUs", "--value"):
-            return self.props.get(argv[5], "") + "\n"
+            return Ran(0, self.props.get(argv[5], "") + "\n")
         if argv[:5] == ("systemctl", "show", "-p", "ActiveState", "--value"):
-            return ("active" if argv[5] in self.running else "inactive") + "\n"
+            return Ran(0, ("active" if argv[5] in self.running else "inactive") + "\n")
         assert argv[:3] == ("systemctl", "set-property", "--runtime"), argv
         unit, value = argv[3], argv[4].removeprefix("AllowedCPUs=")
         if unit == self.fail_on:
-            raise TuneError(f"{' '.join(argv)} failed (1): Access denied", fix="root")
+            return Ran(1, "", "Failed to set unit properties: Access denied\n")
         self.props[unit] = value
         if value and (self.root / unit).is_dir():
             (self.root / unit / "cpuset.cpus").write_text(value + "\n")
-        return ""
+        return Ran(0, "")
 
     @property
     def sets(self) -> list[tuple[str, str]]:
@@ -102,7 +103,8 @@ def isolated(paths: HostPaths, fake: FakeSystemd, text: str = ISOLATED) -> TuneR
     calls: list[tuple[int, frozenset[int]]] = []
     lines: list[str] = []
     res = TuneResource(
-        profile, paths, writer=TuneKernel(paths), runner=fake, report=lines.append,
+        profile, paths, planned_tuning(profile, paths), writer=TuneKernel(paths), runner=fake,
+        report=lines.append,
         setaffinity=fake_setaffinity(paths, calls),
     )  # fmt: skip
     res.lines = lines  # type: ignore[attr-defined]
@@ -212,8 +214,10 @@ def test_a_failed_confinement_is_undone_by_release(tmp_path: Path) -> None:
     paths = systemd_host(tmp_path)
     fake = FakeSystemd(paths, fail_on="user.slice")
     res = isolated(paths, fake)
-    with pytest.raises(TuneError, match="Access denied"):
+    with pytest.raises(SystemdError, match="Access denied") as caught:
         start(res)
+    assert caught.value.argv[:4] == ("systemctl", "set-property", "--runtime", "user.slice")
+    assert caught.value.status == 1
     assert fake.props["system.slice"] == "0,3"
     fake.fail_on = None
     trio.run(res.release)
@@ -222,7 +226,7 @@ def test_a_failed_confinement_is_undone_by_release(tmp_path: Path) -> None:
 
 
 def test_recover_leaves_the_units_while_qemu_runs_and_restores_them_after(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     paths = systemd_host(tmp_path)
     fake = FakeSystemd(paths)
@@ -230,9 +234,8 @@ def test_recover_leaves_the_units_while_qemu_runs_and_restores_them_after(
     start(res)
     assert res._locks is not None
     res._locks.release()  # the supervisor is SIGKILLed: its flock goes, no release
-    monkeypatch.setattr(settings, "run_command", fake)
     path = jr.journal_path(paths, tune_journal_name("tuned"))
-    report = trio.run(lambda: recover(Engine(paths, TuneKernel(paths))))
+    report = trio.run(lambda: recover_tuning(paths, TuneKernel(paths), Systemd(paths, fake)))
     assert not report.ok
     assert f"its QEMU (pid {QEMU_PID}) is still running" in report.refused[0]
     assert fake.props["system.slice"] == "0,3"
@@ -242,7 +245,7 @@ def test_recover_leaves_the_units_while_qemu_runs_and_restores_them_after(
     for d in sorted((paths.proc / str(QEMU_PID)).rglob("*"), reverse=True):
         d.rmdir()
     (paths.proc / str(QEMU_PID)).rmdir()
-    report = trio.run(lambda: recover(Engine(paths, TuneKernel(paths))))
+    report = trio.run(lambda: recover_tuning(paths, TuneKernel(paths), Systemd(paths, fake)))
     assert report.ok, report.lines()
     assert "system.slice's AllowedCPUs back to (unset: every CPU)" in report.returned
     assert all(fake.props[u] == "" for u in UNITS)
@@ -261,8 +264,7 @@ def test_the_scope_wrapper_names_the_unit_slice_and_cpus_and_ends_before_qemu() 
         "--slice=machine.slice", "--property=AllowedCPUs=0-5", "--uid=qemu", "--",
         "qemu-system-x86_64", "-S",
     )  # fmt: skip
-    assert argv[scope_prefix_length(argv):] == ("qemu-system-x86_64", "-S")
-    assert scope_prefix_length(("qemu-system-x86_64", "--", "x")) == 0
+    assert argv[argv.index("--") + 1 :] == ("qemu-system-x86_64", "-S")
 
 
 def test_the_plan_starts_qemu_in_its_scope_and_confines_the_units_after() -> None:
@@ -276,7 +278,7 @@ def test_the_plan_starts_qemu_in_its_scope_and_confines_the_units_after() -> Non
     p = plan_session(parse_profile(text, Path("/etc/handoff/tuned.toml")), systemd, HostPaths())
     assert p.scoped
     assert p.argv[:2] == ("systemd-run", "--scope")
-    assert p.argv[scope_prefix_length(p.argv)] == "qemu-system-x86_64"
+    assert p.argv[p.argv.index("--") + 1] == "qemu-system-x86_64"
     assert p.argv_with_monitor_fd(7)[0] == "systemd-run"
     kinds = [c.kind for c in p.changes]
     assert kinds.index(ChangeKind.QEMU_SCOPE) < kinds.index(ChangeKind.ISOLATE_HOST)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from handoff import journal as jr
 from handoff.errors import (
     HugepagesRefusedError,
     IsolationRefusedError,
@@ -26,19 +28,18 @@ from handoff.errors import (
     PreflightRefusedError,
 )
 from handoff.host import HostPaths
-from handoff.pci import journal as jr
-from handoff.pci.engine import Engine
-from handoff.pci.recovery import recover
-from handoff.profile import parse_profile
+from handoff.profile import Accelerator, Profile, parse_profile
+from handoff.session_plan import HostFacts, plan_session
 from handoff.tune.cpulist import format_cpulist
 from handoff.tune.model import CpuFreq
+from handoff.tune.plan import TunePlan
+from handoff.tune.recovery import recover_tuning, tune_journal_name, tune_lock_stem
 from handoff.tune.resource import (
     TuneResource,
     affinity_targets,
-    tune_journal_name,
-    tune_lock_stem,
     vcpu_threads,
 )
+from handoff.tune.topology import read_host
 from tests.unit.fakecpu import SIZE_2M, CoreDef, machine, write_sysfs
 
 #: QEMU 7.2's real reply to query-cpus-fast for -smp 2 (recorded on this project's host).
@@ -166,12 +167,23 @@ def governor(paths: HostPaths, cpu: int) -> str:
     return (paths.sys / f"devices/system/cpu/cpu{cpu}/cpufreq/scaling_governor").read_text().strip()
 
 
+def planned_tuning(profile: Profile, paths: HostPaths) -> TunePlan:
+    """The session plan's tuning for ``profile`` on the fake host (as `handoff run` plans)."""
+    facts = HostFacts(
+        accel=Accelerator.TCG, accel_reason="", supervisor_uid=os.geteuid(), tuning=read_host(paths)
+    )
+    planned = plan_session(profile, facts, paths).tune
+    assert planned is not None
+    return planned
+
+
 def resource(
     paths: HostPaths, kernel: TuneKernel, text: str = PROFILE, **kw: object
 ) -> TuneResource:
     profile = parse_profile(text, Path("/etc/handoff/tuned.toml"))
     lines: list[str] = []
-    res = TuneResource(profile, paths, writer=kernel, report=lines.append, **kw)  # type: ignore[arg-type]
+    planned = planned_tuning(profile, paths)
+    res = TuneResource(profile, paths, planned, writer=kernel, report=lines.append, **kw)  # type: ignore[arg-type]
     res.lines = lines  # type: ignore[attr-defined]
     return res
 
@@ -274,9 +286,8 @@ def test_isolation_without_systemd_is_refused_saying_why(tmp_path: Path) -> None
     (paths.proc / "1").mkdir(parents=True)
     (paths.proc / "1/comm").write_text("init\n")
     kernel = TuneKernel(paths)
-    res = resource(paths, kernel, PROFILE.replace("[cpu]", "[cpu]\nisolate = true"))
-    with pytest.raises(IsolationRefusedError) as caught:
-        trio.run(res.acquire)
+    with pytest.raises(IsolationRefusedError) as caught:  # the session plan refuses
+        resource(paths, kernel, PROFILE.replace("[cpu]", "[cpu]\nisolate = true"))
     assert "needs systemd as PID 1" in caught.value.message
     assert "'init'" in caught.value.message
     assert kernel.writes == []
@@ -286,9 +297,8 @@ def test_a_pinning_the_host_cannot_give_changes_nothing(tmp_path: Path) -> None:
     paths = host(tmp_path)
     kernel = TuneKernel(paths)
     text = PROFILE.replace("cpus = 2", "cpus = 4")  # 4 cores, one kept: 3 for 4 vCPUs
-    res = resource(paths, kernel, text)
-    with pytest.raises(PinningRefusedError):
-        trio.run(res.acquire)
+    with pytest.raises(PinningRefusedError):  # the session plan refuses
+        resource(paths, kernel, text)
     assert kernel.writes == []
     assert pool(paths) == 3
 
@@ -361,7 +371,7 @@ def test_recover_finishes_a_killed_supervisors_pool_and_governors(tmp_path: Path
     _abandon(paths, kernel)
     assert pool(paths) == 32
     assert governor(paths, 1) == "performance"
-    report = trio.run(recover, Engine(paths, kernel))
+    report = trio.run(recover_tuning, paths, kernel)
     assert report.ok, report.lines()
     assert pool(paths) == 3
     assert [governor(paths, c) for c in range(4)] == ["schedutil"] * 4
@@ -387,7 +397,7 @@ def test_recover_discards_a_journal_of_an_earlier_boot_without_writing(tmp_path:
     data = json.loads(journal_file(paths).read_text())
     journal_file(paths).write_text(json.dumps({**data, "boot_id": "another-boot"}))
     before = len(kernel.writes)
-    report = trio.run(recover, Engine(paths, kernel))
+    report = trio.run(recover_tuning, paths, kernel)
     assert report.discarded
     assert len(kernel.writes) == before
     assert not journal_file(paths).exists()
@@ -398,7 +408,7 @@ def test_recover_leaves_a_live_sessions_tuning_alone(tmp_path: Path) -> None:
     kernel = TuneKernel(paths)
     res = resource(paths, kernel)
     trio.run(res.acquire)  # holds its lock, as a live supervisor does
-    report = trio.run(recover, Engine(paths, kernel))
+    report = trio.run(recover_tuning, paths, kernel)
     assert report.refused
     assert pool(paths) == 32
     with pytest.raises(PreflightRefusedError):
