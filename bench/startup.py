@@ -36,6 +36,14 @@ after round, interleaved so load on the machine hits both alike:
     "does not hand off keyboard and mouse" answer: the same round trip.
     Goal: ≤ 3x ``python -c pass``.
 
+``bare + swtpm`` / ``session [tpm]``
+    the TPM arm: the profile with ``[tpm] type = "emulated"`` (its state made
+    once, before the rounds). ``bare + swtpm`` is the minimal script: start
+    ``swtpm socket --tpm2 --terminate`` on a control socket, wait for the
+    socket, then the bare arm with the session's argv (which connects to it).
+    ``session [tpm]`` is ``Session`` with the swtpm resource (state checks,
+    swtpm as a resource, its socket awaited). Goal: ≤ 1.2x.
+
 The first session round pays the capability probe (cold); later rounds find
 it cached (warm). Printed per arm: the median and the best round (the best
 is what the machine can do; the median shows load from other work), and the
@@ -43,6 +51,7 @@ ratios (goals: warm session ≤ 1.15x bare, CLI run ≤ 3x bare, status and
 switch ≤ 3x ``python -c pass``).
 
     .venv/bin/python bench/startup.py [--rounds 7] [--profile profiles/demo.toml] [--no-cli]
+        [--no-tpm]
 """
 
 from __future__ import annotations
@@ -56,18 +65,26 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
 from handoff.host import HostPaths
-from handoff.profile import Accelerator, Profile, load_profile
+from handoff.profile import Accelerator, Profile, load_profile, parse_profile
 from handoff.qemu.accel import choose_accel
-from handoff.session import Session, session_argv
+from handoff.resources import HostResource
+from handoff.run_layout import tpm_socket_path
+from handoff.session import Session, default_resources, session_argv
 from handoff.session_end import StopRequest
+from handoff.session_plan import SessionPlan
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def quiet(_: str) -> None:
+    """A session's status lines, dropped."""
 
 
 def _read_json_line(sock: socket.socket, buffer: bytearray) -> dict[str, object]:
@@ -83,11 +100,13 @@ def _read_json_line(sock: socket.socket, buffer: bytearray) -> dict[str, object]
     return value
 
 
-def bare_round(profile: Profile, paths: HostPaths, accel: Accelerator) -> float:
-    """Seconds from spawn to a negotiated QMP monitor, with nothing else around QEMU."""
+def bare_round(
+    profile: Profile, paths: HostPaths, accel: Accelerator, *, started: float | None = None
+) -> float:
+    """Seconds from spawn (or ``started``) to a negotiated QMP monitor, nothing else around."""
     ours, theirs = socket.socketpair()
     argv = session_argv(profile, paths, accel, monitor_fd=theirs.fileno())
-    start = time.perf_counter()
+    start = time.perf_counter() if started is None else started
     process = subprocess.Popen(
         argv, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
@@ -106,7 +125,32 @@ def bare_round(profile: Profile, paths: HostPaths, accel: Accelerator) -> float:
     return elapsed
 
 
-def session_round(profile: Profile, paths: HostPaths) -> float:
+def bare_tpm_round(profile: Profile, paths: HostPaths, accel: Accelerator) -> float:
+    """Seconds from swtpm's spawn to QEMU's negotiated monitor: the minimal script."""
+    state = profile.tpm.state
+    assert state is not None
+    sock = tpm_socket_path(paths, profile.name)
+    sock.parent.mkdir(parents=True, exist_ok=True)
+    sock.unlink(missing_ok=True)
+    start = time.perf_counter()
+    swtpm = subprocess.Popen(
+        ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}",
+         "--ctrl", f"type=unixio,path={sock}", "--terminate"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    while not sock.exists():
+        time.sleep(0.001)
+    elapsed = bare_round(profile, paths, accel, started=start)
+    swtpm.wait(timeout=30)  # --terminate: gone with QEMU
+    return elapsed
+
+
+def session_round(
+    profile: Profile,
+    paths: HostPaths,
+    resources: Callable[[SessionPlan], Sequence[HostResource]] | None = None,
+) -> float:
     """Seconds from Session.run() to QMP negotiated, then a forced stop."""
     ready: list[float] = []
     started: list[float] = []
@@ -117,7 +161,7 @@ def session_round(profile: Profile, paths: HostPaths) -> float:
             session.request_stop(StopRequest("control"), force=True)
 
         session = Session(
-            profile, paths, [], report=lambda _: None, handle_signals=False,
+            profile, paths, resources or [], report=lambda _: None, handle_signals=False,
             on_qmp_ready=on_ready,
         )
         started.append(time.perf_counter())
@@ -193,6 +237,7 @@ def main() -> int:
     parser.add_argument("--profile", type=Path, default=REPO / "profiles" / "demo.toml")
     parser.add_argument("--no-cli", action="store_true",
                         help="skip the subprocess arms (cli run, status, switch)")
+    parser.add_argument("--no-tpm", action="store_true", help="skip the [tpm] arm")
     args = parser.parse_args()
 
     profile = load_profile(args.profile)
@@ -207,9 +252,26 @@ def main() -> int:
         cli: list[CliRound] = []
         cold = session_round(profile, paths)  # pays the capability probe (in memory)
         cli_cold = None if args.no_cli else cli_round(profile, args.profile, env)
+        tpm = None
+        bare_tpm: list[float] = []
+        session_tpm: list[float] = []
+        tpm_first = 0.0
+        if not args.no_tpm:
+            text = args.profile.read_text() + (
+                f'\n[tpm]\ntype = "emulated"\nstate = "{Path(tmp) / "bench.tpm"}"\n'
+            )
+            tpm = parse_profile(text, args.profile)
+
+            def swtpm_only(plan: SessionPlan) -> list[HostResource]:
+                return default_resources(plan, paths, report=quiet)  # the demo: swtpm only
+
+            tpm_first = session_round(tpm, paths, swtpm_only)
         for _ in range(args.rounds):
             bare.append(bare_round(profile, paths, accel))
             warm.append(session_round(profile, paths))
+            if tpm is not None:
+                bare_tpm.append(bare_tpm_round(tpm, paths, accel))
+                session_tpm.append(session_round(tpm, paths, swtpm_only))
             if not args.no_cli:
                 nothing.append(timed_process([sys.executable, "-c", "pass"], env))
                 cli.append(cli_round(profile, args.profile, env))
@@ -220,6 +282,11 @@ def main() -> int:
     print(line("session (warm) → QMP ready", warm, bare, "1.15x"))
     print(line("session (1st in process)", [cold], bare)
           + "  (capability probe: read from the disk cache or run)")
+    if bare_tpm:
+        print(line("bare qemu + swtpm → QMP ready", bare_tpm))
+        print(line("session [tpm] → QMP ready", session_tpm, bare_tpm, "1.2x"))
+        print(line("session [tpm], state created", [tpm_first], bare_tpm)
+              + "  (first run: swtpm_setup makes the EKs and certificates)")
     if cli_cold is not None:
         print(line("cli run → QMP ready", [c.run for c in cli], bare, "3x"))
         print(line("cli run (cold cache)", [cli_cold.run], bare)

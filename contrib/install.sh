@@ -49,12 +49,24 @@ apt_pkgs=(qemu-system-x86 qemu-utils ovmf kmod pciutils udev python3 python3-ven
 # systemd-udevd inside the guest from the host's udev package; the testbed's systemd
 # boot runs the host's /lib/systemd/systemd as the guest's PID 1).
 [ "$dev" = 1 ] && apt_pkgs+=(busybox-static cpio systemd)
+# [tpm] type = "emulated": swtpm runs the guest's TPM 2.0, swtpm_setup creates its state.
+apt_pkgs+=(swtpm swtpm-tools)
+# Tests: the guest agent test's Linux guest runs Debian's qemu-ga (tests/qemu/linux_guest.py).
+[ "$dev" = 1 ] && apt_pkgs+=(qemu-guest-agent)
 # Tests of the generated completions and man page run the real shells and groff.
 [ "$dev" = 1 ] && apt_pkgs+=(zsh fish groff-base)
 # Tests of `handoff import`/`export` against libvirt's own tools: virt-install --print-xml,
 # virt-xml-validate, and a libvirtd (QEMU driver) the tests start for define/start/
 # domxml-to-native. handoff itself never needs libvirt.
 [ "$dev" = 1 ] && apt_pkgs+=(libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients virtinst)
+# The Secure Boot test (tests/qemu/test_secure_boot.py) builds a disk from Debian's
+# signed chain: shim signed by Microsoft (shim-signed, MokManager from
+# shim-helpers-amd64-signed), the signed GRUB and its unsigned twin, and makes the
+# ESP and GPT without root with mtools and sfdisk (fdisk). The signed kernel is the
+# testbed's (linux-image-amd64's image package, fetched with apt-get download).
+[ "$dev" = 1 ] && apt_pkgs+=(shim-signed shim-helpers-amd64-signed)
+[ "$dev" = 1 ] && apt_pkgs+=(grub-efi-amd64-signed grub-efi-amd64-bin)
+[ "$dev" = 1 ] && apt_pkgs+=(mtools fdisk)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -138,7 +138,7 @@ def cmd_argv(args: argparse.Namespace) -> int:
     paths = _paths()
     # Showing a command changes nothing, so a KVM profile is shown as written
     # even on a host where `run` would refuse it; the reason goes to stderr.
-    facts = gather_host_facts(profile, paths, strict=False)
+    facts = gather_host_facts(profile, paths, strict=False, binary=args.qemu)
     if facts.accel is Accelerator.KVM and kvm_problem(paths) is not None:
         print(f"handoff: note: {facts.accel_reason}", file=sys.stderr)
     _print_plan(plan_session(profile, facts, paths, binary=args.qemu))
@@ -150,23 +150,17 @@ def _print_plan(plan: SessionPlan) -> None:
     from handoff.qemu.cmdline import format_argv
 
     print(format_argv(plan.argv), flush=True)
+    for warning in plan.warnings:  # Hyper-V flags this QEMU lacks
+        print(f"handoff: warning: {warning}", file=sys.stderr)
     for change in plan.changes:
         print(f"handoff: would: {change.describe()}", file=sys.stderr)
 
 
 def _running_sessions() -> list[str]:
-    from handoff.control_find import root_sessions, system_run_root
-    from handoff.run_layout import CONTROL_SOCKET
+    from handoff.control_find import running_sessions
 
     run: Path = _paths().run
-    try:
-        entries = sorted(run.iterdir())
-    except OSError:
-        entries = []
-    own = [entry.name for entry in entries if (entry / CONTROL_SOCKET).exists()]
-    system = root_sessions(system_run_root(os.environ), os.geteuid()) if run != Path(
-        system_run_root(os.environ)) else []
-    return own + [name for name in system if name not in own]
+    return running_sessions(run, os.environ, os.geteuid())
 
 
 def format_status(status: dict[str, Any]) -> str:
@@ -178,6 +172,12 @@ def format_status(status: dict[str, Any]) -> str:
         f"  accelerator {status.get('accel')} ({status.get('accel_reason')})",
         f"  up {_duration(float(status.get('uptime') or 0))}",
     ]
+    agent = status.get("guest_agent")
+    if isinstance(agent, dict):
+        if agent.get("answers"):
+            lines.append(f"  guest agent: answers; guest OS {agent.get('os')}")
+        else:
+            lines.append(f"  guest agent: does not answer ({agent.get('reason')})")
     resources = status.get("resources") or {}
     for name, detail in resources.items():
         lines.extend(_format_resource(name, detail))

@@ -31,6 +31,7 @@ from handoff.errors import HandoffError
 from handoff.host import HostPaths
 from handoff.init.choose import NO_GPU, DiskSource, InitError, InitPlan, InitRequest, plan_init
 from handoff.init.facts import HostFacts
+from handoff.init.guest_os import parse_init_os
 from handoff.init.render import render_profile, render_summary
 from handoff.profile import FirmwareType, InputBackend, parse_profile
 from handoff.profile_lookup import PROFILE_DIR_ENV, SYSTEM_PROFILE_DIR
@@ -96,6 +97,11 @@ def run_init(
     if target.path is not None and target.path.exists() and not force:
         raise InitError(f"{target.path} exists already; handoff init never overwrites a profile",
                         fix="pass --force to replace it, or --output FILE to write elsewhere")
+    for flag, iso in (("--iso", request.iso), ("--virtio-win", request.virtio_win)):
+        if iso is not None and not iso.is_file():
+            raise InitError(f"{flag}: {iso} is not a file",
+                            fix=f"check the path, or leave out {flag} (a commented example is "
+                            "written instead)")
     request = _with_image_dir(request, target)
     image = request.image_dir / f"{request.name}.qcow2" if request.image_dir else None
     plan = plan_init(gather(request.disk), request, image_exists=bool(image and image.exists()))
@@ -177,6 +183,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keyboard and mouse hand-off (default: %(default)s)")
     parser.add_argument("--firmware", choices=[f.value for f in FirmwareType], default=None,
                         help="default: ovmf when installed, else seabios")
+    parser.add_argument("--os", metavar="OS", dest="guest_os", default=None,
+                        help="the guest: windows11, windows10 or linux (UEFI + Secure Boot, "
+                        "Hyper-V for Windows, the install ISOs as CD-ROMs)")
+    parser.add_argument("--iso", metavar="PATH", type=Path, default=None,
+                        help="with --os: the install ISO, as a CD-ROM")
+    parser.add_argument("--virtio-win", metavar="PATH", type=Path, default=None,
+                        help="with --os windows*: the virtio-win driver ISO, as a CD-ROM")
     parser.add_argument("--output", metavar="FILE", default=None,
                         help=f"write here ('-': stdout) instead of {SYSTEM_PROFILE_DIR}/NAME.toml")
     parser.add_argument("--force", action="store_true", help="replace an existing profile")
@@ -192,6 +205,9 @@ def request_from(args: argparse.Namespace) -> InitRequest:
         cpus=args.cpus,
         input=InputBackend(args.input),
         firmware=None if args.firmware is None else FirmwareType(args.firmware),
+        guest_os=None if args.guest_os is None else parse_init_os(args.guest_os),
+        iso=None if args.iso is None else args.iso.absolute(),
+        virtio_win=None if args.virtio_win is None else args.virtio_win.absolute(),
     )
 
 

@@ -95,3 +95,15 @@ def root_sessions(system_run: Path, uid: int) -> list[str]:
             found.append(entry.name)
     return found
 
+
+
+def running_sessions(own_run: Path, environ: Mapping[str, str], uid: int) -> list[str]:
+    """Sessions `handoff status` lists: this user's own, then root's it may reach."""
+    try:
+        entries = sorted(own_run.iterdir())
+    except OSError:
+        entries = []
+    own = [entry.name for entry in entries if (entry / CONTROL_SOCKET).exists()]
+    system_run = system_run_root(environ)
+    system = root_sessions(system_run, uid) if own_run != system_run else []
+    return own + [name for name in system if name not in own]

@@ -46,11 +46,12 @@ from handoff.checks.nodes import (
 )
 from handoff.checks.profile_files import check_profile_files
 from handoff.checks.qemu import DEFAULT_QEMU, Prober, check_ovmf, check_qemu
+from handoff.checks.tpm import check_tpm
 from handoff.checks.tune import check_tuning
 from handoff.errors import HandoffError
 from handoff.host_facts import gather_host_facts
 from handoff.pci.sysfs import groups_of
-from handoff.profile import Profile, load_profile
+from handoff.profile import Profile, TpmType, load_profile
 from handoff.profile_lookup import resolve_profile
 from handoff.qemu.capabilities import probe
 from handoff.session_plan import HostFacts
@@ -107,6 +108,8 @@ def run_checks(
     checks.append(check_qemu(env, profile, qemu_binary, prober, facts=facts))
     if profile is not None:
         checks.append(check_ovmf(profile))
+        if profile.tpm.type is not TpmType.NONE:  # only a profile that asks shows the line
+            checks.append(check_tpm(profile))
     return checks
 
 

@@ -55,6 +55,14 @@ class ProfileError(HandoffError):
         self.key = key
 
 
+# --------------------------------------------------------------------------- firmware
+
+
+class FirmwareError(HandoffError):
+    """No UEFI firmware fits the profile (QEMU's descriptors), or the VM's vars file
+    came from another template than the one the profile now asks for."""
+
+
 # --------------------------------------------------------------------------- QEMU
 
 
@@ -198,3 +206,14 @@ class DomainImportError(InteropError):
 
 class ExportError(InteropError):
     """A profile cannot be written in the asked format (or to the asked file)."""
+
+
+# --------------------------------------------------------------------------- TPM and guest agent
+
+
+class TpmError(HandoffError):
+    """The emulated TPM (swtpm) cannot be set up or started."""
+
+
+class GuestAgentError(HandoffError):
+    """The guest agent's channel cannot be used (its socket, its answers)."""

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import os
 
-from handoff.errors import HostError
+from handoff.errors import HostError, QemuError
 from handoff.host import HostPaths, qemu_account
 from handoff.live.windows import Bar, parse_resource
 from handoff.pci.address import PciAddress
-from handoff.profile import Profile
+from handoff.profile import Accelerator, FirmwareType, Profile
 from handoff.qemu.accel import choose_accel
+from handoff.qemu.firmware_descriptors import FirmwareDescriptor
 from handoff.session_plan import HostFacts, QemuOwner
 from handoff.tune.model import HostTuning
 
@@ -67,9 +68,52 @@ def _live_bars(
     return tuple(out)
 
 
-def gather_host_facts(profile: Profile, paths: HostPaths, *, strict: bool = True) -> HostFacts:
+def _qemu_properties(
+    profile: Profile, binary: str, *, strict: bool
+) -> tuple[frozenset[str] | None, frozenset[str] | None]:
+    """The QEMU's CPU and q35 machine properties, for a profile whose guest OS needs them
+    (the capability probe, cached); (None, None) otherwise or where QEMU is not there."""
+    from handoff.qemu.hyperv import wants_platform
+
+    if not wants_platform(profile):
+        return None, None
+    from handoff.qemu.capabilities import probe
+
+    try:
+        caps = probe(binary)
+    except QemuError:
+        if strict:
+            raise
+        return None, None
+    return caps.cpu_properties, caps.machine_options
+
+
+def _host_evmcs(paths: HostPaths, accel: Accelerator) -> bool:
+    """hv-evmcs needs Intel KVM with nesting on (kvm_intel's ``nested`` parameter)."""
+    if accel is not Accelerator.KVM:
+        return False
+    try:
+        value = (paths.sys / "module" / "kvm_intel" / "parameters" / "nested").read_text()
+    except OSError:
+        return False
+    return value.strip() in ("Y", "1")
+
+
+def _descriptors(profile: Profile) -> tuple[FirmwareDescriptor, ...]:
+    if profile.firmware.type is not FirmwareType.OVMF:
+        return ()
+    from handoff.qemu.firmware_search import read_descriptors
+
+    return read_descriptors()
+
+
+def gather_host_facts(
+    profile: Profile, paths: HostPaths, *, strict: bool = True,
+    binary: str = "qemu-system-x86_64",
+) -> HostFacts:
     """The facts of this host for ``profile``; raises HostError (strict) to refuse."""
     choice = choose_accel(profile.vm.accel, paths, strict=strict)
+    cpu_properties, machine_options = _qemu_properties(profile, binary, strict=strict)
     return HostFacts(
         accel=choice.accel,
         accel_reason=choice.reason,
@@ -78,4 +122,8 @@ def gather_host_facts(profile: Profile, paths: HostPaths, *, strict: bool = True
         iommu_groups=_iommu_groups(profile, paths),
         live_bars=_live_bars(profile, paths),
         tuning=_tuning(profile, paths),
+        firmware_descriptors=_descriptors(profile),
+        cpu_properties=cpu_properties,
+        machine_options=machine_options,
+        host_evmcs=_host_evmcs(paths, choice.accel),
     )

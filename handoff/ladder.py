@@ -1,6 +1,8 @@
 """The shutdown ladder: bring QEMU down one bounded rung at a time.
 
-``system_powerdown`` and wait for the guest (``vm.shutdown_timeout``) →
+The guest's power-off (``vm.shutdown_timeout``): ``guest-shutdown`` through the
+guest agent when the profile has one and it answers ``guest-ping`` in time,
+else ACPI ``system_powerdown`` (the status line says which) →
 ``quit`` (:data:`QUIT_TIMEOUT`) → SIGTERM (:data:`SIGTERM_TIMEOUT` +
 :data:`SIGTERM_TIMEOUT_PER_DEVICE` per passthrough device: libvirt's rule, a
 GPU reset can take seconds) → SIGKILL (:data:`SIGKILL_TIMEOUT`). A second stop
@@ -30,6 +32,7 @@ __all__ = [
     "SIGKILL_TIMEOUT",
     "SIGTERM_TIMEOUT",
     "SIGTERM_TIMEOUT_PER_DEVICE",
+    "LadderAgent",
     "LadderMonitor",
     "LadderProcess",
     "LadderTimeouts",
@@ -102,6 +105,14 @@ class LadderMonitor(Protocol):
     ) -> object: ...
 
 
+class LadderAgent(Protocol):
+    """What the ladder needs of the guest agent (a :class:`handoff.qemu.agent.GuestAgent`)."""
+
+    async def request_shutdown(self) -> bool:
+        """guest-shutdown if the agent answers guest-ping within its bound; True if sent."""
+        ...
+
+
 def _no_hook(_: Rung) -> None:
     pass
 
@@ -124,27 +135,41 @@ async def shutdown_ladder(
     grace: trio.CancelScope | None,
     report: Callable[[str], None],
     on_rung: Callable[[Rung], None] = _no_hook,
+    agent: LadderAgent | None = None,
 ) -> None:
     """Bring QEMU down, one bounded rung at a time, until it has exited.
 
     The guest's power-off rung runs inside ``grace`` (cancelling it stops the
     wait for the guest: a second Ctrl-C); None skips that rung. ``on_rung``
-    hears each rung before it acts. Raises SessionError if QEMU survives SIGKILL.
+    hears each rung before it acts. ``agent``: the guest's rung asks the guest agent
+    first. Raises SessionError if QEMU survives SIGKILL.
     """
     if _exited(process):
         return
     t = timeouts
     if grace is not None and qmp is not None and qmp.connected:
         on_rung(Rung.POWERDOWN)
-        report(f"asking the guest to power off (up to {t.powerdown:g} s)")
         with grace:
-            # One bound for the request and the wait: a wedged QEMU
+            # One bound for the requests and the wait: a wedged QEMU
             # may not even answer system_powerdown.
             with trio.move_on_after(t.powerdown):
-                try:
-                    await qmp.execute("system_powerdown")
-                except QmpError as exc:
-                    log.debug("system_powerdown: %s", exc)
+                asked = False
+                if agent is not None:  # at most half the guest's time: ACPI gets the rest
+                    with trio.move_on_after(t.powerdown / 2):
+                        asked = await agent.request_shutdown()
+                if asked:
+                    report(
+                        f"asking the guest to power off through its agent (guest-shutdown, "
+                        f"up to {t.powerdown:g} s)"
+                    )
+                else:
+                    if agent is not None:
+                        report("the guest agent does not answer guest-ping: using ACPI")
+                    report(f"asking the guest to power off (up to {t.powerdown:g} s)")
+                    try:
+                        await qmp.execute("system_powerdown")
+                    except QmpError as exc:
+                        log.debug("system_powerdown: %s", exc)
                 await process.wait()
             if _exited(process):
                 return

@@ -47,6 +47,20 @@ def proxy_links(paths: HostPaths, profile_name: str) -> tuple[Path, Path]:
     """(keyboard, mouse): the stable paths QEMU opens for the virtio proxies."""
     directory = qemu_socket_dir(paths, profile_name)
     return directory / KEYBOARD_LINK, directory / MOUSE_LINK
+#: swtpm's control socket (``[tpm] type = "emulated"``), in QEMU's socket directory.
+TPM_SOCKET = "tpm.sock"
+#: The guest agent's channel (``[guest_agent]``), in QEMU's socket directory.
+AGENT_SOCKET = "agent.sock"
+
+
+def tpm_socket_path(paths: HostPaths, profile_name: str) -> Path:
+    """swtpm's control socket: swtpm creates it, QEMU connects to it."""
+    return qemu_socket_dir(paths, profile_name) / TPM_SOCKET
+
+
+def agent_socket_path(paths: HostPaths, profile_name: str) -> Path:
+    """The guest agent's socket: QEMU listens, handoff connects when it asks the agent."""
+    return qemu_socket_dir(paths, profile_name) / AGENT_SOCKET
 
 
 def user_control_dir(run: Path, profile_name: str) -> Path:

@@ -53,6 +53,7 @@ from handoff.firmware import ensure_firmware_vars
 from handoff.host import HostPaths
 from handoff.ladder import LadderTimeouts, Rung, shutdown_ladder
 from handoff.profile import Accelerator, Profile
+from handoff.qemu.agent import GuestAgent
 from handoff.qemu.cmdline import format_argv
 from handoff.qemu.process import QemuProcess, read_log_tail
 from handoff.qemu.qmp import (
@@ -233,6 +234,7 @@ class Session:
         self._startup_scope: trio.CancelScope | None = None
         self._graceful_scope: trio.CancelScope | None = None
         self._events_done = trio.Event()
+        self._agent: GuestAgent | None = None
 
     # ------------------------------------------------------------------ public
 
@@ -294,6 +296,8 @@ class Session:
         if self._build is not None:
             self.resources = tuple(self._build(checks.plan))
         self.report(f"preflight ok: accelerator {checks.accel} ({checks.accel_reason})")
+        for warning in checks.plan.warnings:
+            self.report(f"warning: {warning}")
         access = resolve_access(self.profile, os.environ)  # [control] users exist
         rundir = RunDir.acquire(self.paths, self.profile.name, qemu_user=self.profile.vm.user)
         try:
@@ -327,7 +331,10 @@ class Session:
             with trio.CancelScope() as self._startup_scope:
                 if state.stop is not None:  # stopped while preflight ran
                     self._startup_scope.cancel()
-                ensure_firmware_vars(self.profile)
+                agent_socket = checks.plan.paths.agent_socket
+                if agent_socket is not None:
+                    self._agent = GuestAgent(agent_socket)
+                ensure_firmware_vars(checks.plan.profile)  # the firmware the plan chose
                 state.phase = Phase.ACQUIRING
                 for resource in self.resources:
                     await resource.acquire()
@@ -508,7 +515,11 @@ class Session:
                     self.report(f"{name}: already forcing; QEMU is being stopped")
 
     async def _control_status(self, _: Mapping[str, Any]) -> JsonObject:
-        return self.status()
+        status = self.status()
+        agent = self._agent
+        if agent is not None and self._state.phase is Phase.RUNNING:
+            status["guest_agent"] = await agent.status()
+        return status
 
     async def _control_stop(self, message: Mapping[str, Any]) -> JsonObject:
         force = bool(message.get(Field.FORCE, False))
@@ -533,7 +544,7 @@ class Session:
         try:
             await shutdown_ladder(
                 process, qmp, self.timeouts, grace=grace, report=self.report,
-                on_rung=self._on_rung,
+                on_rung=self._on_rung, agent=self._agent,
             )
         finally:
             self._graceful_scope = None

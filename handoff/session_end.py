@@ -108,6 +108,12 @@ def launch_failure_fix(
             "QEMU could not pin guest RAM for the passthrough device: raise its memlock "
             "limit (contrib/limits.d/handoff-memlock.conf; `handoff doctor PROFILE` checks it)"
         )
+    if any(line.startswith("swtpm: Error") for line in lines):
+        return (
+            "swtpm could not start the VM's TPM from its state ([tpm] state; the lines above "
+            "say why): restore the state directory from a backup, or move it away to give the "
+            "guest a new, empty TPM (what the guest sealed in the old one is lost)"
+        )
     busy = next((line for line in lines if _BUSY.search(line)), None)
     if busy is not None:
         what = _first_path(busy) or "a passthrough device"

@@ -15,19 +15,24 @@ symlink like any open).
 
 The changes are listed in the order the session makes them; each names
 what it touches. Nothing here imports trio, evdev, pyudev or an edge module.
+
+Why it stays over 500 lines: every host change a session makes is listed
+here, one short function per capability, in the order the session makes
+them; that one list is what ``--dry-run`` and ``handoff argv`` show, so it
+must not be assembled from several modules that could disagree.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from handoff.host import HostPaths
 from handoff.live.sequence import live_slots
 from handoff.live.windows import Bar, size_windows
 from handoff.pci.address import PciAddress
-from handoff.profile import Accelerator, InputBackend, InputMode, Profile
+from handoff.profile import Accelerator, InputBackend, InputMode, Profile, TpmType
 from handoff.qemu.cmdline import (
     LaunchSpec,
     argv_devices,
@@ -35,13 +40,17 @@ from handoff.qemu.cmdline import (
     input_args,
     monitor_chardev,
 )
+from handoff.qemu.firmware_descriptors import FirmwareChoice, FirmwareDescriptor, choose_firmware
+from handoff.qemu.hyperv import NO_PLATFORM, Platform, platform
 from handoff.run_layout import (
     CONTROL_SOCKET,
     QEMU_LOG,
     VNC_SOCKET,
+    agent_socket_path,
     input_monitor_path,
     proxy_links,
     qemu_socket_dir,
+    tpm_socket_path,
 )
 from handoff.tune.cpulist import format_cpulist
 from handoff.tune.isolation import qemu_scope_unit, scope_argv
@@ -104,6 +113,12 @@ class HostFacts:
     # The BARs (sysfs resource) of each live = true function: its root port's windows.
     live_bars: tuple[tuple[PciAddress, tuple[Bar, ...]], ...] = ()
     tuning: HostTuning | None = None  # read only when the profile asks for tuning
+    # QEMU's firmware descriptors (OVMF); its CPU/q35 properties (None: not probed,
+    # every Hyper-V flag kept); Intel KVM with nesting (hv-evmcs).
+    firmware_descriptors: tuple[FirmwareDescriptor, ...] = ()
+    cpu_properties: frozenset[str] | None = None
+    machine_options: frozenset[str] | None = None
+    host_evmcs: bool = False
 
     def group_of(self, address: PciAddress) -> int | None:
         return dict(self.iommu_groups).get(address)
@@ -125,6 +140,8 @@ class ChangeKind(enum.Enum):
     PIN_VCPUS = "pin-vcpus"
     SET_EMULATOR_AFFINITY = "set-emulator-affinity"
     GRAB_INPUT = "grab-input"
+    CREATE_TPM_STATE = "create-tpm-state"
+    START_SWTPM = "start-swtpm"
 
 
 @dataclass(frozen=True)
@@ -150,6 +167,8 @@ class SessionPaths:
     input_monitor: Path | None
     vnc_socket: Path | None
     proxy_links: tuple[Path, Path] | None
+    tpm_socket: Path | None = None
+    agent_socket: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -163,6 +182,8 @@ class SessionPlan:
     changes: tuple[HostChange, ...]
     argv: tuple[str, ...]
     tune: TunePlan | None = None
+    # Lines to show before the session starts (Hyper-V flags this QEMU lacks).
+    warnings: tuple[str, ...] = ()
 
     def argv_with_monitor_fd(self, fd: int) -> tuple[str, ...]:
         """The argv QEMU runs when QMP is the inherited ``fd``: the plan's argv with that
@@ -199,6 +220,10 @@ def _session_paths(profile: Profile, paths: HostPaths) -> SessionPaths:
         # The VNC path is always given: build_argv uses it only for frontend = "vnc".
         vnc_socket=qemu_socket_dir(paths, name) / VNC_SOCKET,
         proxy_links=proxy_links(paths, name) if backend is InputBackend.VIRTIO else None,
+        tpm_socket=(
+            tpm_socket_path(paths, name) if profile.tpm.type is TpmType.EMULATED else None
+        ),
+        agent_socket=agent_socket_path(paths, name) if profile.guest_agent.enabled else None,
     )
 
 
@@ -208,6 +233,8 @@ def _launch(
     binary: str,
     trace_file: Path | None,
     tune: TunePlan | None = None,
+    firmware: FirmwareChoice | None = None,
+    guest: Platform = NO_PLATFORM,
 ) -> LaunchSpec:
     return LaunchSpec(
         binary=binary,
@@ -219,6 +246,10 @@ def _launch(
         virtio_input=where.proxy_links,
         start_paused=True,
         memory_backend=tune.backend if tune is not None else None,
+        tpm_socket=where.tpm_socket,
+        agent_socket=where.agent_socket,
+        firmware=firmware,
+        platform=guest,
     )
 
 
@@ -233,6 +264,27 @@ def _run_dir_changes(where: SessionPaths, owner: QemuOwner | None) -> list[HostC
         HostChange(
             ChangeKind.CREATE_RUN_DIR, str(where.qemu_socket_dir),
             f"0700 {who}, for QEMU's sockets; removed after",
+        ),
+    ]
+
+
+def _tpm_changes(
+    profile: Profile, where: SessionPaths, owner: QemuOwner | None
+) -> list[HostChange]:
+    """The VM's TPM state (created once, kept) and swtpm, started before QEMU."""
+    state = profile.tpm.state
+    if where.tpm_socket is None or state is None:
+        return []
+    who = f"{owner.user} ({owner.uid}:{owner.gid})" if owner else "you"
+    return [
+        HostChange(
+            ChangeKind.CREATE_TPM_STATE, str(state),
+            f"swtpm_setup --tpm2 with EK and platform certificates, 0700 owned by {who}, "
+            "on first use only; kept (the VM's own, like its OVMF vars)",
+        ),
+        HostChange(
+            ChangeKind.START_SWTPM, str(where.tpm_socket),
+            f"swtpm socket --terminate as {who}, before QEMU; ends when QEMU hangs up",
         ),
     ]
 
@@ -435,11 +487,21 @@ def plan_session(
     """The session ``profile`` gives on a host with ``facts``.
 
     Raises :class:`handoff.errors.ProfileError` for a profile that cannot run
-    under the chosen accelerator (``cpu_model = "host"`` without KVM).
+    under the chosen accelerator (``cpu_model = "host"`` without KVM), and
+    :class:`handoff.errors.FirmwareError` when no UEFI build fits. The plan's
+    profile has the chosen firmware's code and vars template filled in.
     """
     where = _session_paths(profile, paths)
     tune = _tune_plan(profile, facts)
-    launch = _launch(facts, where, binary, trace_file, tune)
+    firmware = choose_firmware(profile.firmware, profile.vm.machine,
+                               facts.firmware_descriptors, source=str(profile.source))
+    if firmware is not None:
+        profile = replace(profile, firmware=firmware.firmware)
+    guest = platform(
+        profile, facts.accel, cpu_properties=facts.cpu_properties,
+        machine_options=facts.machine_options, host_evmcs=facts.host_evmcs,
+    )
+    launch = _launch(facts, where, binary, trace_file, tune, firmware, guest)
     argv = scoped_argv(profile, tune, live_argv(tuple(build_argv(profile, launch)), profile, facts))
     changes = _run_dir_changes(where, facts.qemu_owner)
     changes += _gpu_changes(profile, facts, paths.dev)
@@ -459,10 +521,13 @@ def plan_session(
                 f"{memlock // _MIB} MiB (guest RAM + 1 GiB), for the QEMU process only",
             )
         )
+    changes += _tpm_changes(profile, where, facts.qemu_owner)
     if tune is not None:
         changes += _isolation_changes(profile.name, tune) + _tune_after_start(tune)
     changes += grabs  # devices are grabbed once the VM runs
-    return SessionPlan(profile, facts, launch, where, tuple(changes), argv, tune)
+    return SessionPlan(
+        profile, facts, launch, where, tuple(changes), argv, tune, warnings=guest.warnings
+    )
 
 
 def input_argv(profile: Profile, paths: HostPaths) -> tuple[str, ...]:

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from handoff.checks.profile_files import check_profile_on_host
+from handoff.firmware import vars_origin_refusal
 from handoff.host import HostPaths
 from handoff.host_facts import gather_host_facts
-from handoff.profile import Accelerator, InputBackend, Profile
+from handoff.profile import Accelerator, InputBackend, Profile, TpmType
 from handoff.qemu.capabilities import check_bridges, check_supported, probe
 from handoff.resources import HostResource
 from handoff.session_plan import MONITOR_FD_PLACEHOLDER, HostFacts, SessionPlan, plan_session
@@ -125,6 +126,10 @@ def default_resources(
         from handoff.tune.resource import TuneResource
 
         resources.append(TuneResource(profile, paths, plan.tune, report=report))
+    if plan.paths.tpm_socket is not None:  # last: swtpm waits for no client for long
+        from handoff.tpm.resource import Swtpm
+
+        resources.append(Swtpm(profile, paths, report=report))
     return resources
 
 
@@ -157,11 +162,20 @@ def preflight(
     the plan's argv, the input backend's included, against the binary.
     """
     check_profile_on_host(profile)
-    plan = session_plan(profile, paths, gather_host_facts(profile, paths), binary=binary,
-                        trace_file=trace_file)
+    if profile.tpm.type is TpmType.EMULATED:
+        from handoff.tpm.resource import require_swtpm
+
+        require_swtpm(profile)  # the packages named before anything changes
+    plan = session_plan(profile, paths, gather_host_facts(profile, paths, binary=binary),
+                        binary=binary, trace_file=trace_file)
     caps = probe(binary)
     check_supported(profile, plan.devices, caps, accel=plan.facts.accel)
     check_bridges(profile)
+    if plan.profile.firmware != profile.firmware:  # chosen from QEMU's descriptors
+        check_profile_on_host(plan.profile)
+    refusal = vars_origin_refusal(plan.profile)
+    if refusal is not None:
+        raise refusal
     return Preflight(plan)
 
 

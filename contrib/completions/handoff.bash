@@ -318,18 +318,27 @@ _handoff() {
                 --firmware)
                     COMPREPLY=($(compgen -W "seabios ovmf" -- "$cur"))
                     return 0 ;;
+                --os)
+                    COMPREPLY=()
+                    return 0 ;;
+                --iso)
+                    COMPREPLY=($(compgen -f -- "$cur"))
+                    return 0 ;;
+                --virtio-win)
+                    COMPREPLY=($(compgen -f -- "$cur"))
+                    return 0 ;;
                 --output)
                     COMPREPLY=($(compgen -f -- "$cur"))
                     return 0 ;;
             esac
             if [[ $cur == -* ]]; then
-                COMPREPLY=($(compgen -W "-h --help --gpu --disk --disk-size --memory --cpus --input --firmware --output --force" -- "$cur"))
+                COMPREPLY=($(compgen -W "-h --help --gpu --disk --disk-size --memory --cpus --input --firmware --os --iso --virtio-win --output --force" -- "$cur"))
                 return 0
             fi
             for ((i = i + 1; i < COMP_CWORD; i++)); do
                 if ((skip)); then skip=0; continue; fi
                 case "${COMP_WORDS[i]}" in
-                    --gpu|--disk|--disk-size|--memory|--cpus|--input|--firmware|--output) skip=1 ;;
+                    --gpu|--disk|--disk-size|--memory|--cpus|--input|--firmware|--os|--iso|--virtio-win|--output) skip=1 ;;
                     -*) ;;
                     *) ((n++)) ;;
                 esac

@@ -132,5 +132,8 @@ complete -c handoff -n '__fish_seen_subcommand_from init' -l memory -x -d 'guest
 complete -c handoff -n '__fish_seen_subcommand_from init' -l cpus -x -d 'vCPUs (default: all but one physical core)'
 complete -c handoff -n '__fish_seen_subcommand_from init' -l input -x -a 'none qmp virtio' -d 'keyboard and mouse hand-off (default: qmp)'
 complete -c handoff -n '__fish_seen_subcommand_from init' -l firmware -x -a 'seabios ovmf' -d 'default: ovmf when installed, else seabios'
+complete -c handoff -n '__fish_seen_subcommand_from init' -l os -x -d 'the guest: windows11, windows10 or linux (UEFI + Secure Boot, Hyper-V for Windows, the install ISOs as CD-ROMs)'
+complete -c handoff -n '__fish_seen_subcommand_from init' -l iso -r -F -d 'with --os: the install ISO, as a CD-ROM'
+complete -c handoff -n '__fish_seen_subcommand_from init' -l virtio-win -r -F -d 'with --os windows*: the virtio-win driver ISO, as a CD-ROM'
 complete -c handoff -n '__fish_seen_subcommand_from init' -l output -r -F -d 'write here (\'-\': stdout) instead of /etc/handoff/profiles/NAME.toml'
 complete -c handoff -n '__fish_seen_subcommand_from init' -l force -d 'replace an existing profile'

@@ -22,10 +22,10 @@ from handoff.pci.plan import (
     HostSnapshot,
     compute_warning,
     group_verdict,
-    host_need,
     plan_handoff,
 )
 from handoff.pci.plan import Verdict as GroupVerdictKind
+from handoff.pci.rules import host_need
 from handoff.pci.snapshot import take_snapshot
 from handoff.pci.sysfs import groups_of
 from handoff.profile import Profile

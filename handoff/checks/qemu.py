@@ -16,7 +16,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from handoff.checks import Check, DoctorEnv, fail, ok, skip
-from handoff.errors import ProfileError, QemuError, TuneError
+from handoff.errors import FirmwareError, ProfileError, QemuError, TuneError
+from handoff.firmware import vars_origin_refusal
 from handoff.host import HostPaths
 from handoff.host_facts import gather_host_facts
 from handoff.profile import Accelerator, Cpu, FirmwareType, Memory, Profile
@@ -26,6 +27,8 @@ from handoff.qemu.capabilities import (
     check_supported,
     probe,
 )
+from handoff.qemu.firmware_descriptors import FirmwareDescriptor, choose_firmware
+from handoff.qemu.firmware_search import read_descriptors
 from handoff.qemu.probe_cache import QemuCapabilities
 from handoff.session_plan import HostFacts, SessionPlan, plan_session
 
@@ -94,6 +97,8 @@ def check_qemu(
         need = _devices(_plan(profile, facts, env.host))
         check_supported(profile, need, caps, accel=accel)
         check_bridges(profile)
+    except FirmwareError:
+        return ok(name, f"{detail}; {accel} accelerator (firmware: see the ovmf check)")
     except (QemuError, ProfileError) as err:
         return fail(name, f"{detail}; {err.message}", err.fix or _INSTALL)
     if need:
@@ -112,16 +117,37 @@ OVMF_CODE_CANDIDATES: tuple[Path, ...] = (
 )
 
 
-def check_ovmf(profile: Profile, candidates: tuple[Path, ...] = OVMF_CODE_CANDIDATES) -> Check:
+def check_ovmf(
+    profile: Profile,
+    candidates: tuple[Path, ...] = OVMF_CODE_CANDIDATES,
+    descriptors: tuple[FirmwareDescriptor, ...] | None = None,
+) -> Check:
     """OVMF code and vars files when the profile boots UEFI (most GPUs' option ROMs want it).
 
-    A missing code image is answered with the one this distribution installed,
-    when one of the usual places has it.
+    Code and template left out are chosen from QEMU's firmware descriptors as
+    ``run`` chooses them (Secure Boot: a build with secure-boot and enrolled
+    keys); a vars file copied from another template is refused as ``run``
+    refuses it. A missing code image is answered with the one this
+    distribution installed, when one of the usual places has it.
     """
     name = "ovmf"
-    fw = profile.firmware
-    if fw.type is not FirmwareType.OVMF or fw.code is None:
+    if profile.firmware.type is not FirmwareType.OVMF:
         return skip(name, 'firmware.type = "seabios": no UEFI firmware needed')
+    try:
+        choice = choose_firmware(
+            profile.firmware, profile.vm.machine,
+            read_descriptors() if descriptors is None else descriptors,
+            source=str(profile.source),
+        )
+    except FirmwareError as err:
+        return fail(name, err.message, err.fix or "apt-get install ovmf")
+    assert choice is not None
+    profile = replace(profile, firmware=choice.firmware)
+    refusal = vars_origin_refusal(profile)
+    if refusal is not None:
+        return fail(name, refusal.message, refusal.fix or "")
+    fw = profile.firmware
+    assert fw.code is not None
     install = "apt-get install ovmf (Debian), emerge sys-firmware/edk2-ovmf (Gentoo)"
     if not fw.code.is_file():
         found = [c for c in candidates if c.is_file()]
@@ -140,4 +166,8 @@ def check_ovmf(profile: Profile, candidates: tuple[Path, ...] = OVMF_CODE_CANDID
             f"({missing})",
             install + ", or fix the path",
         )
+    if choice.descriptor is not None:
+        parts.append(f"from {choice.descriptor.source}")
+    if choice.secure_boot:
+        parts.append("Secure Boot (SMM, secure pflash)")
     return ok(name, "; ".join(parts))

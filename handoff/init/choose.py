@@ -35,10 +35,11 @@ from pathlib import Path
 
 from handoff.errors import HandoffError, PciAddressError, PreflightRefusedError
 from handoff.init.facts import CpuTopology, DiskFact, DiskKind, HostFacts, PciName
+from handoff.init.guest_os import InitOs, OsChoice
 from handoff.pci.address import PciAddress
 from handoff.pci.model import PciDevice
-from handoff.pci.plan import HostSnapshot, Verdict, group_verdict, host_need, plan_handoff
-from handoff.pci.rules import ACS_FIX, card_functions, stays
+from handoff.pci.plan import HostSnapshot, Verdict, group_verdict, plan_handoff
+from handoff.pci.rules import ACS_FIX, card_functions, host_need, stays
 from handoff.profile import FirmwareType, InputBackend, parse_memory
 
 SINGLE_GPU_DOC = "profiles/single-gpu.md"
@@ -68,6 +69,9 @@ class InitRequest:
     input: InputBackend = InputBackend.QMP
     firmware: FirmwareType | None = None
     image_dir: Path | None = None  # where --disk-size creates NAME.qcow2
+    guest_os: InitOs | None = None  # --os: the guest's part (handoff.init.guest_os)
+    iso: Path | None = None  # --iso: the install ISO
+    virtio_win: Path | None = None  # --virtio-win: the virtio-win driver ISO
 
 
 # --------------------------------------------------------------------------- choices
@@ -185,6 +189,7 @@ class InitPlan:
     firmware: FirmwareChoice
     input: InputChoice
     facts: HostFacts
+    guest_os: OsChoice | None = None
 
 
 # --------------------------------------------------------------------------- GPU
@@ -624,15 +629,37 @@ def choose_input(backend: InputBackend) -> InputChoice:
 # --------------------------------------------------------------------------- all of it
 
 
+def choose_guest_os(request: InitRequest, firmware: FirmwareChoice) -> OsChoice | None:
+    """--os: the guest OS and its ISOs; it needs UEFI (Secure Boot)."""
+    if request.guest_os is None:
+        if request.iso is not None or request.virtio_win is not None:
+            raise InitError("--iso and --virtio-win go with --os",
+                            fix="add --os windows11 (or windows10, linux)")
+        return None
+    label = request.guest_os.value
+    if firmware.type is not FirmwareType.OVMF:
+        raise InitError(
+            f"--os {label}: the guest wants UEFI with Secure Boot, and "
+            + ("--firmware seabios asks for a BIOS" if request.firmware is FirmwareType.SEABIOS
+               else "OVMF is not installed"),
+            fix="apt-get install ovmf (Debian) and leave out --firmware")
+    if request.virtio_win is not None and not request.guest_os.windows:
+        raise InitError(f"--virtio-win: the drivers are for Windows, not --os {label}",
+                        fix="leave out --virtio-win")
+    return OsChoice(request.guest_os, request.iso, request.virtio_win)
+
+
 def plan_init(facts: HostFacts, request: InitRequest, *, image_exists: bool = False) -> InitPlan:
     """Every choice, or the first InitError (nothing has been written yet)."""
+    firmware = choose_firmware(facts, request.firmware)
     return InitPlan(
         name=request.name,
         gpu=choose_gpu(facts, request.gpu),
         cpu=choose_cpu(facts, request.cpus),
         memory=choose_memory(facts, request.memory),
         disk=choose_disk(request, facts.disk, image_exists),
-        firmware=choose_firmware(facts, request.firmware),
+        firmware=firmware,
         input=choose_input(request.input),
         facts=facts,
+        guest_os=choose_guest_os(request, firmware),
     )

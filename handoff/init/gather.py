@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from handoff.checks.qemu import OVMF_CODE_CANDIDATES
+from handoff.errors import FirmwareError
 from handoff.host import HostPaths
 from handoff.init.facts import (
     CpuTopology,
@@ -33,6 +34,9 @@ from handoff.init.facts import (
 from handoff.init.pciids import pci_names
 from handoff.input.devices import DeviceInfo, describe
 from handoff.pci.snapshot import take_snapshot
+from handoff.profile import Firmware, FirmwareType
+from handoff.qemu.firmware_descriptors import choose_firmware
+from handoff.qemu.firmware_search import DESCRIPTOR_DIRS, read_descriptors
 from handoff.tune.topology import read_hugepages, read_mem_available, read_topology
 
 PCI_IDS_CANDIDATES: tuple[Path, ...] = (
@@ -55,6 +59,7 @@ def gather_facts(
     monitors: MonitorLister | None = None,
     pci_ids: Iterable[Path] = PCI_IDS_CANDIDATES,
     ovmf_candidates: Iterable[Path] = OVMF_CODE_CANDIDATES,
+    descriptor_dirs: tuple[Path, ...] = DESCRIPTOR_DIRS,
 ) -> HostFacts:
     """Everything `handoff init` decides from, read once.
 
@@ -72,7 +77,7 @@ def gather_facts(
         pci=snapshot,
         cpu=read_cpu(paths),
         memory_mib=read_memory_mib(paths),
-        ovmf=find_ovmf(ovmf_candidates),
+        ovmf=described_ovmf(descriptor_dirs) or find_ovmf(ovmf_candidates),
         names=names,
         pci_ids=ids_file,
         inputs=(inputs or udev_inputs)(),
@@ -154,6 +159,25 @@ def vars_template_for(code: Path) -> Path:
     """The vars template beside an OVMF code image (OVMF_CODE_4M.fd → OVMF_VARS_4M.fd)."""
     name = code.name.replace("CODE", "VARS").replace("code", "vars")
     return code.with_name(name)
+
+
+def described_ovmf(dirs: tuple[Path, ...] = DESCRIPTOR_DIRS) -> OvmfFiles | None:
+    """Plain UEFI (no Secure Boot) as QEMU's firmware descriptors describe it, the way
+    ``handoff run`` chooses it; None when no descriptor names installed files."""
+    if not dirs:
+        return None
+    try:
+        choice = choose_firmware(
+            Firmware(type=FirmwareType.OVMF), "q35", read_descriptors(dirs)
+        )
+    except FirmwareError:
+        return None
+    if choice is None:
+        return None
+    code, template = choice.firmware.code, choice.firmware.vars_template
+    if code is None or template is None or not (code.is_file() and template.is_file()):
+        return None
+    return OvmfFiles(code, template)
 
 
 def find_ovmf(candidates: Iterable[Path] = OVMF_CODE_CANDIDATES) -> OvmfFiles | None:

@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+from handoff.init import guest_os
 from handoff.init.choose import (
     DiskChoice,
     DiskSource,
@@ -20,7 +21,7 @@ from handoff.init.choose import (
     NoGpu,
 )
 from handoff.init.facts import InputDeviceFact, MonitorFact
-from handoff.pci.plan import host_need
+from handoff.pci.rules import host_need
 from handoff.profile import FirmwareType, InputBackend
 
 
@@ -49,7 +50,7 @@ def render_profile(plan: InitPlan, profile_arg: str | None = None) -> str:
         _vm(plan),
         _tuning(plan),
         _firmware(plan),
-        _disk(plan.disk),
+        _disk(plan.disk, plan.guest_os),
         _network(),
         _sound(),
         _display(plan),
@@ -96,6 +97,8 @@ def _vm(plan: InitPlan) -> list[str]:
         "# hide_hypervisor = true",
         "shutdown_timeout = 120",
     ]
+    if plan.guest_os is not None:
+        lines += guest_os.vm_lines(plan.guest_os)
     return lines
 
 
@@ -114,6 +117,9 @@ def _tuning(plan: InitPlan) -> list[str]:
 
 
 def _firmware(plan: InitPlan) -> list[str]:
+    if plan.guest_os is not None:
+        return [*guest_os.firmware_lines(plan.guest_os), "",
+                *guest_os.tpm_and_agent_lines(plan.guest_os)]
     fw = plan.firmware
     if fw.type is FirmwareType.SEABIOS:
         lines = _comment(f"Firmware: {fw.reason}.")
@@ -131,7 +137,9 @@ def _firmware(plan: InitPlan) -> list[str]:
             f"vars_template = {_q(fw.vars_template)}"]
 
 
-def _disk(disk: DiskChoice) -> list[str]:
+def _disk(disk: DiskChoice, os_choice: guest_os.OsChoice | None = None) -> list[str]:
+    if os_choice is not None:
+        return [*_disk(disk)[: _install_examples(disk)], *guest_os.cdrom_lines(os_choice)]
     if disk.source is DiskSource.NONE:
         return [
             "# No disk yet. Add one of these (the guest boots from the first):",
@@ -168,6 +176,13 @@ def _disk(disk: DiskChoice) -> list[str]:
     return lines
 
 
+def _install_examples(disk: DiskChoice) -> int:
+    """Where _disk's commented install CD-ROMs begin (--os writes real ones instead)."""
+    lines = _disk(disk)
+    marker = "# First install (Windows): the install DVD and the virtio-win driver CD:"
+    return lines.index(marker) if marker in lines else len(lines)
+
+
 def _network() -> list[str]:
     return [
         "# User-mode NAT: works everywhere, nothing to set up on the host; the guest",
@@ -194,6 +209,8 @@ def _sound() -> list[str]:
 
 
 def _display(plan: InitPlan) -> list[str]:
+    if plan.guest_os is not None:
+        return guest_os.display_lines(plan.guest_os, not isinstance(plan.gpu, NoGpu))
     install = [
         "# First install (before the GPU's drivers are in the guest): an emulated",
         "# card in a window, and a USB tablet so the pointer follows the window's:",
@@ -325,8 +342,10 @@ def summary_rows(plan: InitPlan) -> list[tuple[str, str]]:
         ("CPU", plan.cpu.reason),
         ("memory", plan.memory.reason),
         ("disk", plan.disk.reason),
-        ("firmware", plan.firmware.reason),
+        ("firmware", plan.firmware.reason if plan.guest_os is None
+         else plan.guest_os.firmware_reason),
         ("input", plan.input.reason),
+        *([("guest OS", plan.guest_os.reason)] if plan.guest_os is not None else []),
         ("network", "user-mode NAT (works everywhere); a tap example is commented"),
     ]
 

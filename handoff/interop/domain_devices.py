@@ -27,6 +27,37 @@ GRAB_TOGGLE_CHORDS: Mapping[str, tuple[str, ...]] = {
 class DeviceMapping(DomainReader):
     """The device elements' mapping, shared by the importer."""
 
+    def _tpm(self, devices: ET.Element) -> None:
+        for tpm in devices.findall("tpm"):
+            backend = tpm.find("backend")
+            kind = backend.attrib.get("type") if backend is not None else None
+            version = backend.attrib.get("version", "2.0") if backend is not None else None
+            if kind != "emulator" or version != "2.0":
+                self.seen.note(self.where(tpm), f"a {kind} TPM {version or ''}: handoff emulates "
+                               "a TPM 2.0 with swtpm ([tpm] type = \"emulated\")")
+                self.seen.use_tree(tpm)
+                continue
+            self.seen.use(tpm)
+            assert backend is not None
+            self.seen.use(backend, "type", "version")
+            model = tpm.attrib.get("model", "tpm-crb")
+            self.seen.use(tpm, "model") if "model" in tpm.attrib else None
+            comment = "<tpm><backend type='emulator' version='2.0'>: swtpm, started by handoff"
+            if model != "tpm-crb":
+                comment += f" (model {model}: handoff gives the guest a tpm-crb)"
+            self.draft.table("tpm").set("type", "emulated", comment)
+
+    def _guest_agent(self, devices: ET.Element) -> None:
+        for channel in devices.findall("channel"):
+            target = channel.find("target")
+            if (
+                channel.attrib.get("type") == "unix" and target is not None
+                and target.attrib.get("name") == "org.qemu.guest_agent.0"
+            ):
+                self.seen.use_tree(channel)  # its socket path is libvirt's; handoff places its own
+                self.draft.table("guest_agent").set(
+                    "enabled", True, "<channel> org.qemu.guest_agent.0: qemu-ga's port")
+
     def _disks(self, devices: ET.Element) -> None:
         for disk in devices.findall("disk"):
             kind = disk.attrib.get("type", "file")

@@ -26,10 +26,13 @@ from handoff.profile.model import (
     DiskMedia,
     DisplayFrontend,
     FirmwareType,
+    GuestOs,
+    HyperV,
     InputBackend,
     NetworkType,
     Profile,
     SoundModel,
+    TpmType,
     Vga,
 )
 from handoff.qemu.cmdline import HIDDEN_HV_VENDOR_ID
@@ -48,6 +51,9 @@ _AUDIO = {
     AudioBackend.SDL: "sdl",
 }
 _TOGGLE = {chord: name for name, chord in GRAB_TOGGLE_CHORDS.items()}
+#: libvirt's <hyperv> elements for the enlightenments libvirt and virt-manager give Windows.
+HYPERV_ELEMENTS = ("relaxed", "vapic", "spinlocks", "vpindex", "runtime", "synic", "stimer",
+                   "reset", "frequencies", "tlbflush", "ipi")
 
 #: What handoff does around a VM that libvirt does not, said at the top of every export.
 NOT_IN_LIBVIRT = (
@@ -87,6 +93,13 @@ def domain_xml(profile: Profile, accel: Accelerator) -> str:
     _os(domain, profile)
     _features(domain, profile)
     _cpu(domain, profile, accel)
+    if profile.vm.os is GuestOs.WINDOWS:  # the clock libvirt gives Windows, as handoff does
+        clock = ET.SubElement(domain, "clock", {"offset": "localtime"})
+        for timer in ({"name": "rtc", "tickpolicy": "catchup"},
+                      {"name": "pit", "tickpolicy": "delay"},
+                      {"name": "hpet", "present": "no"},
+                      {"name": "hypervclock", "present": "yes"}):
+            ET.SubElement(clock, "timer", timer)
     devices = ET.SubElement(domain, "devices")
     _disks(devices, profile)
     _networks(devices, profile)
@@ -94,6 +107,7 @@ def domain_xml(profile: Profile, accel: Accelerator) -> str:
     _sound(devices, profile)
     _hostdevs(devices, profile)
     _input(devices, profile)
+    _tpm_and_agent(devices, profile)
     _qemu(domain, profile)
     ET.indent(domain, space="  ")
     return ET.tostring(domain, encoding="unicode") + "\n"
@@ -122,25 +136,53 @@ def _os(domain: ET.Element, profile: Profile) -> None:
     os_type = ET.SubElement(os_element, "type", {"arch": "x86_64", "machine": profile.vm.machine})
     os_type.text = "hvm"
     fw = profile.firmware
-    if fw.type is FirmwareType.OVMF and fw.code is not None:
-        ET.SubElement(os_element, "loader", {"readonly": "yes", "type": "pflash"}).text = str(
-            fw.code
-        )
+    if fw.type is not FirmwareType.OVMF:
+        return
+    secure = {"secure": "yes"} if fw.secure_boot else {}
+    if fw.code is not None:
+        loader = ET.SubElement(os_element, "loader", {"readonly": "yes", **secure,
+                                                      "type": "pflash"})
+        loader.text = str(fw.code)
+    else:  # chosen from QEMU's firmware descriptors: libvirt does the same
+        os_element.set("firmware", "efi")
+        if fw.secure_boot:
+            wanted = ET.SubElement(os_element, "firmware")
+            for name in ("enrolled-keys", "secure-boot"):
+                ET.SubElement(wanted, "feature", {"enabled": "yes", "name": name})
+            ET.SubElement(os_element, "loader", secure)
+    if fw.vars is not None or fw.vars_template is not None:
         nvram = ET.SubElement(os_element, "nvram")
         if fw.vars_template is not None:
             nvram.set("template", str(fw.vars_template))
-        nvram.text = str(fw.vars)
+        if fw.vars is not None:
+            nvram.text = str(fw.vars)
 
 
 def _features(domain: ET.Element, profile: Profile) -> None:
     features = ET.SubElement(domain, "features")
     ET.SubElement(features, "acpi")
     ET.SubElement(features, "apic")
-    if profile.vm.hide_hypervisor or "kvm=off" in profile.vm.cpu_flags:
+    vm = profile.vm
+    hide = vm.hide_hypervisor or "kvm=off" in vm.cpu_flags
+    enlightened = vm.hyperv is HyperV.ON or (
+        vm.hyperv is HyperV.AUTO and vm.os is GuestOs.WINDOWS
+    )
+    if hide or enlightened:
         hyperv = ET.SubElement(features, "hyperv", {"mode": "custom"})
-        ET.SubElement(hyperv, "vendor_id", {"state": "on", "value": HIDDEN_HV_VENDOR_ID})
+        if enlightened:  # libvirt's names for what handoff.qemu.hyperv gives a Windows guest
+            for name in HYPERV_ELEMENTS:
+                element = ET.SubElement(hyperv, name, {"state": "on"})
+                if name == "spinlocks":
+                    element.set("retries", "8191")
+                elif name == "stimer":
+                    ET.SubElement(element, "direct", {"state": "on"})
+        if hide:
+            ET.SubElement(hyperv, "vendor_id", {"state": "on", "value": HIDDEN_HV_VENDOR_ID})
+    if hide:
         kvm = ET.SubElement(features, "kvm")
         ET.SubElement(kvm, "hidden", {"state": "on"})
+    if profile.firmware.secure_boot:
+        ET.SubElement(features, "smm", {"state": "on"})
 
 
 def _cpu(domain: ET.Element, profile: Profile, accel: Accelerator) -> None:
@@ -272,6 +314,16 @@ def _input(devices: ET.Element, profile: Profile) -> None:
             attributes |= {"grab": "all", "repeat": "on"}
         attributes["grabToggle"] = toggle or "ctrl-ctrl"
         ET.SubElement(element, "source", attributes)
+
+
+def _tpm_and_agent(devices: ET.Element, profile: Profile) -> None:
+    if profile.tpm.type is TpmType.EMULATED:
+        tpm = ET.SubElement(devices, "tpm", {"model": "tpm-crb"})
+        ET.SubElement(tpm, "backend", {"type": "emulator", "version": "2.0"})
+    if profile.guest_agent.enabled:
+        channel = ET.SubElement(devices, "channel", {"type": "unix"})
+        ET.SubElement(channel, "source", {"mode": "bind"})
+        ET.SubElement(channel, "target", {"type": "virtio", "name": "org.qemu.guest_agent.0"})
 
 
 def _qemu(domain: ET.Element, profile: Profile) -> None:

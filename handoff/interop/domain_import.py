@@ -32,6 +32,13 @@ from handoff.interop.reasons import DEFAULT_REASON, REASONS
 
 __all__ = ["GRAB_TOGGLE_CHORDS", "QEMU_NS", "ImportResult", "Unmapped", "parse_domain"]
 
+#: libosinfo's namespace (virt-install and virt-manager name the guest OS there).
+LIBOSINFO_NS = "http://libosinfo.org/xmlns/libvirt/domain/1.0"
+#: libosinfo ids of Linux distributions (their vendors' domains).
+LINUX_OSINFO = ("debian.org", "ubuntu.com", "fedoraproject.org", "redhat.com", "centos.org",
+                "opensuse.org", "suse.com", "archlinux.org", "gentoo.org", "linuxmint.com",
+                "alpinelinux.org", "nixos.org", "almalinux.org", "rockylinux.org", "/linux/")
+
 #: libvirt's memory units → bytes (its default is KiB).
 _UNITS = {
     "b": 1, "bytes": 1,
@@ -73,6 +80,7 @@ class _Mapper(DeviceMapping):
         self._cpu(vm)
         self._os(vm)
         self._features(vm)
+        self._guest_os(vm)
         self._cputune()
         self._memory_backing()
         devices = self.find(root, "devices")
@@ -83,6 +91,8 @@ class _Mapper(DeviceMapping):
             self._display(devices)
             self._hostdevs(devices)
             self._inputs(devices)
+            self._tpm(devices)
+            self._guest_agent(devices)
         self._qemu_commandline(vm)
         self._metadata_settings()
         unmapped = tuple(self.seen.notes) + tuple(self._leftovers())
@@ -211,31 +221,38 @@ class _Mapper(DeviceMapping):
         firmware_attr = self.attr(os_element, "firmware")
         loader = self.find(os_element, "loader")
         nvram = self.find(os_element, "nvram")
-        if loader is not None and self.attr(loader, "type", "pflash") == "pflash":
+        if loader is not None and self.text(loader) and self.attr(loader, "type",
+                                                                  "pflash") == "pflash":
             self.default_attr(loader, "readonly", "yes")
             fw = self.draft.table("firmware")
             fw.set("type", "ovmf", "<os><loader type='pflash'>: UEFI")
             fw.set("code", self.text(loader))
-            secure = self.attr(loader, "secure")
-            if secure == "yes":
-                self.seen.note(self.where(loader, "secure"),
-                               "Secure Boot: this handoff's profile has no key for it")
+            if self.attr(loader, "secure") == "yes":
+                fw.set("secure_boot", True, "<loader secure='yes'>: Secure Boot")
             if nvram is not None:
                 if self.text(nvram):
                     fw.set("vars", self.text(nvram), "<nvram>: the VM's own vars file, kept")
                 template = self.attr(nvram, "template")
                 if template:
                     fw.set("vars_template", template)
-        elif firmware_attr == "efi" or (loader is not None and self.text(loader)):
+        elif firmware_attr == "efi":
             fw = self.draft.table("firmware")
-            fw.set("type", "ovmf", "<os firmware='efi'>: UEFI")
-            fw.set("code", "/usr/share/OVMF/OVMF_CODE_4M.fd",
-                   "libvirt picked the firmware; these are Debian's (package ovmf)")
+            fw.set("type", "ovmf", "<os firmware='efi'>: UEFI, the build chosen from QEMU's "
+                   "firmware descriptors as libvirt does")
+            if loader is not None:
+                self.default_attr(loader, "readonly", "yes")
+                self.default_attr(loader, "type", "pflash")
+                if self.attr(loader, "secure") == "yes":
+                    fw.set("secure_boot", True, "<loader secure='yes'>: Secure Boot")
             if nvram is not None and self.text(nvram):
                 fw.set("vars", self.text(nvram), "<nvram>: the VM's own vars file, kept")
-            fw.set("vars_template", "/usr/share/OVMF/OVMF_VARS_4M.fd")
-        for element in os_element.findall("firmware"):  # <firmware><feature …/>: libvirt's pick
-            self.seen.use_tree(element)
+            for wanted in os_element.findall("firmware"):
+                self.seen.use(wanted)
+                for feature in wanted.findall("feature"):
+                    self.seen.use(feature, "enabled", "name")
+                    on = feature.attrib.get("enabled") == "yes"
+                    if feature.attrib.get("name") == "secure-boot" and on:
+                        fw.set("secure_boot", True, "<firmware><feature name='secure-boot'>")
 
     def _features(self, vm: Entry) -> None:
         features = self.find(self.root, "features")
@@ -256,15 +273,50 @@ class _Mapper(DeviceMapping):
                            "<kvm><hidden state='on'/>: the guest does not see KVM")
         hyperv = features.find("hyperv")
         if hyperv is not None:
+            self.seen.use(hyperv, "mode")
             vendor = hyperv.find("vendor_id")
             if vendor is not None and vendor.attrib.get("state") == "on":
                 self.seen.use(vendor, "state", "value")
-                if len(hyperv) == 1:
-                    self.seen.use(hyperv, "mode")
                 if "hide_hypervisor" not in vm.values:
                     self.seen.note(self.where(vendor),
                                    "a Hyper-V vendor id without hidden KVM: handoff sets one "
                                    "only with hide_hypervisor")
+            enlightenments = [e for e in hyperv if e.tag != "vendor_id"]
+            for element in enlightenments:
+                self.seen.use_tree(element)
+            if any(e.attrib.get("state") == "on" for e in enlightenments):
+                vm.set("hyperv", "on", "<features><hyperv>: handoff gives the set libvirt gives "
+                       "Windows (relaxed, vapic, spinlocks, vpindex, synic, stimer, …), each "
+                       "checked against this QEMU")
+        smm = features.find("smm")
+        if smm is not None and smm.attrib.get("state", "on") == "on" and self.draft.table(
+            "firmware"
+        ).values.get("secure_boot"):
+            self.seen.use_tree(smm)  # Secure Boot turns SMM on itself
+
+    def _guest_os(self, vm: Entry) -> None:
+        """vm.os from libosinfo's id (virt-install, virt-manager) or Windows' clock."""
+        guest = None
+        info = self.root.find(f"metadata/{{{LIBOSINFO_NS}}}libosinfo/{{{LIBOSINFO_NS}}}os")
+        if info is not None:
+            os_id = info.attrib.get("id", "")
+            if "microsoft.com/win" in os_id:
+                guest = "windows"
+            elif os_id:
+                guest = "linux" if any(d in os_id for d in LINUX_OSINFO) else None
+            if guest is not None:
+                self.seen.use_tree(self.root.find(f"metadata/{{{LIBOSINFO_NS}}}libosinfo"))  # type: ignore[arg-type]
+                self.seen.use(self.root.find("metadata"))  # type: ignore[arg-type]
+                vm.set("os", guest, f"libosinfo's {os_id}")
+        clock = self.root.find("clock")
+        if clock is None:
+            return
+        offset = clock.attrib.get("offset", "utc")
+        if guest is None and offset == "localtime" and "hyperv" in vm.values:
+            guest = "windows"
+            vm.set("os", guest, "<clock offset='localtime'> with Hyper-V: a Windows guest")
+        if (guest == "windows" and offset == "localtime") or (offset == "utc" and len(clock) == 0):
+            self.seen.use_tree(clock)  # what handoff gives a Windows (or any other) guest
 
     def _cputune(self) -> None:
         cputune = self.find(self.root, "cputune")

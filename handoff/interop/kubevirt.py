@@ -22,9 +22,12 @@ from handoff.profile.model import (
     DiskInterface,
     DiskMedia,
     FirmwareType,
+    GuestOs,
+    HyperV,
     NetworkType,
     Profile,
     SoundModel,
+    TpmType,
     Vga,
     guest_topology,
 )
@@ -86,6 +89,9 @@ def manifest(
         "features": _features(profile),
         "devices": _devices(profile, ids),
     }
+    clock = _clock(profile)
+    if clock is not None:
+        domain["clock"] = clock
     if profile.vm.machine != "q35":
         domain["machine"] = {"type": profile.vm.machine}
     else:
@@ -133,17 +139,38 @@ def _memory(profile: Profile) -> dict[str, Any]:
 
 def _firmware(profile: Profile) -> dict[str, Any]:
     if profile.firmware.type is FirmwareType.OVMF:
-        efi: dict[str, Any] = {"secureBoot": False, "persistent": True}
+        efi: dict[str, Any] = {"secureBoot": profile.firmware.secure_boot, "persistent": True}
         return {"bootloader": {"efi": efi}}
     return {"bootloader": {"bios": {}}}
 
 
 def _features(profile: Profile) -> dict[str, Any]:
+    vm = profile.vm
     features: dict[str, Any] = {"acpi": {}, "apic": {}}
-    if profile.vm.hide_hypervisor:
+    hyperv: dict[str, Any] = {}
+    if vm.hyperv is HyperV.ON or (vm.hyperv is HyperV.AUTO and vm.os is GuestOs.WINDOWS):
+        hyperv = {name: {} for name in ("relaxed", "vapic", "vpindex", "runtime", "synic",
+                                        "reset", "frequencies", "tlbflush", "ipi")}
+        hyperv["spinlocks"] = {"spinlocks": 8191}
+        hyperv["synictimer"] = {"direct": {}}
+    if vm.hide_hypervisor:
         features["kvm"] = {"hidden": True}
-        features["hyperv"] = {"vendorid": {"vendorid": HIDDEN_HV_VENDOR_ID}}
+        hyperv["vendorid"] = {"vendorid": HIDDEN_HV_VENDOR_ID}
+    if hyperv:
+        features["hyperv"] = hyperv
+    if profile.firmware.secure_boot:
+        features["smm"] = {"enabled": True}  # Secure Boot's firmware needs SMM
     return features
+
+
+def _clock(profile: Profile) -> dict[str, Any] | None:
+    """The timers libvirt (and handoff) give a Windows guest; the time zone is the
+    header's note (a cluster node's local time means nothing to the guest)."""
+    if profile.vm.os is not GuestOs.WINDOWS:
+        return None
+    return {"utc": {}, "timer": {
+        "rtc": {"tickPolicy": "catchup"}, "pit": {"tickPolicy": "delay"},
+        "hpet": {"present": False}, "hyperv": {}}}
 
 
 def _devices(profile: Profile, ids: Mapping[PciAddress, PciIds]) -> dict[str, Any]:
@@ -154,6 +181,8 @@ def _devices(profile: Profile, ids: Mapping[PciAddress, PciIds]) -> dict[str, An
         devices["inputs"] = [{"name": "tablet", "type": "tablet", "bus": "usb"}]
     if profile.sound.model is SoundModel.HDA:
         devices["sound"] = {"name": "sound", "model": "ich9"}
+    if profile.tpm.type is TpmType.EMULATED:
+        devices["tpm"] = {"persistent": True}  # KubeVirt keeps its state in a PVC
     gpus, host_devices = _passthrough(profile, ids)
     if gpus:
         devices["gpus"] = gpus
@@ -248,6 +277,9 @@ def header(profile: Profile, ids: Mapping[PciAddress, PciIds]) -> list[str]:
             lines.append(f"      resourceName: \"{pci.resource_name}\"")
     if profile.cpu.pin.mode is not PinMode.NONE:
         lines.append("- nodes with the CPU manager static policy (dedicatedCpuPlacement)")
+    if profile.vm.os is GuestOs.WINDOWS:
+        lines.append("Windows keeps local time: set domain.clock.timezone to your zone (the "
+                     "clock is UTC here)")
     if profile.memory.hugepages is not HugepageSize.NONE:
         lines.append(f"- {profile.memory.hugepages.label} hugepages reserved on the nodes")
     return lines

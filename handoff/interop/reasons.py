@@ -67,7 +67,6 @@ REASONS: Mapping[str, str] = {
     "devices/hub": "a USB hub: handoff adds the USB controller its devices need",
     "devices/shmem": "a shared-memory device (Looking Glass): this handoff's profile has no key "
     "for it",
-    "devices/tpm": "a TPM: this handoff's profile has no key for it",
     "devices/filesystem": "a shared folder: this handoff's profile has no key for it",
     "devices/lease": "lock leases: handoff locks the VM by its run directory",
     "devices/iommu": "a guest vIOMMU: add it with vm.extra_args",

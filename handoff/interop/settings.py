@@ -30,6 +30,8 @@ ELEMENT = "settings"
 METADATA_KEYS: frozenset[tuple[str, str]] = frozenset(
     {
         ("vm", "accel"),
+        ("vm", "os"),  # libvirt knows the OS only from libosinfo's metadata
+        ("vm", "hyperv"),  # "auto" has no element
         ("vm", "user"),
         ("vm", "shutdown_timeout"),
         ("display", "frontend"),
@@ -50,13 +52,14 @@ METADATA_KEYS: frozenset[tuple[str, str]] = frozenset(
         ("cpu", "emulator"),
         ("cpu", "isolate"),
         ("cpu", "governor"),
+        ("tpm", "state"),  # libvirt keeps swtpm's state where it likes
     }
 )
 
 
 #: Keys written even at their default: the XML implies another value for them
 #: (``<domain type='kvm'>`` reads back as accel = "kvm", not "auto").
-ALWAYS: frozenset[tuple[str, str]] = frozenset({("vm", "accel")})
+ALWAYS: frozenset[tuple[str, str]] = frozenset({("vm", "accel"), ("vm", "hyperv")})
 
 
 def settings_toml(profile: Profile) -> str:

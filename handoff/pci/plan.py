@@ -35,25 +35,15 @@ from handoff.pci.model import (
 from handoff.pci.rules import (
     ACS_FIX,
     boot_gpu_reason,
-    card_functions,
+    card_elsewhere,
     class_need,
     holds_boot_gpu,
-    is_gpu_own,
-    split_card_reason,
+    host_need,
+    need_fix,
+    split_cards,
     stay_reason,
     stays,
 )
-from handoff.pci.rules import (
-    host_need as _rules_host_need,
-)
-
-
-def host_need(
-    device: PciDevice, devices: Mapping[PciAddress, PciDevice] | None = None
-) -> str | None:
-    """Why the host needs this endpoint, or None when it can be given away
-    (:func:`handoff.pci.rules.host_need`; ``devices`` lets a GPU's own USB go with it)."""
-    return _rules_host_need(device, devices)
 
 
 @dataclass(frozen=True)
@@ -188,7 +178,8 @@ def _group_refusals(
                     group,
                     f"{label} holds {device.address.short} {device.class_name}, "
                     f"{need}; passing the group would take it from the host",
-                    f'only if the host can live without it: add allow_in_group = ["'
+                    need_fix(device)
+                    + f'only if the host can live without it: add allow_in_group = ["'
                     f'{device.address.short}"] to that [[passthrough]] entry; otherwise the '
                     "card needs another slot (its own IOMMU group, an ACS-capable port); "
                     + ACS_FIX,
@@ -252,23 +243,6 @@ def _group_refusals(
                 "stop the VM that uses this group first (another QEMU or handoff session)",
             )
         )
-    return refusals
-
-
-def _split_cards(
-    wanted: frozenset[PciAddress], group_ids: Sequence[int], snapshot: HostSnapshot
-) -> list[Refusal]:
-    """A GPU card's functions in a group not handed over: QEMU cannot reset the card."""
-    refusals: list[Refusal] = []
-    for address in sorted(wanted):
-        device = snapshot.devices.get(address)
-        if device is None or not is_gpu_own(device, snapshot.devices):
-            continue
-        for sibling in card_functions(device, snapshot.devices):
-            if sibling.iommu_group is None or sibling.iommu_group in group_ids:
-                continue
-            reason, fix = split_card_reason(device, sibling)
-            refusals.append(Refusal(device.iommu_group, reason, fix))
     return refusals
 
 
@@ -414,7 +388,10 @@ def plan_handoff(
                 requested=tuple(sorted(a for a in wanted if a in {d.address for d in members})),
             )
         )
-    refusals.extend(_split_cards(wanted, group_ids, snapshot))
+    refusals.extend(
+        Refusal(group, reason, fix)
+        for group, reason, fix in split_cards(wanted, group_ids, snapshot.devices)
+    )
     if groups and not snapshot.vfio_available:
         refusals.append(
             Refusal(
@@ -473,7 +450,8 @@ def group_verdict(group: int, snapshot: HostSnapshot) -> GroupVerdict:
             members,
             Verdict.REFUSED,
             f"every device in it is one the host needs: {needs}",
-            "list such a device in [[passthrough]] only if the host can really do without it",
+            "".join(dict.fromkeys(need_fix(d) for d in endpoints))
+            + "list such a device in [[passthrough]] only if the host can really do without it",
         )
     boot_slots = {d.address.slot_address for d in candidates if holds_boot_gpu(d)}
     other_cards = [d for d in candidates if d.address.slot_address not in boot_slots]
@@ -481,7 +459,7 @@ def group_verdict(group: int, snapshot: HostSnapshot) -> GroupVerdict:
         # Two cards in one group, one the host's boot GPU: judge the other card, so the
         # refusal names the boot GPU as what the group would take from the host.
         candidates = other_cards
-    elsewhere = _card_elsewhere(candidates, group, snapshot)
+    elsewhere = card_elsewhere(candidates, group, snapshot.devices)
     try:
         plan_handoff([d.address for d in candidates + elsewhere], snapshot)
     except PreflightRefusedError as refused:
@@ -506,20 +484,6 @@ def group_verdict(group: int, snapshot: HostSnapshot) -> GroupVerdict:
         text + " (the whole group moves to vfio-pci)",
         co_members=others,
     )
-
-
-def _card_elsewhere(
-    candidates: Sequence[PciDevice], group: int, snapshot: HostSnapshot
-) -> list[PciDevice]:
-    """The other functions of the candidates' GPU cards that sit in other groups."""
-    found: dict[PciAddress, PciDevice] = {}
-    for device in candidates:
-        if not is_gpu_own(device, snapshot.devices):
-            continue
-        for sibling in card_functions(device, snapshot.devices):
-            if sibling.iommu_group not in (None, group):
-                found[sibling.address] = sibling
-    return [found[a] for a in sorted(found)]
 
 
 def group_verdicts(snapshot: HostSnapshot) -> tuple[GroupVerdict, ...]:

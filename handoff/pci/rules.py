@@ -28,7 +28,7 @@ This module must never touch the host: it decides from frozen
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from handoff.pci.address import PciAddress
 from handoff.pci.model import VFIO_DRIVER, PciDevice
@@ -62,6 +62,18 @@ def class_need(device: PciDevice) -> str | None:
     return _HOST_NEEDED_PREFIXES.get(device.class_prefix) or _HOST_NEEDED_BASES.get(
         device.base_class
     )
+
+
+USB_FIX = (
+    "see what hangs off it first (`lsusb -t`): a USB controller the host's keyboard, mouse "
+    "or disks use cannot go; to give the guest single USB devices instead, pass them with "
+    "QEMU's usb-host (extra_args)"
+)
+
+
+def need_fix(device: PciDevice) -> str:
+    """What to check before giving this host-needed device away (empty: nothing special)."""
+    return USB_FIX + "; " if device.class_prefix == USB_CONTROLLER else ""
 
 
 def card_functions(
@@ -159,9 +171,8 @@ def boot_gpu_reason(
         f"(boot_vga=1): passing the group would take the host's display; {console}"
     )
     fix = (
-        "put the guest's card in a slot with an IOMMU group of its own (a CPU-attached slot), "
-        "or make the guest's card the primary one in the firmware setup and give the host "
-        "another GPU; " + ACS_FIX
+        "put the guest's card in a slot with an IOMMU group of its own (another CPU-attached "
+        "slot, or swap the two cards), so the two GPUs no longer share a group; " + ACS_FIX
     )
     return reason, fix
 
@@ -182,3 +193,35 @@ def split_card_reason(
         f"(its IOMMU group {sibling.iommu_group} then moves to vfio-pci as well)"
     )
     return reason, fix
+
+
+def split_cards(
+    wanted: Iterable[PciAddress],
+    group_ids: Collection[int],
+    devices: Mapping[PciAddress, PciDevice],
+) -> list[tuple[int | None, str, str]]:
+    """(group, reason, fix) for each requested GPU card's function in a group not handed
+    over: QEMU cannot reset the card."""
+    found: list[tuple[int | None, str, str]] = []
+    for address in sorted(wanted):
+        device = devices.get(address)
+        if device is None or not is_gpu_own(device, devices):
+            continue
+        for sibling in card_functions(device, devices):
+            if sibling.iommu_group is not None and sibling.iommu_group not in group_ids:
+                found.append((device.iommu_group, *split_card_reason(device, sibling)))
+    return found
+
+
+def card_elsewhere(
+    candidates: Sequence[PciDevice], group: int, devices: Mapping[PciAddress, PciDevice]
+) -> list[PciDevice]:
+    """The other functions of the candidates' GPU cards that sit in other groups."""
+    found: dict[PciAddress, PciDevice] = {}
+    for device in candidates:
+        if not is_gpu_own(device, devices):
+            continue
+        for sibling in card_functions(device, devices):
+            if sibling.iommu_group not in (None, group):
+                found[sibling.address] = sibling
+    return [found[a] for a in sorted(found)]

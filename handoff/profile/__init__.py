@@ -7,8 +7,9 @@ functions, so the profile must be complete and checked before anything runs.
 The TOML layout (see profiles/*.toml for commented examples)::
 
     [vm]          name, memory, cpus, cpu model and flags, accel, machine,
-                  user (QEMU runs unprivileged), shutdown_timeout, extra_args
-    [firmware]    type = "seabios" | "ovmf", code, vars, vars_template
+                  user (QEMU runs unprivileged), shutdown_timeout, extra_args,
+                  os (windows: Hyper-V and its clock), hyperv
+    [firmware]    type = "seabios" | "ovmf", code, vars, vars_template, secure_boot
     [[disk]]      path, format, interface, cache, aio, media, readonly
     [[network]]   type = "user" | "tap" | "bridge", model, mac, ifname, bridge
     [sound]       model = "hda" | "none", backend
@@ -18,6 +19,8 @@ The TOML layout (see profiles/*.toml for commented examples)::
     [input]       backend, hotkey, start_in, devices, exclude, escape_hotkey
     [cpu]         pin = "none" | "auto" | ["2,8", ...], emulator, isolate, governor
     [memory]      hugepages = "none" | "2M" | "1G"
+    [tpm]         type = "none" | "emulated", state
+    [guest_agent] enabled
 
 One job per module: :mod:`.model` (the frozen dataclasses and enums, and the
 key table derived from them), :mod:`.parse` (TOML text → Profile, or a
@@ -49,9 +52,12 @@ from handoff.profile.model import (
     DisplayFrontend,
     Firmware,
     FirmwareType,
+    GuestAgent,
+    GuestOs,
     Hook,
     HookEvent,
     HostDisplay,
+    HyperV,
     Input,
     InputBackend,
     InputMode,
@@ -67,6 +73,8 @@ from handoff.profile.model import (
     SelectorKind,
     Sound,
     SoundModel,
+    Tpm,
+    TpmType,
     Vga,
     Vm,
     default_vga,
@@ -101,9 +109,12 @@ __all__ = [
     "DisplayFrontend",
     "Firmware",
     "FirmwareType",
+    "GuestAgent",
+    "GuestOs",
     "Hook",
     "HookEvent",
     "HostDisplay",
+    "HyperV",
     "Input",
     "InputBackend",
     "InputMode",
@@ -120,6 +131,8 @@ __all__ = [
     "SelectorKind",
     "Sound",
     "SoundModel",
+    "Tpm",
+    "TpmType",
     "Vga",
     "Vm",
     "default_vga",

@@ -39,6 +39,8 @@ from typing import Any
 from handoff.errors import ProfileError
 from handoff.pci.address import PciAddress
 from handoff.profile.control import CONTROL_KEYS, parse_control
+from handoff.profile.guest import check_secure_boot
+from handoff.profile.guest_agent import GUEST_AGENT_KEYS, parse_guest_agent
 from handoff.profile.hooks import HOOK_KEYS, parse_hooks
 from handoff.profile.host_keys import with_host_keys
 from handoff.profile.input_section import INPUT_KEYS, parse_input
@@ -81,6 +83,7 @@ from handoff.profile.reader import (
     required,
     show,
 )
+from handoff.profile.tpm import TPM_KEYS, parse_tpm
 from handoff.profile.tune_section import (
     CPU_KEYS,
     MEMORY_KEYS,
@@ -284,20 +287,8 @@ def _parse_firmware(r: Reader, data: Mapping[str, Any], vm_name: str) -> Firmwar
                     f'remove {name}, or set type = "ovmf" for UEFI',
                 )
         return Firmware()
-    if v["code"] is None:
-        raise r.error(
-            "firmware.code",
-            'missing for type = "ovmf"; expected the read-only OVMF code file',
-            'add code = "/usr/share/OVMF/OVMF_CODE_4M.fd" (Debian: apt-get install ovmf)',
-        )
-    if v["vars"] is None and v["vars_template"] is None:
-        raise r.error(
-            "firmware.vars",
-            'missing for type = "ovmf"; expected the VM\'s own writable vars file or a '
-            "vars_template to copy it from",
-            'add vars_template = "/usr/share/OVMF/OVMF_VARS_4M.fd" (handoff copies it to '
-            f'{vm_name}.OVMF_VARS.fd next to the profile) or vars = "/path/to/own_VARS.fd"',
-        )
+    # code and vars_template left out come from QEMU's firmware descriptors
+    # (handoff.qemu.firmware_descriptors); vars defaults to a copy next to the profile.
     if v["vars"] is None:
         v["vars"] = r.base / f"{vm_name}.OVMF_VARS.fd"
     if v["vars"] in (v["code"], v["vars_template"]):
@@ -595,7 +586,8 @@ KEY_TABLES: Mapping[str, Mapping[str, FieldParser]] = {
     "vm": VM_KEYS, "firmware": FIRMWARE_KEYS, "disk": DISK_KEYS, "network": NETWORK_KEYS,
     "sound": {}, "display": {}, "passthrough": PASSTHROUGH_KEYS,
     "host_display": HOST_DISPLAY_KEYS, "input": INPUT_KEYS, "cpu": CPU_KEYS,
-    "memory": MEMORY_KEYS, "control": CONTROL_KEYS, "hook": HOOK_KEYS, "monitor": MONITOR_KEYS,
+    "memory": MEMORY_KEYS, "tpm": TPM_KEYS, "guest_agent": GUEST_AGENT_KEYS,
+    "control": CONTROL_KEYS, "hook": HOOK_KEYS, "monitor": MONITOR_KEYS,
 }
 
 
@@ -629,7 +621,7 @@ def parse_profile(text: str, source: Path) -> Profile:
     return Profile(
         vm=vm,
         source=source,
-        firmware=_parse_firmware(reader, data, vm.name),
+        firmware=check_secure_boot(reader, data, _parse_firmware(reader, data, vm.name)),
         disks=_parse_disks(reader, data),
         networks=_parse_networks(reader, data),
         sound=_parse_sound(reader, data),
@@ -640,6 +632,8 @@ def parse_profile(text: str, source: Path) -> Profile:
             reader, data, host_display.handover, any(p.live for p in passthrough))),
         cpu=parse_cpu(reader, data, vm),
         memory=parse_memory_section(reader, data, vm),
+        tpm=parse_tpm(reader, data, vm.name),
+        guest_agent=parse_guest_agent(reader, data),
         control=parse_control(reader, data),
         hooks=parse_hooks(reader, data),
         monitor=parse_monitor(reader, data, any(p.live for p in passthrough)),

@@ -5,7 +5,8 @@ on stderr; distributions also split QEMU into modules (Debian's
 qemu-system-gui holds the GTK/SDL displays and the PulseAudio backend), so
 a profile that works on one machine fails on the next. handoff asks the
 binary up front (``-version``, ``-device help``, ``-accel help``,
-``-audiodev help``, ``-display help``, ``-machine help``, ``-help``) and
+``-audiodev help``, ``-display help``, ``-machine help``, ``-help``, the CPU
+and q35 machine properties for the Hyper-V flags) and
 refuses before any host change, naming the profile key and what to install.
 
 Probing is I/O and costs a few QEMU starts, so the answer is cached per
@@ -87,6 +88,8 @@ def probe(binary: str = "qemu-system-x86_64") -> QemuCapabilities:
         display_backends=parse_listing(_ask(path, "-display", "help"))
         | ({"vnc"} if re.search(r"^-vnc ", _ask(path, "-help"), re.MULTILINE) else set()),
         machines=parse_machine_help(_ask(path, "-machine", "help")),
+        cpu_properties=parse_option_help(_ask(path, "-device", "max-x86_64-cpu,help")),
+        machine_options=parse_option_help(_ask(path, "-machine", "q35,help")),
     )
     _cache[key] = caps
     probe_cache.store(path, caps)
@@ -148,6 +151,11 @@ def parse_listing(text: str) -> frozenset[str]:
         for line in text.splitlines()
         if line.strip() and not line.rstrip().endswith(":")
     )
+
+
+def parse_option_help(text: str) -> frozenset[str]:
+    """Property names from ``-device TYPE,help`` / ``-machine M,help`` (``  name=<type> ...``)."""
+    return frozenset(re.findall(r"^\s+([A-Za-z0-9_.-]+)=", text, re.MULTILINE))
 
 
 def parse_machine_help(text: str) -> frozenset[str]:

@@ -18,6 +18,11 @@ which -nodefaults removes) → ``-device qemu-xhci`` + ``-device usb-tablet``;
 
 Option values are escaped the QEMU way (a literal comma is written ``,,``),
 so a path with a comma cannot smuggle in an option.
+
+Why it stays over 500 lines: it is the one place an option's spelling is
+decided, one small function per option family (firmware, disks, NICs, sound,
+input, passthrough, TPM, guest agent) over one escaping rule, pinned together
+by the golden argv files; split, a family's syntax could drift from the rest.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from handoff.profile import (
     DiskInterface,
     DiskMedia,
     DisplayFrontend,
+    Firmware,
     FirmwareType,
     NetworkType,
     NicModel,
@@ -48,6 +54,8 @@ from handoff.profile import (
     SoundModel,
     Vga,
 )
+from handoff.qemu.firmware_descriptors import FirmwareChoice
+from handoff.qemu.hyperv import NO_PLATFORM, Platform
 from handoff.tune.plan import MemoryBackend
 
 #: Under hide_hypervisor, the Hyper-V vendor id the guest sees instead of
@@ -99,6 +107,12 @@ class LaunchSpec:
     extra_args: tuple[str, ...] = ()
     start_paused: bool = False
     memory_backend: MemoryBackend | None = None
+    tpm_socket: Path | None = None  # swtpm's control socket ([tpm] type = "emulated")
+    agent_socket: Path | None = None  # the guest agent's channel ([guest_agent])
+    # The UEFI build chosen from QEMU's firmware descriptors (None: the profile's
+    # own code/vars as written), and the guest OS's platform (hyperv, clock).
+    firmware: FirmwareChoice | None = None
+    platform: Platform = NO_PLATFORM
 
 
 def escape(value: str) -> str:
@@ -156,18 +170,25 @@ def build_argv(profile: Profile, launch: LaunchSpec) -> list[str]:
     argv += ["-msg", "timestamp=on"]
     backend = launch.memory_backend
     ram = RAM_BACKEND_ID if backend is not None else None
-    argv += ["-machine", _opts(vm.machine, accel=launch.accel, memory_backend=ram)]
-    argv += ["-cpu", _cpu(profile, launch.accel)]
+    smm = "on" if launch.firmware is not None and launch.firmware.smm else None
+    machine = dict(launch.platform.machine_options)
+    argv += [
+        "-machine", _opts(vm.machine, accel=launch.accel, memory_backend=ram, smm=smm, **machine)
+    ]
+    argv += ["-cpu", _cpu(profile, launch.accel, launch.platform.cpu_flags)]
     argv += ["-smp", _smp(profile)]
     argv += ["-m", f"{vm.memory_mib}M"]
     if backend is not None:
         argv += ["-object", memory_backend_object(backend)]
-    argv += _firmware(profile)
+    argv += list(launch.platform.args)
+    argv += _firmware(profile, launch.firmware)
     argv += _monitor(launch)
     argv += _display(profile, launch)
     argv += _disks(profile.disks)
     argv += _networks(profile)
     argv += _sound(profile)
+    argv += tpm_args(launch)
+    argv += agent_args(launch)
     if profile.display.tablet:
         argv += ["-device", "qemu-xhci,id=xhci", "-device", "usb-tablet,bus=xhci.0"]
     argv += passthrough_args(profile.passthrough)
@@ -217,7 +238,7 @@ def format_argv(argv: Sequence[str]) -> str:
     return shlex.join(argv)
 
 
-def _cpu(profile: Profile, accel: Accelerator) -> str:
+def _cpu(profile: Profile, accel: Accelerator, hyperv: Sequence[str] = ()) -> str:
     model = cpu_model(profile, accel)
     if model == "host" and accel is not Accelerator.KVM:
         raise ProfileError(
@@ -231,6 +252,7 @@ def _cpu(profile: Profile, accel: Accelerator) -> str:
     parts = [model]
     if profile.vm.hide_hypervisor:
         parts += ["kvm=off", f"hv-vendor-id={HIDDEN_HV_VENDOR_ID}"]
+    parts += hyperv  # handoff.qemu.hyperv: the enlightenments the QEMU has
     parts += [flag for flag in profile.vm.cpu_flags if flag not in parts]
     return ",".join(parts)
 
@@ -244,13 +266,22 @@ def _smp(profile: Profile) -> str:
     )
 
 
-def _firmware(profile: Profile) -> list[str]:
-    fw = profile.firmware
+#: Secure Boot: the vars flash is writable only from SMM, so the guest OS cannot
+#: rewrite the key databases behind the firmware's back (libvirt's secure='yes').
+SECURE_PFLASH = "driver=cfi.pflash01,property=secure,value=on"
+
+
+def _firmware(profile: Profile, choice: FirmwareChoice | None) -> list[str]:
+    fw: Firmware = choice.firmware if choice is not None else profile.firmware
     if fw.type is FirmwareType.SEABIOS:
         return []  # SeaBIOS is q35's built-in default
-    assert fw.code is not None, "parse_profile guarantees OVMF code"
-    assert fw.vars is not None, "parse_profile guarantees OVMF vars"
+    if fw.code is None or fw.vars is None:
+        # Chosen from QEMU's descriptors by the session plan; an argv built without
+        # them (a device check) has no firmware drives.
+        return []
+    args = ["-global", SECURE_PFLASH] if choice is not None and choice.secure_boot else []
     return [
+        *args,
         "-drive",
         _opts("if=pflash", format="raw", unit=0, readonly="on", file=str(fw.code)),
         "-drive",
@@ -271,6 +302,34 @@ def _monitor(launch: LaunchSpec) -> list[str]:
     else:
         return []
     return ["-chardev", chardev, "-mon", "chardev=qmp,mode=control"]
+
+
+#: The virtio-serial port name qemu-ga and the virtio-win agent look for.
+GUEST_AGENT_PORT = "org.qemu.guest_agent.0"
+
+
+def tpm_args(launch: LaunchSpec) -> list[str]:
+    """A TPM 2.0 on swtpm's control socket, as a CRB interface (libvirt's choice for
+    TPM 2.0 on q35; Windows 11 accepts it). QEMU connects to the socket swtpm made."""
+    if launch.tpm_socket is None:
+        return []
+    return [
+        "-chardev", _opts("socket", id="chrtpm", path=str(launch.tpm_socket)),
+        "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
+        "-device", "tpm-crb,tpmdev=tpm0",
+    ]
+
+
+def agent_args(launch: LaunchSpec) -> list[str]:
+    """The guest agent's virtio-serial port on a socket QEMU listens on (never waits)."""
+    if launch.agent_socket is None:
+        return []
+    return [
+        "-chardev",
+        _opts("socket", id="qga0", path=str(launch.agent_socket), server="on", wait="off"),
+        "-device", "virtio-serial-pci,id=vser0",
+        "-device", f"virtserialport,bus=vser0.0,chardev=qga0,name={GUEST_AGENT_PORT}",
+    ]
 
 
 #: QEMU ids of the input monitor's chardev and of the virtio input proxies.

@@ -1,6 +1,6 @@
 """A persistent cache of QEMU capability probes, so a CLI start does not pay several QEMU starts.
 
-:func:`handoff.qemu.capabilities.probe` asks the binary seven questions
+:func:`handoff.qemu.capabilities.probe` asks the binary nine questions
 (``-version``, ``-device help``, ...): a few hundred milliseconds that every
 ``handoff run`` would pay again. The answers are stored as JSON, one file per
 binary, in ``/var/cache/handoff`` (root) or ``$XDG_CACHE_HOME/handoff``
@@ -45,6 +45,10 @@ class QemuCapabilities:
     audio_drivers: frozenset[str]
     display_backends: frozenset[str]
     machines: frozenset[str]
+    # Properties of the x86 CPU (the hv-* enlightenments) and of the q35 machine
+    # (hpet): what handoff.qemu.hyperv checks each flag against.
+    cpu_properties: frozenset[str] = frozenset()
+    machine_options: frozenset[str] = frozenset()
 
     @property
     def version_text(self) -> str:
@@ -54,7 +58,7 @@ class QemuCapabilities:
 log = logging.getLogger(__name__)
 
 #: Bump when what is stored (or how the probe computes it) changes.
-SCHEMA = 1
+SCHEMA = 2
 
 ROOT_CACHE_DIR = Path("/var/cache/handoff")
 CACHE_DIR_ENV = "HANDOFF_CACHE_DIR"
@@ -63,7 +67,10 @@ class UnusableCacheError(ValueError):
     """A stored document that must not be used (corrupt, foreign or stale)."""
 
 
-_FROZENSET_FIELDS = ("devices", "accelerators", "audio_drivers", "display_backends", "machines")
+_FROZENSET_FIELDS = (
+    "devices", "accelerators", "audio_drivers", "display_backends", "machines",
+    "cpu_properties", "machine_options",
+)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import pytest
 from handoff.interop.domain_export import domain_xml
 from handoff.interop.domain_import import parse_domain
 from handoff.interop.reasons import DEFAULT_REASON
-from handoff.profile import Accel, Accelerator, load_profile, parse_profile
+from handoff.profile import Accel, Accelerator, TpmType, load_profile, parse_profile
 from handoff.qemu.cmdline import LaunchSpec, build_argv
 from tests.conftest import TEST_TAG
 
@@ -210,7 +210,6 @@ LIBVIRT_ONLY = {
     "qemu-xhci": "libvirt's default USB controller; handoff adds one only for a tablet",
     "virtio-balloon-pci": "<memballoon>: handoff gives the guest all of vm.memory",
     "isa-serial": "<console>: not imported",
-    "tpm-crb": "<tpm>: this handoff's profile has no TPM key",
     "virtio-serial-pci": "<channel>: not imported",
     "virtio-rng-pci": "<rng>: not imported (extra_args can add it)",
     "virtserialport": "<channel> (the guest agent's): not imported",
@@ -235,7 +234,11 @@ def test_virt_install_domains_import_with_every_left_out_element_explained_and_t
     unexplained = [u.line() for u in result.unmapped if u.reason == DEFAULT_REASON]
     assert unexplained == []
     profile = parse_profile(result.text(), tmp_path / f"{name}.toml")
-    launch = LaunchSpec(accel=Accelerator.KVM, vnc_socket=tmp_path / "v")
+    launch = LaunchSpec(
+        accel=Accelerator.KVM, vnc_socket=tmp_path / "v",
+        tpm_socket=tmp_path / "t" if profile.tpm.type is TpmType.EMULATED else None,
+        agent_socket=tmp_path / "a" if profile.guest_agent.enabled else None,
+    )
     ours = _drivers(build_argv(profile, launch))
     # libvirt translates only what this host can run: no hostdev (no IOMMU), no hugetlbfs
     xml = tmp_path / f"{name}.xml"

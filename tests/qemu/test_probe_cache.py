@@ -116,7 +116,7 @@ def test_touching_the_binary_probes_again(qemu: CountingQemu, cache: Path) -> No
         lambda text: "{not json",
         lambda text: text[: len(text) // 2],  # a partial write
         lambda text: "[]",
-        lambda text: text.replace('"schema": 1', '"schema": 99'),
+        lambda text: text.replace(f'"schema": {probe_cache.SCHEMA}', '"schema": 99'),
         lambda text: text.replace('"accelerators"', '"accelerators_v0"'),
     ],
     ids=["garbage", "truncated", "not-an-object", "other-schema", "other-fields"],

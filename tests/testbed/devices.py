@@ -21,8 +21,8 @@ IOMMU group, a NIC, and the chipset group that must never go to a VM):
 - The boot GPU, cirrus-vga (1013:00b8, VGA class) at 0b.0: SeaBIOS runs its
   option ROM, so the kernel marks it boot_vga=1; handoff never takes it.
   Multifunction, with pci-testdev (1b36:0005, no driver) at 0b.1: same slot,
-  so one IOMMU group, like a wanted card sharing the boot GPU's group on an old
-  board without ACS; passing that group is refused, console bound or not.
+  so one IOMMU group holding the boot GPU and another device; passing that
+  group is refused, console bound or not.
 - The systemd boot (runner.Init.SYSTEMD) has a std VGA (``-device VGA``, 1234:1111 like
   bochs-display but VGA class 0x030000, driver bochs-drm with fbcon on it) at 05.0
   instead of cirrus-vga: the boot GPU a single-GPU host hands over. At 05.0 its driver

@@ -27,6 +27,7 @@ from handoff.qemu.cmdline import (
     format_argv,
     vfio_device_id,
 )
+from handoff.qemu.firmware_search import read_descriptors
 from handoff.session_plan import HostFacts, SessionPlan, plan_session
 
 HERE = Path(__file__).parent
@@ -527,11 +528,17 @@ def test_the_seed_profile_carries_every_option_of_the_seeds_command_line() -> No
 SHIPPED = sorted((REPO / "profiles").glob("*.toml"))
 
 
+#: Debian 12's QEMU firmware descriptors (ovmf 2022.11), for the UEFI profiles.
+DEBIAN_FIRMWARE = read_descriptors((HERE / "firmware",))
+
+
 def shipped_plan(p: Profile) -> SessionPlan:
-    """The session plan of a shipped profile on a host whose accelerator it asks for."""
+    """The session plan of a shipped profile on a host whose accelerator it asks for
+    (with Debian's firmware descriptors, and a QEMU that has every Hyper-V flag)."""
     kvm = p.vm.cpu_model == "host" or p.vm.accel.value == "kvm"
     accel = Accelerator.KVM if kvm else Accelerator.TCG
-    facts = HostFacts(accel=accel, accel_reason="golden", supervisor_uid=0)
+    facts = HostFacts(accel=accel, accel_reason="golden", supervisor_uid=0,
+                      firmware_descriptors=DEBIAN_FIRMWARE)
     return plan_session(p, facts, HostPaths(run=Path("/run/handoff")))
 
 

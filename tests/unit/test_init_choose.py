@@ -62,7 +62,7 @@ def facts_of(build: Callable[[Path], FakeHost], tmp_path: Path) -> HostFacts:
     ids.write_text(PCI_IDS)
     return gather_facts(host.paths, host.module_loadable, inputs=lambda: (), pci_ids=[ids],
                         monitors=lambda: None,
-                        ovmf_candidates=[])
+                        ovmf_candidates=[], descriptor_dirs=())
 
 
 def chosen(facts: HostFacts, gpu: str | None = None) -> GpuChoice:
@@ -188,7 +188,7 @@ def test_a_gpu_in_use_is_still_chosen_with_a_note_naming_the_holder(tmp_path: Pa
     add_cpus(host, cores=2)
     add_meminfo(host, 2048)
     facts = gather_facts(host.paths, host.module_loadable, inputs=lambda: (), pci_ids=[],
-                         ovmf_candidates=[])
+                         ovmf_candidates=[], descriptor_dirs=())
     choice = chosen(facts)
     assert shorts(choice) == ["00:06.0", "00:06.1"]  # never the e1000e or the ICH9 group
     assert any("pid 4242 (Xorg)" in note for note in choice.notes)

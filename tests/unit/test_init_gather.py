@@ -179,3 +179,25 @@ def test_input_selectors_are_the_input_layer_s_kinds_best_first() -> None:
     assert (usb.selector, usb.kinds) == ("usb:046d:c52b", "keyboard, mouse")
     assert input_fact(info(keyboard=False)) is None  # neither keyboard nor mouse
     assert input_fact(info(name="handoff virtio keyboard")) is None  # handoff's own proxy
+
+
+def test_init_finds_plain_uefi_through_qemus_firmware_descriptors(tmp_path: Path) -> None:
+    """A descriptor naming installed files wins over the guessed paths (and Secure Boot
+    builds are not plain UEFI)."""
+    from handoff.init.gather import described_ovmf
+
+    code, template = tmp_path / "edk2-code.fd", tmp_path / "edk2-vars.fd"
+    descriptors = tmp_path / "firmware"
+    descriptors.mkdir()
+    (descriptors / "60-plain.json").write_text(
+        '{"interface-types": ["uefi"], "mapping": {"device": "flash", "executable": '
+        f'{{"filename": "{code}"}}, "nvram-template": {{"filename": "{template}"}}}}, '
+        '"targets": [{"architecture": "x86_64", "machines": ["pc-q35-*"]}], "features": []}'
+    )
+    assert described_ovmf((descriptors,)) is None  # its files are not installed
+    code.write_bytes(b"")
+    template.write_bytes(b"")
+    found = described_ovmf((descriptors,))
+    assert found is not None
+    assert (found.code, found.vars_template) == (code, template)
+    assert described_ovmf(()) is None

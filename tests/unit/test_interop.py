@@ -23,7 +23,16 @@ from handoff.interop.domain_import import parse_domain
 from handoff.interop.kubevirt import PciIds, k8s_name, manifest, to_yaml
 from handoff.interop.reasons import DEFAULT_REASON
 from handoff.pci.address import PciAddress
-from handoff.profile import Accel, Accelerator, Profile, load_profile, parse_profile
+from handoff.profile import (
+    Accel,
+    Accelerator,
+    GuestOs,
+    HyperV,
+    Profile,
+    TpmType,
+    load_profile,
+    parse_profile,
+)
 from handoff.qemu.cmdline import LaunchSpec, build_argv
 
 REPO = Path(__file__).parent.parent.parent
@@ -124,6 +133,13 @@ VFIO_DOMAIN = """\
         <product id='0xc52b'/>
       </source>
     </hostdev>
+    <tpm model='tpm-crb'>
+      <backend type='emulator' version='2.0'/>
+    </tpm>
+    <channel type='unix'>
+      <source mode='bind' path='/var/lib/libvirt/qemu/channel/target/win10.agent'/>
+      <target type='virtio' name='org.qemu.guest_agent.0'/>
+    </channel>
     <memballoon model='none'/>
     <rng model='virtio'>
       <backend model='random'>/dev/urandom</backend>
@@ -180,6 +196,10 @@ def test_a_vfio_guides_domain_becomes_a_profile_that_loads() -> None:
         "by-id:usb-Logitech_USB_Receiver-event-mouse",
     )
     assert vm.extra_args == ("-device", "ivshmem-plain,memdev=ivshmem")
+    assert profile.vm.hyperv is HyperV.ON  # <hyperv> with an enlightenment on
+    assert profile.vm.os is GuestOs.WINDOWS  # Hyper-V and a local-time clock
+    assert profile.tpm.type is TpmType.EMULATED
+    assert profile.guest_agent.enabled
 
 
 def test_nothing_is_dropped_silently_each_left_out_element_is_listed_with_its_reason() -> None:
@@ -188,9 +208,7 @@ def test_nothing_is_dropped_silently_each_left_out_element_is_listed_with_its_re
         "uuid: handoff names a VM by vm.name",
         "currentMemory: memory ballooning",
         "os/boot: boot order",
-        "features/hyperv: Hyper-V enlightenments",
         "features/vmport: ",
-        "clock: ",
         "on_poweroff: ",
         "devices/emulator: ",
         "devices/disk[1]/address: handoff places devices",
@@ -291,6 +309,8 @@ def test_export_writes_libvirts_elements_for_what_libvirt_can_do() -> None:
     assert evdev[0]["grab"] == "all"
     assert evdev[1]["dev"] == "/dev/input/by-id/usb-Logitech_USB_Receiver-event-mouse"
     assert "journaled" in domain_xml(profile, Accelerator.KVM)  # what libvirt will not do, said
+    assert root.find("devices/tpm/backend").attrib == {"type": "emulator", "version": "2.0"}  # type: ignore[union-attr]
+    assert root.find("devices/channel/target").get("name") == "org.qemu.guest_agent.0"  # type: ignore[union-attr]
 
 
 def test_x_vga_travels_as_a_qemu_override_of_the_hostdev() -> None:
@@ -325,6 +345,7 @@ def test_round_trip_through_libvirt_keeps_every_shipped_profiles_argv(
         return  # "host" needs KVM: such a profile has no TCG argv to compare
     assert smp_normalized(argv(back, accel)) == smp_normalized(argv(original, accel))
     assert back.vm.accel is original.vm.accel  # "auto" rides in handoff's metadata
+    assert (back.tpm, back.guest_agent) == (original.tpm, original.guest_agent)
 
 
 # --------------------------------------------------------------------------- KubeVirt
@@ -347,6 +368,7 @@ def test_a_pinned_gpu_vm_becomes_a_virtual_machine_with_dedicated_cpus_and_the_g
         {"name": "hostdev0", "deviceName": "nvidia.com/10DE_1AEF"}]
     assert domain["firmware"] == {"bootloader": {"efi": {"secureBoot": False,
                                                           "persistent": True}}}
+    assert domain["devices"]["tpm"] == {"persistent": True}
     volumes = vm["spec"]["template"]["spec"]["volumes"]
     assert volumes[0] == {"name": "disk0", "persistentVolumeClaim": {"claimName": "win10-root"}}
     assert volumes[1]["persistentVolumeClaim"]["claimName"] == "win10-disk1"
@@ -362,3 +384,25 @@ def test_the_yaml_reads_back_as_the_manifest() -> None:
     ids = {PciAddress.parse("0a:00.0"): GPU, PciAddress.parse("0a:00.1"): AUDIO}
     document = manifest(profile, ids)
     assert yaml.safe_load(to_yaml(document, ["a comment"])) == document
+
+
+def test_a_windows_11_profile_travels_with_secure_boot_hyperv_clock_and_tpm() -> None:
+    profile = load_profile(REPO / "profiles" / "windows11.toml")
+    root = ET.fromstring(domain_xml(profile, Accelerator.KVM))
+    assert root.find("os").get("firmware") == "efi"  # type: ignore[union-attr]
+    features = {f.get("name") for f in root.findall("os/firmware/feature")}
+    assert features == {"secure-boot", "enrolled-keys"}
+    assert root.find("os/loader").get("secure") == "yes"  # type: ignore[union-attr]
+    assert root.find("features/smm").get("state") == "on"  # type: ignore[union-attr]
+    assert root.find("features/hyperv/stimer/direct") is not None
+    assert root.find("clock").get("offset") == "localtime"  # type: ignore[union-attr]
+    back = parse_profile(parse_domain(ET.tostring(root, encoding="unicode"), "w").text(),
+                         profile.source)
+    assert back.firmware.secure_boot
+    assert (back.vm.os, back.vm.hyperv) == (profile.vm.os, profile.vm.hyperv)
+    document = manifest(profile, {})
+    domain = document["spec"]["template"]["spec"]["domain"]
+    assert domain["firmware"]["bootloader"]["efi"]["secureBoot"] is True
+    assert domain["features"]["smm"] == {"enabled": True}
+    assert domain["features"]["hyperv"]["synictimer"] == {"direct": {}}
+    assert domain["devices"]["tpm"] == {"persistent": True}

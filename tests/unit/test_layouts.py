@@ -146,6 +146,7 @@ def test_z170_gtx960_passes_with_its_audio_and_the_chipset_usb_stays(tmp_path: P
     # The chipset's xHCI carries the host's keyboard: host-needed, with the fix.
     assert v[3].verdict is G.REFUSED
     assert "USB controller" in v[3].reason
+    assert "lsusb -t" in (v[3].fix or "")
     assert shorts(init_gpu(host)) == ["01:00.0", "01:00.1"]
     checks = doctor(host, tmp_path, "01:00.0", "01:00.1")
     assert device_check(checks, "01:00.0").verdict is Verdict.OK
@@ -367,3 +368,64 @@ def test_a_vmd_domain_is_listed_in_its_group_and_init_still_works(tmp_path: Path
     assert "is not a PCI address" not in text
     assert verdicts(host)[7].verdict is G.REFUSED
     assert [d.address.function for d in init_gpu(host).functions] == [0, 1, 2, 3]
+
+
+# --------------------------------------------------------------------------- every machine
+
+# (layout, the device doctor is asked about, doctor's verdict, what init takes or None
+# when it refuses): each row is what an expert says about that machine, and why.
+EVERY_MACHINE = [
+    # The GTX 960's group is the card and its root port: passable; init takes both functions.
+    ("z170-itx-gtx960", "01:00.0", Verdict.OK, ["01:00.0", "01:00.1"]),
+    # The RX 580 is alone in group 8 (the listing shows no audio function).
+    ("b450m-mortar-rx580-raven", "10:00.0", Verdict.OK, ["10:00.0"]),
+    # The dummy host bridge and the GPP bridge stay as they are: only the A100 moves.
+    ("epyc-rome-a100-dummy-host-bridge", "41:00.0", Verdict.OK, ["41:00.0"]),
+    # The only GPU is the boot GPU: refused without [host_display] handover.
+    ("comet-lake-rtx3070ti-single-gpu", "01:00.0", Verdict.FAIL, None),
+    # Turing: VGA, audio, the card's own USB-C and UCSI go together.
+    ("comet-lake-gtx1660super-4fn", "01:00.0", Verdict.OK,
+     ["01:00.0", "01:00.1", "01:00.2", "01:00.3"]),
+    ("turing-gtx1660super-group15", "09:00.0", Verdict.OK,
+     ["09:00.0", "09:00.1", "09:00.2", "09:00.3"]),
+    # The GeForce boots the host; the HD 530 (class 0380) is alone and passable.
+    ("skylake-hd530-gtx1660-4fn", "00:02.0", Verdict.OK, ["00:02.0"]),
+    # A muxless laptop dGPU behind the CPU port, with its HDMI audio: passable.
+    ("haswell-laptop-gtx765m", "01:00.0", Verdict.OK, ["01:00.0", "01:00.1"]),
+    # The audio shares the only GPU's (the host's screen) group and the APU's USB.
+    ("cezanne-laptop-14acn6", "04:00.1", Verdict.FAIL, None),
+    # The VF shares the PFs' group: the host's network would go with it. No GPU for init.
+    ("c246-connectx4lx-sriov", "01:00.2", Verdict.FAIL, None),
+    # Two identical cards, both passable: doctor passes the named one, init will not guess.
+    ("icelake-sp-two-rtx-a5000", "4f:00.0", Verdict.OK, None),
+    # A VF alone in its group: passable. No GPU in the excerpt for init.
+    ("skylake-sp-connectx5-vf", "86:00.1", Verdict.OK, None),
+    # X58 has no iGPU: the GTX 1060 is the boot GPU; init points to single-GPU mode.
+    ("x58-xeon5600-gtx1060", "02:00.0", Verdict.FAIL, None),
+    # The CPU's xHCI asked for by address: the person gives it up knowingly. No GPU listed.
+    ("x570-matisse-usb-rtx3060", "0c:00.3", Verdict.OK, None),
+    # One of the two 2.5GbE ports asked for by address (a router guest). No GPU listed.
+    ("gmktec-m5pro-renoir", "02:00.0", Verdict.OK, None),
+    # The VMD domain does not disturb the GPU's group (derived variant).
+    ("derived-vmd-domain-10000", "01:00.0", Verdict.OK,
+     ["01:00.0", "01:00.1", "01:00.2", "01:00.3"]),
+    # An 82576 VF behind an ACS port: passable alone (derived variant). No GPU for init.
+    ("derived-82576-sriov", "02:10.0", Verdict.OK, None),
+]
+
+
+def test_every_layout_has_a_row() -> None:
+    assert sorted(row[0] for row in EVERY_MACHINE) == layouts.names()
+
+
+@pytest.mark.parametrize(("name", "device", "verdict", "taken"), EVERY_MACHINE,
+                         ids=[row[0] for row in EVERY_MACHINE])
+def test_doctor_and_init_on_every_machine(
+    tmp_path: Path, name: str, device: str, verdict: Verdict, taken: list[str] | None
+) -> None:
+    host = machine(name, tmp_path)
+    assert device_check(doctor(host, tmp_path, device), device).verdict is verdict
+    if taken is None:
+        init_refusal(host)
+    else:
+        assert shorts(init_gpu(host)) == taken
