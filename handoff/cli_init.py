@@ -30,7 +30,7 @@ from pathlib import Path
 from handoff.errors import HandoffError
 from handoff.host import HostPaths
 from handoff.init.choose import NO_GPU, DiskSource, InitError, InitPlan, InitRequest, plan_init
-from handoff.init.facts import HostFacts
+from handoff.init.facts import InitFacts
 from handoff.init.guest_os import parse_init_os
 from handoff.init.render import render_profile, render_summary
 from handoff.profile import FirmwareType, InputBackend, parse_profile
@@ -39,7 +39,7 @@ from handoff.profile_lookup import PROFILE_DIR_ENV, SYSTEM_PROFILE_DIR
 STDOUT = "-"
 
 Out = Callable[[str], None]
-Gather = Callable[[Path | None], HostFacts]
+Gather = Callable[[Path | None], InitFacts]
 MakeImage = Callable[[Path, int], None]
 
 
@@ -222,7 +222,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     def out(line: str) -> None:
         print(line, file=stream, flush=True)
 
-    def gather(disk: Path | None) -> HostFacts:
+    def gather(disk: Path | None) -> InitFacts:
         return gather_facts(paths, module_loadable, disk=disk)
 
     return run_init(request_from(args), target, force=args.force, gather=gather, out=out)

@@ -41,6 +41,8 @@ class HostPaths:
     proc: Path = Path("/proc")
     dev: Path = Path("/dev")
     run: Path = Path("/run/handoff")
+    #: logind's session state files (TYPE=, SCOPE=, UID= of each session).
+    logind: Path = Path("/run/systemd/sessions")
 
     @classmethod
     def from_environment(cls) -> HostPaths:

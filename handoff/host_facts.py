@@ -10,16 +10,19 @@ and doctor show what they can instead.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from handoff.errors import HostError, QemuError
 from handoff.host import HostPaths, qemu_account
-from handoff.live.windows import Bar, parse_resource
 from handoff.pci.address import PciAddress
 from handoff.profile import Accelerator, FirmwareType, Profile
 from handoff.qemu.accel import choose_accel
 from handoff.qemu.firmware_descriptors import FirmwareDescriptor
 from handoff.session_plan import HostFacts, QemuOwner
 from handoff.tune.model import HostTuning
+
+if TYPE_CHECKING:
+    from handoff.live.windows import Bar
 
 
 def _qemu_owner(user: str | None, *, strict: bool) -> QemuOwner | None:
@@ -57,6 +60,10 @@ def _live_bars(
 ) -> tuple[tuple[PciAddress, tuple[Bar, ...]], ...]:
     """Each live function's BARs from sysfs ``resource`` (absent device: none)."""
     out: list[tuple[PciAddress, tuple[Bar, ...]]] = []
+    if not any(entry.live for entry in profile.passthrough):
+        return ()
+    from handoff.live.windows import parse_resource  # only a live profile reads BARs
+
     for entry in profile.passthrough:
         if not entry.live:
             continue

@@ -27,10 +27,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from handoff.host import HostPaths
-from handoff.live.sequence import live_slots
-from handoff.live.windows import Bar, size_windows
 from handoff.pci.address import PciAddress
 from handoff.profile import Accelerator, InputBackend, InputMode, Profile, TpmType
 from handoff.qemu.cmdline import (
@@ -52,10 +51,11 @@ from handoff.run_layout import (
     qemu_socket_dir,
     tpm_socket_path,
 )
-from handoff.tune.cpulist import format_cpulist
-from handoff.tune.isolation import qemu_scope_unit, scope_argv
-from handoff.tune.model import HostTuning
-from handoff.tune.plan import TunePlan, plan_tuning
+
+if TYPE_CHECKING:  # the live and tuning planners load only for profiles that use them
+    from handoff.live.windows import Bar
+    from handoff.tune.model import HostTuning
+    from handoff.tune.plan import TunePlan
 
 __all__ = [
     "MEMLOCK_HEADROOM",
@@ -356,6 +356,8 @@ def _tune_plan(profile: Profile, facts: HostFacts) -> TunePlan | None:
         return None
     if facts.tuning is None:
         raise ValueError("HostFacts.tuning is needed for a profile with [cpu]/[memory] tuning")
+    from handoff.tune.plan import plan_tuning
+
     return plan_tuning(profile.cpu, profile.memory, profile.vm, facts.tuning)
 
 
@@ -388,6 +390,8 @@ def scoped_argv(profile: Profile, tune: TunePlan | None, argv: tuple[str, ...]) 
     """QEMU's argv, wrapped in ``systemd-run --scope`` when the tuning isolates the host."""
     if tune is None or tune.isolation is None:
         return argv
+    from handoff.tune.isolation import scope_argv
+
     return scope_argv(profile.name, tune.isolation, argv, profile.vm.user)
 
 
@@ -396,6 +400,8 @@ def _isolation_changes(name: str, tune: TunePlan) -> list[HostChange]:
     iso = tune.isolation
     if iso is None:
         return []
+    from handoff.tune.isolation import qemu_scope_unit
+
     changes = [
         HostChange(
             ChangeKind.QEMU_SCOPE, qemu_scope_unit(name),
@@ -419,6 +425,8 @@ def _tune_after_start(tune: TunePlan) -> list[HostChange]:
     pin = tune.pin
     if not pin.active:
         return []
+    from handoff.tune.cpulist import format_cpulist
+
     changes = [
         HostChange(
             ChangeKind.PIN_VCPUS, f"vCPU {i}",
@@ -451,9 +459,12 @@ def live_argv(argv: tuple[str, ...], profile: Profile, facts: HostFacts) -> tupl
     Unchanged without live groups. A function whose BARs are not known (not on this
     host, ``handoff argv`` elsewhere) adds no window.
     """
-    slots = live_slots(profile.passthrough)
-    if not slots:
+    if not any(p.live for p in profile.passthrough):
         return argv
+    from handoff.live.sequence import live_slots
+    from handoff.live.windows import size_windows
+
+    slots = live_slots(profile.passthrough)
     bars = dict(facts.live_bars)
     options: dict[str, str] = {}
     for slot in slots:

@@ -86,11 +86,11 @@ def default_resources(
     # Each resource's module (sysfs and journal code; evdev, pyudev) is imported
     # only when the profile uses it: a plain VM starts without them.
     if profile.host_display.handover:
-        from handoff.display.resource import HostDisplay
+        from handoff.display.resource import DisplayHandover
         from handoff.pci.ops import KernelWriter
         from handoff.recovery import card_return
 
-        resources.append(HostDisplay(
+        resources.append(DisplayHandover(
             profile, paths, report=report, return_card=card_return(paths, KernelWriter())
         ))
     if any(not p.live for p in profile.passthrough):
@@ -170,7 +170,7 @@ def preflight(
                         binary=binary, trace_file=trace_file)
     caps = probe(binary)
     check_supported(profile, plan.devices, caps, accel=plan.facts.accel)
-    check_bridges(profile)
+    check_bridges(profile, paths)
     if plan.profile.firmware != profile.firmware:  # chosen from QEMU's descriptors
         check_profile_on_host(plan.profile)
     refusal = vars_origin_refusal(plan.profile)

@@ -22,6 +22,8 @@ from collections.abc import Generator, Iterator
 import pytest
 from hypothesis import settings
 
+from tests.host_requirements import CI_MISSING
+
 settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
 settings.register_profile("dev", deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
@@ -82,3 +84,11 @@ def pytest_runtest_makereport(
     if report.when == "call":
         item.rep_call = report  # type: ignore[attr-defined]
     return report
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A host condition CI lacks (tests/host_requirements.py) fails the test, never skips it."""
+    mark = item.get_closest_marker(CI_MISSING)
+    if mark is not None:
+        pytest.fail(f"CI=true: {mark.args[0]} (this host must provide it; it is never skipped "
+                    "in CI)", pytrace=False)

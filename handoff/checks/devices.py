@@ -20,11 +20,11 @@ from handoff.pci.model import VFIO_DRIVER
 from handoff.pci.plan import (
     GroupVerdict,
     HostSnapshot,
+    Passability,
     compute_warning,
     group_verdict,
     plan_handoff,
 )
-from handoff.pci.plan import Verdict as GroupVerdictKind
 from handoff.pci.rules import host_need
 from handoff.pci.snapshot import take_snapshot
 from handoff.pci.sysfs import groups_of
@@ -85,7 +85,7 @@ def check_passthrough_devices(env: DoctorEnv, profile: Profile) -> list[Check]:
 
 def _group_text(group: int, address: PciAddress, verdict: GroupVerdict) -> str:
     """The group's verdict from this device's point of view (its co-members, not itself)."""
-    if verdict.verdict is GroupVerdictKind.PASSABLE_WITH_CO_MEMBERS:
+    if verdict.verdict is Passability.PASSABLE_WITH_CO_MEMBERS:
         others = [
             m.address.short for m in verdict.members if m.address != address and not m.is_bridge
         ]
@@ -132,9 +132,9 @@ def _device_check(
     if device.driver == VFIO_DRIVER:
         parts.append("already on vfio-pci")
     detail = "; ".join(parts)
-    if verdict.verdict is GroupVerdictKind.REFUSED and not planned:
+    if verdict.verdict is Passability.REFUSED and not planned:
         return fail(name, detail, verdict.fix or "see `handoff groups`")
-    if verdict.verdict is GroupVerdictKind.REFUSED:
+    if verdict.verdict is Passability.REFUSED:
         detail += (
             " (the profile asks for it by address: the host goes without it while the VM runs)"
             if host_need(device, snapshot.devices) is not None

@@ -96,7 +96,7 @@ def check_qemu(
     try:
         need = _devices(_plan(profile, facts, env.host))
         check_supported(profile, need, caps, accel=accel)
-        check_bridges(profile)
+        check_bridges(profile, env.host)
     except FirmwareError:
         return ok(name, f"{detail}; {accel} accelerator (firmware: see the ovmf check)")
     except (QemuError, ProfileError) as err:

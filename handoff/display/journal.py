@@ -1,6 +1,6 @@
 """The host display's write-ahead journal: ``<run>/journal/display/<profile>.json``.
 
-Written before each step of the hand-over (:class:`handoff.display.model.Step`)
+Written before each step of the hand-over (:class:`handoff.display.model.DisplayStep`)
 and after each is verified, so a supervisor killed at any point leaves
 what `handoff recover` needs to bring the display back: the card and its
 host driver, the units it stopped, the consoles and the firmware
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from handoff.display.model import Step
+from handoff.display.model import DisplayStep
 from handoff.errors import JournalError
 from handoff.host import HostPaths
 from handoff.journal import store
@@ -50,7 +50,7 @@ class DisplayJournal:
     consoles: list[str] = field(default_factory=list)  # vtconsole names ("(M) frame buffer...")
     framebuffer: str | None = None  # efi-framebuffer.0
     framebuffer_driver: str | None = None
-    made: list[Step] = field(default_factory=list)  # steps begun (write-ahead), in order
+    made: list[DisplayStep] = field(default_factory=list)  # steps begun (write-ahead), in order
     failure: str | None = None  # the report of a return that failed
     proc: Path = field(default=HostPaths.proc, repr=False, compare=False)
 
@@ -88,7 +88,7 @@ class DisplayJournal:
                 consoles=[str(c) for c in data["consoles"]],
                 framebuffer=data.get("framebuffer"),
                 framebuffer_driver=data.get("framebuffer_driver"),
-                made=[Step(s) for s in data["made"]],
+                made=[DisplayStep(s) for s in data["made"]],
                 failure=data.get("failure"),
                 proc=proc,
             )
@@ -103,7 +103,7 @@ class DisplayJournal:
         """Atomically replace the file (:func:`handoff.journal.store.write_atomic`)."""
         store.write_atomic(self.path, self.to_json(), what=WHAT, proc=self.proc)
 
-    def begin_step(self, step: Step) -> None:
+    def begin_step(self, step: DisplayStep) -> None:
         """Write-ahead: record ``step`` before it is made."""
         if step not in self.made:
             self.made.append(step)

@@ -129,7 +129,7 @@ def firmware_fb_on_card(
     return None
 
 
-class Step(enum.StrEnum):
+class DisplayStep(enum.StrEnum):
     """One step of the hand-over, journaled (write-ahead) before it is made."""
 
     STOP_UNITS = "stop-units"
@@ -143,10 +143,10 @@ class Step(enum.StrEnum):
 
 
 #: Each step's undo, run in reverse order of the steps made.
-UNDO: dict[Step, Step] = {
-    Step.STOP_UNITS: Step.START_UNITS,
-    Step.UNBIND_CONSOLES: Step.REBIND_CONSOLES,
-    Step.UNBIND_FRAMEBUFFER: Step.REBIND_FRAMEBUFFER,
+UNDO: dict[DisplayStep, DisplayStep] = {
+    DisplayStep.STOP_UNITS: DisplayStep.START_UNITS,
+    DisplayStep.UNBIND_CONSOLES: DisplayStep.REBIND_CONSOLES,
+    DisplayStep.UNBIND_FRAMEBUFFER: DisplayStep.REBIND_FRAMEBUFFER,
 }
 
 
@@ -159,15 +159,15 @@ class Takeover:
     consoles: tuple[VtConsole, ...]
     framebuffer: FirmwareFb | None
 
-    def steps(self) -> tuple[Step, ...]:
+    def steps(self) -> tuple[DisplayStep, ...]:
         """The steps before the VM, in order; each needed one only."""
-        steps: list[Step] = []
+        steps: list[DisplayStep] = []
         if self.units:
-            steps.append(Step.STOP_UNITS)
+            steps.append(DisplayStep.STOP_UNITS)
         if self.consoles:
-            steps.append(Step.UNBIND_CONSOLES)
+            steps.append(DisplayStep.UNBIND_CONSOLES)
         if self.framebuffer is not None:
-            steps.append(Step.UNBIND_FRAMEBUFFER)
+            steps.append(DisplayStep.UNBIND_FRAMEBUFFER)
         return tuple(steps)
 
     def render(self) -> str:
@@ -181,14 +181,14 @@ class Takeover:
         return "\n".join(lines)
 
 
-def plan_return(made: Sequence[Step], *, card_moved: bool = True) -> tuple[Step, ...]:
+def plan_return(made: Sequence[DisplayStep], *, card_moved: bool = True) -> tuple[DisplayStep, ...]:
     """The steps after the VM for the steps ``made`` before it (write-ahead: started ones).
 
     The card comes back first (when it was handed over), then each made
     step is undone in reverse order: framebuffer, consoles, units last.
     """
     undo = tuple(UNDO[step] for step in reversed(made) if step in UNDO)
-    return ((Step.CARD_BACK,) if card_moved else ()) + undo
+    return ((DisplayStep.CARD_BACK,) if card_moved else ()) + undo
 
 
 @dataclass(frozen=True)

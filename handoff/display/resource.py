@@ -29,7 +29,6 @@ import dataclasses
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from pathlib import Path
 
 import trio
 
@@ -40,8 +39,8 @@ from handoff.display.journal import DisplayJournal, list_display_journals, lock_
 from handoff.display.model import (
     NO_FALLBACK,
     NO_FALLBACK_FIX,
+    DisplayStep,
     ReturnFailure,
-    Step,
     Takeover,
     VtConsole,
     console_fallback,
@@ -51,23 +50,27 @@ from handoff.display.model import (
     plan_return,
 )
 from handoff.display.sysfs import (
-    platform_driver_dir,
     read_bars,
     read_firmware_fbs,
     read_vtconsoles,
     reset_methods,
-    vtconsole_dir,
 )
 from handoff.display.where import where_refusal
-from handoff.errors import BindError, HandoffError, PreflightRefusedError
+from handoff.errors import BindError, HandoffError, PreflightRefusedError, SysfsWriteError
 from handoff.host import HostPaths
 from handoff.pci.address import PciAddress
 from handoff.pci.holders import find_holders, nodes_of
 from handoff.pci.model import Holder, PciDevice
-from handoff.pci.ops import KernelWriter, SysfsWriter
+from handoff.pci.ops import (
+    KernelWriter,
+    SysfsWriter,
+    platform_bind,
+    reset_function,
+    vtconsole_bind,
+)
 from handoff.pci.plan import plan_handoff
 from handoff.pci.snapshot import take_snapshot
-from handoff.pci.sysfs import device_dir, groups_of, read_device
+from handoff.pci.sysfs import group_members, groups_of, read_device
 from handoff.profile import Profile
 from handoff.resources import ControlRegistry, JsonObject, VmHandle
 
@@ -124,13 +127,13 @@ class Restorer:
         """Every undo step in order; raises BindError (journal kept) when the card stays away."""
         problems: list[str] = []
         for step in plan_return(journal.made):
-            if step is Step.CARD_BACK:
+            if step is DisplayStep.CARD_BACK:
                 await self._card_back(journal)
-            elif step is Step.REBIND_FRAMEBUFFER:
+            elif step is DisplayStep.REBIND_FRAMEBUFFER:
                 problems += self._rebind_framebuffer(journal)
-            elif step is Step.REBIND_CONSOLES:
+            elif step is DisplayStep.REBIND_CONSOLES:
                 problems += await self._rebind_consoles(journal)
-            elif step is Step.START_UNITS:
+            elif step is DisplayStep.START_UNITS:
                 problems += await self._start_units(journal)
         if problems:
             journal.failure = "; ".join(problems)
@@ -191,9 +194,9 @@ class Restorer:
         if not methods:
             return "it has no reset method (reset_method is empty)"
         try:
-            self.writer.write(device_dir(self.paths, address) / "reset", "1")
-        except OSError as exc:
-            return f"its reset ({' '.join(methods)}) failed: {exc.strerror or exc}"
+            reset_function(self.paths, self.writer, address)
+        except SysfsWriteError as exc:
+            return f"its reset ({' '.join(methods)}) failed: {exc.message}"
         return f"its reset ({' '.join(methods)}) was done, the card still did not come back"
 
     async def _return_group_again(self, journal: DisplayJournal) -> None:
@@ -214,9 +217,9 @@ class Restorer:
             return []
         if now.driver is None:
             try:
-                self.writer.write(platform_driver_dir(self.paths, driver) / "bind", device)
-            except OSError as exc:
-                return [f"binding {device} to {driver} failed: {exc.strerror or exc}"]
+                platform_bind(self.paths, self.writer, driver, device, bind=True)
+            except SysfsWriteError as exc:
+                return [f"binding {device} to {driver} failed: {exc.message}"]
             now = {fb.device: fb for fb in read_firmware_fbs(self.paths)}.get(device)
         if now is None or now.driver != driver:
             return [f"{device} is not on {driver} after the bind"]
@@ -226,9 +229,9 @@ class Restorer:
     async def _rebind_consoles(self, journal: DisplayJournal) -> list[str]:
         for console in consoles_to_rebind(read_vtconsoles(self.paths), journal.consoles):
             try:
-                self.writer.write(vtconsole_dir(self.paths) / console.node / "bind", "1")
-            except OSError as exc:
-                return [f"binding {console.node} ({console.name}) failed: {exc.strerror or exc}"]
+                vtconsole_bind(self.paths, self.writer, console.node, bind=True)
+            except SysfsWriteError as exc:
+                return [f"binding {console.node} ({console.name}) failed: {exc.message}"]
         left = await _settle(
             lambda: consoles_to_rebind(read_vtconsoles(self.paths), journal.consoles)
         )
@@ -252,7 +255,7 @@ class Restorer:
         return []
 
 
-class HostDisplay:
+class DisplayHandover:
     """Session resource: the host's display taken off the only GPU while the VM runs."""
 
     def __init__(
@@ -267,10 +270,8 @@ class HostDisplay:
         environ: Mapping[str, str] | None = None,
         holder_wait: float = HOLDER_WAIT,
         node_wait: float = NODE_WAIT,
-        sessions: Path = sd.SESSIONS,
     ) -> None:
         self.profile = profile
-        self.sessions = sessions
         self.paths = paths
         self.writer = writer or KernelWriter()
         self.runner = runner or systemctl.SubprocessRunner()
@@ -310,8 +311,7 @@ class HostDisplay:
     def _check(self) -> Takeover:
         """Read-only: where it runs, the GPU hand-off's own checks, what will be taken."""
         settings = self.profile.host_display
-        facts = sd.where_facts(self.paths, self.runner, settings.stop_units, self.environ,
-                               self.sessions)
+        facts = sd.where_facts(self.paths, self.runner, settings.stop_units, self.environ)
         refusal = where_refusal(facts, self.profile.name)
         if refusal is not None:
             raise PreflightRefusedError(f"refusing the display hand-over: {refusal[0]}",
@@ -375,7 +375,7 @@ class HostDisplay:
     async def _stop_units(self, journal: DisplayJournal) -> None:
         if not journal.units:
             return
-        journal.begin_step(Step.STOP_UNITS)
+        journal.begin_step(DisplayStep.STOP_UNITS)
         ran = await trio.to_thread.run_sync(systemctl.stop_units, self.runner, journal.units)
         still = [u for u in journal.units if systemctl.is_active(self.runner, u)]
         if ran.status != 0 or still:
@@ -390,7 +390,7 @@ class HostDisplay:
         addresses = self._addresses()
         members = [
             a for g in sorted(groups_of(self.paths, addresses))
-            for a in _group_members(self.paths, g)
+            for a in group_members(self.paths, g)
         ] or addresses
         nodes = [n for a in members for n in nodes_of(self.paths, read_device(self.paths, a))]
         return find_holders(self.paths, nodes)
@@ -416,13 +416,13 @@ class HostDisplay:
     async def _unbind_consoles(self, journal: DisplayJournal, takeover: Takeover) -> None:
         if not takeover.consoles:
             return
-        journal.begin_step(Step.UNBIND_CONSOLES)
+        journal.begin_step(DisplayStep.UNBIND_CONSOLES)
         for console in takeover.consoles:
             try:
-                self.writer.write(vtconsole_dir(self.paths) / console.node / "bind", "0")
-            except OSError as exc:
+                vtconsole_bind(self.paths, self.writer, console.node, bind=False)
+            except SysfsWriteError as exc:
                 raise HandoffError(
-                    f"unbinding {console.node} ({console.name}) failed: {exc.strerror or exc}",
+                    f"unbinding {console.node} ({console.name}) failed: {exc.message}",
                     fix="check `dmesg`; the display was brought back",
                 ) from exc
         # The kernel reports the unbind in ``bind`` a moment after the write returns.
@@ -438,12 +438,12 @@ class HostDisplay:
         fb = takeover.framebuffer
         if fb is None or fb.driver is None:
             return
-        journal.begin_step(Step.UNBIND_FRAMEBUFFER)
+        journal.begin_step(DisplayStep.UNBIND_FRAMEBUFFER)
         try:
-            self.writer.write(platform_driver_dir(self.paths, fb.driver) / "unbind", fb.device)
-        except OSError as exc:
+            platform_bind(self.paths, self.writer, fb.driver, fb.device, bind=False)
+        except SysfsWriteError as exc:
             raise HandoffError(
-                f"unbinding {fb.device} from {fb.driver} failed: {exc.strerror or exc}",
+                f"unbinding {fb.device} from {fb.driver} failed: {exc.message}",
                 fix="check `dmesg`; the display was brought back",
             ) from exc
         now = {f.device: f for f in read_firmware_fbs(self.paths)}.get(fb.device)
@@ -490,14 +490,6 @@ class HostDisplay:
             "journal": str(self._journal.path) if self._journal else None,
             "failure": self._failure,
         }
-
-
-def _group_members(paths: HostPaths, group: int) -> list[PciAddress]:
-    directory = paths.sys / "kernel" / "iommu_groups" / str(group) / "devices"
-    try:
-        return [PciAddress.parse(name) for name in sorted(os.listdir(directory))]
-    except (OSError, ValueError):
-        return []
 
 
 def display_failures(paths: HostPaths) -> Sequence[str]:

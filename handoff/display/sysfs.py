@@ -47,10 +47,6 @@ def read_vtconsoles(paths: HostPaths) -> tuple[VtConsole, ...]:
     return tuple(consoles)
 
 
-def platform_driver_dir(paths: HostPaths, driver: str) -> Path:
-    return paths.sys / "bus" / "platform" / "drivers" / driver
-
-
 def _fb_memory(paths: HostPaths) -> MemoryRange | None:
     """The firmware framebuffer's range from /proc/iomem (root sees real addresses)."""
     text = _read(paths.proc / "iomem") or ""

@@ -9,14 +9,11 @@ process's cgroup and logind's graphical sessions for
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from handoff.display.where import WhereFacts
 from handoff.host import HostPaths
 from handoff.systemctl import Runner, show
 
-#: logind's session state files.
-SESSIONS = Path("/run/systemd/sessions")
 #: logind session types that own a display.
 GRAPHICAL_TYPES = frozenset({"x11", "wayland", "mir"})
 
@@ -38,7 +35,7 @@ def own_cgroup(paths: HostPaths) -> str:
     return fallback
 
 
-def graphical_cgroups(sessions: Path = SESSIONS) -> list[str]:
+def graphical_cgroups(paths: HostPaths) -> list[str]:
     """The cgroups of logind's graphical sessions (TYPE x11/wayland/mir).
 
     Read from logind's own state files (``/run/systemd/sessions/ID``: TYPE=,
@@ -46,7 +43,7 @@ def graphical_cgroups(sessions: Path = SESSIONS) -> list[str]:
     without logind (no sessions then).
     """
     try:
-        entries = sorted(sessions.iterdir())
+        entries = sorted(paths.logind.iterdir())
     except OSError:
         return []
     found = []
@@ -66,12 +63,11 @@ def graphical_cgroups(sessions: Path = SESSIONS) -> list[str]:
 
 def where_facts(
     paths: HostPaths, runner: Runner, units: Sequence[str], environ: Mapping[str, str],
-    sessions: Path = SESSIONS,
 ) -> WhereFacts:
     """What :func:`handoff.display.where.where_refusal` decides from."""
     return WhereFacts(
         own_cgroup=own_cgroup(paths),
         unit_cgroups={u: show(runner, u, "ControlGroup").get("ControlGroup") for u in units},
-        graphical_cgroups=tuple(graphical_cgroups(sessions)),
+        graphical_cgroups=tuple(graphical_cgroups(paths)),
         display_env=environ.get("WAYLAND_DISPLAY") or environ.get("DISPLAY") or None,
     )

@@ -1,7 +1,7 @@
 """From the host's facts and the command's options to choices, each with its reason (pure).
 
 Nothing here reads or changes the host: every function decides from a
-:class:`~handoff.init.facts.HostFacts` taken beforehand. Whether a GPU's
+:class:`~handoff.init.facts.InitFacts` taken beforehand. Whether a GPU's
 IOMMU group can be handed over is the GPU engine's verdict
 (:func:`handoff.pci.plan.group_verdict`, the one `handoff groups` prints);
 this module only adds what `init` itself needs on top: never the boot GPU,
@@ -34,11 +34,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from handoff.errors import HandoffError, PciAddressError, PreflightRefusedError
-from handoff.init.facts import CpuTopology, DiskFact, DiskKind, HostFacts, PciName
+from handoff.init.facts import CpuTopology, DiskFact, DiskKind, InitFacts, PciName
 from handoff.init.guest_os import InitOs, OsChoice
 from handoff.pci.address import PciAddress
 from handoff.pci.model import PciDevice
-from handoff.pci.plan import HostSnapshot, Verdict, group_verdict, plan_handoff
+from handoff.pci.plan import HostSnapshot, Passability, group_verdict, plan_handoff
 from handoff.pci.rules import ACS_FIX, card_functions, host_need, stays
 from handoff.profile import FirmwareType, InputBackend, parse_memory
 
@@ -188,7 +188,7 @@ class InitPlan:
     disk: DiskChoice
     firmware: FirmwareChoice
     input: InputChoice
-    facts: HostFacts
+    facts: InitFacts
     guest_os: OsChoice | None = None
 
 
@@ -238,7 +238,7 @@ def _passable_with_allowed(
     return needed
 
 
-def judge_gpu(device: PciDevice, facts: HostFacts) -> GpuCandidate:
+def judge_gpu(device: PciDevice, facts: InitFacts) -> GpuCandidate:
     """Whether `init` may take this display controller, and why not (pure)."""
     snapshot = structural(facts.pci)
     name = facts.names.get((device.vendor, device.device), PciName())
@@ -257,7 +257,7 @@ def judge_gpu(device: PciDevice, facts: HostFacts) -> GpuCandidate:
             "check VT-d / AMD-Vi in the firmware setup and, on Intel, boot with intel_iommu=on",
         )
     verdict = group_verdict(device.iommu_group, snapshot)
-    if verdict.verdict is not Verdict.REFUSED:
+    if verdict.verdict is not Passability.REFUSED:
         return GpuCandidate(device, name, True)
     allowed = _passable_with_allowed(device, snapshot)
     if allowed is not None:
@@ -317,7 +317,7 @@ def _several(candidates: Sequence[GpuCandidate]) -> InitError:
     )
 
 
-def _take(candidate: GpuCandidate, facts: HostFacts, reason: str) -> GpuChoice:
+def _take(candidate: GpuCandidate, facts: InitFacts, reason: str) -> GpuChoice:
     device = candidate.device
     assert device.iommu_group is not None
     allowed = {d.address for d in candidate.allow_in_group}
@@ -336,7 +336,7 @@ def _take(candidate: GpuCandidate, facts: HostFacts, reason: str) -> GpuChoice:
     )
 
 
-def choose_gpu(facts: HostFacts, requested: str | None) -> GpuChoice | NoGpu:
+def choose_gpu(facts: InitFacts, requested: str | None) -> GpuChoice | NoGpu:
     """The GPU the guest gets (see the module docstring), or an InitError with the fix."""
     if requested == NO_GPU:
         return NoGpu("--gpu none: no passthrough; the guest gets an emulated display")
@@ -363,7 +363,7 @@ def choose_gpu(facts: HostFacts, requested: str | None) -> GpuChoice | NoGpu:
     return _take(passable[0], facts, reason)
 
 
-def _requested_gpu(facts: HostFacts, text: str) -> GpuChoice:
+def _requested_gpu(facts: InitFacts, text: str) -> GpuChoice:
     try:
         address = PciAddress.parse(text)
     except PciAddressError as exc:
@@ -401,7 +401,7 @@ def _requested_gpu(facts: HostFacts, text: str) -> GpuChoice:
 # --------------------------------------------------------------------------- CPU and memory
 
 
-def choose_cpu(facts: HostFacts, requested: int | None) -> CpuChoice:
+def choose_cpu(facts: InitFacts, requested: int | None) -> CpuChoice:
     """Leave the host one physical core; the guest's topology follows the host's SMT
     (on a hybrid Intel: the guest gets P-cores, never SMT claimed on E-cores)."""
     cpu = facts.cpu
@@ -448,7 +448,7 @@ def _auto_cpus(cpu: CpuTopology) -> int:
     return max(cpu.threads_per_core, (cpu.cores - 1) * cpu.threads_per_core)
 
 
-def choose_memory(facts: HostFacts, requested: str | None) -> MemoryChoice:
+def choose_memory(facts: InitFacts, requested: str | None) -> MemoryChoice:
     """The host keeps max(2 GiB, 1/4 of RAM); the guest gets the rest, in 256 MiB steps."""
     total = facts.memory_mib
     if requested is not None:
@@ -474,7 +474,7 @@ def choose_memory(facts: HostFacts, requested: str | None) -> MemoryChoice:
 HUGEPAGE_2M_KIB = 2048
 
 
-def _with_hugepages(facts: HostFacts, choice: MemoryChoice) -> MemoryChoice:
+def _with_hugepages(facts: InitFacts, choice: MemoryChoice) -> MemoryChoice:
     """2 MiB hugepages where the host allows: the kernel offers them and the memory free
     now (MemAvailable) holds the guest's pool; `handoff run` raises the pool for the
     session and gives it back after."""
@@ -594,7 +594,7 @@ def _existing_disk(fact: DiskFact) -> DiskChoice:
 # --------------------------------------------------------------------------- firmware, input
 
 
-def choose_firmware(facts: HostFacts, requested: FirmwareType | None) -> FirmwareChoice:
+def choose_firmware(facts: InitFacts, requested: FirmwareType | None) -> FirmwareChoice:
     """OVMF when the distribution's files are installed, else SeaBIOS with a note."""
     ovmf = facts.ovmf
     if requested is FirmwareType.SEABIOS:
@@ -649,7 +649,7 @@ def choose_guest_os(request: InitRequest, firmware: FirmwareChoice) -> OsChoice 
     return OsChoice(request.guest_os, request.iso, request.virtio_win)
 
 
-def plan_init(facts: HostFacts, request: InitRequest, *, image_exists: bool = False) -> InitPlan:
+def plan_init(facts: InitFacts, request: InitRequest, *, image_exists: bool = False) -> InitPlan:
     """Every choice, or the first InitError (nothing has been written yet)."""
     firmware = choose_firmware(facts, request.firmware)
     return InitPlan(

@@ -116,7 +116,7 @@ class MonitorFact:
 
 
 @dataclass(frozen=True)
-class HostFacts:
+class InitFacts:
     """Everything `handoff init` decides from, gathered read-only by :mod:`.gather`."""
 
     pci: HostSnapshot

@@ -25,7 +25,7 @@ from handoff.init.facts import (
     CpuTopology,
     DiskFact,
     DiskKind,
-    HostFacts,
+    InitFacts,
     InputDeviceFact,
     MonitorFact,
     OvmfFiles,
@@ -60,7 +60,7 @@ def gather_facts(
     pci_ids: Iterable[Path] = PCI_IDS_CANDIDATES,
     ovmf_candidates: Iterable[Path] = OVMF_CODE_CANDIDATES,
     descriptor_dirs: tuple[Path, ...] = DESCRIPTOR_DIRS,
-) -> HostFacts:
+) -> InitFacts:
     """Everything `handoff init` decides from, read once.
 
     ``module_loadable``: whether vfio-pci could be loaded (it must load nothing).
@@ -73,7 +73,7 @@ def gather_facts(
         wanted = {(d.vendor, d.device) for d in snapshot.devices.values()}
         with ids_file.open(encoding="utf-8", errors="replace") as handle:
             names = pci_names(handle, wanted)
-    return HostFacts(
+    return InitFacts(
         pci=snapshot,
         cpu=read_cpu(paths),
         memory_mib=read_memory_mib(paths),

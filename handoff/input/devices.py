@@ -21,14 +21,13 @@ import trio
 
 from handoff.errors import InputError
 from handoff.input.codes import BTN_LEFT, EV_KEY, EV_REL, REL_X, REL_Y
-from handoff.profile import SelectorKind
+from handoff.profile import SelectorKind, selector_kind
 
 log = logging.getLogger(__name__)
 
 PROXY_NAME_PREFIX = "handoff virtio "  # the names of handoff's own uinput proxies
 HOST_KEYS_NAME = "handoff host keys"  # handoff's uinput device for [input] host_keys
 EVENT_NODE = re.compile(r"^/dev/input/event\d+$")
-USB_ID = re.compile(r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{4}$")
 
 
 @dataclass(frozen=True)
@@ -74,21 +73,21 @@ class Selector:
 
 
 def parse_selector(text: str) -> Selector:
-    """``by-id:LINK`` / ``path:ID_PATH`` / ``usb:VVVV:PPPP`` / ``name:TEXT`` → Selector."""
-    prefix, sep, value = text.partition(":")
-    kind = next((k for k in SelectorKind if k.value == prefix), None)
-    if not sep or kind is None or not value:
+    """``by-id:LINK`` / ``path:ID_PATH`` / ``usb:VVVV:PPPP`` / ``name:TEXT`` → Selector.
+
+    The same rules the profile checked the text with
+    (:func:`handoff.profile.selector_kind`, the one selector grammar); failing
+    here means the text did not come from a checked profile.
+    """
+    kind = selector_kind(text)
+    if kind is None:
         raise InputError(
             f"input device selector {text!r} is not understood",
             fix="write by-id:LINK (a /dev/input/by-id name), path:ID_PATH, usb:VVVV:PPPP "
-            "or name:KERNEL NAME; `handoff doctor` lists the devices",
+            "(hex vendor:product, see `lsusb`) or name:KERNEL NAME; `handoff doctor` lists "
+            "the devices",
         )
-    if kind is SelectorKind.USB and not USB_ID.match(value):
-        raise InputError(
-            f"input device selector {text!r}: expected usb:VVVV:PPPP (hex vendor:product)",
-            fix="e.g. usb:046d:c52b (see `lsusb`)",
-        )
-    return Selector(kind, value)
+    return Selector(kind, text.partition(":")[2])
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ It never imports a capability: capabilities import it.
 from handoff.journal.liveness import process_alive, process_start_time, read_boot_id
 from handoff.journal.locks import Locks, group_stem, held_groups, lock_groups, lock_named
 from handoff.journal.record import (
+    DEVICES_AFTER_REBOOT,
     DeviceRecord,
     DeviceStep,
     Journal,
@@ -29,6 +30,7 @@ from handoff.journal.record import (
     SettingRecord,
     capability_journal_name,
     capability_of,
+    device_journals,
     find_journal_for,
     journal_path,
     list_journals,
@@ -38,6 +40,7 @@ from handoff.journal.store import CRASH_AFTER_ENV, journal_dir, list_files, lock
 
 __all__ = [
     "CRASH_AFTER_ENV",
+    "DEVICES_AFTER_REBOOT",
     "DeviceRecord",
     "DeviceStep",
     "Journal",
@@ -48,6 +51,7 @@ __all__ = [
     "SettingRecord",
     "capability_journal_name",
     "capability_of",
+    "device_journals",
     "find_journal_for",
     "group_stem",
     "held_groups",

@@ -290,6 +290,19 @@ def list_journals(paths: HostPaths) -> list[Path]:
     return store.list_files(store.journal_dir(paths))
 
 
+def device_journals(paths: HostPaths) -> list[Path]:
+    """The files of ``<run>/journal/`` holding device journals (no capability tag): the GPU
+    hand-off's and the live groups' (told apart by ``live``)."""
+    return [p for p in list_journals(paths) if capability_of(p) is None]
+
+
+#: What a device journal of an earlier boot is discarded with.
+DEVICES_AFTER_REBOOT = (
+    "the reboot already returned every device to the kernel's default driver (and every "
+    "setting to its boot value)"
+)
+
+
 def find_journal_for(paths: HostPaths, address: str) -> Journal | None:
     """The journal recording ``address``, if any."""
     for path in list_journals(paths):

@@ -23,7 +23,6 @@ from handoff import journal as jr
 from handoff.journal.recover import Recoverer
 from handoff.pci.engine import Engine
 from handoff.pci.holders import vfio_group_users
-from handoff.pci.recovery import AFTER_REBOOT, device_journals
 from handoff.pci.sysfs import vfio_group_node
 
 __all__ = ["LiveRecovery", "decide", "live_recoverer"]
@@ -65,11 +64,11 @@ def live_recoverer(engine: Engine) -> Recoverer[jr.Journal]:
 
     return Recoverer(
         name="live GPU",
-        journals=lambda: device_journals(paths),
+        journals=lambda: jr.device_journals(paths),
         load=lambda path: jr.Journal.load(path, paths.proc),
         wants=lambda journal: journal.live is not None,
         lock=lambda journal: jr.lock_journal(paths, journal, "handoff recover"),
         in_use=lambda journal: _in_use(engine, journal),
         finish=finish,
-        after_reboot=AFTER_REBOOT,
+        after_reboot=jr.DEVICES_AFTER_REBOOT,
     )

@@ -50,7 +50,6 @@ from handoff.memlock import check_memlock
 from handoff.pci.engine import WRITE_TIMEOUT, Engine
 from handoff.pci.ops import KernelWriter, SysfsWriter
 from handoff.pci.plan import HandoffPlan, plan_handoff
-from handoff.pci.recovery import gpu_recoverer, selecting
 from handoff.pci.resource import prepare, qemu_owner, settled_snapshot
 from handoff.pci.sysfs import groups_of
 from handoff.profile import Profile
@@ -125,9 +124,12 @@ class LiveGpu:
         self.memlock_bytes = self._memlock_check(self.profile)
         addresses = [p.address for p in self.entries]
         groups = groups_of(self.paths, addresses)
+        # Its own journals only: a boot-time GPU journal on these groups is the GPU
+        # hand-off's, and prepare() below refuses it with `handoff recover` as the fix.
         recovered = await recover(
-            self.paths, [gpu_recoverer(self.engine), live_recoverer(self.engine)],
-            select=selecting((jr.Kind.SESSION,), groups),
+            self.paths, [live_recoverer(self.engine)],
+            select=lambda journal: journal.kind is jr.Kind.SESSION
+            and bool(groups.intersection(journal.groups)),
         )
         for line in recovered.returned + recovered.discarded:
             self.report(f"recovered from an earlier session: {line}")

@@ -36,6 +36,7 @@ from handoff.host import HostPaths
 from handoff.pci.address import PciAddress
 from handoff.pci.model import Binding
 from handoff.pci.sysfs import (
+    device_dir,
     driver_attr,
     driver_override_path,
     drivers_probe_path,
@@ -162,6 +163,39 @@ _ERRNO_FIXES = {
 }
 
 
+def checked_write(writer: SysfsWriter, path: Path, value: str) -> None:
+    """One sysfs write; a failure is a SysfsWriteError naming the errno and its fix."""
+    try:
+        writer.write(path, value)
+    except OSError as exc:
+        code = exc.errno or 0
+        name = errno.errorcode.get(code, str(code))
+        shown = value.strip() or "\\n"
+        raise SysfsWriteError(
+            f"writing {shown!r} to {path} failed: {name} ({os.strerror(code)})",
+            fix=_ERRNO_FIXES.get(code, "look at `dmesg` for the kernel's reason"),
+        ) from exc
+
+
+def reset_function(paths: HostPaths, writer: SysfsWriter, address: PciAddress) -> None:
+    """A PCI function's reset, once (the single-GPU hand-over's last resort)."""
+    DeviceOps(paths, writer, Ticket(address=str(address)), address).reset()
+
+
+def platform_bind(
+    paths: HostPaths, writer: SysfsWriter, driver: str, device: str, *, bind: bool
+) -> None:
+    """``/sys/bus/platform/drivers/<driver>/{bind,unbind}`` of ``device`` (a firmware
+    framebuffer such as efi-framebuffer.0); the caller reads the result back."""
+    path = paths.sys / "bus" / "platform" / "drivers" / driver / ("bind" if bind else "unbind")
+    checked_write(writer, path, device)
+
+
+def vtconsole_bind(paths: HostPaths, writer: SysfsWriter, node: str, *, bind: bool) -> None:
+    """``/sys/class/vtconsole/<node>/bind``: a console on (1) or off (0) its framebuffer."""
+    checked_write(writer, paths.sys / "class" / "vtconsole" / node / "bind", "1" if bind else "0")
+
+
 class AbandonedError(Exception):
     """Raised in a worker thread whose caller gave up on it: make no further change."""
 
@@ -205,17 +239,13 @@ class DeviceOps:
         self.ticket.check()
         self.ticket.path, self.ticket.value = path, value
         try:
-            self.writer.write(path, value)
-        except OSError as exc:
-            code = exc.errno or 0
-            name = errno.errorcode.get(code, str(code))
-            shown = value.strip() or "\\n"
-            raise SysfsWriteError(
-                f"writing {shown!r} to {path} failed: {name} ({os.strerror(code)})",
-                fix=_ERRNO_FIXES.get(code, "look at `dmesg` for the kernel's reason"),
-            ) from exc
+            checked_write(self.writer, path, value)
         finally:
             self.ticket.path = None
+
+    def reset(self) -> None:
+        """Write 1 to the function's ``reset`` (the kernel tries its ``reset_method`` s)."""
+        self._write(device_dir(self.paths, self.address) / "reset", "1")
 
     def binding(self) -> Binding:
         """The device's driver and driver_override now (BindError if it vanished)."""

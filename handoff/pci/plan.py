@@ -411,7 +411,9 @@ def plan_handoff(
 # --------------------------------------------------------------------------- handoff groups
 
 
-class Verdict(enum.Enum):
+class Passability(enum.Enum):
+    """Whether `handoff groups` finds a group passable (its GroupVerdict's ``verdict``)."""
+
     PASSABLE = "passable"
     PASSABLE_WITH_CO_MEMBERS = "passable-with-co-members"
     REFUSED = "refused"
@@ -424,7 +426,7 @@ class GroupVerdict:
 
     group: int
     members: tuple[PciDevice, ...]
-    verdict: Verdict
+    verdict: Passability
     reason: str
     fix: str | None = None
     co_members: tuple[PciAddress, ...] = ()
@@ -439,7 +441,7 @@ def group_verdict(group: int, snapshot: HostSnapshot) -> GroupVerdict:
     endpoints = [d for d in members if not d.is_bridge]
     if not endpoints:
         return GroupVerdict(
-            group, members, Verdict.BRIDGES_ONLY, "only PCI bridges, which stay with the host"
+            group, members, Passability.BRIDGES_ONLY, "only PCI bridges, which stay with the host"
         )
     movable = [d for d in endpoints if not stays(d)]
     candidates = [d for d in movable if host_need(d, snapshot.devices) is None]
@@ -448,7 +450,7 @@ def group_verdict(group: int, snapshot: HostSnapshot) -> GroupVerdict:
         return GroupVerdict(
             group,
             members,
-            Verdict.REFUSED,
+            Passability.REFUSED,
             f"every device in it is one the host needs: {needs}",
             "".join(dict.fromkeys(need_fix(d) for d in endpoints))
             + "list such a device in [[passthrough]] only if the host can really do without it",
@@ -463,9 +465,9 @@ def group_verdict(group: int, snapshot: HostSnapshot) -> GroupVerdict:
     try:
         plan_handoff([d.address for d in candidates + elsewhere], snapshot)
     except PreflightRefusedError as refused:
-        return GroupVerdict(group, members, Verdict.REFUSED, refused.message, refused.fix)
+        return GroupVerdict(group, members, Passability.REFUSED, refused.message, refused.fix)
     if len(movable) == 1 and not elsewhere:
-        return GroupVerdict(group, members, Verdict.PASSABLE, "passable on its own")
+        return GroupVerdict(group, members, Passability.PASSABLE, "passable on its own")
     first = sorted(movable, key=lambda d: (0 if d.is_display else 1, d.address))[0]
     others = tuple(d.address for d in movable + elsewhere if d is not first)
     text = "passable together with " + ", ".join(
@@ -480,7 +482,7 @@ def group_verdict(group: int, snapshot: HostSnapshot) -> GroupVerdict:
     return GroupVerdict(
         group,
         members,
-        Verdict.PASSABLE_WITH_CO_MEMBERS,
+        Passability.PASSABLE_WITH_CO_MEMBERS,
         text + " (the whole group moves to vfio-pci)",
         co_members=others,
     )

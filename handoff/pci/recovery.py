@@ -16,20 +16,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from handoff import journal as jr
-from handoff.host import HostPaths
 from handoff.journal.recover import Recoverer, RecoveryReport
 from handoff.journal.recover import recover as recover_journals
 from handoff.pci.engine import Engine
-
-AFTER_REBOOT = (
-    "the reboot already returned every device to the kernel's default driver (and every "
-    "setting to its boot value)"
-)
-
-
-def device_journals(paths: HostPaths) -> list[Path]:
-    """The files of ``<run>/journal/`` that hold device journals (no capability tag)."""
-    return [p for p in jr.list_journals(paths) if jr.capability_of(p) is None]
 
 
 def qemu_in_use(engine: Engine, journal: jr.Journal) -> str | None:
@@ -52,13 +41,13 @@ def gpu_recoverer(engine: Engine) -> Recoverer[jr.Journal]:
 
     return Recoverer(
         name="GPU hand-off",
-        journals=lambda: device_journals(paths),
+        journals=lambda: jr.device_journals(paths),
         load=lambda path: jr.Journal.load(path, paths.proc),
         wants=lambda journal: journal.live is None,
         lock=lambda journal: jr.lock_journal(paths, journal, "handoff recover"),
         in_use=lambda journal: qemu_in_use(engine, journal),
         finish=finish,
-        after_reboot=AFTER_REBOOT,
+        after_reboot=jr.DEVICES_AFTER_REBOOT,
     )
 
 

@@ -221,20 +221,23 @@ def read_devices(paths: HostPaths) -> dict[PciAddress, PciDevice]:
     return devices
 
 
+def group_members(paths: HostPaths, group: int) -> tuple[PciAddress, ...]:
+    """The PCI functions of one IOMMU group, sorted (empty if the group is gone)."""
+    addresses: list[PciAddress] = []
+    for member in _children(iommu_groups_dir(paths) / str(group) / "devices", ""):
+        try:
+            addresses.append(PciAddress.parse(member))
+        except PciError:
+            continue  # a non-PCI device in the group (platform devices on ARM)
+    return tuple(sorted(addresses))
+
+
 def read_iommu(paths: HostPaths) -> IommuState:
     """The IOMMU units and groups (/sys/class/iommu, /sys/kernel/iommu_groups)."""
     groups: dict[int, tuple[PciAddress, ...]] = {}
     for name in _children(iommu_groups_dir(paths), ""):
-        if not name.isdigit():
-            continue
-        members = _children(iommu_groups_dir(paths) / name / "devices", "")
-        addresses: list[PciAddress] = []
-        for member in members:
-            try:
-                addresses.append(PciAddress.parse(member))
-            except PciError:
-                continue  # a non-PCI device in the group (platform devices on ARM)
-        groups[int(name)] = tuple(sorted(addresses))
+        if name.isdigit():
+            groups[int(name)] = group_members(paths, int(name))
     return IommuState(groups=groups, units=_children(paths.sys / "class" / "iommu", ""))
 
 

@@ -13,7 +13,6 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from handoff.input.keynames import KEY_CODES
 from handoff.profile.model import Input, InputBackend, InputMode, SelectorKind
 from handoff.profile.reader import Custom, FieldParser, Item, Reader, Texts, show
 
@@ -35,6 +34,17 @@ _FORMS = [f"{kind.value}:{_SELECTOR_PLACEHOLDER[kind]}" for kind in SelectorKind
 _SELECTOR_FORMS = f"{', '.join(_FORMS[:-1])} or {_FORMS[-1]}"
 
 
+def _key_codes() -> Mapping[str, int]:
+    """The Linux key-name table, loaded when a profile names keys (not on every run)."""
+    from handoff.input.keynames import KEY_CODES
+
+    return KEY_CODES
+
+
+def _is_key_name(name: str) -> bool:
+    return name in _key_codes()
+
+
 def selector_kind(text: str) -> SelectorKind | None:
     """The kind of an input device selector ``KIND:VALUE``; None when it is not one."""
     prefix, sep, value = text.partition(":")
@@ -48,7 +58,7 @@ def selector_kind(text: str) -> SelectorKind | None:
 
 
 def _hotkey_fix(key_name: str) -> str:
-    names = KEY_CODES.keys()
+    names = _key_codes().keys()
     upper = key_name.upper()
     guess = upper if upper in names else f"KEY_{upper}" if f"KEY_{upper}" in names else None
     close = [guess] if guess else difflib.get_close_matches(upper, sorted(names), n=1)
@@ -71,11 +81,10 @@ def _hotkey(r: Reader, t: Mapping[str, Any], prefix: str, key: str, default: Any
 def _key_names(example: str, such_as: str, fix: str | Callable[[str], str]) -> Texts:
     return Texts(
         "Linux key names", example,
-        Item(KEY_CODES.__contains__, f"a Linux key name such as {such_as}", fix),
+        Item(_is_key_name, f"a Linux key name such as {such_as}", fix),
     )
 
 
-_EVTEST = "use a name from `evtest` or linux/input-event-codes.h"
 _HOTKEY = _key_names(
     '["KEY_LEFTCTRL", "KEY_RIGHTCTRL"]', '"KEY_LEFTCTRL" or "KEY_SCROLLLOCK"', _hotkey_fix
 )
@@ -97,9 +106,10 @@ INPUT_KEYS: Mapping[str, FieldParser] = {
     "hotkey": Custom(_hotkey),
     "devices": _selectors(),
     "exclude": _selectors(),
-    "gpu_hotkey": _key_names('["KEY_LEFTCTRL", "KEY_LEFTALT", "KEY_G"]', '"KEY_G"', _EVTEST),
+    # Every chord alike: a wrong name gets "did you mean", a repeated key is refused.
+    "gpu_hotkey": _key_names('["KEY_LEFTCTRL", "KEY_LEFTALT", "KEY_G"]', '"KEY_G"', _hotkey_fix),
     "escape_hotkey": _key_names(
-        '["KEY_LEFTCTRL", "KEY_RIGHTCTRL", "KEY_END"]', '"KEY_END"', _EVTEST
+        '["KEY_LEFTCTRL", "KEY_RIGHTCTRL", "KEY_END"]', '"KEY_END"', _hotkey_fix
     ),
     "host_keys": _key_names('["KEY_MUTE", "KEY_VOLUMEUP"]', '"KEY_MUTE"', _hotkey_fix),
 }
@@ -111,13 +121,15 @@ def parse_input(
     t = r.section(data, "input")
     start_in = InputMode.GUEST if handover else InputMode.HOST
     chosen = Input(**r.fields(t, "input", Input, INPUT_KEYS, defaults={"start_in": start_in}))
+    for key, chord in (("input.hotkey", chosen.hotkey), ("input.gpu_hotkey", chosen.gpu_hotkey),
+                       ("input.escape_hotkey", chosen.escape_hotkey)):
+        if len(set(chord)) != len(chord):
+            raise r.error(
+                key, f"found {show(list(chord))} with a repeated key; expected each key once",
+                "remove the repeated key name",
+            )
     _check_escape_hotkey(r, chosen)
     _check_gpu_hotkey(r, chosen, live)
-    if len(set(chosen.hotkey)) != len(chosen.hotkey):
-        raise r.error(
-            "input.hotkey", f"found {show(list(chosen.hotkey))} with a repeated key; expected "
-            "each key once", "remove the repeated key name",
-        )
     return chosen
 
 

@@ -21,7 +21,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -300,6 +300,7 @@ class Reader:
 
 
 # --------------------------------------------------------------------------- the parser table
+# Plain classes, not dataclasses: they are built at import on every `handoff run`.
 
 
 class FieldParser(Protocol):
@@ -310,17 +311,19 @@ class FieldParser(Protocol):
     ) -> Any: ...
 
 
-@dataclass(frozen=True)
 class Flag:
     """true or false."""
+
+    __slots__ = ()
 
     def read(self, r: Reader, table: Mapping[str, Any], prefix: str, key: str, default: Any) -> Any:
         return r.boolean(table, prefix, key, default)
 
 
-@dataclass(frozen=True)
 class Choice:
     """One of an enum's values (its type is the default's)."""
+
+    __slots__ = ()
 
     def read(self, r: Reader, table: Mapping[str, Any], prefix: str, key: str, default: Any) -> Any:
         return r.enum(table, prefix, key, type(default), default)
@@ -340,13 +343,13 @@ def derived_parser(default: object) -> FieldParser | None:
     return None
 
 
-@dataclass(frozen=True)
 class Text:
     """A string, matching ``pattern`` when given."""
 
-    pattern: re.Pattern[str] | None
-    expected: str
-    fix: str
+    __slots__ = ("expected", "fix", "pattern")
+
+    def __init__(self, pattern: re.Pattern[str] | None, *, expected: str, fix: str) -> None:
+        self.pattern, self.expected, self.fix = pattern, expected, fix
 
     def read(self, r: Reader, table: Mapping[str, Any], prefix: str, key: str, default: Any) -> Any:
         value = r.string(
@@ -355,45 +358,49 @@ class Text:
         return default if value is None else value
 
 
-@dataclass(frozen=True)
 class Whole:
     """A whole number from ``low`` to ``high``."""
 
-    low: int
-    high: int
+    __slots__ = ("high", "low")
+
+    def __init__(self, low: int, high: int) -> None:
+        self.low, self.high = low, high
 
     def read(self, r: Reader, table: Mapping[str, Any], prefix: str, key: str, default: Any) -> Any:
         value = r.integer(table, prefix, key, self.low, self.high)
         return default if value is None else value
 
 
-@dataclass(frozen=True)
 class File:
     """A path, absolute or relative to the profile's directory."""
+
+    __slots__ = ()
 
     def read(self, r: Reader, table: Mapping[str, Any], prefix: str, key: str, default: Any) -> Any:
         value = r.path(table, prefix, key)
         return default if value is None else value
 
 
-@dataclass(frozen=True)
 class Item:
     """What each entry of an array of strings must be: ``valid`` says, and the error
     says ``found <entry>; expected <expected>`` with ``fix`` (a text, or one made
     from the entry)."""
 
-    valid: Callable[[str], bool]
-    expected: str
-    fix: str | Callable[[str], str]
+    __slots__ = ("expected", "fix", "valid")
+
+    def __init__(
+        self, valid: Callable[[str], bool], expected: str, fix: str | Callable[[str], str]
+    ) -> None:
+        self.valid, self.expected, self.fix = valid, expected, fix
 
 
-@dataclass(frozen=True)
 class Texts:
     """An array of strings (a tuple), each entry checked by ``item`` when given."""
 
-    expected: str
-    example: str
-    item: Item | None = None
+    __slots__ = ("example", "expected", "item")
+
+    def __init__(self, expected: str, example: str, item: Item | None = None) -> None:
+        self.expected, self.example, self.item = expected, example, item
 
     def read(self, r: Reader, table: Mapping[str, Any], prefix: str, key: str, default: Any) -> Any:
         value = r.strings(table, prefix, key, expected=self.expected, example=self.example)
@@ -409,11 +416,13 @@ class Texts:
         return value
 
 
-@dataclass(frozen=True)
 class Custom:
     """A key with its own reading function (cross-key rules stay in the section)."""
 
-    function: Callable[[Reader, Mapping[str, Any], str, str, Any], Any]
+    __slots__ = ("function",)
+
+    def __init__(self, function: Callable[[Reader, Mapping[str, Any], str, str, Any], Any]) -> None:
+        self.function = function
 
     def read(self, r: Reader, table: Mapping[str, Any], prefix: str, key: str, default: Any) -> Any:
         return self.function(r, table, prefix, key, default)

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from handoff.errors import QemuError, QemuNotFoundError, QemuUnsupportedError
+from handoff.host import HostPaths
 from handoff.profile import (
     Accelerator,
     AudioBackend,
@@ -53,8 +54,6 @@ _cache: dict[tuple[str, int, int], QemuCapabilities] = {}
 
 #: The access list of QEMU's setuid bridge helper (network type = "bridge").
 BRIDGE_ACL = Path("/etc/qemu/bridge.conf")
-#: Where the kernel lists network interfaces; a bridge has a ``bridge/`` directory.
-SYS_CLASS_NET = Path("/sys/class/net")
 
 
 def find_qemu(binary: str) -> Path:
@@ -327,10 +326,13 @@ def _acl_rules(bridge: str, acl: Path, depth: int) -> tuple[bool, bool] | str:
     return allowed, denied
 
 
-def check_bridges(
-    profile: Profile, *, acl: Path = BRIDGE_ACL, net: Path = SYS_CLASS_NET
-) -> None:
-    """Refuse a ``type = "bridge"`` network QEMU's bridge helper would refuse at start."""
+def check_bridges(profile: Profile, paths: HostPaths, *, acl: Path = BRIDGE_ACL) -> None:
+    """Refuse a ``type = "bridge"`` network QEMU's bridge helper would refuse at start.
+
+    The kernel lists network interfaces in ``<sys>/class/net``; a bridge has a
+    ``bridge/`` directory there.
+    """
+    net = paths.sys / "class" / "net"
     for index, network in enumerate(profile.networks):
         if network.type is not NetworkType.BRIDGE or network.bridge is None:
             continue

@@ -33,6 +33,7 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from handoff.errors import ProfileError
 from handoff.pci.address import PciAddress
@@ -56,7 +57,9 @@ from handoff.profile import (
 )
 from handoff.qemu.firmware_descriptors import FirmwareChoice
 from handoff.qemu.hyperv import NO_PLATFORM, Platform
-from handoff.tune.plan import MemoryBackend
+
+if TYPE_CHECKING:  # the tuning planner loads only for a tuned profile
+    from handoff.tune.plan import MemoryBackend
 
 #: Under hide_hypervisor, the Hyper-V vendor id the guest sees instead of
 #: "Microsoft Hv"/"KVMKVMKVM" (at most 12 characters). NVIDIA's pre-465

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.host_requirements import missing
+
 QEMU = "qemu-system-x86_64"
 
 
@@ -39,7 +41,7 @@ def bare_argv(monitor_fd: int, *extra: str) -> list[str]:
 @pytest.fixture(autouse=True)
 def _needs_qemu() -> None:
     if shutil.which(QEMU) is None:
-        pytest.skip(f"{QEMU} is not installed (contrib/install.sh --dev installs it)")
+        missing(f"{QEMU} is not installed (contrib/install.sh --dev installs it)")
 
 
 @pytest.fixture

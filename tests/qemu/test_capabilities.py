@@ -14,6 +14,7 @@ import pytest
 
 from handoff.errors import QemuNotFoundError, QemuUnsupportedError
 from handoff.firmware import ensure_firmware_vars
+from handoff.host import HostPaths
 from handoff.profile import Accelerator, Profile, load_profile, parse_profile
 from handoff.qemu.capabilities import (
     MIN_VERSION,
@@ -23,6 +24,7 @@ from handoff.qemu.capabilities import (
 )
 from handoff.qemu.cmdline import LaunchSpec, argv_devices, build_argv
 from handoff.qemu.probe_cache import QemuCapabilities
+from tests.host_requirements import missing
 
 from .conftest import QEMU
 
@@ -160,7 +162,7 @@ def check_profile(
         extra_args=extra_args,
     )
     check_supported(profile, argv_devices(build_argv(profile, launch)), caps, accel=accel)
-    check_bridges(profile)
+    check_bridges(profile, HostPaths())
     return caps
 
 
@@ -280,7 +282,7 @@ def test_qemu_starts_with_the_argv_of_every_local_feature(tmp_path: Path) -> Non
     profile_file.write_text(EVERYTHING_LOCAL)
     profile = load_profile(profile_file)
     if not Path("/usr/share/OVMF/OVMF_CODE_4M.fd").exists():
-        pytest.skip("OVMF is not installed (apt-get install ovmf)")
+        missing("OVMF is not installed (apt-get install ovmf)")
     check_profile(profile)
     ensure_firmware_vars(profile)
     ours, theirs = socket.socketpair()

@@ -45,6 +45,7 @@ from handoff.host import HostPaths
 from handoff.profile import parse_profile
 from handoff.qemu.capabilities import bridge_acl_refusal, check_bridges, probe
 from handoff.rundir import qemu_socket_dir
+from tests.host_requirements import requires
 
 from .conftest import QEMU, pid_gone
 from .test_cli_session import RunningCli, cli_env
@@ -244,7 +245,7 @@ interface = "scsi"
     trio.run(assert_runs, write(where, "disks", text), where / "run")
 
 
-@pytest.mark.skipif(not IS_ROOT, reason="a loop block device needs root")
+@requires(IS_ROOT, "a loop block device needs root")
 def test_a_block_device_disk_runs_on_the_host_device_driver(where: Path) -> None:
     # The seed's LVM volume is a block device under /dev: a loop device stands in.
     backing = qemu_img(where / "lv.raw", "raw")
@@ -332,10 +333,11 @@ def test_a_bridge_the_acl_allows_but_the_host_lacks_is_refused(tmp_path: Path) -
     profile = parse_profile(
         vm_table("b") + '[[network]]\ntype = "bridge"\nbridge = "hobr0"\n', tmp_path / "b.toml"
     )
+    paths = HostPaths(sys=tmp_path / "sys")
     with pytest.raises(QemuUnsupportedError, match="no bridge of that name"):
-        check_bridges(profile, acl=conf, net=tmp_path)
-    (tmp_path / "hobr0" / "bridge").mkdir(parents=True)  # as /sys/class/net shows a bridge
-    check_bridges(profile, acl=conf, net=tmp_path)
+        check_bridges(profile, paths, acl=conf)
+    (paths.sys / "class/net/hobr0/bridge").mkdir(parents=True)  # as /sys/class/net shows a bridge
+    check_bridges(profile, paths, acl=conf)
 
 
 # --------------------------------------------------------------------------- sound
@@ -440,7 +442,7 @@ def rfb_greeting(path: Path, user: str | None) -> bytes:
 
 @pytest.mark.parametrize(
     "user",
-    [None, pytest.param("nobody", marks=pytest.mark.skipif(not IS_ROOT, reason="needs root"))],
+    [None, pytest.param("nobody", marks=requires(IS_ROOT, "needs root"))],
     ids=["invoking-user", "vm-user-nobody"],
 )
 def test_vnc_runs_and_a_viewer_running_as_qemus_user_reads_the_rfb_greeting(
@@ -480,7 +482,7 @@ def test_doctor_on_a_vnc_profile_checks_qemu_without_a_traceback(where: Path) ->
 # --------------------------------------------------------------------------- firmware
 
 
-@pytest.mark.skipif(not OVMF_CODE.exists(), reason="OVMF is not installed (apt-get install ovmf)")
+@requires(OVMF_CODE.exists(), "OVMF is not installed (apt-get install ovmf)")
 def test_ovmf_runs_from_a_template_and_from_its_own_vars(where: Path) -> None:
     templated = vm_table("uefi", memory="128M") + f"""
 [firmware]

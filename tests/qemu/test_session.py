@@ -30,6 +30,7 @@ from handoff.resources import ControlRegistry, HostResource, JsonObject, VmHandl
 from handoff.rundir import RunDir, qemu_socket_dir
 from handoff.session import Outcome, Phase, Session
 from handoff.session_end import ExitStatus
+from tests.host_requirements import is_root, requires
 
 from .conftest import (
     PANIC_BOOT_SECTOR,
@@ -335,7 +336,7 @@ async def test_a_wedged_qemu_is_taken_down_by_every_rung_of_the_ladder(
     assert_clean_end(harness, qemu_pid_of(harness))
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="switching QEMU's user needs root")
+@requires(is_root(), "switching QEMU's user needs root")
 async def test_qemu_runs_as_the_profiles_unprivileged_user(tmp_path: Path) -> None:
     profile = load_profile(write_profile(tmp_path, "user", user="nobody"))
     harness = Harness(profile, HostPaths(run=tmp_path / "run"), [], Lines())
@@ -500,7 +501,7 @@ def qmp_input_profile(directory: Path, name: str) -> Profile:
     return load_profile(path)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="switching QEMU's user needs root")
+@requires(is_root(), "switching QEMU's user needs root")
 async def test_qemu_as_an_unprivileged_user_creates_and_serves_its_input_monitor(
     tmp_path: Path,
 ) -> None:
@@ -530,7 +531,7 @@ async def test_qemu_as_an_unprivileged_user_creates_and_serves_its_input_monitor
         shutil.rmtree(paths.run.parent, ignore_errors=True)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="switching QEMU's user needs root")
+@requires(is_root(), "switching QEMU's user needs root")
 async def test_qemus_user_refused_its_socket_path_gets_a_fix_that_is_not_the_profile(
     tmp_path: Path,
 ) -> None:

@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from tests.host_requirements import missing
+
 from . import test_cli_session
 from .test_cli_session import StartCli, assert_gone, cli_env, handoff
 
@@ -68,7 +70,7 @@ def cmdline(pid: int) -> list[str]:
 
 def needs_two_cpus_and_root() -> None:
     if len(os.sched_getaffinity(0)) < 2 or os.geteuid() != 0 or not POOL.exists():
-        pytest.skip("needs 2 CPUs, root and a 2M hugepage pool (the project's CI host has them)")
+        missing("needs 2 CPUs, root and a 2M hugepage pool (the project's CI host has them)")
 
 
 def tuned_profile(directory: Path, name: str, cpu: list[str], memory: str = "32M") -> Path:

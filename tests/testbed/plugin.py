@@ -11,7 +11,16 @@ way pytest-xdist relays a worker's reports. The host never executes a
 realkernel test's body or fixtures.
 
 A test the guest never reported (boot failure, crash, timeout, collection
-error in the guest) fails with the guest console's tail. What the host can tell
+error in the guest) fails with the guest console's tail.
+
+Budgets follow the work, not the whole boot: the guest says when each test
+starts, and the test that is running gets its own budget
+(``TESTBED_TEST_BUDGET``, default 1800 s, or ``@pytest.mark.realkernel(budget=S)``
+for a longer one), counted from its start; the boot itself (start-up,
+collection, between tests, power-off) gets ``TESTBED_BOOT_BUDGET`` (900 s)
+from the last thing that happened. A budget that runs out stops the boot and
+names the test that was running. A slow machine therefore slows each test,
+not a shared clock that the last tests of a long boot pay for. What the host can tell
 before booting (no root, an interpreter the guest cannot see) fails every
 realkernel test at once with one line saying what to do, and boots nothing. ``pytest -m "not
 realkernel"`` boots nothing. Without QEMU on a developer's machine the tests are
@@ -61,6 +70,10 @@ CONSOLE_TAIL = 80
 GUEST_OWN_MOUNTS = ("/tmp", "/run", "/dev", "/proc", "/sys")
 #: The shell's exit code when ``exec`` finds no such program (the guest's command.sh).
 NOT_FOUND = 127
+#: Seconds one test may run in the guest, from its start (override: realkernel(budget=S)).
+TEST_BUDGET = float(os.environ.get("TESTBED_TEST_BUDGET", "1800"))
+#: Seconds the boot may go without a test running: start-up, collection, power-off.
+BOOT_BUDGET = float(os.environ.get("TESTBED_BOOT_BUDGET", "900"))
 
 
 def in_guest() -> bool:
@@ -99,6 +112,9 @@ class GuestReportWriter:
     def _write(self, record: dict[str, Any]) -> None:
         self.file.write(json.dumps(record, default=repr) + "\n")
         self.file.flush()
+
+    def pytest_runtest_logstart(self, nodeid: str) -> None:
+        self._write({"start": nodeid})  # the host's budget for this test starts now
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
@@ -147,6 +163,16 @@ def boot_of(item: pytest.Item) -> runner.Init:
         raise pytest.UsageError(
             f"{item.nodeid}: @pytest.mark.realkernel(init=...): {error}"
         ) from None
+
+
+def budgets_of(items: list[pytest.Item]) -> dict[str, float]:
+    """The tests that asked for their own budget: ``realkernel(budget=S)``."""
+    out: dict[str, float] = {}
+    for item in items:
+        mark = item.get_closest_marker(REALKERNEL)
+        if mark is not None and "budget" in mark.kwargs:
+            out[item.nodeid] = float(mark.kwargs["budget"])
+    return out
 
 
 def boots_line(inits: list[runner.Init]) -> str:
@@ -201,14 +227,48 @@ class GuestOutcome:
         return "teardown" in self.reports
 
 
+@dataclass
+class Budgets:
+    """How long the boot may go on: the running test's own budget, from its start,
+    or the boot's (start-up, collection, power-off) from the last test's end."""
+
+    boot: float = BOOT_BUDGET
+    default: float = TEST_BUDGET
+    per_test: dict[str, float] = field(default_factory=dict)
+    running: str | None = None
+    since: float = 0.0
+
+    def started(self, nodeid: str, now: float) -> None:
+        self.running, self.since = nodeid, now
+
+    def finished(self, nodeid: str, now: float) -> None:
+        if self.running == nodeid:
+            self.running, self.since = None, now
+
+    def overrun(self, now: float) -> str | None:
+        """The sentence that stops the boot when a budget ran out (None: keep going)."""
+        spent = now - self.since
+        if self.running is None:
+            if spent <= self.boot:
+                return None
+            return (f"no test was running for {spent:.0f} s (start-up, collection or power-off "
+                    f"past TESTBED_BOOT_BUDGET={self.boot:.0f} s)")
+        limit = self.per_test.get(self.running, self.default)
+        if spent <= limit:
+            return None
+        return (f"{self.running} ran past its budget of {limit:.0f} s (TESTBED_TEST_BUDGET, or "
+                "@pytest.mark.realkernel(budget=S) for a test that needs longer)")
+
+
 class ReportReader:
     """Turns the guest's JSON lines back into pytest reports, as they arrive."""
 
-    def __init__(self, config: pytest.Config) -> None:
+    def __init__(self, config: pytest.Config, budgets: Budgets | None = None) -> None:
         self.config = config
         self.outcomes: dict[str, GuestOutcome] = {}
         self.collect_errors: list[str] = []
         self.exitstatus: int | None = None
+        self.budgets = budgets or Budgets()
         self._pending = b""
 
     def feed(self, chunk: bytes) -> None:
@@ -219,7 +279,9 @@ class ReportReader:
                 self._take(json.loads(line))
 
     def _take(self, record: dict[str, Any]) -> None:
-        if "report" in record:
+        if "start" in record:
+            self.budgets.started(str(record["start"]), time.monotonic())
+        elif "report" in record:
             report = self.config.hook.pytest_report_from_serializable(
                 config=self.config, data=record["report"]
             )
@@ -231,6 +293,8 @@ class ReportReader:
                     report.longrepr = (str(longrepr[0]), int(longrepr[1]), str(longrepr[2]))
                 outcome = self.outcomes.setdefault(report.nodeid, GuestOutcome())
                 outcome.reports[report.when] = report
+                if report.when == "teardown":
+                    self.budgets.finished(report.nodeid, time.monotonic())
         elif "collect_error" in record:
             self.collect_errors.append(f"{record['collect_error']}:\n{record['longrepr']}")
         elif "exitstatus" in record:
@@ -245,13 +309,15 @@ class GuestRun:
         config: pytest.Config,
         nodeids: list[str],
         init: runner.Init = runner.Init.CLASSIC,
+        budgets: dict[str, float] | None = None,
     ) -> None:
         self.config = config
         self.nodeids = nodeids
         self.init = init
         #: The other boots of this pytest run: this one starts only when they ended.
         self.peers: list[GuestRun] = []
-        self.reader = ReportReader(config)
+        self.reader = ReportReader(config, Budgets(per_test=dict(budgets or {})))
+        self._reading = threading.Lock()  # the boot thread's watchdog reads too
         self.tail_shown_with: str | None = None
         for nodeid in nodeids:
             self.reader.outcomes[nodeid] = GuestOutcome()
@@ -342,6 +408,7 @@ class GuestRun:
                 prepared,
                 run_dir=self.run_dir,
                 on_start=self._started,
+                watchdog=self.watchdog,
             )
         except Exception as error:  # reported as every unreported test's failure
             self.problem = f"testbed boot failed: {type(error).__name__}: {error}"
@@ -350,6 +417,12 @@ class GuestRun:
 
     def _started(self, process: Any) -> None:
         self._process = process
+        self.reader.budgets.since = time.monotonic()  # the boot's budget starts with QEMU
+
+    def watchdog(self) -> str | None:
+        """Asked by the runner while the guest runs: why to stop it now (None: go on)."""
+        self._read_reports()
+        return self.reader.budgets.overrun(time.monotonic())
 
     def wait_ended(self) -> None:
         """Until this boot has ended, if it was started (bounded by the runner's timeout)."""
@@ -375,14 +448,15 @@ class GuestRun:
     def _read_reports(self) -> None:
         if self.run_dir is None:
             return
-        try:
-            with (self.run_dir / REPORTS).open("rb") as handle:
-                handle.seek(self._offset)
-                chunk = handle.read()
-        except FileNotFoundError:
-            return
-        self._offset += len(chunk)
-        self.reader.feed(chunk)
+        with self._reading:
+            try:
+                with (self.run_dir / REPORTS).open("rb") as handle:
+                    handle.seek(self._offset)
+                    chunk = handle.read()
+            except FileNotFoundError:
+                return
+            self._offset += len(chunk)
+            self.reader.feed(chunk)
 
     @property
     def outcomes(self) -> dict[str, GuestOutcome]:
@@ -421,7 +495,7 @@ class GuestRun:
         if result is not None:
             parts.append(f"testbed: {runner.describe(result)}")
             if result.timed_out:
-                parts.append(f"the guest was killed after TESTBED_TIMEOUT={result_timeout(self)}s")
+                parts.append(f"the guest was stopped: {result.timeout_reason}")
         if self.reader.exitstatus is not None:
             parts.append(f"guest pytest exit status: {self.reader.exitstatus}")
         if self.reader.collect_errors:
@@ -483,10 +557,6 @@ class GuestRun:
         return text
 
 
-def result_timeout(run: GuestRun) -> str:
-    return f"{run.options.timeout:.0f}"
-
-
 class GuestItem(pytest.Item):
     """Stands in on the host for one realkernel test run by the guest."""
 
@@ -540,7 +610,7 @@ class HostBatch:
         for item in chosen:
             groups.setdefault(boot_of(item), []).append(item)
         self.runs = {
-            init: GuestRun(config, [item.nodeid for item in group], init)
+            init: GuestRun(config, [item.nodeid for item in group], init, budgets_of(group))
             for init, group in groups.items()
         }
         for run in self.runs.values():

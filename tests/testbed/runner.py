@@ -674,6 +674,8 @@ class Result:
     command_start_seconds: float | None
     vm_seconds: float
     qemu_argv: list[str]
+    #: Why the boot was killed (a watchdog's sentence, or the fixed timeout's); None: it ended.
+    timeout_reason: str | None = None
 
     @property
     def console(self) -> str:
@@ -749,6 +751,31 @@ def _pump_lines(
             echo.flush()
 
 
+#: Seconds between two questions to a boot's watchdog.
+WATCHDOG_POLL = 1.0
+
+
+def _wait(
+    process: subprocess.Popen[bytes], timeout: float, watchdog: Callable[[], str | None] | None
+) -> str | None:
+    """Until QEMU exits (None), or why it must be stopped: the watchdog's sentence,
+    or without one the fixed ``timeout`` ran out."""
+    if watchdog is None:
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return f"the boot ran past TESTBED_TIMEOUT={timeout:.0f} s"
+        return None
+    while True:
+        try:
+            process.wait(WATCHDOG_POLL)
+            return None
+        except subprocess.TimeoutExpired:
+            reason = watchdog()
+            if reason is not None:
+                return reason
+
+
 def stop(process: subprocess.Popen[bytes]) -> None:
     """Never leave a QEMU behind: SIGTERM, a bounded wait, then SIGKILL."""
     if process.poll() is not None:
@@ -768,9 +795,13 @@ def boot(
     *,
     run_dir: Path | None = None,
     on_start: Callable[[subprocess.Popen[bytes]], None] | None = None,
+    watchdog: Callable[[], str | None] | None = None,
 ) -> Result:
-    """Boot the testbed, run ``command`` in it, power off; bounded by options.timeout.
+    """Boot the testbed, run ``command`` in it, power off.
 
+    Bounded by ``watchdog`` when given (asked every :data:`WATCHDOG_POLL` s: a
+    sentence ends the boot, saying why; the pytest plugin's budgets follow the
+    test that is running), else by the fixed ``options.timeout``.
     ``run_dir`` (default: a new one in the cache) is the guest's /tb; ``on_start``
     gets the QEMU process, so a caller in another thread can stop it.
     """
@@ -796,6 +827,7 @@ def boot(
     marks: dict[str, float] = {}
     started = time.monotonic()
     timed_out = False
+    timeout_reason: str | None = None
     # setpriv --pdeathsig: QEMU dies with us even when we are SIGKILLed.
     with console_path.open("wb") as console:
         process = subprocess.Popen(
@@ -815,11 +847,10 @@ def boot(
                 target=_pump, args=(process.stdout, console, options.echo, marks), daemon=True
             )
             pump.start()
-            try:
-                process.wait(options.timeout)
-            except subprocess.TimeoutExpired:
+            timeout_reason = _wait(process, options.timeout, watchdog)
+            if timeout_reason is not None:
                 timed_out = True
-                console.write(f"\n[testbed] TIMEOUT after {options.timeout:.0f} s\n".encode())
+                console.write(f"\n[testbed] TIMEOUT: {timeout_reason}\n".encode())
             stop(process)
             pump.join(KILL_GRACE)
         finally:
@@ -845,6 +876,7 @@ def boot(
         command_start_seconds=marks["running"] - started if "running" in marks else None,
         vm_seconds=ended - started,
         qemu_argv=argv,
+        timeout_reason=timeout_reason,
     )
 
 

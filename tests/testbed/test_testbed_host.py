@@ -7,6 +7,7 @@ realkernel smoke suite (test_smoke.py), which runs in the one boot of the run.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -557,4 +558,93 @@ def test_a_hung_systemd_boot_ends_at_the_timeout_with_125_and_the_console(
     result = runner.boot(["sleep", "infinity"], options, run_dir=tmp_path)
     assert result.timed_out
     assert result.returncode == runner.NO_EXIT_CODE
-    assert "TIMEOUT after 8 s" in result.console_tail()
+    assert "TIMEOUT: the boot ran past TESTBED_TIMEOUT=8 s" in result.console_tail()
+
+
+def test_each_test_gets_its_own_budget_from_its_start_and_an_overrun_names_it() -> None:
+    budgets = plugin.Budgets(boot=100.0, default=50.0, per_test={"t.py::test_long": 500.0})
+    budgets.since = 0.0
+    assert budgets.overrun(99.0) is None  # booting
+    budgets.started("t.py::test_a", 99.0)
+    assert budgets.overrun(148.0) is None
+    budgets.finished("t.py::test_a", 148.0)
+    budgets.started("t.py::test_long", 150.0)  # its own, longer budget
+    assert budgets.overrun(600.0) is None
+    budgets.finished("t.py::test_long", 600.0)
+    budgets.started("t.py::test_b", 601.0)  # a slow boot so far costs test_b nothing
+    assert budgets.overrun(650.0) is None
+    reason = budgets.overrun(652.0)
+    assert reason is not None
+    assert reason.startswith("t.py::test_b ran past its budget of 50 s")
+    assert "realkernel(budget=S)" in reason
+
+
+def test_a_boot_with_no_test_running_gets_the_boot_budget() -> None:
+    budgets = plugin.Budgets(boot=100.0, default=50.0)
+    budgets.since = 10.0
+    assert budgets.overrun(110.0) is None
+    reason = budgets.overrun(111.0)
+    assert reason is not None
+    assert "TESTBED_BOOT_BUDGET=100" in reason
+
+
+def test_the_guest_says_when_each_test_starts_and_the_budget_follows_it(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, pytestconfig: pytest.Config
+) -> None:
+    pytester.makeini("[pytest]\nmarkers =\n    realkernel: in the testbed\n")
+    pytester.makepyfile(test_guest=GUEST_TESTS)
+    monkeypatch.setenv("TESTBED", "1")
+    monkeypatch.setenv("PYTHONPATH", str(runner.CHECKOUT))
+    reports = pytester.path / "reports.jsonl"
+    pytester.runpytest_subprocess(
+        "-p", "tests.testbed.plugin", f"--testbed-report={reports}", "-m", "realkernel"
+    )  # fmt: skip
+    lines = reports.read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    started = [record["start"] for record in records if "start" in record]
+    assert started == [
+        "test_guest.py::test_passes", "test_guest.py::test_fails", "test_guest.py::test_skipped"
+    ]
+    reader = plugin.ReportReader(pytestconfig)
+    cut = records.index({"start": "test_guest.py::test_fails"})
+    reader.feed(("\n".join(lines[: cut + 1]) + "\n").encode())
+    assert reader.budgets.running == "test_guest.py::test_fails"  # started, not yet torn down
+    reader.feed(("\n".join(lines[cut + 1:]) + "\n").encode())
+    assert reader.budgets.running is None
+
+
+def test_a_watchdog_sentence_stops_the_boot_and_is_the_timeout_reason() -> None:
+    process = subprocess.Popen(["sleep", "60"])
+    try:
+        asked: list[int] = []
+
+        def watchdog() -> str | None:
+            asked.append(1)
+            return "t.py::test_x ran past its budget of 1 s" if len(asked) >= 2 else None
+
+        assert runner._wait(process, 3600.0, watchdog) == "t.py::test_x ran past its budget of 1 s"
+    finally:
+        runner.stop(process)
+
+
+def test_a_budget_that_runs_out_fails_the_unreported_tests_naming_the_one_that_ran(
+    tmp_path: Path, pytestconfig: pytest.Config
+) -> None:
+    run = plugin.GuestRun(pytestconfig, ["t.py::test_slow", "t.py::test_next"],
+                          budgets={"t.py::test_next": 3600.0})
+    run.reader.budgets.default = 0.0  # test_slow's budget runs out at once
+    run.run_dir = tmp_path
+    (tmp_path / plugin.REPORTS).write_text(json.dumps({"start": "t.py::test_slow"}) + "\n")
+    reason = run.watchdog()  # what the runner asks every second while the guest runs
+    assert reason is not None
+    assert reason.startswith("t.py::test_slow ran past its budget of 0 s")
+    kernel = runner.Kernel("linux-image-x", "1", "x", tmp_path)
+    run.result = runner.Result(
+        returncode=runner.NO_EXIT_CODE, run_dir=tmp_path, console_path=tmp_path / "console.log",
+        accel=runner.Accel("tcg", "q35", "max", ""), kernel=kernel, timed_out=True,
+        init=runner.Init.CLASSIC, setup_seconds=0.0, ready_seconds=None,
+        command_start_seconds=None, vm_seconds=1.0, qemu_argv=[], timeout_reason=reason,
+    )
+    missing = run.why_missing("t.py::test_next")
+    assert "the testbed guest did not report t.py::test_next" in missing
+    assert f"the guest was stopped: {reason}" in missing

@@ -13,6 +13,7 @@ import pytest
 
 from handoff import __version__
 from handoff.profile_lookup import SEARCH_PATH
+from tests.host_requirements import requires
 from tools.completions import (
     OUTPUTS,
     PROFILE_DIRS,
@@ -135,8 +136,8 @@ def test_bash_completes_subcommands_options_profiles_and_choices(
 
 # ---------------------------------------------------------------- zsh and fish
 
-needs_zsh = pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed")
-needs_fish = pytest.mark.skipif(shutil.which("fish") is None, reason="fish is not installed")
+needs_zsh = requires(shutil.which("zsh") is not None, "zsh is not installed")
+needs_fish = requires(shutil.which("fish") is not None, "fish is not installed")
 
 
 # A real interactive zsh in a pseudo-terminal (zsh/zpty): compinit with the script
@@ -267,7 +268,7 @@ def groff_warnings(page: Path) -> str:
     return result.stderr + ("" if result.returncode == 0 else f"exit {result.returncode}")
 
 
-@pytest.mark.skipif(shutil.which("groff") is None, reason="groff is not installed")
+@requires(shutil.which("groff") is not None, "groff is not installed")
 def test_man_page_renders_without_warnings(generated: dict[str, Path]) -> None:
     assert groff_warnings(generated["man/handoff.1"]) == ""
 
@@ -325,7 +326,7 @@ def test_the_real_bash_completion_offers_every_subcommand(tmp_path: Path) -> Non
     assert set(c.name for c in handoff_cli().commands) <= set(offered)
 
 
-@pytest.mark.skipif(shutil.which("groff") is None, reason="groff is not installed")
+@requires(shutil.which("groff") is not None, "groff is not installed")
 def test_the_real_man_page_renders_without_warnings() -> None:
     assert groff_warnings(CONTRIB / "man" / "handoff.1") == ""
 

@@ -24,8 +24,9 @@ from handoff.control import SOCKET_MODE, ControlCommands, serve_control
 from handoff.host import HostPaths
 from handoff.resources import JsonObject
 from handoff.rundir import RunDir
+from tests.host_requirements import is_root, requires
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="switching to another uid needs root")
+pytestmark = requires(is_root(), "switching to another uid needs root")
 
 NOBODY = "nobody"
 

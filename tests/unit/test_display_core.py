@@ -9,10 +9,10 @@ import pytest
 
 from handoff.display.model import (
     RETURN_FIX,
+    DisplayStep,
     FirmwareFb,
     MemoryRange,
     ReturnFailure,
-    Step,
     Takeover,
     VtConsole,
     console_fallback,
@@ -66,12 +66,15 @@ def test_steps_before_in_order_and_their_undo_in_reverse_card_first() -> None:
     fb = FirmwareFb("efi-framebuffer.0", "efi-framebuffer", None, "0000:0a:00.0")
     takeover = Takeover("0000:0a:00.0", ("display-manager.service",),
                         (VtConsole("vtcon1", FBCON, True),), fb)
-    assert takeover.steps() == (Step.STOP_UNITS, Step.UNBIND_CONSOLES, Step.UNBIND_FRAMEBUFFER)
+    assert takeover.steps() == (
+        DisplayStep.STOP_UNITS, DisplayStep.UNBIND_CONSOLES, DisplayStep.UNBIND_FRAMEBUFFER,
+    )
     assert plan_return(takeover.steps()) == (
-        Step.CARD_BACK, Step.REBIND_FRAMEBUFFER, Step.REBIND_CONSOLES, Step.START_UNITS,
+        DisplayStep.CARD_BACK, DisplayStep.REBIND_FRAMEBUFFER, DisplayStep.REBIND_CONSOLES,
+        DisplayStep.START_UNITS,
     )
     # A supervisor killed after stopping the units: only they are undone, after the card.
-    assert plan_return([Step.STOP_UNITS]) == (Step.CARD_BACK, Step.START_UNITS)
+    assert plan_return([DisplayStep.STOP_UNITS]) == (DisplayStep.CARD_BACK, DisplayStep.START_UNITS)
     assert Takeover("0000:0a:00.0", (), (), None).steps() == ()
 
 

@@ -1,11 +1,12 @@
 """The host display hand-over against a fake single-GPU host and a recorded systemctl.
 
-The resources run as the session runs them: HostDisplay then GpuHandoff
+The resources run as the session runs them: DisplayHandover then GpuHandoff
 acquired, released in reverse; `handoff recover` after a supervisor died.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +15,8 @@ import pytest
 
 from handoff import journal as jr
 from handoff.display.journal import DisplayJournal, list_display_journals
-from handoff.display.model import Step
-from handoff.display.resource import HostDisplay, display_failures
+from handoff.display.model import DisplayStep
+from handoff.display.resource import DisplayHandover, display_failures
 from handoff.errors import BindError, PreflightRefusedError
 from handoff.memlock import UNLIMITED, check_memlock
 from handoff.pci.address import PciAddress
@@ -59,11 +60,11 @@ def systemd(display: DisplayHost) -> RecordedSystemd:
 
 def resources(
     display: DisplayHost, systemd: RecordedSystemd, lines: list[str]
-) -> tuple[HostDisplay, GpuHandoff]:
-    screen = HostDisplay(PROFILE, display.paths, writer=display, runner=systemd,
+) -> tuple[DisplayHandover, GpuHandoff]:
+    paths = dataclasses.replace(display.paths, logind=display.paths.run / "systemd-sessions")
+    screen = DisplayHandover(PROFILE, paths, writer=display, runner=systemd,
                          return_card=card_return(display.paths, display), report=lines.append,
-                         environ={}, holder_wait=0.5, node_wait=0.3,
-                         sessions=display.paths.run / "systemd-sessions")
+                         environ={}, holder_wait=0.5, node_wait=0.3)
     gpu = GpuHandoff(
         PROFILE, display.paths, writer=display, report=lines.append,
         memlock_check=functools.partial(check_memlock, getrlimit=lambda _: (UNLIMITED, UNLIMITED)),
@@ -142,7 +143,7 @@ async def test_after_the_vm_card_framebuffer_consoles_then_units_in_order(
 async def test_each_step_is_journaled_before_it_is_made(
     display: DisplayHost, systemd: RecordedSystemd
 ) -> None:
-    seen: dict[str, list[Step]] = {}
+    seen: dict[str, list[DisplayStep]] = {}
 
     def record(path: Path, value: str) -> None:
         journal = DisplayJournal.load(list_display_journals(display.paths)[0])
@@ -151,8 +152,8 @@ async def test_each_step_is_journaled_before_it_is_made(
     display.on_write.append(record)
     screen, _ = resources(display, systemd, [])
     await screen.acquire()
-    assert seen["vtcon1/bind"] == [Step.STOP_UNITS, Step.UNBIND_CONSOLES]
-    assert seen["simple-framebuffer/unbind"][-1] is Step.UNBIND_FRAMEBUFFER
+    assert seen["vtcon1/bind"] == [DisplayStep.STOP_UNITS, DisplayStep.UNBIND_CONSOLES]
+    assert seen["simple-framebuffer/unbind"][-1] is DisplayStep.UNBIND_FRAMEBUFFER
     journal = DisplayJournal.load(list_display_journals(display.paths)[0])
     assert journal.units == [DM]
     assert journal.consoles == ["(M) frame buffer device"]

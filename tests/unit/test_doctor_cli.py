@@ -22,10 +22,11 @@ from handoff.doctor import (
     run_checks,
 )
 from handoff.profile import parse_profile
+from tests.host_requirements import requires
 from tests.unit.doctor_fakes import FakeHost
 
-needs_qemu = pytest.mark.skipif(
-    shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 is not installed"
+needs_qemu = requires(
+    shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64 is not installed"
 )
 
 

@@ -30,6 +30,7 @@ from handoff.checks.qemu import check_ovmf, check_qemu, needed_devices
 from handoff.profile import Profile, parse_profile
 from handoff.qemu.capabilities import probe
 from handoff.qemu.probe_cache import QemuCapabilities
+from tests.host_requirements import requires
 from tests.unit.doctor_fakes import RELEASE, FakeHost
 from tests.unit.fakesysfs import nvidia_driver_files
 
@@ -375,8 +376,8 @@ def test_input_checks_are_skipped_without_input_handoff(host: FakeHost, tmp_path
 
 # ---------------------------------------------------------------- QEMU and OVMF
 
-needs_qemu = pytest.mark.skipif(
-    shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 is not installed"
+needs_qemu = requires(
+    shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64 is not installed"
 )
 
 

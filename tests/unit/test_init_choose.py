@@ -23,7 +23,7 @@ from handoff.init.choose import (
     choose_memory,
     plan_init,
 )
-from handoff.init.facts import CpuTopology, HostFacts
+from handoff.init.facts import CpuTopology, InitFacts
 from handoff.init.gather import gather_facts
 from tests.unit.fakesysfs import (
     FakeHost,
@@ -56,7 +56,7 @@ C 03  Display controller
 """
 
 
-def facts_of(build: Callable[[Path], FakeHost], tmp_path: Path) -> HostFacts:
+def facts_of(build: Callable[[Path], FakeHost], tmp_path: Path) -> InitFacts:
     host = build(tmp_path / "host")
     ids = tmp_path / "pci.ids"
     ids.write_text(PCI_IDS)
@@ -65,7 +65,7 @@ def facts_of(build: Callable[[Path], FakeHost], tmp_path: Path) -> HostFacts:
                         ovmf_candidates=[], descriptor_dirs=())
 
 
-def chosen(facts: HostFacts, gpu: str | None = None) -> GpuChoice:
+def chosen(facts: InitFacts, gpu: str | None = None) -> GpuChoice:
     choice = choose_gpu(facts, gpu)
     assert isinstance(choice, GpuChoice)
     return choice
@@ -206,9 +206,9 @@ def test_the_host_keeps_one_physical_core_and_the_guest_follows_its_smt(tmp_path
 
 def test_a_host_without_smt_keeps_one_cpu_and_a_one_core_host_shares_it(tmp_path: Path) -> None:
     facts = facts_of(igpu_dgpu_host, tmp_path)
-    no_smt = HostFacts(facts.pci, CpuTopology(logical=2), facts.memory_mib)
+    no_smt = InitFacts(facts.pci, CpuTopology(logical=2), facts.memory_mib)
     assert (choose_cpu(no_smt, None).cpus, choose_cpu(no_smt, None).threads) == (1, 1)
-    single = HostFacts(facts.pci, CpuTopology(logical=2, threads_per_core=2), facts.memory_mib)
+    single = InitFacts(facts.pci, CpuTopology(logical=2, threads_per_core=2), facts.memory_mib)
     assert choose_cpu(single, None).cpus == 1
 
 
@@ -232,7 +232,7 @@ def test_memory_leaves_the_host_max_2g_or_a_quarter(
     tmp_path: Path, total: int, guest: int
 ) -> None:
     facts = facts_of(igpu_dgpu_host, tmp_path)
-    memory = choose_memory(HostFacts(facts.pci, facts.cpu, total), None)
+    memory = choose_memory(InitFacts(facts.pci, facts.cpu, total), None)
     assert memory.mib == guest
     assert memory.mib % 256 == 0
     assert total - memory.mib >= min(2048, total // 2)

@@ -15,7 +15,7 @@ from handoff.cli import main
 from handoff.cli_init import Target, resolve_target, run_init
 from handoff.errors import HandoffError
 from handoff.init.choose import InitError, InitRequest
-from handoff.init.facts import HostFacts
+from handoff.init.facts import InitFacts
 from handoff.profile import load_profile
 from tests.unit.fakesysfs import boot_gpu_only_host, igpu_dgpu_host
 from tests.unit.test_init_choose import facts_of
@@ -35,7 +35,7 @@ class Recorder:
 
 
 def init(tmp_path: Path, request: InitRequest, target: Target, *, force: bool = False,
-         facts: HostFacts | None = None) -> Recorder:
+         facts: InitFacts | None = None) -> Recorder:
     got = facts or facts_of(igpu_dgpu_host, Path(tempfile.mkdtemp(dir=tmp_path.parent)))
     recorder = Recorder()
     run_init(request, target, force=force, gather=lambda _disk: got,

@@ -11,7 +11,7 @@ import pytest
 
 from handoff.cli_init import Target, run_init
 from handoff.init.choose import InitError, InitRequest, plan_init
-from handoff.init.facts import HostFacts, OvmfFiles
+from handoff.init.facts import InitFacts, OvmfFiles
 from handoff.init.guest_os import InitOs, InitOsError, parse_init_os
 from handoff.init.render import render_profile
 from handoff.profile import (
@@ -28,7 +28,7 @@ from tests.unit.test_init_choose import facts_of
 from tests.unit.test_init_render import written
 
 
-def uefi_facts(tmp_path: Path) -> HostFacts:
+def uefi_facts(tmp_path: Path) -> InitFacts:
     facts = facts_of(igpu_dgpu_host, tmp_path)
     ovmf = OvmfFiles(Path("/usr/share/OVMF/OVMF_CODE_4M.fd"),
                      Path("/usr/share/OVMF/OVMF_VARS_4M.fd"))  # fmt: skip

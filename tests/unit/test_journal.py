@@ -24,7 +24,7 @@ import pytest
 
 from handoff import journal as jr
 from handoff.display.journal import DisplayJournal, display_dir
-from handoff.display.model import Step as DisplayStep
+from handoff.display.model import DisplayStep
 from handoff.errors import JournalError
 from handoff.host import HostPaths
 from handoff.journal import store
@@ -54,7 +54,7 @@ import sys
 from pathlib import Path
 from handoff import journal as jr
 from handoff.display.journal import DisplayJournal
-from handoff.display.model import Step
+from handoff.display.model import DisplayStep
 from handoff.errors import JournalError
 from handoff.host import HostPaths
 root = Path(sys.argv[1])
@@ -64,7 +64,7 @@ screen = DisplayJournal.begin(paths, "single", "0000:0a:00.0", "amdgpu")
 screen.save()                                  # 1: display
 gpu.devices.append(jr.DeviceRecord("0000:0a:00.0", "1002:67b0", 1, "amdgpu", "amdgpu", None))
 gpu.save()                                     # 2: GPU
-screen.begin_step(Step.STOP_UNITS)             # 3: display
+screen.begin_step(DisplayStep.STOP_UNITS)             # 3: display
 gpu.set_step("0000:0a:00.0", jr.DeviceStep.DETACHING)  # 4: GPU
 """
 

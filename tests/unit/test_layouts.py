@@ -16,12 +16,12 @@ from handoff.checks import Check, DoctorEnv, Verdict
 from handoff.checks.devices import check_passthrough_devices
 from handoff.errors import PreflightRefusedError
 from handoff.init.choose import GpuChoice, InitError, choose_gpu
-from handoff.init.facts import HostFacts
+from handoff.init.facts import InitFacts
 from handoff.init.gather import gather_facts
 from handoff.pci.address import PciAddress
 from handoff.pci.commands import run_groups
 from handoff.pci.plan import GroupVerdict, HandoffPlan, HostSnapshot, group_verdicts, plan_handoff
-from handoff.pci.plan import Verdict as G
+from handoff.pci.plan import Passability as G
 from handoff.pci.rules import ACS_OVERRIDE
 from handoff.pci.snapshot import take_snapshot
 from handoff.profile import parse_profile
@@ -54,7 +54,7 @@ def refusal(host: FakeHost, *addresses: str) -> PreflightRefusedError:
     return caught.value
 
 
-def facts(host: FakeHost) -> HostFacts:
+def facts(host: FakeHost) -> InitFacts:
     return gather_facts(host.paths, host.module_loadable, inputs=lambda: (), pci_ids=[],
                         ovmf_candidates=[])
 

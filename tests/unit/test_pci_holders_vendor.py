@@ -23,6 +23,7 @@ from handoff.pci.holders import char_majors, nodes_of, nvidia_minor, vendor_node
 from handoff.pci.plan import HostSnapshot, plan_handoff
 from handoff.pci.snapshot import take_snapshot
 from handoff.pci.sysfs import read_device
+from tests.host_requirements import is_root, requires
 from tests.unit.fakesysfs import (
     KFD_MAJOR,
     NVIDIA_MAJOR,
@@ -36,7 +37,7 @@ from tests.unit.fakesysfs import (
 
 A = PciAddress.parse
 PERSISTENCED = "nvidia-persiste"  # /proc/PID/comm keeps 15 of "nvidia-persistenced"
-needs_mknod = pytest.mark.skipif(os.geteuid() != 0, reason="mknod of a character device needs root")
+needs_mknod = requires(is_root(), "mknod of a character device needs root")
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 
 from handoff import journal as jr
 from handoff.errors import BindError, JournalError
+from handoff.host import HostPaths
 from handoff.memlock import can_raise_hard, cap_effective
 from handoff.pci.address import PciAddress
 from handoff.pci.engine import Engine
@@ -217,3 +219,38 @@ def test_capeff_is_parsed_as_a_hex_mask_of_capability_bits() -> None:
     assert cap_effective("CapEff:\t0000000000000001\n", 24) is False
     assert cap_effective("CapPrm:\t0000000001000000\n", 24) is None
 
+
+
+def test_the_display_s_writes_are_checked_ops_that_name_the_errno(tmp_path: Path) -> None:
+    """reset, a platform driver's bind/unbind and a vtconsole's bind go through one
+    checked write: an OSError becomes a SysfsWriteError with the errno and a fix."""
+    from handoff.errors import SysfsWriteError
+    from handoff.pci.ops import platform_bind, reset_function, vtconsole_bind
+
+    class Refusing:
+        def __init__(self) -> None:
+            self.writes: list[tuple[Path, str]] = []
+
+        def write(self, path: Path, value: str) -> None:
+            self.writes.append((path, value))
+            raise OSError(errno.EBUSY, "busy")
+
+        def module_loadable(self, module: str) -> bool:
+            return False
+
+        def load_module(self, module: str) -> None:
+            return None
+
+    paths = HostPaths(sys=tmp_path)
+    writer = Refusing()
+    with pytest.raises(SysfsWriteError, match="EBUSY"):
+        reset_function(paths, writer, PciAddress.parse("01:00.0"))
+    with pytest.raises(SysfsWriteError, match="EBUSY"):
+        platform_bind(paths, writer, "efi-framebuffer", "efi-framebuffer.0", bind=False)
+    with pytest.raises(SysfsWriteError, match="EBUSY"):
+        vtconsole_bind(paths, writer, "vtcon1", bind=True)
+    assert [(str(p.relative_to(tmp_path)), v) for p, v in writer.writes] == [
+        ("bus/pci/devices/0000:01:00.0/reset", "1"),
+        ("bus/platform/drivers/efi-framebuffer/unbind", "efi-framebuffer.0"),
+        ("class/vtconsole/vtcon1/bind", "1"),
+    ]

@@ -6,7 +6,7 @@ import pytest
 
 from handoff.errors import PreflightRefusedError
 from handoff.pci.address import PciAddress
-from handoff.pci.plan import HostSnapshot, Verdict, group_verdicts, plan_handoff
+from handoff.pci.plan import HostSnapshot, Passability, group_verdicts, plan_handoff
 from handoff.pci.snapshot import take_snapshot
 from tests.unit.fakesysfs import FakeHost, nvidia_gpu, seed_machine
 
@@ -72,16 +72,16 @@ def test_a_nic_requested_on_purpose_is_passable(host: FakeHost) -> None:
 
 def test_group_verdicts_describe_the_seed_machine(host: FakeHost) -> None:
     verdicts = {v.group: v for v in group_verdicts(snap(host))}
-    assert verdicts[1].verdict is Verdict.PASSABLE_WITH_CO_MEMBERS
+    assert verdicts[1].verdict is Passability.PASSABLE_WITH_CO_MEMBERS
     assert verdicts[1].co_members == (A("01:00.1"),)
     # The HD 4600 is the boot GPU: its group is the host's display, console or not.
-    assert verdicts[2].verdict is Verdict.REFUSED
+    assert verdicts[2].verdict is Passability.REFUSED
     assert "boot GPU" in verdicts[2].reason
-    assert verdicts[7].verdict is Verdict.PASSABLE
-    assert verdicts[9].verdict is Verdict.BRIDGES_ONLY
-    assert verdicts[13].verdict is Verdict.REFUSED
+    assert verdicts[7].verdict is Passability.PASSABLE
+    assert verdicts[9].verdict is Passability.BRIDGES_ONLY
+    assert verdicts[13].verdict is Passability.REFUSED
     assert "ISA/LPC bridge" in verdicts[13].reason
-    assert verdicts[0].verdict is Verdict.REFUSED
+    assert verdicts[0].verdict is Passability.REFUSED
 
 
 def test_a_gpu_sharing_its_group_with_a_nic_is_refused(tmp_path: Path) -> None:
@@ -92,7 +92,7 @@ def test_a_gpu_sharing_its_group_with_a_nic_is_refused(tmp_path: Path) -> None:
         plan_handoff([A("05:00.0")], snap(host))
     assert "network controller" in caught.value.message
     verdicts = {v.group: v for v in group_verdicts(snap(host))}
-    assert verdicts[20].verdict is Verdict.REFUSED
+    assert verdicts[20].verdict is Passability.REFUSED
 
 
 def test_several_reasons_are_reported_together(host: FakeHost) -> None:
@@ -113,4 +113,4 @@ def test_a_shared_nvidia_node_held_warns_in_the_plan_but_handoff_groups_still_pa
     (warning,) = plan_handoff([A("05:00.0")], snap(host)).warnings
     assert warning.group == 20
     verdict = {v.group: v for v in group_verdicts(snap(host))}[20]
-    assert verdict.verdict is Verdict.PASSABLE
+    assert verdict.verdict is Passability.PASSABLE

@@ -22,11 +22,11 @@ from handoff.init.choose import (
     choose_gpu,
     plan_init,
 )
-from handoff.init.facts import HostFacts
+from handoff.init.facts import InitFacts
 from handoff.init.gather import gather_facts, read_cpu
 from handoff.init.render import render_profile
 from handoff.pci.address import PciAddress
-from handoff.pci.plan import Verdict as G
+from handoff.pci.plan import Passability as G
 from handoff.pci.plan import group_verdicts, plan_handoff
 from handoff.pci.snapshot import take_snapshot
 from handoff.profile import parse_profile
@@ -61,7 +61,7 @@ def navi_behind_its_switch(root: Path) -> FakeHost:
     return host
 
 
-def facts(host: FakeHost) -> HostFacts:
+def facts(host: FakeHost) -> InitFacts:
     return gather_facts(host.paths, host.module_loadable, inputs=lambda: (), pci_ids=[],
                         ovmf_candidates=[])
 

@@ -52,6 +52,7 @@ from handoff.profile import (
     profile_to_toml,
 )
 from handoff.tune.model import HugepageSize, PinMode
+from tests.host_requirements import is_root, requires
 
 HERE = Path(__file__).parent
 BAD = sorted((HERE / "bad_profiles").glob("*.toml"))
@@ -817,7 +818,7 @@ def reachable_dir() -> Iterator[Path]:
     shutil.rmtree(path)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="creating files owned by root needs root")
+@requires(is_root(), "creating files owned by root needs root")
 def test_host_check_refuses_a_disk_qemus_user_cannot_write(reachable_dir: Path) -> None:
     tmp_path = reachable_dir
     disk = tmp_path / "w.raw"
@@ -836,7 +837,7 @@ def test_host_check_refuses_a_disk_qemus_user_cannot_write(reachable_dir: Path) 
     check_profile_on_host(load_profile(profile_file))
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="creating files owned by root needs root")
+@requires(is_root(), "creating files owned by root needs root")
 def test_host_check_refuses_a_disk_behind_a_closed_directory(tmp_path: Path) -> None:
     closed = tmp_path / "private"
     closed.mkdir(mode=0o700)
@@ -853,7 +854,7 @@ def test_host_check_refuses_a_disk_behind_a_closed_directory(tmp_path: Path) -> 
     assert "chmod o+x" in caught.value.fix
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+@requires(is_root(), "chown needs root")
 def test_the_vars_copy_belongs_to_qemus_user(tmp_path: Path) -> None:
     template = tmp_path / "VARS.fd"
     template.write_bytes(b"vars")
