@@ -4,22 +4,44 @@
 #   bash contrib/install.sh          QEMU + handoff in /opt/handoff, `handoff` in /usr/local/bin
 #   bash contrib/install.sh --dev    also the test tools and testbed packages; handoff is
 #                                    installed editable into ./.venv of this checkout
+#   bash contrib/install.sh --which-python   print the interpreter the install would use
 #
 # Idempotent: packages already present are not fetched again.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 dev=0
+which_python=0
 prefix=/opt/handoff
 while [ $# -gt 0 ]; do
   case "$1" in
     --dev) dev=1 ;;
+    --which-python) which_python=1 ;;
     --prefix) prefix=$2; shift ;;
-    *) echo "install.sh: unknown option $1 (use --dev or --prefix DIR)" >&2; exit 2 ;;
+    *) echo "install.sh: unknown option $1 (use --dev, --prefix DIR or --which-python)" >&2; exit 2 ;;
   esac
   shift
 done
 log() { echo "[install] $*" >&2; }
 [ "$(id -u)" = 0 ] || { log "run me as root (apt-get and /opt need it)"; exit 2; }
+
+# A python3 >= 3.11 with venv: the first on PATH (pyenv, distribution), else Debian's.
+# The system install's venv links its interpreter: it must be one every user can run
+# (a desktop user's `handoff switch`), never one in root's private home (pyenv).
+runs_for_everyone() {
+  # (through env: setpriv itself looks the program up before it drops root)
+  setpriv --reuid=65534 --regid=65534 --clear-groups -- env "$1" -c 'import sys, venv' 2>/dev/null
+}
+choose_python() {
+  py=$(command -v python3 || echo /usr/bin/python3)
+  if ! "$py" -c 'import sys, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    py=/usr/bin/python3
+  fi
+  if [ "$dev" = 0 ] && ! runs_for_everyone "$py"; then
+    log "$py is not usable by other users: the system install uses /usr/bin/python3"
+    py=/usr/bin/python3
+  fi
+}
+if [ "$which_python" = 1 ]; then choose_python; echo "$py"; exit 0; fi
 
 # Runtime: QEMU (x86 system emulator + firmware), kmod for modprobe, pciutils for lspci.
 apt_pkgs=(qemu-system-x86 qemu-utils ovmf kmod pciutils udev python3 python3-venv)
@@ -55,11 +77,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# A python3 >= 3.11 with venv: the first on PATH (pyenv, distribution), else Debian's.
-py=python3
-if ! "$py" -c 'import sys, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
-  py=/usr/bin/python3
-fi
+choose_python
 
 if [ "$dev" = 1 ]; then
   venv=$here/.venv
@@ -67,6 +85,10 @@ if [ "$dev" = 1 ]; then
   "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$here[dev]"
   log "handoff (editable, with test tools) in $venv"
 else
+  if [ -x "$prefix/bin/python" ] && ! runs_for_everyone "$prefix/bin/python"; then
+    log "$prefix links an interpreter other users cannot run: recreating it"
+    "$py" -m venv --clear "$prefix"
+  fi
   [ -x "$prefix/bin/python" ] || "$py" -m venv "$prefix"
   "$prefix/bin/python" -m pip install -q --disable-pip-version-check "$here"
   ln -sf "$prefix/bin/handoff" /usr/local/bin/handoff

@@ -157,14 +157,10 @@ def _print_plan(plan: SessionPlan) -> None:
 
 
 def _running_sessions() -> list[str]:
-    from handoff.run_layout import CONTROL_SOCKET
+    from handoff.control_find import running_sessions
 
     run: Path = _paths().run
-    try:
-        entries = sorted(run.iterdir())
-    except OSError:
-        return []
-    return [entry.name for entry in entries if (entry / CONTROL_SOCKET).exists()]
+    return running_sessions(run, os.environ, os.geteuid())
 
 
 def format_status(status: dict[str, Any]) -> str:

@@ -36,7 +36,8 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Mapping
+import struct
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +110,28 @@ def _failure(message: str, fix: str | None, code: ControlErrorCode) -> JsonObjec
     return response
 
 
-async def _serve_connection(stream: trio.SocketStream, commands: ControlCommands) -> None:
+def peer_uid(stream: trio.SocketStream) -> int | None:
+    """The connected client's uid, from the kernel (SO_PEERCRED: pid, uid, gid)."""
+    try:
+        raw = stream.socket.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    _, uid, _ = struct.unpack("3i", raw)
+    return int(uid)
+
+
+def _not_allowed(command: object) -> JsonObject:
+    return _failure(
+        f"{command!r} is for root only: a desktop user may run status, switch, gpu and stop",
+        "run it as root (sudo handoff ...)",
+        ControlErrorCode.NOT_ALLOWED,
+    )
+
+
+async def _serve_connection(
+    stream: trio.SocketStream, commands: ControlCommands,
+    allowed: Callable[[object], bool] | None = None,
+) -> None:
     buffer = b""
     async with stream:
         while True:
@@ -131,7 +153,11 @@ async def _serve_connection(stream: trio.SocketStream, commands: ControlCommands
                         "the request is not valid JSON", None, ControlErrorCode.BAD_REQUEST
                     )
                 else:
-                    if isinstance(message, dict):
+                    if isinstance(message, dict) and allowed is not None and not allowed(
+                        message.get("command")
+                    ):
+                        response = _not_allowed(message.get("command"))
+                    elif isinstance(message, dict):
                         response = await commands.dispatch(message)
                     else:
                         response = _failure(
@@ -150,20 +176,29 @@ async def serve_control(
     path: Path,
     commands: ControlCommands,
     *,
+    owner: tuple[int, int] | None = None,
+    mode: int = SOCKET_MODE,
+    admit: Callable[[int | None], bool] | None = None,
+    allowed: Callable[[object], bool] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on ``path`` (a unix socket in the 0700 run dir) until cancelled.
 
     A stale socket file from a crashed session is replaced (the caller holds
     the run directory lock, so it cannot belong to a live session). The
-    socket file is removed on the way out.
+    socket file is removed on the way out. A desktop user's socket
+    (:mod:`handoff.control_users`) is given to ``owner`` (uid, gid) with
+    ``mode``, admits only the peers ``admit`` accepts (by SO_PEERCRED uid)
+    and answers only the commands ``allowed`` accepts.
     """
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         await sock.bind(str(path))
-        os.chmod(path, SOCKET_MODE)  # not the umask's choice; before anyone can connect
+        os.chmod(path, mode)  # not the umask's choice; before anyone can connect
+        if owner is not None:  # a directory only root writes: the name is the socket
+            os.chown(path, *owner, follow_symlinks=False)
         sock.listen(16)
     except BaseException:
         sock.close()
@@ -174,7 +209,12 @@ async def serve_control(
             task_status.started()
             while True:
                 stream = await listener.accept()
-                nursery.start_soon(_serve_connection, stream, commands)
+                if admit is not None and not admit(peer_uid(stream)):
+                    log.warning("control socket %s: refused a connection from uid %s",
+                                path, peer_uid(stream))
+                    await stream.aclose()
+                    continue
+                nursery.start_soon(_serve_connection, stream, commands, allowed)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)

@@ -129,9 +129,12 @@ def session_name(argument: str) -> str:
 
 
 def control_socket(name: str) -> Path:
-    """The control socket of the session ``name`` under this host's run root."""
-    from handoff.host import HostPaths
-    from handoff.run_layout import CONTROL_SOCKET
+    """The control socket of the session ``name``: under this user's own run root first,
+    else a root session's socket for this user (:mod:`handoff.control_find`)."""
+    import os
 
-    path: Path = HostPaths.from_environment().session_dir(name) / CONTROL_SOCKET
-    return path
+    from handoff.control_find import locate, system_run_root
+    from handoff.host import HostPaths
+
+    return locate(name, HostPaths.from_environment().run, system_run_root(os.environ),
+                  os.geteuid())

@@ -30,6 +30,7 @@ class ControlErrorCode(Enum):
     UNKNOWN_COMMAND = "unknown-command"
     BAD_REQUEST = "bad-request"
     FAILED = "failed"
+    NOT_ALLOWED = "not-allowed"
 
 
 class Command(StrEnum):

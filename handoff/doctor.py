@@ -37,6 +37,7 @@ from handoff.checks.kernel import check_kernel_version, check_module, check_vfio
 from handoff.checks.kvm import check_kvm
 from handoff.checks.memlock import check_memlock
 from handoff.checks.modprobe import check_modprobe_config
+from handoff.checks.monitor import check_monitor
 from handoff.checks.nodes import (
     check_input_devices,
     check_udev_rule,
@@ -66,6 +67,7 @@ def run_checks(
     *,
     qemu_binary: str = DEFAULT_QEMU,
     prober: Prober = probe,
+    probe_devices: bool = False,
 ) -> list[Check]:
     """Every check that applies, in the seed guide's order: CPU, IOMMU, kernel,
     modules, KVM, then the profile's devices, limits, nodes, QEMU and firmware."""
@@ -101,6 +103,7 @@ def run_checks(
     facts = gather_host_facts(profile, env.host, strict=False) if profile is not None else None
     if profile is not None and facts is not None:
         checks.extend(_profile_checks(env, profile, supervisor, qemu_user, facts))
+        checks.extend(check_monitor(env, profile, probe=probe_devices))
     checks.append(check_udev_rule(env))
     checks.append(check_qemu(env, profile, qemu_binary, prober, facts=facts))
     if profile is not None:
@@ -186,6 +189,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--json", action="store_true", help="print the checks as a JSON list for scripts"
     )
     parser.add_argument(
+        "--probe", action="store_true",
+        help="also ask devices that answer slowly: the [monitor]'s current input over DDC/CI",
+    )
+    parser.add_argument(
         "--qemu",
         default=DEFAULT_QEMU,
         metavar="BINARY",
@@ -209,7 +216,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             early.append(fail("profile", err.message, err.fix or "edit the profile"))
         else:
             early.append(ok("profile", f"{profile.source} is valid (vm {profile.name})"))
-    checks = early + run_checks(env, profile, qemu_binary=args.qemu)
+    checks = early + run_checks(env, profile, qemu_binary=args.qemu, probe_devices=args.probe)
     out = render_json(checks) if args.json else render_text(checks)
     sys.stdout.write(out)
     return exit_status(checks)

@@ -20,6 +20,9 @@ QEMU_DIR = "qemu"
 JOURNAL_DIR = "journal"
 VNC_SOCKET = "vnc.sock"
 INPUT_MONITOR = "input.qmp"
+#: ``<run>/control/<name>/``: the sockets desktop users reach a root session by.
+USER_CONTROL_DIR = "control"
+GROUP_SOCKET = "group.sock"
 #: The links QEMU opens for the virtio backend's proxies, in its socket directory.
 KEYBOARD_LINK = "keyboard.evdev"
 MOUSE_LINK = "mouse.evdev"
@@ -58,3 +61,14 @@ def tpm_socket_path(paths: HostPaths, profile_name: str) -> Path:
 def agent_socket_path(paths: HostPaths, profile_name: str) -> Path:
     """The guest agent's socket: QEMU listens, handoff connects when it asks the agent."""
     return qemu_socket_dir(paths, profile_name) / AGENT_SOCKET
+
+
+def user_control_dir(run: Path, profile_name: str) -> Path:
+    """``<run>/control/<name>``: root's 0755 directory of a session's user sockets."""
+    return run / USER_CONTROL_DIR / profile_name
+
+
+def user_socket(run: Path, profile_name: str, uid: int | None) -> Path:
+    """The socket of one allowed uid (mode 0600, owned by it), or the group's (None: 0660)."""
+    name = GROUP_SOCKET if uid is None else f"uid-{uid}.sock"
+    return user_control_dir(run, profile_name) / name

@@ -47,6 +47,7 @@ import trio
 
 from handoff.control import ControlCommands, serve_control
 from handoff.control_protocol import Command, Field
+from handoff.control_users import resolve_access, serve_user_control
 from handoff.errors import HandoffError, QemuLaunchError, QmpError, SessionError
 from handoff.firmware import ensure_firmware_vars
 from handoff.host import HostPaths
@@ -297,6 +298,7 @@ class Session:
         self.report(f"preflight ok: accelerator {checks.accel} ({checks.accel_reason})")
         for warning in checks.plan.warnings:
             self.report(f"warning: {warning}")
+        access = resolve_access(self.profile, os.environ)  # [control] users exist
         rundir = RunDir.acquire(self.paths, self.profile.name, qemu_user=self.profile.vm.user)
         try:
             with _collapse_groups():
@@ -306,6 +308,10 @@ class Session:
                     # Up before any resource is acquired: `handoff stop` works
                     # during a slow GPU detach too.
                     await top.start(serve_control, rundir.control_socket, self.commands)
+                    await top.start(
+                        serve_user_control, self.paths.run, self.profile.name, self.commands,
+                        access,
+                    )
                     try:
                         outcome = await self._run_locked(rundir, checks)
                     finally:

@@ -14,9 +14,10 @@ run``, ``run --dry-run`` and ``handoff argv`` all print from a
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from handoff.checks.profile_files import check_profile_on_host
 from handoff.firmware import vars_origin_refusal
@@ -75,6 +76,13 @@ def default_resources(
     profile = plan.profile
     report = report or print_line
     resources: list[HostResource] = []
+    hooks = None
+    if profile.hooks or profile.monitor.configured:  # first: released last
+        from handoff.hooks.runner import HookRunner
+        from handoff.monitor.plan import monitor_hooks
+
+        hooks = HookRunner(profile, owned=monitor_hooks(profile.monitor))
+        resources.append(hooks)
     # Each resource's module (sysfs and journal code; evdev, pyudev) is imported
     # only when the profile uses it: a plain VM starts without them.
     if profile.host_display.handover:
@@ -104,12 +112,16 @@ def default_resources(
             from handoff.live.state import LiveState
 
             live.on_moved = lambda state: inputs.follow_gpu(state is LiveState.IN_GUEST)
+        if hooks is not None:
+            inputs.on_mode = hooks.on_input_mode
         if live is not None and profile.input.gpu_hotkey:
             from functools import partial
 
             from handoff.control_protocol import Side
 
             inputs.on_gpu_hotkey = partial(live.move, Side.TOGGLE)  # `handoff gpu` toggle
+    if live is not None and hooks is not None:
+        live.on_moved = _gpu_hooks(live.on_moved, hooks.on_gpu_moved)
     if plan.tune is not None:
         from handoff.tune.resource import TuneResource
 
@@ -119,6 +131,20 @@ def default_resources(
 
         resources.append(Swtpm(profile, paths, report=report))
     return resources
+
+
+def _gpu_hooks(
+    follow: Callable[[Any], Awaitable[None]] | None, fire: Callable[[bool], None]
+) -> Callable[[Any], Awaitable[None]]:
+    """A live GPU moved: queue the gpu-guest/gpu-host hooks, then let input follow."""
+    from handoff.live.state import LiveState
+
+    async def moved(state: Any) -> None:
+        fire(state is LiveState.IN_GUEST)
+        if follow is not None:
+            await follow(state)
+
+    return moved
 
 
 def preflight(

@@ -224,7 +224,7 @@ _handoff() {
                     return 0 ;;
             esac
             if [[ $cur == -* ]]; then
-                COMPREPLY=($(compgen -W "-h --help --json --qemu" -- "$cur"))
+                COMPREPLY=($(compgen -W "-h --help --json --probe --qemu" -- "$cur"))
                 return 0
             fi
             for ((i = i + 1; i < COMP_CWORD; i++)); do

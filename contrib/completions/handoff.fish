@@ -108,6 +108,7 @@ complete -c handoff -n '__fish_seen_subcommand_from gpu' -l json -d 'print JSON 
 complete -c handoff -n '__fish_seen_subcommand_from gpu; and __handoff_position 1 --timeout' -x -a 'host guest toggle' -d 'TO'
 complete -c handoff -n '__fish_seen_subcommand_from doctor' -s h -l help -d 'show this help message and exit'
 complete -c handoff -n '__fish_seen_subcommand_from doctor' -l json -d 'print the checks as a JSON list for scripts'
+complete -c handoff -n '__fish_seen_subcommand_from doctor' -l probe -d 'also ask devices that answer slowly: the [monitor]\'s current input over DDC/CI'
 complete -c handoff -n '__fish_seen_subcommand_from doctor' -l qemu -x -a '(__fish_complete_command)' -d 'the QEMU binary to check (default: qemu-system-x86_64)'
 complete -c handoff -n '__fish_seen_subcommand_from doctor; and __handoff_position 0 --qemu' -x -a '(__handoff_profiles)' -d 'PROFILE'
 complete -c handoff -n '__fish_seen_subcommand_from import' -s h -l help -d 'show this help message and exit'

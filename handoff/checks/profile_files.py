@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -58,6 +59,15 @@ def check_profile_on_host(profile: Profile) -> None:
                         "dump the card's ROM or correct the path")
     if qemu_user is not None and not qemu_user.is_root:
         _check_user_access(profile, qemu_user)
+    for index, hook in enumerate(profile.hooks):
+        _check_hook_program(src, f"hook[{index}].run[0]", hook.run[0])
+    if profile.monitor.configured and shutil.which("ddcutil") is None:
+        raise ProfileError(
+            "found a [monitor] section, but ddcutil is not installed (not on PATH)",
+            path=src, key="monitor",
+            fix="apt-get install ddcutil (handoff runs it to switch the input), or remove "
+            "[monitor]",
+        )
 
 
 def check_profile_files(profile: Profile) -> Check:
@@ -178,6 +188,20 @@ def _check_disk_kind(source: str, key: str, path: Path) -> None:
             path=source, key=key,
             fix="point path at the disk's block device (ls -l /dev/VG/ or lsblk)",
         )
+
+
+def _check_hook_program(source: str, key: str, program: str) -> None:
+    """A hook's program: an executable path, or a name found on PATH (no shell runs it)."""
+    found = shutil.which(program)
+    if found is not None:
+        return
+    where = "is not an executable file" if os.sep in program else "is not on PATH"
+    raise ProfileError(
+        f"found {json.dumps(program)}; expected a program to run, but it {where}",
+        path=source, key=key,
+        fix="install it, give its full path (`command -v NAME`), or remove the [[hook]]; "
+        'a shell line needs run = ["sh", "-c", "..."]',
+    )
 
 
 def _must_exist(source: str, key: str, path: Path, fix: str) -> None:

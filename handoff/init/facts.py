@@ -107,6 +107,15 @@ class OvmfFiles:
 
 
 @dataclass(frozen=True)
+class MonitorFact:
+    """A monitor ``ddcutil detect`` found: its display number, I2C bus and model."""
+
+    display: int | None
+    bus: int | None
+    model: str
+
+
+@dataclass(frozen=True)
 class InitFacts:
     """Everything `handoff init` decides from, gathered read-only by :mod:`.gather`."""
 
@@ -120,3 +129,5 @@ class InitFacts:
     disk: DiskFact | None = None
     hugepage_sizes_kib: tuple[int, ...] = ()  # the page sizes the kernel offers
     mem_available_mib: int | None = None  # MemAvailable now
+    #: What ``ddcutil detect`` found; None when ddcutil is not installed.
+    monitors: tuple[MonitorFact, ...] | None = None

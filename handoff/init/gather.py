@@ -11,7 +11,10 @@ tree mirroring the kernel's layout. Nothing here writes.
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import stat
+import subprocess
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
@@ -24,6 +27,7 @@ from handoff.init.facts import (
     DiskKind,
     InitFacts,
     InputDeviceFact,
+    MonitorFact,
     OvmfFiles,
     PciName,
 )
@@ -43,6 +47,7 @@ PCI_IDS_CANDIDATES: tuple[Path, ...] = (
 QCOW2_MAGIC = b"QFI\xfb"
 
 InputLister = Callable[[], tuple[InputDeviceFact, ...]]
+MonitorLister = Callable[[], "tuple[MonitorFact, ...] | None"]
 
 
 def gather_facts(
@@ -51,6 +56,7 @@ def gather_facts(
     *,
     disk: Path | None = None,
     inputs: InputLister | None = None,
+    monitors: MonitorLister | None = None,
     pci_ids: Iterable[Path] = PCI_IDS_CANDIDATES,
     ovmf_candidates: Iterable[Path] = OVMF_CODE_CANDIDATES,
     descriptor_dirs: tuple[Path, ...] = DESCRIPTOR_DIRS,
@@ -78,7 +84,51 @@ def gather_facts(
         disk=None if disk is None else read_disk(paths, disk),
         hugepage_sizes_kib=tuple(pool.size_kib for pool in read_hugepages(paths)),
         mem_available_mib=None if available is None else available // 1024,
+        monitors=(monitors or ddcutil_monitors)(),
     )
+
+
+# --------------------------------------------------------------------------- monitors
+
+#: Seconds `ddcutil detect` may take (it probes every I2C bus).
+DETECT_TIMEOUT = 30.0
+
+
+def ddcutil_monitors() -> tuple[MonitorFact, ...] | None:
+    """The monitors `ddcutil detect --terse` finds; None without ddcutil (nothing is asked)."""
+    ddcutil = shutil.which("ddcutil")
+    if ddcutil is None:
+        return None
+    try:
+        done = subprocess.run([ddcutil, "detect", "--terse"], capture_output=True, text=True,
+                              timeout=DETECT_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ()
+    return parse_detect(done.stdout)
+
+
+def parse_detect(text: str) -> tuple[MonitorFact, ...]:
+    """``ddcutil detect --terse``: a "Display N" (or "Invalid display") line, then indented
+    "I2C bus: /dev/i2c-N" and "Monitor: MFG:MODEL:SERIAL" lines per monitor."""
+    found: list[MonitorFact] = []
+    display: int | None = None
+    bus: int | None = None
+    model = ""
+    started = False
+    for line in [*text.splitlines(), ""]:
+        head = re.match(r"^(Display (\d+)|Invalid display)", line)
+        if head or not line.strip():
+            if started and bus is not None:
+                found.append(MonitorFact(display, bus, model))
+            started, display, bus, model = bool(head), None, None, ""
+            if head and head[2]:
+                display = int(head[2])
+            continue
+        if (m := re.match(r"^\s+I2C bus:\s+/dev/i2c-(\d+)", line)) is not None:
+            bus = int(m[1])
+        elif (m := re.match(r"^\s+Monitor:\s+(.*\S)", line)) is not None:
+            model = m[1]
+    return tuple(found)
 
 
 # --------------------------------------------------------------------------- CPU and RAM

@@ -20,7 +20,7 @@ from handoff.init.choose import (
     InitPlan,
     NoGpu,
 )
-from handoff.init.facts import InputDeviceFact
+from handoff.init.facts import InputDeviceFact, MonitorFact
 from handoff.pci.rules import host_need
 from handoff.profile import FirmwareType, InputBackend
 
@@ -56,6 +56,7 @@ def render_profile(plan: InitPlan, profile_arg: str | None = None) -> str:
         _display(plan),
         _passthrough(plan),
         _input(plan),
+        _monitors(plan.facts.monitors),
     ]
     return "\n\n".join("\n".join(p) for p in parts if p) + "\n"
 
@@ -290,6 +291,29 @@ def _input(plan: InitPlan) -> list[str]:
     lines += _input_devices(plan.facts.inputs)
     lines.append('# exclude = ["name:Power Button"]')
     return lines
+
+
+def _monitors(monitors: Iterable[MonitorFact] | None) -> list[str]:
+    """The monitors ddcutil found, as a commented [monitor] (only when ddcutil is installed)."""
+    if monitors is None:
+        return []
+    found = list(monitors)
+    lines = _comment(
+        "The monitor's input can follow keyboard and mouse (DDC/CI through ddcutil). "
+        "Monitors `ddcutil detect` found on this host:"
+    )
+    if not found:
+        lines.append("#   (none answered: turn DDC/CI on in the monitor's menu; modprobe i2c-dev)")
+    lines += [f"#   ddc_bus = {m.bus}" + (f" (display {m.display})" if m.display else "")
+              + f": {m.model or 'unknown model'}" for m in found]
+    bus = found[0].bus if found else 5
+    return [
+        *lines,
+        "# [monitor]",
+        f"# ddc_bus = {bus}",
+        '# guest_input = "DisplayPort1"   # the guest GPU\'s input (`ddcutil capabilities`)',
+        '# host_input = "HDMI1"',
+    ]
 
 
 def _input_devices(inputs: Iterable[InputDeviceFact]) -> list[str]:

@@ -26,6 +26,7 @@ from handoff.profile import SelectorKind, selector_kind
 log = logging.getLogger(__name__)
 
 PROXY_NAME_PREFIX = "handoff virtio "  # the names of handoff's own uinput proxies
+HOST_KEYS_NAME = "handoff host keys"  # handoff's uinput device for [input] host_keys
 EVENT_NODE = re.compile(r"^/dev/input/event\d+$")
 
 
@@ -53,7 +54,7 @@ class DeviceInfo:
 
     @property
     def is_proxy(self) -> bool:
-        return self.name.startswith(PROXY_NAME_PREFIX)
+        return self.name.startswith(PROXY_NAME_PREFIX) or self.name == HOST_KEYS_NAME
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import signal
+import struct
+import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -29,6 +32,7 @@ from handoff.input.router import (
     Resync,
     RouterCore,
     ToGuest,
+    ToHost,
     Ungrab,
 )
 from handoff.input.translate import Event
@@ -38,6 +42,10 @@ log = logging.getLogger(__name__)
 
 #: Events taken per read(2); evdev returns whole events only, as many as fit.
 READ_EVENTS = 256
+
+#: EVIOCSCLOCKID = _IOW('E', 0xa0, int) (linux/input.h): which clock stamps
+#: this reader's events.
+EVIOCSCLOCKID = 0x400445A0
 
 
 class GuestSink(Protocol):
@@ -95,6 +103,14 @@ def read_queued(fd: int, times: list[float] | None = None) -> list[Event] | None
     return [(etype, code, value) for _, _, etype, code, value in INPUT_EVENT.iter_unpack(data)]
 
 
+def use_monotonic_clock(fd: int) -> None:
+    """Stamp this reader's events with CLOCK_MONOTONIC (:func:`time.monotonic`'s clock),
+    so the escape chord's deadline compares them with "now". Per open file, so
+    nobody else's events change; a fd that is not an evdev node is left alone."""
+    with contextlib.suppress(OSError):
+        fcntl.ioctl(fd, EVIOCSCLOCKID, struct.pack("i", time.CLOCK_MONOTONIC))
+
+
 def interrupt_self() -> None:
     """What the escape chord does: SIGINT to this supervisor, i.e. the Ctrl-C ladder."""
     os.kill(os.getpid(), signal.SIGINT)
@@ -136,6 +152,8 @@ class InputRouter:
         escape: EscapeChord | None = None,
         on_escape: Callable[[], None] = interrupt_self,
         on_gpu: Callable[[], None] | None = None,
+        now: Callable[[], float] = time.monotonic,
+        to_host: Callable[[Sequence[Event]], None] | None = None,
     ) -> None:
         self.core = core
         self.sink = sink
@@ -143,11 +161,15 @@ class InputRouter:
         self.escape = escape
         self._on_escape = on_escape
         self._on_gpu = on_gpu  # the gpu chord; must not block (it starts a task)
+        self._to_host = to_host  # the "handoff host keys" device's write
         self.devices: dict[str, DeviceHandle] = {}
         self._scopes: dict[str, trio.CancelScope] = {}
         self._drains: dict[str, Callable[[], None]] = {}
         #: SYN_DROPPED seen (the kernel's buffer overflowed: events were lost).
         self.dropped = 0
+        #: The events' clock (CLOCK_MONOTONIC, set on every device read here).
+        self._now = now
+        self._escape_changed = trio.Event()
 
     async def run_device(self, identity: str, handle: DeviceHandle) -> None:
         """Route ``handle``'s events until it is unplugged or cancelled; then let go of it."""
@@ -160,6 +182,8 @@ class InputRouter:
         self.devices[identity] = handle
         try:
             with scope:
+                if self.escape is not None:
+                    use_monotonic_clock(handle.fd)
                 self._apply(self.core.add_device(identity, handle.active_keys()))
                 times: list[float] | None = [] if self.escape is not None else None
                 deliver = self._deliverer(identity, handle, times)
@@ -193,10 +217,10 @@ class InputRouter:
         escape = self.escape
 
         def deliver(events: list[Event]) -> None:
+            before = escape.deadline() if escape is not None else None
             for index, event in enumerate(events):
                 if escape is not None and times and escape.feed(identity, event, times[index]):
-                    log.warning("escape hotkey held %g s: stopping the VM", escape.hold)
-                    self._on_escape()
+                    self._escape_fired()
                 result = assembler.feed(event)
                 if result is None:
                     continue
@@ -209,12 +233,43 @@ class InputRouter:
                     actions = self.core.frame(identity, result)
                 if actions:
                     self._apply(actions)
+            if escape is not None and escape.deadline() != before:
+                self._escape_changed.set()
 
         return deliver
+
+    def _escape_fired(self) -> None:
+        assert self.escape is not None
+        log.warning("escape hotkey held %g s: stopping the VM", self.escape.hold)
+        self._on_escape()
+
+    async def run_escape(self) -> None:
+        """The escape chord's deadline: fire ``hold`` seconds after the chord completed
+        even when no further event comes (a keyboard that does not repeat). The
+        core decides, from the events' timestamps and the clock read here."""
+        escape = self.escape
+        if escape is None:
+            return
+        while True:
+            changed = self._escape_changed = trio.Event()
+            deadline = escape.deadline()
+            if deadline is None:
+                await changed.wait()
+                continue
+            delay = deadline - self._now()
+            if delay > 0:
+                with trio.move_on_after(delay):
+                    await changed.wait()
+                continue
+            if escape.tick(self._now()):
+                self._escape_fired()
+            else:  # the clocks disagree by a rounding: look again a moment later
+                await trio.sleep(0.001)
 
     def _forget(self, identity: str) -> None:
         if self.escape is not None:
             self.escape.forget(identity)
+            self._escape_changed.set()
         self._scopes.pop(identity, None)
         self._drains.pop(identity, None)
         self.devices.pop(identity, None)
@@ -256,6 +311,10 @@ class InputRouter:
                 if handle is not None:
                     with contextlib.suppress(OSError):
                         handle.ungrab()
+            elif isinstance(action, ToHost):
+                if self._to_host is not None:
+                    with contextlib.suppress(OSError):
+                        self._to_host(action.events)
             elif isinstance(action, GpuToggle):
                 log.info("gpu hotkey: moving the live GPU to the other side")
                 if self._on_gpu is not None:

@@ -49,6 +49,7 @@ from handoff.host import HostPaths, qemu_account
 from handoff.input.devices import DeviceInfo, DeviceWatcher, Selection, classify_by_capabilities
 from handoff.input.edge import GuestSink, InputRouter
 from handoff.input.forward import QmpBackend, QmpSocketTransport
+from handoff.input.host_keys import HostKeysDevice
 from handoff.input.keymap import (
     LINUX_TO_QCODE,
     hotkey_codes,
@@ -58,7 +59,7 @@ from handoff.input.keymap import (
 )
 from handoff.input.router import EscapeChord, RouterCore
 from handoff.input.virtio import VirtioProxies
-from handoff.profile import InputBackend, Profile
+from handoff.profile import InputBackend, InputMode, Profile
 from handoff.resources import ControlRegistry, JsonObject, VmHandle
 from handoff.run_layout import input_monitor_path, proxy_links
 from handoff.session_plan import input_argv
@@ -79,8 +80,12 @@ class InputHandoff:
         self._hotkey = hotkey_codes(self._input.hotkey)
         gpu = self._input.gpu_hotkey
         self._gpu_hotkey = hotkey_codes(gpu) if gpu else frozenset[int]()
+        self._host_keys = hotkey_codes(self._input.host_keys) if self._input.host_keys else None
+        self._host_device: HostKeysDevice | None = None
         #: What the gpu chord starts (the session: the live GPU's toggle).
         self.on_gpu_hotkey: Callable[[], Awaitable[object]] | None = None
+        #: Told every change of side (the session: the [[hook]] runner's queue; must not block).
+        self.on_mode: Callable[[InputMode], None] | None = None
         Selection.from_profile(self._input.devices, self._input.exclude)
         self._proxies: VirtioProxies | None = None
         self._router: InputRouter | None = None
@@ -102,14 +107,23 @@ class InputHandoff:
         return None
 
     async def acquire(self) -> None:
+        if self._host_keys and self.backend is not InputBackend.NONE:
+            host_device = HostKeysDevice(self._host_keys)
+            host_device.create()
+            self._host_device = host_device
         if self.backend is InputBackend.VIRTIO:
             proxies = VirtioProxies(self._profile.name, owner_uid=_qemu_uid(self._profile))
-            proxies.create()
+            try:
+                proxies.create()
+            except BaseException:
+                self._destroy_host_device()
+                raise
             keyboard, mouse = proxy_links(self._paths, self._profile.name)
             try:
                 proxies.link(keyboard, mouse)
             except OSError as exc:
                 proxies.destroy()
+                self._destroy_host_device()
                 raise InputError(
                     f"cannot link {keyboard.parent} to the virtio input proxies: {exc}",
                     fix=f"check that handoff can write {keyboard.parent} (HANDOFF_RUN_DIR)",
@@ -141,19 +155,34 @@ class InputHandoff:
             sink = backend
             proxy_nodes = ()
         self._router = self.make_router(sink, nursery)
+        if self._host_device is not None and self._host_device.node is not None:
+            proxy_nodes += (self._host_device.node,)  # never grab our own device
         selection = Selection.from_profile(self._input.devices, self._input.exclude, proxy_nodes)
         watcher = DeviceWatcher(selection, self._on_device, classify=_classify)
         nursery.start_soon(self._watch, watcher)
         control.register(Command.SWITCH, self._switch)
 
     def make_router(self, sink: GuestSink, nursery: trio.Nursery) -> InputRouter:
-        """The router for this profile's chords; the gpu chord's toggle runs in ``nursery``."""
-        core = RouterCore(self._hotkey, self._input.start_in, gpu_hotkey=self._gpu_hotkey)
-        escape = self._input.escape_hotkey
-        return InputRouter(
-            core, sink, escape=EscapeChord(hotkey_codes(escape)) if escape else None,
-            on_gpu=lambda: nursery.start_soon(self._toggle_gpu),
+        """The router for this profile's chords; the gpu chord's toggle and the escape
+        chord's deadline run in ``nursery``."""
+        core = RouterCore(
+            self._hotkey, self._input.start_in, gpu_hotkey=self._gpu_hotkey,
+            host_keys=self._host_keys or (),
         )
+        escape = self._input.escape_hotkey
+        router = InputRouter(
+            core, sink, escape=EscapeChord(hotkey_codes(escape)) if escape else None,
+            on_mode=self._mode_changed,
+            on_gpu=lambda: nursery.start_soon(self._toggle_gpu),
+            to_host=self._host_device.write if self._host_device is not None else None,
+        )
+        if escape:
+            nursery.start_soon(router.run_escape)  # the chord's deadline
+        return router
+
+    def _mode_changed(self, mode: InputMode) -> None:
+        if self.on_mode is not None:
+            self.on_mode(mode)
 
     async def _keymap(self, vm: VmHandle) -> Mapping[int, str]:
         try:
@@ -250,6 +279,12 @@ class InputHandoff:
                     await self._transport.aclose()
             if self._proxies is not None:
                 self._proxies.destroy()
+            self._destroy_host_device()
+
+    def _destroy_host_device(self) -> None:
+        if self._host_device is not None:
+            self._host_device.destroy()
+            self._host_device = None
 
     def status(self) -> JsonObject:
         devices: list[JsonObject] = []
@@ -259,7 +294,10 @@ class InputHandoff:
                 {"identity": ident, "name": handle.name, "grabbed": ident in grabbed}
                 for ident, handle in sorted(self._router.devices.items())
             ]
-        return {"backend": self.backend.value, **self._mode(), "devices": devices}
+        host_keys: JsonObject = (
+            {"host_keys_device": self._host_device.node} if self._host_device is not None else {}
+        )
+        return {"backend": self.backend.value, **self._mode(), **host_keys, "devices": devices}
 
 
 def _qemu_uid(profile: Profile) -> int | None:

@@ -28,6 +28,14 @@ class ToGuest:
 
 
 @dataclass(frozen=True)
+class ToHost:
+    """Key events (one frame) for the "handoff host keys" device: ``[input] host_keys``
+    typed while the guest has the keyboard."""
+
+    events: tuple[Event, ...]
+
+
+@dataclass(frozen=True)
 class Grab:
     device: str
 
@@ -47,7 +55,7 @@ class GpuToggle:
     """The gpu chord completed: move the live GPU groups to the other side."""
 
 
-Action = ToGuest | Grab | Ungrab | ModeChanged | GpuToggle
+Action = ToGuest | ToHost | Grab | Ungrab | ModeChanged | GpuToggle
 
 
 def _other(mode: InputMode) -> InputMode:
@@ -67,11 +75,16 @@ class RouterCore:
       hotkey, never reaches the guest whole; input stays where it is.
     * After SYN_DROPPED the kernel's key state replaces ours; unplug
       releases in the guest what the device held.
+    * ``host_keys`` typed on a grabbed device go to the host's "handoff host
+      keys" device (:class:`ToHost`: press, autorepeat, release), never to the
+      guest; that device, too, only gets a release for a press it saw, and
+      lets go of everything when input goes back to the host (the host then
+      reads the real keyboard again).
     """
 
     def __init__(
         self, hotkey: Iterable[int], start: InputMode = InputMode.HOST,
-        *, gpu_hotkey: Iterable[int] = (),
+        *, gpu_hotkey: Iterable[int] = (), host_keys: Iterable[int] = (),
     ) -> None:
         self.hotkey = frozenset(hotkey)
         if not self.hotkey:
@@ -79,6 +92,11 @@ class RouterCore:
         self.gpu_hotkey = frozenset(gpu_hotkey)
         if self.gpu_hotkey == self.hotkey:
             raise ValueError("the gpu chord must differ from the hotkey")
+        self.host_keys = frozenset(host_keys)
+        if self.host_keys & (self.hotkey | self.gpu_hotkey):
+            raise ValueError("a host key cannot be part of a chord")
+        #: Host key → devices whose press the host-keys device saw (it holds it down).
+        self.host_down: dict[int, set[str]] = {}
         self.mode = InputMode.HOST
         self.pending: InputMode | None = InputMode.GUEST if start is InputMode.GUEST else None
         self.held: dict[str, set[int]] = {}
@@ -103,7 +121,7 @@ class RouterCore:
 
     def remove_device(self, device: str) -> list[Action]:
         """A device is gone (unplugged, ENODEV): the guest lets go of its keys."""
-        actions = self._release_in_guest(device)
+        actions = self._release_in_guest(device) + self._release_on_host(device)
         self.held.pop(device, None)
         self.grabbed.discard(device)
         self.suppressed = {(d, c) for d, c in self.suppressed if d != device}
@@ -118,10 +136,17 @@ class RouterCore:
             return [ToGuest(device, tuple(events))] if grabbed and events else []
         held = self.held.setdefault(device, set())
         out: list[Event] = []
+        host: list[Event] = []
         toggles: list[Action] = []
         for event in events:
             etype, code, value = event
-            if etype == EV_KEY:
+            if etype == EV_KEY and code in self.host_keys:
+                if value == 1:
+                    held.add(code)
+                elif value == 0:
+                    held.discard(code)
+                host.extend(self._host_key(device, code, value, grabbed))
+            elif etype == EV_KEY:
                 if value == 1:
                     newly = code not in held
                     held.add(code)
@@ -152,6 +177,8 @@ class RouterCore:
             elif etype == EV_REL and grabbed:
                 out.append(event)
         actions: list[Action] = [ToGuest(device, tuple(out))] if out else []
+        if host:
+            actions.append(ToHost(tuple(host)))
         return actions + toggles + self._settle()
 
     def resync(self, device: str, held: Iterable[int]) -> list[Action]:
@@ -164,11 +191,15 @@ class RouterCore:
         now = set(held)
         before = self.held.setdefault(device, set())
         out: list[Event] = []
+        host: list[Event] = []
         for code in sorted(before - now):
             self.suppressed.discard((device, code))
             out.extend(self._guest_release(device, code))
+            host.extend(self._host_release(device, code))
         self.held[device] = now
         actions: list[Action] = [ToGuest(device, tuple(out))] if out else []
+        if host:
+            actions.append(ToHost(tuple(host)))
         return actions + self._settle()
 
     def grab_refused(self, device: str, held: Iterable[int]) -> list[Action]:
@@ -223,6 +254,38 @@ class RouterCore:
         del self.guest_down[code]
         return [(EV_KEY, code, 0)]
 
+    def _host_key(self, device: str, code: int, value: int, grabbed: bool) -> list[Event]:
+        """A host key on ``device``: to the host-keys device while the guest has it
+        (a device not grabbed reaches the host by itself)."""
+        if value == 0:
+            return self._host_release(device, code)
+        holders = self.host_down.get(code)
+        if value == 1 and grabbed:
+            if holders is None:
+                self.host_down[code] = {device}
+                return [(EV_KEY, code, 1)]
+            holders.add(device)
+            return []
+        if value == 2 and holders is not None and device in holders:
+            return [(EV_KEY, code, 2)]  # the keyboard's own autorepeat
+        return []
+
+    def _host_release(self, device: str, code: int) -> list[Event]:
+        holders = self.host_down.get(code)
+        if holders is None or device not in holders:
+            return []
+        holders.discard(device)
+        if holders:
+            return []
+        del self.host_down[code]
+        return [(EV_KEY, code, 0)]
+
+    def _release_on_host(self, device: str) -> list[Action]:
+        out: list[Event] = []
+        for code in sorted(self.host_down):
+            out.extend(self._host_release(device, code))
+        return [ToHost(tuple(out))] if out else []
+
     def _release_in_guest(self, device: str) -> list[Action]:
         out: list[Event] = []
         for code in sorted(self.guest_down):
@@ -234,6 +297,9 @@ class RouterCore:
         for device in sorted({d for holders in self.guest_down.values() for d in holders}):
             actions.extend(self._release_in_guest(device))
         self.guest_down.clear()
+        if self.host_down:  # the host reads the real keyboards again
+            actions.append(ToHost(tuple((EV_KEY, code, 0) for code in sorted(self.host_down))))
+            self.host_down.clear()
         actions.extend(Ungrab(d) for d in sorted(self.grabbed))
         self.grabbed.clear()
         if self.mode is not InputMode.HOST:
@@ -305,12 +371,14 @@ ESCAPE_HOLD = 2.0
 class EscapeChord:
     """The escape hotkey: every key of the chord held ``hold`` seconds stops the VM.
 
-    Decided from the events' kernel timestamps only (never a clock read
-    here): the chord counts from the event that completed it, and fires on
-    the first later key event (autorepeat keeps coming while keys are held)
-    at least ``hold`` seconds after. It fires once per press of the chord;
-    releasing any key of it starts over. Key state is per device and
-    counted over devices, like the hotkey's.
+    Decided from the events' kernel timestamps and a "now" the edge passes in
+    (never a clock read here): the chord counts from the event that completed
+    it and fires ``hold`` seconds later, whether or not the keyboard repeats:
+    the edge asks :meth:`tick` at :meth:`deadline`, and a later key event
+    (autorepeat, or the release of a chord held long enough and read late)
+    decides too. It fires once per press of the chord; releasing any key of it
+    before the deadline starts over. Key state is per device and counted over
+    devices, like the hotkey's.
     """
 
     def __init__(self, keys: Iterable[int], hold: float = ESCAPE_HOLD) -> None:
@@ -325,11 +393,21 @@ class EscapeChord:
     def _complete(self) -> bool:
         return all(any(k in keys for keys in self.held.values()) for k in self.keys)
 
+    def _due(self, when: float) -> bool:
+        """Held long enough at ``when`` (and not fired yet): fire now."""
+        # Timestamps are whole microseconds: a float difference may miss by a rounding.
+        if self.since is None or self.fired or when - self.since < self.hold - 1e-6:
+            return False
+        self.fired = True
+        return True
+
     def feed(self, device: str, event: Event, when: float) -> bool:
         """One event read from ``device`` at kernel time ``when``; True when the chord fires."""
         etype, code, value = event
         if etype != EV_KEY:
             return False
+        if self._due(when):  # the chord was held long enough before this event
+            return True
         held = self.held.setdefault(device, set())
         if value == 1:
             held.add(code)
@@ -341,12 +419,17 @@ class EscapeChord:
             return False
         if self.since is None:
             self.since = when
-            return False
-        # Timestamps are whole microseconds: a float difference may miss by a rounding.
-        if not self.fired and when - self.since >= self.hold - 1e-6:
-            self.fired = True
-            return True
         return False
+
+    def deadline(self) -> float | None:
+        """When (kernel time) the chord fires if nothing changes; None when it cannot."""
+        if self.since is None or self.fired:
+            return None
+        return self.since + self.hold
+
+    def tick(self, now: float) -> bool:
+        """The edge's clock says ``now`` (the events' clock): True when the chord fires."""
+        return self._due(now)
 
     def forget(self, device: str) -> None:
         """A device is gone, or lost events (SYN_DROPPED): its keys count as released."""

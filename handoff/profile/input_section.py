@@ -111,6 +111,7 @@ INPUT_KEYS: Mapping[str, FieldParser] = {
     "escape_hotkey": _key_names(
         '["KEY_LEFTCTRL", "KEY_RIGHTCTRL", "KEY_END"]', '"KEY_END"', _hotkey_fix
     ),
+    "host_keys": _key_names('["KEY_MUTE", "KEY_VOLUMEUP"]', '"KEY_MUTE"', _hotkey_fix),
 }
 
 

@@ -8,6 +8,11 @@ their order (error messages list them) and their names (field metadata
 them by :data:`SECTIONS`, for handoff.profile.parse and .render alike.
 
 Never: read files, look anything up on the host, or parse text.
+
+Why it stays over 500 lines: it is the one declaration of every section;
+:data:`SECTIONS` and every key table derive from it, and split across
+modules the sections' order (how they are read and written) would need a
+second list to agree with.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ CONTEXT_DEFAULT = "context_default"
 
 #: vm.name becomes ``<run root>/<name>``; these names under the run root hold
 #: other things (QEMU's socket directories, the GPU journals), never a session.
-RESERVED_NAMES = frozenset({"qemu", "journal"})
+RESERVED_NAMES = frozenset({"qemu", "journal", "control"})
 
 
 class Accel(Enum):
@@ -281,6 +286,7 @@ class Input:
     gpu_hotkey: tuple[str, ...] = ()  # a chord that toggles the live GPU groups
     follow_gpu: bool = False  # keyboard and mouse go where the live GPU goes
     escape_hotkey: tuple[str, ...] = ()  # held 2 s: stop the VM (the Ctrl-C ladder)
+    host_keys: tuple[str, ...] = ()  # in guest mode to the host ("handoff host keys")
 
 
 @dataclass(frozen=True)
@@ -363,6 +369,63 @@ def guest_topology(vm: Vm) -> GuestTopology:
     return GuestTopology(vm.sockets or 1, vm.cores or 1, vm.threads or 1)
 
 
+class MonitorFollow(Enum):
+    """What the monitor's input follows: keyboard and mouse, or a live GPU."""
+
+    INPUT = "input"
+    GPU = "gpu"
+
+
+@dataclass(frozen=True)
+class Monitor:
+    """``[monitor]``: switch the monitor's input (DDC/CI VCP 0x60, through ddcutil).
+
+    ``ddc_bus`` is /dev/i2c-N, ``ddc_display`` ddcutil's display number (one of
+    them); ``guest_input``/``host_input`` are VCP 0x60 values (names in the
+    profile are MCCS names, handoff.monitor.mccs)."""
+
+    ddc_bus: int | None = None
+    ddc_display: int | None = None
+    guest_input: int | None = None
+    host_input: int | None = None
+    follow: MonitorFollow = MonitorFollow.INPUT
+
+    @property
+    def configured(self) -> bool:
+        return self.guest_input is not None or self.host_input is not None
+
+
+class HookEvent(Enum):
+    """When a ``[[hook]]`` runs: input moved, a live GPU moved, the VM started or stopped."""
+
+    GUEST = "guest"
+    HOST = "host"
+    GPU_GUEST = "gpu-guest"
+    GPU_HOST = "gpu-host"
+    START = "start"
+    STOP = "stop"
+
+
+@dataclass(frozen=True)
+class Hook:
+    """``[[hook]]``: a program run (argv, no shell) on an event, killed after ``timeout`` s."""
+
+    on: HookEvent
+    run: tuple[str, ...]
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class Control:
+    """``[control]``: who besides root may run status/switch/gpu/stop for a root session.
+
+    ``users`` are account names (the systemd unit has no SUDO_UID to go by);
+    members of a ``handoff`` group, and the user who ran ``sudo``/``pkexec``,
+    may too (handoff.control_users)."""
+
+    users: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True)
 class Profile:
     """A whole, validated VM description. ``source`` is the file it came from.
@@ -384,6 +447,9 @@ class Profile:
     memory: Memory = field(default_factory=Memory)
     tpm: Tpm = field(default_factory=Tpm)
     guest_agent: GuestAgent = field(default_factory=GuestAgent)
+    control: Control = field(default_factory=Control)
+    hooks: tuple[Hook, ...] = field(default=(), metadata={TOML_KEY: "hook"})
+    monitor: Monitor = field(default_factory=Monitor)
 
     @property
     def tuned(self) -> bool:

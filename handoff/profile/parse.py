@@ -38,8 +38,11 @@ from typing import Any
 
 from handoff.errors import ProfileError
 from handoff.pci.address import PciAddress
+from handoff.profile.control import CONTROL_KEYS, parse_control
 from handoff.profile.guest import check_secure_boot
 from handoff.profile.guest_agent import GUEST_AGENT_KEYS, parse_guest_agent
+from handoff.profile.hooks import HOOK_KEYS, parse_hooks
+from handoff.profile.host_keys import with_host_keys
 from handoff.profile.input_section import INPUT_KEYS, parse_input
 from handoff.profile.model import (
     RESERVED_NAMES,
@@ -66,6 +69,7 @@ from handoff.profile.model import (
     Vm,
     default_vga,
 )
+from handoff.profile.monitor import MONITOR_KEYS, parse_monitor
 from handoff.profile.reader import (
     Custom,
     FieldParser,
@@ -583,6 +587,7 @@ KEY_TABLES: Mapping[str, Mapping[str, FieldParser]] = {
     "sound": {}, "display": {}, "passthrough": PASSTHROUGH_KEYS,
     "host_display": HOST_DISPLAY_KEYS, "input": INPUT_KEYS, "cpu": CPU_KEYS,
     "memory": MEMORY_KEYS, "tpm": TPM_KEYS, "guest_agent": GUEST_AGENT_KEYS,
+    "control": CONTROL_KEYS, "hook": HOOK_KEYS, "monitor": MONITOR_KEYS,
 }
 
 
@@ -623,12 +628,15 @@ def parse_profile(text: str, source: Path) -> Profile:
         display=display,
         passthrough=passthrough,
         host_display=host_display,
-        input=parse_input(reader, data, host_display.handover,
-                           any(p.live for p in passthrough)),
+        input=with_host_keys(reader, data, parse_input(
+            reader, data, host_display.handover, any(p.live for p in passthrough))),
         cpu=parse_cpu(reader, data, vm),
         memory=parse_memory_section(reader, data, vm),
         tpm=parse_tpm(reader, data, vm.name),
         guest_agent=parse_guest_agent(reader, data),
+        control=parse_control(reader, data),
+        hooks=parse_hooks(reader, data),
+        monitor=parse_monitor(reader, data, any(p.live for p in passthrough)),
     )
 
 

@@ -357,3 +357,122 @@ async def test_the_qemu_handoff_run_starts_is_the_command_handoff_argv_prints(
     assert without_fd_numbers(ran) == without_fd_numbers(argv)
     if which == "qmp-input":
         assert "chardev=handoff-input,mode=control" in ran
+
+
+#: An interpreter every user can run (the venv's may live in root's private home); the
+#: light commands (status, switch, stop) need only the standard library.
+USER_PYTHON = "/usr/bin/python3"
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+async def as_user(user: str, system_run: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """`handoff ARGS` run by another user from their own session (own run root empty)."""
+    import pwd
+
+    entry = pwd.getpwnam(user)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": str(CHECKOUT),
+        "XDG_RUNTIME_DIR": f"/nonexistent-{entry.pw_uid}",
+        "HANDOFF_SYSTEM_RUN_DIR": str(system_run),
+    }
+    return await trio.run_process(
+        [USER_PYTHON, "-m", "handoff", *args], env=env, cwd="/", capture_stdout=True,
+        capture_stderr=True, check=False, user=entry.pw_uid, group=entry.pw_gid,
+        extra_groups=[],
+    )  # fmt: skip
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a root session and other users need root")
+async def test_the_user_who_ran_sudo_controls_the_root_session_a_third_user_is_refused(
+    tmp_path: Path,
+) -> None:
+    """`sudo handoff run` (SUDO_UID=daemon's uid): daemon's `handoff status NAME` and
+    `stop NAME` reach the session from daemon's own session; nobody's are refused."""
+    import pwd
+    import tempfile
+
+    desktop = pwd.getpwnam("daemon").pw_uid
+    profile = write_profile(tmp_path, "desk", shutdown_timeout=0.5)
+    with tempfile.TemporaryDirectory(prefix="handoff-sudo-") as top:
+        os.chmod(top, 0o755)  # the system run root's parent: every user passes through
+        run = Path(top) / "run"
+        env = {**cli_env(run), "SUDO_UID": str(desktop)}
+        with trio.fail_after(120):
+            async with trio.open_nursery() as nursery:
+                process = await trio.lowlevel.open_process(
+                    [sys.executable, "-m", "handoff", "run", str(profile)],
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                )  # fmt: skip
+                cli = RunningCli(process, env)
+                nursery.start_soon(cli.pump)
+                try:
+                    await cli.wait_for("^handoff: running")
+                    status = await as_user("daemon", run, "status", "desk", "--json")
+                    listed = await as_user("daemon", run, "status")
+                    third = await as_user("nobody", run, "status", "desk")
+                    third_stop = await as_user("nobody", run, "stop", "desk")
+                    stop = await as_user("daemon", run, "stop", "desk")
+                    assert await process.wait() == 0
+                finally:
+                    if process.returncode is None:
+                        process.kill()
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["pid"] == process.pid
+        assert listed.stdout.decode().startswith("desk: running\n")
+        for refused in (third, third_stop):
+            assert refused.returncode == 2
+            assert refused.stderr.decode().startswith(
+                "handoff: the session 'desk' runs as root and does not let nobody control it"
+            )
+        assert stop.returncode == 0, stop.stderr
+        assert "stop requested through the control socket" in cli.text()
+        assert not (run / "control").exists()
+        assert not (run / "desk").exists()
+
+
+async def test_hooks_run_on_start_on_each_switch_and_on_stop_and_a_slow_one_is_killed(
+    tmp_path: Path, start_cli: StartCli
+) -> None:
+    """A real session: `handoff switch` to the guest and back runs the hooks of each side
+    with the VM's name and the new side in their environment; a hook sleeping past its
+    timeout is killed and shown in `handoff status`; the VM runs on; stop hooks at the end."""
+    out = tmp_path / "hooks.out"
+    record = f"echo $HANDOFF_EVENT $HANDOFF_MODE $HANDOFF_VM >> {out}"
+    profile = qmp_input_profile_file(tmp_path)
+    profile.write_text(
+        profile.read_text()
+        + f'[[hook]]\non = "start"\nrun = ["sh", "-c", "{record}"]\n'
+        + '[[hook]]\non = "guest"\nrun = ["sleep", "60"]\ntimeout = 0.5\n'
+        + f'[[hook]]\non = "guest"\nrun = ["sh", "-c", "{record}"]\n'
+        + f'[[hook]]\non = "host"\nrun = ["sh", "-c", "{record}"]\n'
+        + f'[[hook]]\non = "stop"\nrun = ["sh", "-c", "{record}"]\n'
+    )
+    env = cli_env(tmp_path / "run")
+
+    async def lines(count: int) -> list[str]:
+        while not out.exists() or len(out.read_text().splitlines()) < count:  # noqa: ASYNC110
+            await trio.sleep(0.05)
+        return out.read_text().splitlines()
+
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            cli = await start_cli(profile, nursery)
+            await cli.wait_for("^handoff: running")
+            assert await lines(1) == ["start qmpin"]
+            guest = await handoff(env, "switch", "qmpin", "guest", "--json")
+            assert json.loads(guest.stdout) == {"mode": "guest", "pending": None}
+            assert await lines(2) == ["start qmpin", "guest guest qmpin"]
+            host = await handoff(env, "switch", "qmpin", "host", "--json")
+            assert json.loads(host.stdout) == {"mode": "host", "pending": None}
+            assert (await lines(3))[2] == "host host qmpin"
+            status = json.loads((await handoff(env, "status", "qmpin", "--json")).stdout)
+            hooks = status["resources"]["hooks"]["hooks"]
+            assert hooks[1] == {"on": "guest", "run": "sleep",
+                                "last": "killed at its timeout (0.5 s)"}
+            assert status["phase"] == "running"
+            cli.process.send_signal(signal.SIGINT)
+            assert await cli.process.wait() == 130
+    assert out.read_text().splitlines() == [
+        "start qmpin", "guest guest qmpin", "host host qmpin", "stop qmpin",
+    ]

@@ -192,3 +192,35 @@ def test_with_the_rule_doctor_says_a_handoff_group_member_can_open_dev_vfio_n(
     check = check_vfio_nodes(env, gamer, [group])
     assert check.verdict is Verdict.OK, check
     assert f"/dev/vfio/{group} (root:{HANDOFF_GROUP} 0660)" in check.detail
+
+
+def test_doctor_checks_i2c_dev_and_the_monitors_bus_on_the_real_kernel(tmp_path: Path) -> None:
+    """[monitor]: without i2c-dev there is no /dev/i2c-N for ddcutil and doctor says how
+    to load it; with it (the ICH9 SMBus, i801, is an I2C adapter here), the bus's node is
+    there and usable."""
+    from handoff.checks.monitor import check_bus, check_i2c_dev
+
+    env = DoctorEnv.from_environment()
+    loaded = Path("/sys/module/i2c_dev").exists()
+    if loaded:
+        subprocess.run(["modprobe", "-r", "i2c_dev"], check=True)
+    try:
+        without = check_i2c_dev(env)
+        assert without.verdict is Verdict.FAIL, without
+        assert "modprobe i2c-dev" in (without.fix or "")
+        guest.modprobe("i2c-dev")
+        assert check_i2c_dev(env).verdict is Verdict.OK
+        buses = sorted(int(p.name.split("-")[1]) for p in Path("/sys/class/i2c-dev").iterdir())
+        assert buses, "the ICH9 SMBus gives at least one I2C adapter"
+        profile = parse_profile(
+            f'[vm]\nname = "tb"\nmemory = "256M"\n[monitor]\nddc_bus = {buses[0]}\n'
+            'guest_input = "DisplayPort1"\nhost_input = "HDMI1"\n', tmp_path / "tb.toml",
+        )
+        guest.wait_for(lambda: Path(f"/dev/i2c-{buses[0]}").exists() or None,
+                       f"/dev/i2c-{buses[0]}")
+        assert check_bus(env, profile.monitor).verdict is Verdict.OK
+        missing = dataclasses.replace(profile.monitor, ddc_bus=buses[-1] + 50)
+        assert check_bus(env, missing).verdict is Verdict.FAIL
+    finally:
+        if not loaded:
+            subprocess.run(["modprobe", "-r", "i2c_dev"], check=False)

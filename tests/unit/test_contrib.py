@@ -301,3 +301,31 @@ def test_the_gentoo_fragment_is_kconfig_with_the_seeds_options() -> None:
     options = {line.split("=")[0] for line in lines}
     assert {"CONFIG_IRQ_REMAP", "CONFIG_VFIO", "CONFIG_VFIO_PCI", "CONFIG_VFIO_PCI_VGA"} <= options
     assert {"CONFIG_INTEL_IOMMU", "CONFIG_AMD_IOMMU"} <= options
+
+
+# ---------------------------------------------------------------- install.sh's interpreter
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="install.sh runs as root")
+@pytest.mark.parametrize("private", [True, False], ids=["private-pyenv", "public"])
+def test_the_system_install_uses_an_interpreter_every_user_can_run(private: bool) -> None:
+    """A python3 first on PATH in a directory only root can enter (root's pyenv) is
+    not linked into /opt/handoff: the desktop user could not start `handoff` at all."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="handoff-python-") as top:
+        bindir = Path(top) / "bin"
+        bindir.mkdir(mode=0o755)
+        (bindir / "python3").symlink_to("/usr/bin/python3.11")
+        Path(top).chmod(0o700 if private else 0o755)
+        env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
+        chosen = subprocess.run(
+            ["bash", str(CONTRIB / "install.sh"), "--which-python"], env=env,
+            capture_output=True, text=True, check=True, timeout=60,
+        ).stdout.strip()  # fmt: skip
+        assert chosen == ("/usr/bin/python3" if private else str(bindir / "python3"))
+        runs = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "env", chosen,
+             "-c", "0"], check=False, timeout=60,
+        )  # fmt: skip
+        assert runs.returncode == 0

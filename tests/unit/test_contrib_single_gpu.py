@@ -34,3 +34,24 @@ def test_the_desktop_entry_starts_the_unit() -> None:
     assert section["Type"] == "Application"
     assert section["Exec"] == "systemctl start handoff@win10.service"
     assert section["Terminal"] == "false"
+
+
+SWITCH = CONTRIB / "desktop" / "handoff-switch.desktop"
+
+
+def test_the_switch_shortcut_runs_a_command_handoff_parses_as_switch() -> None:
+    import shlex
+
+    from handoff.cli import build_parser
+
+    entry = configparser.ConfigParser(interpolation=None, comment_prefixes=("#",))
+    entry.optionxform = str  # type: ignore[assignment,method-assign]
+    entry.read_string(SWITCH.read_text())
+    section = entry["Desktop Entry"]
+    assert section["Type"] == "Application"
+    argv = shlex.split(section["Exec"])
+    assert argv[0] == "handoff"
+    args = build_parser().parse_args(argv[1:])
+    assert (args.command, args.profile, args.to) == ("switch", "win10", "toggle")
+    comment = SWITCH.read_text()
+    assert "gsettings set $k command 'handoff switch win10'" in comment

@@ -61,6 +61,7 @@ def facts_of(build: Callable[[Path], FakeHost], tmp_path: Path) -> InitFacts:
     ids = tmp_path / "pci.ids"
     ids.write_text(PCI_IDS)
     return gather_facts(host.paths, host.module_loadable, inputs=lambda: (), pci_ids=[ids],
+                        monitors=lambda: None,
                         ovmf_candidates=[], descriptor_dirs=())
 
 

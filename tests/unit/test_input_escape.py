@@ -1,7 +1,8 @@
 """The escape hotkey: a chord held 2 s (by the events' kernel timestamps) stops the VM.
 
 The pure core (router.EscapeChord) and the edge (InputRouter reading real
-``struct input_event`` records, timestamps included, from a pipe).
+``struct input_event`` records, timestamps included, from a pipe; its
+deadline task on trio's mock clock, with or without autorepeat).
 """
 
 from __future__ import annotations
@@ -37,6 +38,34 @@ def test_the_chord_fires_once_when_held_two_seconds_by_event_time() -> None:
     assert not press(chord, "kbd", KEY_END, 2, 12.19)
     assert press(chord, "kbd", KEY_END, 2, 12.2)  # 2.0 s after it was complete
     assert not press(chord, "kbd", KEY_END, 2, 13.0)  # once per press of the chord
+
+
+def test_the_chord_fires_at_its_deadline_without_any_further_event() -> None:
+    chord = EscapeChord(CHORD)
+    assert chord.deadline() is None
+    for when, code in ((10.0, KEY_LEFTCTRL), (10.1, KEY_RIGHTCTRL), (10.2, KEY_END)):
+        assert not press(chord, "kbd", code, 1, when)
+    assert chord.deadline() == pytest.approx(12.2)
+    assert not chord.tick(12.1)
+    assert chord.tick(12.2)  # 2 s after the chord completed, no repeat needed
+    assert chord.deadline() is None
+    assert not chord.tick(13.0)  # once per press of the chord
+    assert not press(chord, "kbd", KEY_END, 0, 13.5)
+    assert chord.deadline() is None  # released: nothing pending
+
+
+def test_a_chord_held_long_enough_fires_on_a_release_read_late() -> None:
+    # A busy supervisor reads the press and the release together, 2.5 s apart by
+    # their timestamps: the chord was held long enough, so it fires.
+    chord = EscapeChord(CHORD)
+    for code in CHORD:
+        press(chord, "kbd", code, 1, 1.0)
+    assert press(chord, "kbd", KEY_END, 0, 3.5)
+    short = EscapeChord(CHORD)
+    for code in CHORD:
+        press(short, "kbd", code, 1, 1.0)
+    assert not press(short, "kbd", KEY_END, 0, 2.5)  # 1.5 s: released too soon
+    assert short.deadline() is None
 
 
 def test_releasing_a_key_starts_over_and_other_keys_do_not_count() -> None:
@@ -137,3 +166,44 @@ def test_the_profile_key_is_checked() -> None:
         parse_profile(base + 'escape_hotkey = ["KEY_END"]\n', source)
     with pytest.raises(ProfileError, match="expected a Linux key name"):
         parse_profile(base + 'backend = "qmp"\nescape_hotkey = ["END"]\n', source)
+
+
+@pytest.mark.parametrize("repeats", [False, True], ids=["no-autorepeat", "autorepeat"])
+async def test_the_deadline_task_fires_two_seconds_after_the_chord_with_or_without_repeats(
+    autojump_clock: trio.testing.MockClock, repeats: bool
+) -> None:
+    keyboard = PipeKeyboard()
+    fired: list[float] = []
+    router = InputRouter(
+        RouterCore(frozenset({KEY_SCROLLLOCK}), InputMode.HOST), Guest(),
+        escape=EscapeChord(CHORD), on_escape=lambda: fired.append(trio.current_time()),
+        now=trio.current_time,
+    )
+
+    def frame(code: int, value: int) -> list[tuple[float, Event]]:
+        now = trio.current_time()
+        return [(now, (EV_KEY, code, value)), (now, (EV_SYN, SYN_REPORT, 0))]
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(router.run_escape)
+        nursery.start_soon(router.run_device, "kbd", keyboard)
+        await trio.testing.wait_all_tasks_blocked()
+        keyboard.send(frame(KEY_LEFTCTRL, 1) + frame(KEY_RIGHTCTRL, 1) + frame(KEY_END, 1))
+        await trio.testing.wait_all_tasks_blocked()
+        completed = trio.current_time()
+        for _ in range(25):  # held 2.5 s, repeating every 0.1 s or silent
+            await trio.sleep(0.1)
+            if repeats:
+                keyboard.send(frame(KEY_END, 2))
+        keyboard.send(frame(KEY_END, 0) + frame(KEY_RIGHTCTRL, 0) + frame(KEY_LEFTCTRL, 0))
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(fired) == 1
+        assert fired[0] - completed == pytest.approx(2.0, abs=0.11)
+        # A second press of the chord, released after 1 s: nothing more.
+        keyboard.send(frame(KEY_LEFTCTRL, 1) + frame(KEY_RIGHTCTRL, 1) + frame(KEY_END, 1))
+        await trio.sleep(1.0)
+        keyboard.send(frame(KEY_END, 0))
+        await trio.sleep(5.0)
+        assert len(fired) == 1
+        nursery.cancel_scope.cancel()
+    os.close(keyboard.writer)

@@ -17,11 +17,13 @@ from handoff.input.router import (
     Resync,
     RouterCore,
     ToGuest,
+    ToHost,
     Ungrab,
 )
 from handoff.profile import InputMode
 
 LCTRL, RCTRL, SCROLL, A, S, D, BTN = 29, 97, 70, 30, 31, 32, 0x110
+MUTE, VOLUMEUP = 113, 115
 
 
 def press(code: int) -> tuple[int, int, int]:
@@ -36,8 +38,14 @@ def guest_events(actions: list[Action]) -> list[tuple[int, int, int]]:
     return [e for a in actions if isinstance(a, ToGuest) for e in a.events]
 
 
-def guest_router(hotkey: tuple[int, ...] = (LCTRL, RCTRL)) -> RouterCore:
-    core = RouterCore(hotkey, start=InputMode.GUEST)
+def host_events(actions: list[Action]) -> list[tuple[int, int, int]]:
+    return [e for a in actions if isinstance(a, ToHost) for e in a.events]
+
+
+def guest_router(
+    hotkey: tuple[int, ...] = (LCTRL, RCTRL), host_keys: tuple[int, ...] = ()
+) -> RouterCore:
+    core = RouterCore(hotkey, start=InputMode.GUEST, host_keys=host_keys)
     assert core.add_device("kbd") == [ModeChanged(InputMode.GUEST), Grab("kbd")]
     return core
 
@@ -170,6 +178,50 @@ def test_the_assembler_drops_everything_up_to_the_report_after_syn_dropped() -> 
     assert asm.feed((EV_SYN, SYN_REPORT, 0)) == [release(A)]
 
 
+def test_host_keys_in_guest_mode_go_to_the_host_device_with_repeats_never_to_the_guest() -> None:
+    core = guest_router(host_keys=(MUTE, VOLUMEUP))
+    actions = core.frame("kbd", [press(MUTE), press(A)])
+    assert guest_events(actions) == [press(A)]
+    assert host_events(actions) == [press(MUTE)]
+    assert host_events(core.frame("kbd", [(EV_KEY, MUTE, 2)])) == [(EV_KEY, MUTE, 2)]
+    actions = core.frame("kbd", [release(MUTE), release(A)])
+    assert guest_events(actions) == [release(A)]
+    assert host_events(actions) == [release(MUTE)]
+
+
+def test_in_host_mode_host_keys_are_left_alone() -> None:
+    core = RouterCore((LCTRL, RCTRL), host_keys=(MUTE,))
+    core.add_device("kbd")
+    assert core.frame("kbd", [press(MUTE)]) == []
+    assert core.frame("kbd", [release(MUTE)]) == []
+
+
+def test_a_host_key_held_across_a_switch_is_released_on_the_host_device() -> None:
+    core = guest_router(host_keys=(VOLUMEUP,))
+    assert host_events(core.frame("kbd", [press(VOLUMEUP)])) == [press(VOLUMEUP)]
+    actions = core.request(Side.HOST)
+    assert host_events(actions) == [release(VOLUMEUP)]
+    assert Ungrab("kbd") in actions
+    # The real release now reaches the host from the real keyboard: nothing more here.
+    assert core.frame("kbd", [release(VOLUMEUP)]) == []
+
+
+def test_a_host_key_is_released_on_unplug_and_on_a_resync_that_lost_its_release() -> None:
+    core = guest_router(host_keys=(MUTE,))
+    core.frame("kbd", [press(MUTE)])
+    assert host_events(core.remove_device("kbd")) == [release(MUTE)]
+    core = guest_router(host_keys=(MUTE,))
+    core.frame("kbd", [press(MUTE)])
+    assert host_events(core.resync("kbd", [])) == [release(MUTE)]
+
+
+def test_a_host_key_cannot_be_part_of_a_chord() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="host key"):
+        RouterCore((LCTRL, RCTRL), host_keys=(LCTRL,))
+
+
 # --------------------------------------------------------------------------- property
 
 
@@ -182,6 +234,7 @@ class World:
     kernel: dict[str, set[int]] = field(default_factory=dict)
     host: dict[str, set[int]] = field(default_factory=dict)
     guest: set[int] = field(default_factory=set)
+    host_keys_device: set[int] = field(default_factory=set)
     motion_in: int = 0
     motion_out: int = 0
     switches: int = 0
@@ -201,11 +254,25 @@ class World:
                         assert code in self.guest, "guest got a release without a press"
                         self.guest.discard(code)
                     assert not set(self.hotkey) <= self.guest, "the chord reached the guest"
+                    assert code not in self.core.host_keys, "a host key reached the guest"
+            elif isinstance(action, ToHost):
+                for _, code, value in action.events:
+                    assert code in self.core.host_keys, "a key that is not a host key"
+                    if value == 1:
+                        assert code not in self.host_keys_device, "host device: second press"
+                        self.host_keys_device.add(code)
+                    elif value == 0:
+                        assert code in self.host_keys_device, "host device: release, no press"
+                        self.host_keys_device.discard(code)
+                    else:
+                        assert code in self.host_keys_device, "host device: repeat, no press"
             elif isinstance(action, Grab) and self.kernel[action.device]:
                 # The edge's EVIOCGKEY check after EVIOCGRAB found a key down.
                 self.apply(self.core.grab_refused(action.device, self.kernel[action.device]))
             elif isinstance(action, ModeChanged):
                 self.switches += 1
+                if action.mode is InputMode.HOST:  # the host reads the real keyboards again
+                    assert not self.host_keys_device, "the host keys device still holds a key"
 
     def deliver(self, device: str, events: list[tuple[int, int, int]], seen: bool = True) -> None:
         grabbed = device in self.core.grabbed
@@ -226,9 +293,10 @@ class World:
 
 
 DEVICES = ("kbd", "kbd2", "mouse")
-KEYS = (LCTRL, RCTRL, SCROLL, A, S, BTN)
+KEYS = (LCTRL, RCTRL, SCROLL, A, S, BTN, MUTE)
 op = st.one_of(
     st.tuples(st.just("key"), st.sampled_from(DEVICES), st.sampled_from(KEYS)),
+    st.tuples(st.just("repeat"), st.sampled_from(DEVICES), st.sampled_from(KEYS)),
     st.tuples(st.just("rel"), st.sampled_from(DEVICES), st.integers(-50, 50)),
     st.tuples(st.just("drop"), st.sampled_from(DEVICES), st.sampled_from(KEYS)),
     st.tuples(st.just("unplug"), st.sampled_from(DEVICES), st.just(0)),
@@ -249,7 +317,7 @@ op = st.one_of(
 def test_no_interleaving_leaves_a_key_stuck_or_leaks_the_chord_or_loses_motion(
     hotkey: tuple[int, ...], start: InputMode, ops: list[tuple[str, str, int]]
 ) -> None:
-    world = World(RouterCore(hotkey, start), hotkey)
+    world = World(RouterCore(hotkey, start, host_keys=(MUTE,)), hotkey)
     for device in DEVICES:
         world.plug(device)
     world.switches = 0
@@ -262,6 +330,9 @@ def test_no_interleaving_leaves_a_key_stuck_or_leaks_the_chord_or_loses_motion(
             world.plug(device)  # re-plugged
         if kind == "key":
             world.deliver(device, [(EV_KEY, arg, 0 if arg in world.kernel[device] else 1)])
+        elif kind == "repeat":  # the kernel's autorepeat of a held key
+            if arg in world.kernel[device]:
+                world.deliver(device, [(EV_KEY, arg, 2)])
         elif kind == "rel":
             world.deliver(device, [(EV_REL, REL_X, arg)])
         elif kind == "drop":  # the change is lost in an overflow; EVIOCGKEY resyncs
@@ -277,6 +348,7 @@ def test_no_interleaving_leaves_a_key_stuck_or_leaks_the_chord_or_loses_motion(
             world.deliver(device, [(EV_KEY, code, 0)])
     assert world.guest == set(), "a key is stuck in the guest"
     assert all(not keys for keys in world.host.values()), "a key is stuck on the host"
+    assert world.host_keys_device == set(), "a key is stuck on the host keys device"
     assert world.motion_in == world.motion_out
     assert world.core.pending is None
     if world.core.mode is InputMode.GUEST:
@@ -287,3 +359,4 @@ def test_no_interleaving_leaves_a_key_stuck_or_leaks_the_chord_or_loses_motion(
     world.apply(world.core.shutdown())
     assert world.core.grabbed == set()
     assert world.guest == set()
+    assert world.host_keys_device == set()

@@ -44,6 +44,22 @@ F, C, E, S, K = Layer.FOUNDATION, Layer.CORE, Layer.EDGE, Layer.SESSION, Layer.C
 
 #: Every module of handoff/ -> its layer. No prefixes: a new module is placed by hand.
 LAYERS: dict[str, Layer] = {
+    # issue 22: desktop-user control, hooks, host keys, the monitor
+    "handoff.control_access": C,
+    "handoff.control_users": E,
+    "handoff.control_find": E,
+    "handoff.profile.control": C,
+    "handoff.profile.hooks": C,
+    "handoff.profile.host_keys": C,
+    "handoff.profile.monitor": C,
+    "handoff.hooks": C,
+    "handoff.hooks.plan": C,
+    "handoff.hooks.runner": E,
+    "handoff.monitor": C,
+    "handoff.monitor.mccs": C,
+    "handoff.monitor.plan": C,
+    "handoff.checks.monitor": E,
+    "handoff.input.host_keys": E,
     # foundation
     "handoff": F,
     "handoff.errors": F,
