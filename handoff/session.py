@@ -297,6 +297,8 @@ class Session:
         self.report(f"preflight ok: accelerator {checks.accel} ({checks.accel_reason})")
         for warning in checks.plan.warnings:
             self.report(f"warning: {warning}")
+        for note in checks.plan.notes:
+            self.report(note)
         rundir = RunDir.acquire(self.paths, self.profile.name, qemu_user=self.profile.vm.user)
         try:
             with _collapse_groups():
@@ -359,6 +361,7 @@ class Session:
                 user=self.profile.vm.user,
                 memlock_bytes=memlock,
                 scoped=checks.plan.scoped,
+                environment=checks.plan.environment,
             )
         except BaseException:
             ours.close()

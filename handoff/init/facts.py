@@ -120,3 +120,4 @@ class HostFacts:
     disk: DiskFact | None = None
     hugepage_sizes_kib: tuple[int, ...] = ()  # the page sizes the kernel offers
     mem_available_mib: int | None = None  # MemAvailable now
+    desktop_user: str | None = None  # who owns the active graphical session ([sound] user)

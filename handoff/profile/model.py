@@ -8,6 +8,10 @@ their order (error messages list them) and their names (field metadata
 them by :data:`SECTIONS`, for handoff.profile.parse and .render alike.
 
 Never: read files, look anything up on the host, or parse text.
+
+Why it stays over 500 lines: it is the one declaration of every section (the
+parser's key tables and the renderer both derive from it); split, the
+section order and the Profile's fields could drift apart.
 """
 
 from __future__ import annotations
@@ -171,8 +175,13 @@ class AudioBackend(Enum):
 
 @dataclass(frozen=True)
 class Sound:
+    """``user``: whose sound server (their desktop session's PulseAudio or
+    pipewire-pulse) QEMU plays to; ``latency_ms``: the backend's buffer."""
+
     model: SoundModel = SoundModel.NONE
     backend: AudioBackend = AudioBackend.NONE
+    user: str | None = None
+    latency_ms: int = 20
 
 
 class Vga(Enum):
@@ -283,6 +292,52 @@ class Input:
     escape_hotkey: tuple[str, ...] = ()  # held 2 s: stop the VM (the Ctrl-C ladder)
 
 
+class LookingGlassDevice(Enum):
+    """Where ``[looking_glass]``'s shared memory lives."""
+
+    SHM = "shm"  # a per-VM file under /dev/shm, made before QEMU starts
+    KVMFR = "kvmfr"  # /dev/kvmfrN of the kvmfr module (DMA-capable; loaded by the person)
+
+
+@dataclass(frozen=True)
+class LookingGlass:
+    """``[looking_glass]``: an IVSHMEM device for the Looking Glass client.
+
+    ``size_mib`` None is "auto": from ``width`` x ``height`` (and ``hdr``),
+    :func:`handoff.desk.looking_glass.auto_size_mib`. ``owner`` is the desktop
+    user who runs ``looking-glass-client``: the shm file is theirs.
+    """
+
+    enabled: bool = False
+    width: int = 1920
+    height: int = 1080
+    hdr: bool = False
+    size_mib: int | None = field(default=None, metadata={TOML_KEY: "size"})
+    owner: str | None = None
+    device: LookingGlassDevice = LookingGlassDevice.SHM
+    kvmfr_index: int = 0
+
+
+@dataclass(frozen=True)
+class Usb:
+    """``[[usb]]``: one host USB device for the guest, by ``device = "VID:PID"`` or by
+    ``port = "BUS-PORT[.PORT...]"`` (exactly one). QEMU's usb-host attaches whatever
+    matches whenever it is plugged in, so re-plugging works."""
+
+    device: str | None = None  # "046d:c52b", lower case
+    port: str | None = None  # "1-2.3"
+
+
+@dataclass(frozen=True)
+class Share:
+    """``[[share]]``: a host folder the guest mounts by ``tag`` (virtiofs, served by
+    virtiofsd as a helper process of the session)."""
+
+    path: Path
+    tag: str
+    readonly: bool = False
+
+
 @dataclass(frozen=True)
 class Vm:
     name: str
@@ -384,6 +439,9 @@ class Profile:
     memory: Memory = field(default_factory=Memory)
     tpm: Tpm = field(default_factory=Tpm)
     guest_agent: GuestAgent = field(default_factory=GuestAgent)
+    looking_glass: LookingGlass = field(default_factory=LookingGlass)
+    usb: tuple[Usb, ...] = ()
+    shares: tuple[Share, ...] = field(default=(), metadata={TOML_KEY: "share"})
 
     @property
     def tuned(self) -> bool:

@@ -301,3 +301,20 @@ def test_the_gentoo_fragment_is_kconfig_with_the_seeds_options() -> None:
     options = {line.split("=")[0] for line in lines}
     assert {"CONFIG_IRQ_REMAP", "CONFIG_VFIO", "CONFIG_VFIO_PCI", "CONFIG_VFIO_PCI_VGA"} <= options
     assert {"CONFIG_INTEL_IOMMU", "CONFIG_AMD_IOMMU"} <= options
+
+
+# ---------------------------------------------------------------- Looking Glass (kvmfr)
+
+
+def test_the_kvmfr_files_load_the_module_with_a_size_and_give_the_node_to_one_user() -> None:
+    (options,) = active_lines(CONTRIB / "modprobe.d" / "kvmfr.conf")
+    assert options == "options kvmfr static_size_mb=32"
+    (rule,) = active_lines(CONTRIB / "udev" / "99-kvmfr.rules")
+    assert parse_udev_rule(rule) == [
+        ("SUBSYSTEM", "==", "kvmfr"), ("OWNER", "=", "alice"), ("GROUP", "=", "kvm"),
+        ("MODE", "=", "0660"),
+    ]
+    if shutil.which("modprobe") is not None:
+        shown = subprocess.run(["modprobe", "-C", str(CONTRIB / "modprobe.d" / "kvmfr.conf"),
+                               "--showconfig"], capture_output=True, text=True, check=True)
+        assert options in shown.stdout

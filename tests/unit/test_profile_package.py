@@ -97,10 +97,12 @@ def test_a_hotkey_name_outside_the_table_is_refused_by_the_profile() -> None:
 def test_the_sections_are_the_profiles_fields_in_order() -> None:
     assert [s.name for s in SECTIONS] == [
         "vm", "firmware", "disk", "network", "sound", "display", "passthrough",
-        "host_display", "input", "cpu", "memory", "tpm", "guest_agent",
+        "host_display", "input", "cpu", "memory", "tpm", "guest_agent", "looking_glass", "usb",
+        "share",
     ]
     assert [s.array for s in SECTIONS] == [
         False, False, True, True, False, False, True, False, False, False, False, False, False,
+        False, True, True,
     ]
     assert {s.attr for s in SECTIONS} == {f.name for f in fields(Profile)} - {"source"}
 
