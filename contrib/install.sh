@@ -45,6 +45,10 @@ if [ "$which_python" = 1 ]; then choose_python; echo "$py"; exit 0; fi
 
 # Runtime: QEMU (x86 system emulator + firmware), kmod for modprobe, pciutils for lspci.
 apt_pkgs=(qemu-system-x86 qemu-utils ovmf kmod pciutils udev python3 python3-venv)
+# [sound] backend = "pa": QEMU's PulseAudio driver is a module of Debian's qemu-system-gui.
+apt_pkgs+=(qemu-system-gui)
+# [sound] user with vm.user: setfacl/getfacl give QEMU's account the way to the socket.
+apt_pkgs+=(acl)
 # Tests: the testbed guest (busybox initramfs, the Debian kernel unpacked with dpkg,
 # systemd-udevd inside the guest from the host's udev package; the testbed's systemd
 # boot runs the host's /lib/systemd/systemd as the guest's PID 1).
@@ -67,6 +71,8 @@ apt_pkgs+=(swtpm swtpm-tools)
 [ "$dev" = 1 ] && apt_pkgs+=(shim-signed shim-helpers-amd64-signed)
 [ "$dev" = 1 ] && apt_pkgs+=(grub-efi-amd64-signed grub-efi-amd64-bin)
 [ "$dev" = 1 ] && apt_pkgs+=(mtools fdisk)
+# [sound] user's proof (tests/qemu/test_desk_sound.py): a real PulseAudio and its pactl.
+[ "$dev" = 1 ] && apt_pkgs+=(pulseaudio pulseaudio-utils)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -141,6 +141,14 @@ def _profile_checks(
     checks.append(check_uinput(env, supervisor, profile))
     checks.append(check_input_devices(env, supervisor, profile))
     checks.extend(check_tuning(env, profile, facts.tuning))
+    if profile.sound.user is not None:
+        from handoff.checks.sound import check_sound_server
+
+        checks.extend(check_sound_server(profile))
+    if profile.looking_glass.enabled:
+        from handoff.checks.looking_glass import check_looking_glass
+
+        checks.extend(check_looking_glass(env, profile))
     if profile.host_display.handover:
         from handoff.checks.display import check_host_display
 

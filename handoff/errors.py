@@ -217,3 +217,5 @@ class TpmError(HandoffError):
 
 class GuestAgentError(HandoffError):
     """The guest agent's channel cannot be used (its socket, its answers)."""
+class DeskError(HandoffError):
+    """Looking Glass's memory, a USB device, a shared folder or sound cannot be set up."""

@@ -12,10 +12,11 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from handoff.desk.sound import SoundServer
 from handoff.errors import HostError, QemuError
 from handoff.host import HostPaths, qemu_account
 from handoff.pci.address import PciAddress
-from handoff.profile import Accelerator, FirmwareType, Profile
+from handoff.profile import Accelerator, FirmwareType, Profile, SoundModel
 from handoff.qemu.accel import choose_accel
 from handoff.qemu.firmware_descriptors import FirmwareDescriptor
 from handoff.session_plan import HostFacts, QemuOwner
@@ -133,4 +134,13 @@ def gather_host_facts(
         cpu_properties=cpu_properties,
         machine_options=machine_options,
         host_evmcs=_host_evmcs(paths, choice.accel),
+        sound=_sound(profile, strict=strict),
     )
+
+
+def _sound(profile: Profile, *, strict: bool) -> SoundServer | None:
+    if profile.sound.model is SoundModel.NONE:
+        return None
+    from handoff.desk.sound_host import read_sound_server  # only with [sound] user
+
+    return read_sound_server(profile, strict=strict)

@@ -11,7 +11,9 @@ registered, in this order, each for a reason:
    in the guest while the recorded QEMU still holds the group.
 3. tuning (:mod:`handoff.tune.recovery`): hugepage pools, governors,
    AllowedCPUs= back, once no QEMU uses them.
-4. host display (:mod:`handoff.display.recovery`): framebuffer, consoles,
+4. desk (:mod:`handoff.desk.recovery`): Looking Glass's shm file, USB nodes,
+   the sound user's ACL entries, a virtiofsd whose QEMU never came.
+5. host display (:mod:`handoff.display.recovery`): framebuffer, consoles,
    units, last: the card must be back on its driver.
 
 A new capability (a TPM emulator's state, a shared-memory file) adds its
@@ -26,6 +28,7 @@ from typing import Any
 
 from handoff import journal as jr
 from handoff import systemctl
+from handoff.desk.recovery import desk_recoverer
 from handoff.display.recovery import display_recoverer
 from handoff.display.resource import ReturnCard
 from handoff.host import HostPaths
@@ -68,6 +71,7 @@ def recoverers(
         gpu_recoverer(engine),
         live_recoverer(engine),
         tuning_recoverer(paths, writer, Systemd(paths, systemd)),
+        desk_recoverer(paths),
         display_recoverer(paths, writer, systemd, report, card_return(paths, writer)),
     ]
 

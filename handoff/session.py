@@ -298,6 +298,8 @@ class Session:
         self.report(f"preflight ok: accelerator {checks.accel} ({checks.accel_reason})")
         for warning in checks.plan.warnings:
             self.report(f"warning: {warning}")
+        for note in checks.plan.notes:
+            self.report(note)
         access = resolve_access(self.profile, os.environ)  # [control] users exist
         rundir = RunDir.acquire(self.paths, self.profile.name, qemu_user=self.profile.vm.user)
         try:
@@ -365,6 +367,7 @@ class Session:
                 user=self.profile.vm.user,
                 memlock_bytes=memlock,
                 scoped=checks.plan.scoped,
+                environment=checks.plan.environment,
             )
         except BaseException:
             ours.close()

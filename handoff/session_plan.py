@@ -29,6 +29,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from handoff.desk.looking_glass import plan_ivshmem
+from handoff.desk.share import socket_path as share_socket
+from handoff.desk.sound import COOKIE_COPY, SoundServer
 from handoff.host import HostPaths
 from handoff.pci.address import PciAddress
 from handoff.profile import Accelerator, InputBackend, InputMode, Profile, TpmType
@@ -55,7 +58,7 @@ from handoff.run_layout import (
 if TYPE_CHECKING:  # the live and tuning planners load only for profiles that use them
     from handoff.live.windows import Bar
     from handoff.tune.model import HostTuning
-    from handoff.tune.plan import TunePlan
+    from handoff.tune.plan import MemoryBackend, TunePlan
 
 __all__ = [
     "MEMLOCK_HEADROOM",
@@ -119,6 +122,7 @@ class HostFacts:
     cpu_properties: frozenset[str] | None = None
     machine_options: frozenset[str] | None = None
     host_evmcs: bool = False
+    sound: SoundServer | None = None  # [sound] user's server, read when the profile names one
 
     def group_of(self, address: PciAddress) -> int | None:
         return dict(self.iommu_groups).get(address)
@@ -130,6 +134,8 @@ class ChangeKind(enum.Enum):
     CREATE_RUN_DIR = "create-run-dir"
     DEVICE_TO_VFIO = "device-to-vfio"
     CHOWN_NODE = "chown-node"
+    CREATE_SHM = "create-shm"
+    START_VIRTIOFSD = "start-virtiofsd"
     CREATE_PROXY = "create-proxy"
     LINK_PROXY = "link-proxy"
     RAISE_HUGEPAGES = "raise-hugepages"
@@ -185,6 +191,23 @@ class SessionPlan:
     # Lines to show before the session starts (Hyper-V flags this QEMU lacks).
     warnings: tuple[str, ...] = ()
 
+    @property
+    def environment(self) -> tuple[tuple[str, str], ...]:
+        """Variables QEMU gets beyond the supervisor's (the sound user's PulseAudio cookie)."""
+        sound = self.facts.sound
+        if sound is None:
+            return ()
+        if self.facts.qemu_owner is not None and sound.explicit:  # vm.user reads a copy
+            return sound.environment(self.paths.qemu_socket_dir / COOKIE_COPY)
+        return sound.environment()
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What a person should know before the VM starts (no sound server, ...)."""
+        sound = self.facts.sound
+        note = sound.note() if sound is not None else None
+        return (note,) if note is not None else ()
+
     def argv_with_monitor_fd(self, fd: int) -> tuple[str, ...]:
         """The argv QEMU runs when QMP is the inherited ``fd``: the plan's argv with that
         one value filled in (the QMP ``-chardev``); nothing else differs."""
@@ -235,6 +258,9 @@ def _launch(
     tune: TunePlan | None = None,
     firmware: FirmwareChoice | None = None,
     guest: Platform = NO_PLATFORM,
+    *,
+    profile: Profile | None = None,
+    dev: Path = Path("/dev"),
 ) -> LaunchSpec:
     return LaunchSpec(
         binary=binary,
@@ -245,12 +271,33 @@ def _launch(
         input_monitor=where.input_monitor,
         virtio_input=where.proxy_links,
         start_paused=True,
-        memory_backend=tune.backend if tune is not None else None,
         tpm_socket=where.tpm_socket,
         agent_socket=where.agent_socket,
         firmware=firmware,
         platform=guest,
+        memory_backend=_memory_backend(profile, tune),
+        ivshmem=plan_ivshmem(profile.looking_glass, dev, profile.name) if profile else None,
+        sound_server=facts.sound.socket if facts.sound and facts.sound.explicit else None,
+        no_sound_server=facts.sound is not None and not facts.sound.reachable,
+        virtiofs=tuple(
+            (share_socket(where.qemu_socket_dir, index), share.tag)
+            for index, share in enumerate(profile.shares)
+        ) if profile else (),
     )
+
+
+def _memory_backend(profile: Profile | None, tune: TunePlan | None) -> MemoryBackend | None:
+    """Guest RAM's backend: the tuning's hugetlb one; shared (share=on) with [[share]],
+    whose virtiofsd maps guest RAM (a plain memfd without hugepages)."""
+    from handoff.tune.model import HugepageSize
+    from handoff.tune.plan import MemoryBackend
+
+    backend = tune.backend if tune is not None else None
+    if profile is None or not profile.shares:
+        return backend
+    if backend is None:
+        return MemoryBackend(profile.vm.memory_mib, HugepageSize.NONE, shared=True)
+    return replace(backend, shared=True)
 
 
 def _owner_text(owner: QemuOwner) -> str:
@@ -348,6 +395,30 @@ def _input_changes(profile: Profile, facts: HostFacts, where: SessionPaths) -> l
             "released when the VM ends",
         )
     )
+    return changes
+
+
+def _desk_changes(profile: Profile, facts: HostFacts, launch: LaunchSpec) -> list[HostChange]:
+    """Looking Glass's shm file (a kvmfr device is the module's: nothing to make)."""
+    from handoff.profile import LookingGlassDevice
+
+    lg = profile.looking_glass
+    changes = []
+    owner = facts.qemu_owner
+    if launch.ivshmem is not None and lg.device is LookingGlassDevice.SHM:
+        group = f"{owner.gid} (QEMU's group)" if owner else "QEMU's group"
+        changes.append(HostChange(
+            ChangeKind.CREATE_SHM, str(launch.ivshmem.path),
+            f"{launch.ivshmem.size_mib} MiB, owner {lg.owner}, group {group}, mode 0660, for "
+            "looking-glass-client; a stale one replaced; removed after",
+        ))
+    for share, (sock, _) in zip(profile.shares, launch.virtiofs, strict=True):
+        who = owner.user if owner is not None else "the folder's owner"
+        mode = "read-only" if share.readonly else "read-write"
+        changes.append(HostChange(
+            ChangeKind.START_VIRTIOFSD, f"{share.path} (tag {share.tag})",
+            f"virtiofsd as {who} in a user namespace, {mode}, on {sock}; exits with QEMU",
+        ))
     return changes
 
 
@@ -512,10 +583,12 @@ def plan_session(
         profile, facts.accel, cpu_properties=facts.cpu_properties,
         machine_options=facts.machine_options, host_evmcs=facts.host_evmcs,
     )
-    launch = _launch(facts, where, binary, trace_file, tune, firmware, guest)
+    launch = _launch(facts, where, binary, trace_file, tune, firmware, guest, profile=profile,
+                     dev=paths.dev)
     argv = scoped_argv(profile, tune, live_argv(tuple(build_argv(profile, launch)), profile, facts))
     changes = _run_dir_changes(where, facts.qemu_owner)
     changes += _gpu_changes(profile, facts, paths.dev)
+    changes += _desk_changes(profile, facts, launch)
     backend = profile.input.backend
     grabs: list[HostChange] = []
     if backend is not InputBackend.NONE:

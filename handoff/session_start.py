@@ -85,6 +85,22 @@ def default_resources(
         resources.append(hooks)
     # Each resource's module (sysfs and journal code; evdev, pyudev) is imported
     # only when the profile uses it: a plain VM starts without them.
+    if profile.looking_glass.enabled:  # first: a refused kvmfr device changes nothing else
+        from handoff.desk.shm import LookingGlassShm
+
+        resources.append(LookingGlassShm(profile, paths, report=report))
+    if profile.usb:
+        from handoff.desk.usb_host import UsbPassthrough
+
+        resources.append(UsbPassthrough(profile, paths, report=report))
+    if profile.sound.user is not None and profile.vm.user is not None:
+        from handoff.desk.sound_access import SoundAccess
+
+        resources.append(SoundAccess(profile, paths, report=report))
+    if profile.shares:  # virtiofsd listens before QEMU connects
+        from handoff.desk.virtiofsd import VirtiofsShares
+
+        resources.append(VirtiofsShares(profile, paths, report=report))
     if profile.host_display.handover:
         from handoff.display.resource import DisplayHandover
         from handoff.pci.ops import KernelWriter
@@ -162,6 +178,7 @@ def preflight(
     the plan's argv, the input backend's included, against the binary.
     """
     check_profile_on_host(profile)
+    _check_desk(profile, paths)
     if profile.tpm.type is TpmType.EMULATED:
         from handoff.tpm.resource import require_swtpm
 
@@ -177,6 +194,22 @@ def preflight(
     if refusal is not None:
         raise refusal
     return Preflight(plan)
+
+
+def _check_desk(profile: Profile, paths: HostPaths) -> None:
+    """The desk's refusals before anything changes (kvmfr, owner, USB, shares)."""
+    if profile.looking_glass.enabled:
+        from handoff.desk.shm import LookingGlassShm
+
+        LookingGlassShm(profile, paths).check()
+    if profile.usb:
+        from handoff.desk.usb_host import UsbPassthrough
+
+        UsbPassthrough(profile, paths).check()
+    if profile.shares:
+        from handoff.desk.virtiofsd import VirtiofsShares
+
+        VirtiofsShares(profile, paths).check()
 
 
 def session_plan(

@@ -131,3 +131,4 @@ class InitFacts:
     mem_available_mib: int | None = None  # MemAvailable now
     #: What ``ddcutil detect`` found; None when ddcutil is not installed.
     monitors: tuple[MonitorFact, ...] | None = None
+    desktop_user: str | None = None  # who owns the active graphical session ([sound] user)

@@ -60,6 +60,7 @@ def gather_facts(
     pci_ids: Iterable[Path] = PCI_IDS_CANDIDATES,
     ovmf_candidates: Iterable[Path] = OVMF_CODE_CANDIDATES,
     descriptor_dirs: tuple[Path, ...] = DESCRIPTOR_DIRS,
+    sessions: Path | None = None,
 ) -> InitFacts:
     """Everything `handoff init` decides from, read once.
 
@@ -85,6 +86,7 @@ def gather_facts(
         hugepage_sizes_kib=tuple(pool.size_kib for pool in read_hugepages(paths)),
         mem_available_mib=None if available is None else available // 1024,
         monitors=(monitors or ddcutil_monitors)(),
+        desktop_user=desktop_user(sessions or paths.logind),
     )
 
 
@@ -129,6 +131,28 @@ def parse_detect(text: str) -> tuple[MonitorFact, ...]:
         elif (m := re.match(r"^\s+Monitor:\s+(.*\S)", line)) is not None:
             model = m[1]
     return tuple(found)
+
+
+# --------------------------------------------------------------------------- desktop user
+
+
+def desktop_user(sessions: Path) -> str | None:
+    """The user of the active graphical (x11/wayland) session, else of any graphical one."""
+    try:
+        entries = sorted(p for p in sessions.iterdir() if not p.suffix)
+    except OSError:
+        return None
+    found: list[tuple[bool, str]] = []
+    for entry in entries:
+        try:
+            text = entry.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        props = dict(line.partition("=")[::2] for line in text.splitlines())
+        if props.get("TYPE") in ("x11", "wayland") and props.get("USER"):
+            found.append((props.get("ACTIVE") == "1", props["USER"]))
+    found.sort(key=lambda item: not item[0])
+    return found[0][1] if found else None
 
 
 # --------------------------------------------------------------------------- CPU and RAM

@@ -52,7 +52,7 @@ def render_profile(plan: InitPlan, profile_arg: str | None = None) -> str:
         _firmware(plan),
         _disk(plan.disk, plan.guest_os),
         _network(),
-        _sound(),
+        _sound(plan),
         _display(plan),
         _passthrough(plan),
         _input(plan),
@@ -197,8 +197,8 @@ def _network() -> list[str]:
     ]
 
 
-def _sound() -> list[str]:
-    return [
+def _sound(plan: InitPlan) -> list[str]:
+    lines = [
         "# First install (Windows): emulated HDA sound through PulseAudio/PipeWire",
         "# (Debian: qemu-system-gui for QEMU's pa module). A passed-through GPU brings",
         "# its own HDMI audio.",
@@ -206,6 +206,10 @@ def _sound() -> list[str]:
         '# model = "hda"',
         '# backend = "pa"',
     ]
+    user = plan.facts.desktop_user
+    if user is not None:
+        lines.append(f'# user = "{user}"  # the desktop session whose sound server plays it')
+    return lines
 
 
 def _display(plan: InitPlan) -> list[str]:

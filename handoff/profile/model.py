@@ -176,8 +176,13 @@ class AudioBackend(Enum):
 
 @dataclass(frozen=True)
 class Sound:
+    """``user``: whose sound server (their desktop session's PulseAudio or
+    pipewire-pulse) QEMU plays to; ``latency_ms``: the backend's buffer."""
+
     model: SoundModel = SoundModel.NONE
     backend: AudioBackend = AudioBackend.NONE
+    user: str | None = None
+    latency_ms: int = 20
 
 
 class Vga(Enum):
@@ -287,6 +292,52 @@ class Input:
     follow_gpu: bool = False  # keyboard and mouse go where the live GPU goes
     escape_hotkey: tuple[str, ...] = ()  # held 2 s: stop the VM (the Ctrl-C ladder)
     host_keys: tuple[str, ...] = ()  # in guest mode to the host ("handoff host keys")
+
+
+class LookingGlassDevice(Enum):
+    """Where ``[looking_glass]``'s shared memory lives."""
+
+    SHM = "shm"  # a per-VM file under /dev/shm, made before QEMU starts
+    KVMFR = "kvmfr"  # /dev/kvmfrN of the kvmfr module (DMA-capable; loaded by the person)
+
+
+@dataclass(frozen=True)
+class LookingGlass:
+    """``[looking_glass]``: an IVSHMEM device for the Looking Glass client.
+
+    ``size_mib`` None is "auto": from ``width`` x ``height`` (and ``hdr``),
+    :func:`handoff.desk.looking_glass.auto_size_mib`. ``owner`` is the desktop
+    user who runs ``looking-glass-client``: the shm file is theirs.
+    """
+
+    enabled: bool = False
+    width: int = 1920
+    height: int = 1080
+    hdr: bool = False
+    size_mib: int | None = field(default=None, metadata={TOML_KEY: "size"})
+    owner: str | None = None
+    device: LookingGlassDevice = LookingGlassDevice.SHM
+    kvmfr_index: int = 0
+
+
+@dataclass(frozen=True)
+class Usb:
+    """``[[usb]]``: one host USB device for the guest, by ``device = "VID:PID"`` or by
+    ``port = "BUS-PORT[.PORT...]"`` (exactly one). QEMU's usb-host attaches whatever
+    matches whenever it is plugged in, so re-plugging works."""
+
+    device: str | None = None  # "046d:c52b", lower case
+    port: str | None = None  # "1-2.3"
+
+
+@dataclass(frozen=True)
+class Share:
+    """``[[share]]``: a host folder the guest mounts by ``tag`` (virtiofs, served by
+    virtiofsd as a helper process of the session)."""
+
+    path: Path
+    tag: str
+    readonly: bool = False
 
 
 @dataclass(frozen=True)
@@ -450,6 +501,9 @@ class Profile:
     control: Control = field(default_factory=Control)
     hooks: tuple[Hook, ...] = field(default=(), metadata={TOML_KEY: "hook"})
     monitor: Monitor = field(default_factory=Monitor)
+    looking_glass: LookingGlass = field(default_factory=LookingGlass)
+    usb: tuple[Usb, ...] = ()
+    shares: tuple[Share, ...] = field(default=(), metadata={TOML_KEY: "share"})
 
     @property
     def tuned(self) -> bool:

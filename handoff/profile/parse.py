@@ -44,6 +44,7 @@ from handoff.profile.guest_agent import GUEST_AGENT_KEYS, parse_guest_agent
 from handoff.profile.hooks import HOOK_KEYS, parse_hooks
 from handoff.profile.host_keys import with_host_keys
 from handoff.profile.input_section import INPUT_KEYS, parse_input
+from handoff.profile.looking_glass import LG_KEYS, parse_looking_glass
 from handoff.profile.model import (
     RESERVED_NAMES,
     SECTION_KEYS,
@@ -83,6 +84,8 @@ from handoff.profile.reader import (
     required,
     show,
 )
+from handoff.profile.share import SHARE_KEYS, parse_shares
+from handoff.profile.sound import SOUND_PARSERS, parse_sound_session
 from handoff.profile.tpm import TPM_KEYS, parse_tpm
 from handoff.profile.tune_section import (
     CPU_KEYS,
@@ -90,6 +93,7 @@ from handoff.profile.tune_section import (
     parse_cpu,
     parse_memory_section,
 )
+from handoff.profile.usb import USB_KEYS, parse_usb
 
 #: The reader under its earlier name (section modules may import either).
 _Reader = Reader
@@ -448,7 +452,7 @@ def _parse_networks(r: Reader, data: Mapping[str, Any]) -> tuple[Network, ...]:
 
 def _parse_sound(r: Reader, data: Mapping[str, Any]) -> Sound:
     t = r.section(data, "sound")
-    sound = Sound(**r.fields(t, "sound", Sound, {}))
+    sound = Sound(**r.fields(t, "sound", Sound, SOUND_PARSERS))
     if sound.model is SoundModel.NONE and "backend" in t and sound.backend is not AudioBackend.NONE:
         raise r.error(
             "sound.backend",
@@ -584,10 +588,11 @@ def _parse_host_display(
 #: Section → its key table (the keys a bool/enum field's type does not read).
 KEY_TABLES: Mapping[str, Mapping[str, FieldParser]] = {
     "vm": VM_KEYS, "firmware": FIRMWARE_KEYS, "disk": DISK_KEYS, "network": NETWORK_KEYS,
-    "sound": {}, "display": {}, "passthrough": PASSTHROUGH_KEYS,
+    "sound": SOUND_PARSERS, "display": {}, "passthrough": PASSTHROUGH_KEYS,
     "host_display": HOST_DISPLAY_KEYS, "input": INPUT_KEYS, "cpu": CPU_KEYS,
     "memory": MEMORY_KEYS, "tpm": TPM_KEYS, "guest_agent": GUEST_AGENT_KEYS,
     "control": CONTROL_KEYS, "hook": HOOK_KEYS, "monitor": MONITOR_KEYS,
+    "looking_glass": LG_KEYS, "usb": USB_KEYS, "share": SHARE_KEYS,
 }
 
 
@@ -624,7 +629,7 @@ def parse_profile(text: str, source: Path) -> Profile:
         firmware=check_secure_boot(reader, data, _parse_firmware(reader, data, vm.name)),
         disks=_parse_disks(reader, data),
         networks=_parse_networks(reader, data),
-        sound=_parse_sound(reader, data),
+        sound=parse_sound_session(reader, data, _parse_sound(reader, data), vm),
         display=display,
         passthrough=passthrough,
         host_display=host_display,
@@ -637,6 +642,9 @@ def parse_profile(text: str, source: Path) -> Profile:
         control=parse_control(reader, data),
         hooks=parse_hooks(reader, data),
         monitor=parse_monitor(reader, data, any(p.live for p in passthrough)),
+        looking_glass=parse_looking_glass(reader, data, vm),
+        usb=parse_usb(reader, data),
+        shares=parse_shares(reader, data, vm),
     )
 
 

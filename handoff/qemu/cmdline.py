@@ -33,8 +33,14 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from handoff.desk.looking_glass import BACKEND_ID as LG_BACKEND_ID
+from handoff.desk.looking_glass import DEVICE_ID as LG_DEVICE_ID
+from handoff.desk.looking_glass import Ivshmem
+from handoff.desk.share import qemu_args as virtiofs_args
+from handoff.desk.sound import pa_options
+from handoff.desk.usb import XHCI_ID
+from handoff.desk.usb import host_args as usb_host_args
 from handoff.errors import ProfileError
 from handoff.pci.address import PciAddress
 from handoff.profile import (
@@ -57,9 +63,8 @@ from handoff.profile import (
 )
 from handoff.qemu.firmware_descriptors import FirmwareChoice
 from handoff.qemu.hyperv import NO_PLATFORM, Platform
-
-if TYPE_CHECKING:  # the tuning planner loads only for a tuned profile
-    from handoff.tune.plan import MemoryBackend
+from handoff.tune.model import HugepageSize
+from handoff.tune.plan import MemoryBackend
 
 #: Under hide_hypervisor, the Hyper-V vendor id the guest sees instead of
 #: "Microsoft Hv"/"KVMKVMKVM" (at most 12 characters). NVIDIA's pre-465
@@ -116,6 +121,10 @@ class LaunchSpec:
     # own code/vars as written), and the guest OS's platform (hyperv, clock).
     firmware: FirmwareChoice | None = None
     platform: Platform = NO_PLATFORM
+    ivshmem: Ivshmem | None = None  # [looking_glass]: the shm file or /dev/kvmfrN
+    virtiofs: tuple[tuple[Path, str], ...] = ()  # [[share]]: (virtiofsd's socket, tag)
+    sound_server: Path | None = None  # [sound] user's PulseAudio socket
+    no_sound_server: bool = False  # that user runs none: the audiodev is "none"
 
 
 def escape(value: str) -> str:
@@ -189,12 +198,19 @@ def build_argv(profile: Profile, launch: LaunchSpec) -> list[str]:
     argv += _display(profile, launch)
     argv += _disks(profile.disks)
     argv += _networks(profile)
-    argv += _sound(profile)
+    argv += _sound(profile, launch)
     argv += tpm_args(launch)
     argv += agent_args(launch)
+    if profile.display.tablet or profile.usb:
+        argv += ["-device", f"qemu-xhci,id={XHCI_ID}"]
     if profile.display.tablet:
-        argv += ["-device", "qemu-xhci,id=xhci", "-device", "usb-tablet,bus=xhci.0"]
+        argv += ["-device", f"usb-tablet,bus={XHCI_ID}.0"]
+    for index, usb in enumerate(profile.usb):
+        argv += ["-device", usb_host_args(index, usb)]  # [[usb]]: one usb-host each
     argv += passthrough_args(profile.passthrough)
+    if launch.ivshmem is not None:
+        argv += ivshmem_args(launch.ivshmem)
+    argv += virtiofs_args(launch.virtiofs)
     argv += input_args(launch)
     if launch.trace_file is not None:
         argv += ["-trace", INPUT_TRACE_EVENTS, "-D", str(launch.trace_file)]
@@ -219,21 +235,36 @@ def memory_backend_object(backend: MemoryBackend) -> str:
     (0,2) need the JSON form: the key=value form has no list syntax.
     """
     size = f"{backend.size_mib}M"
-    page = backend.page.label
     nodes = backend.host_nodes
     policy = backend.policy.value if backend.policy is not None else None
+    share = "on" if backend.shared else None
+    if backend.page is HugepageSize.NONE:  # [[share]] alone: shared, not hugetlb
+        return _opts("memory-backend-memfd", id=RAM_BACKEND_ID, size=size, share=share)
+    page = backend.page.label
     if nodes and list(nodes) != list(range(nodes[0], nodes[-1] + 1)):
         return json.dumps({
             "qom-type": "memory-backend-memfd", "id": RAM_BACKEND_ID,
             "size": backend.size_mib << 20,
             "hugetlb": True, "hugetlbsize": backend.page.kib << 10, "prealloc": True,
             "policy": policy, "host-nodes": list(nodes),
+            **({"share": True} if backend.shared else {}),
         }, separators=(",", ":"))  # fmt: skip
     return _opts(
         "memory-backend-memfd", id=RAM_BACKEND_ID, size=size, hugetlb="on", hugetlbsize=page,
         prealloc="on", policy=policy,
-        host_nodes=f"{nodes[0]}-{nodes[-1]}" if nodes else None,
+        host_nodes=f"{nodes[0]}-{nodes[-1]}" if nodes else None, share=share,
     )
+
+
+def ivshmem_args(ivshmem: Ivshmem) -> list[str]:
+    """Looking Glass's memory: a shared file backend and the ``ivshmem-plain`` device on it
+    (BAR 2 is the memory; no balloon exists beside it: -nodefaults adds none)."""
+    backend = _opts(
+        "memory-backend-file", id=LG_BACKEND_ID, mem_path=str(ivshmem.path),
+        size=f"{ivshmem.size_mib}M", share="on",
+    )
+    return ["-object", backend, "-device", _opts("ivshmem-plain", id=LG_DEVICE_ID,
+                                                 memdev=LG_BACKEND_ID)]
 
 
 def format_argv(argv: Sequence[str]) -> str:
@@ -473,13 +504,22 @@ def _networks(profile: Profile) -> list[str]:
     return args
 
 
-def _sound(profile: Profile) -> list[str]:
+def _sound(profile: Profile, launch: LaunchSpec) -> list[str]:
     if profile.sound.model is SoundModel.NONE:
         return []
     backend = profile.sound.backend
+    if backend is AudioBackend.NONE or launch.no_sound_server:
+        audiodev = _opts("none", id="snd0")
+    elif backend is AudioBackend.PULSEAUDIO:
+        audiodev = ",".join([_opts("pa", id="snd0"), *(
+            f"{key}={escape(value)}"
+            for key, value in pa_options(launch.sound_server, profile.sound.latency_ms).items()
+        )])
+    else:
+        audiodev = _opts(backend.value, id="snd0")
     return [
         "-audiodev",
-        _opts(backend.value if backend is not AudioBackend.NONE else "none", id="snd0"),
+        audiodev,
         "-device",
         "intel-hda,id=sound0",
         "-device",

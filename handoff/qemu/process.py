@@ -133,6 +133,7 @@ class QemuProcess:
         user: str | None = None,
         memlock_bytes: int | None = None,
         scoped: bool = False,
+        environment: Sequence[tuple[str, str]] = (),
     ) -> QemuProcess:
         """Spawn QEMU in its own session with its output appended to ``log_path``.
 
@@ -141,6 +142,7 @@ class QemuProcess:
         ``argv`` is QEMU wrapped in ``systemd-run --scope`` (``cpu.isolate``),
         which must start as root and switches to ``user`` itself (``--uid``)
         after making the scope; the child only sets the user's groups.
+        ``environment``: variables added to the supervisor's (the plan's).
         """
         argv = tuple(argv)
         identity = _identity(user)
@@ -161,6 +163,7 @@ class QemuProcess:
                     user=None if switch is None else switch.uid,
                     group=None if switch is None else switch.gid,
                     extra_groups=None if identity is None else identity.groups,
+                    env={**os.environ, **dict(environment)} if environment else None,
                 )
         except FileNotFoundError as exc:
             raise QemuNotFoundError(

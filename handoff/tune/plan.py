@@ -46,6 +46,9 @@ class MemoryBackend:
     size_mib: int
     page: HugepageSize
     host_nodes: tuple[int, ...] = ()
+    # share=on: vhost-user devices ([[share]]'s virtiofsd) map guest RAM; with page
+    # NONE the backend is a plain memfd (no hugetlb), used for that alone.
+    shared: bool = False
 
     @property
     def policy(self) -> NumaPolicy | None:

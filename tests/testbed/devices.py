@@ -60,6 +60,8 @@ CIRRUS_VGA = (0x1013, 0x00B8)
 PCI_TESTDEV = (0x1B36, 0x0005)
 VIRTIO_BLK = (0x1AF4, 0x1001)
 DISK_SERIAL = "testbed-disk"
+#: QEMU's usb-ccid (a smartcard reader no testbed driver binds), on the xHCI at 0c.0.
+USB_CCID = "08e6:4433"
 
 #: The driver each device is bound to when the guest has settled.
 HOST_DRIVERS: dict[tuple[int, int], str | None] = {
@@ -99,6 +101,9 @@ def qemu_args(*, std_vga: bool = False) -> list[str]:
         *beside_boot_gpu,
         "-drive", "if=none,id=tbdisk,driver=null-co,size=64M,read-zeroes=on,snapshot=on",
         "-device", f"virtio-blk-pci,drive=tbdisk,addr=09.0,serial={DISK_SERIAL}",
+        # A USB device no testbed driver claims, for [[usb]] (test_desk_realkernel).
+        "-device", "qemu-xhci,id=tbxhci,addr=0c.0",
+        "-device", "usb-ccid,bus=tbxhci.0,id=tbccid",
     ]  # fmt: skip
 
 

@@ -323,8 +323,12 @@ L2_MODULES = ("bochs", "snd_hda_intel")
 GUEST_WAIT = 900.0  # L2's boot under TCG inside TCG on a loaded host
 
 
-def build_l2(workdir: Path) -> tuple[Path, Path]:
-    """The testbed kernel's vmlinuz and a busybox initramfs loading L2_MODULES."""
+def build_l2(
+    workdir: Path, init: str = L2_INIT, modules: tuple[str, ...] = L2_MODULES
+) -> tuple[Path, Path]:
+    """The testbed kernel's vmlinuz and a busybox initramfs running ``init`` (as /init)
+    with ``modules`` (and their dependencies) in /modules, listed in load order in
+    /modules.order."""
     import gzip
     import shutil
 
@@ -332,9 +336,9 @@ def build_l2(workdir: Path) -> tuple[Path, Path]:
     (root,) = [p for p in cache.iterdir() if (p / "kernel.json").exists()]
     release = json.loads((root / "kernel.json").read_text())["release"]
     depends = subprocess.run(
-        ["modprobe", "-d", str(root), "-S", release, "-a", "--show-depends", *L2_MODULES],
+        ["modprobe", "-d", str(root), "-S", release, "-a", "--show-depends", *modules],
         check=True, capture_output=True, text=True,
-    ).stdout
+    ).stdout if modules else ""
     tree = workdir / "l2root"
     for sub in ("bin", "proc", "sys", "dev", "modules"):
         (tree / sub).mkdir(parents=True)
@@ -346,7 +350,7 @@ def build_l2(workdir: Path) -> tuple[Path, Path]:
             shutil.copy(parts[1], tree / "modules" / Path(parts[1]).name)
             order.append(Path(parts[1]).name)
     (tree / "modules.order").write_text("\n".join(order) + "\n")
-    (tree / "init").write_text(L2_INIT)
+    (tree / "init").write_text(init)
     (tree / "init").chmod(0o755)
     files = subprocess.run(["find", "."], cwd=tree, check=True, capture_output=True).stdout
     archive = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=tree, input=files,

@@ -279,7 +279,7 @@ def test_hda_sound_is_an_audiodev_intel_hda_and_hda_duplex() -> None:
     assert has(
         argv,
         "-audiodev",
-        "pa,id=snd0",
+        "pa,id=snd0,in.latency=20000,out.latency=20000",
         "-device",
         "intel-hda,id=sound0",
         "-device",

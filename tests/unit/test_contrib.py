@@ -329,3 +329,18 @@ def test_the_system_install_uses_an_interpreter_every_user_can_run(private: bool
              "-c", "0"], check=False, timeout=60,
         )  # fmt: skip
         assert runs.returncode == 0
+# ---------------------------------------------------------------- Looking Glass (kvmfr)
+
+
+def test_the_kvmfr_files_load_the_module_with_a_size_and_give_the_node_to_one_user() -> None:
+    (options,) = active_lines(CONTRIB / "modprobe.d" / "kvmfr.conf")
+    assert options == "options kvmfr static_size_mb=32"
+    (rule,) = active_lines(CONTRIB / "udev" / "99-kvmfr.rules")
+    assert parse_udev_rule(rule) == [
+        ("SUBSYSTEM", "==", "kvmfr"), ("OWNER", "=", "alice"), ("GROUP", "=", "kvm"),
+        ("MODE", "=", "0660"),
+    ]
+    if shutil.which("modprobe") is not None:
+        shown = subprocess.run(["modprobe", "-C", str(CONTRIB / "modprobe.d" / "kvmfr.conf"),
+                               "--showconfig"], capture_output=True, text=True, check=True)
+        assert options in shown.stdout

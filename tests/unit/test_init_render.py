@@ -124,3 +124,25 @@ def test_every_input_backend_gives_a_profile_that_loads(tmp_path: Path,
     text = render_profile(plan_init(facts, InitRequest("vm", input=backend)))
     assert written(tmp_path, text, "vm").input.backend is backend
     tomllib.loads(text)
+
+
+def test_the_sound_section_names_the_active_desktop_sessions_user(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from handoff.init.gather import desktop_user
+
+    sessions = tmp_path / "sessions"
+    sessions.mkdir()
+    (sessions / "2").write_text("UID=1001\nUSER=bob\nACTIVE=0\nTYPE=x11\n")
+    (sessions / "3").write_text("UID=1000\nUSER=alice\nACTIVE=1\nTYPE=wayland\n")
+    (sessions / "4").write_text("UID=0\nUSER=root\nACTIVE=1\nTYPE=tty\n")
+    (sessions / "3.ref").write_text("")
+    assert desktop_user(sessions) == "alice"
+    assert desktop_user(tmp_path / "none") is None
+    facts = replace(facts_of(igpu_dgpu_host, tmp_path), desktop_user="alice")
+    text = render_profile(plan_init(facts, InitRequest("win10")))
+    assert '# user = "alice"  # the desktop session whose sound server plays it' in text
+    profile = written(tmp_path, text.replace('# [sound]\n# model = "hda"\n# backend = "pa"\n'
+                                             '# user', '[sound]\nmodel = "hda"\nbackend = "pa"\n'
+                                             'user'))
+    assert profile.sound.user == "alice"

@@ -219,7 +219,7 @@ def _held(paths: HostPaths, stem: str, owner: str) -> Iterator[None]:
 
 def test_recover_composes_the_capabilities_in_the_documented_order(paths: HostPaths) -> None:
     names = [r.name for r in recoverers(paths, KernelWriter())]
-    assert names == ["GPU hand-off", "live GPU", "tuning", "host display"]
+    assert names == ["GPU hand-off", "live GPU", "tuning", "desk", "host display"]
 
 
 # --------------------------------------------------------------------------- the format

@@ -98,11 +98,11 @@ def test_the_sections_are_the_profiles_fields_in_order() -> None:
     assert [s.name for s in SECTIONS] == [
         "vm", "firmware", "disk", "network", "sound", "display", "passthrough",
         "host_display", "input", "cpu", "memory", "tpm", "guest_agent", "control", "hook",
-        "monitor",
+        "monitor", "looking_glass", "usb", "share",
     ]
     assert [s.array for s in SECTIONS] == [
         False, False, True, True, False, False, True, False, False, False, False, False, False,
-        False, True, False,
+        False, True, False, False, True, True,
     ]
     assert {s.attr for s in SECTIONS} == {f.name for f in fields(Profile)} - {"source"}
 

@@ -1,0 +1,192 @@
+"""The desk's write-ahead journal: ``<run>/journal/desk/<profile>.json``.
+
+Written before a desk resource makes a file (Looking Glass's shm file) or
+hands a node to QEMU's user (a passed USB device's /dev/bus/usb node: its
+owner, group and mode before), and kept until that is undone, so a supervisor
+killed at any point leaves what ``handoff recover`` needs: the files to
+remove, the nodes to give back, the boot they belong to, and QEMU's pid (what
+QEMU still uses is left until that QEMU is gone). A
+sub-directory of the GPU journals' directory, so their listing never reads
+it; same tmpfs, same boot-id rule. Held under the named lock
+``<run>/locks/desk-<profile>.lock`` while its session lives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from handoff import journal as jr
+from handoff.errors import JournalError
+from handoff.host import HostPaths
+from handoff.journal import read_boot_id
+
+NodeRecord = jr.NodeRecord  # path, uid, gid, mode before handoff changed them
+
+VERSION = 1
+
+
+def desk_dir(paths: HostPaths) -> Path:
+    return jr.journal_dir(paths) / "desk"
+
+
+def lock_stem(profile: str) -> str:
+    return f"desk-{profile}"
+
+
+@dataclass
+class DeskJournal:
+    path: Path
+    profile: str
+    boot_id: str
+    supervisor_pid: int
+    files: list[str] = field(default_factory=list)  # made by handoff: removed after
+    nodes: list[NodeRecord] = field(default_factory=list)  # chowned: given back after
+    pids: list[list[int]] = field(default_factory=list)  # helpers [pid, start time]: ended
+    acls: list[list[str]] = field(default_factory=list)  # [path, user] ACL entries: removed
+    qemu_pid: int | None = None
+    qemu_start_time: int | None = None
+
+    @classmethod
+    def begin(cls, paths: HostPaths, profile: str, part: str = "") -> DeskJournal:
+        """``<profile>.json`` (Looking Glass) or ``<profile>+<part>.json`` (usb, ...)."""
+        name = f"{profile}+{part}" if part else profile
+        return cls(desk_dir(paths) / f"{name}.json", profile, read_boot_id(paths), os.getpid())
+
+    @property
+    def lock(self) -> str:
+        """The named lock its session holds: ``desk-<profile>[+<part>]``."""
+        return lock_stem(self.path.stem)
+
+    def to_json(self) -> dict[str, Any]:
+        data = {k: v for k, v in vars(self).items() if k not in ("path", "nodes")}
+        data["nodes"] = [vars(n).copy() for n in self.nodes]
+        data["version"] = VERSION
+        return data
+
+    @classmethod
+    def load(cls, path: Path) -> DeskJournal:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            _check_version(data)
+            return cls(
+                path=path, profile=str(data["profile"]), boot_id=str(data["boot_id"]),
+                supervisor_pid=int(data["supervisor_pid"]),
+                files=[str(f) for f in data["files"]],
+                nodes=[jr.NodeRecord(**n) for n in data.get("nodes", [])],
+                pids=[[int(p), int(t)] for p, t in data.get("pids", [])],
+                acls=[[str(p), str(u)] for p, u in data.get("acls", [])],
+                qemu_pid=data.get("qemu_pid"), qemu_start_time=data.get("qemu_start_time"),
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise JournalError(
+                f"cannot read the desk journal {path}: {exc}",
+                fix=f"remove the files it names by hand (ls /dev/shm), then delete {path}",
+            ) from exc
+
+    def save(self) -> None:
+        """Atomically replace the file (temp, fsync, rename)."""
+        directory = self.path.parent
+        tmp = directory / f".{self.path.name}.tmp"
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, json.dumps(self.to_json()).encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            raise JournalError(
+                f"cannot write the desk journal {self.path}: {exc}",
+                fix=f"make {directory} writable (tmpfs under the run directory)",
+            ) from exc
+
+    def remove(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+def _check_version(data: dict[str, Any]) -> None:
+    if data.get("version") != VERSION:
+        raise ValueError(f"version {data.get('version')!r}, expected {VERSION}")
+
+
+def list_desk_journals(paths: HostPaths) -> list[Path]:
+    try:
+        return sorted(p for p in desk_dir(paths).iterdir() if p.suffix == ".json")
+    except FileNotFoundError:
+        return []
+
+
+def remove_acl(path: str, user: str) -> bool:
+    """``setfacl -x u:USER PATH``; False when the path is gone (nothing to undo)."""
+    if not os.path.lexists(path):
+        return False
+    result = subprocess.run(["setfacl", "-x", f"u:{user}", path], capture_output=True,
+                            text=True, check=False)
+    if result.returncode != 0:
+        raise JournalError(f"cannot remove {user}'s ACL entry from {path}: "
+                           f"{result.stderr.strip()}", fix=f"setfacl -x u:{user} {path}")
+    return True
+
+
+def give_back(journal: DeskJournal) -> list[str]:
+    """Every recorded node back to its owner and mode (a node gone since is done), every
+    ACL entry handoff added removed (newest first)."""
+    done = []
+    for path, user in reversed(journal.acls):
+        if remove_acl(path, user):
+            done.append(f"{user}'s access to {path}")
+    journal.acls = []
+    for node in journal.nodes:
+        try:
+            os.chown(node.path, node.uid, node.gid, follow_symlinks=False)
+            os.chmod(node.path, node.mode)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise JournalError(
+                f"cannot give {node.path} back to {node.uid}:{node.gid}: {exc.strerror}",
+                fix=f"chown {node.uid}:{node.gid} {node.path}; chmod {node.mode:o} {node.path}",
+            ) from exc
+        done.append(node.path)
+    journal.nodes = []
+    return done
+
+
+def end_helpers(paths: HostPaths, journal: DeskJournal) -> list[str]:
+    """SIGKILL every recorded helper (virtiofsd) still running (same pid and start time)."""
+    done = []
+    for pid, start in journal.pids:
+        if jr.process_alive(paths, pid, start):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                done.append(f"helper pid {pid}")
+    journal.pids = []
+    return done
+
+
+def remove_files(journal: DeskJournal, paths: HostPaths | None = None) -> list[str]:
+    """End the helpers, remove every file the journal names (a missing one is already
+    done), give every node back; then the journal."""
+    done = end_helpers(paths, journal) if paths is not None else []
+    done += give_back(journal)
+    for name in journal.files:
+        try:
+            os.unlink(name)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise JournalError(f"cannot remove {name}: {exc.strerror}",
+                               fix=f"remove it by hand: rm {name}") from exc
+        done.append(name)
+    journal.remove()
+    return done
