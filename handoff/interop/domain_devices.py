@@ -47,6 +47,57 @@ class DeviceMapping(DomainReader):
                 comment += f" (model {model}: handoff gives the guest a tpm-crb)"
             self.draft.table("tpm").set("type", "emulated", comment)
 
+    def _usb_hostdev(self, hostdev: ET.Element) -> bool:
+        """``<hostdev type='usb'>`` by vendor and product → ``[[usb]] device``."""
+        vendor = hostdev.find("source/vendor")
+        product = hostdev.find("source/product")
+        if vendor is None or product is None:
+            return False
+        try:
+            ids = int(vendor.attrib.get("id", ""), 0), int(product.attrib.get("id", ""), 0)
+        except ValueError:
+            return False
+        self.seen.use_tree(hostdev)
+        self.draft.append("usb").set("device", f"{ids[0]:04x}:{ids[1]:04x}",
+                                     "<hostdev type='usb'>: attached whenever it is plugged in")
+        return True
+
+    def _shmem(self, devices: ET.Element) -> None:
+        """Looking Glass's ``<shmem>`` (ivshmem-plain) → ``[looking_glass]``."""
+        for shmem in devices.findall("shmem"):
+            model = shmem.find("model")
+            size = shmem.find("size")
+            if model is None or model.attrib.get("type") != "ivshmem-plain" or size is None:
+                continue
+            unit = size.attrib.get("unit", "M").upper().rstrip("IB") or "M"
+            scale = {"K": 1 / 1024, "M": 1, "G": 1024}.get(unit)
+            if scale is None or not self.text(size).isdigit():
+                continue
+            self.seen.use_tree(shmem)
+            table = self.draft.table("looking_glass")
+            table.set("enabled", True, f"<shmem name='{shmem.attrib.get('name')}'>: the IVSHMEM "
+                      "device of Looking Glass, its file made by handoff for owner")
+            table.set("size", f"{int(int(self.text(size)) * scale)}M")
+
+    def _filesystems(self, devices: ET.Element) -> None:
+        """virtiofs ``<filesystem>`` → ``[[share]]`` (virtiofsd run by handoff)."""
+        for fs in devices.findall("filesystem"):
+            driver = fs.find("driver")
+            source = fs.find("source")
+            target = fs.find("target")
+            if (driver is None or driver.attrib.get("type") != "virtiofs" or source is None
+                    or "dir" not in source.attrib or target is None or "dir" not in target.attrib):
+                continue
+            self.seen.use_tree(fs)
+            entry = self.draft.append("share")
+            entry.set("path", source.attrib["dir"], "<filesystem><driver type='virtiofs'>")
+            entry.set("tag", target.attrib["dir"])
+            if fs.find("readonly") is not None:
+                entry.set("readonly", True)
+            for binary in fs.findall("binary"):
+                self.seen.note(self.where(binary), "virtiofsd's options: handoff runs QEMU's "
+                               "own virtiofsd (its vhost-user descriptor) as vm.user")
+
     def _guest_agent(self, devices: ET.Element) -> None:
         for channel in devices.findall("channel"):
             target = channel.find("target")
@@ -259,11 +310,14 @@ class DeviceMapping(DomainReader):
 
     def _hostdevs(self, devices: ET.Element) -> None:
         for hostdev in devices.findall("hostdev"):
+            if hostdev.attrib.get("type") == "usb" and self._usb_hostdev(hostdev):
+                continue
             if hostdev.attrib.get("type") != "pci" or hostdev.attrib.get("mode", "subsystem") != (
                 "subsystem"
             ):
                 self.seen.note(self.where(hostdev), f"a {hostdev.attrib.get('type')} host device:"
-                               " this handoff's profile passes PCI devices only")
+                               " handoff passes PCI devices, and USB devices by vendor:product "
+                               "([[usb]] device) or port")
                 self.seen.use_tree(hostdev)
                 continue
             address = hostdev.find("source/address")

@@ -17,6 +17,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from typing import Any
 
+from handoff.desk.looking_glass import size_mib
 from handoff.interop import settings
 from handoff.interop.domain_import import GRAB_TOGGLE_CHORDS, QEMU_NS
 from handoff.profile.model import (
@@ -29,6 +30,7 @@ from handoff.profile.model import (
     GuestOs,
     HyperV,
     InputBackend,
+    LookingGlassDevice,
     NetworkType,
     Profile,
     SoundModel,
@@ -86,10 +88,15 @@ def domain_xml(profile: Profile, accel: Accelerator) -> str:
     ET.SubElement(domain, "memory", {"unit": "MiB"}).text = str(vm.memory_mib)
     ET.SubElement(domain, "vcpu", {"placement": "static"}).text = str(vm.cpus)
     _cputune(domain, profile)
-    if profile.memory.hugepages is not HugepageSize.NONE:
+    if profile.memory.hugepages is not HugepageSize.NONE or profile.shares:
         backing = ET.SubElement(domain, "memoryBacking")
-        pages = ET.SubElement(backing, "hugepages")
-        ET.SubElement(pages, "page", {"size": str(profile.memory.hugepages.kib), "unit": "KiB"})
+        if profile.memory.hugepages is not HugepageSize.NONE:
+            pages = ET.SubElement(backing, "hugepages")
+            ET.SubElement(pages, "page", {"size": str(profile.memory.hugepages.kib),
+                                          "unit": "KiB"})
+        if profile.shares:  # virtiofsd maps guest RAM: libvirt wants it shared
+            ET.SubElement(backing, "source", {"type": "memfd"})
+            ET.SubElement(backing, "access", {"mode": "shared"})
     _os(domain, profile)
     _features(domain, profile)
     _cpu(domain, profile, accel)
@@ -108,6 +115,7 @@ def domain_xml(profile: Profile, accel: Accelerator) -> str:
     _hostdevs(devices, profile)
     _input(devices, profile)
     _tpm_and_agent(devices, profile)
+    _desk(devices, profile)
     _qemu(domain, profile)
     ET.indent(domain, space="  ")
     return ET.tostring(domain, encoding="unicode") + "\n"
@@ -314,6 +322,37 @@ def _input(devices: ET.Element, profile: Profile) -> None:
             attributes |= {"grab": "all", "repeat": "on"}
         attributes["grabToggle"] = toggle or "ctrl-ctrl"
         ET.SubElement(element, "source", attributes)
+
+
+def _desk(devices: ET.Element, profile: Profile) -> None:
+    """USB devices, Looking Glass's shared memory, virtiofs shares."""
+    for usb in profile.usb:
+        if usb.device is None:
+            devices.append(_comment(f" USB port {usb.port}: libvirt selects USB devices by "
+                                    "vendor:product or bus/device, not by port "))
+            continue
+        vendor, product = usb.device.split(":")
+        hostdev = ET.SubElement(devices, "hostdev", {"mode": "subsystem", "type": "usb",
+                                                     "managed": "yes"})
+        source = ET.SubElement(hostdev, "source")
+        ET.SubElement(source, "vendor", {"id": f"0x{vendor}"})
+        ET.SubElement(source, "product", {"id": f"0x{product}"})
+    lg = profile.looking_glass
+    if lg.enabled:
+        if lg.device is LookingGlassDevice.KVMFR:
+            devices.append(_comment(" Looking Glass on /dev/kvmfrN: libvirt passes it with "
+                                    "<qemu:commandline> (see the Looking Glass docs) "))
+        else:
+            shmem = ET.SubElement(devices, "shmem", {"name": "looking-glass"})
+            ET.SubElement(shmem, "model", {"type": "ivshmem-plain"})
+            ET.SubElement(shmem, "size", {"unit": "M"}).text = str(size_mib(lg))
+    for share in profile.shares:
+        fs = ET.SubElement(devices, "filesystem", {"type": "mount", "accessmode": "passthrough"})
+        ET.SubElement(fs, "driver", {"type": "virtiofs"})
+        ET.SubElement(fs, "source", {"dir": str(share.path)})
+        ET.SubElement(fs, "target", {"dir": share.tag})
+        if share.readonly:
+            ET.SubElement(fs, "readonly")
 
 
 def _tpm_and_agent(devices: ET.Element, profile: Profile) -> None:

@@ -92,6 +92,8 @@ class _Mapper(DeviceMapping):
             self._hostdevs(devices)
             self._inputs(devices)
             self._tpm(devices)
+            self._shmem(devices)
+            self._filesystems(devices)
             self._guest_agent(devices)
         self._qemu_commandline(vm)
         self._metadata_settings()
@@ -349,6 +351,11 @@ class _Mapper(DeviceMapping):
         backing = self.find(self.root, "memoryBacking")
         if backing is None:
             return
+        shares = self.root.find("devices/filesystem/driver[@type='virtiofs']") is not None
+        for name in ("source", "access"):  # the shared RAM virtiofs needs: handoff's own
+            element = backing.find(name)
+            if shares and element is not None:
+                self.seen.use_tree(element)
         hugepages = self.find(backing, "hugepages")
         if hugepages is None:
             return

@@ -65,9 +65,8 @@ REASONS: Mapping[str, str] = {
     "devices/smartcard": "smart cards: handoff has none",
     "devices/redirdev": "SPICE USB redirection: handoff has no SPICE",
     "devices/hub": "a USB hub: handoff adds the USB controller its devices need",
-    "devices/shmem": "a shared-memory device (Looking Glass): this handoff's profile has no key "
-    "for it",
-    "devices/filesystem": "a shared folder: this handoff's profile has no key for it",
+    "devices/shmem": "a shared-memory device other than Looking Glass's ivshmem-plain",
+    "devices/filesystem": "a shared folder other than virtiofs: handoff shares with virtiofs",
     "devices/lease": "lock leases: handoff locks the VM by its run directory",
     "devices/iommu": "a guest vIOMMU: add it with vm.extra_args",
     "devices/vsock": "a vsock device: add it with vm.extra_args",

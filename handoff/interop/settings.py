@@ -53,6 +53,12 @@ METADATA_KEYS: frozenset[tuple[str, str]] = frozenset(
         ("cpu", "isolate"),
         ("cpu", "governor"),
         ("tpm", "state"),  # libvirt keeps swtpm's state where it likes
+        ("looking_glass", "width"),
+        ("looking_glass", "height"),
+        ("looking_glass", "hdr"),
+        ("looking_glass", "owner"),
+        ("looking_glass", "device"),
+        ("looking_glass", "kvmfr_index"),
     }
 )
 

@@ -100,6 +100,21 @@ def test_libvirts_schema_accepts_every_shipped_profiles_export(
         assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
+def test_libvirts_schema_accepts_looking_glass_usb_and_a_virtiofs_share(
+    libvirtd: str, tmp_path: Path
+) -> None:
+    folder = tmp_path / "games"
+    folder.mkdir()
+    profile = parse_profile(
+        '[vm]\nname = "desk"\nmemory = "1G"\n[looking_glass]\nenabled = true\n'
+        'owner = "root"\n[[usb]]\ndevice = "046d:c52b"\n'
+        f'[[share]]\npath = "{folder}"\ntag = "games"\n', tmp_path / "desk.toml")
+    xml = tmp_path / "desk.xml"
+    xml.write_text(domain_xml(profile, Accelerator.TCG))
+    checked = run("virt-xml-validate", str(xml), "domain")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
 def test_libvirtd_defines_starts_and_destroys_the_exported_demo(
     libvirtd: str, tmp_path: Path
 ) -> None:

@@ -200,6 +200,7 @@ def test_a_vfio_guides_domain_becomes_a_profile_that_loads() -> None:
     assert profile.vm.os is GuestOs.WINDOWS  # Hyper-V and a local-time clock
     assert profile.tpm.type is TpmType.EMULATED
     assert profile.guest_agent.enabled
+    assert [u.device for u in profile.usb] == ["046d:c52b"]  # <hostdev type='usb'>
 
 
 def test_nothing_is_dropped_silently_each_left_out_element_is_listed_with_its_reason() -> None:
@@ -213,7 +214,6 @@ def test_nothing_is_dropped_silently_each_left_out_element_is_listed_with_its_re
         "devices/emulator: ",
         "devices/disk[1]/address: handoff places devices",
         "devices/controller: ",
-        "devices/hostdev[3]: a usb host device",
         "devices/memballoon: ",
         "devices/rng: ",
         "devices/audio/@serverName='/run/user/1000/pulse/native': audio server settings",
@@ -295,7 +295,7 @@ def test_export_writes_libvirts_elements_for_what_libvirt_can_do() -> None:
     profile, _ = imported()
     root = ET.fromstring(domain_xml(profile, Accelerator.KVM))
     assert root.get("type") == "kvm"
-    hostdevs = root.findall("devices/hostdev")
+    hostdevs = root.findall("devices/hostdev[@type='pci']")
     assert [h.get("managed") for h in hostdevs] == ["yes", "yes"]
     assert hostdevs[0].find("source/address").attrib == {  # type: ignore[union-attr]
         "domain": "0x0000", "bus": "0x0a", "slot": "0x00", "function": "0x0"}
@@ -406,3 +406,31 @@ def test_a_windows_11_profile_travels_with_secure_boot_hyperv_clock_and_tpm() ->
     assert domain["features"]["smm"] == {"enabled": True}
     assert domain["features"]["hyperv"]["synictimer"] == {"direct": {}}
     assert domain["devices"]["tpm"] == {"persistent": True}
+
+
+def test_looking_glass_usb_and_virtiofs_shares_travel_through_libvirt(tmp_path: Path) -> None:
+    folder = tmp_path / "games"
+    folder.mkdir()
+    text = (
+        '[vm]\nname = "desk"\nmemory = "1G"\n'
+        '[looking_glass]\nenabled = true\nwidth = 2560\nheight = 1440\nowner = "root"\n'
+        '[[usb]]\ndevice = "046d:c52b"\n'
+        f'[[share]]\npath = "{folder}"\ntag = "games"\nreadonly = true\n'
+    )
+    profile = parse_profile(text, tmp_path / "desk.toml")
+    root = ET.fromstring(domain_xml(profile, Accelerator.TCG))
+    assert root.find("devices/shmem/size").text == "64"  # type: ignore[union-attr]
+    assert root.find("devices/hostdev[@type='usb']/source/vendor").get("id") == "0x046d"  # type: ignore[union-attr]
+    fs = root.find("devices/filesystem")
+    assert fs is not None
+    assert fs.find("driver").get("type") == "virtiofs"  # type: ignore[union-attr]
+    assert fs.find("readonly") is not None
+    assert root.find("memoryBacking/access").get("mode") == "shared"  # type: ignore[union-attr]
+    result = parse_domain(ET.tostring(root, encoding="unicode"), "desk.xml")
+    assert result.unmapped == ()
+    back = parse_profile(result.text(), profile.source)
+    assert back.looking_glass.enabled
+    assert (back.looking_glass.width, back.looking_glass.owner) == (2560, "root")
+    assert back.usb == profile.usb
+    assert back.shares == profile.shares
+    assert argv(back, Accelerator.TCG) == argv(profile, Accelerator.TCG)
