@@ -240,6 +240,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print("\n".join(format_status(s) for s in statuses))
     _print_display_journals()
+    if any((_paths().run / "journal").glob("*.json")):  # else no PCI import: status stays light
+        from handoff.pci.revive import ladder_failures  # a card the reset ladder gave up on
+
+        for line in ladder_failures(_paths()):
+            print(f"reset: {line}")
     return 0
 
 

@@ -54,6 +54,10 @@ class DeviceStep(enum.StrEnum):
     HOST = "host"  # recorded, not touched yet
     DETACHING = "detaching"  # driver_override → unbind → drivers_probe (→ bind) under way
     ON_VFIO = "on-vfio"  # verified on vfio-pci
+    # The reset ladder (handoff.pci.revive), for a card that came back from the VM
+    # dead (config space 0xffff) or vanished: written before its sysfs writes.
+    RESETTING = "resetting"  # the kernel's reset of the function, once
+    RESCANNING = "rescanning"  # remove + rescan of the card's functions
 
 
 class Kind(enum.StrEnum):
@@ -82,6 +86,11 @@ class DeviceRecord:
     original_module: str | None
     original_override: str | None
     step: DeviceStep = DeviceStep.HOST
+    # A pinned [[passthrough]] reset: reset_method before the pin was written
+    # (restored on return; None: not pinned). The reset ladder's outcome when it
+    # gave up, for `handoff status` and `recover`.
+    reset_method: str | None = None
+    outcome: str | None = None
 
 
 @dataclass
@@ -164,7 +173,7 @@ class Journal:
             "qemu_pid": self.qemu_pid,
             "qemu_start_time": self.qemu_start_time,
             "live": self.live,
-            "devices": [{**vars(d), "step": d.step.value} for d in self.devices],
+            "devices": [_device_json(d) for d in self.devices],
             "nodes": [vars(n).copy() for n in self.nodes],
             "settings": [{**vars(r), "kind": r.kind.value} for r in self.settings],
             "lock": self.lock,
@@ -252,6 +261,15 @@ def _setting_record(data: dict[str, Any]) -> SettingRecord:
     record = SettingRecord(**data)
     record.kind = SettingKind(record.kind)
     return record
+
+
+def _device_json(record: DeviceRecord) -> dict[str, Any]:
+    """A device's keys; the reset ones only when set (the version 1 layout otherwise)."""
+    data = {**vars(record), "step": record.step.value}
+    return {k: v for k, v in data.items() if v is not None or k not in _RESET_KEYS}
+
+
+_RESET_KEYS = frozenset({"reset_method", "outcome"})
 
 
 def _device_record(data: dict[str, Any]) -> DeviceRecord:
