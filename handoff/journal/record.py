@@ -14,7 +14,9 @@ hand-off (``live``: which way a live group was moving). The GPU hand-off
 (``<profile>.json``, ``manual-<groups>.json``, group locks), the live
 groups (``<profile>+live.json``) and the tuning (``<profile>+tune.json``,
 a named lock) each write their own file in this one format. On disk it is
-unchanged since version 1 (the ``step`` values, the keys).
+unchanged since version 1 (the ``step`` values, the keys), but for what the
+reset ladder adds: the steps ``resetting`` and ``rescanning`` and a device's
+``reset_method`` and ``outcome`` keys, written only when set.
 
 It lives in ``<run>/journal/`` on tmpfs: it survives the death of the
 supervisor but not a reboot, exactly like the bindings it describes. The
