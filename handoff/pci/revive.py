@@ -182,3 +182,9 @@ def ladder_failures(paths: HostPaths) -> list[str]:
                 lines.append(f"{journal.owner}: {record.outcome}\n  fix: "
                              f"{give_up_fix(vendor, device, address)}")
     return lines
+
+
+def print_ladder_failures(paths: HostPaths) -> None:
+    """`handoff status`: each card the ladder gave up on, with the fix."""
+    for line in ladder_failures(paths):
+        print(f"reset: {line}")
