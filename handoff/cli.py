@@ -23,6 +23,10 @@ Errors a person can fix never show a traceback: ``handoff: <message>`` and
 0 the guest powered off / stopped on request, 1 abnormal end (QEMU crashed,
 guest panic, QEMU had to be killed), 2 a handoff error, 129/130/143 ended by
 SIGHUP/SIGINT/SIGTERM. KeyboardInterrupt elsewhere exits 130.
+
+Why it stays over 500 lines: the light commands (status, stop, switch) and
+what `status` reads of journals left behind must not import the heavy
+packages, so they live here beside the subcommand table.
 """
 
 from __future__ import annotations
@@ -240,6 +244,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print("\n".join(format_status(s) for s in statuses))
     _print_display_journals()
+    if any((_paths().run / "journal").glob("*.json")):  # else status imports no PCI code
+        from handoff.pci.revive import print_ladder_failures  # a card the ladder gave up on
+        print_ladder_failures(_paths())
     return 0
 
 

@@ -128,9 +128,11 @@ def _profile_checks(
 ) -> list[Check]:
     # Imported here: the PCI engine is only needed when a profile passes devices through.
     from handoff.checks.devices import check_passthrough_devices
+    from handoff.checks.reset import check_resets
 
     checks: list[Check] = [check_profile_files(profile)]
     checks.extend(check_passthrough_devices(env, profile))
+    checks.extend(check_resets(env, profile))
     checks.append(check_vfio_pci_vga(env, profile))
     checks.append(check_memlock(env, profile))
     groups = sorted(groups_of(env.host, (p.address for p in profile.passthrough)))

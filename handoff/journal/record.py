@@ -14,7 +14,9 @@ hand-off (``live``: which way a live group was moving). The GPU hand-off
 (``<profile>.json``, ``manual-<groups>.json``, group locks), the live
 groups (``<profile>+live.json``) and the tuning (``<profile>+tune.json``,
 a named lock) each write their own file in this one format. On disk it is
-unchanged since version 1 (the ``step`` values, the keys).
+unchanged since version 1 (the ``step`` values, the keys), but for what the
+reset ladder adds: the steps ``resetting`` and ``rescanning`` and a device's
+``reset_method`` and ``outcome`` keys, written only when set.
 
 It lives in ``<run>/journal/`` on tmpfs: it survives the death of the
 supervisor but not a reboot, exactly like the bindings it describes. The
@@ -54,6 +56,10 @@ class DeviceStep(enum.StrEnum):
     HOST = "host"  # recorded, not touched yet
     DETACHING = "detaching"  # driver_override → unbind → drivers_probe (→ bind) under way
     ON_VFIO = "on-vfio"  # verified on vfio-pci
+    # The reset ladder (handoff.pci.revive), for a card that came back from the VM
+    # dead (config space 0xffff) or vanished: written before its sysfs writes.
+    RESETTING = "resetting"  # the kernel's reset of the function, once
+    RESCANNING = "rescanning"  # remove + rescan of the card's functions
 
 
 class Kind(enum.StrEnum):
@@ -82,6 +88,11 @@ class DeviceRecord:
     original_module: str | None
     original_override: str | None
     step: DeviceStep = DeviceStep.HOST
+    # A pinned [[passthrough]] reset: reset_method before the pin was written
+    # (restored on return; None: not pinned). The reset ladder's outcome when it
+    # gave up, for `handoff status` and `recover`.
+    reset_method: str | None = None
+    outcome: str | None = None
 
 
 @dataclass
@@ -164,7 +175,7 @@ class Journal:
             "qemu_pid": self.qemu_pid,
             "qemu_start_time": self.qemu_start_time,
             "live": self.live,
-            "devices": [{**vars(d), "step": d.step.value} for d in self.devices],
+            "devices": [_device_json(d) for d in self.devices],
             "nodes": [vars(n).copy() for n in self.nodes],
             "settings": [{**vars(r), "kind": r.kind.value} for r in self.settings],
             "lock": self.lock,
@@ -252,6 +263,15 @@ def _setting_record(data: dict[str, Any]) -> SettingRecord:
     record = SettingRecord(**data)
     record.kind = SettingKind(record.kind)
     return record
+
+
+def _device_json(record: DeviceRecord) -> dict[str, Any]:
+    """A device's keys; the reset ones only when set (the version 1 layout otherwise)."""
+    data = {**vars(record), "step": record.step.value}
+    return {k: v for k, v in data.items() if v is not None or k not in _RESET_KEYS}
+
+
+_RESET_KEYS = frozenset({"reset_method", "outcome"})
 
 
 def _device_record(data: dict[str, Any]) -> DeviceRecord:

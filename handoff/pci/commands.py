@@ -25,6 +25,7 @@ from handoff.pci.engine import Engine
 from handoff.pci.model import PciDevice
 from handoff.pci.ops import SysfsWriter
 from handoff.pci.plan import GroupVerdict, group_verdicts
+from handoff.pci.reset_report import render_resets, reset_report, resets_json
 from handoff.pci.resource import prepare, qemu_owner
 from handoff.pci.snapshot import take_snapshot
 
@@ -89,10 +90,13 @@ def run_groups(paths: HostPaths, writer: SysfsWriter, *, as_json: bool, out: Out
             )
         return 1
     verdicts = group_verdicts(snapshot)
+    resets = reset_report(paths, writer.module_loadable, verdicts)
     if as_json:
-        out(json.dumps({"iommu": True, "groups": [verdict_json(v) for v in verdicts]}, indent=2))
+        out(json.dumps({"iommu": True, "groups": [verdict_json(v) for v in verdicts],
+                        "reset": resets_json(resets)}, indent=2))
     else:
         out(render_groups(verdicts))
+        out(render_resets(resets))
     return 0
 
 

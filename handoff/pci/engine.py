@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -43,11 +43,15 @@ import trio
 from handoff import journal as jr
 from handoff.errors import BindError, HandoffError, HostError, SysfsTimeoutError
 from handoff.host import HostPaths
+from handoff.pci import revive as ladder_edge
 from handoff.pci.address import PciAddress
 from handoff.pci.holders import vfio_group_users
 from handoff.pci.model import VFIO_DRIVER, VFIO_MODULE
 from handoff.pci.ops import DeviceOps, SysfsWriter, Ticket
 from handoff.pci.plan import HandoffPlan
+from handoff.pci.reset import Health
+from handoff.pci.reset_sysfs import function_health, read_reset_method
+from handoff.pci.revive import LadderResult, SystemLog, revive
 from handoff.pci.sysfs import driver_loaded, drivers_dir, read_binding, vfio_group_node
 
 log = logging.getLogger("handoff.pci")
@@ -71,6 +75,9 @@ class Engine:
     # rollback leaves them in the journal (their write may still land later)
     # for `handoff recover` to finish once the kernel lets go.
     stuck: dict[str, str] = field(default_factory=dict)
+    # Where the reset ladder's steps go besides the log; None: the system journal
+    # (handoff.pci.revive.system_log, looked up when used).
+    syslog: SystemLog | None = None
 
     # ------------------------------------------------------------------ primitives
 
@@ -132,8 +139,13 @@ class Engine:
         journal: jr.Journal,
         *,
         vfio_owner: tuple[int, int] | None = None,
+        reset_pins: Mapping[PciAddress, str] | None = None,
     ) -> None:
         """Move every device of ``plan`` to vfio-pci, journaled; all or nothing.
+
+        ``reset_pins`` (a pinned ``[[passthrough]] reset``, as
+        :func:`handoff.pci.reset.pin_value` decided) are written to the
+        functions' ``reset_method``, their previous value journaled first.
 
         On any failure (or cancellation) every device is returned, reverse
         order, before the error propagates: a partial detach never stays.
@@ -143,7 +155,8 @@ class Engine:
             await self.ensure_module(VFIO_DRIVER, VFIO_MODULE)
             addresses = [device.address for device in plan.detach_order]
             budget = self.write_timeout * max(1, len(addresses))
-            await self._in_thread(budget, self._detach_all, addresses, journal)
+            await self._in_thread(budget, self._detach_all, addresses, journal,
+                                  dict(reset_pins or {}))
             for group in plan.group_ids:
                 await self._wait_vfio_node(group)
             if vfio_owner is not None:
@@ -169,23 +182,38 @@ class Engine:
             raise
 
     def _detach_all(
-        self, ticket: Ticket, addresses: Sequence[PciAddress], journal: jr.Journal
+        self,
+        ticket: Ticket,
+        addresses: Sequence[PciAddress],
+        journal: jr.Journal,
+        pins: Mapping[PciAddress, str],
     ) -> None:
         """The journal's first record, then every device in order. Worker thread."""
         ticket.check()
         journal.save()
         for address in addresses:
-            self._detach_one(ticket, address, journal)
+            self._detach_one(ticket, address, journal, pins.get(address))
 
-    def _detach_one(self, ticket: Ticket, address: PciAddress, journal: jr.Journal) -> None:
-        """driver_override → unbind → drivers_probe → on vfio-pci (→ bind). Worker thread."""
+    def _detach_one(
+        self, ticket: Ticket, address: PciAddress, journal: jr.Journal, pin: str | None = None
+    ) -> None:
+        """(reset_method pinned →) driver_override → unbind → drivers_probe → on vfio-pci
+        (→ bind). Worker thread."""
         name = str(address)
         ops = self._ops(ticket, address)
         current = ops.binding()
+        record = journal.record(name)
+        if pin is not None and record.reset_method is None:
+            # Journaled with the next step, before the write.
+            record.reset_method = read_reset_method(self.paths, address) or ""
         if current.driver == VFIO_DRIVER and current.driver_override == VFIO_DRIVER:
             self._step(ticket, journal, name, jr.DeviceStep.ON_VFIO)
+            if pin is not None:
+                ops.set_reset_method(pin)
             return
         self._step(ticket, journal, name, jr.DeviceStep.DETACHING)
+        if pin is not None:
+            ops.set_reset_method(pin)
         ops.set_override(VFIO_DRIVER)
         if current.driver != VFIO_DRIVER:
             if current.driver is not None:
@@ -227,10 +255,23 @@ class Engine:
                 await self.ensure_module(original, record.original_module)
             except HandoffError as exc:
                 failures.append(exc)
+        budget = self.write_timeout * (2 + len(records))
+        ladder = LadderResult()
+        if any(function_health(self.paths, PciAddress.parse(r.address)) is not Health.ALIVE
+               for r in records):
+            ladder = await self._in_thread(budget, self._revive, journal)
+        for record in records:
+            if record.address in ladder.given_up:
+                failures.append(BindError(record.outcome or record.address,
+                                          fix=ladder.given_up[record.address]))
+        records = [r for r in records if r.address not in ladder.given_up]
         budget = self.write_timeout * max(1, len(records))
         notes, failed = await self._in_thread(budget, self._return_all, records, journal)
+        notes = ladder.notes + notes
         failures += failed
         if failures:
+            for note in ladder.notes:
+                log.info("%s", note)
             raise BindError(
                 "could not return every device:\n" + "\n".join(f"  - {f}" for f in failures),
                 fix=f"fix the cause, then `handoff recover` (the journal {journal.path} "
@@ -238,6 +279,11 @@ class Engine:
             )
         journal.remove()
         return notes
+
+    def _revive(self, ticket: Ticket, journal: jr.Journal) -> LadderResult:
+        """The reset ladder for a card that came back dead (handoff.pci.revive). Worker thread."""
+        return revive(self.paths, self.writer, ticket, journal,
+                      self.syslog or ladder_edge.system_log)
 
     def _return_all(
         self, ticket: Ticket, records: Sequence[jr.DeviceRecord], journal: jr.Journal
@@ -282,6 +328,8 @@ class Engine:
         current = read_binding(self.paths, ops.address)
         if current is None:
             return f"{short} is gone from the bus; nothing to return"
+        if record.reset_method is not None:
+            ops.set_reset_method(record.reset_method)
         original = record.original_driver
         if current.driver == original and current.driver_override == record.original_override:
             return f"{short} is on {original or 'no driver'}, as before"

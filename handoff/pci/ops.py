@@ -317,3 +317,45 @@ class DeviceOps:
             self.bind(driver)
         else:
             self.expect(driver)
+
+    # ------------------------------------------------------------------ the reset ladder
+    # (handoff.pci.revive; its first rung is reset() above)
+
+    def remove(self) -> None:
+        """Write 1 to ``remove``: the function leaves the bus (its driver lets go first)."""
+        self._write(device_dir(self.paths, self.address) / "remove", "1")
+        if device_dir(self.paths, self.address).exists():
+            raise BindError(
+                f"{self.address.short} is still on the bus after writing its remove",
+                fix="look at `dmesg` for the kernel's reason",
+            )
+
+    def rescan(self) -> None:
+        """Write 1 to /sys/bus/pci/rescan; the function is back on the bus afterwards.
+
+        The kernel's rescan is synchronous (pci_rescan_bus: enumerate, add,
+        probe drivers), so the read-back follows the write.
+        """
+        self._write(self.paths.sys / "bus" / "pci" / "rescan", "1")
+        if not device_dir(self.paths, self.address).is_dir():
+            raise BindError(
+                f"{self.address.short} did not come back after a rescan of the PCI bus",
+                fix="look at `dmesg` (the card may need its power removed: a cold boot)",
+            )
+
+    def set_reset_method(self, methods: str) -> None:
+        """Write ``reset_method`` (``""``: none, the kernel's ``echo >``) and read it back."""
+        path = device_dir(self.paths, self.address) / "reset_method"
+        self._write(path, methods or "\n")
+        try:
+            now = path.read_text(encoding="ascii", errors="replace").split()
+        except OSError as exc:
+            raise BindError(
+                f"cannot read back {path}: {exc}", fix="look at `dmesg`"
+            ) from exc
+        if now != methods.split():
+            raise BindError(
+                f"{path} reads {' '.join(now) or '(empty)'} after writing "
+                f"{methods or 'an empty line'}",
+                fix="look at `dmesg` for the kernel's reason",
+            )

@@ -39,6 +39,7 @@ from handoff.pci.engine import WRITE_TIMEOUT, Engine
 from handoff.pci.ops import KernelWriter, SysfsWriter
 from handoff.pci.plan import HandoffPlan, HostSnapshot, plan_handoff
 from handoff.pci.recovery import recover
+from handoff.pci.reset_sysfs import preflight_resets
 from handoff.pci.snapshot import take_snapshot
 from handoff.pci.sysfs import groups_of, read_device
 from handoff.profile import Profile
@@ -183,6 +184,8 @@ class GpuHandoff:
         if not entries:
             return
         self.memlock_bytes = self._memlock_check(self.profile)
+        pins, reset_warnings = preflight_resets(self.paths, self.engine.writer.module_loadable,
+                                                self.profile)
         addresses = [p.address for p in entries]
         allowed = [a for p in entries for a in p.allow_in_group]
         owner = qemu_owner(self.profile.vm.user)
@@ -201,10 +204,12 @@ class GpuHandoff:
         self._locks = prepared.locks
         self.plan = prepared.plan
         self.report("GPU hand-off plan:\n" + prepared.plan.render())
+        for warning in reset_warnings:
+            self.report(f"warning: {warning.text}\n  fix: {warning.fix}")
         journal = jr.Journal.begin(self.paths, self.profile.name, jr.Kind.SESSION,
                                    self.profile.name)
         try:
-            await self.engine.detach(prepared.plan, journal, vfio_owner=owner)
+            await self.engine.detach(prepared.plan, journal, vfio_owner=owner, reset_pins=pins)
         except BaseException:
             prepared.locks.release()
             self._locks = None

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 from handoff.pci.address import PciAddress
+from handoff.pci.reset import ResetChoice
 from handoff.tune.model import (
     EMULATOR_AUTO,
     PIN_NONE,
@@ -236,6 +237,8 @@ class Passthrough:
     multifunction: bool = False
     allow_in_group: tuple[PciAddress, ...] = ()
     live: bool = False  # may move between host and running guest (`handoff gpu`)
+    # The kernel's reset_method for the session (auto: as it is; handoff.pci.reset).
+    reset: ResetChoice = ResetChoice.AUTO
 
 
 @dataclass(frozen=True)

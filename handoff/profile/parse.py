@@ -84,6 +84,7 @@ from handoff.profile.reader import (
     required,
     show,
 )
+from handoff.profile.reset import check_passthrough_resets
 from handoff.profile.share import SHARE_KEYS, parse_shares
 from handoff.profile.sound import SOUND_PARSERS, parse_sound_session
 from handoff.profile.tpm import TPM_KEYS, parse_tpm
@@ -622,6 +623,7 @@ def parse_profile(text: str, source: Path) -> Profile:
     vm = _parse_vm(reader, data)
     display = _parse_display(reader, data)
     passthrough = _parse_passthrough(reader, data, display)
+    check_passthrough_resets(source, passthrough)
     host_display = _parse_host_display(reader, data, passthrough)
     return Profile(
         vm=vm,

@@ -9,6 +9,10 @@ IOMMU group, a NIC, and the chipset group that must never go to a VM):
   its audio function too. snd_hda_intel binds the controller but finds no
   codec ("Cannot probe codecs, giving up", with or without an hda-output
   codec under TCG), so there is no sound card: irrelevant to hand-off.
+  06.1 sets the multifunction bit in its own header too, as a real GPU's audio
+  function does: without it a hot-added 06.1 (the reset ladder's remove +
+  rescan) lands in an IOMMU group of its own (the kernel sets a function's
+  multifunction flag from its slot only after the IOMMU has grouped it).
 - edu (1234:11e8): QEMU's teaching device; no driver, so it shows the "nothing
   to unbind" path.
 - e1000e (8086:10d3): a real host driver with a network interface.
@@ -92,7 +96,7 @@ def qemu_args(*, std_vga: bool = False) -> list[str]:
     beside_boot_gpu = [] if std_vga else ["-device", "pci-testdev,addr=0b.1"]
     return [
         "-device", "bochs-display,addr=06.0,multifunction=on",
-        "-device", "ich9-intel-hda,addr=06.1",
+        "-device", "ich9-intel-hda,addr=06.1,multifunction=on",
         "-device", "edu,addr=07.0",
         "-netdev", "user,id=n0,restrict=on",
         "-device", "e1000e,netdev=n0,addr=08.0",

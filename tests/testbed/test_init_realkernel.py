@@ -6,10 +6,11 @@ the ICH9 group, an e1000e and a virtio disk (devices.py). The one-GPU
 scenario takes the second lookalike off the bus the kernel's way (``remove``)
 and puts it back with a bus ``rescan`` afterwards, whatever happened.
 
-Only that single-function device is ever removed: removing the lookalike's
-two functions and rescanning puts 06.0 and 06.1 in two different IOMMU
-groups on this kernel (seen in the testbed), which would break every later
-test. So "only the boot GPU" is shown on the real boot GPU by naming it with
+Only that single-function device is removed here: removing the lookalike's
+two functions and rescanning put 06.0 and 06.1 in two different IOMMU
+groups on this kernel until 06.1 set its own multifunction bit
+(devices.qemu_args; the reset ladder's tests now remove and rescan them).
+So "only the boot GPU" is shown on the real boot GPU by naming it with
 ``--gpu``; the automatic choice on a host whose only GPU is the boot GPU is
 tests/unit/test_init_choose.py's (a fake tree of such a host).
 """

@@ -127,6 +127,7 @@ class FakeHost:
         boot_vga: bool | None = None,
         header_type: int = 0,
         drm: tuple[str, ...] = (),
+        reset_method: str | None = None,
     ) -> Path:
         """One PCI function at /sys/devices/pci0000:00/ADDRESS, linked like the kernel links it."""
         real = self.sys / "devices" / "pci0000:00" / address
@@ -142,6 +143,9 @@ class FakeHost:
         (real / "config").write_bytes(bytes(config))
         if boot_vga is not None:
             self.write(real / "boot_vga", "1\n" if boot_vga else "0\n")
+        if reset_method is not None:  # the kernel (5.15+) lists its reset methods
+            self.write(real / "reset_method", reset_method + "\n")
+            self.write(real / "reset", "")
         bus = self.sys / "bus" / "pci" / "devices"
         bus.mkdir(parents=True, exist_ok=True)
         (bus / address).symlink_to(Path("../../../devices/pci0000:00") / address)

@@ -62,6 +62,13 @@ class FakeDevice:
     driver: str | None = None
     override: str | None = None
     made: list[Path] = field(default_factory=list)  # nodes the bound driver created
+    # The reset methods the kernel found (None: a kernel before 5.15, no reset_method
+    # file; () on 5.15+: no method, neither reset_method nor reset exist).
+    reset_methods: tuple[str, ...] | None = None
+    reset_file: bool = False
+    dead: bool = False  # config space reads all ones
+    reset_revives: bool = False  # its reset brings a dead config space back
+    resets: int = 0
 
 
 @dataclass
@@ -101,6 +108,11 @@ class FakeHost:
                     "proc/sys/kernel/random", "dev", "run"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         self._attr(self.paths.sys / "bus/pci/drivers_probe")
+        self._attr(self.paths.sys / "bus/pci/rescan")
+        # Functions taken off the bus with `remove` (still in their slot): a rescan
+        # finds them again. A surprise removal (vanish_on) is gone for good.
+        self.removed: dict[PciAddress, FakeDevice] = {}
+        self.stays_dead: set[PciAddress] = set()  # dead again after a rescan (a cold boot needed)
         (self.paths.sys / "bus/pci/drivers_autoprobe").write_text("1\n")
         (self.paths.proc / "sys/kernel/random/boot_id").write_text(self.BOOT_ID + "\n")
         (self.paths.proc / "self").mkdir()
@@ -167,12 +179,25 @@ class FakeHost:
         header: int = 0x00,
         boot_vga: bool = False,
         override_supported: bool = True,
+        reset_methods: tuple[str, ...] | None = None,
+        reset_file: bool | None = None,
     ) -> FakeDevice:
         addr = PciAddress.parse(address)
         dev = FakeDevice(
             addr, vendor, device, class_code, group,
             PciAddress.parse(parent) if parent else None, header, boot_vga,
+            reset_methods=reset_methods,
+            reset_file=bool(reset_methods) if reset_file is None else reset_file,
         )
+        self._create(dev, override_supported)
+        if driver is not None:
+            self._bind(dev, self.drivers[driver])
+        return dev
+
+    def _create(self, dev: FakeDevice, override_supported: bool = True) -> None:
+        """The device's sysfs directory and links, as pci_device_add makes them."""
+        addr, vendor, device, class_code = dev.address, dev.vendor, dev.device, dev.class_code
+        group, header, boot_vga = dev.group, dev.header, dev.boot_vga
         self.devices[addr] = dev
         ddir = self.device_dir(addr)
         ddir.mkdir(parents=True)
@@ -186,9 +211,13 @@ class FakeHost:
         config[2:4] = device.to_bytes(2, "little")
         config[0x09:0x0C] = class_code.to_bytes(3, "little")
         config[0x0E] = header
-        if header & 0x7F == 0x7F:
+        if header & 0x7F == 0x7F or dev.dead:
             config = bytearray(b"\xff" * 256)
         (ddir / "config").write_bytes(bytes(config))
+        if dev.reset_methods:
+            self._attr(ddir / "reset_method", 0o644, " ".join(dev.reset_methods) + "\n")
+        if dev.reset_file:
+            self._attr(ddir / "reset")
         if override_supported:
             self._attr(ddir / "driver_override", 0o644, "(null)\n")
         if (class_code >> 8) == 0x0300:
@@ -202,9 +231,12 @@ class FakeHost:
             (gdir.parent / "type").write_text("DMA\n")
             os.symlink(os.path.relpath(ddir, gdir), gdir / str(addr))
             os.symlink(os.path.relpath(gdir.parent, ddir), ddir / "iommu_group")
-        if driver is not None:
-            self._bind(dev, self.drivers[driver])
-        return dev
+
+    def kill(self, address: str) -> None:
+        """The function's config space reads all ones (the card fell off the bus)."""
+        dev = self.devices[PciAddress.parse(address)]
+        dev.dead = True
+        (self.device_dir(dev.address) / "config").write_bytes(b"\xff" * 256)
 
     def add_process(self, pid: int, comm: str, files: Iterable[Path]) -> None:
         pdir = self.paths.proc / str(pid)
@@ -321,10 +353,62 @@ class FakeHost:
             real.write_text((dev.override or "(null)") + "\n")
             return
         if name == "remove":
-            self._remove_device(self._owner(real).address)
+            dev = self._owner(real)
+            self._remove_device(dev.address)
+            self.removed[dev.address] = dev
+            return
+        if real == sys / "bus/pci/rescan":
+            self._rescan()
+            return
+        if name == "reset":
+            self._reset(self._owner(real), shown)
+            return
+        if name == "reset_method":
+            self._store_reset_method(self._owner(real), value, real, shown)
             return
         # An attribute without a store method: kernfs refuses the open.
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), shown)
+
+    def _rescan(self) -> None:
+        """pci_rescan_bus: every removed function is found again, fresh (no driver, no
+        override, the kernel's default reset methods), and its driver probes it."""
+        for address in sorted(self.removed):
+            old = self.removed.pop(address)
+            dev = FakeDevice(
+                address, old.vendor, old.device, old.class_code, old.group, old.parent,
+                old.header, old.boot_vga, reset_methods=old.reset_methods,
+                reset_file=old.reset_file, dead=address in self.stays_dead,
+                reset_revives=old.reset_revives,
+            )
+            self._create(dev)
+            self._drivers_probe(dev)
+
+    def _reset(self, dev: FakeDevice, shown: str) -> None:
+        """pci_reset_function by the enabled methods: ENOTTY when none is left."""
+        rm = self.device_dir(dev.address) / "reset_method"
+        if rm.exists() and not rm.read_text().split():
+            raise OSError(errno.ENOTTY, os.strerror(errno.ENOTTY), shown)
+        dev.resets += 1
+        if dev.dead and dev.reset_revives:
+            dev.dead = False
+            config = bytearray(256)
+            config[0:2] = dev.vendor.to_bytes(2, "little")
+            config[2:4] = dev.device.to_bytes(2, "little")
+            config[0x0E] = dev.header
+            (self.device_dir(dev.address) / "config").write_bytes(bytes(config))
+
+    def _store_reset_method(self, dev: FakeDevice, value: str, real: Path, shown: str) -> None:
+        """reset_method_store (drivers/pci/pci.c): "" disables every method, "default"
+        restores the kernel's list, else a space-separated list of supported names."""
+        text = value.strip()
+        offered = dev.reset_methods or ()
+        if text == "default":
+            names: list[str] = list(offered)
+        else:
+            names = text.split()
+            if any(name not in offered for name in names):
+                raise OSError(errno.EINVAL, os.strerror(errno.EINVAL), shown)
+        real.write_text(" ".join(names) + "\n")
 
     # ------------------------------------------------------------------ driver core
 

@@ -40,8 +40,9 @@ def ready_host(root: Path) -> FakeHost:
     h.modules_dep("vfio", "vfio_iommu_type1", "pci/vfio_pci")
     h.node("kvm", 0o666)
     h.pci("0000:00:02.0", group=2, ids=(0x8086, 0x0412), driver="i915", boot_vga=True)
-    h.pci("0000:01:00.0", group=1, driver="amdgpu", boot_vga=False)
-    h.pci("0000:01:00.1", group=1, class_code=0x040300, ids=(0x1002, 0xAAC8))
+    h.pci("0000:01:00.0", group=1, driver="amdgpu", boot_vga=False, reset_method="bus")
+    h.pci("0000:01:00.1", group=1, class_code=0x040300, ids=(0x1002, 0xAAC8),
+          reset_method="bus")
     h.memlock(8388608, 8388608)
     h.write(h.etc_rules / "70-handoff.rules", "# installed\n")
     return h
