@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from handoff.errors import DomainImportError
 from handoff.interop import settings
 from handoff.interop.domain_devices import GRAB_TOGGLE_CHORDS, DeviceMapping
 from handoff.interop.domain_reader import QEMU_NS, Unmapped, local
-from handoff.interop.draft import Draft, Entry, Value
+from handoff.interop.draft import Draft, Entry
 from handoff.interop.reasons import DEFAULT_REASON, REASONS
 
 __all__ = ["GRAB_TOGGLE_CHORDS", "QEMU_NS", "ImportResult", "Unmapped", "parse_domain"]
@@ -397,7 +396,7 @@ class _Mapper(DeviceMapping):
         except ValueError as exc:
             raise self.error(f"handoff's <metadata> is not TOML: {exc}",
                              "remove the <handoff:settings> element, or fix it") from None
-        _apply(self.draft, data)
+        settings.apply_settings(self.draft, data)
 
     # ------------------------------------------------------------------ what is left
 
@@ -434,32 +433,6 @@ def _reason(path: str, attribute: bool = False) -> str:
         if candidate in REASONS:
             return REASONS[candidate]
     return DEFAULT_REASON
-
-
-def _apply(draft: Draft, data: Mapping[str, Any]) -> None:
-    """Apply handoff's metadata settings over what the XML mapped."""
-    for section, value in data.items():
-        if isinstance(value, list):
-            entries = draft.arrays.get(section, [])
-            for entry, extra in zip(entries, value, strict=False):
-                _apply_entry(entry, extra)
-        else:
-            _apply_entry(draft.table(section), value)
-
-
-def _apply_entry(entry: Entry, values: Mapping[str, Any]) -> None:
-    for key, item in values.items():
-        value = _value(item)
-        if entry.values.get(key) != value:
-            entry.set(key, value, "handoff's own setting (libvirt has no element for it)")
-
-
-def _value(item: object) -> Value:
-    if isinstance(item, list):
-        return [str(v) for v in item]
-    if isinstance(item, str | int | float | bool):
-        return item
-    raise ValueError(f"unexpected metadata value {item!r}")
 
 
 def _preamble(source: str, name: str, unmapped: tuple[Unmapped, ...]) -> list[str]:

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
 
+from handoff.interop.draft import Draft, Entry, Value
 from handoff.profile.model import SECTIONS, Profile, field_default, toml_name
 from handoff.profile.render import toml_value
 
@@ -120,3 +121,29 @@ def read_settings(text: str) -> Mapping[str, Any]:
             if table:
                 kept[section] = table
     return kept
+
+
+def apply_settings(draft: Draft, data: Mapping[str, Any]) -> None:
+    """Apply :func:`read_settings`' values over what the domain's XML mapped."""
+    for section, value in data.items():
+        if isinstance(value, list):
+            entries = draft.arrays.get(section, [])
+            for entry, extra in zip(entries, value, strict=False):
+                _apply_entry(entry, extra)
+        else:
+            _apply_entry(draft.table(section), value)
+
+
+def _apply_entry(entry: Entry, values: Mapping[str, Any]) -> None:
+    for key, item in values.items():
+        value = _value(item)
+        if entry.values.get(key) != value:
+            entry.set(key, value, "handoff's own setting (libvirt has no element for it)")
+
+
+def _value(item: object) -> Value:
+    if isinstance(item, list):
+        return [str(v) for v in item]
+    if isinstance(item, str | int | float | bool):
+        return item
+    raise ValueError(f"unexpected metadata value {item!r}")
