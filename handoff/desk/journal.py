@@ -90,6 +90,13 @@ class DeskJournal:
                 fix=f"remove the files it names by hand (ls /dev/shm), then delete {path}",
             ) from exc
 
+    def note_qemu(self, pid: int, start_time: int | None) -> None:
+        """QEMU's pid and start time, saved: recover leaves the journal while QEMU runs
+        (as :meth:`handoff.journal.record.Journal.note_qemu` does for the GPU)."""
+        self.qemu_pid = pid
+        self.qemu_start_time = start_time
+        self.save()
+
     def save(self) -> None:
         """Atomically replace the file (temp, fsync, rename)."""
         directory = self.path.parent

@@ -111,11 +111,8 @@ class SoundAccess:
             self._locks = None
 
     def note_qemu_pid(self, pid: int) -> None:
-        journal = self._journal
-        if journal is not None:
-            journal.qemu_pid = pid
-            journal.qemu_start_time = jr.process_start_time(self.paths, pid)
-            journal.save()
+        if self._journal is not None:
+            self._journal.note_qemu(pid, jr.process_start_time(self.paths, pid))
 
     async def vm_started(
         self, vm: VmHandle, nursery: trio.Nursery, control: ControlRegistry
