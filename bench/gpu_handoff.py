@@ -63,7 +63,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from handoff import journal as jr  # noqa: E402
-from handoff.host import HostPaths  # noqa: E402
+from handoff.base.host import HostPaths  # noqa: E402
 from handoff.journal.store import volatile  # noqa: E402
 from handoff.pci.address import PciAddress  # noqa: E402
 from handoff.pci.commands import run_attach, run_detach  # noqa: E402

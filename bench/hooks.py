@@ -5,7 +5,7 @@ with no device to grab, so a switch completes at once) run side by side:
 ``plain`` has no hooks; ``hooked`` has, on both ``guest`` and ``host``, a
 hook that sleeps past its 2 s timeout (killed each time) and a second one
 queued behind it. Each round sends ``switch guest`` then ``switch host`` to
-both, interleaved, over the control socket (:func:`handoff.control_client.request`,
+both, interleaved, over the control socket (:func:`handoff.control.client.request`,
 in this process), timed from the request to its answer: the switch itself.
 The hooked session's hooks run meanwhile (and queue up: 4 runs a round).
 Goal: ratio ≈ 1.0 (hooks never delay a switch).
@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from handoff.control_client import request
+from handoff.control.client import request
 
 ROOT = Path(__file__).resolve().parents[1]
 

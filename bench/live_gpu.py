@@ -48,9 +48,9 @@ import trio
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from handoff.control import ControlCommands  # noqa: E402
-from handoff.control_protocol import Side  # noqa: E402
-from handoff.host import HostPaths  # noqa: E402
+from handoff.base.host import HostPaths  # noqa: E402
+from handoff.control.protocol import Side  # noqa: E402
+from handoff.control.server import ControlCommands  # noqa: E402
 from handoff.journal.store import volatile  # noqa: E402
 from handoff.live.guest import EventHub, attach, guest_ids  # noqa: E402
 from handoff.live.resource import LiveGpu  # noqa: E402
@@ -64,7 +64,7 @@ from handoff.profile import (  # noqa: E402
 )
 from handoff.qemu.process import QemuProcess  # noqa: E402
 from handoff.qemu.qmp import QmpConnection, open_qmp  # noqa: E402
-from handoff.session_plan import HostFacts, plan_session  # noqa: E402
+from handoff.session.plan import HostFacts, plan_session  # noqa: E402
 
 SYS = Path("/sys/bus/pci")
 NATIVE = ["-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off"]

@@ -71,14 +71,14 @@ from pathlib import Path
 
 import trio
 
-from handoff.host import HostPaths
+from handoff.base.host import HostPaths
+from handoff.base.run_layout import tpm_socket_path
 from handoff.profile import Accelerator, Profile, load_profile, parse_profile
 from handoff.qemu.accel import choose_accel
-from handoff.resources import HostResource
-from handoff.run_layout import tpm_socket_path
-from handoff.session import Session, default_resources, session_argv
-from handoff.session_end import StopRequest
-from handoff.session_plan import SessionPlan
+from handoff.session.end import StopRequest
+from handoff.session.plan import SessionPlan
+from handoff.session.resources import HostResource
+from handoff.session.supervisor import Session, default_resources, session_argv
 
 REPO = Path(__file__).resolve().parent.parent
 

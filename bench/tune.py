@@ -46,12 +46,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from startup import bare_round
 
-from handoff.host import HostPaths
+from handoff.base.host import HostPaths
 from handoff.profile import Accelerator, Profile, parse_profile
-from handoff.resources import HostResource
-from handoff.session import Session, default_resources
-from handoff.session_end import StopRequest
-from handoff.session_plan import SessionPlan
+from handoff.session.end import StopRequest
+from handoff.session.plan import SessionPlan
+from handoff.session.resources import HostResource
+from handoff.session.supervisor import Session, default_resources
 
 POOL = Path("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")
 PAGES = 512  # 1 GiB of 2 MiB pages

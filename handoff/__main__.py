@@ -2,6 +2,6 @@
 
 import sys
 
-from handoff.cli import main
+from handoff.cli.main import main
 
 sys.exit(main())

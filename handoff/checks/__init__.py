@@ -1,7 +1,7 @@
 """Host checks behind ``handoff doctor``: the seed guide's host set-up, verified.
 
 Every check is a pure-ish function over a :class:`DoctorEnv` (the kernel
-roots of :class:`handoff.host.HostPaths` plus the few non-kernel places a
+roots of :class:`handoff.base.host.HostPaths` plus the few non-kernel places a
 check reads: /lib/modules, the udev rule directories) returning one or more
 :class:`Check` values. A check never changes the host and never raises for
 a host problem: a missing file is a verdict with a fix, not an exception.
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from handoff.host import HostPaths
+from handoff.base.host import HostPaths
 
 
 class Verdict(Enum):

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from handoff.base.errors import PciError, PreflightRefusedError
 from handoff.checks import Check, DoctorEnv, Verdict, fail, ok, warn
 from handoff.checks.kernel import ModuleState, module_state
-from handoff.errors import PciError, PreflightRefusedError
 from handoff.pci.address import PciAddress
 from handoff.pci.model import VFIO_DRIVER
 from handoff.pci.plan import (

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from handoff import systemctl
+from handoff.base import systemctl
+from handoff.base.errors import PciError
 from handoff.checks import Check, DoctorEnv, fail, ok, warn
 from handoff.display.model import (
     NO_FALLBACK,
@@ -22,7 +23,6 @@ from handoff.display.model import (
     firmware_fb_on_card,
 )
 from handoff.display.sysfs import read_bars, read_firmware_fbs, read_vtconsoles
-from handoff.errors import PciError
 from handoff.pci.address import PciAddress
 from handoff.pci.sysfs import device_dir, read_device
 from handoff.profile import Profile

@@ -1,6 +1,6 @@
 """RLIMIT_MEMLOCK against the guest's RAM: VFIO pins all of it.
 
-The judgement is the session's own (:func:`handoff.memlock.check_memlock`:
+The judgement is the session's own (:func:`handoff.session.memlock.check_memlock`:
 guest RAM + 1 GiB, raised for the QEMU child where the process may raise
 its hard limit, else refused with the limits.d lines). Doctor only feeds it
 the limits of the tree it looks at: /proc/self/limits and the CapEff line
@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import resource
 
+from handoff.base.errors import HostError
 from handoff.checks import Check, DoctorEnv, fail, ok, read_text, skip
-from handoff.errors import HostError
-from handoff.memlock import can_raise_hard, required_memlock
-from handoff.memlock import check_memlock as session_check_memlock
 from handoff.profile import Profile
+from handoff.session.memlock import can_raise_hard, required_memlock
+from handoff.session.memlock import check_memlock as session_check_memlock
 
 GIB = 1024**3
 MIB = 1024**2

@@ -8,7 +8,7 @@ Permissions are judged by handoff.checks.access's arithmetic for the user
 QEMU runs as (vm.user). Refusals are ProfileErrors naming the key.
 
 Never: change the host (no chown, no copies: creating the OVMF vars file is
-handoff.firmware's), or parse profile text.
+handoff.qemu.firmware_vars's), or parse profile text.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import shutil
 import stat
 from pathlib import Path
 
+from handoff.base.errors import HandoffError, ProfileError
 from handoff.checks import Check, fail, ok
 from handoff.checks.access import (
     Identity,
@@ -27,14 +28,13 @@ from handoff.checks.access import (
     may_enter,
     resolve_identity,
 )
-from handoff.errors import HandoffError, ProfileError
 from handoff.profile import FirmwareType, Profile
 
 
 def check_profile_on_host(profile: Profile) -> None:
     """The user exists, the files exist and are of the right kind, QEMU's user can open them.
 
-    Raises :class:`handoff.errors.ProfileError` for the first problem.
+    Raises :class:`handoff.base.errors.ProfileError` for the first problem.
     """
     src = str(profile.source)
     qemu_user = _qemu_user(profile)

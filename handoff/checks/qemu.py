@@ -3,7 +3,7 @@
 Doctor asks the same question ``handoff run``'s preflight asks
 (:mod:`handoff.qemu.capabilities`: the binary's own ``-device help``,
 ``-accel help``, ... answers, checked against the devices of the session
-plan's argv, :mod:`handoff.session_plan`, the input backend's included), so a
+plan's argv, :mod:`handoff.session.plan`, the input backend's included), so a
 missing ``vfio-pci`` or ``virtio-input-host-pci`` is reported here, with the
 profile key that needs it, instead of as a launch failure.
 """
@@ -15,11 +15,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from handoff.base.errors import FirmwareError, ProfileError, QemuError, TuneError
+from handoff.base.host import HostPaths
 from handoff.checks import Check, DoctorEnv, fail, ok, skip
-from handoff.errors import FirmwareError, ProfileError, QemuError, TuneError
-from handoff.firmware import vars_origin_refusal
-from handoff.host import HostPaths
-from handoff.host_facts import gather_host_facts
 from handoff.profile import Accelerator, Cpu, FirmwareType, Memory, Profile
 from handoff.qemu.capabilities import (
     MIN_VERSION,
@@ -29,8 +27,10 @@ from handoff.qemu.capabilities import (
 )
 from handoff.qemu.firmware_descriptors import FirmwareDescriptor, choose_firmware
 from handoff.qemu.firmware_search import read_descriptors
+from handoff.qemu.firmware_vars import vars_origin_refusal
 from handoff.qemu.probe_cache import QemuCapabilities
-from handoff.session_plan import HostFacts, SessionPlan, plan_session
+from handoff.session.host_facts import gather_host_facts
+from handoff.session.plan import HostFacts, SessionPlan, plan_session
 
 _INSTALL = "apt-get install qemu-system-x86 (Debian/Ubuntu), emerge app-emulation/qemu (Gentoo)"
 

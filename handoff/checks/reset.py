@@ -9,9 +9,9 @@ doctor looks at. Changes nothing.
 
 from __future__ import annotations
 
+from handoff.base.errors import PreflightRefusedError
 from handoff.checks import Check, DoctorEnv, fail, ok, warn
 from handoff.checks.kernel import ModuleState, module_state
-from handoff.errors import PreflightRefusedError
 from handoff.pci.reset import describe, pin_value, warnings
 from handoff.pci.reset_sysfs import read_reset_facts
 from handoff.profile import Profile

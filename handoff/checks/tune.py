@@ -19,8 +19,8 @@ A profile without tuning gets none of them.
 
 from __future__ import annotations
 
+from handoff.base.errors import TuneError
 from handoff.checks import Check, DoctorEnv, fail, ok, warn
-from handoff.errors import TuneError
 from handoff.profile import Profile, guest_topology
 from handoff.tune.governor import GovernorPlan
 from handoff.tune.hugepages import HugepagePlan

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from handoff import journal as jr
-from handoff.errors import JournalError
-from handoff.host import HostPaths
+from handoff.base.errors import JournalError
+from handoff.base.host import HostPaths
 from handoff.journal import read_boot_id
 
 NodeRecord = jr.NodeRecord  # path, uid, gid, mode before handoff changed them

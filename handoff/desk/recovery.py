@@ -5,7 +5,7 @@ lock ``desk-<profile>[+part]``) records Looking Glass's shm file, USB nodes
 handed to vm.user, the sound user's ACL entries for vm.user and virtiofsd's
 pid. While the recorded QEMU runs it uses them all: the journal is left
 alone. Otherwise each helper still running is ended, each file removed, each
-node and ACL entry given back. Registered in :mod:`handoff.recovery`.
+node and ACL entry given back. Registered in :mod:`handoff.session.recovery`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from collections.abc import Callable
 import trio
 
 from handoff import journal as jr
+from handoff.base.host import HostPaths
 from handoff.desk.journal import DeskJournal, list_desk_journals, remove_files
-from handoff.host import HostPaths
 from handoff.journal.recover import Recoverer, recover
 
 

@@ -25,12 +25,12 @@ from pathlib import Path
 import trio
 
 from handoff import journal as jr
+from handoff.base.errors import DeskError
+from handoff.base.host import HostPaths
 from handoff.desk import looking_glass as lg_core
 from handoff.desk.journal import DeskJournal, lock_stem
-from handoff.errors import DeskError
-from handoff.host import HostPaths
 from handoff.profile import LookingGlassDevice, Profile
-from handoff.resources import ControlRegistry, JsonObject, VmHandle
+from handoff.session.resources import ControlRegistry, JsonObject, VmHandle
 
 _KINDS = {
     stat.S_IFREG: "regular file", stat.S_IFDIR: "directory", stat.S_IFLNK: "symlink",
@@ -86,7 +86,7 @@ def qemu_gid(profile: Profile) -> int:
 
 
 class LookingGlassShm:
-    """The ``looking-glass`` resource (:class:`handoff.resources.HostResource`)."""
+    """The ``looking-glass`` resource (:class:`handoff.session.resources.HostResource`)."""
 
     name = "looking-glass"
 

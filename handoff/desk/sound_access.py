@@ -21,14 +21,14 @@ from pathlib import Path
 import trio
 
 from handoff import journal as jr
+from handoff.base.errors import DeskError
+from handoff.base.host import HostPaths, qemu_account
+from handoff.base.run_layout import qemu_socket_dir
 from handoff.desk.journal import DeskJournal, give_back, lock_stem
 from handoff.desk.sound import COOKIE_COPY
 from handoff.desk.sound_host import read_sound_server
-from handoff.errors import DeskError
-from handoff.host import HostPaths, qemu_account
 from handoff.profile import Profile
-from handoff.resources import ControlRegistry, JsonObject, VmHandle
-from handoff.run_layout import qemu_socket_dir
+from handoff.session.resources import ControlRegistry, JsonObject, VmHandle
 
 
 def has_entry(path: Path, user: str) -> bool:
@@ -51,7 +51,7 @@ def add_acl(path: Path, user: str, perms: str) -> None:
 
 
 class SoundAccess:
-    """The ``sound-access`` resource (:class:`handoff.resources.HostResource`)."""
+    """The ``sound-access`` resource (:class:`handoff.session.resources.HostResource`)."""
 
     name = "sound-access"
 

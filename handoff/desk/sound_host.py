@@ -14,8 +14,8 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
+from handoff.base.errors import ProfileError
 from handoff.desk.sound import SoundServer, cookie_path, server_socket
-from handoff.errors import ProfileError
 from handoff.profile import AudioBackend, Profile
 
 

@@ -26,12 +26,12 @@ from typing import Any
 import trio
 
 from handoff import journal as jr
+from handoff.base.errors import DeskError
+from handoff.base.host import HostPaths, qemu_account
 from handoff.desk import usb as core
 from handoff.desk.journal import DeskJournal, give_back
-from handoff.errors import DeskError
-from handoff.host import HostPaths, qemu_account
 from handoff.profile import InputBackend, Profile
-from handoff.resources import ControlRegistry, JsonObject, VmHandle
+from handoff.session.resources import ControlRegistry, JsonObject, VmHandle
 
 
 def _read(path: Path) -> str:
@@ -90,7 +90,7 @@ def read_host_usb(paths: HostPaths, profile: Profile) -> tuple[list[core.HostUsb
 
 
 class UsbPassthrough:
-    """The ``usb`` resource (:class:`handoff.resources.HostResource`)."""
+    """The ``usb`` resource (:class:`handoff.session.resources.HostResource`)."""
 
     name = "usb"
 

@@ -26,13 +26,13 @@ from pathlib import Path
 import trio
 
 from handoff import journal as jr
+from handoff.base.errors import DeskError, ProfileError
+from handoff.base.host import HostPaths, qemu_account
+from handoff.base.run_layout import qemu_socket_dir
 from handoff.desk import share as core
 from handoff.desk.journal import DeskJournal, lock_stem
-from handoff.errors import DeskError, ProfileError
-from handoff.host import HostPaths, qemu_account
 from handoff.profile import Profile, Share
-from handoff.resources import ControlRegistry, JsonObject, VmHandle
-from handoff.run_layout import qemu_socket_dir
+from handoff.session.resources import ControlRegistry, JsonObject, VmHandle
 
 #: Seconds a started virtiofsd gets to say it waits for QEMU (its sandbox set-up).
 READY_TIMEOUT = 60.0
@@ -92,7 +92,7 @@ def _wait(proc: subprocess.Popen[bytes]) -> bool:
 
 
 class VirtiofsShares:
-    """The ``shares`` resource (:class:`handoff.resources.HostResource`)."""
+    """The ``shares`` resource (:class:`handoff.session.resources.HostResource`)."""
 
     name = "shares"
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from handoff.base.errors import JournalError
+from handoff.base.host import HostPaths
 from handoff.display.model import DisplayStep
-from handoff.errors import JournalError
-from handoff.host import HostPaths
 from handoff.journal import store
 from handoff.journal.liveness import read_boot_id
 

@@ -5,17 +5,17 @@ named lock ``display-<profile>``) is finished by the same
 :class:`handoff.display.resource.Restorer` a session's release uses: the
 card back on its driver (else one reset and the GPU journal finished again,
 through ``return_card``), the framebuffer and consoles bound, the units
-started. Registered after the GPU hand-off (:mod:`handoff.recovery`): the
+started. Registered after the GPU hand-off (:mod:`handoff.session.recovery`): the
 card's group must be back on the host first.
 """
 
 from __future__ import annotations
 
 from handoff import journal as jr
-from handoff import systemctl
+from handoff.base import systemctl
+from handoff.base.host import HostPaths
 from handoff.display.journal import DisplayJournal, list_display_journals, lock_stem
 from handoff.display.resource import Report, Restorer, ReturnCard
-from handoff.host import HostPaths
 from handoff.journal.recover import Recoverer
 from handoff.pci.ops import SysfsWriter
 

@@ -1,4 +1,4 @@
-"""The host display hand-over as a session resource (see :mod:`handoff.resources`).
+"""The host display hand-over as a session resource (see :mod:`handoff.session.resources`).
 
 Acquired before the GPU resource, released after it (the session releases
 in reverse), so the order on a single-GPU host is:
@@ -33,7 +33,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 import trio
 
 from handoff import journal as jr
-from handoff import systemctl
+from handoff.base import systemctl
+from handoff.base.errors import BindError, HandoffError, PreflightRefusedError, SysfsWriteError
+from handoff.base.host import HostPaths
 from handoff.display import units as sd
 from handoff.display.journal import DisplayJournal, list_display_journals, lock_stem
 from handoff.display.model import (
@@ -56,8 +58,6 @@ from handoff.display.sysfs import (
     reset_methods,
 )
 from handoff.display.where import where_refusal
-from handoff.errors import BindError, HandoffError, PreflightRefusedError, SysfsWriteError
-from handoff.host import HostPaths
 from handoff.pci.address import PciAddress
 from handoff.pci.holders import find_holders, nodes_of
 from handoff.pci.model import Holder, PciDevice
@@ -72,14 +72,14 @@ from handoff.pci.plan import plan_handoff
 from handoff.pci.snapshot import take_snapshot
 from handoff.pci.sysfs import group_members, groups_of, read_device
 from handoff.profile import Profile
-from handoff.resources import ControlRegistry, JsonObject, VmHandle
+from handoff.session.resources import ControlRegistry, JsonObject, VmHandle
 
 log = logging.getLogger("handoff.display")
 
 Report = Callable[[str], None]
 #: Finishes the GPU journal of a profile again, if one is left (after a reset): its lines.
 #: The GPU hand-off's own recovery, passed in by whoever composes the two
-#: (:mod:`handoff.recovery`): the display never imports it.
+#: (:mod:`handoff.session.recovery`): the display never imports it.
 ReturnCard = Callable[[str], Awaitable[list[str]]]
 
 #: Seconds the units' processes get to let go of the card's nodes once stopped.

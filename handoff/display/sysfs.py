@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from handoff.base.errors import PciAddressError
+from handoff.base.host import HostPaths
 from handoff.display.model import FIRMWARE_FB_DRIVERS, FirmwareFb, MemoryRange, VtConsole
-from handoff.errors import PciAddressError
-from handoff.host import HostPaths
 from handoff.pci.address import PciAddress
 from handoff.pci.sysfs import device_dir
 

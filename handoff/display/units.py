@@ -1,7 +1,7 @@
 """logind and cgroups for the display hand-over: where the supervisor runs.
 
 systemctl itself (units stopped and started, the system journal report) is
-:mod:`handoff.systemctl`'s, the one systemd edge; this module reads this
+:mod:`handoff.base.systemctl`'s, the one systemd edge; this module reads this
 process's cgroup and logind's graphical sessions for
 :func:`handoff.display.where.where_refusal`.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from handoff.base.host import HostPaths
+from handoff.base.systemctl import Runner, show
 from handoff.display.where import WhereFacts
-from handoff.host import HostPaths
-from handoff.systemctl import Runner, show
 
 #: logind session types that own a display.
 GRAPHICAL_TYPES = frozenset({"x11", "wayland", "mir"})

@@ -1,4 +1,4 @@
-"""Runs ``[[hook]]`` programs beside the session, as a resource (see handoff/resources.py).
+"""Runs ``[[hook]]`` programs beside the session, as a resource (see handoff/session/resources.py).
 
 :meth:`HookRunner.fire` only queues (it never waits), so a switch or a GPU
 move is never delayed by a hook. One task runs the queue in order: the
@@ -28,7 +28,7 @@ import trio
 
 from handoff.hooks.plan import HookOutcome, gpu_event, hook_environment, hooks_for, input_event
 from handoff.profile import Hook, HookEvent, InputMode, Profile
-from handoff.resources import ControlRegistry, JsonObject, VmHandle
+from handoff.session.resources import ControlRegistry, JsonObject, VmHandle
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from handoff.errors import HandoffError, PciAddressError, PreflightRefusedError
+from handoff.base.errors import HandoffError, PciAddressError, PreflightRefusedError
 from handoff.init.facts import CpuTopology, DiskFact, DiskKind, InitFacts, PciName
 from handoff.init.guest_os import InitOs, OsChoice
 from handoff.pci.address import PciAddress

@@ -18,9 +18,9 @@ import subprocess
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
+from handoff.base.errors import FirmwareError
+from handoff.base.host import HostPaths
 from handoff.checks.qemu import OVMF_CODE_CANDIDATES
-from handoff.errors import FirmwareError
-from handoff.host import HostPaths
 from handoff.init.facts import (
     CpuTopology,
     DiskFact,

@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from handoff.errors import HandoffError
+from handoff.base.errors import HandoffError
 
 
 class InitOsError(HandoffError):

@@ -19,7 +19,7 @@ from typing import Any
 
 import trio
 
-from handoff.errors import InputError
+from handoff.base.errors import InputError
 from handoff.input.codes import BTN_LEFT, EV_KEY, EV_REL, REL_X, REL_Y
 from handoff.profile import SelectorKind, selector_kind
 

@@ -21,7 +21,7 @@ from typing import Protocol
 
 import trio
 
-from handoff.control_protocol import Side
+from handoff.control.protocol import Side
 from handoff.input.codes import INPUT_EVENT
 from handoff.input.router import (
     Action,

@@ -36,7 +36,7 @@ from typing import Protocol
 
 import trio
 
-from handoff.errors import InputError
+from handoff.base.errors import InputError
 from handoff.input.keymap import LINUX_TO_QCODE
 from handoff.input.translate import Event, FrameTranslator, InputEvent, is_motion_only
 from handoff.qemu.wire import (
@@ -209,7 +209,7 @@ class QmpSocketTransport:
         QEMU creates the socket while it starts, so the connection is retried;
         all of it within ``deadline`` seconds. Raises
         :class:`~handoff.qemu.wire.QmpDisconnectedError` if QEMU hangs up
-        (exits) meanwhile, :class:`~handoff.errors.QmpError` otherwise.
+        (exits) meanwhile, :class:`~handoff.base.errors.QmpError` otherwise.
         """
         where = f"QEMU's input monitor {path}"
         stream: trio.SocketStream | None = None

@@ -16,7 +16,7 @@ import contextlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from handoff.errors import InputError
+from handoff.base.errors import InputError
 from handoff.input.codes import EV_KEY
 from handoff.input.devices import HOST_KEYS_NAME
 from handoff.input.translate import Event

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from handoff.errors import InputError
+from handoff.base.errors import InputError
 from handoff.input.codes import (
     BTN_BACK,
     BTN_EXTRA,
@@ -283,7 +283,7 @@ def qkeycodes_from_schema(schema: Sequence[Mapping[str, Any]]) -> frozenset[str]
 def hotkey_codes(names: Iterable[str]) -> frozenset[int]:
     """The profile's hotkey chord (``KEY_LEFTCTRL``, ``BTN_SIDE`` …) as Linux codes.
 
-    Raises :class:`handoff.errors.InputError` naming the unknown key.
+    Raises :class:`handoff.base.errors.InputError` naming the unknown key.
     """
     codes: set[int] = set()
     for name in names:

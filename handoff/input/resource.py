@@ -1,4 +1,4 @@
-"""The input hand-off as a session resource (see handoff/resources.py).
+"""The input hand-off as a session resource (see handoff/session/resources.py).
 
 ``InputHandoff(profile, paths)`` owns, for one session: the virtio proxies
 (backend ``virtio``) or a QMP monitor reserved for input (backend ``qmp``),
@@ -12,7 +12,7 @@ the device watcher, the router and its forwarding, and the control command
   virtio-input-host-pci devices on those links, or the input monitor
   ``-chardev socket,id=handoff-input,path=<run root>/qemu/<name>/input.qmp,...``
   that QEMU creates in its own socket directory) are in the session plan
-  (:mod:`handoff.session_plan`). A monitor of its own lets input pipeline up
+  (:mod:`handoff.session.plan`). A monitor of its own lets input pipeline up
   to 8 requests in strict order without sharing the session's QMP queue.
 * ``vm_started``: narrow the key table to the running QEMU's QKeyCode enum,
   connect the transport, start discovery (hotplug included) and routing in
@@ -43,9 +43,10 @@ from typing import Any
 
 import trio
 
-from handoff.control_protocol import Command, Field, Side, requested_side
-from handoff.errors import HandoffError, InputError
-from handoff.host import HostPaths, qemu_account
+from handoff.base.errors import HandoffError, InputError
+from handoff.base.host import HostPaths, qemu_account
+from handoff.base.run_layout import input_monitor_path, proxy_links
+from handoff.control.protocol import Command, Field, Side, requested_side
 from handoff.input.devices import DeviceInfo, DeviceWatcher, Selection, classify_by_capabilities
 from handoff.input.edge import GuestSink, InputRouter
 from handoff.input.forward import QmpBackend, QmpSocketTransport
@@ -60,9 +61,8 @@ from handoff.input.keymap import (
 from handoff.input.router import EscapeChord, RouterCore
 from handoff.input.virtio import VirtioProxies
 from handoff.profile import InputBackend, InputMode, Profile
-from handoff.resources import ControlRegistry, JsonObject, VmHandle
-from handoff.run_layout import input_monitor_path, proxy_links
-from handoff.session_plan import input_argv
+from handoff.session.plan import input_argv
+from handoff.session.resources import ControlRegistry, JsonObject, VmHandle
 
 log = logging.getLogger(__name__)
 

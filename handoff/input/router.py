@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from handoff.control_protocol import Side
+from handoff.control.protocol import Side
 from handoff.input.codes import EV_KEY, EV_REL, EV_SYN, SYN_DROPPED, SYN_REPORT
 from handoff.input.translate import Event
 from handoff.profile import InputMode

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from handoff.errors import InputError
+from handoff.base.errors import InputError
 from handoff.input.codes import (
     BTN_LEFT,
     BTN_TASK,

@@ -9,5 +9,5 @@
 - :mod:`.settings`: the handoff settings libvirt has no element for, carried
   in the domain's ``<metadata>`` so a round trip keeps them.
 
-Never: read files, run virsh, or touch the host (handoff.cli_interop does).
+Never: read files, run virsh, or touch the host (handoff.cli.interop does).
 """

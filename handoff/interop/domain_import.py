@@ -10,7 +10,7 @@ The XML is parsed with the standard library's parser (expat refuses entity
 expansion bombs since 2.4.1, which Python 3.11 ships with; no external
 entities are ever fetched).
 
-Never: read files or run virsh (handoff.cli_interop does); never validate a
+Never: read files or run virsh (handoff.cli.interop does); never validate a
 value beyond what mapping needs (the rendered profile goes through
 parse_profile).
 """
@@ -22,7 +22,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from handoff.errors import DomainImportError
+from handoff.base.errors import DomainImportError
 from handoff.interop import settings
 from handoff.interop.domain_devices import GRAB_TOGGLE_CHORDS, DeviceMapping
 from handoff.interop.domain_reader import QEMU_NS, Unmapped, local

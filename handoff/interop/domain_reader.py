@@ -10,7 +10,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
-from handoff.errors import DomainImportError
+from handoff.base.errors import DomainImportError
 from handoff.interop.draft import Draft
 
 #: libvirt's namespace for ``<qemu:commandline>`` and ``<qemu:override>``.

@@ -12,7 +12,7 @@ One package for what outlives a supervisor killed with SIGKILL:
 - :mod:`.liveness`: the boot id and whether a recorded process still runs;
 - :mod:`.recover`: the one recovery policy (earlier boot: discard; locked or
   still in use: leave; else finish) and the :class:`~.recover.Recoverer`
-  each capability registers (``handoff.recovery`` composes them).
+  each capability registers (``handoff.session.recovery`` composes them).
 
 It never imports a capability: capabilities import it.
 """

@@ -7,8 +7,8 @@ exists with the recorded start time, so a recycled pid is not mistaken for it.
 
 from __future__ import annotations
 
-from handoff.errors import JournalError
-from handoff.host import HostPaths
+from handoff.base.errors import JournalError
+from handoff.base.host import HostPaths
 
 
 def read_boot_id(paths: HostPaths) -> str:

@@ -3,7 +3,7 @@
 A live session holds the locks of what it changed (one per IOMMU group for
 devices, a named one for a tuning or a display journal); `handoff recover`
 takes the same locks, so it never touches what a live handoff owns. Each
-lock file records ``<pid> <owner>`` (:mod:`handoff.rundir`'s helpers, as a
+lock file records ``<pid> <owner>`` (:mod:`handoff.session.rundir`'s helpers, as a
 run directory's lock does). The kernel drops a flock when its holder dies,
 so a lock that cannot be taken always means a live process owns it.
 """
@@ -15,10 +15,10 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from handoff.errors import PreflightRefusedError
-from handoff.host import HostPaths
+from handoff.base.errors import PreflightRefusedError
+from handoff.base.host import HostPaths
 from handoff.journal.store import locks_dir
-from handoff.rundir import flock_nowait, read_holder, record_holder
+from handoff.session.rundir import flock_nowait, read_holder, record_holder
 
 
 class Locks:

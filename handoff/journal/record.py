@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from handoff.errors import JournalError
-from handoff.host import HostPaths
+from handoff.base.errors import JournalError
+from handoff.base.host import HostPaths
 from handoff.journal import store
 from handoff.journal.liveness import read_boot_id
 from handoff.journal.locks import Locks, lock_groups, lock_named

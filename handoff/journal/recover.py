@@ -14,7 +14,7 @@ registered capability, in the order they were registered, the policy is:
 A capability says only what is its own: where its journals are, how one is
 read, which locks it is undone under, when it is in use and how it is
 finished. The composition (which capabilities, in which order) is
-:mod:`handoff.recovery`'s; nothing here imports a capability.
+:mod:`handoff.session.recovery`'s; nothing here imports a capability.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
-from handoff.errors import HandoffError
-from handoff.host import HostPaths
+from handoff.base.errors import HandoffError
+from handoff.base.host import HostPaths
 from handoff.journal.liveness import read_boot_id
 from handoff.journal.locks import Locks
 

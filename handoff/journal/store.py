@@ -23,8 +23,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from handoff.errors import JournalError
-from handoff.host import HostPaths
+from handoff.base.errors import JournalError
+from handoff.base.host import HostPaths
 
 #: Fault injection for the crash-recovery tests (realkernel). Never set it outside tests.
 CRASH_AFTER_ENV = "HANDOFF_TEST_CRASH_AFTER_JOURNAL_WRITE"

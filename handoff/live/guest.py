@@ -27,10 +27,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import trio
 
-from handoff.errors import PciError
+from handoff.base.errors import PciError
 from handoff.live.sequence import GuestSlot, add_arguments, del_ids
 from handoff.qemu.wire import QmpCommandError
-from handoff.resources import VmHandle
+from handoff.session.resources import VmHandle
 
 __all__ = [
     "RELEASE_TIMEOUT",

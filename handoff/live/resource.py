@@ -1,4 +1,4 @@
-"""The live GPU groups as a session resource (see :mod:`handoff.resources`).
+"""The live GPU groups as a session resource (see :mod:`handoff.session.resources`).
 
 acquire
     as :class:`handoff.pci.resource.GpuHandoff` does for the other groups:
@@ -38,22 +38,22 @@ from typing import Any
 import trio
 
 from handoff import journal as jr
-from handoff.control_protocol import Command, Field, Side, requested_side
-from handoff.errors import HandoffError, PciError
-from handoff.host import HostPaths
+from handoff.base.errors import HandoffError, PciError
+from handoff.base.host import HostPaths
+from handoff.control.protocol import Command, Field, Side, requested_side
 from handoff.journal.recover import recover
 from handoff.live.guest import RELEASE_TIMEOUT, EventSource, GuestHeldError, attach, unplug
 from handoff.live.recovery import live_recoverer
 from handoff.live.sequence import live_slots
 from handoff.live.state import LiveEvent, LiveState, LiveStep, transition
-from handoff.memlock import check_memlock
 from handoff.pci.engine import WRITE_TIMEOUT, Engine
 from handoff.pci.ops import KernelWriter, SysfsWriter
 from handoff.pci.plan import HandoffPlan, plan_handoff
 from handoff.pci.resource import prepare, qemu_owner, settled_snapshot
 from handoff.pci.sysfs import groups_of
 from handoff.profile import Profile
-from handoff.resources import ControlRegistry, JsonObject, VmHandle
+from handoff.session.memlock import check_memlock
+from handoff.session.resources import ControlRegistry, JsonObject, VmHandle
 
 log = logging.getLogger("handoff.live")
 

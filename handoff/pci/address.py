@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from handoff.errors import PciAddressError
+from handoff.base.errors import PciAddressError
 
 _ADDRESS = re.compile(
     r"^(?:(?P<domain>[0-9a-fA-F]{4,8}):)?"

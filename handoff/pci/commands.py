@@ -3,7 +3,7 @@
 One ``run_<name>`` function per command, taking the host roots and the
 :class:`SysfsWriter` explicitly and writing its lines to ``out``, so the
 tests drive the very same code against the fake sysfs tree. The argparse
-side (options, the real writer, stdout) is :mod:`handoff.cli_gpu`; nothing
+side (options, the real writer, stdout) is :mod:`handoff.cli.gpu`; nothing
 here parses arguments or prints.
 
 `detach` and `attach` are journaled exactly like a session (kind
@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from handoff import journal as jr
-from handoff.errors import PciError
-from handoff.host import HostPaths
+from handoff.base.errors import PciError
+from handoff.base.host import HostPaths
 from handoff.pci.address import PciAddress
 from handoff.pci.engine import Engine
 from handoff.pci.model import PciDevice

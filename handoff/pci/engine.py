@@ -41,8 +41,8 @@ from typing import TypeVar
 import trio
 
 from handoff import journal as jr
-from handoff.errors import BindError, HandoffError, HostError, SysfsTimeoutError
-from handoff.host import HostPaths
+from handoff.base.errors import BindError, HandoffError, HostError, SysfsTimeoutError
+from handoff.base.host import HostPaths
 from handoff.pci import revive as ladder_edge
 from handoff.pci.address import PciAddress
 from handoff.pci.holders import vfio_group_users

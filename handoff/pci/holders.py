@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from handoff.host import HostPaths
+from handoff.base.host import HostPaths
 from handoff.pci.model import ComputeStack, Holder, PciDevice, compute_stack
 from handoff.pci.sysfs import device_dir
 

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from handoff.errors import BindError, HostError, SysfsWriteError
-from handoff.host import HostPaths
+from handoff.base.errors import BindError, HostError, SysfsWriteError
+from handoff.base.host import HostPaths
 from handoff.pci.address import PciAddress
 from handoff.pci.model import Binding
 from handoff.pci.sysfs import (

@@ -22,7 +22,7 @@ import enum
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from handoff.errors import PreflightRefusedError
+from handoff.base.errors import PreflightRefusedError
 from handoff.pci.address import PciAddress
 from handoff.pci.model import (
     VFIO_DRIVER,

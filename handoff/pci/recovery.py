@@ -61,7 +61,7 @@ async def recover(
     """Finish the GPU journals a dead supervisor left: of ``kinds``, touching ``groups``.
 
     What a session's acquire runs before it takes its own groups; `handoff
-    recover` runs every capability's recoverer (:mod:`handoff.recovery`).
+    recover` runs every capability's recoverer (:mod:`handoff.session.recovery`).
     """
     return await recover_journals(
         engine.paths, [gpu_recoverer(engine)], only=only, select=selecting(kinds, groups)

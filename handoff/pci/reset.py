@@ -29,7 +29,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from handoff.errors import PreflightRefusedError
+from handoff.base.errors import PreflightRefusedError
 from handoff.pci.address import PciAddress
 from handoff.pci.vendor_reset import Family, family_of
 

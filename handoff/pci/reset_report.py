@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from handoff.host import HostPaths
+from handoff.base.host import HostPaths
 from handoff.pci.plan import GroupVerdict, Passability
 from handoff.pci.reset import Problem, ResetFacts, ResetWarning, describe, warnings
 from handoff.pci.reset_sysfs import read_reset_facts

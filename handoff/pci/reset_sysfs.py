@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from handoff.host import HostPaths
+from handoff.base.host import HostPaths
 from handoff.pci import vendor_reset
 from handoff.pci.address import PciAddress
 from handoff.pci.reset import (

@@ -1,4 +1,4 @@
-"""The GPU hand-off as a session resource (see :mod:`handoff.resources`).
+"""The GPU hand-off as a session resource (see :mod:`handoff.session.resources`).
 
 acquire
     memlock check, recovery of journals left by dead supervisors, read-only
@@ -14,7 +14,7 @@ release
     verified; the journal removed; the locks dropped. Idempotent.
 
 QEMU's ``-device vfio-pci`` arguments are in the session plan
-(:mod:`handoff.session_plan`), one per [[passthrough]] entry; co-members the
+(:mod:`handoff.session.plan`), one per [[passthrough]] entry; co-members the
 hand-off plan adds (the rest of the group) only need to be on vfio-pci for
 the group to be viable, QEMU does not open them.
 
@@ -31,9 +31,8 @@ from dataclasses import dataclass
 import trio
 
 from handoff import journal as jr
-from handoff.errors import HandoffError, PreflightRefusedError
-from handoff.host import HostPaths, qemu_account
-from handoff.memlock import check_memlock
+from handoff.base.errors import HandoffError, PreflightRefusedError
+from handoff.base.host import HostPaths, qemu_account
 from handoff.pci.address import PciAddress
 from handoff.pci.engine import WRITE_TIMEOUT, Engine
 from handoff.pci.ops import KernelWriter, SysfsWriter
@@ -43,7 +42,8 @@ from handoff.pci.reset_sysfs import preflight_resets
 from handoff.pci.snapshot import take_snapshot
 from handoff.pci.sysfs import groups_of, read_device
 from handoff.profile import Profile
-from handoff.resources import ControlRegistry, JsonObject, VmHandle
+from handoff.session.memlock import check_memlock
+from handoff.session.resources import ControlRegistry, JsonObject, VmHandle
 
 log = logging.getLogger("handoff.pci")
 

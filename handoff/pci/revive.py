@@ -25,8 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from handoff import journal as jr
-from handoff.errors import HandoffError
-from handoff.host import HostPaths
+from handoff.base.errors import HandoffError
+from handoff.base.host import HostPaths
 from handoff.pci.address import PciAddress
 from handoff.pci.ops import DeviceOps, SysfsWriter, Ticket
 from handoff.pci.reset import Health, Rung, cards, give_up_fix, next_rung

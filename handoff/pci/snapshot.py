@@ -13,8 +13,8 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable, Mapping
 
-from handoff.errors import PciError
-from handoff.host import HostPaths
+from handoff.base.errors import PciError
+from handoff.base.host import HostPaths
 from handoff.pci.address import PciAddress
 from handoff.pci.holders import WatchedNode, find_holders, nodes_of, vendor_nodes_of
 from handoff.pci.model import VFIO_DRIVER, VFIO_MODULE, Holder, PciDevice

@@ -18,8 +18,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from handoff.errors import PciError
-from handoff.host import HostPaths
+from handoff.base.errors import PciError
+from handoff.base.host import HostPaths
 from handoff.pci.address import PciAddress
 from handoff.pci.model import Binding, IommuState, PciDevice
 

@@ -29,10 +29,10 @@ ProfileError with file, key, value, expectation and fix) and :mod:`.render`
 here touches the host, so ``handoff argv`` works on a machine without the
 disks: the host half (vm.user exists and can open its files, the files exist
 and are of the right kind) is handoff.checks.profile_files, and creating the
-OVMF vars copy is handoff.firmware. This package must never gain either.
+OVMF vars copy is handoff.qemu.firmware_vars. This package must never gain either.
 """
 
-from handoff.errors import ProfileError
+from handoff.base.errors import ProfileError
 from handoff.profile.input_section import selector_kind
 from handoff.profile.model import (
     RESERVED_NAMES,

@@ -475,7 +475,7 @@ class Control:
 
     ``users`` are account names (the systemd unit has no SUDO_UID to go by);
     members of a ``handoff`` group, and the user who ran ``sudo``/``pkexec``,
-    may too (handoff.control_users)."""
+    may too (handoff.control.users)."""
 
     users: tuple[str, ...] = ()
 

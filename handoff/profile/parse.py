@@ -1,6 +1,6 @@
 """Profile TOML text → a validated :class:`~handoff.profile.model.Profile`.
 
-Every refusal is a :class:`handoff.errors.ProfileError` naming the file, the
+Every refusal is a :class:`handoff.base.errors.ProfileError` naming the file, the
 key path (``vm.memory``), the value found, what was expected and a fix.
 Unknown keys are refused against the key lists handoff.profile.model derives
 from its dataclasses, with a "did you mean" suggestion (a typo must never
@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from handoff.errors import ProfileError
+from handoff.base.errors import ProfileError
 from handoff.pci.address import PciAddress
 from handoff.profile.control import CONTROL_KEYS, parse_control
 from handoff.profile.guest import check_secure_boot
@@ -653,7 +653,7 @@ def parse_profile(text: str, source: Path) -> Profile:
 def load_profile(path: Path) -> Profile:
     """Read and validate the profile at ``path``.
 
-    Raises :class:`handoff.errors.ProfileError` naming the file, key path,
+    Raises :class:`handoff.base.errors.ProfileError` naming the file, key path,
     value, expectation and fix for every problem.
     """
     source = path if path.is_absolute() else Path(os.path.abspath(path))

@@ -1,7 +1,7 @@
 """Typed reads of one profile's TOML tables, and the per-key parser table.
 
 :class:`Reader` turns a parsed TOML value into a typed one or raises a
-:class:`handoff.errors.ProfileError` naming the file, the key path
+:class:`handoff.base.errors.ProfileError` naming the file, the key path
 (``vm.memory``), the value found, what was expected and a fix.
 :meth:`Reader.fields` reads a whole section entry from its dataclass in
 handoff.profile.model: a bool or enum field is read by its declared type and
@@ -26,7 +26,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from handoff.errors import PciAddressError, ProfileError
+from handoff.base.errors import PciAddressError, ProfileError
 from handoff.pci.address import PciAddress
 from handoff.profile.model import SECTION_KEYS, field_default, toml_name
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from handoff.errors import ProfileError
+from handoff.base.errors import ProfileError
 from handoff.pci.reset import ResetChoice
 from handoff.profile.model import Passthrough
 

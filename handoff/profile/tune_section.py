@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from handoff.errors import CpuListError, PinListError
+from handoff.base.errors import CpuListError, PinListError
 from handoff.profile.model import Cpu as CpuSection
 from handoff.profile.model import Memory as MemorySection
 from handoff.profile.model import Vm

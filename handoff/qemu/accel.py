@@ -15,8 +15,8 @@ import os
 from dataclasses import dataclass
 from enum import Enum
 
-from handoff.errors import HostError
-from handoff.host import HostPaths
+from handoff.base.errors import HostError
+from handoff.base.host import HostPaths
 from handoff.profile import Accel, Accelerator
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import trio
 
-from handoff.errors import GuestAgentError
+from handoff.base.errors import GuestAgentError
 from handoff.qemu.agent_protocol import (
     AgentCommand,
     LineBuffer,

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from handoff.errors import GuestAgentError
+from handoff.base.errors import GuestAgentError
 
 __all__ = [
     "SENTINEL",

@@ -23,8 +23,8 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
-from handoff.errors import QemuError, QemuNotFoundError, QemuUnsupportedError
-from handoff.host import HostPaths
+from handoff.base.errors import QemuError, QemuNotFoundError, QemuUnsupportedError
+from handoff.base.host import HostPaths
 from handoff.profile import (
     Accelerator,
     AudioBackend,

@@ -5,7 +5,7 @@ always give the same argv, so ``handoff argv`` prints exactly what ``handoff
 run`` starts, and golden tests pin every feature. The host-facing choices
 (KVM or TCG, which fd carries QMP, where the VNC socket, the input monitor and
 the virtio input proxies' links live) arrive in the LaunchSpec, which
-:mod:`handoff.session_plan` builds for every caller.
+:mod:`handoff.session.plan` builds for every caller.
 
 The seed guide's options are translated to their current forms:
 ``-enable-kvm`` → ``-machine q35,accel=kvm``; ``-drive if=virtio,cache=none``
@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from handoff.base.errors import ProfileError
 from handoff.desk.looking_glass import BACKEND_ID as LG_BACKEND_ID
 from handoff.desk.looking_glass import DEVICE_ID as LG_DEVICE_ID
 from handoff.desk.looking_glass import Ivshmem
@@ -41,7 +42,6 @@ from handoff.desk.share import qemu_args as virtiofs_args
 from handoff.desk.sound import pa_options
 from handoff.desk.usb import XHCI_ID
 from handoff.desk.usb import host_args as usb_host_args
-from handoff.errors import ProfileError
 from handoff.pci.address import PciAddress
 from handoff.profile import (
     Accelerator,

@@ -26,7 +26,7 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from handoff.errors import FirmwareError
+from handoff.base.errors import FirmwareError
 from handoff.profile import Firmware, FirmwareType
 
 #: The descriptor features handoff chooses by.

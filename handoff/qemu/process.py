@@ -2,7 +2,7 @@
 
 QEMU starts in its own session (``start_new_session``) so the Ctrl-C a
 person types reaches the supervisor only; the supervisor then decides how
-QEMU ends (the shutdown ladder in handoff.session). QEMU's stdout and stderr
+QEMU ends (the shutdown ladder in handoff.session.supervisor). QEMU's stdout and stderr
 go to a log file in the 0700 run directory: its own messages ("terminating
 on signal 15", a vfio error) stay readable after it exits, and their tail is
 shown when it fails to start or dies.
@@ -28,9 +28,9 @@ from pathlib import Path
 
 import trio
 
-from handoff.errors import HostError, QemuLaunchError, QemuNotFoundError
-from handoff.host import qemu_account
-from handoff.session_end import describe_exit
+from handoff.base.errors import HostError, QemuLaunchError, QemuNotFoundError
+from handoff.base.host import qemu_account
+from handoff.session.end import describe_exit
 
 __all__ = [
     "LOG_TAIL_LINES",

@@ -58,7 +58,7 @@ import trio
 from qemu.qmp import ConnectError, ExecInterruptedError, ExecuteError, QMPClient, QMPError
 from qemu.qmp.protocol import Runstate, StateError
 
-from handoff.errors import QmpError
+from handoff.base.errors import QmpError
 from handoff.qemu.wire import (
     CONNECT_TIMEOUT,
     IN_FLIGHT,
@@ -293,7 +293,7 @@ async def connect_qmp(
 
     ``address`` is the supervisor's end of the socketpair QEMU inherited (this
     function takes ownership of it) or a unix socket path. Raises
-    :class:`handoff.errors.QmpError` if QEMU does not greet within
+    :class:`handoff.base.errors.QmpError` if QEMU does not greet within
     ``greeting_timeout`` seconds or hangs up first (QEMU exited: the caller
     then reports the exit code and log). The caller must ``aclose()`` the
     result; :func:`open_qmp` does that for you.

@@ -19,7 +19,7 @@ Errors: QEMU hanging up (EOF, ECONNRESET, EPIPE; also in the middle of a
 line) is :class:`QmpDisconnectedError`; an error reply is
 :class:`QmpCommandError` (class and description); anything else that is not
 QMP (not JSON, a greeting without ``QMP``, an over-long line) is
-:class:`handoff.errors.QmpError`.
+:class:`handoff.base.errors.QmpError`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 import trio
 
-from handoff.errors import QmpError
+from handoff.base.errors import QmpError
 
 __all__ = [
     "CONNECT_TIMEOUT",

@@ -1,4 +1,6 @@
-"""The emulated TPM as a :class:`~handoff.resources.HostResource`: swtpm before QEMU, gone after.
+"""The emulated TPM as a :class:`~handoff.session.resources.HostResource`.
+
+swtpm before QEMU, gone after.
 
 acquire: the swtpm binaries are there (else the packages are named); the
 VM's state directory exists or is created (``swtpm_setup`` into a temporary
@@ -36,12 +38,12 @@ from pathlib import Path
 
 import trio
 
-from handoff.errors import TpmError
-from handoff.host import HostPaths, qemu_account
+from handoff.base.errors import TpmError
+from handoff.base.host import HostPaths, qemu_account
+from handoff.base.run_layout import QEMU_LOG, tpm_socket_path
 from handoff.profile import Profile, TpmType
 from handoff.qemu.process import read_log_tail
-from handoff.resources import ControlRegistry, JsonObject, VmHandle
-from handoff.run_layout import QEMU_LOG, tpm_socket_path
+from handoff.session.resources import ControlRegistry, JsonObject, VmHandle
 from handoff.tpm.plan import (
     LOCALCA_DIR,
     PACKAGES,

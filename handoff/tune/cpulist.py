@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from handoff.errors import CpuListError
+from handoff.base.errors import CpuListError
 
 # The kernel's largest NR_CPUS (CONFIG_NR_CPUS_RANGE_END): a bound that keeps
 # "0-999999999" from becoming a billion-element set.

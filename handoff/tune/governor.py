@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from handoff.errors import GovernorRefusedError
+from handoff.base.errors import GovernorRefusedError
 from handoff.tune.cpulist import format_cpulist
 from handoff.tune.model import CpuFreq
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from handoff.errors import HugepagesRefusedError
+from handoff.base.errors import HugepagesRefusedError
 from handoff.tune.model import HostTopology, HugepagePool, HugepageSize, PagePool
 
 _MIB_PER_KIB = 1024

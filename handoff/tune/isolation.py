@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from handoff.errors import IsolationRefusedError
+from handoff.base.errors import IsolationRefusedError
 from handoff.tune.cpulist import format_cpulist
 
 HOST_UNITS = ("system.slice", "user.slice", "init.scope")

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from handoff.errors import CpuListError, PinListError
+from handoff.base.errors import CpuListError, PinListError
 from handoff.tune.cpulist import format_cpulist, parse_cpulist
 
 # --------------------------------------------------------------------------- host

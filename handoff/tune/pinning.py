@@ -59,7 +59,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
-from handoff.errors import PinningRefusedError
+from handoff.base.errors import PinningRefusedError
 from handoff.tune.cpulist import format_cpulist
 from handoff.tune.model import (
     CoreKind,

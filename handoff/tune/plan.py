@@ -2,9 +2,9 @@
 
 :func:`plan_tuning` turns a profile's ``[cpu]``/``[memory]`` and ``[vm]``
 topology plus what :func:`handoff.tune.topology.read_host` read into one
-:class:`TunePlan`, or refuses (a :class:`handoff.errors.TuneError` naming
+:class:`TunePlan`, or refuses (a :class:`handoff.base.errors.TuneError` naming
 the numbers) before anything changes. The session plan
-(:mod:`handoff.session_plan`) lists its host changes and puts its memory
+(:mod:`handoff.session.plan`) lists its host changes and puts its memory
 backend in QEMU's argv; the tuning resource (:mod:`handoff.tune.resource`)
 applies it.
 
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from handoff.errors import IsolationRefusedError, TuneError
+from handoff.base.errors import IsolationRefusedError, TuneError
 from handoff.profile.model import Cpu, Memory, Vm, guest_topology
 from handoff.tune.governor import GovernorPlan, plan_governor
 from handoff.tune.hugepages import HugepagePlan, plan_hugepages

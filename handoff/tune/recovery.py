@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from handoff import journal as jr
-from handoff.host import HostPaths
+from handoff.base.host import HostPaths
 from handoff.journal.recover import Recoverer, RecoveryReport, recover
 from handoff.tune.settings import SettingWriter, Systemd, restore_settings
 

@@ -1,4 +1,4 @@
-"""Performance tuning as a session resource (see :mod:`handoff.resources`).
+"""Performance tuning as a session resource (see :mod:`handoff.session.resources`).
 
 acquire (before QEMU starts)
     the session plan's tuning (``SessionPlan.tune``, planned once from the
@@ -51,18 +51,18 @@ from pathlib import Path
 import trio
 
 from handoff import journal as jr
-from handoff import systemctl
-from handoff.errors import (
+from handoff.base import systemctl
+from handoff.base.errors import (
     GovernorRefusedError,
     IsolationRefusedError,
     PinningRefusedError,
     QmpError,
     TuneError,
 )
-from handoff.host import HostPaths
+from handoff.base.host import HostPaths
 from handoff.pci.ops import KernelWriter, SysfsWriter
 from handoff.profile import Profile
-from handoff.resources import ControlRegistry, JsonObject, VmHandle
+from handoff.session.resources import ControlRegistry, JsonObject, VmHandle
 from handoff.tune.cpulist import format_cpulist, parse_cpulist
 from handoff.tune.hugepages import HugepagePlan, PoolTarget, check_raised
 from handoff.tune.isolation import IsolationPlan, qemu_scope_unit

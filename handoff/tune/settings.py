@@ -14,7 +14,7 @@ could not fill): the read-back is the caller's to judge for the new value
 value exactly when restoring.
 
 A systemd unit's ``AllowedCPUs=`` (``cpu.isolate``) is a setting too, made
-through systemd's own interface (:class:`Systemd` over :mod:`handoff.systemctl`:
+through systemd's own interface (:class:`Systemd` over :mod:`handoff.base.systemctl`:
 ``systemctl show`` / ``systemctl set-property --runtime``; runtime only, so a
 reboot forgets it)
 and verified from the unit's ``cpuset.cpus`` in /sys/fs/cgroup.
@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Protocol
 
 from handoff import journal as jr
-from handoff import systemctl
-from handoff.errors import HandoffError, SysfsWriteError, TuneError
-from handoff.host import HostPaths
+from handoff.base import systemctl
+from handoff.base.errors import HandoffError, SysfsWriteError, TuneError
+from handoff.base.host import HostPaths
 from handoff.tune.cpulist import format_cpulist, parse_cpulist
 
 
@@ -76,8 +76,8 @@ def change_setting(
 
 
 class Systemd:
-    """AllowedCPUs= of systemd units through :mod:`handoff.systemctl`, read back from the
-    cgroup tree. A systemctl that fails raises :class:`handoff.errors.SystemdError`."""
+    """AllowedCPUs= of systemd units through :mod:`handoff.base.systemctl`, read back from the
+    cgroup tree. A systemctl that fails raises :class:`handoff.base.errors.SystemdError`."""
 
     def __init__(self, paths: HostPaths, runner: systemctl.Runner | None = None) -> None:
         self.sys = paths.sys

@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from handoff.host import HostPaths
+from handoff.base.host import HostPaths
 from handoff.tune.cpulist import parse_cpulist
 from handoff.tune.model import (
     CoreKind,

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from handoff.errors import QemuNotFoundError, QemuUnsupportedError
-from handoff.firmware import ensure_firmware_vars
-from handoff.host import HostPaths
+from handoff.base.errors import QemuNotFoundError, QemuUnsupportedError
+from handoff.base.host import HostPaths
 from handoff.profile import Accelerator, Profile, load_profile, parse_profile
 from handoff.qemu.capabilities import (
     MIN_VERSION,
@@ -23,6 +22,7 @@ from handoff.qemu.capabilities import (
     probe,
 )
 from handoff.qemu.cmdline import LaunchSpec, argv_devices, build_argv
+from handoff.qemu.firmware_vars import ensure_firmware_vars
 from handoff.qemu.probe_cache import QemuCapabilities
 from tests.host_requirements import missing
 

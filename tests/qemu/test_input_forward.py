@@ -21,7 +21,7 @@ import pytest
 import trio
 import trio.testing
 
-from handoff.control_protocol import Side
+from handoff.control.protocol import Side
 from handoff.input.codes import (
     BTN_EXTRA,
     BTN_LEFT,

@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from handoff import control
-from handoff.host import HostPaths
-from handoff.ladder import LadderTimeouts
+from handoff.base.host import HostPaths
+from handoff.control import server as control
 from handoff.profile import load_profile
-from handoff.session import Outcome, Session
-from handoff.session_end import ExitStatus
+from handoff.session.end import ExitStatus
+from handoff.session.ladder import LadderTimeouts
+from handoff.session.supervisor import Outcome, Session
 
 from .conftest import write_profile
 from .test_session import Lines

@@ -25,10 +25,10 @@ import pytest
 import trio
 
 from handoff import journal as jr
-from handoff.control import ControlCommands
-from handoff.control_protocol import Side
-from handoff.errors import QmpError
-from handoff.host import HostPaths
+from handoff.base.errors import QmpError
+from handoff.base.host import HostPaths
+from handoff.control.protocol import Side
+from handoff.control.server import ControlCommands
 from handoff.journal.recover import RecoveryReport
 from handoff.journal.recover import recover as recover_journals
 from handoff.live.guest import EventHub, GuestHeldError, PlugError, attach, guest_ids, unplug
@@ -42,7 +42,7 @@ from handoff.pci.sysfs import vfio_group_node
 from handoff.profile import Accelerator, Profile, parse_profile
 from handoff.qemu.process import QemuProcess
 from handoff.qemu.qmp import QmpConnection, open_qmp
-from handoff.session_plan import HostFacts, plan_session
+from handoff.session.plan import HostFacts, plan_session
 from tests.unit.fakesysfs import FakeHost, lookalike_host
 
 pytestmark = pytest.mark.qemu

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import trio
 
-from handoff.host import HostPaths
+from handoff.base.host import HostPaths
+from handoff.base.run_layout import VNC_SOCKET, qemu_socket_dir
 from handoff.profile import load_profile
-from handoff.run_layout import VNC_SOCKET, qemu_socket_dir
-from handoff.session import Session
-from handoff.session_end import StopRequest
+from handoff.session.end import StopRequest
+from handoff.session.supervisor import Session
 
 PROFILE = """\
 [vm]

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from handoff.errors import QemuNotFoundError
+from handoff.base.errors import QemuNotFoundError
 from handoff.qemu.process import QemuProcess
 from handoff.qemu.qmp import open_qmp
-from handoff.session_end import describe_exit
+from handoff.session.end import describe_exit
 
 from .conftest import bare_argv
 

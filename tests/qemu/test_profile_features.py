@@ -40,11 +40,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from handoff.errors import QemuUnsupportedError
-from handoff.host import HostPaths
+from handoff.base.errors import QemuUnsupportedError
+from handoff.base.host import HostPaths
 from handoff.profile import parse_profile
 from handoff.qemu.capabilities import bridge_acl_refusal, check_bridges, probe
-from handoff.rundir import qemu_socket_dir
+from handoff.session.rundir import qemu_socket_dir
 from tests.host_requirements import requires
 
 from .conftest import QEMU, pid_gone

@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from handoff.errors import QmpError
+from handoff.base.errors import QmpError
 from handoff.qemu.process import QemuProcess
 from handoff.qemu.qmp import (
     QmpCommandError,

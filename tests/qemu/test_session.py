@@ -21,15 +21,15 @@ import pytest
 import trio
 import trio.lowlevel
 
-from handoff import control
-from handoff.errors import HandoffError, QemuLaunchError, SessionBusyError
-from handoff.host import HostPaths
-from handoff.ladder import LadderTimeouts
+from handoff.base.errors import HandoffError, QemuLaunchError, SessionBusyError
+from handoff.base.host import HostPaths
+from handoff.control import server as control
 from handoff.profile import Profile, load_profile
-from handoff.resources import ControlRegistry, HostResource, JsonObject, VmHandle
-from handoff.rundir import RunDir, qemu_socket_dir
-from handoff.session import Outcome, Phase, Session
-from handoff.session_end import ExitStatus
+from handoff.session.end import ExitStatus
+from handoff.session.ladder import LadderTimeouts
+from handoff.session.resources import ControlRegistry, HostResource, JsonObject, VmHandle
+from handoff.session.rundir import RunDir, qemu_socket_dir
+from handoff.session.supervisor import Outcome, Phase, Session
 from tests.host_requirements import is_root, requires
 
 from .conftest import (
@@ -599,10 +599,10 @@ def test_preflight_checks_the_input_backends_devices_against_qemu_too(
     """The virtio proxies are in the plan's argv, so a QEMU without them is refused up front."""
     import dataclasses
 
-    from handoff import session_start as session_module
-    from handoff.errors import QemuUnsupportedError
+    from handoff.base.errors import QemuUnsupportedError
     from handoff.qemu.capabilities import probe
     from handoff.qemu.probe_cache import QemuCapabilities
+    from handoff.session import start as session_module
 
     real = probe("qemu-system-x86_64")  # the real binary's answers, minus one device
 

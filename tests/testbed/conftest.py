@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from handoff.host import HostPaths
+from handoff.base.host import HostPaths
 from handoff.pci.address import PciAddress
 from handoff.pci.sysfs import read_iommu
 from tests.testbed import devices, guest

@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from handoff.host import HostPaths
+from handoff.base.host import HostPaths
 from handoff.input.devices import PROXY_NAME_PREFIX
-from handoff.session_plan import required_memlock
+from handoff.session.plan import required_memlock
 from tests.testbed.devices import GpuLookalike
 
 pytestmark = pytest.mark.realkernel

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from handoff.host import HostPaths
+from handoff.base.host import HostPaths
 from handoff.pci.sysfs import read_binding, read_device
 from tests.testbed import devices
 

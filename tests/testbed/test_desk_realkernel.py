@@ -40,8 +40,8 @@ from pathlib import Path
 
 import pytest
 
+from handoff.base.host import HostPaths
 from handoff.desk.journal import DeskJournal, desk_dir
-from handoff.host import HostPaths
 from tests.testbed import devices, guest
 from tests.testbed.test_live_realkernel import GUEST_WAIT, WAIT, build_l2, wait_for_line
 

@@ -19,7 +19,7 @@ import pytest
 from handoff.checks import DoctorEnv, Verdict
 from handoff.checks.access import Identity, resolve_identity
 from handoff.checks.nodes import HANDOFF_GROUP, UDEV_RULE_NAME, check_udev_rule, check_vfio_nodes
-from handoff.doctor import render_text, run_checks
+from handoff.cli.doctor import render_text, run_checks
 from handoff.pci.address import PciAddress
 from handoff.profile import Profile, parse_profile
 from tests.testbed import guest

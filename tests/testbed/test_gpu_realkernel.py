@@ -21,13 +21,13 @@ import pytest
 import trio
 
 from handoff import journal as jr
-from handoff.errors import PreflightRefusedError
-from handoff.host import HostPaths
+from handoff.base.errors import PreflightRefusedError
+from handoff.base.host import HostPaths
 from handoff.pci.address import PciAddress
 from handoff.pci.commands import run_attach, run_detach
 from handoff.pci.ops import KernelWriter
 from handoff.pci.sysfs import read_device, read_iommu
-from handoff.recovery import run_recover
+from handoff.session.recovery import run_recover
 from tests.testbed import devices
 
 pytestmark = [

@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 
 from handoff import journal as jr
-from handoff.host import HostPaths
+from handoff.base.host import HostPaths
 from handoff.pci.commands import run_detach
 from handoff.pci.ops import CRASH_AFTER_SYSFS_ENV, PAUSE_AFTER_SYSFS_ENV, KernelWriter
 from handoff.pci.sysfs import read_device
-from handoff.recovery import run_recover
+from handoff.session.recovery import run_recover
 from tests.testbed import guest
 from tests.testbed.devices import GpuLookalike
 

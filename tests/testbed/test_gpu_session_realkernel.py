@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from handoff import journal as jr
-from handoff.host import HostPaths
+from handoff.base.host import HostPaths
 from handoff.pci.address import PciAddress
 from handoff.pci.ops import CRASH_AFTER_SYSFS_ENV
 from handoff.pci.sysfs import read_device

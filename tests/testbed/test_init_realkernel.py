@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from handoff import journal as jr
-from handoff.host import HostPaths
+from handoff.base.host import HostPaths
 from handoff.pci.address import PciAddress
 from handoff.pci.sysfs import read_device
 from handoff.profile import load_profile

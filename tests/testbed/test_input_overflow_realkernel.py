@@ -23,11 +23,11 @@ from typing import Any
 import pytest
 import trio
 
-from handoff.control import ControlCommands
-from handoff.host import HostPaths
+from handoff.base.host import HostPaths
+from handoff.control.server import ControlCommands
 from handoff.input.resource import InputHandoff
 from handoff.profile import InputBackend, InputMode
-from handoff.rundir import qemu_socket_dir
+from handoff.session.rundir import qemu_socket_dir
 from tests.testbed.test_input_realkernel import (
     BTN_LEFT,
     EV_KEY,

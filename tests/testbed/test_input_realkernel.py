@@ -22,14 +22,14 @@ from typing import Any
 import pytest
 import trio
 
-from handoff.control import ControlCommands
-from handoff.host import HostPaths
+from handoff.base.host import HostPaths
+from handoff.control.server import ControlCommands
 from handoff.input.resource import InputHandoff
 from handoff.profile import Input, InputBackend, InputMode, Profile
 from handoff.profile import Vm as VmSpec
 from handoff.qemu.process import QemuProcess
 from handoff.qemu.qmp import QmpConnection, open_qmp
-from handoff.rundir import qemu_socket_dir
+from handoff.session.rundir import qemu_socket_dir
 
 pytestmark = [
     pytest.mark.realkernel,
@@ -353,9 +353,9 @@ async def test_a_whole_session_forwards_uinput_typing_and_switches_over_the_cont
     tmp_path: Path,
 ) -> None:
     """`handoff run` in-process: the real Session, its resources, its control socket."""
-    from handoff import control
+    from handoff.control import server as control
     from handoff.profile import Accel
-    from handoff.session import Phase, Session, default_resources
+    from handoff.session.supervisor import Phase, Session, default_resources
 
     keyboard, mouse = make_keyboard(), make_mouse()
     profile = Profile(

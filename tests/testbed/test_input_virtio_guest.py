@@ -42,8 +42,8 @@ from typing import Any
 import pytest
 import trio
 
-from handoff.control import ControlCommands
-from handoff.host import HostPaths
+from handoff.base.host import HostPaths
+from handoff.control.server import ControlCommands
 from handoff.input.resource import InputHandoff
 from handoff.profile import Input, InputBackend, InputMode, Profile
 from handoff.profile import Vm as VmSpec

@@ -32,10 +32,10 @@ import pytest
 import trio
 
 from handoff import journal as jr
-from handoff.control import ControlCommands
-from handoff.control_protocol import Side
-from handoff.host import HostPaths
-from handoff.host_facts import gather_host_facts
+from handoff.base.host import HostPaths
+from handoff.base.run_layout import qemu_socket_dir
+from handoff.control.protocol import Side
+from handoff.control.server import ControlCommands
 from handoff.input.resource import InputHandoff
 from handoff.live.guest import attach, guest_ids
 from handoff.live.resource import LiveGpu
@@ -45,9 +45,9 @@ from handoff.pci.sysfs import read_device
 from handoff.profile import Accelerator, Profile, load_profile
 from handoff.qemu.process import QemuProcess
 from handoff.qemu.qmp import open_qmp
-from handoff.run_layout import qemu_socket_dir
-from handoff.session import default_resources
-from handoff.session_plan import HostFacts, plan_session
+from handoff.session.host_facts import gather_host_facts
+from handoff.session.plan import HostFacts, plan_session
+from handoff.session.supervisor import default_resources
 from tests.lines import wait_for_line as read_lines
 from tests.qemu.test_live_qmp import NATIVE, Vm
 from tests.testbed import devices, guest

@@ -33,14 +33,14 @@ from pathlib import Path
 import pytest
 
 from handoff import journal as jr
-from handoff.errors import PreflightRefusedError
-from handoff.host import HostPaths
+from handoff.base.errors import PreflightRefusedError
+from handoff.base.host import HostPaths
 from handoff.pci.address import PciAddress
 from handoff.pci.ops import CRASH_AFTER_SYSFS_ENV, KernelWriter
 from handoff.pci.reset_sysfs import DEAD_CONFIG_ENV
 from handoff.pci.resource import GpuHandoff
 from handoff.profile import parse_profile
-from handoff.recovery import run_recover
+from handoff.session.recovery import run_recover
 from tests.testbed import guest
 from tests.testbed.devices import GpuLookalike
 

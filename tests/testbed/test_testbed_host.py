@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from handoff.host import HostPaths
+from handoff.base.host import HostPaths
 from tests.testbed import conftest as fixtures
 from tests.testbed import devices, plugin, runner
 

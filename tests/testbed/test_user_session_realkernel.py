@@ -28,10 +28,10 @@ from pathlib import Path
 import pytest
 
 from handoff import journal as jr
-from handoff.host import HostPaths
+from handoff.base.host import HostPaths
 from handoff.input.devices import PROXY_NAME_PREFIX
 from handoff.pci.sysfs import read_device
-from handoff.rundir import qemu_socket_dir
+from handoff.session.rundir import qemu_socket_dir
 from tests.lines import wait_for_line
 from tests.testbed.devices import GpuLookalike
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from handoff.base.host import HostPaths
 from handoff.checks import DoctorEnv
-from handoff.host import HostPaths
 
 INTEL_FLAGS = "fpu vme de pse tsc msr pae mce cx8 apic sep mtrr vmx ept vpid"
 AMD_FLAGS = "fpu vme de pse tsc msr pae mce cx8 apic sep mtrr svm npt"

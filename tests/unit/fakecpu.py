@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from handoff.host import HostPaths
+from handoff.base.host import HostPaths
 from handoff.tune.cpulist import format_cpulist
 from handoff.tune.model import (
     CoreKind,

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from handoff.systemctl import Ran
+from handoff.base.systemctl import Ran
 from tests.unit.fakesysfs import FakeHost, boot_gpu_only_host
 
 CARD = "0000:0a:00.0"

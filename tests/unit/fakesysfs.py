@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from handoff import journal as jr
-from handoff.errors import PciAddressError
-from handoff.host import HostPaths
+from handoff.base.errors import PciAddressError
+from handoff.base.host import HostPaths
 from handoff.pci.address import PciAddress
 
 DRM_MAJOR, FB_MAJOR, SND_MAJOR = 226, 29, 116

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from handoff.errors import HostError
-from handoff.host import HostPaths
+from handoff.base.errors import HostError
+from handoff.base.host import HostPaths
 from handoff.profile import Accel
 from handoff.qemu.accel import (
     KvmProblem,

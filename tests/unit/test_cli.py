@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import trio
 
-from handoff.cli import DELEGATED, build_parser, format_status, main
-from handoff.control import ControlCommands, serve_control
-from handoff.resources import JsonObject
+from handoff.cli.main import DELEGATED, build_parser, format_status, main
+from handoff.control.server import ControlCommands, serve_control
+from handoff.session.resources import JsonObject
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -107,15 +107,15 @@ def test_run_and_argv_find_a_bare_name_in_handoff_profile_dir(
 # ------------------------------------------------------------------ start-up: imports
 
 #: What a desktop shortcut's `handoff switch` must not pay for.
-HEAVY = ("trio", "qemu.qmp", "evdev", "pyudev", "handoff.pci", "handoff.session",
-         "handoff.qemu", "handoff.doctor")
+HEAVY = ("trio", "qemu.qmp", "evdev", "pyudev", "handoff.pci", "handoff.session.supervisor",
+         "handoff.qemu", "handoff.cli.doctor")
 
 
 def modules_after(argv: list[str], env: Mapping[str, str]) -> set[str]:
     """The modules a fresh `python -m handoff ARGV` process has imported when main returns."""
     program = (
         "import json, sys\n"
-        "from handoff.cli import main\n"
+        "from handoff.cli.main import main\n"
         f"status = main({argv!r})\n"
         "print(json.dumps(sorted(sys.modules)), file=sys.stderr)\n"
     )
@@ -137,7 +137,7 @@ def test_status_switch_and_stop_import_no_trio_qmp_pci_or_input(
     argv: list[str], tmp_path: Path
 ) -> None:
     loaded = modules_after(argv, {"HANDOFF_RUN_DIR": str(tmp_path)})
-    assert "handoff.cli" in loaded
+    assert "handoff.cli.main" in loaded
     heavy = sorted(m for m in loaded if m.startswith(HEAVY))
     assert heavy == []
 
@@ -145,7 +145,7 @@ def test_status_switch_and_stop_import_no_trio_qmp_pci_or_input(
 def test_a_delegated_subcommand_is_imported_only_when_it_is_the_command(tmp_path: Path) -> None:
     loaded = modules_after(["groups", "--json"], {"HANDOFF_SYSFS_ROOT": str(tmp_path)})
     assert "handoff.pci.commands" in loaded
-    assert "handoff.doctor" not in loaded
+    assert "handoff.cli.doctor" not in loaded
 
 
 def test_every_delegated_subcommand_gets_its_module_s_arguments() -> None:

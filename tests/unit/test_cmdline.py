@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from handoff.errors import ProfileError
-from handoff.host import HostPaths
+from handoff.base.errors import ProfileError
+from handoff.base.host import HostPaths
 from handoff.profile import Accelerator, Profile, load_profile, parse_profile, profile_to_toml
 from handoff.qemu.cmdline import (
     LaunchSpec,
@@ -28,7 +28,7 @@ from handoff.qemu.cmdline import (
     vfio_device_id,
 )
 from handoff.qemu.firmware_search import read_descriptors
-from handoff.session_plan import HostFacts, SessionPlan, plan_session
+from handoff.session.plan import HostFacts, SessionPlan, plan_session
 
 HERE = Path(__file__).parent
 REPO = HERE.parent.parent

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from handoff import __version__
-from handoff.profile_lookup import SEARCH_PATH
+from handoff.cli.profile_lookup import SEARCH_PATH
 from tests.host_requirements import requires
 from tools.completions import (
     OUTPUTS,

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from handoff import ladder, session
 from handoff.checks import Verdict
 from handoff.checks.cpu import read_cpuinfo
 from handoff.checks.iommu import check_kernel_cmdline
 from handoff.checks.nodes import HANDOFF_GROUP, UDEV_RULE_NAME
+from handoff.session import ladder
+from handoff.session import supervisor as session
 from tests.unit.doctor_fakes import AMD_FLAGS, FakeHost
 from tools.completions import OUTPUTS, handoff_cli, render_man
 

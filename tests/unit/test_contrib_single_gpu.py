@@ -6,7 +6,8 @@ from __future__ import annotations
 import configparser
 from pathlib import Path
 
-from handoff import ladder, session
+from handoff.session import ladder
+from handoff.session import supervisor as session
 
 CONTRIB = Path(__file__).resolve().parents[2] / "contrib"
 UNIT = CONTRIB / "systemd" / "handoff@.service"
@@ -42,7 +43,7 @@ SWITCH = CONTRIB / "desktop" / "handoff-switch.desktop"
 def test_the_switch_shortcut_runs_a_command_handoff_parses_as_switch() -> None:
     import shlex
 
-    from handoff.cli import build_parser
+    from handoff.cli.main import build_parser
 
     entry = configparser.ConfigParser(interpolation=None, comment_prefixes=("#",))
     entry.optionxform = str  # type: ignore[assignment,method-assign]

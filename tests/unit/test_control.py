@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import trio
 
-from handoff.control import ControlCommands, ControlRequestError, request, serve_control
-from handoff.errors import HandoffError, SessionNotRunningError
-from handoff.resources import JsonObject
+from handoff.base.errors import HandoffError, SessionNotRunningError
+from handoff.control.server import ControlCommands, ControlRequestError, request, serve_control
+from handoff.session.resources import JsonObject
 
 
 async def echo(message: Mapping[str, Any]) -> JsonObject:
@@ -123,8 +123,8 @@ def test_a_socket_nobody_listens_on_is_not_running(tmp_path: Path) -> None:
 
 
 def test_switch_and_gpu_name_their_side_in_their_own_field_with_one_vocabulary() -> None:
-    from handoff.control_protocol import Command, Field, Side, requested_side
-    from handoff.errors import SessionError
+    from handoff.base.errors import SessionError
+    from handoff.control.protocol import Command, Field, Side, requested_side
 
     assert requested_side({Field.MODE: "guest"}, Command.SWITCH) is Side.GUEST
     assert requested_side({Field.TO: "host"}, Command.GPU) is Side.HOST

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from handoff.errors import HostError, SessionBusyError, SessionError
-from handoff.host import HostPaths
+from handoff.base.errors import HostError, SessionBusyError, SessionError
+from handoff.base.host import HostPaths
 from handoff.profile import RESERVED_NAMES
-from handoff.rundir import JOURNAL_DIR, QEMU_DIR, RunDir, holder_pid, qemu_socket_dir
+from handoff.session.rundir import JOURNAL_DIR, QEMU_DIR, RunDir, holder_pid, qemu_socket_dir
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import signal
 
 import pytest
 
-from handoff.session import describe_event
-from handoff.session_end import ExitStatus, StopRequest, classify_end
+from handoff.session.end import ExitStatus, StopRequest, classify_end
+from handoff.session.supervisor import describe_event
 
 GUEST_OFF = {"guest": True, "reason": "guest-shutdown"}
 QUIT = {"guest": False, "reason": "host-qmp-quit"}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import signal
 
-from handoff.session_end import launch_failure_fix
+from handoff.session.end import launch_failure_fix
 
 RUN = "/run/handoff"
 PROFILE_FAULT = "fix the profile"

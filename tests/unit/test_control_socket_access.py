@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from handoff import control
-from handoff.control import SOCKET_MODE, ControlCommands, serve_control
-from handoff.host import HostPaths
-from handoff.resources import JsonObject
-from handoff.rundir import RunDir
+from handoff.base.host import HostPaths
+from handoff.control import server as control
+from handoff.control.server import SOCKET_MODE, ControlCommands, serve_control
+from handoff.session.resources import JsonObject
+from handoff.session.rundir import RunDir
 from tests.host_requirements import is_root, requires
 
 pytestmark = requires(is_root(), "switching to another uid needs root")

@@ -1,6 +1,6 @@
 """A root session's desktop user: status/switch/gpu/stop from their own session, nobody else.
 
-The pure rules (handoff.control_access) and the real thing: a session's
+The pure rules (handoff.control.access) and the real thing: a session's
 control sockets served by root, and clients run as other uids
 (``subprocess`` with ``user=``): ``daemon`` plays the desktop user who ran
 ``sudo`` (SUDO_UID), ``nobody`` a third user, who is refused by the kernel
@@ -23,18 +23,18 @@ from typing import Any
 import pytest
 import trio
 
-from handoff.control import ControlCommands, peer_uid, serve_control
-from handoff.control_access import (
+from handoff.base.run_layout import user_control_dir, user_socket
+from handoff.control.access import (
     ControlAccess,
     control_access,
     peer_allowed,
     starter_uid,
     user_may,
 )
-from handoff.control_find import ControlNotAllowedError, locate
-from handoff.control_users import serve_user_control
-from handoff.resources import JsonObject
-from handoff.run_layout import user_control_dir, user_socket
+from handoff.control.find import ControlNotAllowedError, locate
+from handoff.control.server import ControlCommands, peer_uid, serve_control
+from handoff.control.users import serve_user_control
+from handoff.session.resources import JsonObject
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 DESKTOP, THIRD = "daemon", "nobody"
@@ -254,8 +254,8 @@ def test_peer_uid_is_the_kernels_word() -> None:
 
 
 def test_control_users_are_checked(tmp_path: Path) -> None:
-    from handoff.control_users import resolve_access
-    from handoff.errors import ProfileError
+    from handoff.base.errors import ProfileError
+    from handoff.control.users import resolve_access
     from handoff.profile import parse_profile
 
     base = '[vm]\nname = "w"\nmemory = "1G"\n[control]\n'

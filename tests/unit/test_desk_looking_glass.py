@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 import trio
 
+from handoff.base.errors import DeskError
+from handoff.base.host import HostPaths
 from handoff.desk import looking_glass as lg
 from handoff.desk.journal import DeskJournal, list_desk_journals
 from handoff.desk.recovery import recover_desk
 from handoff.desk.shm import LookingGlassShm
-from handoff.errors import DeskError
-from handoff.host import HostPaths
 from handoff.profile import Accelerator, LookingGlass, LookingGlassDevice, Profile, parse_profile
-from handoff.session_plan import ChangeKind, HostFacts, plan_session
-from handoff.session_start import default_resources
+from handoff.session.plan import ChangeKind, HostFacts, plan_session
+from handoff.session.start import default_resources
 
 SOURCE = Path("/etc/handoff/lg.toml")
 ME = pwd.getpwuid(os.geteuid()).pw_name

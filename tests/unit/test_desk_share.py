@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import trio
 
+from handoff.base.errors import DeskError, ProfileError
+from handoff.base.host import HostPaths
 from handoff.desk import share as core
 from handoff.desk import virtiofsd
 from handoff.desk.journal import DeskJournal, list_desk_journals
 from handoff.desk.virtiofsd import VirtiofsShares, find_virtiofsd
-from handoff.errors import DeskError, ProfileError
-from handoff.host import HostPaths
 from handoff.profile import Accelerator, Profile, Share, parse_profile
-from handoff.session_plan import ChangeKind, HostFacts, plan_session
+from handoff.session.plan import ChangeKind, HostFacts, plan_session
 from tests.unit.test_tune_plan import WORKED, ryzen
 
 SOURCE = Path("/etc/handoff/share.toml")

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
+from handoff.base.errors import ProfileError
+from handoff.base.host import HostPaths
 from handoff.checks import Verdict
 from handoff.checks.sound import check_sound_server
 from handoff.desk.sound import SoundServer
 from handoff.desk.sound_host import default_server, read_sound_server
-from handoff.errors import ProfileError
-from handoff.host import HostPaths
 from handoff.profile import Accelerator, Profile, parse_profile
-from handoff.session_plan import HostFacts, QemuOwner, plan_session
+from handoff.session.plan import HostFacts, QemuOwner, plan_session
 
 SOURCE = Path("/etc/handoff/snd.toml")
 SOCKET = Path("/run/user/1000/pulse/native")

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import trio
 
+from handoff.base.host import HostPaths
 from handoff.desk import usb as core
 from handoff.desk.journal import DeskJournal, list_desk_journals
 from handoff.desk.recovery import recover_desk
 from handoff.desk.usb_host import UsbPassthrough
-from handoff.host import HostPaths
 from handoff.profile import Accelerator, Profile, Usb, parse_profile
-from handoff.session_plan import HostFacts, plan_session
+from handoff.session.plan import HostFacts, plan_session
 
 SOURCE = Path("/etc/handoff/usb.toml")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from handoff.base.errors import PreflightRefusedError
 from handoff.display.model import (
     RETURN_FIX,
     DisplayStep,
@@ -22,7 +23,6 @@ from handoff.display.model import (
     plan_return,
 )
 from handoff.display.where import WhereFacts, where_refusal
-from handoff.errors import PreflightRefusedError
 from handoff.pci.plan import plan_handoff
 from handoff.pci.snapshot import take_snapshot
 from tests.unit.fakesysfs import FakeHost, boot_gpu_only_host

@@ -14,16 +14,16 @@ from pathlib import Path
 import pytest
 
 from handoff import journal as jr
+from handoff.base.errors import BindError, PreflightRefusedError
 from handoff.display.journal import DisplayJournal, list_display_journals
 from handoff.display.model import DisplayStep
 from handoff.display.resource import DisplayHandover, display_failures
-from handoff.errors import BindError, PreflightRefusedError
-from handoff.memlock import UNLIMITED, check_memlock
 from handoff.pci.address import PciAddress
 from handoff.pci.resource import GpuHandoff
 from handoff.profile import HostDisplay as HostDisplaySettings
 from handoff.profile import Passthrough, Profile, Vm
-from handoff.recovery import card_return, run_recover
+from handoff.session.memlock import UNLIMITED, check_memlock
+from handoff.session.recovery import card_return, run_recover
 from tests.unit.fakedisplay import (
     CARD,
     CARD_DRIVER,
@@ -289,9 +289,9 @@ async def test_recover_leaves_a_live_sessions_display_alone(
 def test_a_handover_profile_takes_the_display_before_the_gpu(display: DisplayHost) -> None:
     from dataclasses import replace
 
-    from handoff.host_facts import gather_host_facts
-    from handoff.session import default_resources
-    from handoff.session_plan import plan_session
+    from handoff.session.host_facts import gather_host_facts
+    from handoff.session.plan import plan_session
+    from handoff.session.supervisor import default_resources
 
     def names(profile: Profile) -> list[str]:
         facts = gather_host_facts(profile, display.paths, strict=False)
@@ -306,7 +306,7 @@ async def test_status_without_a_session_shows_a_failed_return(
     display: DisplayHost, systemd: RecordedSystemd, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from handoff.cli import main
+    from handoff.cli.main import main
 
     screen, gpu = resources(display, systemd, [])
     await screen.acquire()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from handoff.checks import Check, Verdict, fail, ok, skip, warn
-from handoff.doctor import (
+from handoff.cli.doctor import (
     EXIT_FAIL,
     EXIT_OK,
     EXIT_WARN,
@@ -225,7 +225,7 @@ def test_a_bare_profile_name_is_looked_up_like_handoff_run_does(
 def test_the_real_cli_runs_doctor_and_returns_its_exit_status(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from handoff.cli import main
+    from handoff.cli.main import main
 
     host = FakeHost(tmp_path)
     host.cpu("GenuineIntel", "fpu")

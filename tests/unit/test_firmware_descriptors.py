@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from handoff.errors import FirmwareError
+from handoff.base.errors import FirmwareError
 from handoff.profile import Firmware, FirmwareType
 from handoff.qemu.firmware_descriptors import (
     FirmwareDescriptor,

@@ -1,5 +1,6 @@
-"""The VM's vars copy records its template; another template later is refused (handoff.firmware),
-and doctor's ovmf check chooses from QEMU's descriptors as run does."""
+"""The VM's vars copy records its template; another template later is refused
+(handoff.qemu.firmware_vars), and doctor's ovmf check chooses from QEMU's descriptors as
+run does."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from pathlib import Path
 
 from handoff.checks import Verdict
 from handoff.checks.qemu import check_ovmf
-from handoff.firmware import ensure_firmware_vars, origin_record, vars_origin_refusal
 from handoff.profile import Firmware, FirmwareType, Profile, parse_profile
 from handoff.qemu.firmware_search import read_descriptors
+from handoff.qemu.firmware_vars import ensure_firmware_vars, origin_record, vars_origin_refusal
 
 DEBIAN = read_descriptors((Path(__file__).parent / "firmware",))
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from handoff.errors import GuestAgentError
-from handoff.host import HostPaths
+from handoff.base.errors import GuestAgentError
+from handoff.base.host import HostPaths
 from handoff.profile import Accelerator, parse_profile
 from handoff.qemu.agent_protocol import (
     AgentCommand,
@@ -24,7 +24,7 @@ from handoff.qemu.agent_protocol import (
     parse_return,
     sync_request,
 )
-from handoff.session_plan import HostFacts, plan_session
+from handoff.session.plan import HostFacts, plan_session
 
 SOURCE = Path("/etc/handoff/win11.toml")
 BASE = '[vm]\nname = "win11"\nmemory = "4G"\n'

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from handoff.base.errors import ProfileError
 from handoff.checks.profile_files import check_profile_on_host
-from handoff.errors import ProfileError
 from handoff.hooks.plan import HookOutcome, hook_environment, hooks_for
 from handoff.hooks.runner import HookRunner
 from handoff.profile import Hook, HookEvent, InputMode, parse_profile

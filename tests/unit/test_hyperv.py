@@ -90,8 +90,8 @@ def test_the_windows_clock_is_libvirts() -> None:
 
 
 def test_hide_hypervisor_keeps_its_vendor_id_beside_the_enlightenments() -> None:
-    from handoff.host import HostPaths
-    from handoff.session_plan import HostFacts, plan_session
+    from handoff.base.host import HostPaths
+    from handoff.session.plan import HostFacts, plan_session
 
     p = profile('os = "windows"\nhide_hypervisor = true\ncpu_flags = ["+invtsc"]\n')
     facts = HostFacts(accel=KVM, accel_reason="test", supervisor_uid=0)

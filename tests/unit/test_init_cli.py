@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from handoff.cli import main
-from handoff.cli_init import Target, resolve_target, run_init
-from handoff.errors import HandoffError
+from handoff.base.errors import HandoffError
+from handoff.cli.init import Target, resolve_target, run_init
+from handoff.cli.main import main
 from handoff.init.choose import InitError, InitRequest
 from handoff.init.facts import InitFacts
 from handoff.profile import load_profile

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from handoff.cli_init import Target, run_init
+from handoff.cli.init import Target, run_init
 from handoff.init.choose import InitError, InitRequest, plan_init
 from handoff.init.facts import InitFacts, OvmfFiles
 from handoff.init.guest_os import InitOs, InitOsError, parse_init_os

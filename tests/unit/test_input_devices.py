@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from handoff.errors import InputError
+from handoff.base.errors import InputError
 from handoff.input.devices import (
     DeviceInfo,
     Selection,

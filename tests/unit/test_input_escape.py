@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from handoff.errors import ProfileError
+from handoff.base.errors import ProfileError
 from handoff.input.codes import EV_KEY, EV_SYN, INPUT_EVENT, SYN_REPORT
 from handoff.input.edge import InputRouter
 from handoff.input.router import EscapeChord, RouterCore

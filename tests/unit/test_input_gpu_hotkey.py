@@ -16,17 +16,17 @@ import trio.testing
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from handoff.control_protocol import Side
-from handoff.host import HostPaths
-from handoff.host_facts import gather_host_facts
+from handoff.base.host import HostPaths
+from handoff.control.protocol import Side
 from handoff.input.codes import EV_KEY, EV_REL, EV_SYN, REL_X, SYN_REPORT
 from handoff.input.resource import InputHandoff
 from handoff.input.router import Action, GpuToggle, Grab, ModeChanged, RouterCore, ToGuest
 from handoff.input.translate import Event
 from handoff.live.resource import LiveGpu
 from handoff.profile import InputMode, parse_profile
-from handoff.session import default_resources
-from handoff.session_plan import plan_session
+from handoff.session.host_facts import gather_host_facts
+from handoff.session.plan import plan_session
+from handoff.session.supervisor import default_resources
 from tests.unit.test_input_escape import PipeKeyboard
 from tests.unit.test_input_router import DEVICES, World, op, press, release
 

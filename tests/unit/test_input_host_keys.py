@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from handoff.errors import ProfileError
+from handoff.base.errors import ProfileError
 from handoff.input.devices import DeviceInfo, Selection
 from handoff.profile import parse_profile
 

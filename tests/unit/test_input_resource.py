@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from handoff.errors import InputError, SessionError
-from handoff.host import HostPaths
+from handoff.base.errors import InputError, SessionError
+from handoff.base.host import HostPaths
+from handoff.base.run_layout import proxy_links
 from handoff.input.codes import EV_KEY
 from handoff.input.edge import InputRouter
 from handoff.input.forward import QmpSocketTransport
@@ -20,7 +21,6 @@ from handoff.input.router import RouterCore
 from handoff.input.translate import Event
 from handoff.input.virtio import VirtioProxies
 from handoff.profile import Input, InputBackend, InputMode, Profile, Vm
-from handoff.run_layout import proxy_links
 
 KEY_A, KEY_SCROLLLOCK = 30, 70
 

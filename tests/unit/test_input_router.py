@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from handoff.control_protocol import Side
+from handoff.control.protocol import Side
 from handoff.input.codes import EV_KEY, EV_REL, EV_SYN, REL_X, SYN_DROPPED, SYN_REPORT
 from handoff.input.router import (
     Action,

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from handoff.cli import main
-from handoff.errors import DomainImportError
+from handoff.base.errors import DomainImportError
+from handoff.cli.main import main
 from handoff.interop.domain_export import domain_xml
 from handoff.interop.domain_import import parse_domain
 from handoff.interop.kubevirt import PciIds, k8s_name, manifest, to_yaml

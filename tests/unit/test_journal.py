@@ -23,14 +23,14 @@ from pathlib import Path
 import pytest
 
 from handoff import journal as jr
+from handoff.base.errors import JournalError
+from handoff.base.host import HostPaths
 from handoff.display.journal import DisplayJournal, display_dir
 from handoff.display.model import DisplayStep
-from handoff.errors import JournalError
-from handoff.host import HostPaths
 from handoff.journal import store
 from handoff.journal.recover import Recoverer, recover
 from handoff.pci.ops import KernelWriter
-from handoff.recovery import recoverers
+from handoff.session.recovery import recoverers
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 BOOT_ID = "6c1f5a3e-0d3b-4c43-9a63-2b1c1e7f0a11"
@@ -55,8 +55,8 @@ from pathlib import Path
 from handoff import journal as jr
 from handoff.display.journal import DisplayJournal
 from handoff.display.model import DisplayStep
-from handoff.errors import JournalError
-from handoff.host import HostPaths
+from handoff.base.errors import JournalError
+from handoff.base.host import HostPaths
 root = Path(sys.argv[1])
 paths = HostPaths(proc=root / "proc", run=root / "run")
 gpu = jr.Journal.begin(paths, "single", jr.Kind.SESSION, "single")

@@ -45,9 +45,9 @@ F, C, E, S, K = Layer.FOUNDATION, Layer.CORE, Layer.EDGE, Layer.SESSION, Layer.C
 #: Every module of handoff/ -> its layer. No prefixes: a new module is placed by hand.
 LAYERS: dict[str, Layer] = {
     # issue 22: desktop-user control, hooks, host keys, the monitor
-    "handoff.control_access": C,
-    "handoff.control_users": E,
-    "handoff.control_find": E,
+    "handoff.control.access": C,
+    "handoff.control.users": E,
+    "handoff.control.find": E,
     "handoff.profile.control": C,
     "handoff.profile.hooks": C,
     "handoff.profile.host_keys": C,
@@ -62,10 +62,16 @@ LAYERS: dict[str, Layer] = {
     "handoff.input.host_keys": E,
     # foundation
     "handoff": F,
-    "handoff.errors": F,
-    "handoff.host": F,
-    "handoff.run_layout": F,
-    "handoff.control_protocol": F,
+    # Package files of the relayout are empty (a docstring): each sits at the lowest
+    # layer of what it holds, so importing a core from it is never "upward".
+    "handoff.base": F,
+    "handoff.control": F,
+    "handoff.session": C,
+    "handoff.cli": E,
+    "handoff.base.errors": F,
+    "handoff.base.host": F,
+    "handoff.base.run_layout": F,
+    "handoff.control.protocol": F,
     # pure cores
     "handoff.profile": C,
     "handoff.profile.model": C,
@@ -86,8 +92,8 @@ LAYERS: dict[str, Layer] = {
     "handoff.desk.share": C,
     "handoff.desk.sound": C,
     "handoff.profile.reset": C,
-    "handoff.session_plan": C,
-    "handoff.session_end": C,
+    "handoff.session.plan": C,
+    "handoff.session.end": C,
     "handoff.qemu.cmdline": C,
     "handoff.qemu.agent_protocol": C,
     "handoff.tpm": C,
@@ -212,27 +218,27 @@ LAYERS: dict[str, Layer] = {
     "handoff.checks.reset": E,
     "handoff.checks.tune": E,
     "handoff.checks.tpm": E,
-    "handoff.rundir": E,
-    "handoff.systemctl": E,
-    "handoff.control": E,
-    "handoff.control_client": E,
-    "handoff.memlock": E,
-    "handoff.firmware": E,
-    "handoff.host_facts": E,
-    "handoff.profile_lookup": E,
-    "handoff.resources": E,
+    "handoff.session.rundir": E,
+    "handoff.base.systemctl": E,
+    "handoff.control.server": E,
+    "handoff.control.client": E,
+    "handoff.session.memlock": E,
+    "handoff.qemu.firmware_vars": E,
+    "handoff.session.host_facts": E,
+    "handoff.cli.profile_lookup": E,
+    "handoff.session.resources": E,
     # orchestration
-    "handoff.ladder": S,
-    "handoff.session": S,
-    "handoff.session_start": S,
-    "handoff.recovery": S,
+    "handoff.session.ladder": S,
+    "handoff.session.supervisor": S,
+    "handoff.session.start": S,
+    "handoff.session.recovery": S,
     # commands
-    "handoff.doctor": K,
-    "handoff.cli": K,
-    "handoff.cli_gpu": K,
-    "handoff.cli_init": K,
-    "handoff.cli_interop": K,
-    "handoff.cli_live": K,
+    "handoff.cli.doctor": K,
+    "handoff.cli.main": K,
+    "handoff.cli.gpu": K,
+    "handoff.cli.init": K,
+    "handoff.cli.interop": K,
+    "handoff.cli.live": K,
     "handoff.__main__": K,
 }
 
@@ -252,7 +258,7 @@ CORE_STDLIB_ALLOWED: dict[tuple[str, str], str] = {
     ("handoff.profile.reader", "os"): "os.path.abspath / normpath / expanduser",
     ("handoff.profile.parse", "os"): "os.path.abspath: load_profile names the file it read",
     # The signal numbers only (exit status 128 + SIGHUP/SIGINT/SIGTERM): no handler.
-    ("handoff.session_end", "signal"): "signal.SIGHUP / SIGINT / SIGTERM as numbers",
+    ("handoff.session.end", "signal"): "signal.SIGHUP / SIGINT / SIGTERM as numbers",
 }
 
 #: Names that import by string at run time: invisible to this test, so refused.
@@ -400,7 +406,7 @@ from ..pci import sysfs
 def decide() -> None:
     import importlib
 
-    importlib.import_module("handoff.session")
+    importlib.import_module("handoff.session.supervisor")
 """
 
 
@@ -426,7 +432,7 @@ def test_the_checker_catches_importlib_anywhere_in_the_package() -> None:
                            layers=with_synthetic("handoff.display.evil", layer))
         assert "handoff.display.evil imports by name at run time: importlib" in found
         assert "handoff.display.evil imports by name at run time: import_module" in found
-    dunder = 'def load() -> object:\n    return __import__("handoff.session")\n'
+    dunder = 'def load() -> object:\n    return __import__("handoff.session.supervisor")\n'
     found = violations("handoff.tune.evil", dunder,
                        layers=with_synthetic("handoff.tune.evil", Layer.EDGE))
     assert found == ["handoff.tune.evil imports by name at run time: __import__"]
@@ -438,9 +444,9 @@ def test_the_checker_catches_an_unplaced_module_whatever_its_folder() -> None:
 
 
 def test_the_checker_catches_an_upward_import_relative_or_lazy() -> None:
-    lazy = "def f() -> None:\n    from .. import session\n"
+    lazy = "def f() -> None:\n    from ..session import ladder\n"
     found = violations("handoff.pci.evil", lazy, layers=with_synthetic("handoff.pci.evil", E))
-    assert found == ["handoff.pci.evil (EDGE) imports upward: handoff.session (SESSION)"]
+    assert found == ["handoff.pci.evil (EDGE) imports upward: handoff.session.ladder (SESSION)"]
     package = "from .sysfs import read_device\n"
     assert violations("handoff.pci", package, is_package=True) == []
 
@@ -449,7 +455,8 @@ def test_the_checker_resolves_relative_imports_as_python_does() -> None:
     assert resolve("handoff.display.model", False, 2, "pci") == "handoff.pci"
     assert resolve("handoff.display.model", False, 1, None) == "handoff.display"
     assert resolve("handoff.display", True, 1, "model") == "handoff.display.model"
-    assert resolve("handoff.cli", False, 1, "errors") == "handoff.errors"
+    assert resolve("handoff.cli.main", False, 1, "gpu") == "handoff.cli.gpu"
+    assert resolve("handoff.cli.main", False, 2, "base.errors") == "handoff.base.errors"
 
 
 def test_the_checker_passes_a_clean_core() -> None:

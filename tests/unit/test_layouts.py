@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from handoff.base.errors import PreflightRefusedError
 from handoff.checks import Check, DoctorEnv, Verdict
 from handoff.checks.devices import check_passthrough_devices
-from handoff.errors import PreflightRefusedError
 from handoff.init.choose import GpuChoice, InitError, choose_gpu
 from handoff.init.facts import InitFacts
 from handoff.init.gather import gather_facts

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from handoff.host import HostPaths
-from handoff.host_facts import gather_host_facts
+from handoff.base.host import HostPaths
 from handoff.input.edge import InputRouter
 from handoff.input.resource import InputHandoff
 from handoff.input.router import RouterCore
 from handoff.live.resource import LiveGpu
 from handoff.live.state import LiveState
 from handoff.profile import InputMode, parse_profile
-from handoff.session import default_resources
-from handoff.session_plan import plan_session
+from handoff.session.host_facts import gather_host_facts
+from handoff.session.plan import plan_session
+from handoff.session.supervisor import default_resources
 from tests.unit.test_input_resource import KEY_SCROLLLOCK, Guest
 
 PROFILE = (

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from handoff.host import HostPaths
-from handoff.host_facts import gather_host_facts
+from handoff.base.host import HostPaths
 from handoff.live.windows import parse_resource
 from handoff.pci.address import PciAddress
 from handoff.profile import Accelerator, parse_profile
-from handoff.session_plan import LIVE_HOTPLUG_GLOBAL, HostFacts, SessionPlan, plan_session
+from handoff.session.host_facts import gather_host_facts
+from handoff.session.plan import LIVE_HOTPLUG_GLOBAL, HostFacts, SessionPlan, plan_session
 from tests.unit.fakesysfs import lookalike_host
 from tests.unit.test_live_core import BOCHS_RESOURCE, HDA_RESOURCE
 

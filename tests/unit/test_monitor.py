@@ -14,18 +14,18 @@ from pathlib import Path
 import pytest
 import trio
 
+from handoff.base.errors import ProfileError
+from handoff.base.host import HostPaths
 from handoff.checks import Verdict
 from handoff.checks.monitor import check_monitor
 from handoff.checks.profile_files import check_profile_on_host
-from handoff.errors import ProfileError
 from handoff.hooks.runner import HookRunner
-from handoff.host import HostPaths
-from handoff.host_facts import gather_host_facts
 from handoff.monitor.mccs import input_value, same_input
 from handoff.monitor.plan import getvcp_argv, monitor_hooks, parse_getvcp, setvcp_argv
 from handoff.profile import HookEvent, InputMode, Monitor, MonitorFollow, Profile, parse_profile
-from handoff.session import default_resources
-from handoff.session_plan import plan_session
+from handoff.session.host_facts import gather_host_facts
+from handoff.session.plan import plan_session
+from handoff.session.supervisor import default_resources
 from tests.unit.doctor_fakes import FakeHost
 
 BASE = '[vm]\nname = "w"\nmemory = "1G"\n'

@@ -2,7 +2,7 @@
 
 import pytest
 
-from handoff.errors import PciAddressError
+from handoff.base.errors import PciAddressError
 from handoff.pci.address import PciAddress
 
 

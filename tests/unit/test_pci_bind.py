@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from handoff import journal as jr
-from handoff.errors import BindError, SysfsTimeoutError, SysfsWriteError
+from handoff.base.errors import BindError, SysfsTimeoutError, SysfsWriteError
 from handoff.pci.address import PciAddress
 from handoff.pci.engine import Engine
 from handoff.pci.ops import CRASH_AFTER_SYSFS_ENV, PAUSE_AFTER_SYSFS_ENV, WriteFaults

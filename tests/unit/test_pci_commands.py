@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from handoff import journal as jr
-from handoff.errors import PciError, PreflightRefusedError
+from handoff.base.errors import PciError, PreflightRefusedError
 from handoff.pci.address import PciAddress
 from handoff.pci.commands import run_attach, run_detach, run_groups
-from handoff.recovery import run_recover
+from handoff.session.recovery import run_recover
 from tests.unit.fakesysfs import FakeHost, lookalike_host, seed_machine
 
 A = PciAddress.parse

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from handoff.errors import PreflightRefusedError
-from handoff.host import HostPaths
+from handoff.base.errors import PreflightRefusedError
+from handoff.base.host import HostPaths
 from handoff.pci.address import PciAddress
 from handoff.pci.holders import char_majors, nodes_of, nvidia_minor, vendor_nodes_of
 from handoff.pci.plan import HostSnapshot, plan_handoff

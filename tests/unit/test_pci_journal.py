@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from handoff import journal as jr
-from handoff.errors import JournalError, PreflightRefusedError
+from handoff.base.errors import JournalError, PreflightRefusedError
 from handoff.pci.address import PciAddress
 from handoff.pci.engine import Engine
 from handoff.pci.plan import HandoffPlan, plan_handoff

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from handoff.errors import HostError
-from handoff.memlock import UNLIMITED, check_memlock, judge_memlock, required_memlock
+from handoff.base.errors import HostError
 from handoff.pci.address import PciAddress
 from handoff.profile import Passthrough, Profile, Vm
+from handoff.session.memlock import UNLIMITED, check_memlock, judge_memlock, required_memlock
 
 GIB = 1 << 30
 PASS = Profile(

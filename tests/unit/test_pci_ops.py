@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 
 from handoff import journal as jr
-from handoff.errors import BindError, JournalError
-from handoff.host import HostPaths
-from handoff.memlock import can_raise_hard, cap_effective
+from handoff.base.errors import BindError, JournalError
+from handoff.base.host import HostPaths
 from handoff.pci.address import PciAddress
 from handoff.pci.engine import Engine
 from handoff.pci.plan import HandoffPlan, plan_handoff
 from handoff.pci.snapshot import take_snapshot
-from handoff.rundir import LockHolder, read_holder
+from handoff.session.memlock import can_raise_hard, cap_effective
+from handoff.session.rundir import LockHolder, read_holder
 from tests.unit.fakesysfs import FakeHost, seed_machine, session_journal
 
 A = PciAddress.parse
@@ -142,8 +142,8 @@ def test_the_planner_and_the_model_import_no_edge_module() -> None:
         [sys.executable, "-c", code], cwd=CHECKOUT, capture_output=True, text=True, check=True
     ).stdout
     assert json.loads(out) == [
-        "handoff", "handoff.errors", "handoff.pci", "handoff.pci.address", "handoff.pci.model",
-        "handoff.pci.plan", "handoff.pci.rules",
+        "handoff", "handoff.base", "handoff.base.errors", "handoff.pci", "handoff.pci.address",
+        "handoff.pci.model", "handoff.pci.plan", "handoff.pci.rules",
     ]  # fmt: skip
 
 
@@ -224,7 +224,7 @@ def test_capeff_is_parsed_as_a_hex_mask_of_capability_bits() -> None:
 def test_the_display_s_writes_are_checked_ops_that_name_the_errno(tmp_path: Path) -> None:
     """reset, a platform driver's bind/unbind and a vtconsole's bind go through one
     checked write: an OSError becomes a SysfsWriteError with the errno and a fix."""
-    from handoff.errors import SysfsWriteError
+    from handoff.base.errors import SysfsWriteError
     from handoff.pci.ops import platform_bind, reset_function, vtconsole_bind
 
     class Refusing:

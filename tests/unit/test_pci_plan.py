@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from handoff.errors import PreflightRefusedError
+from handoff.base.errors import PreflightRefusedError
 from handoff.pci.address import PciAddress
 from handoff.pci.plan import HostSnapshot, Passability, group_verdicts, plan_handoff
 from handoff.pci.snapshot import take_snapshot

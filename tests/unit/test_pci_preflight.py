@@ -13,11 +13,11 @@ import pytest
 import trio
 
 from handoff import journal as jr
-from handoff.errors import PreflightRefusedError
-from handoff.memlock import UNLIMITED, check_memlock
+from handoff.base.errors import PreflightRefusedError
 from handoff.pci.address import PciAddress
 from handoff.pci.resource import GpuHandoff
 from handoff.profile import Passthrough, Profile, Vm
+from handoff.session.memlock import UNLIMITED, check_memlock
 from tests.unit.fakesysfs import FakeHost, nvidia_gpu, seed_machine
 
 A = PciAddress.parse

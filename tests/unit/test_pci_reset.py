@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from handoff import journal as jr
-from handoff.errors import BindError, PreflightRefusedError
-from handoff.memlock import UNLIMITED, check_memlock
+from handoff.base.errors import BindError, PreflightRefusedError
 from handoff.pci import vendor_reset
 from handoff.pci.address import PciAddress
 from handoff.pci.engine import Engine
@@ -35,6 +34,7 @@ from handoff.pci.resource import GpuHandoff
 from handoff.pci.revive import ladder_failures
 from handoff.pci.snapshot import take_snapshot
 from handoff.profile import Passthrough, Profile, Vm
+from handoff.session.memlock import UNLIMITED, check_memlock
 from tests.unit.fakesysfs import FakeHost, session_journal, standard_drivers
 
 A = PciAddress.parse

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 from handoff import journal as jr
-from handoff.memlock import UNLIMITED, check_memlock
 from handoff.pci.address import PciAddress
 from handoff.pci.engine import Engine
 from handoff.pci.plan import plan_handoff
 from handoff.pci.resource import GpuHandoff
 from handoff.pci.snapshot import take_snapshot
 from handoff.profile import Passthrough, Profile, Vm
+from handoff.session.memlock import UNLIMITED, check_memlock
 from tests.unit.fakesysfs import FakeHost, seed_machine
 
 A = PciAddress.parse

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from handoff.base.errors import PreflightRefusedError
 from handoff.checks import DoctorEnv, Verdict
 from handoff.checks.devices import check_passthrough_devices
-from handoff.errors import PreflightRefusedError
 from handoff.init.choose import (
     GpuChoice,
     InitError,

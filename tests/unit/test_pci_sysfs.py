@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from handoff.errors import PciError
+from handoff.base.errors import PciError
 from handoff.journal import read_boot_id
 from handoff.pci.address import PciAddress
 from handoff.pci.holders import find_holders, nodes_of

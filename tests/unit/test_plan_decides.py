@@ -1,6 +1,6 @@
 """The session plan decides, the resources execute (issue: one plan, one host read).
 
-``handoff run`` reads the host once (:func:`handoff.host_facts.gather_host_facts`),
+``handoff run`` reads the host once (:func:`handoff.session.host_facts.gather_host_facts`),
 plans the session from those facts, and builds its resources *from the plan*:
 the tuning resource applies the plan's own :class:`~handoff.tune.plan.TunePlan`
 (the hugepage targets and governors decided from the facts the plan used)
@@ -17,14 +17,14 @@ import pytest
 import trio
 
 import handoff.tune.topology as topology
+from handoff.base.errors import PinningRefusedError
+from handoff.base.host import HostPaths
 from handoff.checks import DoctorEnv, Verdict
 from handoff.checks.tune import check_tuning
-from handoff.errors import PinningRefusedError
-from handoff.host import HostPaths
-from handoff.host_facts import gather_host_facts
 from handoff.profile import Accelerator, parse_profile
-from handoff.session_plan import HostFacts, plan_session
-from handoff.session_start import default_resources
+from handoff.session.host_facts import gather_host_facts
+from handoff.session.plan import HostFacts, plan_session
+from handoff.session.start import default_resources
 from handoff.tune.plan import plan_tuning
 from handoff.tune.resource import TuneResource
 from tests.unit.test_tune_resource import PROFILE, TuneKernel, host, pool

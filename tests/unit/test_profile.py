@@ -23,9 +23,8 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
+from handoff.base.errors import ProfileError
 from handoff.checks.profile_files import check_profile_on_host
-from handoff.errors import ProfileError
-from handoff.firmware import ensure_firmware_vars
 from handoff.pci.address import PciAddress
 from handoff.profile import (
     MAX_MEMORY_MIB,
@@ -51,6 +50,7 @@ from handoff.profile import (
     parse_profile,
     profile_to_toml,
 )
+from handoff.qemu.firmware_vars import ensure_firmware_vars
 from handoff.tune.model import HugepageSize, PinMode
 from tests.host_requirements import is_root, requires
 from tests.unprivileged import open_directory, run_as_nobody

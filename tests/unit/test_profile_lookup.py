@@ -1,4 +1,4 @@
-"""Profile lookup (handoff.profile_lookup): one search path for cli, doctor and completions."""
+"""Profile lookup (handoff.cli.profile_lookup): one search path for cli, doctor and completions."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from handoff.cli import main
-from handoff.errors import ProfileError
-from handoff.profile_lookup import is_path_argument, resolve_profile, search_dirs
+from handoff.base.errors import ProfileError
+from handoff.cli.main import main
+from handoff.cli.profile_lookup import is_path_argument, resolve_profile, search_dirs
 
 TINY = '[vm]\nname = "tiny"\nmemory = "64M"\naccel = "tcg"\n'
 

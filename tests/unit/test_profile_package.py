@@ -2,7 +2,7 @@
 
 handoff.profile is model (dataclasses, enums, the key table derived from
 them), parse and render; the host half is handoff.checks.profile_files and
-the OVMF vars copy handoff.firmware. These tests hold those boundaries:
+the OVMF vars copy handoff.qemu.firmware_vars. These tests hold those boundaries:
 parsing and rendering touch nothing on the host, neither the profile parser
 nor the keymap imports evdev (handoff.input.keynames is checked against it
 instead), and the model's selector kinds are the ones the input layer reads.
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from handoff.base.errors import ProfileError
 from handoff.checks.access import Identity, may_enter
-from handoff.errors import ProfileError
 from handoff.input.devices import parse_selector
 from handoff.input.keymap import KEY_TABLE, hotkey_codes
 from handoff.input.keynames import KEY_CODES

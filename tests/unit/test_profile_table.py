@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from handoff.errors import ProfileError
+from handoff.base.errors import ProfileError
 from handoff.profile.model import SECTION_KEYS, SECTIONS, field_default, toml_name
 from handoff.profile.parse import KEY_TABLES
 from handoff.profile.reader import FieldParser, Item, Reader, Text, Texts, derived_parser, matches

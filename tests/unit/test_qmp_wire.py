@@ -20,7 +20,7 @@ import pytest
 import trio
 import trio.testing
 
-from handoff.errors import QmpError
+from handoff.base.errors import QmpError
 from handoff.input.forward import QmpBackend, QmpSocketTransport
 from handoff.qemu.wire import (
     ByteStream,

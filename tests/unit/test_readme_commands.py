@@ -6,7 +6,7 @@ import argparse
 import re
 from pathlib import Path
 
-from handoff.cli import build_parser
+from handoff.cli.main import build_parser
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

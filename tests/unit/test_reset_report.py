@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from handoff import cli
+from handoff.base.errors import BindError, ProfileError
 from handoff.checks import DoctorEnv, Verdict
 from handoff.checks.reset import check_resets
-from handoff.errors import BindError, ProfileError
+from handoff.cli import main as cli
 from handoff.pci.address import PciAddress
 from handoff.pci.commands import run_groups
 from handoff.pci.engine import Engine

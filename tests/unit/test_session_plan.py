@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from handoff.errors import ProfileError
-from handoff.host import HostPaths
-from handoff.memlock import required_memlock as memlock_module_required
+from handoff.base.errors import ProfileError
+from handoff.base.host import HostPaths
 from handoff.pci.address import PciAddress
 from handoff.profile import Accelerator, load_profile, parse_profile
-from handoff.session_plan import (
+from handoff.session.memlock import required_memlock as memlock_module_required
+from handoff.session.plan import (
     ChangeKind,
     HostChange,
     HostFacts,
@@ -245,13 +245,14 @@ def modules_after(program: str) -> set[str]:
     return set(json.loads(done.stderr.splitlines()[-1]))
 
 
-EDGES = ("trio", "evdev", "pyudev", "qemu.qmp", "handoff.rundir", "handoff.qemu.process",
-         "handoff.qemu.accel", "handoff.pci.sysfs", "handoff.host_facts", "handoff.session")
+EDGES = ("trio", "evdev", "pyudev", "qemu.qmp", "handoff.session.rundir", "handoff.qemu.process",
+         "handoff.qemu.accel", "handoff.pci.sysfs", "handoff.session.host_facts",
+         "handoff.session.supervisor")
 
 
 def test_the_plan_module_imports_no_edge_module() -> None:
-    loaded = modules_after("import handoff.session_plan")
-    assert "handoff.session_plan" in loaded
+    loaded = modules_after("import handoff.session.plan")
+    assert "handoff.session.plan" in loaded
     assert sorted(m for m in loaded if is_one_of(m, EDGES)) == []
 
 
@@ -262,16 +263,16 @@ RESOURCE_MODULES = ("handoff.pci.resource", "handoff.journal", "handoff.input.re
 def test_a_session_without_passthrough_or_input_imports_neither_resource() -> None:
     loaded = modules_after(
         "from pathlib import Path\n"
-        "from handoff.host import HostPaths\n"
+        "from handoff.base.host import HostPaths\n"
         "from handoff.profile import load_profile\n"
-        "from handoff.host_facts import gather_host_facts\n"
-        "from handoff.session import Session, default_resources\n"
-        "from handoff.session_plan import plan_session\n"
+        "from handoff.session.host_facts import gather_host_facts\n"
+        "from handoff.session.supervisor import Session, default_resources\n"
+        "from handoff.session.plan import plan_session\n"
         "p = load_profile(Path('profiles/demo.toml'))\n"
         "plan = plan_session(p, gather_host_facts(p, HostPaths(), strict=False), HostPaths())\n"
         "assert default_resources(plan, HostPaths()) == []\n"
     )
-    assert "handoff.session" in loaded
+    assert "handoff.session.supervisor" in loaded
     assert sorted(m for m in loaded if is_one_of(m, RESOURCE_MODULES)) == []
 
 
@@ -280,11 +281,11 @@ def test_only_the_resource_a_profile_uses_is_imported(tmp_path: Path) -> None:
     profile.write_text(BASE + '[[passthrough]]\naddress = "00:06.0"\n')
     loaded = modules_after(
         "from pathlib import Path\n"
-        "from handoff.host import HostPaths\n"
+        "from handoff.base.host import HostPaths\n"
         "from handoff.profile import load_profile\n"
-        "from handoff.host_facts import gather_host_facts\n"
-        "from handoff.session import default_resources\n"
-        "from handoff.session_plan import plan_session\n"
+        "from handoff.session.host_facts import gather_host_facts\n"
+        "from handoff.session.supervisor import default_resources\n"
+        "from handoff.session.plan import plan_session\n"
         f"p = load_profile(Path({str(profile)!r}))\n"
         "plan = plan_session(p, gather_host_facts(p, HostPaths(), strict=False), HostPaths())\n"
         "assert [r.name for r in default_resources(plan, HostPaths())] == ['gpu']\n"

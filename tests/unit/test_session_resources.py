@@ -11,12 +11,12 @@ import pytest
 import trio
 import trio.testing
 
-from handoff.host import HostPaths
-from handoff.host_facts import gather_host_facts
-from handoff.ladder import LadderTimeouts, Rung, shutdown_ladder
+from handoff.base.host import HostPaths
 from handoff.profile import Profile, parse_profile
-from handoff.session import Session, default_resources
-from handoff.session_plan import plan_session
+from handoff.session.host_facts import gather_host_facts
+from handoff.session.ladder import LadderTimeouts, Rung, shutdown_ladder
+from handoff.session.plan import plan_session
+from handoff.session.supervisor import Session, default_resources
 
 BASE = """
 [vm]

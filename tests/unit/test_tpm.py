@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from handoff.base.errors import TpmError
+from handoff.base.host import HostPaths
 from handoff.checks import Verdict
 from handoff.checks.tpm import check_tpm
-from handoff.errors import TpmError
-from handoff.host import HostPaths
 from handoff.profile import Accelerator, TpmType, parse_profile
 from handoff.qemu.cmdline import LaunchSpec, build_argv
-from handoff.session_plan import ChangeKind, HostFacts, plan_session
+from handoff.session.plan import ChangeKind, HostFacts, plan_session
 from handoff.tpm.plan import (
     StateFacts,
     StateVerdict,

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from handoff.errors import CpuListError
+from handoff.base.errors import CpuListError
 from handoff.tune.cpulist import MAX_CPU, format_cpulist, parse_cpulist
 
 
@@ -74,7 +74,7 @@ def test_format_then_parse_is_the_identity(cpus: frozenset[int]) -> None:
 def test_a_refused_pin_list_carries_its_index_not_only_in_the_text(
     lists: list[str], index: int
 ) -> None:
-    from handoff.errors import PinListError
+    from handoff.base.errors import PinListError
     from handoff.tune.model import PinSpec
 
     with pytest.raises(PinListError) as caught:
@@ -84,7 +84,7 @@ def test_a_refused_pin_list_carries_its_index_not_only_in_the_text(
 
 
 def test_a_single_cpu_list_has_no_index() -> None:
-    from handoff.errors import PinListError
+    from handoff.base.errors import PinListError
 
     with pytest.raises(CpuListError) as caught:
         parse_cpulist("1-x", what="cpu.emulator")

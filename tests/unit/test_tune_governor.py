@@ -2,7 +2,7 @@
 
 import pytest
 
-from handoff.errors import GovernorRefusedError
+from handoff.base.errors import GovernorRefusedError
 from handoff.tune.governor import plan_governor
 from handoff.tune.model import CpuFreq
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from handoff.errors import HugepagesRefusedError
+from handoff.base.errors import HugepagesRefusedError
 from handoff.tune.hugepages import HugepagePlan, PoolTarget, check_raised, plan_hugepages
 from handoff.tune.model import HugepagePool, HugepageSize, PagePool
 from tests.unit import fakecpu

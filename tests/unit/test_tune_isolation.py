@@ -2,7 +2,7 @@
 
 import pytest
 
-from handoff.errors import IsolationRefusedError
+from handoff.base.errors import IsolationRefusedError
 from handoff.tune.cpulist import parse_cpulist
 from handoff.tune.isolation import plan_isolation
 from handoff.tune.model import EMULATOR_AUTO, PIN_AUTO, GuestTopology

@@ -19,11 +19,11 @@ import pytest
 import trio
 
 from handoff import journal as jr
-from handoff.errors import IsolationRefusedError, SystemdError, TuneError
-from handoff.host import HostPaths
+from handoff.base.errors import IsolationRefusedError, SystemdError, TuneError
+from handoff.base.host import HostPaths
+from handoff.base.systemctl import Ran
 from handoff.profile import parse_profile
-from handoff.session_plan import ChangeKind, plan_session
-from handoff.systemctl import Ran
+from handoff.session.plan import ChangeKind, plan_session
 from handoff.tune.isolation import plan_isolation, scope_argv
 from handoff.tune.recovery import recover_tuning, tune_journal_name
 from handoff.tune.resource import TuneResource

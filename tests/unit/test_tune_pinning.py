@@ -11,7 +11,7 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from handoff.errors import CpuListError, PinningRefusedError
+from handoff.base.errors import CpuListError, PinningRefusedError
 from handoff.tune.cpulist import parse_cpulist
 from handoff.tune.model import (
     EMULATOR_AUTO,

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from handoff.errors import HugepagesRefusedError, PinningRefusedError
-from handoff.host import HostPaths
+from handoff.base.errors import HugepagesRefusedError, PinningRefusedError
+from handoff.base.host import HostPaths
 from handoff.profile import parse_profile
 from handoff.qemu.cmdline import memory_backend_object
-from handoff.session_plan import ChangeKind, HostFacts, SessionPlan, plan_session
+from handoff.session.plan import ChangeKind, HostFacts, SessionPlan, plan_session
 from handoff.tune.model import CpuFreq, HugepageSize
 from handoff.tune.plan import MemoryBackend, NumaPolicy, plan_tuning
 from tests.unit.fakecpu import numa_2node, ryzen_8c16t_2ccx

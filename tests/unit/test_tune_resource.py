@@ -21,15 +21,15 @@ import pytest
 import trio
 
 from handoff import journal as jr
-from handoff.errors import (
+from handoff.base.errors import (
     HugepagesRefusedError,
     IsolationRefusedError,
     PinningRefusedError,
     PreflightRefusedError,
 )
-from handoff.host import HostPaths
+from handoff.base.host import HostPaths
 from handoff.profile import Accelerator, Profile, parse_profile
-from handoff.session_plan import HostFacts, plan_session
+from handoff.session.plan import HostFacts, plan_session
 from handoff.tune.cpulist import format_cpulist
 from handoff.tune.model import CpuFreq
 from handoff.tune.plan import TunePlan

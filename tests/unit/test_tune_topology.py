@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from handoff.host import HostPaths
+from handoff.base.host import HostPaths
 from handoff.tune.cpulist import parse_cpulist
 from handoff.tune.model import CoreKind, CpuFreq
 from handoff.tune.topology import read_cpu_flags, read_host, read_hugepages, read_topology

@@ -3,7 +3,7 @@
 Steps:
 
 1. preflight: profile host checks, host facts (accelerator, QEMU's user,
-   IOMMU groups), the session plan (:mod:`handoff.session_plan`: the complete
+   IOMMU groups), the session plan (:mod:`handoff.session.plan`: the complete
    argv and the host changes), the plan's QEMU devices against the binary's.
    Read-only: a refusal here changes nothing.
 2. run directory (0700) and its lock: one profile runs once.
@@ -19,8 +19,8 @@ Steps 6 and 7 run on every exit path, inside a shielded cancel scope whose
 every wait is bounded by a named constant, so cleanup can neither be
 interrupted half-way nor hang forever.
 
-The shutdown ladder is :mod:`handoff.ladder`; how an end becomes an exit
-status and a sentence (and a failed launch a fix) is :mod:`handoff.session_end`.
+The shutdown ladder is :mod:`handoff.session.ladder`; how an end becomes an exit
+status and a sentence (and a failed launch a fix) is :mod:`handoff.session.end`.
 Errors before the VM runs are raised as HandoffError (the CLI prints them and
 exits 2).
 
@@ -45,16 +45,15 @@ from typing import Any
 
 import trio
 
-from handoff.control import ControlCommands, serve_control
-from handoff.control_protocol import Command, Field
-from handoff.control_users import resolve_access, serve_user_control
-from handoff.errors import HandoffError, QemuLaunchError, QmpError, SessionError
-from handoff.firmware import ensure_firmware_vars
-from handoff.host import HostPaths
-from handoff.ladder import LadderTimeouts, Rung, shutdown_ladder
+from handoff.base.errors import HandoffError, QemuLaunchError, QmpError, SessionError
+from handoff.base.host import HostPaths
+from handoff.control.protocol import Command, Field
+from handoff.control.server import ControlCommands, serve_control
+from handoff.control.users import resolve_access, serve_user_control
 from handoff.profile import Accelerator, Profile
 from handoff.qemu.agent import GuestAgent
 from handoff.qemu.cmdline import format_argv
+from handoff.qemu.firmware_vars import ensure_firmware_vars
 from handoff.qemu.process import QemuProcess, read_log_tail
 from handoff.qemu.qmp import (
     CONNECT_TIMEOUT,
@@ -63,16 +62,17 @@ from handoff.qemu.qmp import (
     QmpEvent,
     connect_qmp,
 )
-from handoff.resources import HostResource, JsonObject, VmHandle
-from handoff.rundir import RunDir
-from handoff.session_end import (
+from handoff.session.end import (
     ExitStatus,
     StopRequest,
     classify_end,
     launch_failure_fix,
 )
-from handoff.session_plan import SessionPlan
-from handoff.session_start import (
+from handoff.session.ladder import LadderTimeouts, Rung, shutdown_ladder
+from handoff.session.plan import SessionPlan
+from handoff.session.resources import HostResource, JsonObject, VmHandle
+from handoff.session.rundir import RunDir
+from handoff.session.start import (
     Preflight,
     default_resources,
     preflight,
@@ -144,7 +144,7 @@ def describe_event(event: QmpEvent) -> str | None:
 
 
 class SessionVm:
-    """The :class:`handoff.resources.VmHandle` resources get: QEMU's pid and QMP."""
+    """The :class:`handoff.session.resources.VmHandle` resources get: QEMU's pid and QMP."""
 
     def __init__(self, pid: int, qmp: QmpConnection) -> None:
         self._pid = pid
@@ -189,7 +189,7 @@ class Session:
 
     ``resources`` are acquired in order and released in reverse: a function
     that builds them from the preflight's plan (``handoff run`` passes
-    :func:`handoff.session_start.default_resources`), or a list (test doubles). ``report`` gets
+    :func:`handoff.session.start.default_resources`), or a list (test doubles). ``report`` gets
     one status line per phase and per QMP event that matters. ``timeouts``
     overrides the ladder's bounds (tests); ``handle_signals`` installs the
     SIGINT/SIGTERM/SIGHUP handlers (the CLI; off for in-process tests that

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from handoff.errors import ProfileError
+from handoff.base.errors import ProfileError
 
 PROFILE_DIR_ENV = "HANDOFF_PROFILE_DIR"
 SYSTEM_PROFILE_DIR = "/etc/handoff/profiles"

@@ -1,4 +1,4 @@
-"""The edge half of :mod:`handoff.session_plan`: read the host facts a plan needs.
+"""The edge half of :mod:`handoff.session.plan`: read the host facts a plan needs.
 
 Read-only: the accelerator choice, the account QEMU runs as, the IOMMU
 group of each passthrough device, and for a tuned profile the CPU topology,
@@ -12,14 +12,14 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from handoff.base.errors import HostError, QemuError
+from handoff.base.host import HostPaths, qemu_account
 from handoff.desk.sound import SoundServer
-from handoff.errors import HostError, QemuError
-from handoff.host import HostPaths, qemu_account
 from handoff.pci.address import PciAddress
 from handoff.profile import Accelerator, FirmwareType, Profile, SoundModel
 from handoff.qemu.accel import choose_accel
 from handoff.qemu.firmware_descriptors import FirmwareDescriptor
-from handoff.session_plan import HostFacts, QemuOwner
+from handoff.session.plan import HostFacts, QemuOwner
 from handoff.tune.model import HostTuning
 
 if TYPE_CHECKING:

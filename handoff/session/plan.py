@@ -1,9 +1,10 @@
 """One session, decided before anything happens: the complete QEMU argv and the host changes.
 
-Pure: profile + :class:`HostFacts` (gathered by :func:`handoff.host_facts.gather_host_facts`)
-→ :class:`SessionPlan`. ``handoff run`` starts the plan's argv (with the real
-QMP fd), ``handoff argv`` and ``run --dry-run`` print it, preflight and
-``handoff doctor PROFILE`` check the QEMU devices it names. So the command
+Pure: profile + :class:`HostFacts` (gathered by
+:func:`handoff.session.host_facts.gather_host_facts`) → :class:`SessionPlan`.
+``handoff run`` starts the plan's argv (with the real QMP fd), ``handoff argv``
+and ``run --dry-run`` print it, preflight and ``handoff doctor PROFILE``
+check the QEMU devices it names. So the command
 shown is the command run: every device, monitor, socket path and trace option
 is here, none is added later by a host resource.
 
@@ -29,10 +30,20 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from handoff.base.host import HostPaths
+from handoff.base.run_layout import (
+    CONTROL_SOCKET,
+    QEMU_LOG,
+    VNC_SOCKET,
+    agent_socket_path,
+    input_monitor_path,
+    proxy_links,
+    qemu_socket_dir,
+    tpm_socket_path,
+)
 from handoff.desk.looking_glass import plan_ivshmem
 from handoff.desk.share import socket_path as share_socket
 from handoff.desk.sound import COOKIE_COPY, SoundServer
-from handoff.host import HostPaths
 from handoff.pci.address import PciAddress
 from handoff.profile import Accelerator, InputBackend, InputMode, Profile, TpmType
 from handoff.qemu.cmdline import (
@@ -44,16 +55,6 @@ from handoff.qemu.cmdline import (
 )
 from handoff.qemu.firmware_descriptors import FirmwareChoice, FirmwareDescriptor, choose_firmware
 from handoff.qemu.hyperv import NO_PLATFORM, Platform, platform
-from handoff.run_layout import (
-    CONTROL_SOCKET,
-    QEMU_LOG,
-    VNC_SOCKET,
-    agent_socket_path,
-    input_monitor_path,
-    proxy_links,
-    qemu_socket_dir,
-    tpm_socket_path,
-)
 
 if TYPE_CHECKING:  # the live and tuning planners load only for profiles that use them
     from handoff.live.windows import Bar
@@ -568,9 +569,9 @@ def plan_session(
 ) -> SessionPlan:
     """The session ``profile`` gives on a host with ``facts``.
 
-    Raises :class:`handoff.errors.ProfileError` for a profile that cannot run
+    Raises :class:`handoff.base.errors.ProfileError` for a profile that cannot run
     under the chosen accelerator (``cpu_model = "host"`` without KVM), and
-    :class:`handoff.errors.FirmwareError` when no UEFI build fits. The plan's
+    :class:`handoff.base.errors.FirmwareError` when no UEFI build fits. The plan's
     profile has the chosen firmware's code and vars template filled in.
     """
     where = _session_paths(profile, paths)

@@ -1,6 +1,6 @@
 """The client side of the control socket (`handoff status/stop/switch`): blocking, no trio.
 
-The protocol is described in :mod:`handoff.control`, which serves it. This
+The protocol is described in :mod:`handoff.control.server`, which serves it. This
 half is separate so that the commands a desktop shortcut runs start in the
 time of the standard library: it imports neither trio nor the session.
 
@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from handoff.control_protocol import MAX_LINE, ControlErrorCode
-from handoff.errors import SessionError, SessionNotRunningError
+from handoff.base.errors import SessionError, SessionNotRunningError
+from handoff.control.protocol import MAX_LINE, ControlErrorCode
 
 __all__ = [
     "CLIENT_TIMEOUT",
@@ -119,7 +119,7 @@ def _read_line(client: socket.socket) -> bytes:
 
 def session_name(argument: str) -> str:
     """The session a light command means: a bare name, or the name inside a profile file."""
-    from handoff.profile_lookup import is_path_argument
+    from handoff.cli.profile_lookup import is_path_argument
 
     if is_path_argument(argument):
         from handoff.profile import load_profile
@@ -130,11 +130,11 @@ def session_name(argument: str) -> str:
 
 def control_socket(name: str) -> Path:
     """The control socket of the session ``name``: under this user's own run root first,
-    else a root session's socket for this user (:mod:`handoff.control_find`)."""
+    else a root session's socket for this user (:mod:`handoff.control.find`)."""
     import os
 
-    from handoff.control_find import locate, system_run_root
-    from handoff.host import HostPaths
+    from handoff.base.host import HostPaths
+    from handoff.control.find import locate, system_run_root
 
     return locate(name, HostPaths.from_environment().run, system_run_root(os.environ),
                   os.geteuid())

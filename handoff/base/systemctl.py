@@ -5,7 +5,7 @@ tests record the exact command lines and answer them;
 :class:`SubprocessRunner` is the real one and never raises (a command that
 cannot start is status 127, its reason in ``stderr``). Queries whose failure
 is an answer (:func:`show`, :func:`is_active`) return it; changes that must
-happen (:func:`set_allowed_cpus`) raise :class:`handoff.errors.SystemdError`
+happen (:func:`set_allowed_cpus`) raise :class:`handoff.base.errors.SystemdError`
 with the command, its status and what systemd said. The display hand-over
 stops and starts units and reports to the system journal; the tuning reads
 and sets units' AllowedCPUs=.
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from handoff.errors import SystemdError
+from handoff.base.errors import SystemdError
 
 #: Seconds a systemctl call may take (a stop waits for the unit; PID 1 may be busy).
 SYSTEMCTL_TIMEOUT = 120.0

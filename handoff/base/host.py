@@ -15,7 +15,7 @@ import pwd
 from dataclasses import dataclass
 from pathlib import Path
 
-from handoff.errors import HostError
+from handoff.base.errors import HostError
 
 
 def default_run_root() -> Path:

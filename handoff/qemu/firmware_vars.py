@@ -20,7 +20,7 @@ import os
 import pwd
 from pathlib import Path
 
-from handoff.errors import FirmwareError, ProfileError
+from handoff.base.errors import FirmwareError, ProfileError
 from handoff.profile import FirmwareType, Profile
 
 #: The suffix of the file beside a vars copy that names its template.

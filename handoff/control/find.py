@@ -4,7 +4,7 @@ A desktop user's own sessions are in their own run root
 (``$XDG_RUNTIME_DIR/handoff``); a root session (``sudo handoff run``, the
 systemd unit) is found by name in the system run root (``/run/handoff``,
 ``HANDOFF_SYSTEM_RUN_DIR`` to move it), through the socket the session made
-for that user or for the ``handoff`` group (:mod:`handoff.control_users`).
+for that user or for the ``handoff`` group (:mod:`handoff.control.users`).
 A root session that made none for this user is refused here with who may.
 """
 
@@ -15,8 +15,8 @@ import pwd
 from collections.abc import Mapping
 from pathlib import Path
 
-from handoff.errors import SessionError
-from handoff.run_layout import (
+from handoff.base.errors import SessionError
+from handoff.base.run_layout import (
     CONTROL_SOCKET,
     USER_CONTROL_DIR,
     user_control_dir,

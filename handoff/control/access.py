@@ -6,7 +6,7 @@ lets the desktop user switch from their own session: the user who started it
 members of the ``handoff`` group may run :data:`USER_COMMANDS`; everything
 else (the session's other commands; ``recover``, ``detach``, ``attach``,
 which need root on the host anyway) stays root's. The edge
-(:mod:`handoff.control_users`) gives each allowed uid a socket only it can
+(:mod:`handoff.control.users`) gives each allowed uid a socket only it can
 connect to and checks the peer's credentials on every connection with
 :func:`peer_allowed`.
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from handoff.control_protocol import Command
+from handoff.control.protocol import Command
 
 #: The control commands a desktop user may run for a root session (today: all of them;
 #: a command added to the vocabulary later is root's until it is listed here).

@@ -27,11 +27,11 @@ from collections.abc import Callable
 from typing import Any
 
 from handoff import journal as jr
-from handoff import systemctl
+from handoff.base import systemctl
+from handoff.base.host import HostPaths
 from handoff.desk.recovery import desk_recoverer
 from handoff.display.recovery import display_recoverer
 from handoff.display.resource import ReturnCard
-from handoff.host import HostPaths
 from handoff.journal.recover import Recoverer, RecoveryReport, recover
 from handoff.live.recovery import live_recoverer
 from handoff.pci.engine import Engine

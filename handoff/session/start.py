@@ -1,14 +1,14 @@
 """Before a session changes anything: read the host once, plan, check, build the resources.
 
-:func:`preflight` reads the host facts once (:func:`handoff.host_facts.gather_host_facts`),
-plans the session from them (:func:`handoff.session_plan.plan_session`) and
+:func:`preflight` reads the host facts once (:func:`handoff.session.host_facts.gather_host_facts`),
+plans the session from them (:func:`handoff.session.plan.plan_session`) and
 checks the plan's QEMU devices against the binary; a refusal here changes
 nothing. :func:`default_resources` then builds the host resources *from that
 plan*: the tuning resource applies ``plan.tune`` (the pinning, pool and
 governor targets decided from the facts the plan used) instead of planning
 again, and every resource reads the profile the plan carries. ``handoff
 run``, ``run --dry-run`` and ``handoff argv`` all print from a
-:class:`~handoff.session_plan.SessionPlan`.
+:class:`~handoff.session.plan.SessionPlan`.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from handoff.base.host import HostPaths
 from handoff.checks.profile_files import check_profile_on_host
-from handoff.firmware import vars_origin_refusal
-from handoff.host import HostPaths
-from handoff.host_facts import gather_host_facts
 from handoff.profile import Accelerator, InputBackend, Profile, TpmType
 from handoff.qemu.capabilities import check_bridges, check_supported, probe
-from handoff.resources import HostResource
-from handoff.session_plan import MONITOR_FD_PLACEHOLDER, HostFacts, SessionPlan, plan_session
+from handoff.qemu.firmware_vars import vars_origin_refusal
+from handoff.session.host_facts import gather_host_facts
+from handoff.session.plan import MONITOR_FD_PLACEHOLDER, HostFacts, SessionPlan, plan_session
+from handoff.session.resources import HostResource
 
 __all__ = [
     "DRY_RUN_MONITOR_FD",
@@ -104,7 +104,7 @@ def default_resources(
     if profile.host_display.handover:
         from handoff.display.resource import DisplayHandover
         from handoff.pci.ops import KernelWriter
-        from handoff.recovery import card_return
+        from handoff.session.recovery import card_return
 
         resources.append(DisplayHandover(
             profile, paths, report=report, return_card=card_return(paths, KernelWriter())
@@ -133,7 +133,7 @@ def default_resources(
         if live is not None and profile.input.gpu_hotkey:
             from functools import partial
 
-            from handoff.control_protocol import Side
+            from handoff.control.protocol import Side
 
             inputs.on_gpu_hotkey = partial(live.move, Side.TOGGLE)  # `handoff gpu` toggle
     if live is not None and hooks is not None:
@@ -220,7 +220,7 @@ def session_plan(
     binary: str = "qemu-system-x86_64",
     trace_file: os.PathLike[str] | None = None,
 ) -> SessionPlan:
-    """:func:`handoff.session_plan.plan_session` with the session's argument types."""
+    """:func:`handoff.session.plan.plan_session` with the session's argument types."""
     trace = Path(trace_file) if trace_file is not None else None
     return plan_session(profile, facts, paths, binary=binary, trace_file=trace)
 

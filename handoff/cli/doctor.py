@@ -29,6 +29,7 @@ import argparse
 import json
 import sys
 
+from handoff.base.errors import HandoffError
 from handoff.checks import Check, DoctorEnv, Verdict, fail, ok, skip, worst
 from handoff.checks.access import Identity, UnknownUserError, resolve_identity
 from handoff.checks.cpu import check_cpu_virtualization, read_cpuinfo
@@ -48,13 +49,12 @@ from handoff.checks.profile_files import check_profile_files
 from handoff.checks.qemu import DEFAULT_QEMU, Prober, check_ovmf, check_qemu
 from handoff.checks.tpm import check_tpm
 from handoff.checks.tune import check_tuning
-from handoff.errors import HandoffError
-from handoff.host_facts import gather_host_facts
+from handoff.cli.profile_lookup import resolve_profile
 from handoff.pci.sysfs import groups_of
 from handoff.profile import Profile, TpmType, load_profile
-from handoff.profile_lookup import resolve_profile
 from handoff.qemu.capabilities import probe
-from handoff.session_plan import HostFacts
+from handoff.session.host_facts import gather_host_facts
+from handoff.session.plan import HostFacts
 
 EXIT_OK = 0
 EXIT_WARN = 1
@@ -187,7 +187,7 @@ def render_json(checks: list[Check]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``doctor`` subcommand's arguments (called by handoff.cli)."""
+    """The ``doctor`` subcommand's arguments (called by handoff.cli.main)."""
     parser.add_argument(
         "profile",
         nargs="?",

@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from handoff.control_protocol import Command, ControlErrorCode, Field, Side
-from handoff.errors import HandoffError
+from handoff.base.errors import HandoffError
+from handoff.control.protocol import Command, ControlErrorCode, Field, Side
 from handoff.live.guest import RELEASE_TIMEOUT
 
 #: Seconds beyond the guest's release a move may take (vfio unbind, host driver probe).
@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_gpu(args: argparse.Namespace) -> int:
-    from handoff.control_client import ControlRequestError, control_socket, request, session_name
+    from handoff.control.client import ControlRequestError, control_socket, request, session_name
 
     if args.timeout <= 0:
         raise HandoffError(f"--timeout {args.timeout:g}: expected a positive number of seconds")

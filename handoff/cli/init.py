@@ -27,14 +27,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from handoff.errors import HandoffError
-from handoff.host import HostPaths
+from handoff.base.errors import HandoffError
+from handoff.base.host import HostPaths
+from handoff.cli.profile_lookup import PROFILE_DIR_ENV, SYSTEM_PROFILE_DIR
 from handoff.init.choose import NO_GPU, DiskSource, InitError, InitPlan, InitRequest, plan_init
 from handoff.init.facts import InitFacts
 from handoff.init.guest_os import parse_init_os
 from handoff.init.render import render_profile, render_summary
 from handoff.profile import FirmwareType, InputBackend, parse_profile
-from handoff.profile_lookup import PROFILE_DIR_ENV, SYSTEM_PROFILE_DIR
 
 STDOUT = "-"
 

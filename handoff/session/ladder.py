@@ -24,7 +24,7 @@ from typing import Protocol
 
 import trio
 
-from handoff.errors import QmpError, SessionError
+from handoff.base.errors import QmpError, SessionError
 from handoff.profile import Profile
 
 __all__ = [

@@ -1,9 +1,9 @@
 """The argparse side of `handoff groups`, `detach`, `attach` and `recover`.
 
 Each command is an ``add_<name>_arguments(parser)`` / ``cmd_<name>(args)``
-pair that :mod:`handoff.cli` imports lazily (its ``DELEGATED`` table), over
+pair that :mod:`handoff.cli.main` imports lazily (its ``DELEGATED`` table), over
 the ``run_<name>`` functions of :mod:`handoff.pci.commands` (and
-:mod:`handoff.recovery` for `recover`): here only the
+:mod:`handoff.session.recovery` for `recover`): here only the
 options are parsed, the real kernel writer and the host roots chosen, and
 the lines printed. No hand-off logic lives here.
 """
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import trio
 
-from handoff.host import HostPaths
+from handoff.base.host import HostPaths
 from handoff.pci.address import PciAddress
 from handoff.pci.commands import run_attach, run_detach, run_groups
 from handoff.pci.ops import KernelWriter
@@ -82,6 +82,6 @@ def add_recover_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_recover(args: argparse.Namespace) -> int:
     del args
-    from handoff.recovery import run_recover  # every capability's recoverer
+    from handoff.session.recovery import run_recover  # every capability's recoverer
 
     return trio.run(lambda: run_recover(HostPaths.from_environment(), KernelWriter(), out=_stdout))

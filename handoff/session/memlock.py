@@ -9,7 +9,7 @@ the host; so preflight checks that the limit can cover guest RAM plus
 buffers) and the spawner raises it for the QEMU child
 (:func:`handoff.qemu.process.raised_memlock`), or refuses with the
 limits.d line that fixes it (the amount is the session plan's
-:func:`handoff.session_plan.required_memlock`). The seed guide's limits.conf lines
+:func:`handoff.session.plan.required_memlock`). The seed guide's limits.conf lines
 (``<username> soft/hard memlock 80000000``) are the same fix by hand.
 """
 
@@ -21,9 +21,9 @@ import resource
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from handoff.errors import HostError
+from handoff.base.errors import HostError
 from handoff.profile import Profile
-from handoff.session_plan import MEMLOCK_HEADROOM, required_memlock
+from handoff.session.plan import MEMLOCK_HEADROOM, required_memlock
 
 __all__ = [
     "MEMLOCK_HEADROOM",

@@ -9,12 +9,12 @@
 
 PROFILE is a path to a .toml file, or a name looked up as NAME.toml in
 $HANDOFF_PROFILE_DIR, ~/.config/handoff/profiles and /etc/handoff/profiles
-(:mod:`handoff.profile_lookup`). `status`, `stop` and `switch` also take the
+(:mod:`handoff.cli.profile_lookup`). `status`, `stop` and `switch` also take the
 bare profile name of a running session.
 
 Start-up is part of the interface: `switch` is bound to a desktop shortcut
 and `run` is a foreground command, so this module imports only the standard
-library and handoff.errors at module level. Each command imports what it
+library and handoff.base.errors at module level. Each command imports what it
 needs; the subcommands implemented elsewhere (groups, detach, attach,
 recover, doctor) are imported only when they are the command given.
 
@@ -44,12 +44,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from handoff.control_protocol import Command, Field, Side
-from handoff.errors import HandoffError, SessionNotRunningError
-from handoff.profile_lookup import resolve_profile
+from handoff.base.errors import HandoffError, SessionNotRunningError
+from handoff.cli.profile_lookup import resolve_profile
+from handoff.control.protocol import Command, Field, Side
 
 if TYPE_CHECKING:  # the plan's modules load only for the commands that plan
-    from handoff.session_plan import SessionPlan
+    from handoff.session.plan import SessionPlan
 
 __all__ = ["DELEGATED", "EXIT_ERROR", "EXIT_INTERRUPTED", "build_parser", "main"]
 
@@ -63,7 +63,7 @@ log = logging.getLogger("handoff")
 
 
 def _paths() -> Any:
-    from handoff.host import HostPaths
+    from handoff.base.host import HostPaths
 
     return HostPaths.from_environment()
 
@@ -109,7 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import trio
 
     from handoff.profile import load_profile
-    from handoff.session import Session, default_resources, preflight
+    from handoff.session.supervisor import Session, default_resources, preflight
 
     profile = load_profile(resolve_profile(args.profile))
     paths = _paths()
@@ -133,10 +133,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_argv(args: argparse.Namespace) -> int:
-    from handoff.host_facts import gather_host_facts
     from handoff.profile import Accelerator, load_profile
     from handoff.qemu.accel import kvm_problem
-    from handoff.session_plan import plan_session
+    from handoff.session.host_facts import gather_host_facts
+    from handoff.session.plan import plan_session
 
     profile = load_profile(resolve_profile(args.profile))
     paths = _paths()
@@ -161,7 +161,7 @@ def _print_plan(plan: SessionPlan) -> None:
 
 
 def _running_sessions() -> list[str]:
-    from handoff.control_find import running_sessions
+    from handoff.control.find import running_sessions
 
     run: Path = _paths().run
     return running_sessions(run, os.environ, os.geteuid())
@@ -223,7 +223,7 @@ def _duration(seconds: float) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from handoff.control_client import control_socket, request, session_name
+    from handoff.control.client import control_socket, request, session_name
 
     names = [session_name(args.profile)] if args.profile else _running_sessions()
     statuses: list[dict[str, Any]] = []
@@ -265,7 +265,7 @@ def _print_display_journals() -> None:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from handoff.control_client import control_socket, request, session_name
+    from handoff.control.client import control_socket, request, session_name
 
     name = session_name(args.profile)
     result = request(
@@ -281,13 +281,13 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def cmd_switch(args: argparse.Namespace) -> int:
     """``{"command": "switch", "mode": "host"|"guest"|"toggle"}`` → the input resource."""
-    from handoff.control_client import (
+    from handoff.control.client import (
         ControlRequestError,
         control_socket,
         request,
         session_name,
     )
-    from handoff.control_protocol import ControlErrorCode
+    from handoff.control.protocol import ControlErrorCode
 
     name = session_name(args.profile)
     side = Side(args.to)
@@ -319,31 +319,31 @@ def cmd_switch(args: argparse.Namespace) -> int:
 # Each delegated module, imported only when its subcommand is the one given: plain
 # import statements (the layering test sees them), no importlib.
 def _cli_gpu() -> ModuleType:
-    from handoff import cli_gpu
+    from handoff.cli import gpu as cli_gpu
 
     return cli_gpu
 
 
 def _cli_live() -> ModuleType:
-    from handoff import cli_live
+    from handoff.cli import live as cli_live
 
     return cli_live
 
 
 def _doctor() -> ModuleType:
-    from handoff import doctor
+    from handoff.cli import doctor
 
     return doctor
 
 
 def _cli_init() -> ModuleType:
-    from handoff import cli_init
+    from handoff.cli import init as cli_init
 
     return cli_init
 
 
 def _cli_interop() -> ModuleType:
-    from handoff import cli_interop
+    from handoff.cli import interop as cli_interop
 
     return cli_interop
 

@@ -39,10 +39,9 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from handoff.errors import SessionBusyError, SessionError
-from handoff.host import HostPaths, qemu_account
-from handoff.profile.model import RESERVED_NAMES
-from handoff.run_layout import (
+from handoff.base.errors import SessionBusyError, SessionError
+from handoff.base.host import HostPaths, qemu_account
+from handoff.base.run_layout import (
     CONTROL_SOCKET,
     INPUT_MONITOR,
     JOURNAL_DIR,
@@ -55,6 +54,7 @@ from handoff.run_layout import (
     input_monitor_path,
     qemu_socket_dir,
 )
+from handoff.profile.model import RESERVED_NAMES
 
 __all__ = [
     "CONTROL_SOCKET",

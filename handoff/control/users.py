@@ -6,9 +6,9 @@ socket per allowed user in ``<run>/control/<name>/`` (root's, 0755):
 ``uid-<N>.sock`` owned by that uid, mode 0600, and ``group.sock`` owned by
 root and the ``handoff`` group, mode 0660. So the kernel lets exactly root
 and that user (or the group) connect; the session also checks every peer's
-SO_PEERCRED uid and answers only :data:`~handoff.control_access.USER_COMMANDS`
-there. Who is allowed is decided by :mod:`handoff.control_access`; the
-client finds these sockets by name (:mod:`handoff.control_find`).
+SO_PEERCRED uid and answers only :data:`~handoff.control.access.USER_COMMANDS`
+there. Who is allowed is decided by :mod:`handoff.control.access`; the
+client finds these sockets by name (:mod:`handoff.control.find`).
 """
 
 from __future__ import annotations
@@ -24,17 +24,17 @@ from pathlib import Path
 
 import trio
 
-from handoff.control import ControlCommands, serve_control
-from handoff.control_access import (
+from handoff.base.errors import ProfileError, SessionError
+from handoff.base.run_layout import USER_CONTROL_DIR, user_control_dir, user_socket
+from handoff.control.access import (
     CONTROL_GROUP,
     ControlAccess,
     control_access,
     peer_allowed,
     user_may,
 )
-from handoff.errors import ProfileError, SessionError
+from handoff.control.server import ControlCommands, serve_control
 from handoff.profile import Profile
-from handoff.run_layout import USER_CONTROL_DIR, user_control_dir, user_socket
 
 #: Mode of ``<run>/control`` and ``<run>/control/<name>``: anyone may look up a socket.
 DIRECTORY_MODE = 0o755

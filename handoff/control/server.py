@@ -19,14 +19,14 @@ protocol is JSON lines: the client writes one object per line with a
 
 The session registers ``status`` and ``stop``; resources register their own
 (the input resource registers ``switch``, whose ``mode`` string it parses
-into a :class:`~handoff.control_protocol.Side` with
-:func:`~handoff.control_protocol.switch_target`) through :class:`ControlCommands`,
-which implements :class:`handoff.resources.ControlRegistry`. A handler
+into a :class:`~handoff.control.protocol.Side` with
+:func:`~handoff.control.protocol.switch_target`) through :class:`ControlCommands`,
+which implements :class:`handoff.session.resources.ControlRegistry`. A handler
 raising a :class:`HandoffError` answers ``ok: false`` with its message and
 fix; the connection stays open for more requests. Every failure carries a
-``code`` (:class:`handoff.control_protocol.ControlErrorCode`) that clients
+``code`` (:class:`handoff.control.protocol.ControlErrorCode`) that clients
 decide by. The client half (:func:`request`) lives in
-:mod:`handoff.control_client`, which does not import trio.
+:mod:`handoff.control.client`, which does not import trio.
 """
 
 from __future__ import annotations
@@ -43,10 +43,10 @@ from typing import Any
 
 import trio
 
-from handoff.control_client import CLIENT_TIMEOUT, ControlRequestError, request
-from handoff.control_protocol import MAX_LINE, ControlErrorCode
-from handoff.errors import HandoffError
-from handoff.resources import ControlHandler, JsonObject
+from handoff.base.errors import HandoffError
+from handoff.control.client import CLIENT_TIMEOUT, ControlRequestError, request
+from handoff.control.protocol import MAX_LINE, ControlErrorCode
+from handoff.session.resources import ControlHandler, JsonObject
 
 __all__ = [
     "CLIENT_TIMEOUT",
@@ -187,7 +187,7 @@ async def serve_control(
     A stale socket file from a crashed session is replaced (the caller holds
     the run directory lock, so it cannot belong to a live session). The
     socket file is removed on the way out. A desktop user's socket
-    (:mod:`handoff.control_users`) is given to ``owner`` (uid, gid) with
+    (:mod:`handoff.control.users`) is given to ``owner`` (uid, gid) with
     ``mode``, admits only the peers ``admit`` accepts (by SO_PEERCRED uid)
     and answers only the commands ``allowed`` accepts.
     """

@@ -3,15 +3,15 @@
 ``<run>/<name>/`` is a session's 0700 run directory (lock, control socket,
 QEMU's log, the GPU journal); ``<run>/qemu/<name>/`` is QEMU's own 0700
 socket directory, owned by the user QEMU runs as (VNC, the input monitor,
-the virtio proxies' links). :mod:`handoff.rundir` creates and removes them,
-:mod:`handoff.session_plan` names them in the argv.
+the virtio proxies' links). :mod:`handoff.session.rundir` creates and removes them,
+:mod:`handoff.session.plan` names them in the argv.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from handoff.host import HostPaths
+from handoff.base.host import HostPaths
 
 LOCK_FILE = "lock"
 CONTROL_SOCKET = "control.sock"

@@ -20,13 +20,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from handoff.cli_init import STDOUT, resolve_target, write_file
-from handoff.errors import DomainImportError, ExportError, HandoffError, InteropError, PciError
-from handoff.host import HostPaths
+from handoff.base.errors import DomainImportError, ExportError, HandoffError, InteropError, PciError
+from handoff.base.host import HostPaths
+from handoff.cli.init import STDOUT, resolve_target, write_file
+from handoff.cli.profile_lookup import resolve_profile
 from handoff.interop.kubevirt import PciIds
 from handoff.pci.address import PciAddress
 from handoff.profile import Accel, Accelerator, ProfileError, load_profile, parse_profile
-from handoff.profile_lookup import resolve_profile
 
 
 def _virsh_dumpxml(domain: str) -> str:

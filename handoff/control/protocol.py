@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from enum import Enum, StrEnum
 from typing import Any
 
-from handoff.errors import SessionError
+from handoff.base.errors import SessionError
 
 __all__ = [
     "MAX_LINE", "SIDE_FIELD", "Command", "ControlErrorCode", "Field", "Side",

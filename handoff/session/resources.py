@@ -9,7 +9,7 @@ So a new capability adds a resource and never edits the shutdown logic.
 
 A resource adds nothing to QEMU's command line: every argument QEMU gets
 (vfio-pci devices, the input monitor, the virtio proxies' paths) is in the
-session plan (:mod:`handoff.session_plan`), which ``handoff argv`` prints.
+session plan (:mod:`handoff.session.plan`), which ``handoff argv`` prints.
 """
 
 from __future__ import annotations
