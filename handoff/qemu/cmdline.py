@@ -33,15 +33,9 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from handoff.base.errors import ProfileError
-from handoff.desk.looking_glass import BACKEND_ID as LG_BACKEND_ID
-from handoff.desk.looking_glass import DEVICE_ID as LG_DEVICE_ID
-from handoff.desk.looking_glass import Ivshmem
-from handoff.desk.share import qemu_args as virtiofs_args
-from handoff.desk.sound import pa_options
-from handoff.desk.usb import XHCI_ID
-from handoff.desk.usb import host_args as usb_host_args
 from handoff.pci.address import PciAddress
 from handoff.profile import (
     Accelerator,
@@ -61,10 +55,15 @@ from handoff.profile import (
     SoundModel,
     Vga,
 )
-from handoff.qemu.firmware_descriptors import FirmwareChoice
 from handoff.qemu.hyperv import NO_PLATFORM, Platform
 from handoff.tune.model import HugepageSize
-from handoff.tune.plan import MemoryBackend
+
+if TYPE_CHECKING:
+    # Start-up: the desk's, the tuning's and the firmware descriptors' modules
+    # load only for a profile that has the section (imported where used).
+    from handoff.desk.looking_glass import Ivshmem
+    from handoff.qemu.firmware_descriptors import FirmwareChoice
+    from handoff.tune.plan import MemoryBackend
 
 #: Under hide_hypervisor, the Hyper-V vendor id the guest sees instead of
 #: "Microsoft Hv"/"KVMKVMKVM" (at most 12 characters). NVIDIA's pre-465
@@ -201,16 +200,14 @@ def build_argv(profile: Profile, launch: LaunchSpec) -> list[str]:
     argv += _sound(profile, launch)
     argv += tpm_args(launch)
     argv += agent_args(launch)
-    if profile.display.tablet or profile.usb:
-        argv += ["-device", f"qemu-xhci,id={XHCI_ID}"]
-    if profile.display.tablet:
-        argv += ["-device", f"usb-tablet,bus={XHCI_ID}.0"]
-    for index, usb in enumerate(profile.usb):
-        argv += ["-device", usb_host_args(index, usb)]  # [[usb]]: one usb-host each
+    argv += _usb(profile)
     argv += passthrough_args(profile.passthrough)
     if launch.ivshmem is not None:
         argv += ivshmem_args(launch.ivshmem)
-    argv += virtiofs_args(launch.virtiofs)
+    if launch.virtiofs:
+        from handoff.desk.share import qemu_args as virtiofs_args
+
+        argv += virtiofs_args(launch.virtiofs)
     argv += input_args(launch)
     if launch.trace_file is not None:
         argv += ["-trace", INPUT_TRACE_EVENTS, "-D", str(launch.trace_file)]
@@ -256,9 +253,27 @@ def memory_backend_object(backend: MemoryBackend) -> str:
     )
 
 
+def _usb(profile: Profile) -> list[str]:
+    """The xHCI controller, display.tablet's usb-tablet and one usb-host per [[usb]]."""
+    if not (profile.display.tablet or profile.usb):
+        return []
+    from handoff.desk.usb import XHCI_ID
+    from handoff.desk.usb import host_args as usb_host_args
+
+    args = ["-device", f"qemu-xhci,id={XHCI_ID}"]
+    if profile.display.tablet:
+        args += ["-device", f"usb-tablet,bus={XHCI_ID}.0"]
+    for index, usb in enumerate(profile.usb):
+        args += ["-device", usb_host_args(index, usb)]  # [[usb]]: one usb-host each
+    return args
+
+
 def ivshmem_args(ivshmem: Ivshmem) -> list[str]:
     """Looking Glass's memory: a shared file backend and the ``ivshmem-plain`` device on it
     (BAR 2 is the memory; no balloon exists beside it: -nodefaults adds none)."""
+    from handoff.desk.looking_glass import BACKEND_ID as LG_BACKEND_ID
+    from handoff.desk.looking_glass import DEVICE_ID as LG_DEVICE_ID
+
     backend = _opts(
         "memory-backend-file", id=LG_BACKEND_ID, mem_path=str(ivshmem.path),
         size=f"{ivshmem.size_mib}M", share="on",
@@ -511,6 +526,8 @@ def _sound(profile: Profile, launch: LaunchSpec) -> list[str]:
     if backend is AudioBackend.NONE or launch.no_sound_server:
         audiodev = _opts("none", id="snd0")
     elif backend is AudioBackend.PULSEAUDIO:
+        from handoff.desk.sound import pa_options
+
         audiodev = ",".join([_opts("pa", id="snd0"), *(
             f"{key}={escape(value)}"
             for key, value in pa_options(launch.sound_server, profile.sound.latency_ms).items()

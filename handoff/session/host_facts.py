@@ -14,16 +14,16 @@ from typing import TYPE_CHECKING
 
 from handoff.base.errors import HostError, QemuError
 from handoff.base.host import HostPaths, qemu_account
-from handoff.desk.sound import SoundServer
 from handoff.pci.address import PciAddress
 from handoff.profile import Accelerator, FirmwareType, Profile, SoundModel
 from handoff.qemu.accel import choose_accel
-from handoff.qemu.firmware_descriptors import FirmwareDescriptor
 from handoff.session.plan import HostFacts, QemuOwner
-from handoff.tune.model import HostTuning
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # start-up: loaded by the profiles that use them
+    from handoff.desk.sound import SoundServer
     from handoff.live.windows import Bar
+    from handoff.qemu.firmware_descriptors import FirmwareDescriptor
+    from handoff.tune.model import HostTuning
 
 
 def _qemu_owner(user: str | None, *, strict: bool) -> QemuOwner | None:

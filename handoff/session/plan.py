@@ -41,11 +41,8 @@ from handoff.base.run_layout import (
     qemu_socket_dir,
     tpm_socket_path,
 )
-from handoff.desk.looking_glass import plan_ivshmem
-from handoff.desk.share import socket_path as share_socket
-from handoff.desk.sound import COOKIE_COPY, SoundServer
 from handoff.pci.address import PciAddress
-from handoff.profile import Accelerator, InputBackend, InputMode, Profile, TpmType
+from handoff.profile import Accelerator, FirmwareType, InputBackend, InputMode, Profile, TpmType
 from handoff.qemu.cmdline import (
     LaunchSpec,
     argv_devices,
@@ -53,11 +50,13 @@ from handoff.qemu.cmdline import (
     input_args,
     monitor_chardev,
 )
-from handoff.qemu.firmware_descriptors import FirmwareChoice, FirmwareDescriptor, choose_firmware
 from handoff.qemu.hyperv import NO_PLATFORM, Platform, platform
 
-if TYPE_CHECKING:  # the live and tuning planners load only for profiles that use them
+if TYPE_CHECKING:  # the live, tuning, desk and UEFI planners load only for profiles using them
+    from handoff.desk.looking_glass import Ivshmem
+    from handoff.desk.sound import SoundServer
     from handoff.live.windows import Bar
+    from handoff.qemu.firmware_descriptors import FirmwareChoice, FirmwareDescriptor
     from handoff.tune.model import HostTuning
     from handoff.tune.plan import MemoryBackend, TunePlan
 
@@ -199,6 +198,8 @@ class SessionPlan:
         if sound is None:
             return ()
         if self.facts.qemu_owner is not None and sound.explicit:  # vm.user reads a copy
+            from handoff.desk.sound import COOKIE_COPY
+
             return sound.environment(self.paths.qemu_socket_dir / COOKIE_COPY)
         return sound.environment()
 
@@ -277,25 +278,39 @@ def _launch(
         firmware=firmware,
         platform=guest,
         memory_backend=_memory_backend(profile, tune),
-        ivshmem=plan_ivshmem(profile.looking_glass, dev, profile.name) if profile else None,
+        ivshmem=_ivshmem(profile, dev),
         sound_server=facts.sound.socket if facts.sound and facts.sound.explicit else None,
         no_sound_server=facts.sound is not None and not facts.sound.reachable,
         virtiofs=tuple(
-            (share_socket(where.qemu_socket_dir, index), share.tag)
+            (_share_socket(where.qemu_socket_dir, index), share.tag)
             for index, share in enumerate(profile.shares)
         ) if profile else (),
     )
 
 
+def _ivshmem(profile: Profile | None, dev: Path) -> Ivshmem | None:
+    if profile is None or not profile.looking_glass.enabled:
+        return None
+    from handoff.desk.looking_glass import plan_ivshmem
+
+    return plan_ivshmem(profile.looking_glass, dev, profile.name)
+
+
+def _share_socket(directory: Path, index: int) -> Path:
+    from handoff.desk.share import socket_path
+
+    return socket_path(directory, index)
+
+
 def _memory_backend(profile: Profile | None, tune: TunePlan | None) -> MemoryBackend | None:
     """Guest RAM's backend: the tuning's hugetlb one; shared (share=on) with [[share]],
     whose virtiofsd maps guest RAM (a plain memfd without hugepages)."""
-    from handoff.tune.model import HugepageSize
-    from handoff.tune.plan import MemoryBackend
-
     backend = tune.backend if tune is not None else None
     if profile is None or not profile.shares:
         return backend
+    from handoff.tune.model import HugepageSize
+    from handoff.tune.plan import MemoryBackend  # start-up: only a profile that needs it
+
     if backend is None:
         return MemoryBackend(profile.vm.memory_mib, HugepageSize.NONE, shared=True)
     return replace(backend, shared=True)
@@ -559,6 +574,16 @@ def live_argv(argv: tuple[str, ...], profile: Profile, facts: HostFacts) -> tupl
     return tuple(out)
 
 
+def _firmware(profile: Profile, facts: HostFacts) -> FirmwareChoice | None:
+    """The UEFI build from QEMU's descriptors (None: SeaBIOS; its module loads for OVMF only)."""
+    if profile.firmware.type is not FirmwareType.OVMF:
+        return None
+    from handoff.qemu.firmware_descriptors import choose_firmware
+
+    return choose_firmware(profile.firmware, profile.vm.machine,
+                           facts.firmware_descriptors, source=str(profile.source))
+
+
 def plan_session(
     profile: Profile,
     facts: HostFacts,
@@ -576,8 +601,7 @@ def plan_session(
     """
     where = _session_paths(profile, paths)
     tune = _tune_plan(profile, facts)
-    firmware = choose_firmware(profile.firmware, profile.vm.machine,
-                               facts.firmware_descriptors, source=str(profile.source))
+    firmware = _firmware(profile, facts)
     if firmware is not None:
         profile = replace(profile, firmware=firmware.firmware)
     guest = platform(

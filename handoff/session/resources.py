@@ -15,9 +15,10 @@ session plan (:mod:`handoff.session.plan`), which ``handoff argv`` prints.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import trio
+if TYPE_CHECKING:  # start-up: building a session's resources needs no trio
+    import trio
 
 JsonObject = dict[str, Any]
 ControlHandler = Callable[[Mapping[str, Any]], Awaitable[JsonObject]]
