@@ -1,35 +1,31 @@
 """The QEMU process under trio: spawn, wait, terminate, kill.
 
-QEMU starts in its own session (``start_new_session``) so the Ctrl-C a
-person types reaches the supervisor only; the supervisor then decides how
-QEMU ends (the shutdown ladder in handoff.session.supervisor). QEMU's stdout and stderr
-go to a log file in the 0700 run directory: its own messages ("terminating
-on signal 15", a vfio error) stay readable after it exits, and their tail is
-shown when it fails to start or dies.
-
-QEMU may run as an unprivileged user (``profile.vm.user``): subprocess
-switches uid, gid and supplementary groups in the child itself, without a
-Python ``preexec_fn`` (which is unsafe with the QMP bridge's thread).
-RLIMIT_MEMLOCK for the child (VFIO pins all guest RAM) is raised in the
-supervisor just around the fork, so the child inherits it before it execs;
-libvirt does the same in its pre-exec hook.
+:func:`handoff.qemu.spawn.spawn_qemu` creates the process (its own session,
+output to the log file in the 0700 run directory, ``vm.user``'s identity,
+the memlock limit); :class:`QemuProcess` is that process seen from trio:
+:meth:`~QemuProcess.start` spawns one, :meth:`~QemuProcess.adopt` takes one
+spawned before trio was imported (``handoff run`` of a profile that changes
+nothing on the host, :mod:`handoff.session.supervisor.early`). Waiting uses a pidfd in
+trio's event loop (a thread on kernels without ``pidfd_open``), as
+``trio.Process`` does. Their log's tail is shown when QEMU fails to start or
+dies.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import resource
 import shlex
 import subprocess
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import trio
 
-from handoff.base.errors import HostError, QemuLaunchError, QemuNotFoundError
-from handoff.base.host import qemu_account
+from handoff.base.errors import QemuLaunchError
+from handoff.qemu.spawn import raised_memlock, spawn_qemu
 from handoff.session.end import describe_exit
 
 __all__ = [
@@ -57,71 +53,15 @@ def read_log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-@contextlib.contextmanager
-def raised_memlock(limit_bytes: int | None) -> Iterator[None]:
-    """Raise this process's RLIMIT_MEMLOCK to ``limit_bytes`` while forking a child.
-
-    The child inherits the raised limit; ours is restored afterwards. ``None``
-    changes nothing. Raising the hard limit needs CAP_SYS_RESOURCE.
-    """
-    if limit_bytes is None:
-        yield
-        return
-    old = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-    soft, hard = old
-    if soft == resource.RLIM_INFINITY or soft >= limit_bytes:
-        yield
-        return
-    new_hard = hard if hard == resource.RLIM_INFINITY or hard >= limit_bytes else limit_bytes
-    try:
-        resource.setrlimit(resource.RLIMIT_MEMLOCK, (limit_bytes, new_hard))
-    except (ValueError, OSError) as exc:
-        raise HostError(
-            f"cannot raise RLIMIT_MEMLOCK to {limit_bytes // (1024 * 1024)} MiB for QEMU "
-            f"(hard limit {_limit_text(hard)}): {exc}",
-            fix="run handoff as root, or raise the memlock limit in /etc/security/limits.d/",
-        ) from exc
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_MEMLOCK, old)
-
-
-def _limit_text(value: int) -> str:
-    if value == resource.RLIM_INFINITY:
-        return "unlimited"
-    return f"{value // (1024 * 1024)} MiB"
-
-
-@dataclass(frozen=True)
-class _Identity:
-    """uid, gid and supplementary groups the child switches to before exec."""
-
-    uid: int
-    gid: int
-    groups: tuple[int, ...]
-
-
-def _identity(user: str | None) -> _Identity | None:
-    """The identity QEMU runs as for ``vm.user`` (None: the supervisor's own)."""
-    if user is None:
-        return None
-    entry = qemu_account(user)
-    if os.geteuid() != 0 and entry.pw_uid != os.geteuid():
-        raise HostError(
-            f"vm.user: running QEMU as {user!r} needs root",
-            fix="run handoff as root, or remove vm.user from the profile",
-        )
-    return _Identity(entry.pw_uid, entry.pw_gid, tuple(os.getgrouplist(user, entry.pw_gid)))
-
-
 @dataclass
 class QemuProcess:
-    """A running (or finished) QEMU, spawned by :meth:`start`."""
+    """A running (or finished) QEMU: :meth:`start` spawns it, :meth:`adopt` takes it."""
 
     argv: tuple[str, ...]
     log_path: Path
-    _process: trio.Process
+    _popen: subprocess.Popen[bytes]
+    _pidfd: int | None = None
+    _wait_lock: trio.Lock = field(default_factory=trio.Lock)
 
     @classmethod
     async def start(
@@ -135,75 +75,68 @@ class QemuProcess:
         scoped: bool = False,
         environment: Sequence[tuple[str, str]] = (),
     ) -> QemuProcess:
-        """Spawn QEMU in its own session with its output appended to ``log_path``.
+        """:func:`handoff.qemu.spawn.spawn_qemu` in a worker thread (the fork and exec
+        do not stall the event loop), adopted. Raises QemuNotFoundError when the binary
+        is missing."""
+        spawn = partial(
+            spawn_qemu, argv, log_path=log_path, pass_fds=pass_fds, user=user,
+            memlock_bytes=memlock_bytes, scoped=scoped, environment=environment,
+        )
+        return cls.adopt(await trio.to_thread.run_sync(spawn), argv, log_path)
 
-        ``pass_fds`` are inherited under the same numbers (the QMP socketpair
-        end). Raises QemuNotFoundError when the binary is missing. ``scoped``:
-        ``argv`` is QEMU wrapped in ``systemd-run --scope`` (``cpu.isolate``),
-        which must start as root and switches to ``user`` itself (``--uid``)
-        after making the scope; the child only sets the user's groups.
-        ``environment``: variables added to the supervisor's (the plan's).
-        """
-        argv = tuple(argv)
-        identity = _identity(user)
-        switch = None if identity is None or scoped else identity
-        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        try:
-            if identity is not None:
-                # QEMU running as the user must still be able to write its log.
-                os.fchown(log_fd, identity.uid, -1)
-            with raised_memlock(memlock_bytes):
-                process = await trio.lowlevel.open_process(
-                    list(argv),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_fd,
-                    stderr=subprocess.STDOUT,
-                    pass_fds=tuple(pass_fds),
-                    start_new_session=True,
-                    user=None if switch is None else switch.uid,
-                    group=None if switch is None else switch.gid,
-                    extra_groups=None if identity is None else identity.groups,
-                    env={**os.environ, **dict(environment)} if environment else None,
-                )
-        except FileNotFoundError as exc:
-            raise QemuNotFoundError(
-                f"QEMU is not installed: {argv[0]} not found",
-                fix="apt-get install qemu-system-x86 (or set the binary in the profile)",
-            ) from exc
-        except PermissionError as exc:
-            raise QemuNotFoundError(
-                f"cannot execute {argv[0]}: {exc.strerror}",
-                fix=f"check the permissions of {argv[0]}",
-            ) from exc
-        finally:
-            os.close(log_fd)
-        return cls(argv=argv, log_path=log_path, _process=process)
+    @classmethod
+    def adopt(
+        cls, popen: subprocess.Popen[bytes], argv: Sequence[str], log_path: Path
+    ) -> QemuProcess:
+        """The QEMU ``popen`` runs: ``argv`` spawned by
+        :func:`~handoff.qemu.spawn.spawn_qemu`, its output in ``log_path``."""
+        pidfd = None
+        with contextlib.suppress(AttributeError, OSError):  # no pidfd: waitid in a thread
+            pidfd = os.pidfd_open(popen.pid)
+        return cls(argv=tuple(argv), log_path=log_path, _popen=popen, _pidfd=pidfd)
 
     @property
     def pid(self) -> int:
-        return self._process.pid
+        return self._popen.pid
 
     @property
     def returncode(self) -> int | None:
         """None while QEMU runs; its exit status (negative: killed by that signal) after."""
-        return self._process.poll()
+        return self._popen.poll()
+
+    async def wait(self) -> int:
+        """Wait for QEMU to exit; safe to call from several tasks at once."""
+        async with self._wait_lock:
+            if self._popen.poll() is None:
+                if self._pidfd is not None:
+                    await trio.lowlevel.wait_readable(self._pidfd)
+                else:
+                    waitid = partial(os.waitid, os.P_PID, self.pid, os.WEXITED | os.WNOWAIT)
+                    await trio.to_thread.run_sync(waitid, abandon_on_cancel=True)
+                self._popen.wait()  # exited: reaps at once
+            self._close_pidfd()
+        returncode = self._popen.returncode
+        assert returncode is not None
+        return returncode
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd is not None:
+            trio.lowlevel.notify_closing(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    def terminate(self) -> None:
+        """SIGTERM: QEMU shuts the VM down as if the power were cut, then exits."""
+        self._popen.terminate()
+
+    def kill(self) -> None:
+        """SIGKILL: the last rung of the ladder."""
+        self._popen.kill()
 
     @property
     def command(self) -> str:
         """The command line as a person can paste it into a shell."""
         return shlex.join(self.argv)
-
-    async def wait(self) -> int:
-        """Wait for QEMU to exit; safe to call from several tasks at once."""
-        return await self._process.wait()
-
-    def terminate(self) -> None:
-        """SIGTERM: QEMU shuts the VM down as if the power were cut, then exits."""
-        self._process.terminate()
-
-    def kill(self) -> None:
-        """SIGKILL: the last rung of the ladder."""
-        self._process.kill()
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         return read_log_tail(self.log_path, lines)

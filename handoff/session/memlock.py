@@ -7,7 +7,7 @@ failed", "VFIO_MAP_DMA: -12" in QEMU's log) after the GPU has already left
 the host; so preflight checks that the limit can cover guest RAM plus
 1 GiB of headroom (ROMs, BARs mapped for peer-to-peer, QEMU's own pinned
 buffers) and the spawner raises it for the QEMU child
-(:func:`handoff.qemu.process.raised_memlock`), or refuses with the
+(:func:`handoff.qemu.spawn.raised_memlock`), or refuses with the
 limits.d line that fixes it (the amount is the session plan's
 :func:`handoff.session.plan.required_memlock`). The seed guide's limits.conf lines
 (``<username> soft/hard memlock 80000000``) are the same fix by hand.

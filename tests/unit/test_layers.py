@@ -198,6 +198,7 @@ LAYERS: dict[str, Layer] = {
     "handoff.qemu.probe_cache": E,
     "handoff.qemu.firmware_search": E,
     "handoff.qemu.process": E,
+    "handoff.qemu.spawn": E,
     "handoff.qemu.qmp": E,
     "handoff.qemu.wire": E,
     "handoff.qemu.agent": E,
