@@ -106,24 +106,31 @@ def _setup_logging(verbosity: int) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import trio
-
     from handoff.profile import load_profile
-    from handoff.session.supervisor import Session, default_resources, preflight
+    from handoff.session.start import preflight
 
     profile = load_profile(resolve_profile(args.profile))
     paths = _paths()
     if args.dry_run:
         _print_plan(preflight(profile, paths, binary=args.qemu, trace_file=args.trace_input).plan)
         return 0
-    session = Session(
-        profile,
-        paths,
-        lambda plan: default_resources(plan, paths),  # built from the preflight's plan
-        binary=args.qemu,
-        trace_file=args.trace_input,
-    )
-    outcome = trio.run(session.run)
+    # Before trio: the preflight, the resources from its plan and, for a plan with
+    # no resource, QEMU's spawn, so QEMU starts while the supervisor loads.
+    from handoff.session.early import prepare
+
+    prepared = prepare(profile, paths, binary=args.qemu, trace_file=args.trace_input)
+    try:
+        import trio
+
+        from handoff.session.supervisor import Session
+
+        session = Session(
+            profile, paths, prepared.resources, binary=args.qemu,
+            trace_file=args.trace_input, prepared=prepared,
+        )
+        outcome = trio.run(session.run)
+    finally:
+        prepared.close()  # QEMU and the run directory, if no session took them
     print(f"handoff: ended: {outcome.summary} (exit {outcome.status})", flush=True)
     if outcome.log_tail:
         print("handoff: last lines of QEMU's log:", file=sys.stderr)

@@ -14,59 +14,25 @@ client finds these sockets by name (:mod:`handoff.control.find`).
 from __future__ import annotations
 
 import contextlib
-import grp
 import os
-import pwd
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import trio
 
-from handoff.base.errors import ProfileError, SessionError
+from handoff.base.errors import SessionError
 from handoff.base.run_layout import USER_CONTROL_DIR, user_control_dir, user_socket
 from handoff.control.access import (
-    CONTROL_GROUP,
     ControlAccess,
-    control_access,
     peer_allowed,
     user_may,
 )
 from handoff.control.server import ControlCommands, serve_control
-from handoff.profile import Profile
 
 #: Mode of ``<run>/control`` and ``<run>/control/<name>``: anyone may look up a socket.
 DIRECTORY_MODE = 0o755
-
-
-def resolve_access(profile: Profile, environ: Mapping[str, str]) -> ControlAccess:
-    """The users a root session lets in: its starter, ``[control] users``, the group."""
-    uids = []
-    for index, name in enumerate(profile.control.users):
-        try:
-            uids.append(pwd.getpwnam(name).pw_uid)
-        except KeyError:
-            raise ProfileError(
-                f"the user {name!r} does not exist on this host",
-                path=str(profile.source), key=f"control.users[{index}]",
-                fix=f"create the account, or remove {name!r} from [control] users",
-            ) from None
-    try:
-        group = grp.getgrnam(CONTROL_GROUP)
-    except KeyError:
-        return control_access(environ, uids)
-    members = {pwd.getpwnam(m).pw_uid for m in group.gr_mem if _exists(m)}
-    members |= {e.pw_uid for e in pwd.getpwall() if e.pw_gid == group.gr_gid}
-    return control_access(environ, uids, (group.gr_gid, members))
-
-
-def _exists(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
 
 
 def _admit(access: ControlAccess, socket_uid: int | None) -> Callable[[int | None], bool]:

@@ -1,7 +1,7 @@
 """``[control]``: parsing the users who may control a root session. Pure.
 
 The accounts' existence is a host fact, checked when the session starts
-(:func:`handoff.control.users.resolve_access`); here only the shape: an
+(:func:`handoff.control.accounts.resolve_access`); here only the shape: an
 array of account names.
 """
 

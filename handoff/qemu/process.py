@@ -133,6 +133,13 @@ class QemuProcess:
         """SIGKILL: the last rung of the ladder."""
         self._popen.kill()
 
+    def kill_and_reap(self) -> None:
+        """SIGKILL and wait, blocking: for a QEMU no ladder will handle (started early,
+        paused, and the session failed before supervising it); SIGKILL ends it at once."""
+        self._popen.kill()
+        self._popen.wait()
+        self._close_pidfd()
+
     @property
     def command(self) -> str:
         """The command line as a person can paste it into a shell."""

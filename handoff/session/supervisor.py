@@ -41,17 +41,17 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from handoff.base.errors import HandoffError, QemuLaunchError, QmpError, SessionError
 from handoff.base.host import HostPaths
+from handoff.control.accounts import resolve_access
 from handoff.control.protocol import Command, Field
 from handoff.control.server import ControlCommands, serve_control
-from handoff.control.users import resolve_access, serve_user_control
+from handoff.control.users import serve_user_control
 from handoff.profile import Accelerator, Profile
-from handoff.qemu.agent import GuestAgent
 from handoff.qemu.cmdline import format_argv
 from handoff.qemu.firmware_vars import ensure_firmware_vars
 from handoff.qemu.process import QemuProcess, read_log_tail
@@ -62,6 +62,7 @@ from handoff.qemu.qmp import (
     QmpEvent,
     connect_qmp,
 )
+from handoff.session.early import Prepared
 from handoff.session.end import (
     ExitStatus,
     StopRequest,
@@ -80,6 +81,10 @@ from handoff.session.start import (
     session_argv,
     session_plan,
 )
+
+if TYPE_CHECKING:
+    from handoff.live.guest import EventHub
+    from handoff.qemu.agent import GuestAgent
 
 __all__ = [
     "LAUNCH_EXIT_GRACE",
@@ -149,19 +154,22 @@ class SessionVm:
     def __init__(self, pid: int, qmp: QmpConnection) -> None:
         self._pid = pid
         self._qmp = qmp
-        from handoff.live.guest import EventHub  # trio only: no edge module
-
-        self._events = EventHub()
+        self._events: EventHub | None = None  # made by the first subscriber (start-up)
 
     def subscribe(
         self, names: Iterable[str]
     ) -> contextlib.AbstractContextManager[trio.MemoryReceiveChannel[dict[str, Any]]]:
         """QMP events named ``names`` from now on, while the context is open (typed
         subscription for resources: the live GPU waits for DEVICE_DELETED)."""
+        if self._events is None:
+            from handoff.live.guest import EventHub  # trio only: no edge module
+
+            self._events = EventHub()
         return self._events.subscribe(names)
 
     def deliver(self, event: QmpEvent) -> None:
-        self._events.deliver(event)
+        if self._events is not None:  # else nobody subscribed: nobody to tell
+            self._events.deliver(event)
 
     @property
     def pid(self) -> int:
@@ -195,6 +203,10 @@ class Session:
     SIGINT/SIGTERM/SIGHUP handlers (the CLI; off for in-process tests that
     drive stops through the control socket). ``trace_file`` turns on QEMU's
     input-event trace (tests and benchmarks observe forwarding there).
+    ``prepared``: what ``handoff run`` did before importing trio
+    (:func:`handoff.session.early.prepare`): its preflight is used instead of
+    running one, and a QEMU it spawned early is adopted at once (from then on
+    the session's cleanup covers it, and signals held since are acted on).
     """
 
     def __init__(
@@ -211,6 +223,7 @@ class Session:
         memlock_bytes: int | None = None,
         greeting_timeout: float = CONNECT_TIMEOUT,
         on_qmp_ready: Callable[[], None] | None = None,
+        prepared: Prepared | None = None,
     ) -> None:
         self.profile = profile
         self.paths = paths
@@ -224,6 +237,7 @@ class Session:
         self.memlock_bytes = memlock_bytes
         self.greeting_timeout = greeting_timeout
         self.on_qmp_ready = on_qmp_ready
+        self._prepared = prepared
         self.commands = ControlCommands()
         self.commands.register(Command.STATUS, self._control_status)
         self.commands.register(Command.STOP, self._control_stop)
@@ -289,40 +303,69 @@ class Session:
         state = self._state
         state.started = time.monotonic()
         state.phase = Phase.PREFLIGHT
-        checks = preflight(
-            self.profile, self.paths, binary=self.binary, trace_file=self.trace_file
-        )
-        state.accel, state.accel_reason = checks.accel, checks.accel_reason
-        if self._build is not None:
-            self.resources = tuple(self._build(checks.plan))
-        self.report(f"preflight ok: accelerator {checks.accel} ({checks.accel_reason})")
-        for warning in checks.plan.warnings:
-            self.report(f"warning: {warning}")
-        for note in checks.plan.notes:
-            self.report(note)
-        access = resolve_access(self.profile, os.environ)  # [control] users exist
-        rundir = RunDir.acquire(self.paths, self.profile.name, qemu_user=self.profile.vm.user)
+        prepared = self._prepared
+        early = prepared.qemu if prepared is not None else None
+        rundir = None
+        if early is not None:  # adopted first: from here on every exit path is ours
+            early.adopted = True
+            rundir = early.rundir
+            self._process = QemuProcess.adopt(early.popen, early.argv, rundir.qemu_log)
         try:
+            if prepared is not None:
+                checks = prepared.checks
+            else:
+                checks = preflight(
+                    self.profile, self.paths, binary=self.binary, trace_file=self.trace_file
+                )
+            state.accel, state.accel_reason = checks.accel, checks.accel_reason
+            if self._build is not None:
+                self.resources = tuple(self._build(checks.plan))
+            self.report(f"preflight ok: accelerator {checks.accel} ({checks.accel_reason})")
+            for warning in checks.plan.warnings:
+                self.report(f"warning: {warning}")
+            for note in checks.plan.notes:
+                self.report(note)
+            if early is not None:
+                access, locked = early.access, early.rundir
+            else:
+                access = resolve_access(self.profile, os.environ)  # [control] users exist
+                locked = rundir = RunDir.acquire(
+                    self.paths, self.profile.name, qemu_user=self.profile.vm.user
+                )
             with _collapse_groups():
                 async with trio.open_nursery() as top:
                     if self.handle_signals:
                         await top.start(self._signal_task)
                     # Up before any resource is acquired: `handoff stop` works
                     # during a slow GPU detach too.
-                    await top.start(serve_control, rundir.control_socket, self.commands)
+                    await top.start(serve_control, locked.control_socket, self.commands)
                     await top.start(
                         serve_user_control, self.paths.run, self.profile.name, self.commands,
                         access,
                     )
                     try:
-                        outcome = await self._run_locked(rundir, checks)
+                        outcome = await self._run_locked(locked, checks)
                     finally:
                         top.cancel_scope.cancel()
             return outcome
         finally:
-            state.phase = Phase.ENDED
-            if not rundir.release():
-                self.report(f"left {rundir.path} in place: it holds state for `handoff recover`")
+            if early is not None:
+                self._end_unsupervised(early.monitor)
+            if rundir is not None:
+                state.phase = Phase.ENDED
+                if not rundir.release():
+                    self.report(
+                        f"left {rundir.path} in place: it holds state for `handoff recover`"
+                    )
+
+    def _end_unsupervised(self, monitor: socket.socket) -> None:
+        """An early-started QEMU the session failed before supervising (an error
+        before the ladder could run): killed (paused: the guest never ran) and
+        reaped; its monitor socket closed. Nothing to do when the cleanup ran."""
+        monitor.close()
+        process = self._process
+        if process is not None and process.returncode is None:
+            process.kill_and_reap()
 
     # ------------------------------------------------------------------ steps
 
@@ -335,8 +378,11 @@ class Session:
                     self._startup_scope.cancel()
                 agent_socket = checks.plan.paths.agent_socket
                 if agent_socket is not None:
+                    from handoff.qemu.agent import GuestAgent  # start-up: only when configured
+
                     self._agent = GuestAgent(agent_socket)
-                ensure_firmware_vars(checks.plan.profile)  # the firmware the plan chose
+                if self._process is None:  # else started early, the vars made before
+                    ensure_firmware_vars(checks.plan.profile)  # the firmware the plan chose
                 state.phase = Phase.ACQUIRING
                 for resource in self.resources:
                     await resource.acquire()
@@ -355,6 +401,30 @@ class Session:
                 await self._cleanup(qmp)
 
     async def _start_qemu(self, rundir: RunDir, checks: Preflight) -> QmpConnection:
+        early = self._prepared.qemu if self._prepared is not None else None
+        if early is not None:  # spawned before trio was imported, adopted in run()
+            ours = early.monitor
+        else:
+            ours = await self._spawn(rundir, checks)
+        process = self._process
+        assert process is not None
+        self.report(f"QEMU started, pid {process.pid} (log: {rundir.qemu_log})")
+        for resource in self._acquired:
+            resource.note_qemu_pid(process.pid)
+        try:
+            qmp = await connect_qmp(
+                ours, greeting_timeout=self.greeting_timeout, name=self.profile.name
+            )
+        except QmpError as exc:
+            ours.close()
+            raise await self._launch_failure(process, exc) from exc
+        self.report("QMP connected")
+        if self.on_qmp_ready is not None:
+            self.on_qmp_ready()
+        return qmp
+
+    async def _spawn(self, rundir: RunDir, checks: Preflight) -> socket.socket:
+        """QEMU spawned with the plan's argv; returns the supervisor's end of QMP's socketpair."""
         memlock = self._memlock_for_child()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -374,21 +444,7 @@ class Session:
             raise
         finally:
             theirs.close()
-        process = self._process
-        self.report(f"QEMU started, pid {process.pid} (log: {rundir.qemu_log})")
-        for resource in self._acquired:
-            resource.note_qemu_pid(process.pid)
-        try:
-            qmp = await connect_qmp(
-                ours, greeting_timeout=self.greeting_timeout, name=self.profile.name
-            )
-        except QmpError as exc:
-            ours.close()
-            raise await self._launch_failure(process, exc) from exc
-        self.report("QMP connected")
-        if self.on_qmp_ready is not None:
-            self.on_qmp_ready()
-        return qmp
+        return ours
 
     async def _launch_failure(
         self, process: QemuProcess, exc: HandoffError, detail: str = ""
@@ -506,16 +562,22 @@ class Session:
     async def _signal_task(self, *, task_status: trio.TaskStatus[None]) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             task_status.started()
+            early = self._prepared.qemu if self._prepared is not None else None
+            for held in early.signals.received if early is not None else ():
+                self._on_signal(held)  # held since before the early spawn
             async for number in signals:
-                name = signal.Signals(number).name
-                if self._state.stop is None:
-                    self.report(f"{name}: stopping (again to force)")
-                    self.request_stop(StopRequest("signal", number))
-                elif not self._state.force:
-                    self.report(f"{name} again: forcing")
-                    self.request_stop(StopRequest("signal", number), force=True)
-                else:
-                    self.report(f"{name}: already forcing; QEMU is being stopped")
+                self._on_signal(number)
+
+    def _on_signal(self, number: int) -> None:
+        name = signal.Signals(number).name
+        if self._state.stop is None:
+            self.report(f"{name}: stopping (again to force)")
+            self.request_stop(StopRequest("signal", number))
+        elif not self._state.force:
+            self.report(f"{name} again: forcing")
+            self.request_stop(StopRequest("signal", number), force=True)
+        else:
+            self.report(f"{name}: already forcing; QEMU is being stopped")
 
     async def _control_status(self, _: Mapping[str, Any]) -> JsonObject:
         status = self.status()

@@ -255,7 +255,7 @@ def test_peer_uid_is_the_kernels_word() -> None:
 
 def test_control_users_are_checked(tmp_path: Path) -> None:
     from handoff.base.errors import ProfileError
-    from handoff.control.users import resolve_access
+    from handoff.control.accounts import resolve_access
     from handoff.profile import parse_profile
 
     base = '[vm]\nname = "w"\nmemory = "1G"\n[control]\n'

@@ -47,6 +47,7 @@ LAYERS: dict[str, Layer] = {
     # issue 22: desktop-user control, hooks, host keys, the monitor
     "handoff.control.access": C,
     "handoff.control.users": E,
+    "handoff.control.accounts": E,
     "handoff.control.find": E,
     "handoff.profile.control": C,
     "handoff.profile.hooks": C,
@@ -232,6 +233,7 @@ LAYERS: dict[str, Layer] = {
     "handoff.session.ladder": S,
     "handoff.session.supervisor": S,
     "handoff.session.start": S,
+    "handoff.session.early": S,
     "handoff.session.recovery": S,
     # commands
     "handoff.cli.doctor": K,
