@@ -142,6 +142,54 @@ def test_status_switch_and_stop_import_no_trio_qmp_pci_or_input(
     assert heavy == []
 
 
+#: What `handoff run` of a plain profile (the demo: no disk, GPU, input, tuning, desk,
+#: TPM, hook or monitor) must not load before QEMU is spawned: trio and the QMP bridge
+#: load while QEMU starts; the capabilities the profile has no section for, never.
+NOT_BEFORE_SPAWN = (
+    "trio", "qemu.qmp", "asyncio", "attr", "outcome", "evdev", "pyudev",
+    "handoff.session.supervisor", "handoff.control.server", "handoff.control.users",
+    "handoff.qemu.process", "handoff.qemu.qmp", "handoff.qemu.agent",
+    "handoff.qemu.firmware_descriptors", "handoff.qemu.firmware_search",
+    "handoff.tune.plan", "handoff.tune.pinning", "handoff.tune.hugepages",
+    "handoff.tune.governor", "handoff.tune.isolation", "handoff.tune.topology",
+    "handoff.tune.resource", "handoff.desk.", "handoff.live.", "handoff.input.",
+    "handoff.tpm.", "handoff.hooks.", "handoff.monitor.plan", "handoff.display.",
+    "handoff.journal", "handoff.interop", "handoff.init", "handoff.pci.sysfs",
+    "handoff.pci.resource", "handoff.pci.ops", "handoff.cli.doctor", "handoff.checks.tune",
+)
+
+
+def test_run_of_a_plain_profile_loads_no_trio_and_no_unused_capability_before_qemu(
+    tmp_path: Path,
+) -> None:
+    """Everything `handoff run` does before the early spawn (the preflight's modules,
+    the plan, the resources built from it, the spawn's own) on the demo profile."""
+    program = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from handoff.base.host import HostPaths\n"
+        "from handoff.cli.main import build_parser\n"
+        "from handoff.profile import load_profile\n"
+        "from handoff.session import early\n"
+        "from handoff.session.host_facts import gather_host_facts\n"
+        "from handoff.session.start import default_resources, session_plan\n"
+        "build_parser(['run'])\n"
+        "profile = load_profile(Path('profiles/demo.toml'))\n"
+        "paths = HostPaths.from_environment()\n"
+        "plan = session_plan(profile, paths, gather_host_facts(profile, paths, strict=False))\n"
+        "assert default_resources(plan, paths) == []\n"
+        "print(json.dumps(sorted(sys.modules)), file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        env={**os.environ, "HANDOFF_RUN_DIR": str(tmp_path), "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, check=True, cwd=REPO,
+    )
+    loaded = set(json.loads(done.stderr.splitlines()[-1]))
+    assert "handoff.session.early" in loaded
+    assert sorted(m for m in loaded if m.startswith(NOT_BEFORE_SPAWN)) == []
+
+
 def test_a_delegated_subcommand_is_imported_only_when_it_is_the_command(tmp_path: Path) -> None:
     loaded = modules_after(["groups", "--json"], {"HANDOFF_SYSFS_ROOT": str(tmp_path)})
     assert "handoff.pci.commands" in loaded
