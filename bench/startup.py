@@ -232,6 +232,67 @@ def cli_round(profile: Profile, profile_path: Path, env: dict[str, str]) -> CliR
     return result
 
 
+#: The `handoff run` CLI under an audit hook that stamps each step (CLOCK_MONOTONIC,
+#: so comparable with the parent's spawn time): where its milliseconds go.
+PHASE_DRIVER = r"""
+import json, os, sys, time
+marks = {"interpreter": time.perf_counter()}
+STEPS = {"handoff.profile": "cli module", "handoff.session.start": "profile loaded",
+         "trio": "preflight, plan, spawn", "handoff.session.supervisor": "trio"}
+
+
+def hook(event, args):
+    if event == "import" and args[0] in STEPS and STEPS[args[0]] not in marks:
+        marks[STEPS[args[0]]] = time.perf_counter()
+
+
+sys.addaudithook(hook)
+import builtins
+_print = builtins.print
+
+
+def stamped(*args, **kwargs):
+    text = " ".join(map(str, args))
+    if "preflight ok" in text:
+        marks["supervisor, asyncio, qemu.qmp"] = time.perf_counter()
+    if "QMP connected" in text:
+        marks["session to QMP connected"] = time.perf_counter()
+        sys.stderr.write("PHASES " + json.dumps(marks) + "\n")
+        sys.stderr.flush()
+    _print(*args, **kwargs)
+
+
+builtins.print = stamped
+from handoff.cli.main import main
+
+sys.exit(main(["run", sys.argv[1]]))
+"""
+PHASES = ("interpreter", "cli module", "profile loaded", "preflight, plan, spawn", "trio",
+          "supervisor, asyncio, qemu.qmp", "session to QMP connected")
+
+
+def phases_round(profile: Profile, profile_path: Path, env: dict[str, str]) -> dict[str, float]:
+    """One `handoff run` with its steps stamped: seconds each step took, spawn to QMP."""
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-c", PHASE_DRIVER, str(profile_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    for text in process.stdout:
+        if "QMP connected" in text:
+            timed_process([*handoff_command(), "stop", "--force", profile.name], env)
+    marks: dict[str, float] = {}
+    for text in process.stderr:
+        if text.startswith("PHASES "):
+            marks = json.loads(text.removeprefix("PHASES "))
+    process.wait(timeout=60)
+    assert list(marks) == list(PHASES), marks
+    times = [start, *marks.values()]
+    return {name: times[i + 1] - times[i] for i, name in enumerate(PHASES)}
+
+
 def line(label: str, values: list[float], base: list[float] | None = None,
          goal: str = "") -> str:
     """One arm: median | best in ms, and the ratios of both against ``base``."""
@@ -263,6 +324,7 @@ def main() -> int:
         warm: list[float] = []
         nothing: list[float] = []
         cli: list[CliRound] = []
+        phases: list[dict[str, float]] = []
         cold = session_round(profile, paths)  # pays the capability probe (in memory)
         cli_cold = None if args.no_cli else cli_round(profile, args.profile, env)
         tpm = None
@@ -288,6 +350,7 @@ def main() -> int:
             if not args.no_cli:
                 nothing.append(timed_process([sys.executable, "-c", "pass"], env))
                 cli.append(cli_round(profile, args.profile, env))
+                phases.append(phases_round(profile, args.profile, env))
     load = os.getloadavg()
     print(f"profile {profile.name}, accel {accel}, {args.rounds} rounds (median | best), "
           f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}, "
@@ -308,6 +371,9 @@ def main() -> int:
         print(line("python -c pass", nothing))
         print(line("handoff status → answer", [c.status for c in cli], nothing, "3x"))
         print(line("handoff switch → answer", [c.switch for c in cli], nothing, "3x"))
+        print("  where `handoff run`'s milliseconds go (median of each step, spawn → QMP):")
+        for name in PHASES:
+            print(f"    {name:<30} {statistics.median(p[name] for p in phases) * 1000:7.1f} ms")
     return 0
 
 
