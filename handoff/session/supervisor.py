@@ -9,7 +9,9 @@ Steps:
 2. run directory (0700) and its lock: one profile runs once.
 3. host resources acquired in order (GPU to vfio-pci, input proxies, ...).
 4. the plan's argv spawned (paused, in its own session); QMP connected over
-   a socketpair; resources told the VM is up; ``cont``.
+   a socketpair; resources told the VM is up; ``cont``. For a plan with no
+   resource, ``handoff run`` did steps 1, 2 and the spawn before importing
+   trio (:mod:`handoff.session.early`); the session adopts that QEMU.
 5. tasks: QMP events, control socket, signals, the resources' own tasks.
 6. the VM ends (guest power-off, ``handoff stop``, Ctrl-C, SIGTERM, a crash,
    an exception in any task) → the shutdown ladder until QEMU is gone.
