@@ -133,12 +133,17 @@ class QemuProcess:
         """SIGKILL: the last rung of the ladder."""
         self._popen.kill()
 
-    def kill_and_reap(self) -> None:
-        """SIGKILL and wait, blocking: for a QEMU no ladder will handle (started early,
-        paused, and the session failed before supervising it); SIGKILL ends it at once."""
+    def kill_and_reap(self, timeout: float) -> bool:
+        """SIGKILL and wait up to ``timeout`` seconds, blocking: for a QEMU no ladder
+        will handle (started early, paused, and the session failed before supervising
+        it). False: it did not exit in time (stuck in the kernel), left as it is."""
         self._popen.kill()
-        self._popen.wait()
+        try:
+            self._popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
         self._close_pidfd()
+        return True
 
     @property
     def command(self) -> str:

@@ -366,8 +366,10 @@ class Session:
         reaped; its monitor socket closed. Nothing to do when the cleanup ran."""
         monitor.close()
         process = self._process
-        if process is not None and process.returncode is None:
-            process.kill_and_reap()
+        if process is None or process.returncode is not None:
+            return
+        if not process.kill_and_reap(LAUNCH_EXIT_GRACE):
+            self.report(f"QEMU (pid {process.pid}) did not exit on SIGKILL")
 
     # ------------------------------------------------------------------ steps
 

@@ -24,6 +24,7 @@ import pytest
 from handoff.base.host import HostPaths
 from handoff.profile import load_profile
 from handoff.session.early import prepare
+from handoff.session.supervisor import Session
 
 from .conftest import pid_gone, write_profile
 
@@ -169,5 +170,29 @@ def test_a_plan_with_a_resource_is_not_started_early(tmp_path: Path) -> None:
         assert [r.name for r in prepared.resources] != []
         assert prepared.qemu is None  # the session acquires the hooks, then spawns QEMU
         assert not paths.session_dir("early-hook").exists()
+    finally:
+        prepared.close()
+
+
+async def test_an_error_after_the_session_adopted_qemu_but_before_supervising_it_kills_it(
+    tmp_path: Path,
+) -> None:
+    profile = load_profile(write_profile(tmp_path, "early-adopted"))
+    paths = HostPaths(run=tmp_path / "run")
+    prepared = prepare(profile, paths)
+    assert prepared.qemu is not None
+    pid = prepared.qemu.popen.pid
+
+    def report(line: str) -> None:
+        if line.startswith("preflight ok"):  # after the adoption, before any task
+            raise RuntimeError("injected: reporting failed")
+
+    session = Session(profile, paths, prepared.resources, report=report,
+                      handle_signals=False, prepared=prepared)
+    try:
+        with pytest.raises(RuntimeError, match="injected"):
+            await session.run()
+        assert pid_gone(pid)  # killed and reaped by the session, not by close()
+        assert not paths.session_dir("early-adopted").exists()
     finally:
         prepared.close()
