@@ -24,11 +24,19 @@ Three measurements (each prints one summary line per arm and the ratio):
     tests/testbed/testbed.sh -- .venv/bin/python bench/input_latency.py testbed
     tests/testbed/testbed.sh -- .venv/bin/python bench/input_latency.py burst --seconds 60
     tests/testbed/testbed.sh -- .venv/bin/python bench/input_latency.py virtio
+    tests/testbed/testbed.sh -- .venv/bin/python bench/input_latency.py virtio-e2e [--burst]
 
 ``virtio`` (testbed)
     handoff's own cost on the virtio path: source evdev event → the copy in
     the uinput proxy (kernel timestamps on both ends). QEMU reads the proxy
     as input-linux reads a device, so add the anchor's latency.
+
+``virtio-e2e`` (testbed, boots a small Linux guest; bench/virtio_e2e.py)
+    The whole virtio path, source write → the event in the guest's virtio
+    ring (QEMU's ``virtqueue_flush`` trace), against input-linux delivering
+    to a virtio-mouse and virtio-input-host reading the source directly,
+    same QEMU, same run. ``--burst``: handoff's path at ``--hz``, ring
+    elements counted against what was written.
 """
 
 from __future__ import annotations
@@ -397,11 +405,12 @@ async def virtio(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=("host", "testbed", "burst", "virtio"))
+    parser.add_argument("mode", choices=("host", "testbed", "burst", "virtio", "virtio-e2e"))
     parser.add_argument("--frames", type=int, default=2000)
     parser.add_argument("--hz", type=float, default=None)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--in-flight", type=int, default=IN_FLIGHT, help="handoff's request depth")
+    parser.add_argument("--burst", action="store_true", help="virtio-e2e: loss, not latency")
     args = parser.parse_args()
     if args.mode == "host":
         args.hz = args.hz or 1000.0
@@ -409,6 +418,11 @@ def main() -> None:
     elif args.mode == "virtio":
         args.hz = args.hz or 1000.0
         trio.run(virtio, args)
+    elif args.mode == "virtio-e2e":
+        from virtio_e2e import run as virtio_e2e  # this script's directory
+
+        args.hz = args.hz or (8000.0 if args.burst else 1000.0)
+        trio.run(virtio_e2e, args, summary, ratio)
     else:
         args.hz = args.hz or (1000.0 if args.mode == "testbed" else 8000.0)
         trio.run(testbed, args, "latency" if args.mode == "testbed" else "burst")

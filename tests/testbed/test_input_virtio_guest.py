@@ -110,8 +110,10 @@ while true; do sleep 30; echo "L2ALIVE $(cut -d' ' -f1 /proc/uptime)"; done
 """
 
 
-def build_initramfs(workdir: Path) -> tuple[Path, Path]:
-    """The testbed kernel's vmlinuz and a busybox initramfs with virtio_input + evdev."""
+def build_initramfs(workdir: Path, init_script: str = L2_INIT) -> tuple[Path, Path]:
+    """The testbed kernel's vmlinuz and a busybox initramfs with virtio_input + evdev.
+
+    ``init_script``: the guest's /init (bench/virtio_e2e.py gives one that reads nothing)."""
     (root,) = [p for p in KERNEL_CACHE.iterdir() if (p / "kernel.json").exists()]
     release = json.loads((root / "kernel.json").read_text())["release"]
     depends = subprocess.run(
@@ -131,7 +133,7 @@ def build_initramfs(workdir: Path) -> tuple[Path, Path]:
             order.append(Path(parts[1]).name)
     (tree / "modules.order").write_text("\n".join(order) + "\n")
     init = tree / "init"
-    init.write_text(L2_INIT)
+    init.write_text(init_script)
     init.chmod(0o755)
     files = subprocess.run(["find", "."], cwd=tree, check=True, capture_output=True).stdout
     archive = subprocess.run(
