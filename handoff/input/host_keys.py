@@ -13,13 +13,43 @@ is written.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from handoff.base.errors import InputError
 from handoff.input.codes import EV_KEY
-from handoff.input.devices import HOST_KEYS_NAME
+from handoff.input.devices import HOST_KEYS_NAME, DeviceInfo, Selection, describe
+from handoff.input.host_key_check import KeySource
 from handoff.input.translate import Event
+
+
+def selected_key_sources(
+    selection: Selection, classify: Callable[[DeviceInfo], DeviceInfo]
+) -> list[KeySource]:
+    """The devices ``selection`` would grab now, with their EV_KEY capability (read only:
+    nothing is grabbed). A node that cannot be opened is left out, as the watcher does."""
+    import pyudev
+    from evdev import InputDevice
+
+    sources = []
+    for device in pyudev.Context().list_devices(subsystem="input"):
+        info = describe(device)
+        if info is None:
+            continue
+        if info.keyboard is None or info.mouse is None:
+            info = classify(info)
+        if not selection.wants(info):
+            continue
+        try:
+            handle = InputDevice(info.node)
+        except OSError:
+            continue
+        try:
+            keys = frozenset(int(code) for code in handle.capabilities().get(EV_KEY, []))
+        finally:
+            handle.close()
+        sources.append(KeySource(info.name, info.node, keys))
+    return sorted(sources, key=lambda source: source.node)
 
 
 class HostKeysDevice:

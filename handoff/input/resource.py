@@ -50,7 +50,8 @@ from handoff.control.protocol import Command, Field, Side, requested_side
 from handoff.input.devices import DeviceInfo, DeviceWatcher, Selection, classify_by_capabilities
 from handoff.input.edge import GuestSink, InputRouter
 from handoff.input.forward import QmpBackend, QmpSocketTransport
-from handoff.input.host_keys import HostKeysDevice
+from handoff.input.host_key_check import check_host_keys
+from handoff.input.host_keys import HostKeysDevice, selected_key_sources
 from handoff.input.keymap import (
     LINUX_TO_QCODE,
     hotkey_codes,
@@ -108,6 +109,9 @@ class InputHandoff:
 
     async def acquire(self) -> None:
         if self._host_keys and self.backend is not InputBackend.NONE:
+            # Before anything changes: a host key no grabbed device has is refused.
+            selection = Selection.from_profile(self._input.devices, self._input.exclude)
+            check_host_keys(self._input.host_keys, selected_key_sources(selection, _classify))
             host_device = HostKeysDevice(self._host_keys)
             host_device.create()
             self._host_device = host_device

@@ -8,12 +8,14 @@ evdev on the host side, as the desktop would.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
+from handoff.base.errors import InputError
 from handoff.base.host import HostPaths
 from handoff.control.server import ControlCommands
 from handoff.input.resource import InputHandoff
@@ -46,7 +48,9 @@ def profile() -> Profile:
         vm=VmSpec(name="tb", memory_mib=32),
         source=Path("tb.toml"),
         input=Input(
-            backend=InputBackend.QMP, start_in=InputMode.GUEST, devices=(f"name:{KBD_NAME}",),
+            backend=InputBackend.QMP,
+            start_in=InputMode.GUEST,
+            devices=(f"name:{KBD_NAME}",),
             host_keys=("KEY_MUTE", "KEY_VOLUMEUP"),
         ),
     )
@@ -79,8 +83,14 @@ class HostSide:
 async def test_host_keys_reach_the_host_device_never_the_guest_and_are_released_on_a_switch(
     tmp_path: Path,
 ) -> None:
-    keyboard = make_keyboard()
+    keyboard = make_keyboard()  # keys 1-127: KEY_MUTE and KEY_VOLUMEUP, no KEY_PLAYPAUSE
     paths = HostPaths(run=tmp_path / "run")
+    # A host key the grabbed keyboard does not have is refused before anything changes.
+    media = dataclasses.replace(profile().input, host_keys=("KEY_MUTE", "KEY_PLAYPAUSE"))
+    with pytest.raises(InputError, match=r'"KEY_PLAYPAUSE" is not a key of any device') as refused:
+        await InputHandoff(dataclasses.replace(profile(), input=media), paths).acquire()
+    assert f"'{KBD_NAME}' (/dev/input/event" in refused.value.message
+    assert not paths.run.exists()
     qemu_socket_dir(paths, "tb").mkdir(parents=True, mode=0o700)  # the input monitor's
     resource = InputHandoff(profile(), paths)
     await resource.acquire()
