@@ -31,7 +31,7 @@ from handoff.control.access import (
     starter_uid,
     user_may,
 )
-from handoff.control.find import ControlNotAllowedError, locate
+from handoff.control.find import ControlNotAllowedError, locate, system_run_root
 from handoff.control.server import ControlCommands, peer_uid, serve_control
 from handoff.control.users import serve_user_control
 from handoff.session.resources import JsonObject
@@ -238,6 +238,11 @@ def test_the_lookup_prefers_the_users_own_session(tmp_path: Path) -> None:
     with pytest.raises(ControlNotAllowedError, match="runs as root"):
         locate("other", own, system, 1000)
     assert locate("other", system, system, 0) == system / "other" / "control.sock"
+
+
+def test_root_sessions_are_in_run_handoff_unless_handoff_system_run_dir_moves_them() -> None:
+    assert system_run_root({}) == Path("/run/handoff")
+    assert system_run_root({"HANDOFF_SYSTEM_RUN_DIR": "/srv/run"}) == Path("/srv/run")
 
 
 def test_peer_uid_is_the_kernels_word() -> None:
