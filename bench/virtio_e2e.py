@@ -87,13 +87,18 @@ from evdev import UInput, ecodes as e
 mode, hz, count = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 caps = {e.EV_KEY: [e.BTN_LEFT, e.BTN_RIGHT], e.EV_REL: [e.REL_X, e.REL_Y, e.REL_WHEEL]}
 mice = {n: UInput(caps, name=f"bench mouse {n}") for n in "acb"}
-k = UInput({e.EV_KEY: list(range(1, 128))}, name="bench keyboard")
-print(json.dumps({**{n: m.device.path for n, m in mice.items()}, "k": k.device.path}), flush=True)
+kbds = {n: UInput({e.EV_KEY: list(range(1, 128))}, name=f"bench keyboard {n}") for n in "jk"}
+devices = {**mice, **kbds}
+print(json.dumps({n: d.device.path for n, d in devices.items()}), flush=True)
 sys.stdin.readline()
 calibration = {}
-for n in (("a", "c", "b") if mode == "latency" else ("b",)):
+for n in (("a", "c", "b") if mode == "latency" else ("a", "j", "b", "k")):
     calibration[n] = time.time()
-    mice[n].write(e.EV_REL, e.REL_X, 1); mice[n].syn()
+    if n in mice:
+        mice[n].write(e.EV_REL, e.REL_X, 1); mice[n].syn()
+    else:
+        kbds[n].write(e.EV_KEY, e.KEY_ESC, 1); kbds[n].syn()
+        kbds[n].write(e.EV_KEY, e.KEY_ESC, 0); kbds[n].syn()
     time.sleep(1.5)
 sent, keys, moved = [], 0, 0
 t0 = time.time()
@@ -108,17 +113,16 @@ for i in range(count):
         for n in "acb":
             mice[n].write(e.EV_REL, e.REL_X, v); mice[n].syn()
         sent.append(now)
-    else:
-        b = mice["b"]
-        b.write(e.EV_REL, e.REL_X, v); b.write(e.EV_REL, e.REL_Y, -v); b.syn()
-        moved += v
+        continue
+    moved += v
+    for m, k in ((mice["a"], kbds["j"]), (mice["b"], kbds["k"])):
+        m.write(e.EV_REL, e.REL_X, v); m.write(e.EV_REL, e.REL_Y, -v); m.syn()
         if i % 97 == 0:
             code = 30 + (i // 97) % 10
             k.write(e.EV_KEY, code, 1); k.syn(); k.write(e.EV_KEY, code, 0); k.syn()
-            keys += 2
         if i % 389 == 0:
-            b.write(e.EV_KEY, e.BTN_RIGHT, 1); b.syn(); b.write(e.EV_KEY, e.BTN_RIGHT, 0); b.syn()
-            keys += 2
+            m.write(e.EV_KEY, e.BTN_RIGHT, 1); m.syn(); m.write(e.EV_KEY, e.BTN_RIGHT, 0); m.syn()
+    keys += 2 * (i % 97 == 0) + 2 * (i % 389 == 0)
 elapsed = time.time() - t0
 time.sleep(3.0)
 print(json.dumps({"sent": sent, "keys": keys, "moved": moved, "elapsed": elapsed,
@@ -229,11 +233,13 @@ async def run(args: argparse.Namespace, summary: Any, ratio: Any) -> None:
         extra = [
             "-object", f"input-linux,id=il0,evdev={paths['a']}",
             "-device", "virtio-mouse-pci,id=anchor",
+            "-object", f"input-linux,id=il1,evdev={paths['j']}",
+            "-device", "virtio-keyboard-pci,id=anchork",
             "-device", f"virtio-input-host-pci,id=raw,evdev={paths['c']}",
             "-device", f"virtio-input-host-pci,id=hk,evdev={keyboard_node}",
             "-device", f"virtio-input-host-pci,id=hm,evdev={mouse_node}",
         ]  # fmt: skip
-        qemu, serial, trace = start_l2(Path(tmp), extra, expect=4)
+        qemu, serial, trace = start_l2(Path(tmp), extra, expect=5)
         try:
             await wait_ready(serial)
             router = InputRouter(RouterCore({29, 97}, InputMode.GUEST), proxies)
@@ -264,41 +270,37 @@ async def run(args: argparse.Namespace, summary: Any, ratio: Any) -> None:
     for name in sorted(cal, key=cal.get):
         queues[name] = first_queue_after(flushes, cal[name], taken)
         taken.add(queues[name])
-    print(f"ring elements per queue after calibration: "
-          f"{ {n: len([t for t in flushes[q] if t >= cal[n]]) for n, q in queues.items()} }; "
-          f"queue full (batches dropped) {len(full)}; SYN_DROPPED {router.dropped}")  # fmt: skip
+    seen = {n: [t for t in flushes[q] if t >= cal[n]] for n, q in queues.items()}
+    elapsed = result["elapsed"]
+    print(f"driver: {count} frames in {elapsed:.1f} s ({count / elapsed:.0f} Hz); "
+          f"ring full (batches QEMU dropped: the guest had no free buffer) {len(full)}; "
+          f"SYN_DROPPED at handoff's sources {router.dropped}; "
+          f"handoff cpu {cpu:.1f} s / {wall:.1f} s wall")  # fmt: skip
     if mode == "latency":
-        frames = len(result["sent"])
+        want = 2 + 2 * count  # calibration, then REL_X + SYN per frame
         arms = {}
         for name, label in (("a", "input-linux → virtio-mouse"), ("c", "virtio-input-host (raw)"),
                             ("b", "handoff virtio (proxy)")):  # fmt: skip
-            lat, elements = frame_latencies(result["sent"], flushes[queues[name]], cal[name])
-            arms[name] = lat
-            print(summary(label, lat, f"elements {elements}/{2 * frames}"))
+            if len(seen[name]) != want:  # frames are matched by order: a gap shifts them all
+                print(f"{label}: {len(seen[name])} of {want} ring elements: INVALID "
+                      f"(the guest fell behind; lower --hz)")  # fmt: skip
+                return
+            arms[name], _ = frame_latencies(result["sent"], seen[name], cal[name])
+            print(summary(label, arms[name], f"elements {want}/{want}"))
         print(ratio("handoff / input-linux", arms["b"], arms["a"]))
         print(ratio("handoff / raw virtio-input-host", arms["b"], arms["c"]))
-        print(f"handoff cpu {cpu:.2f} s over {wall:.1f} s")
         return
-    # burst: the mouse proxy's queue (calibrated); the keyboard proxy's is the other new one.
-    mouse_q = queues["b"]
-    after = [t for t in flushes[mouse_q] if t >= cal["b"]]
-    kbd_candidates = [
-        q for q in flushes if q not in taken and any(t >= cal["b"] for t in flushes[q])
-    ]
-    kbd_elements = sum(len([t for t in flushes[q] if t >= cal["b"]]) for q in kbd_candidates)
-    frames, clicks = count, len(range(0, count, 389))
-    taps = len(range(0, count, 97))
-    # mouse: calibration (2) + per frame REL_X, REL_Y, SYN (3) + per click 2 x (BTN, SYN)
-    want_mouse = 2 + 3 * frames + 4 * clicks
-    want_kbd = 4 * taps  # per tap 2 x (KEY, SYN): uinput adds no MSC_SCAN
-    rate = count / result["elapsed"]
-    print(f"burst: driver {count} frames in {result['elapsed']:.1f} s ({rate:.0f} Hz)")
-    print(f"burst: mouse ring elements {len(after)} of {want_mouse} "
-          f"(lost {want_mouse - len(after)}), keyboard {kbd_elements} of {want_kbd} "
-          f"(lost {want_kbd - kbd_elements})")  # fmt: skip
-    wrote_x, wrote_y = proxies.motion[REL_X] - 1, proxies.motion[REL_Y]  # less calibration
+    clicks, taps = len(range(0, count, 389)), len(range(0, count, 97))
+    want_mouse = 2 + 3 * count + 4 * clicks  # REL_X, REL_Y, SYN a frame; BTN, SYN twice a click
+    want_kbd = 4 + 4 * taps  # KEY, SYN twice a tap (uinput adds no MSC_SCAN)
+    for label, mouse, kbd in (("input-linux → virtio", "a", "j"), ("handoff virtio", "b", "k")):
+        lost_mouse, lost_kbd = want_mouse - len(seen[mouse]), want_kbd - len(seen[kbd])
+        print(
+            f"burst {label:<22} mouse ring elements {len(seen[mouse])}/{want_mouse} "
+            f"(lost {lost_mouse}), keyboard {len(seen[kbd])}/{want_kbd} (lost {lost_kbd})"
+        )
+    moved = result["moved"]
     print(
-        f"burst: key+button events written {result['keys']}, copied by handoff {proxies.keys}; "
-        f"motion in x {result['moved']} y {-result['moved']}, copied x {wrote_x} y {wrote_y}"
+        f"burst handoff's copy: key+button events {proxies.keys - 2} of {result['keys']}, "
+        f"motion x {proxies.motion[REL_X] - 1} of {moved}, y {proxies.motion[REL_Y]} of {-moved}"
     )
-    print(f"burst: handoff cpu {cpu:.1f} s / {wall:.1f} s wall ({100 * cpu / wall:.0f}% of a core)")
