@@ -67,9 +67,9 @@ LAYERS: dict[str, Layer] = {
     # Package files of the relayout are empty (a docstring): each sits at the lowest
     # layer of what it holds, so importing a core from it is never "upward".
     "handoff.base": F,
-    "handoff.control.server": F,
-    "handoff.session.supervisor": C,
-    "handoff.cli.main": E,
+    "handoff.control": F,
+    "handoff.session": C,
+    "handoff.cli": E,
     "handoff.base.errors": F,
     "handoff.base.host": F,
     "handoff.base.run_layout": F,
