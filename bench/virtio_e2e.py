@@ -36,6 +36,7 @@ had no free buffers (the guest's speed, not the path's).
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import re
 import subprocess
@@ -172,16 +173,23 @@ def first_queue_after(flushes: dict[str, list[float]], start: float, taken: set[
     return min(candidates)[1]
 
 
-def frame_latencies(
-    sent: list[float], elements: list[float], start: float
-) -> tuple[list[float], int]:
-    """µs from each frame's write to its SYN's element (the 2nd of the frame's two).
+def frame_latencies(sent: list[float], elements: list[float], start: float) -> list[float]:
+    """µs from each frame's write to its SYN's ring element, for the frames that arrived.
 
-    ``elements`` from the calibration frame on: its two, then two per frame.
+    ``elements``: the queue's, from the calibration frame on (its two first).
+    Elements come in pairs (motion, SYN) and QEMU drops whole batches when the
+    guest's ring is full, so every second element is a SYN; each is the
+    frame written last before it (the rate is low enough that a frame's
+    latency stays under the spacing: :func:`run` warns when one comes near).
     """
-    after = [t for t in elements if t >= start][2:]
-    out = [(after[2 * i + 1] - t) * 1e6 for i, t in enumerate(sent) if 2 * i + 1 < len(after)]
-    return sorted(out), len(after)
+    syns = [t for t in elements if t >= start][2:][1::2]
+    out, used = [], set()
+    for t in syns:
+        i = bisect.bisect_right(sent, t) - 1
+        if i >= 0 and i not in used:
+            used.add(i)
+            out.append((t - sent[i]) * 1e6)
+    return sorted(out)
 
 
 def start_l2(
@@ -281,12 +289,11 @@ async def run(args: argparse.Namespace, summary: Any, ratio: Any) -> None:
         arms = {}
         for name, label in (("a", "input-linux → virtio-mouse"), ("c", "virtio-input-host (raw)"),
                             ("b", "handoff virtio (proxy)")):  # fmt: skip
-            if len(seen[name]) != want:  # frames are matched by order: a gap shifts them all
-                print(f"{label}: {len(seen[name])} of {want} ring elements: INVALID "
-                      f"(the guest fell behind; lower --hz)")  # fmt: skip
-                return
-            arms[name], _ = frame_latencies(result["sent"], seen[name], cal[name])
-            print(summary(label, arms[name], f"elements {want}/{want}"))
+            arms[name] = frame_latencies(result["sent"], seen[name], cal[name])
+            dropped = (want - len(seen[name])) // 2
+            print(summary(label, arms[name], f"{dropped} frames dropped at the full ring"))
+            if arms[name] and arms[name][-1] > 0.5e6 / args.hz:
+                print("  WARNING: a latency above half the frame spacing: lower --hz")
         print(ratio("handoff / input-linux", arms["b"], arms["a"]))
         print(ratio("handoff / raw virtio-input-host", arms["b"], arms["c"]))
         return
