@@ -173,7 +173,9 @@ def first_queue_after(flushes: dict[str, list[float]], start: float, taken: set[
     return min(candidates)[1]
 
 
-def frame_latencies(sent: list[float], elements: list[float], start: float) -> list[float]:
+def frame_latencies(
+    sent: list[float], elements: list[float], start: float
+) -> tuple[list[float], int]:
     """µs from each frame's write to its SYN's ring element, for the frames that arrived.
 
     ``elements``: the queue's, from the calibration frame on (its two first).
@@ -181,15 +183,19 @@ def frame_latencies(sent: list[float], elements: list[float], start: float) -> l
     guest's ring is full, so every second element is a SYN; each is the
     frame written last before it (the rate is low enough that a frame's
     latency stays under the spacing: :func:`run` warns when one comes near).
+    Also returns how many SYNs fell on a frame already matched (a frame later
+    than the spacing: 0 in a sound run).
     """
     syns = [t for t in elements if t >= start][2:][1::2]
-    out, used = [], set()
+    out, used, clashes = [], set(), 0
     for t in syns:
         i = bisect.bisect_right(sent, t) - 1
         if i >= 0 and i not in used:
             used.add(i)
             out.append((t - sent[i]) * 1e6)
-    return sorted(out)
+        else:
+            clashes += 1
+    return sorted(out), clashes
 
 
 def start_l2(
@@ -289,11 +295,11 @@ async def run(args: argparse.Namespace, summary: Any, ratio: Any) -> None:
         arms = {}
         for name, label in (("a", "input-linux → virtio-mouse"), ("c", "virtio-input-host (raw)"),
                             ("b", "handoff virtio (proxy)")):  # fmt: skip
-            arms[name] = frame_latencies(result["sent"], seen[name], cal[name])
+            arms[name], clashes = frame_latencies(result["sent"], seen[name], cal[name])
             dropped = (want - len(seen[name])) // 2
-            print(summary(label, arms[name], f"{dropped} frames dropped at the full ring"))
-            if arms[name] and arms[name][-1] > 0.5e6 / args.hz:
-                print("  WARNING: a latency above half the frame spacing: lower --hz")
+            print(summary(label, arms[name], f"{dropped} dropped at the full ring"))
+            if clashes or (arms[name] and arms[name][-1] > 0.5e6 / args.hz):
+                print(f"  WARNING: {clashes} late frames, max {arms[name][-1]:.0f} µs: lower --hz")
         print(ratio("handoff / input-linux", arms["b"], arms["a"]))
         print(ratio("handoff / raw virtio-input-host", arms["b"], arms["c"]))
         return
