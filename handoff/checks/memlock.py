@@ -65,7 +65,8 @@ def check_memlock(env: DoctorEnv, profile: Profile) -> Check:
     may_raise = raisable(env)
     try:
         session_check_memlock(
-            profile, getrlimit=lambda _which: (soft, hard), can_raise_hard=lambda: may_raise
+            profile, env.host, getrlimit=lambda _which: (soft, hard),
+            can_raise_hard=lambda: may_raise,
         )
     except HostError as err:
         return fail(name, err.message, err.fix or "raise RLIMIT_MEMLOCK")

@@ -86,7 +86,7 @@ class LiveGpu:
         report: Callable[[str], None] = _log_report,
         release_within: float = RELEASE_TIMEOUT,
         driver: str = "vfio-pci",
-        memlock_check: Callable[[Profile], int | None] = check_memlock,
+        memlock_check: Callable[[Profile, HostPaths], int | None] = check_memlock,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.profile = profile
@@ -121,7 +121,7 @@ class LiveGpu:
     async def acquire(self) -> None:
         if not self.entries:
             return
-        self.memlock_bytes = self._memlock_check(self.profile)
+        self.memlock_bytes = self._memlock_check(self.profile, self.paths)
         addresses = [p.address for p in self.entries]
         groups = groups_of(self.paths, addresses)
         # Its own journals only: a boot-time GPU journal on these groups is the GPU

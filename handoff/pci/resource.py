@@ -161,7 +161,7 @@ class GpuHandoff:
         writer: SysfsWriter | None = None,
         write_timeout: float = WRITE_TIMEOUT,
         report: Report = _log_report,
-        memlock_check: Callable[[Profile], int | None] = check_memlock,
+        memlock_check: Callable[[Profile, HostPaths], int | None] = check_memlock,
     ) -> None:
         self.profile = profile
         self.paths = paths
@@ -183,7 +183,7 @@ class GpuHandoff:
         entries = [p for p in self.profile.passthrough if not p.live]
         if not entries:
             return
-        self.memlock_bytes = self._memlock_check(self.profile)
+        self.memlock_bytes = self._memlock_check(self.profile, self.paths)
         pins, reset_warnings = preflight_resets(self.paths, self.engine.writer.module_loadable,
                                                 self.profile)
         addresses = [p.address for p in entries]

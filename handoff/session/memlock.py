@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from handoff.base.errors import HostError
+from handoff.base.host import HostPaths
 from handoff.profile import Profile
 from handoff.session.plan import MEMLOCK_HEADROOM, required_memlock
 
@@ -31,6 +32,7 @@ __all__ = [
     "MemlockVerdict",
     "check_memlock",
     "judge_memlock",
+    "process_can_raise_hard",
     "required_memlock",
 ]
 
@@ -110,11 +112,10 @@ def can_raise_hard(status_text: str | None, euid: int) -> bool:
     return euid == 0 if allowed is None else allowed
 
 
-def _can_raise_hard() -> bool:
-    """This process's CAP_SYS_RESOURCE (root, in practice), from /proc/self/status."""
+def process_can_raise_hard(paths: HostPaths) -> bool:
+    """This process's CAP_SYS_RESOURCE (root, in practice), from ``<proc>/self/status``."""
     try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            text: str | None = status.read()
+        text: str | None = (paths.proc / "self" / "status").read_text(encoding="ascii")
     except OSError:
         text = None
     return can_raise_hard(text, os.geteuid())
@@ -122,19 +123,23 @@ def _can_raise_hard() -> bool:
 
 def check_memlock(
     profile: Profile,
+    paths: HostPaths,
     *,
     getrlimit: Callable[[int], tuple[int, int]] = resource.getrlimit,
-    can_raise_hard: Callable[[], bool] = _can_raise_hard,
+    can_raise_hard: Callable[[], bool] | None = None,
 ) -> int | None:
     """Preflight: the memlock value to hand the QEMU spawner, or HostError with the fix.
 
     Returns None when no passthrough device is configured (nothing to raise).
-    Changes nothing: the spawner raises the limit around the fork
+    Whether the hard limit may be raised is read from ``paths``' /proc
+    (``can_raise_hard`` answers instead where the caller knows). Changes
+    nothing: the spawner raises the limit around the fork
     (``QemuProcess.start(memlock_bytes=...)``), so only QEMU gets it.
     """
     required = required_memlock(profile)
     if required is None:
         return None
     soft, hard = getrlimit(resource.RLIMIT_MEMLOCK)
-    judge_memlock(required, soft, hard, can_raise_hard=can_raise_hard(), user=_who())
+    may_raise = can_raise_hard() if can_raise_hard is not None else process_can_raise_hard(paths)
+    judge_memlock(required, soft, hard, can_raise_hard=may_raise, user=_who())
     return required

@@ -230,7 +230,7 @@ async def qemu_quits(host: FakeHost, vm: Vm) -> None:
 
 async def started(host: FakeHost, vm: Vm, nursery: trio.Nursery, **options: Any) -> LiveGpu:
     live = LiveGpu(live_profile(), host.paths, writer=host, driver="edu",
-                   memlock_check=lambda _: None, **options)
+                   memlock_check=lambda *_: None, **options)
     await live.acquire()
     vm.fake_host = host
     vm._holds()

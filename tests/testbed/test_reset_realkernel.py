@@ -179,7 +179,7 @@ def e1000e_profile(tmp_path: Path, address: PciAddress, reset: str) -> GpuHandof
         f'address = "{address.short}"\nreset = "{reset}"\n',
         tmp_path / "tb-reset.toml",
     )
-    return GpuHandoff(profile, HostPaths.from_environment(), memlock_check=lambda _: None)
+    return GpuHandoff(profile, HostPaths.from_environment(), memlock_check=lambda *_: None)
 
 
 async def test_a_pinned_reset_is_written_for_the_session_and_restored_after(

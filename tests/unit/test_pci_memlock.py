@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from handoff.base.errors import HostError
+from handoff.base.host import HostPaths
 from handoff.pci.address import PciAddress
 from handoff.profile import Passthrough, Profile, Vm
 from handoff.session.memlock import UNLIMITED, check_memlock, judge_memlock, required_memlock
@@ -42,7 +43,8 @@ def test_root_with_cap_sys_resource_raises_even_the_hard_limit() -> None:
 
 def test_a_low_hard_limit_is_refused_with_the_limits_d_line() -> None:
     with pytest.raises(HostError) as caught:
-        check_memlock(PASS, getrlimit=lambda _: (8 << 20, 8 << 20), can_raise_hard=lambda: False)
+        check_memlock(PASS, HostPaths(), getrlimit=lambda _: (8 << 20, 8 << 20),
+                      can_raise_hard=lambda: False)
     assert "9216 MiB" in caught.value.message
     assert "8 MiB" in caught.value.message
     assert caught.value.fix is not None
@@ -51,4 +53,25 @@ def test_a_low_hard_limit_is_refused_with_the_limits_d_line() -> None:
 
 
 def test_check_returns_the_value_the_spawner_sets() -> None:
-    assert check_memlock(PASS, getrlimit=lambda _: (UNLIMITED, UNLIMITED)) == 9 * GIB
+    assert check_memlock(PASS, HostPaths(), getrlimit=lambda _: (UNLIMITED, UNLIMITED)) == 9 * GIB
+
+
+def status_with(tmp_path: Path, cap_eff: int) -> HostPaths:
+    """A /proc whose self/status has the CapEff mask ``cap_eff``."""
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    (proc / "self" / "status").write_text(f"Name:\thandoff\nCapEff:\t{cap_eff:016x}\n")
+    return HostPaths(proc=proc)
+
+
+@pytest.mark.parametrize(("cap_eff", "raised"), [(1 << 24, True), (0, False)])
+def test_whether_the_hard_limit_may_be_raised_is_read_from_the_host_paths_proc(
+    tmp_path: Path, cap_eff: int, raised: bool
+) -> None:
+    paths = status_with(tmp_path, cap_eff)  # CAP_SYS_RESOURCE is bit 24
+    low = lambda _: (8 << 20, 8 << 20)  # noqa: E731
+    if raised:
+        assert check_memlock(PASS, paths, getrlimit=low) == 9 * GIB
+    else:
+        with pytest.raises(HostError):
+            check_memlock(PASS, paths, getrlimit=low)
