@@ -67,7 +67,7 @@ complete -c handoff -n 'not __fish_seen_subcommand_from run argv status stop swi
 complete -c handoff -n 'not __fish_seen_subcommand_from run argv status stop switch groups detach attach recover gpu doctor import export init' -a groups -d 'list IOMMU groups and what a passthrough of each would take'
 complete -c handoff -n 'not __fish_seen_subcommand_from run argv status stop switch groups detach attach recover gpu doctor import export init' -a detach -d 'move a device (its whole IOMMU group) to vfio-pci'
 complete -c handoff -n 'not __fish_seen_subcommand_from run argv status stop switch groups detach attach recover gpu doctor import export init' -a attach -d 'give a device back to its host driver'
-complete -c handoff -n 'not __fish_seen_subcommand_from run argv status stop switch groups detach attach recover gpu doctor import export init' -a recover -d 'return every device a crashed session left on vfio-pci'
+complete -c handoff -n 'not __fish_seen_subcommand_from run argv status stop switch groups detach attach recover gpu doctor import export init' -a recover -d 'put back what a killed session left: GPU, live GPU, tuning, desk, display'
 complete -c handoff -n 'not __fish_seen_subcommand_from run argv status stop switch groups detach attach recover gpu doctor import export init' -a gpu -d 'move a live GPU between host and running guest'
 complete -c handoff -n 'not __fish_seen_subcommand_from run argv status stop switch groups detach attach recover gpu doctor import export init' -a doctor -d 'check this host for passthrough, with fixes'
 complete -c handoff -n 'not __fish_seen_subcommand_from run argv status stop switch groups detach attach recover gpu doctor import export init' -a import -d 'write a profile from a libvirt domain\'s XML'

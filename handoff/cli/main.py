@@ -383,7 +383,15 @@ DELEGATED: tuple[Delegated, ...] = (
     _pci("groups", "list IOMMU groups and what a passthrough of each would take"),
     _pci("detach", "move a device (its whole IOMMU group) to vfio-pci"),
     _pci("attach", "give a device back to its host driver"),
-    _pci("recover", "return every device a crashed session left on vfio-pci"),
+    Delegated("recover", _cli_gpu, "add_recover_arguments", "cmd_recover",
+              "put back what a killed session left: GPU, live GPU, tuning, desk, display",
+              "Put back what a killed session (or an unfinished `handoff detach`) left on "
+              "the host, every capability's journal in this order: devices back on their "
+              "host drivers (GPU hand-off), live GPU groups whose QEMU is gone, the tuning "
+              "(hugepage pools, governors, AllowedCPUs=), the desk (Looking Glass's shm file, "
+              "USB nodes, the sound user's ACL entries, virtiofsd), then the host display "
+              "(framebuffer, consoles, units). A journal from an earlier boot is discarded; "
+              "one a running session or its QEMU still holds is left alone."),
     Delegated("gpu", _cli_live, "add_arguments", "cmd_gpu",
               "move a live GPU between host and running guest",
               "Move the live = true GPU of a running session to the host, to the guest, or "
