@@ -16,7 +16,11 @@ after the VM (and in `handoff recover`)
     framebuffer device and the consoles are bound again and the units
     started. A card that does not come back keeps the journal and the units
     stopped, and the failure goes to the system journal, `handoff status`
-    and `handoff recover`.
+    and `handoff recover`. A hand-over stopped after the consoles' unbind but
+    before the card left its driver (a SIGKILL there, or the GPU hand-off
+    refused) leaves fbcon without its framebuffer: the kernel ignores the
+    bind then, so the card (unless in use) is probed onto its driver once
+    more, whose fresh framebuffer fbcon takes the consoles over on.
 
 Why it stays over 500 lines: acquire, release and recover walk the same
 journaled steps in opposite directions; each step's undo sits next to it so
@@ -65,6 +69,7 @@ from handoff.pci.ops import (
     KernelWriter,
     SysfsWriter,
     platform_bind,
+    reprobe,
     reset_function,
     vtconsole_bind,
 )
@@ -98,11 +103,11 @@ def _log_report(line: str) -> None:
 
 
 async def _settle(
-    left: Callable[[], tuple[VtConsole, ...]], wait: float = SETTLE_WAIT
+    left: Callable[[], tuple[VtConsole, ...]], wait: float | None = None
 ) -> tuple[VtConsole, ...]:
     """Bounded poll until ``left()`` is empty (what is left after the wait otherwise)."""
     found = left()
-    with trio.move_on_after(wait):
+    with trio.move_on_after(SETTLE_WAIT if wait is None else wait):
         while found:
             await trio.sleep(_POLL)
             found = left()
@@ -227,18 +232,58 @@ class Restorer:
         return []
 
     async def _rebind_consoles(self, journal: DisplayJournal) -> list[str]:
-        for console in consoles_to_rebind(read_vtconsoles(self.paths), journal.consoles):
+        def left() -> tuple[VtConsole, ...]:
+            return consoles_to_rebind(read_vtconsoles(self.paths), journal.consoles)
+
+        failed: list[str] = []
+        for console in left():
             try:
                 vtconsole_bind(self.paths, self.writer, console.node, bind=True)
             except SysfsWriteError as exc:
-                return [f"binding {console.node} ({console.name}) failed: {exc.message}"]
-        left = await _settle(
-            lambda: consoles_to_rebind(read_vtconsoles(self.paths), journal.consoles)
-        )
-        if left:
-            return [f"{left[0].node} ({left[0].name}) is still unbound"]
+                failed.append(f"binding {console.node} ({console.name}) failed: {exc.message}")
+                break
+        still = await _settle(left)
+        if still:
+            # The card never left its driver (a hand-over stopped between the consoles'
+            # unbind and the GPU's move): fbcon let go of that driver's framebuffer and
+            # the kernel does not bind it again on request. The driver registering its
+            # framebuffer afresh makes fbcon take the consoles over, as after a VM.
+            failed = await self._reregister_framebuffer(journal, still[0])
+            still = left()
+        if failed or still:
+            return failed or [f"{still[0].node} ({still[0].name}) is still unbound"]
         if journal.consoles:
             self.report("framebuffer console bound again: " + ", ".join(journal.consoles))
+        return []
+
+    async def _reregister_framebuffer(
+        self, journal: DisplayJournal, console: VtConsole
+    ) -> list[str]:
+        """The card off its host driver and probed onto it again, once, unless in use."""
+        driver = journal.card_driver
+        address = PciAddress.parse(journal.card)
+        if driver is None:
+            return []
+        try:
+            device = read_device(self.paths, address)
+        except HandoffError as exc:
+            return [f"{console.node} ({console.name}) is still unbound: {exc.message}"]
+        holders = find_holders(self.paths, nodes_of(self.paths, device))
+        if device.driver != driver or holders:
+            who = ", ".join(sorted({h.describe() for found in holders.values() for h in found}))
+            why = f"in use by {who}" if who else f"on {device.driver or 'no driver'}"
+            return [f"{console.node} ({console.name}) is still unbound and {journal.card} is "
+                    f"{why}: not re-probed"]
+        self.report(f"{console.node} did not bind while {driver} kept its framebuffer: "
+                    f"{journal.card} re-probed on {driver} so fbcon takes the consoles again")
+        try:
+            reprobe(self.paths, self.writer, address, driver)
+        except HandoffError as exc:
+            return [f"re-probing {journal.card} on {driver} failed: {exc.message}"]
+        back, why = await self._wait_card(journal)
+        if not back:
+            return [f"{journal.card} did not come back after the re-probe: {why}"]
+        await _settle(lambda: consoles_to_rebind(read_vtconsoles(self.paths), journal.consoles))
         return []
 
     # ------------------------------------------------------------------ units

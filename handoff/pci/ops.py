@@ -182,6 +182,14 @@ def reset_function(paths: HostPaths, writer: SysfsWriter, address: PciAddress) -
     DeviceOps(paths, writer, Ticket(address=str(address)), address).reset()
 
 
+def reprobe(paths: HostPaths, writer: SysfsWriter, address: PciAddress, driver: str) -> None:
+    """A PCI function off ``driver`` and probed onto it again (verified): the driver
+    registers its framebuffer afresh, which fbcon takes the consoles over on."""
+    ops = DeviceOps(paths, writer, Ticket(address=str(address)), address)
+    ops.unbind(driver)
+    ops.probe_to(driver)
+
+
 def platform_bind(
     paths: HostPaths, writer: SysfsWriter, driver: str, device: str, *, bind: bool
 ) -> None:

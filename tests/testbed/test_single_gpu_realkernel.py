@@ -292,15 +292,17 @@ def test_supervisor_sigkilled_then_recover_brings_the_display_back(
 
 
 # The display journal's writes come first (the display is taken before the GPU):
-# begun, stop-units, unbind-consoles (this VGA has no firmware framebuffer). Each,
-# SIGKILLed right after. (Not yet here: a kill after the consoles are unbound and
-# before the card leaves bochs-drm, i.e. at the GPU journal's first writes: there
-# `recover` cannot bind fbcon back while the card never left, and fbcon stays
-# unbound for the rest of the boot. Known gap, reported with this test.)
+# begun, stop-units, unbind-consoles (this VGA has no firmware framebuffer); then the
+# GPU journal's records and the card's detaching step, both before the card leaves
+# bochs-drm. Each, SIGKILLed right after. The last two are the window where fbcon's
+# consoles are unbound but the card never left its driver: the kernel does not bind
+# fbcon again on request there, and `recover` re-probes the card so that bochs-drm
+# registers its framebuffer afresh and fbcon takes the consoles over.
 DISPLAY_WRITES = 3
+WINDOW_WRITES = 2
 
 
-@pytest.mark.parametrize("writes", range(1, DISPLAY_WRITES + 1))
+@pytest.mark.parametrize("writes", range(1, DISPLAY_WRITES + WINDOW_WRITES + 1))
 def test_a_supervisor_sigkilled_after_any_journal_write_is_finished_by_recover(
     tmp_path: Path, host_display: Path, writes: int
 ) -> None:
@@ -309,7 +311,9 @@ def test_a_supervisor_sigkilled_after_any_journal_write_is_finished_by_recover(
     paths = HostPaths(run=host_display)
     display_journal = paths.run / "journal" / "display" / f"{NAME}.json"
     assert display_journal.exists(), out  # killed right after a display journal write:
-    assert not jr.journal_path(paths, NAME).exists(), out  # no GPU journal yet
+    gpu_journal = jr.journal_path(paths, NAME)
+    assert gpu_journal.exists() == (writes > DISPLAY_WRITES), out  # the GPU's after them
+    assert screen().driver == "bochs-drm"  # the card never left
     recovered = handoff(host_display, "recover")
     assert recovered.returncode == 0, recovered.stdout + recovered.stderr
     assert f"returned: the host display of {NAME} ({vga()})" in recovered.stdout

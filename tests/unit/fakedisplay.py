@@ -41,6 +41,12 @@ class DisplayHost:
         self.paths = host.paths
         self.writes: list[tuple[str, str]] = []
         self.on_write: list[object] = []  # hooks: called with (path, value) before a write
+        # fbcon's rules as the testbed's kernel shows them (off: a bind write always lands).
+        # Unbinding fbcon's consoles lets go of the framebuffer it drew on; a later
+        # "1" to ``bind`` is then ignored until a driver registers a framebuffer again
+        # (the card probed onto its DRM driver), on which fbcon takes the consoles over.
+        self.fbcon_rules = False
+        self.fbcon_released = False
 
     # building
     def add_vtconsole(self, node: str, name: str, bound: bool) -> None:
@@ -94,7 +100,13 @@ class DisplayHost:
         sys = self.paths.sys
         if path.parent.parent == sys / "class/vtconsole" and path.name == "bind":
             self.writes.append((f"{path.parent.name}/bind", value))
-            path.write_text(("1" if value.strip() == "1" else "0") + "\n")
+            bind = value.strip() == "1"
+            framebuffer = "frame buffer" in (path.parent / "name").read_text()
+            if self.fbcon_rules and framebuffer:
+                if bind and self.fbcon_released:
+                    return  # ignored: no framebuffer registered since the unbind
+                self.fbcon_released = not bind
+            path.write_text(("1" if bind else "0") + "\n")
             return
         if path.parent.parent == sys / "bus/platform/drivers":
             driver, device = path.parent.name, value.strip()
@@ -114,7 +126,20 @@ class DisplayHost:
             self.writes.append((f"{path.parent.name}/reset", value))
             return
         self.writes.append((str(path.relative_to(self.host.root)), value))
+        before = self.card_driver() if self.fbcon_rules else None
         self.host.write(path, value)
+        if self.fbcon_rules and before != CARD_DRIVER and self.card_driver() == CARD_DRIVER:
+            self._fbcon_takes_over()
+
+    def card_driver(self) -> str | None:
+        return self.host.state().get(CARD[5:], (None, None))[0]
+
+    def _fbcon_takes_over(self) -> None:
+        """A framebuffer registered: fbcon binds every framebuffer console (do_fbcon_takeover)."""
+        for console in (self.paths.sys / "class/vtconsole").iterdir():
+            if "frame buffer" in (console / "name").read_text():
+                (console / "bind").write_text("1\n")
+        self.fbcon_released = False
 
 
 def single_gpu_host(root: Path) -> DisplayHost:

@@ -321,3 +321,100 @@ async def test_status_without_a_session_shows_a_failed_return(
     out = capsys.readouterr().out
     assert f"host display: single: the host display was NOT restored: {CARD} did not" in out
     assert "fix: an AMD card with the reset bug needs the vendor-reset module" in out
+
+
+# --------------------------------------------------------------------------- SIGKILL at every write
+
+
+class SimulatedKill(BaseException):
+    """Stands for SIGKILL right after a journal write: nothing after it runs."""
+
+
+#: The journal writes of a whole single-GPU session: the display's (begun, stop-units,
+#: unbind-consoles, unbind-framebuffer), the GPU's (records, then detaching and on-vfio
+#: for each of the card's two functions), QEMU's pid, the two functions given back.
+SESSION_WRITES = 4 + 1 + 2 * 2 + 1 + 2
+
+
+async def session_killed_after(
+    display: DisplayHost, systemd: RecordedSystemd, monkeypatch: pytest.MonkeyPatch,
+    writes: int | None,
+) -> int:
+    """Display then GPU acquired, QEMU noted, released in reverse, as the session does;
+    "SIGKILLed" right after the ``writes``-th journal write (None: never). The writes made."""
+    from handoff.journal import store
+
+    count = 0
+    real_count = store._count_write
+
+    def count_write() -> None:
+        nonlocal count
+        real_count()
+        count += 1
+        if count == writes:
+            raise SimulatedKill
+
+    monkeypatch.setattr(store, "_count_write", count_write)
+    # A killed process runs no cleanup: the display's acquire rolls back on any exception.
+    real_release = DisplayHandover.release
+
+    async def no_cleanup(self: DisplayHandover) -> None:
+        return
+
+    monkeypatch.setattr(DisplayHandover, "release", no_cleanup)
+    screen, gpu = resources(display, systemd, [])
+    try:
+        await screen.acquire()
+        await gpu.acquire()
+        gpu.note_qemu_pid(999_999)  # exited: not in the fake /proc
+        await gpu.release()
+        await real_release(screen)
+    except SimulatedKill:
+        for locks in (screen._lock, gpu._locks):  # the kernel drops a dead process's flocks
+            if locks is not None:
+                locks.release()
+    finally:
+        monkeypatch.undo()
+    return count
+
+
+async def test_a_whole_session_makes_that_many_journal_writes(
+    display: DisplayHost, systemd: RecordedSystemd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert await session_killed_after(display, systemd, monkeypatch, None) == SESSION_WRITES
+    host_as_before(display, systemd)
+
+
+@pytest.mark.parametrize("writes", range(1, SESSION_WRITES + 1))
+async def test_recover_brings_the_display_back_after_a_kill_at_any_journal_write(
+    display: DisplayHost, systemd: RecordedSystemd, monkeypatch: pytest.MonkeyPatch,
+    writes: int,
+) -> None:
+    """fbcon as the kernel handles it: in the window where the consoles are unbound and
+    the card has not left its driver (the GPU journal's records and first step), a bind
+    write does not take; recover re-probes the card so fbcon takes the consoles again."""
+    display.fbcon_rules = True
+    assert await session_killed_after(display, systemd, monkeypatch, writes) == writes
+    monkeypatch.setattr("handoff.display.resource.SETTLE_WAIT", 0.2)
+    out: list[str] = []
+    assert await run_recover(display.paths, display, out=out.append, runner=systemd) == 0, out
+    host_as_before(display, systemd)
+    assert list_display_journals(display.paths) == []
+    assert jr.list_journals(display.paths) == []
+
+
+async def test_in_the_window_the_card_is_re_probed_once_to_bring_fbcon_back(
+    display: DisplayHost, systemd: RecordedSystemd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    display.fbcon_rules = True
+    await session_killed_after(display, systemd, monkeypatch, 5)  # the GPU's records
+    assert card_driver(display) == CARD_DRIVER
+    assert not display.vtconsole_bound("vtcon1")
+    monkeypatch.setattr("handoff.display.resource.SETTLE_WAIT", 0.2)
+    out: list[str] = []
+    assert await run_recover(display.paths, display, out=out.append, runner=systemd) == 0, out
+    assert any("re-probed on amdgpu-polaris so fbcon takes the consoles again" in line
+               for line in out), out
+    unbinds = [w for w in display.writes if w[0].endswith(f"drivers/{CARD_DRIVER}/unbind")]
+    assert len(unbinds) == 1, display.writes
+    host_as_before(display, systemd)
