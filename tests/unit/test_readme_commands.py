@@ -36,7 +36,7 @@ def recover_texts() -> list[str]:
 def test_recover_is_described_as_every_recoverer_in_the_order_it_runs_them(
     tmp_path: Path,
 ) -> None:
-    from handoff.recovery import recoverers
+    from handoff.session.recovery import recoverers
     from tests.unit.fakesysfs import seed_machine
 
     host = seed_machine(tmp_path)
