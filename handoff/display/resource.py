@@ -73,7 +73,7 @@ from handoff.pci.ops import (
     reset_function,
     vtconsole_bind,
 )
-from handoff.pci.plan import plan_handoff
+from handoff.pci.plan import HandoffPlan, plan_handoff
 from handoff.pci.snapshot import take_snapshot
 from handoff.pci.sysfs import group_members, groups_of, read_device
 from handoff.profile import Profile
@@ -315,8 +315,14 @@ class DisplayHandover:
         environ: Mapping[str, str] | None = None,
         holder_wait: float = HOLDER_WAIT,
         node_wait: float = NODE_WAIT,
+        gpu: HandoffPlan | None = None,
+        gpu_refusal: HandoffError | None = None,
     ) -> None:
         self.profile = profile
+        # The GPU hand-off the session plan decided (its groups, members, the card) or
+        # its refusal; None, None: read and planned here.
+        self.gpu = gpu
+        self.gpu_refusal = gpu_refusal
         self.paths = paths
         self.writer = writer or KernelWriter()
         self.runner = runner or systemctl.SubprocessRunner()
@@ -340,7 +346,11 @@ class DisplayHandover:
         return [p.address for p in self.profile.passthrough if not p.live]
 
     def _card(self) -> PciDevice:
-        devices = [read_device(self.paths, a) for a in self._addresses()]
+        wanted = self._addresses()
+        devices = (
+            [d for d in self.gpu.detach_order if d.address in wanted] if self.gpu is not None
+            else [read_device(self.paths, a) for a in wanted]
+        )
         cards = [d for d in devices if d.is_display]
         card = next((d for d in cards if d.boot_vga), cards[0] if cards else None)
         if card is None:
@@ -368,17 +378,21 @@ class DisplayHandover:
                 "finished",
                 fix="`handoff recover` brings that display back first (it says what failed)",
             )
-        addresses = self._addresses()
-        snapshot = take_snapshot(
-            self.paths, self.writer.module_loadable,
-            groups=groups_of(self.paths, addresses), addresses=addresses,
-        )
-        # The units' holders go when they stop; every other rule is checked now.
-        plan_handoff(
-            addresses, dataclasses.replace(snapshot, holders={}),
-            allow_in_group=[a for p in self.profile.passthrough for a in p.allow_in_group],
-            handover=True,
-        )
+        # The GPU hand-off's own rules, checked now (the units' holders go when they
+        # stop): the session plan's verdict, or read and planned here without one.
+        if self.gpu_refusal is not None:
+            raise self.gpu_refusal
+        if self.gpu is None:
+            addresses = self._addresses()
+            snapshot = take_snapshot(
+                self.paths, self.writer.module_loadable,
+                groups=groups_of(self.paths, addresses), addresses=addresses,
+            )
+            plan_handoff(
+                addresses, dataclasses.replace(snapshot, holders={}),
+                allow_in_group=[a for p in self.profile.passthrough for a in p.allow_in_group],
+                handover=True,
+            )
         card = self._card()
         consoles = read_vtconsoles(self.paths)
         if consoles_to_unbind(consoles) and not console_fallback(consoles):
@@ -433,10 +447,11 @@ class DisplayHandover:
 
     def _holders(self) -> dict[str, tuple[Holder, ...]]:
         addresses = self._addresses()
-        members = [
-            a for g in sorted(groups_of(self.paths, addresses))
-            for a in group_members(self.paths, g)
-        ] or addresses
+        members = (
+            [d.address for g in self.gpu.groups for d in g.members] if self.gpu is not None
+            else [a for g in sorted(groups_of(self.paths, addresses))
+                  for a in group_members(self.paths, g)]
+        ) or addresses
         nodes = [n for a in members for n in nodes_of(self.paths, read_device(self.paths, a))]
         return find_holders(self.paths, nodes)
 

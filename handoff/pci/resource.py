@@ -34,6 +34,7 @@ from handoff import journal as jr
 from handoff.base.errors import HandoffError, PreflightRefusedError
 from handoff.base.host import HostPaths, qemu_account
 from handoff.pci.address import PciAddress
+from handoff.pci.drift import plan_drift
 from handoff.pci.engine import WRITE_TIMEOUT, Engine
 from handoff.pci.ops import KernelWriter, SysfsWriter
 from handoff.pci.plan import HandoffPlan, HostSnapshot, plan_handoff
@@ -104,29 +105,53 @@ async def prepare(
     allow_in_group: Iterable[PciAddress] = (),
     owner: str,
     handover: bool = False,
+    planned: HandoffPlan | None = None,
 ) -> Prepared:
     """Preflight (read-only), then lock the groups and check again under the lock.
+
+    ``planned``: the hand-off the session plan decided from its own read of
+    the host; it is what is prepared, and the read under the locks only
+    checks it (a holder of a node, or a difference in what the hand-off acts
+    on, refuses: :func:`handoff.pci.drift.plan_drift`). Without it the
+    groups are read and planned here (`handoff detach`, tools).
 
     Raises PreflightRefusedError before any device is touched. Also refuses a
     group another journal still records (a manual `handoff detach` not yet
     attached, or a session whose recovery was refused).
     """
     allowed = tuple(allow_in_group)
-    groups = groups_of(paths, addresses)
-    first = await settled_snapshot(paths, writer, groups=groups, addresses=addresses)
-    plan = plan_handoff(addresses, first, allow_in_group=allowed, handover=handover)
+    plan = planned
+    if plan is None:
+        groups = groups_of(paths, addresses)
+        first = await settled_snapshot(paths, writer, groups=groups, addresses=addresses)
+        plan = plan_handoff(addresses, first, allow_in_group=allowed, handover=handover)
     locks = jr.lock_groups(paths, plan.group_ids, owner)
     try:
         # Again under the locks: nothing may have changed between check and lock.
         snapshot = await settled_snapshot(
             paths, writer, groups=plan.group_ids, addresses=addresses
         )
-        plan = plan_handoff(addresses, snapshot, allow_in_group=allowed, handover=handover)
+        now = plan_handoff(addresses, snapshot, allow_in_group=allowed, handover=handover)
+        if planned is not None:
+            _refuse_drift(planned, now)
+        else:
+            plan = now
         _refuse_recorded_groups(paths, plan.group_ids)
     except BaseException:
         locks.release()
         raise
     return Prepared(plan, locks)
+
+
+def _refuse_drift(planned: HandoffPlan, now: HandoffPlan) -> None:
+    drift = plan_drift(planned, now)
+    if drift:
+        raise PreflightRefusedError(
+            "refusing the hand-off: the host changed after the session was planned: "
+            + "; ".join(drift),
+            fix="run the session again: it plans from the host as it is then "
+            "(`handoff run --dry-run` shows that plan); nothing was changed",
+        )
 
 
 def _refuse_recorded_groups(paths: HostPaths, groups: Sequence[int]) -> None:
@@ -162,8 +187,14 @@ class GpuHandoff:
         write_timeout: float = WRITE_TIMEOUT,
         report: Report = _log_report,
         memlock_check: Callable[[Profile, HostPaths], int | None] = check_memlock,
+        planned: HandoffPlan | None = None,
+        refusal: HandoffError | None = None,
     ) -> None:
         self.profile = profile
+        # What the session plan decided from its read of the host (None, None: the
+        # resource reads and plans at acquire itself).
+        self.planned = planned
+        self.refusal = refusal
         self.paths = paths
         self.engine = Engine(paths, writer or KernelWriter(), write_timeout=write_timeout)
         self.report = report
@@ -193,6 +224,13 @@ class GpuHandoff:
         recovered = await recover(self.engine, kinds=(jr.Kind.SESSION,), groups=groups)
         for line in recovered.returned + recovered.discarded:
             self.report(f"recovered from an earlier session: {line}")
+        planned, refusal = self.planned, self.refusal
+        if recovered.returned:
+            # A dead session's devices went back: the host changed under the plan, which
+            # read them on vfio-pci. The one case planned again (as the tuning does).
+            planned, refusal = None, None
+        if refusal is not None:
+            raise refusal
         prepared = await prepare(
             self.paths,
             self.engine.writer,
@@ -200,6 +238,7 @@ class GpuHandoff:
             allow_in_group=allowed,
             owner=f"handoff run {self.profile.name}",
             handover=self.profile.host_display.handover,
+            planned=planned,
         )
         self._locks = prepared.locks
         self.plan = prepared.plan

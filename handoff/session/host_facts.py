@@ -1,7 +1,8 @@
 """The edge half of :mod:`handoff.session.plan`: read the host facts a plan needs.
 
 Read-only: the accelerator choice, the account QEMU runs as, the IOMMU
-group of each passthrough device, and for a tuned profile the CPU topology,
+group of each passthrough device and (for the hand-off the plan decides)
+those groups' members with their drivers, and for a tuned profile the CPU topology,
 hugepage pools and cpufreq state. ``strict`` is ``handoff run``'s (an
 impossible KVM request or a missing ``vm.user`` refuses); ``handoff argv``
 and doctor show what they can instead.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from handoff.base.errors import HostError, QemuError
+from handoff.base.errors import HandoffError, HostError, QemuError
 from handoff.base.host import HostPaths, qemu_account
 from handoff.pci.address import PciAddress
 from handoff.profile import Accelerator, FirmwareType, Profile, SoundModel
@@ -22,6 +23,7 @@ from handoff.session.plan import HostFacts, QemuOwner
 if TYPE_CHECKING:  # start-up: loaded by the profiles that use them
     from handoff.desk.sound import SoundServer
     from handoff.live.windows import Bar
+    from handoff.pci.plan import HostSnapshot
     from handoff.qemu.firmware_descriptors import FirmwareDescriptor
     from handoff.tune.model import HostTuning
 
@@ -46,6 +48,23 @@ def _iommu_groups(
     from handoff.pci.sysfs import iommu_group_of  # only a passthrough profile reads sysfs
 
     return tuple((p.address, iommu_group_of(paths, p.address)) for p in profile.passthrough)
+
+
+def _gpu(profile: Profile, paths: HostPaths) -> HostSnapshot | None:
+    """The passthrough groups (not live) as they are, for the plan's hand-off; None where
+    they cannot be read here (the GPU resource reads them at acquire and says why)."""
+    addresses = [p.address for p in profile.passthrough if not p.live]
+    if not addresses:
+        return None
+    from handoff.pci.ops import module_loadable
+    from handoff.pci.snapshot import take_snapshot
+    from handoff.pci.sysfs import groups_of
+
+    try:
+        return take_snapshot(paths, module_loadable, groups=groups_of(paths, addresses),
+                             addresses=addresses, scan_holders=False)
+    except HandoffError:
+        return None
 
 
 def _tuning(profile: Profile, paths: HostPaths) -> HostTuning | None:
@@ -135,6 +154,7 @@ def gather_host_facts(
         machine_options=machine_options,
         host_evmcs=_host_evmcs(paths, choice.accel),
         sound=_sound(profile, strict=strict),
+        gpu=_gpu(profile, paths),
     )
 
 

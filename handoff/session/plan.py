@@ -57,6 +57,9 @@ if TYPE_CHECKING:  # the live, tuning, desk and UEFI planners load only for prof
     from handoff.desk.sound import SoundServer
     from handoff.live.windows import Bar
     from handoff.qemu.firmware_descriptors import FirmwareChoice, FirmwareDescriptor
+if TYPE_CHECKING:  # the live and tuning planners load only for profiles that use them
+    from handoff.base.errors import HandoffError
+    from handoff.pci.plan import HandoffPlan, HostSnapshot
     from handoff.tune.model import HostTuning
     from handoff.tune.plan import MemoryBackend, TunePlan
 
@@ -123,6 +126,9 @@ class HostFacts:
     machine_options: frozenset[str] | None = None
     host_evmcs: bool = False
     sound: SoundServer | None = None  # [sound] user's server, read when the profile names one
+    # The passthrough groups (not live) as sysfs shows them: members, drivers, overrides
+    # (no holder scan: who holds a node is the resource's to check, under its locks).
+    gpu: HostSnapshot | None = None
 
     def group_of(self, address: PciAddress) -> int | None:
         return dict(self.iommu_groups).get(address)
@@ -190,6 +196,10 @@ class SessionPlan:
     tune: TunePlan | None = None
     # Lines to show before the session starts (Hyper-V flags this QEMU lacks).
     warnings: tuple[str, ...] = ()
+    # The GPU hand-off decided from ``facts.gpu`` (None: no such facts here, e.g.
+    # `handoff argv` for another machine), or why the host refuses it (preflight raises it).
+    gpu: HandoffPlan | None = None
+    gpu_refusal: HandoffError | None = None
 
     @property
     def environment(self) -> tuple[tuple[str, str], ...]:
@@ -352,10 +362,47 @@ def _tpm_changes(
     ]
 
 
-def _gpu_changes(profile: Profile, facts: HostFacts, dev: Path) -> list[HostChange]:
+def _plan_gpu(profile: Profile, facts: HostFacts) -> tuple[HandoffPlan | None, HandoffError | None]:
+    """The hand-off of the passthrough groups (not live) from the facts' read, or its refusal."""
+    entries = [p for p in profile.passthrough if not p.live]
+    if facts.gpu is None or not entries:
+        return None, None
+    from handoff.base.errors import HandoffError
+    from handoff.pci.plan import plan_handoff
+
+    try:
+        return plan_handoff(
+            [p.address for p in entries], facts.gpu,
+            allow_in_group=[a for p in entries for a in p.allow_in_group],
+            handover=profile.host_display.handover,
+        ), None
+    except HandoffError as refusal:
+        return None, refusal
+
+
+def _gpu_changes(
+    profile: Profile, facts: HostFacts, dev: Path, handoff: HandoffPlan | None
+) -> list[HostChange]:
+    """Each device the hand-off moves, from its driver and back, in the order it moves them;
+    /dev/vfio/N to vm.user. Without a hand-off plan, each entry as the profile names it."""
     changes: list[HostChange] = []
     groups: list[int | None] = []
+    planned: set[PciAddress] = set()
+    if handoff is not None:
+        requested = {a for g in handoff.groups for a in g.requested}
+        for moving in handoff.detach_order:
+            was = moving.driver or "no driver"
+            also = "" if moving.address in requested else ", a co-member of the group"
+            changes.append(HostChange(
+                ChangeKind.DEVICE_TO_VFIO, str(moving.address),
+                f"{was} -> vfio-pci (IOMMU group {moving.iommu_group}{also}); back to "
+                f"{was} afterwards",
+            ))
+        groups += list(handoff.group_ids)
+        planned = {p.address for p in profile.passthrough if not p.live}
     for device in profile.passthrough:
+        if device.address in planned:
+            continue
         group = facts.group_of(device.address)
         where = f"IOMMU group {group}" if group is not None else "its IOMMU group"
         changes.append(
@@ -612,7 +659,8 @@ def plan_session(
                      dev=paths.dev)
     argv = scoped_argv(profile, tune, live_argv(tuple(build_argv(profile, launch)), profile, facts))
     changes = _run_dir_changes(where, facts.qemu_owner)
-    changes += _gpu_changes(profile, facts, paths.dev)
+    gpu, gpu_refusal = _plan_gpu(profile, facts)
+    changes += _gpu_changes(profile, facts, paths.dev, gpu)
     changes += _desk_changes(profile, facts, launch)
     backend = profile.input.backend
     grabs: list[HostChange] = []
@@ -635,7 +683,8 @@ def plan_session(
         changes += _isolation_changes(profile.name, tune) + _tune_after_start(tune)
     changes += grabs  # devices are grabbed once the VM runs
     return SessionPlan(
-        profile, facts, launch, where, tuple(changes), argv, tune, warnings=guest.warnings
+        profile, facts, launch, where, tuple(changes), argv, tune, warnings=guest.warnings,
+        gpu=gpu, gpu_refusal=gpu_refusal,
     )
 
 

@@ -107,12 +107,14 @@ def default_resources(
         from handoff.session.recovery import card_return
 
         resources.append(DisplayHandover(
-            profile, paths, report=report, return_card=card_return(paths, KernelWriter())
+            profile, paths, report=report, return_card=card_return(paths, KernelWriter()),
+            gpu=plan.gpu, gpu_refusal=plan.gpu_refusal,
         ))
     if any(not p.live for p in profile.passthrough):
         from handoff.pci.resource import GpuHandoff
 
-        resources.append(GpuHandoff(profile, paths, report=report))
+        resources.append(GpuHandoff(profile, paths, report=report, planned=plan.gpu,
+                                    refusal=plan.gpu_refusal))
     live = None
     if any(p.live for p in profile.passthrough):
         from handoff.live.resource import LiveGpu

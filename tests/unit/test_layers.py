@@ -106,6 +106,7 @@ LAYERS: dict[str, Layer] = {
     "handoff.pci.address": C,
     "handoff.pci.model": C,
     "handoff.pci.plan": C,
+    "handoff.pci.drift": C,
     "handoff.pci.rules": C,
     "handoff.pci.reset": C,
     "handoff.pci.vendor_reset": C,
