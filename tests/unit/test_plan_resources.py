@@ -1,0 +1,143 @@
+"""The plan decides, the resources execute: the GPU hand-off is the plan's hand-off.
+
+``handoff run`` reads the passthrough groups once (``HostFacts.gpu``), the
+session plan decides the hand-off from that read (which devices move, from
+which driver, in which order), ``--dry-run``/``handoff argv`` print it, and
+the GPU and display resources are built from that very object. At acquire
+the GPU resource reads the groups again under their locks only to check
+them: a difference refuses with what changed, and nothing is touched.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from handoff import journal as jr
+from handoff.base.errors import PreflightRefusedError
+from handoff.cli.main import _print_plan
+from handoff.pci.engine import Engine
+from handoff.pci.resource import GpuHandoff
+from handoff.profile import parse_profile
+from handoff.session.host_facts import gather_host_facts
+from handoff.session.memlock import UNLIMITED, check_memlock
+from handoff.session.plan import ChangeKind, SessionPlan, plan_session
+from handoff.session.start import default_resources
+from tests.unit.fakesysfs import FakeHost, seed_machine
+
+SOURCE = Path("/etc/handoff/gaming.toml")
+# Only the GPU is named: the plan adds its audio function, the rest of IOMMU group 1.
+GPU_ONLY = (
+    '[vm]\nname = "gaming"\nmemory = "64M"\ncpus = 1\naccel = "tcg"\n'
+    '[input]\nbackend = "none"\n[[passthrough]]\naddress = "01:00.0"\n'
+)
+BEFORE = {"01:00.0": ("amdgpu", "(null)"), "01:00.1": ("snd_hda_intel", "(null)")}
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Iterator[FakeHost]:
+    fake = seed_machine(tmp_path, vfio_loaded=True)
+    yield fake
+    fake.release_blocked()
+
+
+def planned(host: FakeHost, text: str = GPU_ONLY) -> SessionPlan:
+    profile = parse_profile(text, SOURCE)
+    return plan_session(profile, gather_host_facts(profile, host.paths, strict=False), host.paths)
+
+
+def gpu_resource(plan: SessionPlan, host: FakeHost, lines: list[str]) -> GpuHandoff:
+    """The GPU resource exactly as the session builds it, on the fake host's driver core."""
+    (gpu,) = [r for r in default_resources(plan, host.paths, report=lines.append)
+              if isinstance(r, GpuHandoff)]
+    gpu.engine = Engine(host.paths, host)
+    gpu._memlock_check = functools.partial(check_memlock, getrlimit=lambda _: (UNLIMITED,) * 2)
+    return gpu
+
+
+def group_1(host: FakeHost) -> dict[str, tuple[str | None, str | None]]:
+    state = host.state()
+    return {a: state[a] for a in BEFORE}
+
+
+def moved_to_vfio(host: FakeHost) -> list[str]:
+    """The addresses whose driver_override was set to vfio-pci, in the order written."""
+    return [path.split("/")[-2] for path, value in host.writes
+            if path.endswith("driver_override") and value == "vfio-pci"]
+
+
+def test_the_gpu_resource_moves_exactly_what_the_plan_prints(
+    host: FakeHost, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan = planned(host)
+    assert plan.gpu is not None
+    moves = [c.target for c in plan.changes if c.kind is ChangeKind.DEVICE_TO_VFIO]
+    assert moves == [str(d.address) for d in plan.gpu.detach_order]
+    assert sorted(moves) == ["0000:01:00.0", "0000:01:00.1"]  # the co-member planned too
+    _print_plan(plan)  # what `handoff run --dry-run` and `handoff argv` print
+    printed = capsys.readouterr().err.splitlines()
+    for change in plan.changes:
+        assert f"handoff: would: {change.describe()}" in printed
+    audio = next(c for c in plan.changes if c.target == "0000:01:00.1")
+    assert audio.detail.startswith("snd_hda_intel -> vfio-pci (IOMMU group 1, a co-member")
+
+    lines: list[str] = []
+    gpu = gpu_resource(plan, host, lines)
+    trio.run(gpu.acquire)
+    try:
+        assert gpu.plan is plan.gpu  # executed as planned, not planned again
+        assert moved_to_vfio(host) == moves
+        assert lines[0] == "GPU hand-off plan:\n" + plan.gpu.render()
+        assert group_1(host) == {a: ("vfio-pci", "vfio-pci") for a in BEFORE}
+    finally:
+        trio.run(gpu.release)
+    assert group_1(host) == BEFORE
+
+
+def test_a_driver_changed_after_the_plan_refuses_naming_it_and_changes_nothing(
+    host: FakeHost,
+) -> None:
+    plan = planned(host)
+    host.write(host.paths.sys / "bus/pci/drivers/snd_hda_intel/unbind", "0000:01:00.1")
+    writes = len(host.writes)
+    gpu = gpu_resource(plan, host, [])
+    with pytest.raises(PreflightRefusedError) as refused:
+        trio.run(gpu.acquire)
+    assert "the host changed after the session was planned" in refused.value.message
+    assert ("01:00.1 was on snd_hda_intel when the session was planned, is on no driver now"
+            in refused.value.message)
+    assert "run the session again" in (refused.value.fix or "")
+    assert host.writes[writes:] == []  # nothing touched
+    assert jr.list_journals(host.paths) == []
+    assert group_1(host) == {"01:00.0": ("amdgpu", "(null)"), "01:00.1": (None, "(null)")}
+
+
+def test_the_plans_refusal_is_the_resources_refusal(host: FakeHost) -> None:
+    # The SATA controller shares IOMMU group 13 with the LPC bridge and SMBus.
+    plan = planned(host, GPU_ONLY.replace("01:00.0", "00:1f.2"))
+    assert plan.gpu is None
+    assert isinstance(plan.gpu_refusal, PreflightRefusedError)
+    gpu = gpu_resource(plan, host, [])
+    with pytest.raises(PreflightRefusedError) as refused:
+        trio.run(gpu.acquire)
+    assert refused.value is plan.gpu_refusal
+    assert host.writes == []
+
+
+def test_a_device_not_on_this_host_is_printed_as_named_and_refused_at_acquire(
+    host: FakeHost,
+) -> None:
+    """`handoff argv` for another machine still prints the entry; `run` refuses it."""
+    plan = planned(host, GPU_ONLY.replace("01:00.0", "0a:00.0"))
+    assert plan.gpu is None
+    assert plan.gpu_refusal is not None
+    assert "0000:0a:00.0 does not exist on this host" in plan.gpu_refusal.message
+    (move,) = [c for c in plan.changes if c.kind is ChangeKind.DEVICE_TO_VFIO]
+    assert move.detail == "to vfio-pci with its IOMMU group; back to its driver afterwards"
+    with pytest.raises(PreflightRefusedError) as refused:
+        trio.run(gpu_resource(plan, host, []).acquire)
+    assert refused.value is plan.gpu_refusal
