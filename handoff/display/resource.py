@@ -55,6 +55,7 @@ from handoff.display.model import (
     firmware_fb_on_card,
     plan_return,
 )
+from handoff.display.plan import takeover_drift
 from handoff.display.sysfs import (
     read_bars,
     read_firmware_fbs,
@@ -317,12 +318,16 @@ class DisplayHandover:
         node_wait: float = NODE_WAIT,
         gpu: HandoffPlan | None = None,
         gpu_refusal: HandoffError | None = None,
+        planned: Takeover | None = None,
+        planned_refusal: HandoffError | None = None,
     ) -> None:
         self.profile = profile
-        # The GPU hand-off the session plan decided (its groups, members, the card) or
-        # its refusal; None, None: read and planned here.
+        # What the session plan decided: the GPU hand-off (its groups, members, the card)
+        # and what the hand-over takes, or their refusals; None: read and planned here.
         self.gpu = gpu
         self.gpu_refusal = gpu_refusal
+        self.planned = planned
+        self.planned_refusal = planned_refusal
         self.paths = paths
         self.writer = writer or KernelWriter()
         self.runner = runner or systemctl.SubprocessRunner()
@@ -393,6 +398,10 @@ class DisplayHandover:
                 allow_in_group=[a for p in self.profile.passthrough for a in p.allow_in_group],
                 handover=True,
             )
+        if self.planned_refusal is not None:
+            raise self.planned_refusal
+        if self.planned is not None:
+            return self._as_planned(self.planned)
         card = self._card()
         consoles = read_vtconsoles(self.paths)
         if consoles_to_unbind(consoles) and not console_fallback(consoles):
@@ -403,6 +412,21 @@ class DisplayHandover:
             read_firmware_fbs(self.paths), str(card.address), read_bars(self.paths, card.address)
         )
         return Takeover(str(card.address), active, consoles_to_unbind(consoles), framebuffer)
+
+    def _as_planned(self, planned: Takeover) -> Takeover:
+        """The plan's takeover, checked against the consoles and framebuffers now; the
+        units of it that run now (stopped, and started after)."""
+        drift = takeover_drift(planned, read_vtconsoles(self.paths),
+                               read_firmware_fbs(self.paths))
+        if drift:
+            raise PreflightRefusedError(
+                "refusing the display hand-over: the host changed after the session was "
+                "planned: " + "; ".join(drift),
+                fix="run the session again: it plans from the host as it is then "
+                "(`handoff run --dry-run` shows that plan); nothing was changed",
+            )
+        active = tuple(u for u in planned.units if systemctl.is_active(self.runner, u))
+        return dataclasses.replace(planned, units=active)
 
     async def acquire(self) -> None:
         takeover = self._check()

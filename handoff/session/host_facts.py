@@ -22,6 +22,8 @@ from handoff.session.plan import HostFacts, QemuOwner
 
 if TYPE_CHECKING:  # start-up: loaded by the profiles that use them
     from handoff.desk.sound import SoundServer
+if TYPE_CHECKING:
+    from handoff.display.plan import DisplayFacts
     from handoff.live.windows import Bar
     from handoff.pci.plan import HostSnapshot
     from handoff.qemu.firmware_descriptors import FirmwareDescriptor
@@ -65,6 +67,23 @@ def _gpu(profile: Profile, paths: HostPaths) -> HostSnapshot | None:
                              addresses=addresses, scan_holders=False)
     except HandoffError:
         return None
+
+
+def _display(profile: Profile, paths: HostPaths) -> DisplayFacts | None:
+    """The consoles, firmware framebuffers and the passthrough functions' BARs, for a
+    [host_display] handover profile (the plan decides what the hand-over takes)."""
+    if not profile.host_display.handover:
+        return None
+    from handoff.display.plan import DisplayFacts
+    from handoff.display.sysfs import read_bars, read_firmware_fbs, read_vtconsoles
+
+    bars = []
+    for entry in profile.passthrough:
+        try:
+            bars.append((entry.address, read_bars(paths, entry.address)))
+        except (HandoffError, OSError):
+            continue
+    return DisplayFacts(read_vtconsoles(paths), read_firmware_fbs(paths), tuple(bars))
 
 
 def _tuning(profile: Profile, paths: HostPaths) -> HostTuning | None:
@@ -155,6 +174,7 @@ def gather_host_facts(
         host_evmcs=_host_evmcs(paths, choice.accel),
         sound=_sound(profile, strict=strict),
         gpu=_gpu(profile, paths),
+        display=_display(profile, paths),
     )
 
 

@@ -17,15 +17,19 @@ symlink like any open).
 The changes are listed in the order the session makes them; each names
 what it touches. Nothing here imports trio, evdev, pyudev or an edge module.
 
-Why it stays over 500 lines: every host change a session makes is listed
-here, one short function per capability, in the order the session makes
-them; that one list is what ``--dry-run`` and ``handoff argv`` show, so it
-must not be assembled from several modules that could disagree.
+The GPU hand-off and the host display hand-over are decided as typed values
+(:mod:`handoff.session.changes`: the hand-off plan, the takeover) from the
+facts' one read; the plan carries them, the resources execute them, and
+their lines are printed from them.
+
+Why it stays over 500 lines: every host change a session makes is put in
+order here, one short function per capability, in the order the session
+makes them; that one list is what ``--dry-run`` and ``handoff argv`` show,
+so its order must not be assembled in several modules that could disagree.
 """
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -51,6 +55,15 @@ from handoff.qemu.cmdline import (
     monitor_chardev,
 )
 from handoff.qemu.hyperv import NO_PLATFORM, Platform, platform
+from handoff.session.changes import (
+    ChangeKind,
+    HostChange,
+    display_changes,
+    gpu_changes,
+    owner_text,
+    plan_display,
+    plan_gpu,
+)
 
 if TYPE_CHECKING:  # the live, tuning, desk and UEFI planners load only for profiles using them
     from handoff.desk.looking_glass import Ivshmem
@@ -59,6 +72,9 @@ if TYPE_CHECKING:  # the live, tuning, desk and UEFI planners load only for prof
     from handoff.qemu.firmware_descriptors import FirmwareChoice, FirmwareDescriptor
 if TYPE_CHECKING:  # the live and tuning planners load only for profiles that use them
     from handoff.base.errors import HandoffError
+    from handoff.display.model import Takeover
+    from handoff.display.plan import DisplayFacts
+    from handoff.live.windows import Bar
     from handoff.pci.plan import HandoffPlan, HostSnapshot
     from handoff.tune.model import HostTuning
     from handoff.tune.plan import MemoryBackend, TunePlan
@@ -129,43 +145,10 @@ class HostFacts:
     # The passthrough groups (not live) as sysfs shows them: members, drivers, overrides
     # (no holder scan: who holds a node is the resource's to check, under its locks).
     gpu: HostSnapshot | None = None
+    display: DisplayFacts | None = None  # consoles, framebuffers, BARs: [host_display] handover
 
     def group_of(self, address: PciAddress) -> int | None:
         return dict(self.iommu_groups).get(address)
-
-
-class ChangeKind(enum.Enum):
-    """The kinds of host change a session makes (and undoes), in the order it makes them."""
-
-    CREATE_RUN_DIR = "create-run-dir"
-    DEVICE_TO_VFIO = "device-to-vfio"
-    CHOWN_NODE = "chown-node"
-    CREATE_SHM = "create-shm"
-    START_VIRTIOFSD = "start-virtiofsd"
-    CREATE_PROXY = "create-proxy"
-    LINK_PROXY = "link-proxy"
-    RAISE_HUGEPAGES = "raise-hugepages"
-    SET_GOVERNOR = "set-governor"
-    RAISE_MEMLOCK = "raise-memlock"
-    QEMU_SCOPE = "qemu-scope"
-    ISOLATE_HOST = "isolate-host"
-    PIN_VCPUS = "pin-vcpus"
-    SET_EMULATOR_AFFINITY = "set-emulator-affinity"
-    GRAB_INPUT = "grab-input"
-    CREATE_TPM_STATE = "create-tpm-state"
-    START_SWTPM = "start-swtpm"
-
-
-@dataclass(frozen=True)
-class HostChange:
-    """One planned change: its kind, what it touches, and how."""
-
-    kind: ChangeKind
-    target: str
-    detail: str
-
-    def describe(self) -> str:
-        return f"{self.kind.value}: {self.target}: {self.detail}"
 
 
 @dataclass(frozen=True)
@@ -200,6 +183,9 @@ class SessionPlan:
     # `handoff argv` for another machine), or why the host refuses it (preflight raises it).
     gpu: HandoffPlan | None = None
     gpu_refusal: HandoffError | None = None
+    # The host display hand-over decided from ``facts.display`` and the hand-off, or why not.
+    display: Takeover | None = None
+    display_refusal: HandoffError | None = None
 
     @property
     def environment(self) -> tuple[tuple[str, str], ...]:
@@ -326,10 +312,6 @@ def _memory_backend(profile: Profile | None, tune: TunePlan | None) -> MemoryBac
     return replace(backend, shared=True)
 
 
-def _owner_text(owner: QemuOwner) -> str:
-    return f"owner {owner.uid}:{owner.gid} ({owner.user}) while QEMU runs, then back"
-
-
 def _run_dir_changes(where: SessionPaths, owner: QemuOwner | None) -> list[HostChange]:
     who = f"owned by {owner.user} ({owner.uid}:{owner.gid})" if owner else "owned by you"
     return [
@@ -362,65 +344,6 @@ def _tpm_changes(
     ]
 
 
-def _plan_gpu(profile: Profile, facts: HostFacts) -> tuple[HandoffPlan | None, HandoffError | None]:
-    """The hand-off of the passthrough groups (not live) from the facts' read, or its refusal."""
-    entries = [p for p in profile.passthrough if not p.live]
-    if facts.gpu is None or not entries:
-        return None, None
-    from handoff.base.errors import HandoffError
-    from handoff.pci.plan import plan_handoff
-
-    try:
-        return plan_handoff(
-            [p.address for p in entries], facts.gpu,
-            allow_in_group=[a for p in entries for a in p.allow_in_group],
-            handover=profile.host_display.handover,
-        ), None
-    except HandoffError as refusal:
-        return None, refusal
-
-
-def _gpu_changes(
-    profile: Profile, facts: HostFacts, dev: Path, handoff: HandoffPlan | None
-) -> list[HostChange]:
-    """Each device the hand-off moves, from its driver and back, in the order it moves them;
-    /dev/vfio/N to vm.user. Without a hand-off plan, each entry as the profile names it."""
-    changes: list[HostChange] = []
-    groups: list[int | None] = []
-    planned: set[PciAddress] = set()
-    if handoff is not None:
-        requested = {a for g in handoff.groups for a in g.requested}
-        for moving in handoff.detach_order:
-            was = moving.driver or "no driver"
-            also = "" if moving.address in requested else ", a co-member of the group"
-            changes.append(HostChange(
-                ChangeKind.DEVICE_TO_VFIO, str(moving.address),
-                f"{was} -> vfio-pci (IOMMU group {moving.iommu_group}{also}); back to "
-                f"{was} afterwards",
-            ))
-        groups += list(handoff.group_ids)
-        planned = {p.address for p in profile.passthrough if not p.live}
-    for device in profile.passthrough:
-        if device.address in planned:
-            continue
-        group = facts.group_of(device.address)
-        where = f"IOMMU group {group}" if group is not None else "its IOMMU group"
-        changes.append(
-            HostChange(
-                ChangeKind.DEVICE_TO_VFIO, str(device.address),
-                f"to vfio-pci with {where}; back to its driver afterwards",
-            )
-        )
-        if group not in groups:
-            groups.append(group)
-    owner = facts.qemu_owner
-    if owner is not None:
-        for group in groups:
-            node = str(dev / "vfio" / str(group)) if group is not None else f"{dev}/vfio/<group>"
-            changes.append(HostChange(ChangeKind.CHOWN_NODE, node, _owner_text(owner)))
-    return changes
-
-
 def _input_changes(profile: Profile, facts: HostFacts, where: SessionPaths) -> list[HostChange]:
     selected = profile.input
     changes: list[HostChange] = []
@@ -438,7 +361,7 @@ def _input_changes(profile: Profile, facts: HostFacts, where: SessionPaths) -> l
                 changes.append(
                     HostChange(
                         ChangeKind.CHOWN_NODE, f"the {role} proxy's /dev/input/eventN",
-                        _owner_text(owner),
+                        owner_text(owner),
                     )
                 )
             changes.append(
@@ -659,8 +582,10 @@ def plan_session(
                      dev=paths.dev)
     argv = scoped_argv(profile, tune, live_argv(tuple(build_argv(profile, launch)), profile, facts))
     changes = _run_dir_changes(where, facts.qemu_owner)
-    gpu, gpu_refusal = _plan_gpu(profile, facts)
-    changes += _gpu_changes(profile, facts, paths.dev, gpu)
+    gpu, gpu_refusal = plan_gpu(profile, facts)
+    display, display_refusal = plan_display(profile, facts, gpu)
+    changes += display_changes(display)
+    changes += gpu_changes(profile, facts, paths.dev, gpu)
     changes += _desk_changes(profile, facts, launch)
     backend = profile.input.backend
     grabs: list[HostChange] = []
@@ -684,7 +609,7 @@ def plan_session(
     changes += grabs  # devices are grabbed once the VM runs
     return SessionPlan(
         profile, facts, launch, where, tuple(changes), argv, tune, warnings=guest.warnings,
-        gpu=gpu, gpu_refusal=gpu_refusal,
+        gpu=gpu, gpu_refusal=gpu_refusal, display=display, display_refusal=display_refusal,
     )
 
 

@@ -108,7 +108,8 @@ def default_resources(
 
         resources.append(DisplayHandover(
             profile, paths, report=report, return_card=card_return(paths, KernelWriter()),
-            gpu=plan.gpu, gpu_refusal=plan.gpu_refusal,
+            gpu=plan.gpu, gpu_refusal=plan.gpu_refusal, planned=plan.display,
+            planned_refusal=plan.display_refusal,
         ))
     if any(not p.live for p in profile.passthrough):
         from handoff.pci.resource import GpuHandoff

@@ -95,6 +95,7 @@ LAYERS: dict[str, Layer] = {
     "handoff.desk.sound": C,
     "handoff.profile.reset": C,
     "handoff.session.plan": C,
+    "handoff.session.changes": C,
     "handoff.session.end": C,
     "handoff.qemu.cmdline": C,
     "handoff.qemu.agent_protocol": C,
@@ -144,6 +145,7 @@ LAYERS: dict[str, Layer] = {
     "handoff.interop.kubevirt": C,
     "handoff.display": C,
     "handoff.display.model": C,
+    "handoff.display.plan": C,
     "handoff.display.where": C,
     # edges: the journal every capability registers with
     "handoff.journal": E,

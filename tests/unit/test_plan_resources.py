@@ -1,11 +1,14 @@
-"""The plan decides, the resources execute: the GPU hand-off is the plan's hand-off.
+"""The plan decides, the resources execute: the GPU and display hand-overs are the plan's.
 
 ``handoff run`` reads the passthrough groups once (``HostFacts.gpu``), the
 session plan decides the hand-off from that read (which devices move, from
 which driver, in which order), ``--dry-run``/``handoff argv`` print it, and
 the GPU and display resources are built from that very object. At acquire
 the GPU resource reads the groups again under their locks only to check
-them: a difference refuses with what changed, and nothing is touched.
+them: a difference refuses with what changed, and nothing is touched. The
+host display hand-over alike: the plan decides the consoles and the firmware
+framebuffer it unbinds and the units it stops (those that run at acquire)
+from ``HostFacts.display``; the resource unbinds exactly those.
 """
 
 from __future__ import annotations
@@ -20,13 +23,17 @@ import trio
 from handoff import journal as jr
 from handoff.base.errors import PreflightRefusedError
 from handoff.cli.main import _print_plan
+from handoff.display.journal import list_display_journals
+from handoff.display.resource import DisplayHandover, Restorer
 from handoff.pci.engine import Engine
 from handoff.pci.resource import GpuHandoff
 from handoff.profile import parse_profile
 from handoff.session.host_facts import gather_host_facts
 from handoff.session.memlock import UNLIMITED, check_memlock
 from handoff.session.plan import ChangeKind, SessionPlan, plan_session
+from handoff.session.recovery import card_return
 from handoff.session.start import default_resources
+from tests.unit.fakedisplay import DM, DisplayHost, RecordedSystemd, single_gpu_host
 from tests.unit.fakesysfs import FakeHost, seed_machine
 
 SOURCE = Path("/etc/handoff/gaming.toml")
@@ -141,3 +148,79 @@ def test_a_device_not_on_this_host_is_printed_as_named_and_refused_at_acquire(
     with pytest.raises(PreflightRefusedError) as refused:
         trio.run(gpu_resource(plan, host, []).acquire)
     assert refused.value is plan.gpu_refusal
+
+
+# --------------------------------------------------------------------------- the host display
+
+HANDOVER = (
+    '[vm]\nname = "single"\nmemory = "64M"\ncpus = 1\naccel = "tcg"\n'
+    '[input]\nbackend = "none"\n[[passthrough]]\naddress = "0a:00.0"\n'
+    f'[host_display]\nhandover = true\nstop_units = ["{DM}"]\n'
+)
+
+
+@pytest.fixture
+def single(tmp_path: Path) -> Iterator[tuple[DisplayHost, RecordedSystemd]]:
+    display = single_gpu_host(tmp_path)
+    systemd = RecordedSystemd(display)
+    systemd.add_display_manager()
+    yield display, systemd
+    display.host.release_blocked()
+
+
+def handover(
+    display: DisplayHost, systemd: RecordedSystemd
+) -> tuple[SessionPlan, DisplayHandover]:
+    """The plan and its display resource as the session builds them, on the fake host."""
+    profile = parse_profile(HANDOVER, SOURCE)
+    plan = plan_session(profile, gather_host_facts(profile, display.paths, strict=False),
+                        display.paths)
+    (screen,) = [r for r in default_resources(plan, display.paths, report=lambda _: None)
+                 if isinstance(r, DisplayHandover)]
+    assert (screen.planned, screen.gpu) == (plan.display, plan.gpu)  # built from the plan
+    screen.writer, screen.runner, screen.environ = display, systemd, {}
+    screen.restorer = Restorer(display.paths, display, systemd, lambda _: None,
+                               card_return(display.paths, display), node_wait=0.3)
+    return plan, screen
+
+
+def test_the_display_hand_over_takes_what_the_plan_prints(
+    single: tuple[DisplayHost, RecordedSystemd],
+) -> None:
+    display, systemd = single
+    plan, screen = handover(display, systemd)
+    shown = [(c.kind, c.target) for c in plan.changes
+             if c.kind in (ChangeKind.STOP_UNIT, ChangeKind.UNBIND_CONSOLE,
+                           ChangeKind.UNBIND_FRAMEBUFFER, ChangeKind.DEVICE_TO_VFIO)]
+    assert shown[:3] == [
+        (ChangeKind.STOP_UNIT, DM),
+        (ChangeKind.UNBIND_CONSOLE, "vtcon1 ((M) frame buffer device)"),
+        (ChangeKind.UNBIND_FRAMEBUFFER, "simple-framebuffer.0"),
+    ]  # before the card leaves its driver
+    assert {kind for kind, _ in shown[3:]} == {ChangeKind.DEVICE_TO_VFIO}
+    trio.run(screen.acquire)
+    try:
+        assert screen.takeover == plan.display
+        assert display.writes == [("vtcon1/bind", "0"),
+                                  ("simple-framebuffer/unbind", "simple-framebuffer.0")]
+        assert ["systemctl", "stop", DM] in systemd.calls
+    finally:
+        trio.run(screen.release)
+    assert display.vtconsole_bound("vtcon1")
+    assert systemd.units[DM].active
+
+
+def test_a_framebuffer_changed_after_the_plan_refuses_naming_it_and_changes_nothing(
+    single: tuple[DisplayHost, RecordedSystemd],
+) -> None:
+    display, systemd = single
+    _, screen = handover(display, systemd)
+    display.write(display.paths.sys / "bus/platform/drivers/simple-framebuffer/unbind",
+                  "simple-framebuffer.0")
+    with pytest.raises(PreflightRefusedError) as refused:
+        trio.run(screen.acquire)
+    assert ("simple-framebuffer.0 was on simple-framebuffer when the session was planned, "
+            "is on no driver now") in refused.value.message
+    assert ["systemctl", "stop", DM] not in systemd.calls
+    assert display.vtconsole_bound("vtcon1")
+    assert list_display_journals(display.paths) == []
