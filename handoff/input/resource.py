@@ -62,6 +62,7 @@ from handoff.input.keymap import (
 from handoff.input.router import EscapeChord, RouterCore
 from handoff.input.virtio import VirtioProxies
 from handoff.profile import InputBackend, InputMode, Profile
+from handoff.session.changes import ProxyPlan
 from handoff.session.plan import input_argv
 from handoff.session.resources import ControlRegistry, JsonObject, VmHandle
 
@@ -73,8 +74,12 @@ class InputHandoff:
 
     name = "input"
 
-    def __init__(self, profile: Profile, paths: HostPaths) -> None:
+    def __init__(
+        self, profile: Profile, paths: HostPaths, *, proxies: ProxyPlan | None = None
+    ) -> None:
         self._profile = profile
+        # The session plan's virtio proxies (links, node owner); None: decided here.
+        self.planned_proxies = proxies
         self._input = profile.input
         self._paths = paths
         # Validate now, so a bad hotkey or selector fails before anything changes.
@@ -116,13 +121,18 @@ class InputHandoff:
             host_device.create()
             self._host_device = host_device
         if self.backend is InputBackend.VIRTIO:
-            proxies = VirtioProxies(self._profile.name, owner_uid=_qemu_uid(self._profile))
+            planned = self.planned_proxies
+            owner_uid = planned.owner_uid if planned is not None else _qemu_uid(self._profile)
+            proxies = VirtioProxies(self._profile.name, owner_uid=owner_uid)
             try:
                 proxies.create()
             except BaseException:
                 self._destroy_host_device()
                 raise
-            keyboard, mouse = proxy_links(self._paths, self._profile.name)
+            keyboard, mouse = (
+                planned.links if planned is not None
+                else proxy_links(self._paths, self._profile.name)
+            )
             try:
                 proxies.link(keyboard, mouse)
             except OSError as exc:

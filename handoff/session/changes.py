@@ -28,11 +28,13 @@ if TYPE_CHECKING:
 __all__ = [
     "ChangeKind",
     "HostChange",
+    "ProxyPlan",
     "display_changes",
     "gpu_changes",
     "owner_text",
     "plan_display",
     "plan_gpu",
+    "plan_proxies",
 ]
 
 
@@ -72,6 +74,25 @@ class HostChange:
     def describe(self) -> str:
         return f"{self.kind.value}: {self.target}: {self.detail}"
 
+
+
+@dataclass(frozen=True)
+class ProxyPlan:
+    """The virtio input proxies as the plan decides them: the links QEMU opens (keyboard,
+    mouse) and the uid their event nodes go to (None: left to udev, QEMU runs as the
+    supervisor's own user)."""
+
+    links: tuple[Path, Path]
+    owner_uid: int | None
+
+
+def plan_proxies(facts: HostFacts, links: tuple[Path, Path] | None) -> ProxyPlan | None:
+    """The proxies of a virtio input profile (``links``: the plan's paths; None: not virtio)."""
+    if links is None:
+        return None
+    owner = facts.qemu_owner
+    give = owner is not None and owner.uid != facts.supervisor_uid
+    return ProxyPlan(links, owner.uid if give and owner is not None else None)
 
 
 def owner_text(owner: QemuOwner) -> str:

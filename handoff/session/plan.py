@@ -58,11 +58,13 @@ from handoff.qemu.hyperv import NO_PLATFORM, Platform, platform
 from handoff.session.changes import (
     ChangeKind,
     HostChange,
+    ProxyPlan,
     display_changes,
     gpu_changes,
     owner_text,
     plan_display,
     plan_gpu,
+    plan_proxies,
 )
 
 if TYPE_CHECKING:  # the live, tuning, desk and UEFI planners load only for profiles using them
@@ -186,6 +188,7 @@ class SessionPlan:
     # The host display hand-over decided from ``facts.display`` and the hand-off, or why not.
     display: Takeover | None = None
     display_refusal: HandoffError | None = None
+    proxies: ProxyPlan | None = None  # the virtio input proxies: links and node owner
 
     @property
     def environment(self) -> tuple[tuple[str, str], ...]:
@@ -344,13 +347,15 @@ def _tpm_changes(
     ]
 
 
-def _input_changes(profile: Profile, facts: HostFacts, where: SessionPaths) -> list[HostChange]:
+def _input_changes(
+    profile: Profile, facts: HostFacts, proxies: ProxyPlan | None
+) -> list[HostChange]:
     selected = profile.input
     changes: list[HostChange] = []
-    if where.proxy_links is not None:
+    if proxies is not None:
         owner = facts.qemu_owner
-        give = owner is not None and owner.uid != facts.supervisor_uid
-        for role, link in zip(("keyboard", "mouse"), where.proxy_links, strict=True):
+        give = proxies.owner_uid is not None
+        for role, link in zip(("keyboard", "mouse"), proxies.links, strict=True):
             changes.append(
                 HostChange(
                     ChangeKind.CREATE_PROXY, "/dev/uinput",
@@ -588,9 +593,10 @@ def plan_session(
     changes += gpu_changes(profile, facts, paths.dev, gpu)
     changes += _desk_changes(profile, facts, launch)
     backend = profile.input.backend
+    proxy_plan = plan_proxies(facts, where.proxy_links)
     grabs: list[HostChange] = []
     if backend is not InputBackend.NONE:
-        *proxies, grab = _input_changes(profile, facts, where)
+        *proxies, grab = _input_changes(profile, facts, proxy_plan)
         changes += proxies
         grabs.append(grab)
     if tune is not None:
@@ -610,6 +616,7 @@ def plan_session(
     return SessionPlan(
         profile, facts, launch, where, tuple(changes), argv, tune, warnings=guest.warnings,
         gpu=gpu, gpu_refusal=gpu_refusal, display=display, display_refusal=display_refusal,
+        proxies=proxy_plan,
     )
 
 

@@ -125,7 +125,7 @@ def default_resources(
     if profile.input.backend is not InputBackend.NONE:
         from handoff.input.resource import InputHandoff
 
-        inputs = InputHandoff(profile, paths)
+        inputs = InputHandoff(profile, paths, proxies=plan.proxies)
         resources.append(inputs)
         if live is not None and profile.input.follow_gpu:
             from handoff.live.state import LiveState

@@ -22,15 +22,17 @@ import trio
 
 from handoff import journal as jr
 from handoff.base.errors import PreflightRefusedError
+from handoff.base.host import HostPaths
 from handoff.cli.main import _print_plan
 from handoff.display.journal import list_display_journals
 from handoff.display.resource import DisplayHandover, Restorer
+from handoff.input.resource import InputHandoff
 from handoff.pci.engine import Engine
 from handoff.pci.resource import GpuHandoff
-from handoff.profile import parse_profile
+from handoff.profile import Accelerator, parse_profile
 from handoff.session.host_facts import gather_host_facts
 from handoff.session.memlock import UNLIMITED, check_memlock
-from handoff.session.plan import ChangeKind, SessionPlan, plan_session
+from handoff.session.plan import ChangeKind, HostFacts, QemuOwner, SessionPlan, plan_session
 from handoff.session.recovery import card_return
 from handoff.session.start import default_resources
 from tests.unit.fakedisplay import DM, DisplayHost, RecordedSystemd, single_gpu_host
@@ -224,3 +226,29 @@ def test_a_framebuffer_changed_after_the_plan_refuses_naming_it_and_changes_noth
     assert ["systemctl", "stop", DM] not in systemd.calls
     assert display.vtconsole_bound("vtcon1")
     assert list_display_journals(display.paths) == []
+
+
+# --------------------------------------------------------------------------- input proxies
+
+
+@pytest.mark.parametrize(("supervisor", "given"), [(0, 65534), (65534, None)])
+def test_the_input_resource_gives_the_proxies_to_whom_the_plan_says(
+    supervisor: int, given: int | None
+) -> None:
+    """vm.user's uid gets the proxies' nodes unless QEMU runs as the supervisor's user;
+    the plan prints it (chown-node) and the resource is built with that very decision."""
+    profile = parse_profile(
+        '[vm]\nname = "p"\nmemory = "64M"\ncpus = 1\naccel = "tcg"\nuser = "nobody"\n'
+        '[input]\nbackend = "virtio"\n', SOURCE,
+    )
+    paths = HostPaths(run=Path("/run/handoff"))
+    facts = HostFacts(Accelerator.TCG, "test", supervisor,
+                      qemu_owner=QemuOwner("nobody", 65534, 65534))
+    plan = plan_session(profile, facts, paths)
+    assert plan.proxies is not None
+    assert plan.proxies.owner_uid == given
+    assert plan.proxies.links == plan.paths.proxy_links
+    chowns = [c for c in plan.changes if c.kind is ChangeKind.CHOWN_NODE]
+    assert len(chowns) == (2 if given is not None else 0)
+    (inputs,) = [r for r in default_resources(plan, paths) if isinstance(r, InputHandoff)]
+    assert inputs.planned_proxies is plan.proxies
