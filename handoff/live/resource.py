@@ -88,8 +88,14 @@ class LiveGpu:
         driver: str = "vfio-pci",
         memlock_check: Callable[[Profile, HostPaths], int | None] = check_memlock,
         clock: Callable[[], float] = time.time,
+        planned: HandoffPlan | None = None,
+        refusal: HandoffError | None = None,
     ) -> None:
         self.profile = profile
+        # The live groups' hand-off the session plan decided, or its refusal; None, None:
+        # read and planned at acquire.
+        self.planned = planned
+        self.refusal = refusal
         self.paths = paths
         self.engine = Engine(paths, writer or KernelWriter(), write_timeout=write_timeout)
         self.report = report
@@ -133,10 +139,16 @@ class LiveGpu:
         )
         for line in recovered.returned + recovered.discarded:
             self.report(f"recovered from an earlier session: {line}")
+        planned, refusal = self.planned, self.refusal
+        if recovered.returned:  # the host changed under the plan: planned again
+            planned, refusal = None, None
+        if refusal is not None:
+            raise refusal
         prepared = await prepare(
             self.paths, self.engine.writer, addresses,
             allow_in_group=[a for p in self.entries for a in p.allow_in_group],
             owner=f"handoff run {self.profile.name} (live GPU)",
+            planned=planned,
         )
         self._locks = prepared.locks
         self.plan = prepared.plan

@@ -135,44 +135,52 @@ def display_changes(takeover: Takeover | None) -> list[HostChange]:
     return changes
 
 
-def plan_gpu(profile: Profile, facts: HostFacts) -> tuple[HandoffPlan | None, HandoffError | None]:
-    """The hand-off of the passthrough groups (not live) from the facts' read, or its refusal."""
-    entries = [p for p in profile.passthrough if not p.live]
-    if facts.gpu is None or not entries:
+def plan_gpu(
+    profile: Profile, facts: HostFacts, *, live: bool = False
+) -> tuple[HandoffPlan | None, HandoffError | None]:
+    """The hand-off of the passthrough groups (``live``: the live = true ones) from the
+    facts' read, or its refusal."""
+    entries = [p for p in profile.passthrough if p.live is live]
+    snapshot = facts.live_gpu if live else facts.gpu
+    if snapshot is None or not entries:
         return None, None
     from handoff.base.errors import HandoffError
     from handoff.pci.plan import plan_handoff
 
     try:
         return plan_handoff(
-            [p.address for p in entries], facts.gpu,
+            [p.address for p in entries], snapshot,
             allow_in_group=[a for p in entries for a in p.allow_in_group],
-            handover=profile.host_display.handover,
+            handover=profile.host_display.handover and not live,
         ), None
     except HandoffError as refusal:
         return None, refusal
 
 
 def gpu_changes(
-    profile: Profile, facts: HostFacts, dev: Path, handoff: HandoffPlan | None
+    profile: Profile, facts: HostFacts, dev: Path, handoff: HandoffPlan | None,
+    live: HandoffPlan | None = None,
 ) -> list[HostChange]:
-    """Each device the hand-off moves, from its driver and back, in the order it moves them;
-    /dev/vfio/N to vm.user. Without a hand-off plan, each entry as the profile names it."""
+    """Each device the hand-offs move (the boot-time one, then the live one), from its
+    driver and back, in the order they move them; /dev/vfio/N to vm.user. Without a
+    hand-off plan, each entry as the profile names it."""
     changes: list[HostChange] = []
     groups: list[int | None] = []
     planned: set[PciAddress] = set()
-    if handoff is not None:
-        requested = {a for g in handoff.groups for a in g.requested}
-        for moving in handoff.detach_order:
+    for plan, when in ((handoff, "afterwards"), (live, "on `handoff gpu` and afterwards")):
+        if plan is None:
+            continue
+        requested = {a for g in plan.groups for a in g.requested}
+        for moving in plan.detach_order:
             was = moving.driver or "no driver"
             also = "" if moving.address in requested else ", a co-member of the group"
             changes.append(HostChange(
                 ChangeKind.DEVICE_TO_VFIO, str(moving.address),
                 f"{was} -> vfio-pci (IOMMU group {moving.iommu_group}{also}); back to "
-                f"{was} afterwards",
+                f"{was} {when}",
             ))
-        groups += list(handoff.group_ids)
-        planned = {p.address for p in profile.passthrough if not p.live}
+            planned.add(moving.address)
+        groups += [g for g in plan.group_ids if g not in groups]
     for device in profile.passthrough:
         if device.address in planned:
             continue

@@ -52,10 +52,11 @@ def _iommu_groups(
     return tuple((p.address, iommu_group_of(paths, p.address)) for p in profile.passthrough)
 
 
-def _gpu(profile: Profile, paths: HostPaths) -> HostSnapshot | None:
-    """The passthrough groups (not live) as they are, for the plan's hand-off; None where
-    they cannot be read here (the GPU resource reads them at acquire and says why)."""
-    addresses = [p.address for p in profile.passthrough if not p.live]
+def _gpu(profile: Profile, paths: HostPaths, *, live: bool = False) -> HostSnapshot | None:
+    """The passthrough groups (``live``: the live = true ones) as they are, for the plan's
+    hand-off; None where they cannot be read here (the resource reads them at acquire
+    and says why)."""
+    addresses = [p.address for p in profile.passthrough if p.live is live]
     if not addresses:
         return None
     from handoff.pci.ops import module_loadable
@@ -174,6 +175,7 @@ def gather_host_facts(
         host_evmcs=_host_evmcs(paths, choice.accel),
         sound=_sound(profile, strict=strict),
         gpu=_gpu(profile, paths),
+        live_gpu=_gpu(profile, paths, live=True),
         display=_display(profile, paths),
     )
 

@@ -147,6 +147,7 @@ class HostFacts:
     # The passthrough groups (not live) as sysfs shows them: members, drivers, overrides
     # (no holder scan: who holds a node is the resource's to check, under its locks).
     gpu: HostSnapshot | None = None
+    live_gpu: HostSnapshot | None = None  # the live = true groups, alike
     display: DisplayFacts | None = None  # consoles, framebuffers, BARs: [host_display] handover
 
     def group_of(self, address: PciAddress) -> int | None:
@@ -189,6 +190,9 @@ class SessionPlan:
     display: Takeover | None = None
     display_refusal: HandoffError | None = None
     proxies: ProxyPlan | None = None  # the virtio input proxies: links and node owner
+    # The live = true groups' hand-off (moved at start, then by `handoff gpu`), or why not.
+    live: HandoffPlan | None = None
+    live_refusal: HandoffError | None = None
 
     @property
     def environment(self) -> tuple[tuple[str, str], ...]:
@@ -590,7 +594,8 @@ def plan_session(
     gpu, gpu_refusal = plan_gpu(profile, facts)
     display, display_refusal = plan_display(profile, facts, gpu)
     changes += display_changes(display)
-    changes += gpu_changes(profile, facts, paths.dev, gpu)
+    live, live_refusal = plan_gpu(profile, facts, live=True)
+    changes += gpu_changes(profile, facts, paths.dev, gpu, live)
     changes += _desk_changes(profile, facts, launch)
     backend = profile.input.backend
     proxy_plan = plan_proxies(facts, where.proxy_links)
@@ -616,7 +621,7 @@ def plan_session(
     return SessionPlan(
         profile, facts, launch, where, tuple(changes), argv, tune, warnings=guest.warnings,
         gpu=gpu, gpu_refusal=gpu_refusal, display=display, display_refusal=display_refusal,
-        proxies=proxy_plan,
+        proxies=proxy_plan, live=live, live_refusal=live_refusal,
     )
 
 

@@ -120,7 +120,8 @@ def default_resources(
     if any(p.live for p in profile.passthrough):
         from handoff.live.resource import LiveGpu
 
-        live = LiveGpu(profile, paths, report=report)
+        live = LiveGpu(profile, paths, report=report, planned=plan.live,
+                       refusal=plan.live_refusal)
         resources.append(live)
     if profile.input.backend is not InputBackend.NONE:
         from handoff.input.resource import InputHandoff

@@ -27,6 +27,7 @@ from handoff.cli.main import _print_plan
 from handoff.display.journal import list_display_journals
 from handoff.display.resource import DisplayHandover, Restorer
 from handoff.input.resource import InputHandoff
+from handoff.live.resource import LiveGpu
 from handoff.pci.engine import Engine
 from handoff.pci.resource import GpuHandoff
 from handoff.profile import Accelerator, parse_profile
@@ -252,3 +253,26 @@ def test_the_input_resource_gives_the_proxies_to_whom_the_plan_says(
     assert len(chowns) == (2 if given is not None else 0)
     (inputs,) = [r for r in default_resources(plan, paths) if isinstance(r, InputHandoff)]
     assert inputs.planned_proxies is plan.proxies
+
+
+# --------------------------------------------------------------------------- the live group
+
+
+def test_the_live_resource_moves_exactly_the_live_group_the_plan_prints(host: FakeHost) -> None:
+    plan = planned(host, GPU_ONLY.replace('address = "01:00.0"\n',
+                                          'address = "01:00.0"\nlive = true\n'))
+    assert plan.gpu is None
+    assert plan.live is not None
+    moves = [c.target for c in plan.changes if c.kind is ChangeKind.DEVICE_TO_VFIO]
+    assert moves == [str(d.address) for d in plan.live.detach_order]
+    (live,) = [r for r in default_resources(plan, host.paths, report=lambda _: None)
+               if isinstance(r, LiveGpu)]
+    live.engine = Engine(host.paths, host)
+    live._memlock_check = functools.partial(check_memlock, getrlimit=lambda _: (UNLIMITED,) * 2)
+    trio.run(live.acquire)
+    try:
+        assert live.plan is plan.live
+        assert moved_to_vfio(host) == moves
+    finally:
+        trio.run(live.release)
+    assert group_1(host) == BEFORE
