@@ -4,10 +4,12 @@
 plans the session from them (:func:`handoff.session.plan.plan_session`) and
 checks the plan's QEMU devices against the binary; a refusal here changes
 nothing. :func:`default_resources` then builds the host resources *from that
-plan*: the tuning resource applies ``plan.tune`` (the pinning, pool and
-governor targets decided from the facts the plan used) instead of planning
-again, and every resource reads the profile the plan carries. ``handoff
-run``, ``run --dry-run`` and ``handoff argv`` all print from a
+plan*, each with its own typed decision: the GPU and live hand-offs
+(``plan.gpu``, ``plan.live``), the display's takeover (``plan.display``),
+the input proxies (``plan.proxies``), the tuning (``plan.tune``), or the
+refusal the plan reached; a resource re-reads the host at acquire only to
+check (ARCHITECTURE.md, "The plan → resources contract"). ``handoff run``,
+``run --dry-run`` and ``handoff argv`` all print from a
 :class:`~handoff.session.plan.SessionPlan`.
 """
 
