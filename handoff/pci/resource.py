@@ -24,6 +24,7 @@ the group to be viable, QEMU does not open them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -132,10 +133,12 @@ async def prepare(
             paths, writer, groups=plan.group_ids, addresses=addresses
         )
         now = plan_handoff(addresses, snapshot, allow_in_group=allowed, handover=handover)
-        if planned is not None:
-            _refuse_drift(planned, now)
-        else:
+        if planned is None:
             plan = now
+        else:
+            _refuse_drift(planned, now)
+            if now.warnings != planned.warnings:  # read with the holders: their warnings
+                plan = dataclasses.replace(planned, warnings=now.warnings)
         _refuse_recorded_groups(paths, plan.group_ids)
     except BaseException:
         locks.release()
