@@ -276,3 +276,15 @@ def test_the_live_resource_moves_exactly_the_live_group_the_plan_prints(host: Fa
     finally:
         trio.run(live.release)
     assert group_1(host) == BEFORE
+
+
+def test_a_group_that_gained_a_member_after_the_plan_refuses_naming_both(host: FakeHost) -> None:
+    plan = planned(host)
+    host.add_device("01:00.2", 0x1002, 0xAAC9, 0x040300, group=1, parent="00:01.0",
+                    driver="snd_hda_intel")  # appeared beside the card after the plan
+    gpu = gpu_resource(plan, host, [])
+    with pytest.raises(PreflightRefusedError) as refused:
+        trio.run(gpu.acquire)
+    assert "IOMMU group 1 held 00:01.0, 01:00.0, 01:00.1, holds 00:01.0, 01:00.0, 01:00.1, " \
+           "01:00.2 now" in refused.value.message
+    assert jr.list_journals(host.paths) == []
