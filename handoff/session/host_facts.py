@@ -22,7 +22,6 @@ from handoff.session.plan import HostFacts, QemuOwner
 
 if TYPE_CHECKING:  # start-up: loaded by the profiles that use them
     from handoff.desk.sound import SoundServer
-if TYPE_CHECKING:
     from handoff.display.plan import DisplayFacts
     from handoff.live.windows import Bar
     from handoff.pci.plan import HostSnapshot

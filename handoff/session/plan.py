@@ -67,17 +67,15 @@ from handoff.session.changes import (
     plan_proxies,
 )
 
-if TYPE_CHECKING:  # the live, tuning, desk and UEFI planners load only for profiles using them
+if TYPE_CHECKING:  # the live, tuning, desk, UEFI, PCI and display planners: per profile
+    from handoff.base.errors import HandoffError
     from handoff.desk.looking_glass import Ivshmem
     from handoff.desk.sound import SoundServer
-    from handoff.live.windows import Bar
-    from handoff.qemu.firmware_descriptors import FirmwareChoice, FirmwareDescriptor
-if TYPE_CHECKING:  # the live and tuning planners load only for profiles that use them
-    from handoff.base.errors import HandoffError
     from handoff.display.model import Takeover
     from handoff.display.plan import DisplayFacts
     from handoff.live.windows import Bar
     from handoff.pci.plan import HandoffPlan, HostSnapshot
+    from handoff.qemu.firmware_descriptors import FirmwareChoice, FirmwareDescriptor
     from handoff.tune.model import HostTuning
     from handoff.tune.plan import MemoryBackend, TunePlan
 
