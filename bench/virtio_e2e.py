@@ -201,9 +201,9 @@ def frame_latencies(
 def start_l2(
     workdir: Path, extra: Sequence[str], expect: int
 ) -> tuple[subprocess.Popen[bytes], Path, Path]:
-    from tests.testbed.test_input_virtio_guest import build_initramfs
+    from tests.testbed.test_input_virtio_guest import build_l2
 
-    vmlinuz, initrd = build_initramfs(workdir, L2_INIT)
+    vmlinuz, initrd = build_l2(workdir, L2_INIT)
     serial, trace = workdir / "serial.log", workdir / "trace.log"
     argv = [
         "qemu-system-x86_64", "-nodefaults", "-machine", "q35", "-accel", "tcg", "-m", "192",

@@ -2,8 +2,9 @@
 
 The kernel is the testbed's (the versioned linux-image package, fetched once
 into the testbed cache by :func:`tests.testbed.runner.ensure_kernel`); the
-initramfs is busybox with the virtio console and evdev modules, Debian's
-qemu-guest-agent binary with its libraries, and :data:`INIT`. The guest
+initramfs (built by :mod:`tests.guest_initramfs`) is busybox with the virtio
+console and evdev modules, Debian's qemu-guest-agent binary with its
+libraries, and :data:`INIT`. The guest
 reports on its serial console, one ``KEY value`` line per fact:
 
 - ``TPMMAJOR`` (/sys/class/tpm/tpm0/tpm_version_major), ``PCR0`` (the SHA-256
@@ -18,14 +19,10 @@ reports on its serial console, one ``KEY value`` line per fact:
 
 from __future__ import annotations
 
-import gzip
-import json
-import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
+from tests.guest_initramfs import build_initramfs
 from tests.testbed.runner import cache_lock, default_cache, ensure_kernel
 
 INIT = r"""#!/bin/busybox sh
@@ -77,49 +74,17 @@ KEYS = ("TPMMAJOR", "PCR0", "EKPUB", "AGENT", "GUESTREADY", "POWERBUTTON", "SHUT
 FACT = re.compile(rf"({'|'.join(KEYS)})(?: (.*))?$")
 
 
-def _libraries(binary: str) -> list[Path]:
-    out = subprocess.run(["ldd", binary], check=True, capture_output=True, text=True).stdout
-    return [Path(m) for m in re.findall(r"(/\S+\.so[.\d]*)", out)]
-
-
 def build_guest(workdir: Path) -> tuple[Path, Path]:
     """(vmlinuz, initrd) of the guest described above, in ``workdir``."""
     cache = default_cache()
     with cache_lock(cache):
         kernel = ensure_kernel(cache)
-    release = json.loads((kernel.root / "kernel.json").read_text())["release"]
-    depends = subprocess.run(
-        ["modprobe", "-d", str(kernel.root), "-S", release, "-a", "--show-depends", *MODULES],
-        check=True, capture_output=True, text=True,
-    ).stdout
-    tree = workdir / "guestroot"
-    for sub in ("bin", "sbin", "proc", "sys", "dev", "modules", "etc"):
-        (tree / sub).mkdir(parents=True)
-    shutil.copy("/bin/busybox", tree / "bin" / "busybox")
-    shutil.copy("/usr/sbin/qemu-ga", tree / "bin" / "qemu-ga")
-    for library in _libraries("/usr/sbin/qemu-ga"):
-        target = tree / library.relative_to("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(library, target)
-    (tree / "sbin" / "shutdown").write_text(SHUTDOWN)
-    (tree / "sbin" / "shutdown").chmod(0o755)
-    (tree / "etc" / "os-release").write_text(OS_RELEASE)
-    order: list[str] = []
-    for line in depends.splitlines():
-        parts = line.split()
-        if parts and parts[0] == "insmod" and Path(parts[1]).name not in order:
-            shutil.copy(parts[1], tree / "modules" / Path(parts[1]).name)
-            order.append(Path(parts[1]).name)
-    (tree / "modules.order").write_text("\n".join(order) + "\n")
-    (tree / "init").write_text(INIT)
-    (tree / "init").chmod(0o755)
-    files = subprocess.run(["find", "."], cwd=tree, check=True, capture_output=True).stdout
-    archive = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=tree, input=files,
-                             check=True, capture_output=True).stdout
-    initrd = workdir / "guest.gz"
-    initrd.write_bytes(gzip.compress(archive, compresslevel=1))
-    os.chmod(initrd, 0o644)
-    return kernel.root / "boot" / f"vmlinuz-{release}", initrd
+    initrd = build_initramfs(
+        workdir, kernel, INIT, modules=MODULES, programs=("/usr/sbin/qemu-ga",),
+        files={"sbin/shutdown": (SHUTDOWN, 0o755), "etc/os-release": (OS_RELEASE, 0o644)},
+        name="guest",
+    )
+    return kernel.vmlinuz, initrd
 
 
 def guest_facts(serial: Path) -> dict[str, str]:

@@ -204,7 +204,6 @@ def test_a_nested_guest_writes_bar2_sees_the_usb_device_across_a_replug_and_uses
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(mode=0o755)
     vmlinuz, initrd = build_l2(work, L2_DESK_INIT, L2_DESK_MODULES)
-    initrd.chmod(0o644)
     out_dir, rw, ro = work / "out", work / "rw", work / "ro"
     for folder in (out_dir, rw, ro):
         folder.mkdir()

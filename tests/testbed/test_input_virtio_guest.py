@@ -28,12 +28,7 @@ into the proxies, in order):
 
 from __future__ import annotations
 
-import gzip
-import json
-import os
-import shutil
 import socket
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -49,6 +44,7 @@ from handoff.profile import Input, InputBackend, InputMode, Profile
 from handoff.profile import Vm as VmSpec
 from handoff.qemu.process import QemuProcess
 from handoff.qemu.qmp import open_qmp
+from tests.guest_initramfs import build_initramfs, cached_kernel
 
 from .test_input_realkernel import (
     BTN_EXTRA,
@@ -76,7 +72,6 @@ pytestmark = [
     pytest.mark.usefixtures("testbed_uinput"),  # no /dev/uinput: fail, never skip
 ]
 
-KERNEL_CACHE = Path(os.environ.get("TESTBED_CACHE", "/var/cache/handoff-testbed")) / "kernel"
 REL_Y, REL_HWHEEL_HI_RES = 1, 12
 #: 15 frames (45 events) + a click (4): under every 64-event buffer on the path.
 BURSTS, BURST_FRAMES = 4, 15
@@ -112,39 +107,14 @@ while true; do sleep 30; echo "L2ALIVE $(cut -d' ' -f1 /proc/uptime)"; done
 """
 
 
-def build_initramfs(workdir: Path, init_script: str = L2_INIT) -> tuple[Path, Path]:
+def build_l2(workdir: Path, init_script: str = L2_INIT) -> tuple[Path, Path]:
     """The testbed kernel's vmlinuz and a busybox initramfs with virtio_input + evdev.
 
     ``init_script``: the guest's /init (bench/virtio_e2e.py gives one that reads nothing)."""
-    (root,) = [p for p in KERNEL_CACHE.iterdir() if (p / "kernel.json").exists()]
-    release = json.loads((root / "kernel.json").read_text())["release"]
-    depends = subprocess.run(
-        ["modprobe", "-d", str(root), "-S", release, "-a", "--show-depends",
-         "virtio_pci", "virtio_input", "evdev"],
-        check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
-    tree = workdir / "l2root"
-    for sub in ("bin", "proc", "sys", "dev", "modules"):
-        (tree / sub).mkdir(parents=True)
-    shutil.copy("/bin/busybox", tree / "bin" / "busybox")
-    order: list[str] = []
-    for line in depends.splitlines():
-        parts = line.split()
-        if parts and parts[0] == "insmod" and Path(parts[1]).name not in order:
-            shutil.copy(parts[1], tree / "modules" / Path(parts[1]).name)
-            order.append(Path(parts[1]).name)
-    (tree / "modules.order").write_text("\n".join(order) + "\n")
-    init = tree / "init"
-    init.write_text(init_script)
-    init.chmod(0o755)
-    files = subprocess.run(["find", "."], cwd=tree, check=True, capture_output=True).stdout
-    archive = subprocess.run(
-        ["cpio", "-o", "-H", "newc", "--quiet"], cwd=tree, input=files, check=True,
-        capture_output=True,
-    ).stdout  # fmt: skip
-    initrd = workdir / "l2.gz"
-    initrd.write_bytes(gzip.compress(archive))
-    return root / "boot" / f"vmlinuz-{release}", initrd
+    kernel = cached_kernel()
+    initrd = build_initramfs(workdir, kernel, init_script,
+                             modules=("virtio_pci", "virtio_input", "evdev"))
+    return kernel.vmlinuz, initrd
 
 
 def l2_events(serial: Path, node: str) -> list[tuple[int, int, int]]:
@@ -191,7 +161,7 @@ def make_mouse() -> Any:
 async def test_a_nested_guest_receives_the_virtio_proxies_events_unchanged(
     tmp_path: Path,
 ) -> None:
-    vmlinuz, initrd = build_initramfs(tmp_path)
+    vmlinuz, initrd = build_l2(tmp_path)
     keyboard, mouse = make_keyboard(), make_mouse()
     profile = Profile(
         vm=VmSpec(name="tbv", memory_mib=192),

@@ -48,6 +48,7 @@ from handoff.qemu.qmp import open_qmp
 from handoff.session.host_facts import gather_host_facts
 from handoff.session.plan import HostFacts, plan_session
 from handoff.session.supervisor import default_resources
+from tests.guest_initramfs import build_initramfs, cached_kernel
 from tests.lines import wait_for_line as read_lines
 from tests.qemu.test_live_qmp import NATIVE, Vm
 from tests.testbed import devices, guest
@@ -329,35 +330,8 @@ def build_l2(
     """The testbed kernel's vmlinuz and a busybox initramfs running ``init`` (as /init)
     with ``modules`` (and their dependencies) in /modules, listed in load order in
     /modules.order."""
-    import gzip
-    import shutil
-
-    cache = Path(os.environ.get("TESTBED_CACHE", "/var/cache/handoff-testbed")) / "kernel"
-    (root,) = [p for p in cache.iterdir() if (p / "kernel.json").exists()]
-    release = json.loads((root / "kernel.json").read_text())["release"]
-    depends = subprocess.run(
-        ["modprobe", "-d", str(root), "-S", release, "-a", "--show-depends", *modules],
-        check=True, capture_output=True, text=True,
-    ).stdout if modules else ""
-    tree = workdir / "l2root"
-    for sub in ("bin", "proc", "sys", "dev", "modules"):
-        (tree / sub).mkdir(parents=True)
-    shutil.copy("/bin/busybox", tree / "bin" / "busybox")
-    order: list[str] = []
-    for line in depends.splitlines():
-        parts = line.split()
-        if parts and parts[0] == "insmod" and Path(parts[1]).name not in order:
-            shutil.copy(parts[1], tree / "modules" / Path(parts[1]).name)
-            order.append(Path(parts[1]).name)
-    (tree / "modules.order").write_text("\n".join(order) + "\n")
-    (tree / "init").write_text(init)
-    (tree / "init").chmod(0o755)
-    files = subprocess.run(["find", "."], cwd=tree, check=True, capture_output=True).stdout
-    archive = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=tree, input=files,
-                             check=True, capture_output=True).stdout
-    initrd = workdir / "l2.gz"
-    initrd.write_bytes(gzip.compress(archive))
-    return root / "boot" / f"vmlinuz-{release}", initrd
+    kernel = cached_kernel()
+    return kernel.vmlinuz, build_initramfs(workdir, kernel, init, modules=modules)
 
 
 def l2_state(serial: Path) -> dict[str, str]:
