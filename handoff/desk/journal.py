@@ -121,6 +121,45 @@ class DeskJournal:
             self.path.unlink()
 
 
+class DeskHold:
+    """What a desk resource holds while its session lives: its named lock and journal.
+
+    :meth:`take` locks ``desk-<profile>+<part>`` and begins the journal (in memory:
+    the resource saves it before its first host change); :meth:`end` gives every
+    recorded node and ACL back, removes the journal and releases the lock, on
+    every exit path and idempotently.
+    """
+
+    def __init__(self, paths: HostPaths) -> None:
+        self.paths = paths
+        self.journal: DeskJournal | None = None
+        self.locks: jr.Locks | None = None
+
+    def take(self, profile: str, part: str, what: str) -> DeskJournal:
+        """The lock (held by ``handoff run <profile>``, guarding ``what``), then the journal."""
+        self.locks = jr.lock_named(self.paths, lock_stem(f"{profile}+{part}" if part else profile),
+                                   f"handoff run {profile}", what)
+        try:
+            self.journal = DeskJournal.begin(self.paths, profile, part)
+        except BaseException:
+            self.end()
+            raise
+        return self.journal
+
+    def note_qemu_pid(self, pid: int) -> None:
+        if self.journal is not None:
+            self.journal.note_qemu(pid, jr.process_start_time(self.paths, pid))
+
+    def end(self) -> None:
+        if self.journal is not None:
+            give_back(self.journal)
+            self.journal.remove()
+            self.journal = None
+        if self.locks is not None:
+            self.locks.release()
+            self.locks = None
+
+
 def _check_version(data: dict[str, Any]) -> None:
     if data.get("version") != VERSION:
         raise ValueError(f"version {data.get('version')!r}, expected {VERSION}")

@@ -24,11 +24,10 @@ from pathlib import Path
 
 import trio
 
-from handoff import journal as jr
 from handoff.base.errors import DeskError
 from handoff.base.host import HostPaths
 from handoff.desk import looking_glass as lg_core
-from handoff.desk.journal import DeskJournal, lock_stem
+from handoff.desk.journal import DeskHold
 from handoff.profile import LookingGlassDevice, Profile
 from handoff.session.resources import ControlRegistry, JsonObject, VmHandle
 
@@ -100,8 +99,7 @@ class LookingGlassShm:
         self.lg = lg
         self.path = lg_core.memory_path(lg, paths.dev, profile.name)
         self.size_mib = lg_core.size_mib(lg)
-        self._journal: DeskJournal | None = None
-        self._locks: jr.Locks | None = None
+        self._hold = DeskHold(paths)
         self._made: tuple[int, int] | None = None  # (st_dev, st_ino) of the file we made
 
     @property
@@ -138,13 +136,10 @@ class LookingGlassShm:
         uid = pwd.getpwnam(owner).pw_uid
         gid = qemu_gid(self.profile)
         name = self.profile.name
-        self._locks = jr.lock_named(self.paths, lock_stem(name), f"handoff run {name}",
-                                    f"the Looking Glass file of {name}")
         try:
-            journal = DeskJournal.begin(self.paths, name)
+            journal = self._hold.take(name, "", f"the Looking Glass file of {name}")
             journal.files.append(str(self.path))
             journal.save()  # write-ahead: before the file is touched
-            self._journal = journal
             self._create(uid, gid)
         except BaseException:
             self._undo()
@@ -185,16 +180,10 @@ class LookingGlassShm:
                 if (st.st_dev, st.st_ino) == self._made:
                     os.unlink(self.path)
             self._made = None
-        if self._journal is not None:
-            self._journal.remove()
-            self._journal = None
-        if self._locks is not None:
-            self._locks.release()
-            self._locks = None
+        self._hold.end()
 
     def note_qemu_pid(self, pid: int) -> None:
-        if self._journal is not None:
-            self._journal.note_qemu(pid, jr.process_start_time(self.paths, pid))
+        self._hold.note_qemu_pid(pid)
 
     async def vm_started(
         self, vm: VmHandle, nursery: trio.Nursery, control: ControlRegistry

@@ -20,11 +20,10 @@ from pathlib import Path
 
 import trio
 
-from handoff import journal as jr
 from handoff.base.errors import DeskError
 from handoff.base.host import HostPaths, qemu_account
 from handoff.base.run_layout import qemu_socket_dir
-from handoff.desk.journal import DeskJournal, give_back, lock_stem
+from handoff.desk.journal import DeskHold
 from handoff.desk.sound import COOKIE_COPY
 from handoff.desk.sound_host import read_sound_server
 from handoff.profile import Profile
@@ -61,8 +60,7 @@ class SoundAccess:
         self.profile = profile
         self.paths = paths
         self.report = report
-        self._journal: DeskJournal | None = None
-        self._locks: jr.Locks | None = None
+        self._hold = DeskHold(paths)
 
     @property
     def memlock_bytes(self) -> int | None:
@@ -78,10 +76,7 @@ class SoundAccess:
             return  # no server: the plan gave QEMU the silent driver
         account = qemu_account(user)
         name = self.profile.name
-        self._locks = jr.lock_named(self.paths, lock_stem(f"{name}+sound"),
-                                    f"handoff run {name}", f"the sound access of {name}")
-        journal = DeskJournal.begin(self.paths, name, "sound")
-        self._journal = journal
+        journal = self._hold.take(name, "sound", f"the sound access of {name}")
         try:
             sock = server.socket
             for path, perms in ((sock.parent.parent, "x"), (sock.parent, "x"), (sock, "rw")):
@@ -102,17 +97,10 @@ class SoundAccess:
                     "VM runs")
 
     def _undo(self) -> None:
-        if self._journal is not None:
-            give_back(self._journal)
-            self._journal.remove()
-            self._journal = None
-        if self._locks is not None:
-            self._locks.release()
-            self._locks = None
+        self._hold.end()
 
     def note_qemu_pid(self, pid: int) -> None:
-        if self._journal is not None:
-            self._journal.note_qemu(pid, jr.process_start_time(self.paths, pid))
+        self._hold.note_qemu_pid(pid)
 
     async def vm_started(
         self, vm: VmHandle, nursery: trio.Nursery, control: ControlRegistry
@@ -123,5 +111,5 @@ class SoundAccess:
         await trio.to_thread.run_sync(self._undo)
 
     def status(self) -> JsonObject:
-        journal = self._journal
+        journal = self._hold.journal
         return {"acls": [f"{u}: {p}" for p, u in journal.acls] if journal else []}

@@ -29,7 +29,7 @@ from handoff import journal as jr
 from handoff.base.errors import DeskError
 from handoff.base.host import HostPaths, qemu_account
 from handoff.desk import usb as core
-from handoff.desk.journal import DeskJournal, give_back
+from handoff.desk.journal import DeskHold
 from handoff.profile import InputBackend, Profile
 from handoff.session.resources import ControlRegistry, JsonObject, VmHandle
 
@@ -100,8 +100,7 @@ class UsbPassthrough:
         self.profile = profile
         self.paths = paths
         self.report = report
-        self._journal: DeskJournal | None = None
-        self._locks: jr.Locks | None = None
+        self._hold = DeskHold(paths)
         self._owner: tuple[int, int] | None = None
         self._qemu_pid: int | None = None
 
@@ -125,9 +124,7 @@ class UsbPassthrough:
             if account.pw_uid != os.geteuid():
                 self._owner = (account.pw_uid, account.pw_gid)
                 name = self.profile.name
-                self._locks = jr.lock_named(self.paths, f"desk-{name}+usb",
-                                            f"handoff run {name}", f"the USB nodes of {name}")
-                self._journal = DeskJournal.begin(self.paths, name, "usb")
+                self._hold.take(name, "usb", f"the USB nodes of {name}")
                 try:
                     for device in passed:
                         self._hand_over(self.paths.dev / device.node.removeprefix("/dev/"))
@@ -142,7 +139,7 @@ class UsbPassthrough:
 
     def _hand_over(self, node: Path) -> None:
         """Record the node's owner and mode (write-ahead), then give it to QEMU's user."""
-        journal, owner = self._journal, self._owner
+        journal, owner = self._hold.journal, self._owner
         assert journal is not None
         assert owner is not None
         try:
@@ -162,13 +159,12 @@ class UsbPassthrough:
 
     def note_qemu_pid(self, pid: int) -> None:
         self._qemu_pid = pid
-        if self._journal is not None:
-            self._journal.note_qemu(pid, jr.process_start_time(self.paths, pid))
+        self._hold.note_qemu_pid(pid)
 
     async def vm_started(
         self, vm: VmHandle, nursery: trio.Nursery, control: ControlRegistry
     ) -> None:
-        if self._journal is not None:
+        if self._hold.journal is not None:
             nursery.start_soon(self._follow_plugs)
 
     async def _follow_plugs(self) -> None:
@@ -202,14 +198,7 @@ class UsbPassthrough:
             self.report(f"USB: {host.name} plugged in: {host.node} handed to vm.user")
 
     async def release(self) -> None:
-        journal = self._journal
-        if journal is not None:
-            give_back(journal)
-            journal.remove()
-            self._journal = None
-        if self._locks is not None:
-            self._locks.release()
-            self._locks = None
+        self._hold.end()
 
     def _held_by_qemu(self) -> set[str]:
         pid = self._qemu_pid

@@ -30,7 +30,7 @@ from handoff.base.errors import DeskError, ProfileError
 from handoff.base.host import HostPaths, qemu_account
 from handoff.base.run_layout import qemu_socket_dir
 from handoff.desk import share as core
-from handoff.desk.journal import DeskJournal, lock_stem
+from handoff.desk.journal import DeskHold
 from handoff.profile import Profile, Share
 from handoff.session.resources import ControlRegistry, JsonObject, VmHandle
 
@@ -106,8 +106,7 @@ class VirtiofsShares:
         self.descriptor_dirs = descriptor_dirs
         self._procs: list[subprocess.Popen[bytes]] = []
         self._sockets: list[Path] = []
-        self._journal: DeskJournal | None = None
-        self._locks: jr.Locks | None = None
+        self._hold = DeskHold(paths)
 
     @property
     def memlock_bytes(self) -> int | None:
@@ -147,9 +146,7 @@ class VirtiofsShares:
     async def acquire(self) -> None:
         binary = self.check()
         name = self.profile.name
-        self._locks = jr.lock_named(self.paths, lock_stem(f"{name}+shares"),
-                                    f"handoff run {name}", f"the virtiofsd of {name}")
-        self._journal = DeskJournal.begin(self.paths, name, "shares")
+        self._hold.take(name, "shares", f"the virtiofsd of {name}")
         try:
             for index, share in enumerate(self.profile.shares):
                 await self._start(index, share, binary)
@@ -159,7 +156,7 @@ class VirtiofsShares:
             raise
 
     async def _start(self, index: int, share: Share, binary: Path) -> None:
-        journal = self._journal
+        journal = self._hold.journal
         assert journal is not None
         sock_path = core.socket_path(qemu_socket_dir(self.paths, self.profile.name), index)
         uid, gid, who = self._runs_as(share.path)
@@ -210,8 +207,7 @@ class VirtiofsShares:
         return self.paths.session_dir(self.profile.name) / f"virtiofsd-{index}.log"
 
     def note_qemu_pid(self, pid: int) -> None:
-        if self._journal is not None:
-            self._journal.note_qemu(pid, jr.process_start_time(self.paths, pid))
+        self._hold.note_qemu_pid(pid)
 
     async def vm_started(
         self, vm: VmHandle, nursery: trio.Nursery, control: ControlRegistry
@@ -235,12 +231,7 @@ class VirtiofsShares:
             with contextlib.suppress(FileNotFoundError):
                 self._log(index).unlink()
         self._sockets = []
-        if self._journal is not None:
-            self._journal.remove()
-            self._journal = None
-        if self._locks is not None:
-            self._locks.release()
-            self._locks = None
+        self._hold.end()
 
     def status(self) -> JsonObject:
         out = []

@@ -210,8 +210,8 @@ def test_a_dead_supervisor_file_is_removed_by_recover_once_qemu_is_gone(paths: H
     assert file.exists()
     assert "left alone" in lines[-1]
     resource.note_qemu_pid(os.getpid())  # "QEMU" (this process) still maps it
-    assert resource._locks is not None
-    resource._locks.release()  # the supervisor dies: the kernel drops its flock
+    assert resource._hold.locks is not None
+    resource._hold.locks.release()  # the supervisor dies: the kernel drops its flock
     assert not recover_desk(paths, lines.append)
     assert file.exists()
     assert "still uses" in lines[-1]

@@ -93,7 +93,7 @@ def test_a_node_goes_to_vm_user_journaled_and_comes_back(paths: HostPaths) -> No
         SOURCE)
     resource = UsbPassthrough(passed, paths, report=lambda _: None)
     resource._owner = (65534, 65534)
-    resource._journal = DeskJournal.begin(paths, "usbvm", "usb")
+    resource._hold.journal = DeskJournal.begin(paths, "usbvm", "usb")
     resource._hand_over(node)
     st = os.stat(node)
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (65534, 65534, 0o660)
