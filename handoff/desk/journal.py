@@ -25,7 +25,7 @@ from typing import Any
 from handoff import journal as jr
 from handoff.base.errors import JournalError
 from handoff.base.host import HostPaths
-from handoff.journal import read_boot_id
+from handoff.journal import read_boot_id, store
 
 NodeRecord = jr.NodeRecord  # path, uid, gid, mode before handoff changed them
 
@@ -72,9 +72,7 @@ class DeskJournal:
 
     @classmethod
     def load(cls, path: Path) -> DeskJournal:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            _check_version(data)
+        def build(data: dict[str, Any]) -> DeskJournal:
             return cls(
                 path=path, profile=str(data["profile"]), boot_id=str(data["boot_id"]),
                 supervisor_pid=int(data["supervisor_pid"]),
@@ -84,11 +82,11 @@ class DeskJournal:
                 acls=[[str(p), str(u)] for p, u in data.get("acls", [])],
                 qemu_pid=data.get("qemu_pid"), qemu_start_time=data.get("qemu_start_time"),
             )
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise JournalError(
-                f"cannot read the desk journal {path}: {exc}",
-                fix=f"remove the files it names by hand (ls /dev/shm), then delete {path}",
-            ) from exc
+
+        return store.read_record(
+            path, VERSION, build, what="the desk journal",
+            fix=f"remove the files it names by hand (ls /dev/shm), then delete {path}",
+        )
 
     def note_qemu(self, pid: int, start_time: int | None) -> None:
         """QEMU's pid and start time, saved: recover leaves the journal while QEMU runs
@@ -158,11 +156,6 @@ class DeskHold:
         if self.locks is not None:
             self.locks.release()
             self.locks = None
-
-
-def _check_version(data: dict[str, Any]) -> None:
-    if data.get("version") != VERSION:
-        raise ValueError(f"version {data.get('version')!r}, expected {VERSION}")
 
 
 def list_desk_journals(paths: HostPaths) -> list[Path]:

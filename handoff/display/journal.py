@@ -13,13 +13,11 @@ reads it; same tmpfs, same boot-id rule, the same durable writer
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from handoff.base.errors import JournalError
 from handoff.base.host import HostPaths
 from handoff.display.model import DisplayStep
 from handoff.journal import store
@@ -74,9 +72,7 @@ class DisplayJournal:
 
     @classmethod
     def load(cls, path: Path, proc: Path = HostPaths.proc) -> DisplayJournal:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            _check_version(data)
+        def build(data: dict[str, Any]) -> DisplayJournal:
             return cls(
                 path=path,
                 profile=str(data["profile"]),
@@ -92,12 +88,12 @@ class DisplayJournal:
                 failure=data.get("failure"),
                 proc=proc,
             )
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise JournalError(
-                f"cannot read the host display journal {path}: {exc}",
-                fix="bring the display back by hand (`systemctl start display-manager`, "
-                f"echo 1 > /sys/class/vtconsole/vtconN/bind), then delete {path}",
-            ) from exc
+
+        return store.read_record(
+            path, VERSION, build, what=WHAT,
+            fix="bring the display back by hand (`systemctl start display-manager`, "
+            f"echo 1 > /sys/class/vtconsole/vtconN/bind), then delete {path}",
+        )
 
     def save(self) -> None:
         """Atomically replace the file (:func:`handoff.journal.store.write_atomic`)."""
@@ -111,11 +107,6 @@ class DisplayJournal:
 
     def remove(self) -> None:
         store.remove_file(self.path, what=WHAT)
-
-
-def _check_version(data: dict[str, Any]) -> None:
-    if data.get("version") != VERSION:
-        raise ValueError(f"version {data.get('version')!r}, expected {VERSION}")
 
 
 def list_display_journals(paths: HostPaths) -> list[Path]:

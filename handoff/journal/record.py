@@ -27,14 +27,12 @@ boot id is recorded as well, so a journal that somehow outlived a reboot
 from __future__ import annotations
 
 import enum
-import json
 import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from handoff.base.errors import JournalError
 from handoff.base.host import HostPaths
 from handoff.journal import store
 from handoff.journal.liveness import read_boot_id
@@ -183,9 +181,7 @@ class Journal:
 
     @classmethod
     def load(cls, path: Path, proc: Path = HostPaths.proc) -> Journal:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            _check_version(data)
+        def build(data: dict[str, Any]) -> Journal:
             return cls(
                 path=path,
                 kind=Kind(data["kind"]),
@@ -201,12 +197,12 @@ class Journal:
                 lock=data.get("lock"),
                 proc=proc,
             )
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise JournalError(
-                f"cannot read the hand-off journal {path}: {exc}",
-                fix="check the devices by hand (`handoff groups`), return them with "
-                f"`handoff attach ADDRESS...`, then delete {path}",
-            ) from exc
+
+        return store.read_record(
+            path, JOURNAL_VERSION, build, what=WHAT,
+            fix="check the devices by hand (`handoff groups`), return them with "
+            f"`handoff attach ADDRESS...`, then delete {path}",
+        )
 
     def save(self) -> None:
         """Atomically replace the file (:func:`handoff.journal.store.write_atomic`)."""
@@ -278,11 +274,6 @@ def _device_record(data: dict[str, Any]) -> DeviceRecord:
     record = DeviceRecord(**data)
     record.step = DeviceStep(record.step)
     return record
-
-
-def _check_version(data: dict[str, Any]) -> None:
-    if data.get("version") != JOURNAL_VERSION:
-        raise ValueError(f"unknown journal version {data.get('version')!r}")
 
 
 #: Between a profile's name and a capability's tag in a journal's name (``gaming+tune``):

@@ -19,15 +19,17 @@ import functools
 import json
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from handoff.base.errors import JournalError
 from handoff.base.host import HostPaths
 
 #: Fault injection for the crash-recovery tests (realkernel). Never set it outside tests.
 CRASH_AFTER_ENV = "HANDOFF_TEST_CRASH_AFTER_JOURNAL_WRITE"
+
+T = TypeVar("T")
 
 
 def journal_dir(paths: HostPaths) -> Path:
@@ -45,6 +47,26 @@ def list_files(directory: Path) -> list[Path]:
         return sorted(p for p in directory.iterdir() if p.suffix == ".json")
     except FileNotFoundError:
         return []
+
+
+def read_record(
+    path: Path, version: int, build: Callable[[dict[str, Any]], T], *, what: str, fix: str
+) -> T:
+    """``build`` of the JSON record at ``path`` after checking its ``version``: the one
+    loader. An unreadable file, a wrong version or a missing or mistyped key is a
+    :class:`JournalError` naming ``what`` and the file, with ``fix``."""
+    try:
+        return build(_versioned(json.loads(path.read_text(encoding="utf-8")), version))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise JournalError(f"cannot read {what} {path}: {exc}", fix=fix) from exc
+
+
+def _versioned(data: Any, version: int) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise TypeError("not a JSON object")
+    if data.get("version") != version:
+        raise ValueError(f"version {data.get('version')!r}, expected {version}")
+    return data
 
 
 def write_atomic(path: Path, data: Mapping[str, Any], *, what: str, proc: Path) -> None:
