@@ -29,14 +29,16 @@ from __future__ import annotations
 import enum
 import os
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from handoff.base.host import HostPaths
 from handoff.journal import store
-from handoff.journal.liveness import read_boot_id
+from handoff.journal.liveness import process_alive, read_boot_id
 from handoff.journal.locks import Locks, lock_groups, lock_named
+from handoff.journal.recover import Recoverer
 
 JOURNAL_VERSION = 1
 WHAT = "the hand-off journal"
@@ -328,3 +330,37 @@ def lock_journal(paths: HostPaths, journal: Journal, owner: str) -> Locks:
     if journal.lock is not None:
         return lock_named(paths, journal.lock, owner, f"the changes of {journal.path}")
     return lock_groups(paths, journal.groups, owner)
+
+
+def qemu_in_use(paths: HostPaths, journal: Journal) -> str | None:
+    """Why a device journal whose recorded QEMU still runs is left alone (None: it is gone)."""
+    pid = journal.qemu_pid
+    if pid is None or not process_alive(paths, pid, journal.qemu_start_time):
+        return None
+    return (
+        f"its QEMU (pid {pid}) is still running and uses the devices; stop it (`kill {pid}`), "
+        "then run `handoff recover` again"
+    )
+
+
+def device_recoverer(
+    paths: HostPaths,
+    name: str,
+    *,
+    wants: Callable[[Journal], bool],
+    in_use: Callable[[Journal], str | None],
+    finish: Callable[[Journal], Awaitable[list[str]]],
+) -> Recoverer[Journal]:
+    """A recoverer of the device journals (:func:`device_journals`), read and locked as
+    every device journal is; the GPU hand-off and the live groups differ only in which
+    journals they take (``wants``), when one is in use and how it is finished."""
+    return Recoverer(
+        name=name,
+        journals=lambda: device_journals(paths),
+        load=lambda path: Journal.load(path, paths.proc),
+        wants=wants,
+        lock=lambda journal: lock_journal(paths, journal, "handoff recover"),
+        in_use=in_use,
+        finish=finish,
+        after_reboot=DEVICES_AFTER_REBOOT,
+    )

@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 
 from handoff import journal as jr
+from handoff.journal.record import device_recoverer, qemu_in_use
 from handoff.journal.recover import Recoverer
 from handoff.pci.engine import Engine
 from handoff.pci.holders import vfio_group_users
@@ -41,34 +42,21 @@ def decide(*, qemu_alive: bool, group_open: bool) -> LiveRecovery:
 
 
 def _in_use(engine: Engine, journal: jr.Journal) -> str | None:
-    pid = journal.qemu_pid
-    alive = pid is not None and jr.process_alive(engine.paths, pid, journal.qemu_start_time)
+    running = qemu_in_use(engine.paths, journal)
     group_open = any(
         vfio_group_users(engine.paths, vfio_group_node(engine.paths, group)) is not None
         for group in journal.groups
     )
-    if decide(qemu_alive=alive, group_open=group_open) is LiveRecovery.TO_HOST:
+    if decide(qemu_alive=running is not None, group_open=group_open) is LiveRecovery.TO_HOST:
         return None
-    return (
-        f"its QEMU (pid {pid}) is still running and uses the devices; stop it (`kill {pid}`), "
-        "then run `handoff recover` again"
-    )
+    return running
 
 
 def live_recoverer(engine: Engine) -> Recoverer[jr.Journal]:
     """Device journals with a live step: in the guest while QEMU holds them, else returned."""
-    paths = engine.paths
-
-    async def finish(journal: jr.Journal) -> list[str]:
-        return await engine.give_back(journal)
-
-    return Recoverer(
-        name="live GPU",
-        journals=lambda: jr.device_journals(paths),
-        load=lambda path: jr.Journal.load(path, paths.proc),
+    return device_recoverer(
+        engine.paths, "live GPU",
         wants=lambda journal: journal.live is not None,
-        lock=lambda journal: jr.lock_journal(paths, journal, "handoff recover"),
         in_use=lambda journal: _in_use(engine, journal),
-        finish=finish,
-        after_reboot=jr.DEVICES_AFTER_REBOOT,
+        finish=engine.give_back,
     )

@@ -16,38 +16,19 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from handoff import journal as jr
+from handoff.journal.record import device_recoverer, qemu_in_use
 from handoff.journal.recover import Recoverer, RecoveryReport
 from handoff.journal.recover import recover as recover_journals
 from handoff.pci.engine import Engine
 
 
-def qemu_in_use(engine: Engine, journal: jr.Journal) -> str | None:
-    """Why a journal whose recorded QEMU still runs is left alone (None: it is gone)."""
-    pid = journal.qemu_pid
-    if pid is None or not jr.process_alive(engine.paths, pid, journal.qemu_start_time):
-        return None
-    return (
-        f"its QEMU (pid {pid}) is still running and uses the devices; stop it (`kill {pid}`), "
-        "then run `handoff recover` again"
-    )
-
-
 def gpu_recoverer(engine: Engine) -> Recoverer[jr.Journal]:
     """The GPU hand-off's recoverer: device journals without a live step."""
-    paths = engine.paths
-
-    async def finish(journal: jr.Journal) -> list[str]:
-        return await engine.give_back(journal)
-
-    return Recoverer(
-        name="GPU hand-off",
-        journals=lambda: jr.device_journals(paths),
-        load=lambda path: jr.Journal.load(path, paths.proc),
+    return device_recoverer(
+        engine.paths, "GPU hand-off",
         wants=lambda journal: journal.live is None,
-        lock=lambda journal: jr.lock_journal(paths, journal, "handoff recover"),
-        in_use=lambda journal: qemu_in_use(engine, journal),
-        finish=finish,
-        after_reboot=jr.DEVICES_AFTER_REBOOT,
+        in_use=lambda journal: qemu_in_use(engine.paths, journal),
+        finish=engine.give_back,
     )
 
 
