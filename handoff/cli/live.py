@@ -13,7 +13,7 @@ import argparse
 import json
 
 from handoff.base.errors import HandoffError
-from handoff.control.protocol import Command, ControlErrorCode, Field, Side
+from handoff.control.protocol import Command, Field, Side
 from handoff.live.guest import RELEASE_TIMEOUT
 
 #: Seconds beyond the guest's release a move may take (vfio unbind, host driver probe).
@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_gpu(args: argparse.Namespace) -> int:
-    from handoff.control.client import ControlRequestError, control_socket, request, session_name
+    from handoff.control.client import control_socket, request_served, session_name
 
     if args.timeout <= 0:
         raise HandoffError(f"--timeout {args.timeout:g}: expected a positive number of seconds")
@@ -38,16 +38,11 @@ def cmd_gpu(args: argparse.Namespace) -> int:
     message: dict[str, object] = {
         Field.COMMAND: Command.GPU, Field.TO: args.to, Field.RELEASE_WITHIN: args.timeout
     }
-    try:
-        result = request(control_socket(name), message,
-                         timeout=args.timeout + HOST_SIDE_BUDGET)
-    except ControlRequestError as exc:
-        if exc.code is not ControlErrorCode.UNKNOWN_COMMAND:
-            raise
-        raise HandoffError(
-            f"the session {name!r} has no live GPU",
-            fix="set live = true on its [[passthrough]] entries and restart it",
-        ) from exc
+    result = request_served(
+        control_socket(name), message, timeout=args.timeout + HOST_SIDE_BUDGET,
+        missing=f"the session {name!r} has no live GPU",
+        fix="set live = true on its [[passthrough]] entries and restart it",
+    )
     if args.json:
         print(json.dumps(result))
         return 0

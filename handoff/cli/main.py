@@ -288,27 +288,15 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def cmd_switch(args: argparse.Namespace) -> int:
     """``{"command": "switch", "mode": "host"|"guest"|"toggle"}`` → the input resource."""
-    from handoff.control.client import (
-        ControlRequestError,
-        control_socket,
-        request,
-        session_name,
-    )
-    from handoff.control.protocol import ControlErrorCode
+    from handoff.control.client import control_socket, request_served, session_name
 
     name = session_name(args.profile)
     side = Side(args.to)
-    try:
-        result = request(
-            control_socket(name), {Field.COMMAND: Command.SWITCH, Field.MODE: side.value}
-        )
-    except ControlRequestError as exc:
-        if exc.code is not ControlErrorCode.UNKNOWN_COMMAND:
-            raise
-        raise HandoffError(
-            f"the session {name!r} does not hand off keyboard and mouse",
-            fix='set input.backend = "qmp" or "virtio" in its profile and restart it',
-        ) from exc
+    result = request_served(
+        control_socket(name), {Field.COMMAND: Command.SWITCH, Field.MODE: side.value},
+        missing=f"the session {name!r} does not hand off keyboard and mouse",
+        fix='set input.backend = "qmp" or "virtio" in its profile and restart it',
+    )
     if args.json:
         print(json.dumps(result))
         return 0

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from handoff.base.errors import SessionError, SessionNotRunningError
+from handoff.base.errors import HandoffError, SessionError, SessionNotRunningError
 from handoff.control.protocol import MAX_LINE, ControlErrorCode
 
 __all__ = [
@@ -103,6 +103,21 @@ def request(
         )
     result = response.get("result", {})
     return result if isinstance(result, dict) else {"result": result}
+
+
+def request_served(
+    path: Path, message: Mapping[str, Any], *, missing: str, fix: str,
+    timeout: float = CLIENT_TIMEOUT,
+) -> dict[str, Any]:
+    """:func:`request` of a command only some sessions serve (switch: an input hand-off;
+    gpu: a live GPU): a session that does not know it is a :class:`HandoffError`
+    saying what it lacks (``missing``) and how to get it (``fix``)."""
+    try:
+        return request(path, message, timeout=timeout)
+    except ControlRequestError as exc:
+        if exc.code is not ControlErrorCode.UNKNOWN_COMMAND:
+            raise
+        raise HandoffError(missing, fix=fix) from exc
 
 
 def _read_line(client: socket.socket) -> bytes:
