@@ -115,6 +115,19 @@ def _names(names: Iterable[str]) -> str:
     return ", ".join(names)
 
 
+def _drop(flags: list[str], names: set[str], why: str, warnings: list[str]) -> list[str]:
+    """``flags`` without ``names`` and the flags that need them, the warning appended."""
+    if not names:
+        return flags
+    gone = _cascade(flags, names)
+    also = sorted(gone - names)
+    warnings.append(
+        f"vm.hyperv: {why} {_names(sorted(names))}: dropped"
+        + (f" (with {_names(also)}, which need them)" if also else "")
+    )
+    return [f for f in flags if property_name(f) not in gone]
+
+
 def enlightenments(
     accel: Accelerator,
     cpu_properties: frozenset[str] | None,
@@ -135,24 +148,10 @@ def enlightenments(
     warnings: list[str] = []
     if cpu_properties is not None:
         lacking = {property_name(f) for f in flags} - cpu_properties
-        if lacking:
-            gone = _cascade(flags, lacking)
-            also = sorted(gone - lacking)
-            warnings.append(
-                f"vm.hyperv: this QEMU lacks {_names(sorted(lacking))}: dropped"
-                + (f" (with {_names(also)}, which need them)" if also else "")
-            )
-            flags = [f for f in flags if property_name(f) not in gone]
+        flags = _drop(flags, lacking, "this QEMU lacks", warnings)
     if accel is not Accelerator.KVM:
         refused = {property_name(f) for f in flags} & KVM_ONLY
-        if refused:
-            gone = _cascade(flags, refused)
-            also = sorted(gone - refused)
-            warnings.append(
-                f"vm.hyperv: without KVM QEMU refuses {_names(sorted(refused))}: dropped"
-                + (f" (with {_names(also)}, which need them)" if also else "")
-            )
-            flags = [f for f in flags if property_name(f) not in gone]
+        flags = _drop(flags, refused, "without KVM QEMU refuses", warnings)
     return tuple(flags), tuple(warnings)
 
 
