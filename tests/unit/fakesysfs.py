@@ -36,6 +36,8 @@ from handoff import journal as jr
 from handoff.base.errors import PciAddressError
 from handoff.base.host import HostPaths
 from handoff.pci.address import PciAddress
+from handoff.pci.plan import HandoffPlan, plan_handoff
+from handoff.pci.snapshot import take_snapshot
 
 DRM_MAJOR, FB_MAJOR, SND_MAJOR = 226, 29, 116
 
@@ -610,6 +612,26 @@ def seed_machine(root: Path, *, vfio_loaded: bool = False) -> FakeHost:
     host.add_device("03:00.0", 0x10EC, 0x8168, 0x020000, group=14, parent="00:1c.2",
                     driver="r8169")
     return host
+
+
+#: The seed machine's group 1 as it boots: address -> (driver, driver_override).
+SEED_STATE = {
+    "01:00.0": ("amdgpu", "(null)"),
+    "01:00.1": ("snd_hda_intel", "(null)"),
+    "00:01.0": ("pcieport", "(null)"),
+}
+
+
+def group_1(host: FakeHost) -> dict[str, tuple[str | None, str | None]]:
+    """The seed machine's group 1 now (compare with :data:`SEED_STATE`)."""
+    state = host.state()
+    return {a: state[a] for a in SEED_STATE}
+
+
+def gpu_plan(host: FakeHost) -> HandoffPlan:
+    """The hand-off plan of the seed machine's GPU (01:00.0, group 1)."""
+    return plan_handoff([PciAddress.parse("01:00.0")],
+                        take_snapshot(host.paths, host.module_loadable))
 
 
 def lookalike_host(root: Path, *, vfio_loaded: bool = True) -> FakeHost:

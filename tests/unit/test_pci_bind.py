@@ -16,17 +16,18 @@ from handoff.base.errors import BindError, SysfsTimeoutError, SysfsWriteError
 from handoff.pci.address import PciAddress
 from handoff.pci.engine import Engine
 from handoff.pci.ops import CRASH_AFTER_SYSFS_ENV, PAUSE_AFTER_SYSFS_ENV, WriteFaults
-from handoff.pci.plan import HandoffPlan, plan_handoff
 from handoff.pci.recovery import recover
-from handoff.pci.snapshot import take_snapshot
-from tests.unit.fakesysfs import FakeEntry, FakeHost, seed_machine, session_journal
+from tests.unit.fakesysfs import (
+    SEED_STATE,
+    FakeEntry,
+    FakeHost,
+    gpu_plan,
+    group_1,
+    seed_machine,
+    session_journal,
+)
 
 A = PciAddress.parse
-SEED_STATE = {
-    "01:00.0": ("amdgpu", "(null)"),
-    "01:00.1": ("snd_hda_intel", "(null)"),
-    "00:01.0": ("pcieport", "(null)"),
-}
 
 
 @pytest.fixture
@@ -34,10 +35,6 @@ def host(tmp_path: Path) -> Iterator[FakeHost]:
     fake = seed_machine(tmp_path)
     yield fake
     fake.release_blocked()
-
-
-def gpu_plan(host: FakeHost) -> HandoffPlan:
-    return plan_handoff([A("01:00.0")], take_snapshot(host.paths, host.module_loadable))
 
 
 def new_journal(host: FakeHost, name: str = "test") -> jr.Journal:
@@ -51,11 +48,6 @@ def device_tree(host: FakeHost) -> dict[str, FakeEntry]:
         for k, v in host.snapshot().items()
         if "vfio" not in k and not k.startswith("run")
     }
-
-
-def group_1(host: FakeHost) -> dict[str, tuple[str | None, str | None]]:
-    state = host.state()
-    return {a: state[a] for a in ("01:00.0", "01:00.1", "00:01.0")}
 
 
 async def test_the_gpu_group_goes_to_vfio_pci_and_comes_back_byte_for_byte(

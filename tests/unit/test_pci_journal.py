@@ -11,24 +11,21 @@ from handoff import journal as jr
 from handoff.base.errors import JournalError, PreflightRefusedError
 from handoff.pci.address import PciAddress
 from handoff.pci.engine import Engine
-from handoff.pci.plan import HandoffPlan, plan_handoff
 from handoff.pci.recovery import recover
-from handoff.pci.snapshot import take_snapshot
-from tests.unit.fakesysfs import FakeHost, seed_machine, session_journal
+from tests.crash import SimulatedCrash, crash_after
+from tests.unit.fakesysfs import (
+    SEED_STATE,
+    FakeHost,
+    gpu_plan,
+    group_1,
+    seed_machine,
+    session_journal,
+)
 
 A = PciAddress.parse
-SEED_STATE = {
-    "01:00.0": ("amdgpu", "(null)"),
-    "01:00.1": ("snd_hda_intel", "(null)"),
-    "00:01.0": ("pcieport", "(null)"),
-}
 
 
 GPU_RECORD = jr.DeviceRecord("0000:01:00.0", "1002:67b0", 1, "amdgpu", "amdgpu", None)
-
-
-class SimulatedCrash(BaseException):
-    """Stands for SIGKILL: not an Exception, so no rollback or cleanup runs."""
 
 
 @pytest.fixture
@@ -40,25 +37,6 @@ def host(tmp_path: Path) -> Iterator[FakeHost]:
 
 def new_journal(host: FakeHost, name: str = "gaming") -> jr.Journal:
     return session_journal(host, name)
-
-
-def group_1(host: FakeHost) -> dict[str, tuple[str | None, str | None]]:
-    state = host.state()
-    return {a: state[a] for a in SEED_STATE}
-
-
-def crash_after(monkeypatch: pytest.MonkeyPatch, writes: int) -> None:
-    real_save = jr.Journal.save
-    count = 0
-
-    def save(self: jr.Journal) -> None:
-        nonlocal count
-        real_save(self)
-        count += 1
-        if count == writes:
-            raise SimulatedCrash
-
-    monkeypatch.setattr(jr.Journal, "save", save)
 
 
 async def full_cycle(host: FakeHost) -> int:
@@ -101,7 +79,7 @@ async def test_every_write_of_a_full_cycle_is_counted(host: FakeHost) -> None:
 async def test_recover_finishes_a_hand_off_killed_after_any_journal_write(
     host: FakeHost, monkeypatch: pytest.MonkeyPatch, writes: int
 ) -> None:
-    crash_after(monkeypatch, writes)
+    crash_after(monkeypatch, jr.Journal, "save", writes)
     with pytest.raises(SimulatedCrash):
         await full_cycle(host)
     monkeypatch.undo()
@@ -116,17 +94,7 @@ async def test_recover_finishes_a_hand_off_killed_after_any_journal_write(
 async def test_recover_finishes_a_hand_off_killed_between_any_two_sysfs_writes(
     host: FakeHost, monkeypatch: pytest.MonkeyPatch, writes: int
 ) -> None:
-    real_write = FakeHost.write
-    count = 0
-
-    def write(self: FakeHost, path: Path, value: str) -> None:
-        nonlocal count
-        real_write(self, path, value)
-        count += 1
-        if count == writes:
-            raise SimulatedCrash
-
-    monkeypatch.setattr(FakeHost, "write", write)
+    crash_after(monkeypatch, FakeHost, "write", writes)
     with pytest.raises(SimulatedCrash):
         await full_cycle(host)
     monkeypatch.undo()
@@ -140,7 +108,7 @@ async def test_recover_leaves_devices_alone_while_the_recorded_qemu_runs(
     host: FakeHost, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     host.add_process(4321, "qemu-system-x86", [])
-    crash_after(monkeypatch, 6)  # right after the QEMU pid is journaled
+    crash_after(monkeypatch, jr.Journal, "save", 6)  # right after the QEMU pid is journaled
     journal = new_journal(host)
     engine = Engine(host.paths, host)
     await engine.detach(gpu_plan(host), journal)
@@ -211,7 +179,3 @@ def test_the_on_disk_format_is_plain_json_a_person_can_read(host: FakeHost) -> N
     assert data["version"] == 1
     assert data["qemu_pid"] == 1234
     assert data["devices"][0]["original_driver"] == "amdgpu"
-
-
-def gpu_plan(host: FakeHost) -> HandoffPlan:
-    return plan_handoff([A("01:00.0")], take_snapshot(host.paths, host.module_loadable))

@@ -17,18 +17,19 @@ from handoff.base.errors import BindError, JournalError
 from handoff.base.host import HostPaths
 from handoff.pci.address import PciAddress
 from handoff.pci.engine import Engine
-from handoff.pci.plan import HandoffPlan, plan_handoff
 from handoff.pci.snapshot import take_snapshot
 from handoff.session.memlock import can_raise_hard, cap_effective
 from handoff.session.rundir import LockHolder, read_holder
-from tests.unit.fakesysfs import FakeHost, seed_machine, session_journal
+from tests.unit.fakesysfs import (
+    SEED_STATE,
+    FakeHost,
+    gpu_plan,
+    group_1,
+    seed_machine,
+    session_journal,
+)
 
 A = PciAddress.parse
-SEED_STATE = {
-    "01:00.0": ("amdgpu", "(null)"),
-    "01:00.1": ("snd_hda_intel", "(null)"),
-    "00:01.0": ("pcieport", "(null)"),
-}
 CHECKOUT = Path(__file__).resolve().parents[2]
 
 
@@ -37,15 +38,6 @@ def host(tmp_path: Path) -> Iterator[FakeHost]:
     fake = seed_machine(tmp_path)
     yield fake
     fake.release_blocked()
-
-
-def gpu_plan(host: FakeHost) -> HandoffPlan:
-    return plan_handoff([A("01:00.0")], take_snapshot(host.paths, host.module_loadable))
-
-
-def group_1(host: FakeHost) -> dict[str, tuple[str | None, str | None]]:
-    state = host.state()
-    return {a: state[a] for a in SEED_STATE}
 
 
 def audio_dir(host: FakeHost) -> Path:

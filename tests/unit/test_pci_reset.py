@@ -35,6 +35,7 @@ from handoff.pci.revive import ladder_failures
 from handoff.pci.snapshot import take_snapshot
 from handoff.profile import Passthrough, Profile, Vm
 from handoff.session.memlock import UNLIMITED, check_memlock
+from tests.crash import SimulatedCrash, crash_after
 from tests.unit.fakesysfs import FakeHost, session_journal, standard_drivers
 
 A = PciAddress.parse
@@ -328,10 +329,6 @@ async def test_a_card_that_stays_dead_keeps_its_record_with_the_outcome_and_the_
     assert "fix: reboot the host" in status
 
 
-class SimulatedCrash(BaseException):
-    """Stands for SIGKILL: not an Exception, so no rollback or cleanup runs."""
-
-
 @pytest.mark.parametrize("writes", range(1, 6))
 async def test_recover_finishes_a_ladder_killed_after_any_journal_write(
     host: FakeHost, monkeypatch: pytest.MonkeyPatch, writes: int
@@ -341,17 +338,7 @@ async def test_recover_finishes_a_ladder_killed_after_any_journal_write(
     journal = await detached(host)
     host.kill("0a:00.0")
     host.kill("0a:00.1")
-    real_save = jr.Journal.save
-    count = 0
-
-    def save(self: jr.Journal) -> None:
-        nonlocal count
-        real_save(self)
-        count += 1
-        if count == writes:
-            raise SimulatedCrash
-
-    monkeypatch.setattr(jr.Journal, "save", save)
+    crash_after(monkeypatch, jr.Journal, "save", writes)
     with pytest.raises(SimulatedCrash):
         await engine(host).give_back(journal)
     monkeypatch.undo()
@@ -369,17 +356,7 @@ async def test_recover_finishes_a_ladder_killed_between_any_two_sysfs_writes(
     journal = await detached(host)
     host.kill("0a:00.0")
     host.kill("0a:00.1")
-    real_write = FakeHost.write
-    count = 0
-
-    def write(self: FakeHost, path: Path, value: str) -> None:
-        nonlocal count
-        real_write(self, path, value)
-        count += 1
-        if count == writes:
-            raise SimulatedCrash
-
-    monkeypatch.setattr(FakeHost, "write", write)
+    crash_after(monkeypatch, FakeHost, "write", writes)
     with pytest.raises(SimulatedCrash):
         await engine(host).give_back(journal)
     monkeypatch.undo()
@@ -412,17 +389,7 @@ async def test_a_pinned_reset_is_journaled_written_and_restored(host: FakeHost) 
 async def test_recover_restores_a_pinned_reset_after_a_crash_at_any_sysfs_write(
     host: FakeHost, monkeypatch: pytest.MonkeyPatch, writes: int
 ) -> None:
-    real_write = FakeHost.write
-    count = 0
-
-    def write(self: FakeHost, path: Path, value: str) -> None:
-        nonlocal count
-        real_write(self, path, value)
-        count += 1
-        if count == writes:
-            raise SimulatedCrash
-
-    monkeypatch.setattr(FakeHost, "write", write)
+    crash_after(monkeypatch, FakeHost, "write", writes)
     with pytest.raises(SimulatedCrash):
         await detached(host, {A("0a:00.0"): ""})
     monkeypatch.undo()

@@ -15,14 +15,9 @@ from handoff.pci.resource import GpuHandoff
 from handoff.pci.snapshot import take_snapshot
 from handoff.profile import Passthrough, Profile, Vm
 from handoff.session.memlock import UNLIMITED, check_memlock
-from tests.unit.fakesysfs import FakeHost, seed_machine
+from tests.unit.fakesysfs import SEED_STATE, FakeHost, group_1, seed_machine
 
 A = PciAddress.parse
-SEED_STATE = {
-    "01:00.0": ("amdgpu", "(null)"),
-    "01:00.1": ("snd_hda_intel", "(null)"),
-    "00:01.0": ("pcieport", "(null)"),
-}
 ON_VFIO = {
     "01:00.0": ("vfio-pci", "vfio-pci"),
     "01:00.1": ("vfio-pci", "vfio-pci"),
@@ -40,11 +35,6 @@ def host(tmp_path: Path) -> Iterator[FakeHost]:
     fake = seed_machine(tmp_path)
     yield fake
     fake.release_blocked()
-
-
-def group_1(host: FakeHost) -> dict[str, tuple[str | None, str | None]]:
-    state = host.state()
-    return {a: state[a] for a in SEED_STATE}
 
 
 def gpu(host: FakeHost, lines: list[str], profile: Profile = PROFILE) -> GpuHandoff:

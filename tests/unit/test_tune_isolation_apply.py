@@ -11,7 +11,6 @@ it was then, which is how "journaled before it is made" is checked.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from tests.unit.test_tune_resource import (
     TuneKernel,
     fake_setaffinity,
     host,
+    journaled_settings,
     planned_tuning,
     pool,
 )
@@ -56,16 +56,9 @@ class FakeSystemd:
         self.fail_on = fail_on
         self.running: set[str] = set()  # units active already
 
-    def _journal_now(self) -> list[dict[str, object]]:
-        path = jr.journal_path(self.paths, tune_journal_name("tuned"))
-        if not path.exists():
-            return []
-        found: list[dict[str, object]] = json.loads(path.read_text())["settings"]
-        return found
-
     def __call__(self, argv: Sequence[str]) -> Ran:
         argv = tuple(argv)
-        self.calls.append((argv, self._journal_now()))
+        self.calls.append((argv, journaled_settings(self.paths)))
         if argv[:5] == ("systemctl", "show", "-p", "AllowedCPUs", "--value"):
             return Ran(0, self.props.get(argv[5], "") + "\n")
         if argv[:5] == ("systemctl", "show", "-p", "ActiveState", "--value"):

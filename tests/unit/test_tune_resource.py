@@ -66,6 +66,15 @@ hugepages = "2M"
 """
 
 
+def journaled_settings(paths: HostPaths) -> list[dict[str, object]]:
+    """The settings the "tuned" profile's journal holds now (none: no journal)."""
+    path = jr.journal_path(paths, tune_journal_name("tuned"))
+    if not path.exists():
+        return []
+    settings: list[dict[str, object]] = json.loads(path.read_text())["settings"]
+    return settings
+
+
 class TuneKernel:
     """The SysfsWriter: nr_hugepages, scaling_governor and compact_memory as the kernel does."""
 
@@ -75,15 +84,8 @@ class TuneKernel:
         self.compaction = compaction  # pages compact_memory makes findable besides
         self.writes: list[tuple[str, str, list[dict[str, object]]]] = []
 
-    def _journal_now(self) -> list[dict[str, object]]:
-        path = jr.journal_path(self.paths, tune_journal_name("tuned"))
-        if not path.exists():
-            return []
-        settings: list[dict[str, object]] = json.loads(path.read_text())["settings"]
-        return settings
-
     def write(self, path: Path, value: str) -> None:
-        self.writes.append((str(path), value, self._journal_now()))
+        self.writes.append((str(path), value, journaled_settings(self.paths)))
         if path.name == "nr_hugepages":
             now = int(path.read_text())
             wanted = int(value)
