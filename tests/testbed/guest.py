@@ -8,7 +8,9 @@ udev finish asynchronously, and TCG makes "soon" unpredictable.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -17,6 +19,8 @@ from typing import TypeVar
 
 import pytest
 
+from handoff import journal as jr
+from handoff.base.host import HostPaths
 from handoff.pci.address import PciAddress
 
 SYS = Path("/sys")
@@ -135,3 +139,13 @@ def udev_settle(timeout: float = DEFAULT_TIMEOUT) -> None:
     """`udevadm settle`: wait until udev has processed every queued event."""
     env = {**os.environ, "SYSTEMD_IGNORE_CHROOT": "1"}
     subprocess.run(["udevadm", "settle", f"--timeout={int(timeout)}"], check=True, env=env)
+
+
+def kill_recorded_qemus(run: Path) -> None:
+    """SIGKILL every QEMU the device journals under ``run`` record (a test's leftovers),
+    so that `handoff recover` can give their devices back."""
+    for path in jr.list_journals(HostPaths(run=run)):
+        pid = jr.Journal.load(path).qemu_pid
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -11,7 +11,6 @@ and `handoff recover` run afterwards.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -46,11 +45,7 @@ def run_dir(tmp_path: Path) -> Iterator[Path]:
     run = tmp_path / "run"
     yield run
     # Whatever happened: no QEMU left, no device left on vfio-pci.
-    for path in jr.list_journals(HostPaths(run=run)):
-        pid = jr.Journal.load(path).qemu_pid
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    guest.kill_recorded_qemus(run)
     handoff(run, "recover")
 
 

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import pytest
 
-from handoff import journal as jr
 from handoff.base.host import HostPaths
 from handoff.pci.address import PciAddress
 from handoff.pci.sysfs import read_device
@@ -79,11 +78,7 @@ def off_the_bus(*addresses: PciAddress) -> Iterator[None]:
 def run_dir(tmp_path: Path) -> Iterator[Path]:
     run = tmp_path / "run"
     yield run
-    for path in jr.list_journals(HostPaths(run=run)):
-        pid = jr.Journal.load(path).qemu_pid
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    guest.kill_recorded_qemus(run)
     handoff(run, "recover")
 
 

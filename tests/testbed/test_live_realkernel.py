@@ -31,7 +31,6 @@ from pathlib import Path
 import pytest
 import trio
 
-from handoff import journal as jr
 from handoff.base.host import HostPaths
 from handoff.base.run_layout import qemu_socket_dir
 from handoff.control.protocol import Side
@@ -96,11 +95,7 @@ def write_profile(tmp_path: Path) -> Path:
 def run_dir(tmp_path: Path) -> Iterator[Path]:
     run = tmp_path / "run"
     yield run
-    for path in jr.list_journals(HostPaths(run=run)):
-        pid = jr.Journal.load(path).qemu_pid
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    guest.kill_recorded_qemus(run)
     handoff(run, "recover")
 
 

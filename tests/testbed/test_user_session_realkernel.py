@@ -14,7 +14,6 @@ devices, and the run directory is removed. One short session per backend.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pwd
 import re
@@ -33,6 +32,7 @@ from handoff.input.devices import PROXY_NAME_PREFIX
 from handoff.pci.sysfs import read_device
 from handoff.session.rundir import qemu_socket_dir
 from tests.lines import wait_for_line
+from tests.testbed import guest
 from tests.testbed.devices import GpuLookalike
 
 pytestmark = pytest.mark.realkernel
@@ -51,11 +51,7 @@ def run_dir(request: pytest.FixtureRequest) -> Iterator[Path]:
     run = Path("/run") / f"handoff-user-{request.node.callspec.id}"
     shutil.rmtree(run, ignore_errors=True)
     yield run
-    for path in jr.list_journals(HostPaths(run=run)):  # whatever happened: no QEMU left
-        pid = jr.Journal.load(path).qemu_pid
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    guest.kill_recorded_qemus(run)  # whatever happened: no QEMU left
     handoff(run, "recover")
     shutil.rmtree(run, ignore_errors=True)
 
