@@ -7,6 +7,7 @@ every event its input layer receives; the VM must run (input-send-event says
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -14,7 +15,7 @@ import socket
 import struct
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -353,34 +354,63 @@ async def settle(backend: QmpBackend, transport: QmpSocketTransport) -> None:
         await backend.wait_idle(transport)
 
 
-async def test_typing_through_the_router_reaches_qemu_and_the_hotkey_hands_back(
-    traced: TracedQemu,
-) -> None:
-    keyboard = PipeDevice("test keyboard")
+@dataclass
+class Forwarding:
+    """The whole forwarding path of a test: devices, the router, the QMP backend, the
+    input socket, a real QEMU; ``trace``: what QEMU received, once the path is closed."""
+
+    backend: QmpBackend
+    transport: QmpSocketTransport
+    router: InputRouter
+    nursery: trio.Nursery
+    trace: list[tuple[str, ...]] = field(default_factory=list)
+
+    async def settle(self) -> None:
+        await settle(self.backend, self.transport)
+
+    def plug(self, name: str, device: PipeDevice) -> None:
+        self.nursery.start_soon(self.router.run_device, name, device)
+
+
+@contextlib.asynccontextmanager
+async def forwarding(traced: TracedQemu, **devices: PipeDevice) -> AsyncIterator[Forwarding]:
+    """Route ``devices`` (name=device) to ``traced`` (the hotkey: both Ctrls; starting
+    in the guest); on exit the tasks end, QEMU quits and its trace is read."""
     async with open_qmp(traced.monitor) as qmp:
         backend = QmpBackend()
         transport = await QmpSocketTransport.connect(traced.input_socket)
         router = InputRouter(RouterCore({KEY_LEFTCTRL, KEY_RIGHTCTRL}, InputMode.GUEST), backend)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(backend.run, transport)
-            nursery.start_soon(router.run_device, "kbd", keyboard)
-            await settle(backend, transport)
-            assert keyboard.is_grabbed()
-            keyboard.tap(KEY_H)
-            keyboard.tap(KEY_I)
-            keyboard.tap(KEY_LEFTCTRL, KEY_RIGHTCTRL)  # the hotkey: back to the host
-            await settle(backend, transport)
-            assert not keyboard.is_grabbed()
-            keyboard.tap(KEY_X)  # the host's
-            await settle(backend, transport)
-            router.request(Side.GUEST)
-            assert keyboard.is_grabbed()
-            keyboard.tap(KEY_Y)
-            await settle(backend, transport)
-            router.close()
+            path = Forwarding(backend, transport, router, nursery)
+            for name, device in devices.items():
+                path.plug(name, device)
+            yield path
             nursery.cancel_scope.cancel()
         await transport.aclose()
-        trace = await traced.quit(qmp)
+        path.trace = await traced.quit(qmp)
+
+
+async def test_typing_through_the_router_reaches_qemu_and_the_hotkey_hands_back(
+    traced: TracedQemu,
+) -> None:
+    keyboard = PipeDevice("test keyboard")
+    async with forwarding(traced, kbd=keyboard) as path:
+        await path.settle()
+        assert keyboard.is_grabbed()
+        keyboard.tap(KEY_H)
+        keyboard.tap(KEY_I)
+        keyboard.tap(KEY_LEFTCTRL, KEY_RIGHTCTRL)  # the hotkey: back to the host
+        await path.settle()
+        assert not keyboard.is_grabbed()
+        keyboard.tap(KEY_X)  # the host's
+        await path.settle()
+        path.router.request(Side.GUEST)
+        assert keyboard.is_grabbed()
+        keyboard.tap(KEY_Y)
+        await path.settle()
+        path.router.close()
+    trace = path.trace
     keys = [(t[1], t[2]) for t in trace if t[0] == "key"]
     assert keys == [
         ("h", "1"),
@@ -401,29 +431,21 @@ async def test_an_unplugged_keyboard_lets_go_in_the_guest_and_is_taken_again_whe
     traced: TracedQemu,
 ) -> None:
     first = PipeDevice("test keyboard")
-    async with open_qmp(traced.monitor) as qmp:
-        backend = QmpBackend()
-        transport = await QmpSocketTransport.connect(traced.input_socket)
-        router = InputRouter(RouterCore({KEY_LEFTCTRL, KEY_RIGHTCTRL}, InputMode.GUEST), backend)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(backend.run, transport)
-            nursery.start_soon(router.run_device, "kbd", first)
-            await settle(backend, transport)
-            first.frame((EV_KEY, KEY_H, 1))  # held while the cable is pulled
-            await settle(backend, transport)
-            first.unplug()
-            await settle(backend, transport)
-            assert first.closed
-            again = PipeDevice("test keyboard")
-            nursery.start_soon(router.run_device, "kbd", again)
-            await settle(backend, transport)
-            assert again.is_grabbed()
-            again.tap(KEY_I)
-            await settle(backend, transport)
-            router.close()
-            nursery.cancel_scope.cancel()
-        await transport.aclose()
-        trace = await traced.quit(qmp)
+    async with forwarding(traced, kbd=first) as path:
+        await path.settle()
+        first.frame((EV_KEY, KEY_H, 1))  # held while the cable is pulled
+        await path.settle()
+        first.unplug()
+        await path.settle()
+        assert first.closed
+        again = PipeDevice("test keyboard")
+        path.plug("kbd", again)
+        await path.settle()
+        assert again.is_grabbed()
+        again.tap(KEY_I)
+        await path.settle()
+        path.router.close()
+    trace = path.trace
     keys = [(t[1], t[2]) for t in trace if t[0] == "key"]
     assert keys == [("h", "1"), ("h", "0"), ("i", "1"), ("i", "0")]
 
@@ -432,30 +454,21 @@ async def test_switching_to_the_host_releases_in_the_guest_every_key_and_button_
     traced: TracedQemu,
 ) -> None:
     keyboard, mouse = PipeDevice("test keyboard"), PipeDevice("test mouse")
-    async with open_qmp(traced.monitor) as qmp:
-        backend = QmpBackend()
-        transport = await QmpSocketTransport.connect(traced.input_socket)
-        router = InputRouter(RouterCore({KEY_LEFTCTRL, KEY_RIGHTCTRL}, InputMode.GUEST), backend)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(backend.run, transport)
-            nursery.start_soon(router.run_device, "kbd", keyboard)
-            nursery.start_soon(router.run_device, "mouse", mouse)
-            await settle(backend, transport)
-            keyboard.frame((EV_KEY, KEY_H, 1), (EV_KEY, KEY_LEFTSHIFT, 1))
-            mouse.frame((EV_KEY, BTN_LEFT, 1))
-            await settle(backend, transport)
-            router.request(Side.HOST)  # immediate, with all three still held
-            await settle(backend, transport)
-            assert not keyboard.is_grabbed()
-            assert not mouse.is_grabbed()
-            held_in_guest = parse_trace(traced.trace)
-            keyboard.frame((EV_KEY, KEY_H, 0), (EV_KEY, KEY_LEFTSHIFT, 0))  # the host's now
-            mouse.frame((EV_KEY, BTN_LEFT, 0))
-            await settle(backend, transport)
-            router.close()
-            nursery.cancel_scope.cancel()
-        await transport.aclose()
-        trace = await traced.quit(qmp)
+    async with forwarding(traced, kbd=keyboard, mouse=mouse) as path:
+        await path.settle()
+        keyboard.frame((EV_KEY, KEY_H, 1), (EV_KEY, KEY_LEFTSHIFT, 1))
+        mouse.frame((EV_KEY, BTN_LEFT, 1))
+        await path.settle()
+        path.router.request(Side.HOST)  # immediate, with all three still held
+        await path.settle()
+        assert not keyboard.is_grabbed()
+        assert not mouse.is_grabbed()
+        held_in_guest = parse_trace(traced.trace)
+        keyboard.frame((EV_KEY, KEY_H, 0), (EV_KEY, KEY_LEFTSHIFT, 0))  # the host's now
+        mouse.frame((EV_KEY, BTN_LEFT, 0))
+        await path.settle()
+        path.router.close()
+    trace = path.trace
     assert trace == held_in_guest, "nothing reached the guest after the switch"
     pressed = [t[1:] for t in trace if t[0] in ("key", "btn")]
     assert sorted(pressed[:3]) == [("h", "1"), ("left", "1"), ("shift", "1")]
@@ -469,25 +482,17 @@ async def test_keys_typed_just_before_a_switch_to_the_host_still_reach_the_guest
 ) -> None:
     """The switch reads EVIOCGKEY, which flushes queued key events: they are routed first."""
     keyboard = PipeDevice("test keyboard")
-    async with open_qmp(traced.monitor) as qmp:
-        backend = QmpBackend()
-        transport = await QmpSocketTransport.connect(traced.input_socket)
-        router = InputRouter(RouterCore({KEY_LEFTCTRL, KEY_RIGHTCTRL}, InputMode.GUEST), backend)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(backend.run, transport)
-            nursery.start_soon(router.run_device, "kbd", keyboard)
-            await settle(backend, transport)
-            keyboard.tap(KEY_H)  # still queued: the router has not read it yet
-            keyboard.frame((EV_KEY, KEY_I, 1))
-            router.request(Side.HOST)
-            await settle(backend, transport)
-            assert not keyboard.is_grabbed()
-            keyboard.frame((EV_KEY, KEY_I, 0))
-            await settle(backend, transport)
-            router.close()
-            nursery.cancel_scope.cancel()
-        await transport.aclose()
-        trace = await traced.quit(qmp)
+    async with forwarding(traced, kbd=keyboard) as path:
+        await path.settle()
+        keyboard.tap(KEY_H)  # still queued: the router has not read it yet
+        keyboard.frame((EV_KEY, KEY_I, 1))
+        path.router.request(Side.HOST)
+        await path.settle()
+        assert not keyboard.is_grabbed()
+        keyboard.frame((EV_KEY, KEY_I, 0))
+        await path.settle()
+        path.router.close()
+    trace = path.trace
     keys = [(t[1], t[2]) for t in trace if t[0] == "key"]
     assert keys == [("h", "1"), ("h", "0"), ("i", "1"), ("i", "0")]  # I: released by the switch
 
@@ -497,29 +502,21 @@ async def test_a_release_lost_in_a_kernel_overflow_is_given_to_the_guest_after_s
 ) -> None:
     """SYN_DROPPED at the router edge: EVIOCGKEY tells what the lost events changed."""
     keyboard = PipeDevice("test keyboard")
-    async with open_qmp(traced.monitor) as qmp:
-        backend = QmpBackend()
-        transport = await QmpSocketTransport.connect(traced.input_socket)
-        router = InputRouter(RouterCore({KEY_LEFTCTRL, KEY_RIGHTCTRL}, InputMode.GUEST), backend)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(backend.run, transport)
-            nursery.start_soon(router.run_device, "kbd", keyboard)
-            await settle(backend, transport)
-            keyboard.frame((EV_KEY, KEY_H, 1))
-            await settle(backend, transport)
-            # H is let go and X pressed, both lost in an overflow of the kernel buffer.
-            keyboard.overflow((EV_KEY, KEY_H, 0), (EV_KEY, KEY_X, 1))
-            await settle(backend, transport)
-            assert router.dropped == 1
-            assert router.core.guest_down == {}, "the guest still holds a key the host let go"
-            assert router.core.held == {"kbd": {KEY_X}}  # X: held, so a switch waits for it
-            keyboard.frame((EV_KEY, KEY_X, 0))  # its press never reached the guest: nor this
-            keyboard.tap(KEY_I)
-            await settle(backend, transport)
-            router.close()
-            nursery.cancel_scope.cancel()
-        await transport.aclose()
-        trace = await traced.quit(qmp)
+    async with forwarding(traced, kbd=keyboard) as path:
+        await path.settle()
+        keyboard.frame((EV_KEY, KEY_H, 1))
+        await path.settle()
+        # H is let go and X pressed, both lost in an overflow of the kernel buffer.
+        keyboard.overflow((EV_KEY, KEY_H, 0), (EV_KEY, KEY_X, 1))
+        await path.settle()
+        assert path.router.dropped == 1
+        assert path.router.core.guest_down == {}, "the guest still holds a key the host let go"
+        assert path.router.core.held == {"kbd": {KEY_X}}  # X: held, so a switch waits for it
+        keyboard.frame((EV_KEY, KEY_X, 0))  # its press never reached the guest: nor this
+        keyboard.tap(KEY_I)
+        await path.settle()
+        path.router.close()
+    trace = path.trace
     keys = [(t[1], t[2]) for t in trace if t[0] == "key"]
     assert keys == [("h", "1"), ("h", "0"), ("i", "1"), ("i", "0")]
 
@@ -546,25 +543,17 @@ async def type_the_secret(traced: TracedQemu) -> list[tuple[str, ...]]:
     """Type SECRET (and a key QEMU refuses, and the hotkey) through the whole forwarding
     path: a device, the router, the QMP backend, the input socket, a real QEMU."""
     keyboard = PipeDevice("test keyboard")
-    async with open_qmp(traced.monitor) as qmp:
-        backend = QmpBackend()
-        transport = await QmpSocketTransport.connect(traced.input_socket)
-        router = InputRouter(RouterCore({KEY_LEFTCTRL, KEY_RIGHTCTRL}, InputMode.GUEST), backend)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(backend.run, transport)
-            nursery.start_soon(router.run_device, "kbd", keyboard)
-            await settle(backend, transport)
-            for char in SECRET:
-                keyboard.tap(*SECRET_KEYS[char])
-            keyboard.frame((EV_KEY, 183, 1))  # F13: unknown to QEMU 7.2, refused
-            keyboard.frame((EV_KEY, 183, 0))
-            keyboard.tap(KEY_LEFTCTRL, KEY_RIGHTCTRL)
-            await settle(backend, transport)
-            keyboard.unplug()
-            await settle(backend, transport)
-            nursery.cancel_scope.cancel()
-        await transport.aclose()
-        trace = await traced.quit(qmp)
+    async with forwarding(traced, kbd=keyboard) as path:
+        await path.settle()
+        for char in SECRET:
+            keyboard.tap(*SECRET_KEYS[char])
+        keyboard.frame((EV_KEY, 183, 1))  # F13: unknown to QEMU 7.2, refused
+        keyboard.frame((EV_KEY, 183, 0))
+        keyboard.tap(KEY_LEFTCTRL, KEY_RIGHTCTRL)
+        await path.settle()
+        keyboard.unplug()
+        await path.settle()
+    trace = path.trace
     assert len([t for t in trace if t[0] == "key"]) >= 2 * len(SECRET)  # it was typed
     return trace
 
