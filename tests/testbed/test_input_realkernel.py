@@ -158,79 +158,102 @@ def held_on_host(ui: Any) -> list[int]:
         device.close()
 
 
-async def test_uinput_devices_are_handed_to_qemu_and_back_without_stuck_keys(
-    tmp_path: Path,
-) -> None:
+@dataclass
+class InputSession:
+    """A QMP input hand-off to a nested QEMU tracing input events (:func:`qmp_input_session`)."""
+
+    resource: InputHandoff
+    control: ControlCommands
+    trace: Path
+    keyboard: Any
+    mouse: Any
+    both: dict[str, bool]  # what grabbed() says with both devices grabbed
+
+
+@asynccontextmanager
+async def qmp_input_session(tmp_path: Path) -> AsyncIterator[InputSession]:
+    """A uinput keyboard and mouse handed to a nested QEMU by the QMP backend (starting in
+    the guest), both grabbed before it yields; after, the VM stops, the resource is released
+    and the devices (``session.keyboard`` as it is then) are closed."""
     keyboard, mouse = make_keyboard(), make_mouse()
     paths = HostPaths(run=tmp_path / "run")
     qemu_socket_dir(paths, "tb").mkdir(parents=True, mode=0o700)  # the input monitor's
     resource = InputHandoff(profile(InputBackend.QMP, InputMode.GUEST), paths)
     await resource.acquire()
     control = ControlCommands()
+    both = {KBD_NAME: True, MOUSE_NAME: True}
+    session: InputSession | None = None
     try:
         async with (
             nested_qemu(tmp_path, list(resource.qemu_args()), "input_event_*") as (
-                process,
-                qmp,
-                trace,
+                process, qmp, trace,
             ),
             trio.open_nursery() as nursery,
-        ):
+        ):  # fmt: skip
             await resource.vm_started(Vm(qmp, process.pid), nursery, control)
-            both = {KBD_NAME: True, MOUSE_NAME: True}
+            session = InputSession(resource, control, trace, keyboard, mouse, both)
             await until(lambda: grabbed(resource) == both, "both devices grabbed")
-
-            tap(keyboard, KEY_A)
-            mouse.write(EV_KEY, BTN_SIDE, 1)
-            mouse.write(EV_REL, REL_X, 7)
-            mouse.syn()
-            mouse.write(EV_KEY, BTN_SIDE, 0)
-            mouse.write(EV_REL, REL_WHEEL_HI_RES, 120)
-            mouse.write(EV_REL, REL_WHEEL, 1)
-            mouse.syn()
-
-            # Guest → host by the hotkey while A is held: the switch waits for A.
-            keyboard.write(EV_KEY, KEY_A, 1)
-            keyboard.syn()
-            tap(keyboard, KEY_LEFTCTRL, KEY_RIGHTCTRL)
-            await until(lambda: resource.status()["pending"] == "host", "switch pending")
-            assert resource.status()["mode"] == "guest"
-            keyboard.write(EV_KEY, KEY_A, 0)
-            keyboard.syn()
-            await until(lambda: resource.status()["mode"] == "host", "host mode")
-            assert not any(grabbed(resource).values())
-            assert held_on_host(keyboard) == []
-
-            tap(keyboard, KEY_C)  # the host's: never forwarded
-
-            # Host → guest over the control socket while B is held: waits for B.
-            keyboard.write(EV_KEY, KEY_B, 1)
-            keyboard.syn()
-            await until(lambda: held_on_host(keyboard) == [KEY_B], "B held")
-            reply = await control.dispatch({"command": "switch", "mode": "guest"})
-            assert reply == {"ok": True, "result": {"mode": "host", "pending": "guest"}}
-            keyboard.write(EV_KEY, KEY_B, 0)
-            keyboard.syn()
-            await until(lambda: grabbed(resource) == both, "grabbed after B was released")
-
-            # Re-plug: the keyboard disappears and comes back; grabbed again.
-            keyboard.close()
-            await until(lambda: KBD_NAME not in grabbed(resource), "unplug noticed")
-            # No timing asserted here (TCG, shared cores): the re-plug latency is bench/'s.
-            keyboard = make_keyboard()
-            await until(lambda: grabbed(resource).get(KBD_NAME) is True, "re-plugged grab")
-            tap(keyboard, KEY_B)
-            b_up = ("key_qcode", "b", "0")
-            await until(lambda: b_up in parse(trace), "b released in the trace", 60)
-
-            # Cleanly back to the host at the end.
-            await control.dispatch({"command": "switch", "mode": "host"})
-            assert not any(grabbed(resource).values())
+            yield session
             nursery.cancel_scope.cancel()
     finally:
         await resource.release()
-        keyboard.close()
+        (keyboard if session is None else session.keyboard).close()
         mouse.close()
+
+
+async def test_uinput_devices_are_handed_to_qemu_and_back_without_stuck_keys(
+    tmp_path: Path,
+) -> None:
+    async with qmp_input_session(tmp_path) as session:
+        keyboard, mouse, resource = session.keyboard, session.mouse, session.resource
+        control, trace, both = session.control, session.trace, session.both
+
+        tap(keyboard, KEY_A)
+        mouse.write(EV_KEY, BTN_SIDE, 1)
+        mouse.write(EV_REL, REL_X, 7)
+        mouse.syn()
+        mouse.write(EV_KEY, BTN_SIDE, 0)
+        mouse.write(EV_REL, REL_WHEEL_HI_RES, 120)
+        mouse.write(EV_REL, REL_WHEEL, 1)
+        mouse.syn()
+
+        # Guest → host by the hotkey while A is held: the switch waits for A.
+        keyboard.write(EV_KEY, KEY_A, 1)
+        keyboard.syn()
+        tap(keyboard, KEY_LEFTCTRL, KEY_RIGHTCTRL)
+        await until(lambda: resource.status()["pending"] == "host", "switch pending")
+        assert resource.status()["mode"] == "guest"
+        keyboard.write(EV_KEY, KEY_A, 0)
+        keyboard.syn()
+        await until(lambda: resource.status()["mode"] == "host", "host mode")
+        assert not any(grabbed(resource).values())
+        assert held_on_host(keyboard) == []
+
+        tap(keyboard, KEY_C)  # the host's: never forwarded
+
+        # Host → guest over the control socket while B is held: waits for B.
+        keyboard.write(EV_KEY, KEY_B, 1)
+        keyboard.syn()
+        await until(lambda: held_on_host(keyboard) == [KEY_B], "B held")
+        reply = await control.dispatch({"command": "switch", "mode": "guest"})
+        assert reply == {"ok": True, "result": {"mode": "host", "pending": "guest"}}
+        keyboard.write(EV_KEY, KEY_B, 0)
+        keyboard.syn()
+        await until(lambda: grabbed(resource) == both, "grabbed after B was released")
+
+        # Re-plug: the keyboard disappears and comes back; grabbed again.
+        keyboard.close()
+        await until(lambda: KBD_NAME not in grabbed(resource), "unplug noticed")
+        # No timing asserted here (TCG, shared cores): the re-plug latency is bench/'s.
+        keyboard = session.keyboard = make_keyboard()  # closed by the session
+        await until(lambda: grabbed(resource).get(KBD_NAME) is True, "re-plugged grab")
+        tap(keyboard, KEY_B)
+        b_up = ("key_qcode", "b", "0")
+        await until(lambda: b_up in parse(trace), "b released in the trace", 60)
+
+        # Cleanly back to the host at the end.
+        await control.dispatch({"command": "switch", "mode": "host"})
+        assert not any(grabbed(resource).values())
     events = parse(trace)
     keys = [(name, value) for kind, name, value in events if kind == "key_qcode"]
     assert keys == [
