@@ -7,14 +7,14 @@ killed at any point leaves what ``handoff recover`` needs: the files to
 remove, the nodes to give back, the boot they belong to, and QEMU's pid (what
 QEMU still uses is left until that QEMU is gone). A
 sub-directory of the GPU journals' directory, so their listing never reads
-it; same tmpfs, same boot-id rule. Held under the named lock
+it; same tmpfs, same boot-id rule, the same durable writer
+(:mod:`handoff.journal.store`, with its crash-injection hook). Held under the named lock
 ``<run>/locks/desk-<profile>.lock`` while its session lives.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -30,6 +30,7 @@ from handoff.journal import read_boot_id, store
 NodeRecord = jr.NodeRecord  # path, uid, gid, mode before handoff changed them
 
 VERSION = 1
+WHAT = "the desk journal"
 
 
 def desk_dir(paths: HostPaths) -> Path:
@@ -52,12 +53,14 @@ class DeskJournal:
     acls: list[list[str]] = field(default_factory=list)  # [path, user] ACL entries: removed
     qemu_pid: int | None = None
     qemu_start_time: int | None = None
+    proc: Path = field(default=HostPaths.proc, repr=False, compare=False)  # for write_atomic
 
     @classmethod
     def begin(cls, paths: HostPaths, profile: str, part: str = "") -> DeskJournal:
         """``<profile>.json`` (Looking Glass) or ``<profile>+<part>.json`` (usb, ...)."""
         name = f"{profile}+{part}" if part else profile
-        return cls(desk_dir(paths) / f"{name}.json", profile, read_boot_id(paths), os.getpid())
+        return cls(desk_dir(paths) / f"{name}.json", profile, read_boot_id(paths), os.getpid(),
+                   proc=paths.proc)
 
     @property
     def lock(self) -> str:
@@ -65,7 +68,7 @@ class DeskJournal:
         return lock_stem(self.path.stem)
 
     def to_json(self) -> dict[str, Any]:
-        data = {k: v for k, v in vars(self).items() if k not in ("path", "nodes")}
+        data = {k: v for k, v in vars(self).items() if k not in ("path", "nodes", "proc")}
         data["nodes"] = [vars(n).copy() for n in self.nodes]
         data["version"] = VERSION
         return data
@@ -84,7 +87,7 @@ class DeskJournal:
             )
 
         return store.read_record(
-            path, VERSION, build, what="the desk journal",
+            path, VERSION, build, what=WHAT,
             fix=f"remove the files it names by hand (ls /dev/shm), then delete {path}",
         )
 
@@ -96,27 +99,11 @@ class DeskJournal:
         self.save()
 
     def save(self) -> None:
-        """Atomically replace the file (temp, fsync, rename)."""
-        directory = self.path.parent
-        tmp = directory / f".{self.path.name}.tmp"
-        try:
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, json.dumps(self.to_json()).encode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            raise JournalError(
-                f"cannot write the desk journal {self.path}: {exc}",
-                fix=f"make {directory} writable (tmpfs under the run directory)",
-            ) from exc
+        """Atomically replace the file (:func:`handoff.journal.store.write_atomic`)."""
+        store.write_atomic(self.path, self.to_json(), what=WHAT, proc=self.proc)
 
     def remove(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        store.remove_file(self.path, what=WHAT)
 
 
 class DeskHold:
