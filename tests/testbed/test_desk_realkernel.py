@@ -186,8 +186,11 @@ def ccid() -> tuple[str, Path] | None:
 
 
 def last(serial: Path, prefix: str) -> str | None:
-    lines = [x for x in serial.read_text(errors="replace").splitlines() if x.startswith(prefix)] \
-        if serial.exists() else []
+    """The last complete line L2 printed starting with ``prefix`` (one still being written
+    to the serial log is not read)."""
+    text = serial.read_text(errors="replace") if serial.exists() else ""
+    complete = text[: text.rfind("\n") + 1]
+    lines = [x for x in complete.splitlines() if x.startswith(prefix)]
     return lines[-1] if lines else None
 
 
