@@ -46,7 +46,8 @@ class DisplayFacts:
     bars: tuple[tuple[PciAddress, tuple[MemoryRange, ...]], ...] = ()
 
 
-def _card(devices: Sequence[PciDevice]) -> PciDevice:
+def choose_card(devices: Sequence[PciDevice]) -> PciDevice:
+    """The card the display hand-over takes: the boot VGA among ``devices``, else the first GPU."""
     cards = [d for d in devices if d.is_display]
     card = next((d for d in cards if d.boot_vga), cards[0] if cards else None)
     if card is None:
@@ -65,7 +66,7 @@ def plan_takeover(
 
     ``requested``: the plan's moving functions the profile names (the card among them).
     """
-    card = _card(requested)
+    card = choose_card(requested)
     if consoles_to_unbind(facts.consoles) and not console_fallback(facts.consoles):
         raise PreflightRefusedError(f"refusing the display hand-over: {NO_FALLBACK}",
                                     fix=NO_FALLBACK_FIX)

@@ -55,7 +55,7 @@ from handoff.display.model import (
     firmware_fb_on_card,
     plan_return,
 )
-from handoff.display.plan import takeover_drift
+from handoff.display.plan import choose_card, takeover_drift
 from handoff.display.sysfs import (
     read_bars,
     read_firmware_fbs,
@@ -356,15 +356,7 @@ class DisplayHandover:
             [d for d in self.gpu.detach_order if d.address in wanted] if self.gpu is not None
             else [read_device(self.paths, a) for a in wanted]
         )
-        cards = [d for d in devices if d.is_display]
-        card = next((d for d in cards if d.boot_vga), cards[0] if cards else None)
-        if card is None:
-            raise PreflightRefusedError(
-                "refusing the display hand-over: no [[passthrough]] device is a GPU "
-                "(display class)",
-                fix="list the GPU's address in [[passthrough]] (`handoff groups`)",
-            )
-        return card
+        return choose_card(devices)
 
     # ------------------------------------------------------------------ acquire
 
