@@ -22,6 +22,7 @@ from handoff.display.model import (
     consoles_to_unbind,
     firmware_fb_on_card,
 )
+from handoff.display.plan import choose_card
 from handoff.display.sysfs import read_bars, read_firmware_fbs, read_vtconsoles
 from handoff.pci.address import PciAddress
 from handoff.pci.sysfs import device_dir, read_device
@@ -52,7 +53,8 @@ def check_host_display(
     if not cards:
         return [fail("host-display", "handover = true but no [[passthrough]] device is a GPU",
                      "list the GPU's address in [[passthrough]] (`handoff groups`)")]
-    entry, card = next(((e, d) for e, d in cards if d.boot_vga), cards[0])
+    card = choose_card([device for _, device in cards])  # the hand-over's own rule
+    entry = next(e for e, device in cards if device is card)
     return [
         _boot_vga(card.address.short, card.boot_vga),
         _consoles(env),
